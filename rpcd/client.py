@@ -1,0 +1,251 @@
+"""
+The client library: connect to an rpcd (or Go net/rpc) server from an
+endpoint string and call methods.
+
+With a reactor running::
+
+    client = await connect("tcp:127.0.0.1:1234")
+    product = await client.call("Arith.Multiply", {"A": 7, "B": 8}, timeout=5)
+    product = await client.Arith.Multiply(A=7, B=8)      # the same call
+    await client.close()
+
+In a script or REPL without a reactor, L{BlockingClient} runs one in a
+background thread::
+
+    with BlockingClient("tcp:127.0.0.1:1234") as client:
+        print(client.Arith.Multiply(A=7, B=8))
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory
+
+from rpcd.wire.channel import ClientChannel
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamClientEndpoint
+
+# Codec name -> "module:Class" of its ClientChannel, built as Class(clock).
+CLIENT_CODECS: dict[str, str] = {
+    "native": "rpcd.wire.native_client:NativeClientProtocol",
+}
+
+
+def _codec_class(codec: str) -> Callable[..., ClientChannel]:
+    try:
+        path = CLIENT_CODECS[codec]
+    except KeyError:
+        raise ValueError(f"unknown codec {codec!r}; choose from {', '.join(sorted(CLIENT_CODECS))}") from None
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _reactor(reactor: Any) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        return global_reactor
+    return reactor
+
+
+class _ChannelFactory(Factory):
+    def __init__(self, make: Callable[[], ClientChannel]) -> None:
+        self.make = make
+
+    def buildProtocol(self, addr: Any) -> ClientChannel:
+        return self.make()
+
+
+def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
+            reactor: Any = None, default_timeout: float | None = None) -> Deferred[Client]:
+    """
+    Connect to a server.
+
+    @param endpoint: a Twisted client endpoint string (C{tcp:127.0.0.1:1234},
+        C{unix:/run/rpcd.sock}, C{tls:host=localhost:port=1234:trustRoots=DIR})
+        or an endpoint object.
+    @param codec: the wire protocol: C{native} (rpcd's own), and where
+        installed C{gob}, C{gob-http}, C{jsonrpc} (Go's net/rpc), C{jsonrpc2}.
+    @param reactor: the reactor (the global one by default).
+    @param default_timeout: a timeout applied to calls that give none.
+    @return: a Deferred firing with a L{Client} once the connection (and any
+        handshake) is up; it fails with the endpoint's connection error, or
+        C{ValueError} for a bad endpoint string or codec.
+    """
+    reactor = _reactor(reactor)
+    try:
+        cls = _codec_class(codec)
+        if isinstance(endpoint, str):
+            endpoint = clientFromString(reactor, endpoint)
+    except Exception as e:
+        d: Deferred[Client] = Deferred()
+        d.errback(e if isinstance(e, ValueError) else ValueError(str(e)))
+        return d
+    connecting = endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
+    connecting.addCallback(lambda channel: channel.connected_d)
+    connecting.addCallback(Client, default_timeout=default_timeout)
+    return connecting
+
+
+class Client:
+    """
+    Calls over one connection; many may be in flight at once.
+
+    Attribute access builds proxies: C{client.Arith.Multiply(A=7, B=8)} is
+    C{client.call("Arith.Multiply", {"A": 7, "B": 8})}, and
+    C{client.Cal.Square(12)} is C{client.call("Cal.Square", 12)}.
+    """
+
+    def __init__(self, channel: ClientChannel, default_timeout: float | None = None) -> None:
+        """
+        @param channel: a connected L{ClientChannel}.
+        @param default_timeout: applied to calls that give no timeout.
+        """
+        self.channel = channel
+        self.default_timeout = default_timeout
+
+    def call(self, method: str, args: Any = None, *, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None) -> Deferred[Any]:
+        """
+        Call a remote method.
+
+        @param method: C{Service.Method}.
+        @param args: the argument value (a dict for a struct argument).
+        @param timeout: seconds before the call fails with
+            L{rpcd.errors.DeadlineExceeded} and is cancelled on the server.
+        @param metadata: key/value metadata for the server.
+        @return: a Deferred firing with the result, or failing with an
+            L{rpcd.errors.RPCError} (remote error, timeout, lost connection).
+            Cancelling it cancels the call on the server.
+        """
+        if timeout is None:
+            timeout = self.default_timeout
+        return self.channel.call(method, args, timeout, metadata)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connection; pending calls fail with
+        L{rpcd.errors.ConnectionLost}.
+
+        @return: a Deferred firing once closed.
+        """
+        return self.channel.close()
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing when the connection closes, for any reason.
+        """
+        d: Deferred[None] = Deferred()
+        self.channel.closed_d.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def __getattr__(self, service: str) -> _ServiceProxy:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return _ServiceProxy(self.call, service)
+
+
+class _ServiceProxy:
+    def __init__(self, call: Callable[..., Any], service: str) -> None:
+        self._call = call
+        self._service = service
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        name = f"{self._service}.{method}"
+        call = self._call
+
+        def remote(*args: Any, **kwargs: Any) -> Any:
+            return call(name, _argument(name, args, kwargs))
+        remote.__name__ = method
+        remote.__qualname__ = name
+        return remote
+
+
+def _argument(name: str, args: tuple, kwargs: dict) -> Any:
+    if args and kwargs:
+        raise TypeError(f"{name}: pass one argument value or keyword arguments, not both")
+    if kwargs:
+        return kwargs
+    if len(args) > 1:
+        return list(args)
+    return args[0] if args else None
+
+
+class _ReactorThread:
+    """The global reactor, run once in a daemon thread for blocking callers."""
+
+    _lock = threading.Lock()
+    _started = False
+
+    @classmethod
+    def ensure(cls) -> Any:
+        from twisted.internet import reactor
+        with cls._lock:
+            if not cls._started and not reactor.running:
+                thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
+                                          name="rpcd-reactor", daemon=True)
+                thread.start()
+                cls._started = True
+        return reactor
+
+
+class BlockingClient:
+    """
+    A client for code that runs no reactor (scripts, REPLs): every call
+    blocks until it has an answer.
+
+    The global reactor runs in a background daemon thread, started on first
+    use.  Use it as a context manager, or call L{close}.
+    """
+
+    def __init__(self, endpoint: str, *, codec: str = "native",
+                 timeout: float | None = 30.0) -> None:
+        """
+        @param endpoint: a client endpoint string.
+        @param codec: the wire protocol (see L{connect}).
+        @param timeout: the default timeout per call, in seconds.
+        @raise Exception: the connection error, raised from the constructor.
+        """
+        from twisted.internet.threads import blockingCallFromThread
+        self._blocking = blockingCallFromThread
+        self._reactor = _ReactorThread.ensure()
+        self._client: Client = self._blocking(
+            self._reactor, connect, endpoint, codec=codec, reactor=self._reactor,
+            default_timeout=timeout)
+
+    def call(self, method: str, args: Any = None, *, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None) -> Any:
+        """
+        Call a remote method and wait for the answer.
+
+        @return: the result.
+        @raise rpcd.errors.RPCError: the remote error, timeout or lost
+            connection.
+        """
+        return self._blocking(self._reactor, self._client.call, method, args,
+                              timeout=timeout, metadata=metadata)
+
+    def close(self) -> None:
+        """
+        Close the connection.
+        """
+        self._blocking(self._reactor, self._client.close)
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getattr__(self, service: str) -> _ServiceProxy:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return _ServiceProxy(self.call, service)

@@ -1,0 +1,355 @@
+"""
+Type hints to argument and result converters.
+
+A method's type hints (int, str, float, bool, bytes, list, tuple, dict,
+Optional, dataclasses) say what it accepts and returns.  This module compiles
+each hint once into a small function that checks and converts a decoded wire
+value, so that the per-call cost is a few attribute lookups.  A mismatch raises
+L{InvalidArgument} naming the field, e.g. C{args.B: expected int, got str}.
+
+Struct fields match case-insensitively, as Go's JSON decoding does, and a
+field that is missing takes its zero value (Go's gob leaves zero fields out of
+the wire entirely).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from rpcd.errors import InvalidArgument
+
+Converter = Callable[[Any], Any]
+
+
+class _Mismatch(Exception):
+    """A value did not fit a hint; carries the path to it, innermost last."""
+
+    def __init__(self, expected: str, got: Any) -> None:
+        self.path: list[str] = []
+        self.expected = expected
+        self.got = got
+
+    def describe(self, root: str) -> str:
+        where = root + "".join(self.path)
+        return f"{where}: expected {self.expected}, got {_type_name(self.got)}"
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise _Mismatch("int", value)
+
+
+def _to_float(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise _Mismatch("float", value)
+
+
+def _to_str(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    raise _Mismatch("str", value)
+
+
+def _to_bool(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise _Mismatch("bool", value)
+
+
+def _to_bytes(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        # Go's encoding/json carries []byte as base64 text.
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Mismatch("bytes (or base64 text)", value) from None
+    raise _Mismatch("bytes", value)
+
+
+_SCALARS: dict[Any, Converter] = {
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    bool: _to_bool,
+    bytes: _to_bytes,
+    Any: _identity,
+    object: _identity,
+}
+
+_ZERO: dict[Any, Callable[[], Any]] = {
+    int: int, float: float, str: str, bool: bool, bytes: bytes,
+}
+
+
+def _list_of(item: Converter, name: str) -> Converter:
+    def convert(value: Any) -> list:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(name, value)
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except _Mismatch as e:
+                e.path.insert(0, f"[{index}]")
+                raise
+        return out
+    return convert
+
+
+def _tuple_of(items: tuple[Converter, ...], name: str) -> Converter:
+    def convert(value: Any) -> tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise _Mismatch(name, value)
+        out = []
+        for index, (element, item) in enumerate(zip(value, items)):
+            try:
+                out.append(item(element))
+            except _Mismatch as e:
+                e.path.insert(0, f"[{index}]")
+                raise
+        return tuple(out)
+    return convert
+
+
+def _dict_of(key: Converter, item: Converter, name: str) -> Converter:
+    def convert(value: Any) -> dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch(name, value)
+        out = {}
+        for k, v in value.items():
+            try:
+                out[key(k)] = item(v)
+            except _Mismatch as e:
+                e.path.insert(0, f"[{k!r}]")
+                raise
+        return out
+    return convert
+
+
+def _optional(inner: Converter) -> Converter:
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        return inner(value)
+    return convert
+
+
+def _dataclass(cls: type) -> Converter:
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    by_name: dict[str, tuple[str, Converter]] = {}
+    zeros: list[tuple[str, Callable[[], Any]]] = []
+    for f in fields:
+        entry = (f.name, argument_converter(hints.get(f.name, Any)))
+        by_name[f.name] = entry
+        by_name.setdefault(f.name.lower(), entry)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            zeros.append((f.name, zero_factory(hints.get(f.name, Any))))
+    expected = cls.__name__
+
+    def convert(value: Any) -> Any:
+        if type(value) is cls:
+            return value
+        if not isinstance(value, Mapping):
+            raise _Mismatch(f"{expected} (an object with fields "
+                            f"{', '.join(f.name for f in fields)})", value)
+        kwargs = {}
+        for key, element in value.items():
+            entry = by_name.get(key)
+            if entry is None:
+                if type(key) is not str:
+                    continue
+                entry = by_name.get(key.lower())
+                if entry is None:
+                    continue  # unknown fields are ignored, as Go does
+            name, conv = entry
+            try:
+                kwargs[name] = conv(element)
+            except _Mismatch as e:
+                e.path.insert(0, f".{name}")
+                raise
+        if len(kwargs) != len(fields):
+            for name, zero in zeros:
+                if name not in kwargs:
+                    kwargs[name] = zero()
+        return cls(**kwargs)
+    return convert
+
+
+def zero_factory(hint: Any) -> Callable[[], Any]:
+    """
+    The zero value of a hinted type, as Go would fill a missing field.
+
+    @param hint: a type hint.
+    @return: a function returning a fresh zero value (None when unknown).
+    """
+    if hint in _ZERO:
+        return _ZERO[hint]
+    if dataclasses.is_dataclass(hint):
+        return lambda: _dataclass(hint)({})
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return list if origin is list else tuple
+    if origin is dict:
+        return dict
+    return lambda: None
+
+
+_cache: dict[Any, Converter] = {}
+
+
+def argument_converter(hint: Any) -> Converter:
+    """
+    Compile a type hint into a function that checks and converts a wire value.
+
+    @param hint: a resolved type hint (use C{typing.get_type_hints}).
+    @return: a one-argument function returning the converted value and
+        raising C{_Mismatch} (caught by L{convert_argument}) on a mismatch.
+    @raise TypeError: the hint is of a kind rpcd cannot check.
+    """
+    try:
+        return _cache[hint]
+    except (KeyError, TypeError):
+        pass
+    conv = _compile(hint)
+    try:
+        _cache[hint] = conv
+    except TypeError:
+        pass
+    return conv
+
+
+def _compile(hint: Any) -> Converter:
+    if hint in _SCALARS:
+        return _SCALARS[hint]
+    if hint is None or hint is type(None):
+        return _optional(lambda v: (_ for _ in ()).throw(_Mismatch("null", v)))
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _dataclass(hint)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        return argument_converter(args[0])
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return _optional(argument_converter(rest[0]))
+        return _identity  # general unions are not checked
+    if origin is list or hint is list:
+        return _list_of(argument_converter(args[0]) if args else _identity, _hint_name(hint))
+    if origin is tuple or hint is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = argument_converter(args[0])
+            as_list = _list_of(item, _hint_name(hint))
+            return lambda v: tuple(as_list(v))
+        if args:
+            return _tuple_of(tuple(argument_converter(a) for a in args), _hint_name(hint))
+        return _list_of(_identity, "tuple")
+    if origin is dict or hint is dict:
+        key, item = (args if args else (Any, Any))
+        return _dict_of(argument_converter(key), argument_converter(item), _hint_name(hint))
+    if isinstance(hint, type):
+        # A class rpcd has no rule for: accept instances of it unchanged.
+        def convert(value: Any) -> Any:
+            if isinstance(value, hint):
+                return value
+            raise _Mismatch(hint.__name__, value)
+        return convert
+    raise TypeError(f"rpcd cannot check arguments of type {hint!r}")
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def convert_argument(conv: Converter, value: Any, name: str) -> Any:
+    """
+    Run a compiled converter, turning a mismatch into L{InvalidArgument}.
+
+    @param conv: from L{argument_converter}.
+    @param value: the decoded wire value.
+    @param name: the parameter's name, the root of the path in the message.
+    @return: the converted value.
+    @raise InvalidArgument: naming the field that did not fit.
+    """
+    try:
+        return conv(value)
+    except _Mismatch as e:
+        raise InvalidArgument(e.describe(name)) from None
+
+
+def to_wire(value: Any) -> Any:
+    """
+    Turn a result into plain data (dicts, lists, scalars) for a codec.
+
+    Dataclass instances become dicts keyed by their field names; everything
+    else is returned unchanged when it is already plain.
+
+    @param value: what a method returned.
+    @return: plain data.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if kind is list or kind is tuple:
+        return [to_wire(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    return value
+
+
+_PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+def result_converter(hint: Any) -> Converter:
+    """
+    Compile a return-type hint into a function that checks a result and
+    turns it into plain data.
+
+    @param hint: the resolved return annotation (C{Any} when there is none).
+    @return: a one-argument function; a mismatch raises C{_Mismatch}.
+    """
+    if hint in (Any, object, None, type(None)):
+        return to_wire
+    check = argument_converter(hint)
+
+    def convert(value: Any) -> Any:
+        return to_wire(check(value))
+    if hint in _SCALARS:
+        return check
+    return convert
+

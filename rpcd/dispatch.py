@@ -1,0 +1,204 @@
+"""
+Calling a method for one connection: argument conventions, deadlines,
+cancellation, the cap on running handlers, and errors to wire codes.
+
+Every wire protocol calls L{Dispatcher.call}.  A method that returns a plain
+value is answered at once with no Deferred on the way (the hot path); a
+Deferred or coroutine is tracked until it ends, so that a cancel frame, a
+deadline or a lost connection can cancel it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.context import CallContext
+from rpcd.convert import _Mismatch
+from rpcd.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    RPCError,
+    ResourceExhausted,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+    from rpcd.service import BoundMethod
+    from rpcd.session import Session
+
+log = Logger()
+
+
+class Args(enum.Enum):
+    """How a call's argument value maps onto the method's parameters."""
+
+    VALUE = "value"
+    """One value, as net/rpc sends (the native protocol, gob, Go's jsonrpc)."""
+    POSITIONAL = "positional"
+    """A list of arguments by position (JSON-RPC 2.0 C{params} array)."""
+    NAMED = "named"
+    """A mapping of arguments by name (JSON-RPC 2.0 C{params} object)."""
+
+
+class Dispatcher:
+    """
+    Runs calls for one connection.
+
+    @ivar session: the connection's session.
+    @ivar running: call key to the handler's Deferred, for handlers that have
+        not ended yet (cancelled ones included until they end).
+    """
+
+    def __init__(self, session: Session, clock: IReactorTime, max_running: int = 1000) -> None:
+        """
+        @param session: the connection's session.
+        @param clock: the reactor's clock for deadlines.
+        @param max_running: how many handlers may run at once on this
+            connection before new calls fail with RESOURCE_EXHAUSTED.
+        """
+        self.session = session
+        self.clock = clock
+        self.max_running = max_running
+        self.running: dict[Any, Deferred] = {}
+        self._cancelled: set[Any] = set()
+        self._counts = session.registry.call_counts
+
+    def call(self, name: str, value: Any, key: Any = None, *, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None, args: Args = Args.VALUE) -> Any:
+        """
+        Call a method.
+
+        @param name: C{Service.Method}.
+        @param value: the decoded argument value.
+        @param key: identifies the call on this connection (for L{cancel});
+            must be unique among running calls.
+        @param timeout: seconds the caller allows, or None.
+        @param metadata: the caller's metadata.
+        @param args: how C{value} maps onto the parameters.
+        @return: the result as plain data when the method finished at once,
+            or a Deferred that fires with it (or fails with L{RPCError}).
+        @raise RPCError: the call failed at once; the code says why.
+        """
+        method = self.session.lookup(name)
+        if method is None:
+            raise self.session.registry.unknown(name)
+        counts = self._counts
+        counts[name] = counts.get(name, 0) + 1
+        spec = method.spec
+        if spec.context_param is None:
+            context = None
+        else:
+            context = CallContext(self.session, name, metadata,
+                                  None if timeout is None else self.clock.seconds() + timeout,
+                                  self.clock)
+        if len(self.running) >= self.max_running:
+            raise ResourceExhausted(
+                f"too many calls running on this connection (limit {self.max_running}); "
+                "wait for some to finish")
+        try:
+            if args is Args.VALUE:
+                result = method.invoke(value, context)
+            elif args is Args.NAMED:
+                result = method.invoke_named(value, context)
+            else:
+                result = method.invoke_positional(value, context)
+        except RPCError:
+            raise
+        except Exception as e:
+            raise self._unexpected(name, e) from e
+        if isinstance(result, Deferred):
+            return self._track(name, method, result, key, timeout)
+        if isinstance(result, Coroutine):
+            return self._track(name, method, Deferred.fromCoroutine(result), key, timeout)
+        return self._convert(name, method, result)
+
+    def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
+        try:
+            return method.spec.convert_result(result)
+        except _Mismatch as e:
+            log.error("{method} returned a value that does not match its type hints: {why}",
+                      method=name, why=e.describe("result"))
+            raise InvalidArgument(f"{name} returned a bad result: {e.describe('result')}") from None
+
+    def _track(self, name: str, method: BoundMethod, d: Deferred, key: Any,
+               timeout: float | None) -> Deferred:
+        running = self.running
+        if key is None:
+            key = object()
+        running[key] = d
+        timer: IDelayedCall | None = None
+        if timeout is not None:
+            timer = self.clock.callLater(timeout, self._expire, key, d)
+
+        def finished(outcome: Any) -> Any:
+            if running.get(key) is d:
+                del running[key]
+            if timer is not None and timer.active():
+                timer.cancel()
+            if isinstance(outcome, Failure):
+                return self._failed(name, key, timeout, outcome)
+            return self._convert(name, method, outcome)
+
+        d.addBoth(finished)
+        return d
+
+    def _expire(self, key: Any, d: Deferred) -> None:
+        self._cancelled.add(("deadline", key))
+        d.cancel()
+
+    def _failed(self, name: str, key: Any, timeout: float | None, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, CancelledError):
+            if ("deadline", key) in self._cancelled:
+                self._cancelled.discard(("deadline", key))
+                raise DeadlineExceeded(f"{name} did not finish within its deadline of {timeout:g} s")
+            raise Cancelled(f"{name} was cancelled")
+        if isinstance(error, RPCError):
+            raise error
+        raise self._unexpected(name, error, failure)
+
+    def _unexpected(self, name: str, error: BaseException, failure: Failure | None = None) -> RPCError:
+        log.failure("{method} raised an unexpected error", failure or Failure(error), method=name)
+        return RPCError(f"{type(error).__name__}: {error}")
+
+    def cancel(self, key: Any) -> bool:
+        """
+        Cancel a running call (the caller gave up on it).
+
+        @param key: the key the call was started with.
+        @return: whether a running call had that key.
+        """
+        d = self.running.get(key)
+        if d is None:
+            return False
+        d.cancel()
+        return True
+
+    def close(self) -> None:
+        """
+        The connection is gone: cancel every running handler and close the
+        session.
+        """
+        for d in list(self.running.values()):
+            d.cancel()
+        self.session.close()
+
+
+def error_fields(error: BaseException) -> tuple[int, str, Any]:
+    """
+    The wire fields of an error a call ended with.
+
+    @param error: usually an L{RPCError}.
+    @return: C{(code, message, details)}.
+    """
+    if isinstance(error, RPCError):
+        return int(error.code), error.message, error.details
+    return 2, f"{type(error).__name__}: {error}", None

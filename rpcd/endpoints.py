@@ -1,0 +1,255 @@
+"""
+TLS server endpoint strings (C{rpcd-tls:}, C{mtls:}) and TLS client options.
+
+Twisted's C{ssl:} server string cannot require client certificates, and
+Twisted 26's own C{tls:} server string takes a directory of PEM files for SNI,
+so rpcd adds two server endpoint types, registered by the drop-in
+C{twisted/plugins/rpcd_endpoints.py}.
+
+Server strings (for C{serverFromString} and rpcd's config)::
+
+    rpcd-tls:PORT:certKey=server.pem:privateKey=server.key[:interface=127.0.0.1]
+        [:extraCertChain=chain.pem][:backlog=50]
+    mtls:PORT:certKey=server.pem:privateKey=server.key:caCerts=ca.pem
+        [:interface=127.0.0.1][:extraCertChain=chain.pem][:backlog=50]
+    rpcd-tls:unix:PATH:certKey=...:privateKey=...[:mode=660][:lockfile=1][:backlog=50]
+    mtls:unix:PATH:certKey=...:privateKey=...:caCerts=ca.pem[:mode=660][:lockfile=1]
+
+C{rpcd-tls:} authenticates the server only.  C{mtls:} also requires a client
+certificate signed by one of the CAs in C{caCerts} (one PEM file that may
+hold several certificates); the handshake fails without one.  Both refuse
+anything older than TLS 1.2 and use Twisted's default ciphers.  C{certKey}
+may hold the key too, in which case C{privateKey} may be left out.  An IPv6
+C{interface} (escape its colons: C{interface=\\:\\:1}) listens on IPv6.
+
+Why C{rpcd-tls:} and not C{tls:}: Twisted 26 registers a C{tls:} server
+parser of its own (C{tls:DIRECTORY:port=443}); two plugins with one prefix
+are picked in an unspecified order.  The client namespace is separate, and
+Twisted's C{tls:} client string is what users type to connect::
+
+    tls:host=localhost:port=8443:trustRoots=DIR
+    tls:host=localhost:port=8443:trustRoots=DIR:certificate=client.pem:privateKey=client.key
+
+C{trustRoots} is a directory whose every C{*.pem} file is trusted (the
+directory that L{rpcd.certs.create_dev_pki} writes works, because all of its
+certificates chain to C{ca.pem}; in production use a directory holding only
+CA certificates).  C{host} is checked against the server certificate's names
+with service_identity.  For programmatic clients use L{client_tls_options}
+with C{wrapClientTLS}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from OpenSSL.crypto import X509
+from cryptography import x509
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    wrapServerTLS,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+
+from rpcd.tlsinfo import record_verification
+
+#: The oldest TLS version rpcd accepts, on both sides.
+MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
+
+
+def load_certificates(path: Path | str) -> list[Certificate]:
+    """
+    Read every certificate in a PEM file.
+
+    @param path: a PEM file with one or more certificates.
+    @return: the certificates, in file order.
+    @raise OSError: the file could not be read.
+    @raise ValueError: the file holds no PEM certificate.
+    """
+    try:
+        parsed = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except ValueError as e:
+        raise ValueError(f"{path}: no PEM certificate could be read ({e})") from None
+    return [Certificate(X509.from_cryptography(c)) for c in parsed]
+
+
+def load_private_certificate(
+    certificate: Path | str, private_key: Path | str | None = None
+) -> PrivateCertificate:
+    """
+    Read a certificate and its private key.
+
+    @param certificate: a PEM certificate file (the first certificate is used).
+    @param private_key: a PEM key file; L{None} if C{certificate} holds the key.
+    @return: the certificate with its key.
+    @raise OSError: a file could not be read.
+    @raise ValueError: no certificate, or the key does not match it.
+    """
+    cert = load_certificates(certificate)[0]
+    key_path = certificate if private_key is None else private_key
+    key = KeyPair.load(Path(key_path).read_bytes(), 1)  # 1 is FILETYPE_PEM.
+    if not cert.getPublicKey().matches(key):
+        raise ValueError(f"the key in {key_path} does not match the certificate {certificate}")
+    return PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+
+
+def server_tls_options(
+    certificate: Path | str,
+    private_key: Path | str | None = None,
+    ca_certs: Path | str | None = None,
+    extra_cert_chain: Path | str | None = None,
+) -> CertificateOptions:
+    """
+    Make the server side's TLS policy.
+
+    @param certificate: the server certificate (PEM).
+    @param private_key: its key (PEM); L{None} if C{certificate} holds it.
+    @param ca_certs: a PEM file of CA certificates; if given, clients must
+        present a certificate signed by one of them (mutual TLS).
+    @param extra_cert_chain: a PEM file of intermediate certificates sent
+        after the server certificate.
+    @return: options with a TLS 1.2 floor and Twisted's default ciphers.
+    @raise OSError: a file could not be read.
+    @raise ValueError: a file holds no certificate, or a key mismatch.
+    """
+    server = load_private_certificate(certificate, private_key)
+    options: dict[str, Any] = {}
+    if ca_certs is not None:
+        options["trustRoot"] = trustRootFromCertificates(load_certificates(ca_certs))
+    if extra_cert_chain is not None:
+        options["extraCertChain"] = [c.original for c in load_certificates(extra_cert_chain)]
+    return CertificateOptions(
+        privateKey=server.privateKey.original,
+        certificate=server.original,
+        raiseMinimumTo=MINIMUM_TLS_VERSION,
+        **options,
+    )
+
+
+def client_tls_options(
+    hostname: str,
+    ca: Path | str | None = None,
+    certificate: Path | str | None = None,
+    private_key: Path | str | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Make the client side's TLS policy, for C{wrapClientTLS} or C{connectSSL}.
+
+    @param hostname: the name (or IP address) the server certificate must
+        carry; checked with service_identity.
+    @param ca: a PEM file of the CA certificates to trust; L{None} trusts the
+        platform's CAs.
+    @param certificate: a client certificate (PEM) to present, or L{None}.
+    @param private_key: its key; L{None} if C{certificate} holds it.
+    @return: the connection creator, with a TLS 1.2 floor, wrapped by
+        L{rpcd.tlsinfo.record_verification} so that
+        L{rpcd.tlsinfo.describe_tls_failure} can name certificate problems.
+    @raise OSError: a file could not be read.
+    @raise ValueError: a file holds no certificate, a key mismatch, or a
+        private key without a certificate.
+    """
+    if certificate is None and private_key is not None:
+        raise ValueError("a private key was given without its certificate")
+    trust = None if ca is None else trustRootFromCertificates(load_certificates(ca))
+    client = None if certificate is None else load_private_certificate(certificate, private_key)
+    return record_verification(
+        optionsForClientTLS(
+            hostname,
+            trustRoot=trust,
+            clientCertificate=client,
+            extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION},
+        )
+    )
+
+
+def _transport_endpoint(
+    reactor: Any, args: Sequence[str], interface: str, backlog: int, extra: dict[str, str]
+) -> IStreamServerEndpoint:
+    """
+    Build the endpoint under the TLS layer: TCP C{PORT} or C{unix:PATH}.
+    """
+    if len(args) == 2 and args[0] == "unix":
+        mode = int(extra.pop("mode", "666"), 8)
+        want_pid = bool(int(extra.pop("lockfile", "1")))
+        _refuse_extra(extra)
+        return UNIXServerEndpoint(reactor, args[1], backlog, mode, want_pid)
+    _refuse_extra(extra)
+    if len(args) != 1:
+        raise ValueError(
+            f"expected PORT or unix:PATH before the options, got {':'.join(args)!r}"
+        )
+    try:
+        port = int(args[0])
+    except ValueError:
+        raise ValueError(f"the port must be a number, not {args[0]!r}") from None
+    if ":" in interface:
+        return TCP6ServerEndpoint(reactor, port, backlog, interface)
+    return TCP4ServerEndpoint(reactor, port, backlog, interface)
+
+
+def _refuse_extra(extra: dict[str, str]) -> None:
+    """
+    Reject options the endpoint does not know, so that typos are not ignored.
+    """
+    if extra:
+        raise ValueError(f"unknown endpoint option(s): {', '.join(sorted(extra))}")
+
+
+def parse_tls_server(
+    reactor: Any,
+    *args: str,
+    certKey: str | None = None,
+    privateKey: str | None = None,
+    caCerts: str | None = None,
+    extraCertChain: str | None = None,
+    interface: str = "",
+    backlog: str = "50",
+    require_client_certificate: bool = False,
+    **extra: str,
+) -> IStreamServerEndpoint:
+    """
+    Build the endpoint for an C{rpcd-tls:} or C{mtls:} description.
+
+    @param reactor: the reactor given to C{serverFromString}.
+    @param args: C{(PORT,)} or C{("unix", PATH)}.
+    @param certKey: the server certificate file (required).
+    @param privateKey: its key file; defaults to C{certKey}.
+    @param caCerts: the client CAs file (required for mutual TLS).
+    @param extraCertChain: intermediate certificates to send.
+    @param interface: the address to listen on (TCP); default all IPv4.
+    @param backlog: the listen queue length.
+    @param require_client_certificate: C{True} for C{mtls:}.
+    @param extra: C{mode} and C{lockfile} for C{unix:}; anything else is an
+        error.
+    @return: the TLS server endpoint; its creator is wrapped by
+        L{rpcd.tlsinfo.record_verification}.
+    @raise ValueError: a missing or unknown option, a bad port, or an
+        unreadable certificate.
+    @raise OSError: a file could not be read.
+    """
+    if certKey is None:
+        raise ValueError("certKey=FILE is required (the server certificate)")
+    if require_client_certificate and caCerts is None:
+        raise ValueError("caCerts=FILE is required: mtls: verifies client certificates against it")
+    if not require_client_certificate and caCerts is not None:
+        raise ValueError("caCerts= is only for mtls:, which requires client certificates")
+    transport = _transport_endpoint(reactor, args, interface, int(backlog), extra)
+    options = server_tls_options(certKey, privateKey, caCerts, extraCertChain)
+    clock = reactor if IReactorTime.providedBy(reactor) else None
+    return wrapServerTLS(record_verification(options), transport, clock)

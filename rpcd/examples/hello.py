@@ -1,0 +1,37 @@
+"""
+The per-connection C{HelloService} of seed 001 (4.3.4): it knows which
+connection it serves, and C{Hello} needs a C{Login} on that connection first.
+"""
+
+from __future__ import annotations
+
+from rpcd.errors import Unauthenticated
+from rpcd.service import exposed, service
+from rpcd.session import Session
+
+
+@service(per_connection=True)
+class HelloService:
+    """Greets logged-in callers by their address; one instance per connection."""
+
+    def __init__(self, session: Session) -> None:
+        """
+        @param session: the connection this instance serves.
+        """
+        self.session = session
+
+    @exposed
+    async def Login(self, request: str) -> str:
+        """Log this connection in with "user:password"."""
+        user, sep, password = request.partition(":")
+        if not sep:
+            raise Unauthenticated("auth failed: send \"user:password\"")
+        await self.session.login(user, password)
+        return ""
+
+    @exposed
+    def Hello(self, request: str) -> str:
+        """Return "hello:" + request + ", from" + the caller's address."""
+        if self.session.user is None:
+            raise Unauthenticated("please login")
+        return "hello:" + request + ", from" + self.session.peer

@@ -1,0 +1,150 @@
+"""
+The native protocol's framing: the preface, frame types, and a reader that
+checks every length before buffering for it.
+
+Byte layout (see C{docs/protocol.md})::
+
+    preface  = 00 'R' 'P' 'C' 'D' version:u8 flags:u16be      (8 bytes, each side once)
+    frame    = length:u32be body                               (length = len(body))
+    body     = msgpack array [type, ...]
+
+The frame types are the C{FrameType} members below.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, Iterator
+
+import msgpack
+
+from rpcd.errors import ProtocolError
+
+MAGIC = b"\x00RPCD"
+VERSION = 1
+PREFACE = MAGIC + bytes([VERSION]) + b"\x00\x00"
+PREFACE_SIZE = len(PREFACE)
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+
+_length = struct.Struct(">I")
+pack_length = _length.pack
+unpack_length = _length.unpack_from
+
+
+class FrameType(enum.IntEnum):
+    """The first element of every frame body."""
+
+    CALL = 0
+    """C{[0, id, method, argument, options?]}: start a call."""
+    RESULT = 1
+    """C{[1, id, value]}: the call succeeded (for a stream: it ended well)."""
+    ERROR = 2
+    """C{[2, id, code, message, details]}: the call failed."""
+    CANCEL = 3
+    """C{[3, id]}: the caller gives up on the call."""
+    MESSAGE = 4
+    """C{[4, id, value]}: one stream message."""
+    END = 5
+    """C{[5, id]}: the sender's half of a stream is done (half-close)."""
+    CREDIT = 6
+    """C{[6, id, n]}: the receiver can take C{n} more stream messages."""
+    PING = 7
+    """C{[7, opaque]}: liveness check; answered with PONG."""
+    PONG = 8
+    """C{[8, opaque]}: the answer to PING, echoing its opaque value."""
+    GOAWAY = 9
+    """C{[9, last_id, code, message]}: no new calls; the connection closes."""
+
+
+CALL, RESULT, ERROR, CANCEL, MESSAGE, END, CREDIT, PING, PONG, GOAWAY = (int(t) for t in FrameType)
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def encode_frame(body: list[Any]) -> bytes:
+    """
+    Encode one frame.
+
+    @param body: the frame's fields, type first.
+    @return: the length-prefixed bytes.
+    @raise TypeError: a value msgpack cannot encode.
+    """
+    data = _packb(body)
+    return pack_length(len(data)) + data
+
+
+def check_preface(data: bytes) -> int:
+    """
+    Check a peer's preface.
+
+    @param data: at least L{PREFACE_SIZE} bytes.
+    @return: the peer's protocol version.
+    @raise ProtocolError: the bytes are not an rpcd preface.
+    """
+    if data[:len(MAGIC)] != MAGIC:
+        raise ProtocolError(f"not an rpcd native preface: {bytes(data[:PREFACE_SIZE])!r}")
+    return data[len(MAGIC)]
+
+
+class FrameReader:
+    """
+    Splits a byte stream into decoded frame bodies.
+
+    A frame longer than the limit is refused as soon as its length prefix
+    arrives, before any of it is buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        """
+        @param max_frame: the largest frame body accepted, in bytes.
+        """
+        self.max_frame = max_frame
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[list[Any]]:
+        """
+        Add bytes and yield every frame body now complete.
+
+        @param data: bytes from the transport.
+        @return: an iterator of frame bodies (lists, type first).
+        @raise ProtocolError: a frame is too long, not msgpack, or not a
+            non-empty array starting with an integer type.
+        """
+        buf = self._buffer + data if self._buffer else data
+        offset = 0
+        end_of_data = len(buf)
+        limit = self.max_frame
+        unpackb = msgpack.unpackb
+        view = memoryview(buf)
+        try:
+            while end_of_data - offset >= 4:
+                (size,) = unpack_length(buf, offset)
+                if size > limit:
+                    raise ProtocolError(f"frame of {size} bytes is over the {limit}-byte limit")
+                end = offset + 4 + size
+                if end > end_of_data:
+                    break
+                try:
+                    body = unpackb(view[offset + 4:end], raw=False)
+                except Exception as e:
+                    raise ProtocolError(f"frame is not valid msgpack: {e}") from None
+                offset = end
+                if type(body) is not list or not body or type(body[0]) is not int:
+                    raise ProtocolError(f"frame body must be an array starting with its type, "
+                                        f"got {_short(body)}")
+                yield body
+        finally:
+            view.release()
+            self._buffer = buf[offset:] if offset < end_of_data else b""
+
+    def buffered(self) -> int:
+        """
+        @return: bytes held for an incomplete frame.
+        """
+        return len(self._buffer)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

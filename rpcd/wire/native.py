@@ -1,0 +1,205 @@
+"""
+The server side of rpcd's native protocol.
+
+Requests are answered in the order their handlers finish.  Every reply a
+single read produces is written with one C{write}; a method that returns a
+plain value costs no Deferred.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.dispatch import Dispatcher, error_fields
+from rpcd.errors import Code, ProtocolError, RPCError
+from rpcd.wire.frames import (
+    CALL,
+    CANCEL,
+    ERROR,
+    GOAWAY,
+    PING,
+    PONG,
+    PREFACE,
+    PREFACE_SIZE,
+    RESULT,
+    VERSION,
+    FrameReader,
+    check_preface,
+    encode_frame,
+    pack_length,
+)
+
+if TYPE_CHECKING:
+    from rpcd.server import RPCServer
+
+import msgpack
+
+log = Logger()
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+class NativeServerProtocol(Protocol):
+    """
+    Serves one connection in the native protocol.
+
+    @ivar dispatcher: runs this connection's calls.
+    """
+
+    protocol_name = "native"
+
+    def __init__(self, server: RPCServer) -> None:
+        """
+        @param server: what every connection shares (registry, limits, clock).
+        """
+        self.server = server
+        self.reader = FrameReader(server.limits.max_frame_bytes)
+        self.dispatcher: Dispatcher | None = None
+        self._preface_seen = False
+        self._pending = b""
+        self._streams: Any = None
+
+    def connectionMade(self) -> None:
+        self.session = self.server.new_session(self.transport, self.protocol_name)
+        self.dispatcher = Dispatcher(self.session, self.server.clock,
+                                     self.server.limits.max_calls_per_connection)
+        self.transport.write(PREFACE)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._preface_seen:
+            data = self._pending + data
+            if len(data) < PREFACE_SIZE:
+                self._pending = data
+                return
+            try:
+                version = check_preface(data)
+            except ProtocolError as e:
+                self._protocol_error(e)
+                return
+            if version != VERSION:
+                self._goaway(Code.UNIMPLEMENTED, f"protocol version {version} is not supported; "
+                                                 f"this server speaks version {VERSION}")
+                return
+            self._preface_seen = True
+            self._pending = b""
+            data = data[PREFACE_SIZE:]
+            if not data:
+                return
+        out: list[bytes] = []
+        try:
+            for frame in self.reader.feed(data):
+                if frame[0] == CALL:
+                    self._call(frame, out)
+                else:
+                    self._control(frame, out)
+        except ProtocolError as e:
+            if out:
+                self.transport.write(b"".join(out))
+            self._protocol_error(e)
+            return
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _call(self, frame: list, out: list[bytes]) -> None:
+        try:
+            call_id = frame[1]
+            method = frame[2]
+            value = frame[3]
+        except IndexError:
+            raise ProtocolError(f"CALL frame needs [0, id, method, argument], got {len(frame)} fields") from None
+        if type(call_id) is not int or type(method) is not str:
+            raise ProtocolError("CALL frame needs an integer id and a string method")
+        timeout = metadata = None
+        if len(frame) > 4:
+            options = frame[4]
+            if options:
+                if type(options) is not dict:
+                    raise ProtocolError("CALL options must be a map")
+                timeout = options.get("timeout")
+                metadata = options.get("metadata")
+                if options.get("stream"):
+                    self._start_stream(call_id, method, value, options, out)
+                    return
+        dispatcher = self.dispatcher
+        if call_id in dispatcher.running:
+            out.append(_error_frame(call_id, Code.INVALID_ARGUMENT,
+                                    f"call id {call_id} is already in use on this connection"))
+            return
+        try:
+            result = dispatcher.call(method, value, call_id, timeout=timeout, metadata=metadata)
+        except RPCError as e:
+            out.append(_error_frame(call_id, e.code, e.message, e.details))
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._reply_later, self._fail_later,
+                                callbackArgs=(call_id,), errbackArgs=(call_id,))
+            return
+        try:
+            body = _packb([RESULT, call_id, result])
+        except Exception as e:
+            out.append(self._unencodable(method, call_id, e))
+            return
+        out.append(pack_length(len(body)))
+        out.append(body)
+
+    def _start_stream(self, call_id: int, method: str, value: Any, options: dict,
+                      out: list[bytes]) -> None:
+        out.append(_error_frame(call_id, Code.UNIMPLEMENTED,
+                                f"{method}: streaming calls are not supported by this server"))
+
+    def _reply_later(self, result: Any, call_id: int) -> None:
+        try:
+            frame = encode_frame([RESULT, call_id, result])
+        except Exception as e:
+            frame = self._unencodable("call", call_id, e)
+        self.transport.write(frame)
+
+    def _fail_later(self, failure: Failure, call_id: int) -> None:
+        code, message, details = error_fields(failure.value)
+        self.transport.write(_error_frame(call_id, code, message, details))
+
+    def _unencodable(self, method: str, call_id: int, error: Exception) -> bytes:
+        log.error("{method} returned a value msgpack cannot encode: {error}",
+                  method=method, error=error)
+        return _error_frame(call_id, Code.INTERNAL, f"{method}: the result cannot be encoded: {error}")
+
+    def _control(self, frame: list, out: list[bytes]) -> None:
+        kind = frame[0]
+        if kind == CANCEL:
+            if len(frame) < 2:
+                raise ProtocolError("CANCEL frame needs [3, id]")
+            self.dispatcher.cancel(frame[1])
+        elif kind == PING:
+            out.append(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
+        elif kind == PONG:
+            pass
+        elif kind == GOAWAY:
+            self.transport.loseConnection()
+        elif self._streams is not None:
+            self._streams.frame_received(frame, out)
+        else:
+            raise ProtocolError(f"unexpected frame type {kind} from a client")
+
+    def _goaway(self, code: int, message: str) -> None:
+        log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
+        self.transport.write(encode_frame([GOAWAY, 0, int(code), message]))
+        self.transport.loseConnection()
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+
+
+def _error_frame(call_id: int, code: int, message: str, details: Any = None) -> bytes:
+    try:
+        return encode_frame([ERROR, call_id, int(code), message, details])
+    except Exception:
+        return encode_frame([ERROR, call_id, int(code), message, None])

@@ -1,0 +1,53 @@
+"""
+Twisted plugin drop-in: rpcd's server endpoint strings C{rpcd-tls:} and
+C{mtls:} (see L{rpcd.endpoints} for their syntax).
+
+Twisted imports this module whenever anything scans for plugins, so it imports
+only interfaces here and L{rpcd.endpoints} when a string is parsed.  There is
+deliberately no C{__init__.py} in C{twisted/} or C{twisted/plugins/}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class _RPCDTLSServerParser:
+    """
+    Parse C{rpcd-tls:} (server-authenticated TLS) or C{mtls:} (mutual TLS)
+    server endpoint descriptions.
+
+    @ivar prefix: the endpoint type this parser handles.
+    @ivar require_client_certificate: whether clients must present a
+        certificate signed by C{caCerts}.
+    """
+
+    def __init__(self, prefix: str, require_client_certificate: bool) -> None:
+        self.prefix = prefix
+        self.require_client_certificate = require_client_certificate
+
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+        """
+        Build the endpoint; see L{rpcd.endpoints.parse_tls_server}.
+
+        @return: an L{IStreamServerEndpoint}.
+        @raise ValueError: a bad description.
+        @raise OSError: a certificate or key file could not be read.
+        """
+        from rpcd.endpoints import parse_tls_server
+
+        return parse_tls_server(
+            reactor,
+            *args,
+            require_client_certificate=self.require_client_certificate,
+            **kwargs,
+        )
+
+
+rpcd_tls_server_parser = _RPCDTLSServerParser("rpcd-tls", False)
+rpcd_mtls_server_parser = _RPCDTLSServerParser("mtls", True)
