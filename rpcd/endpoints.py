@@ -44,8 +44,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from OpenSSL.crypto import X509
 from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -54,6 +59,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -63,11 +69,13 @@ from twisted.internet.ssl import (
     KeyPair,
     PrivateCertificate,
     TLSVersion,
-    optionsForClientTLS,
+    platformTrust,
     trustRootFromCertificates,
 )
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from zope.interface import implementer
 
-from rpcd.tlsinfo import record_verification
+from rpcd.tlsinfo import watch_verification
 
 #: The oldest TLS version rpcd accepts, on both sides.
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
@@ -142,12 +150,71 @@ def server_tls_options(
     )
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class WatchedServerOptions:
+    """
+    Server TLS options whose connections note why a client certificate was
+    rejected, for L{rpcd.tlsinfo.describe_tls_failure}.
+
+    @ivar options: the TLS policy itself.
+    """
+
+    def __init__(self, options: CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        @return: a server connection made by C{options}, watched with
+            L{rpcd.tlsinfo.watch_verification}.
+        """
+        return watch_verification(tlsProtocol, self.options.serverConnectionForTLS(tlsProtocol))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTLSOptions:
+    """
+    Client TLS options that check the server's name with service_identity,
+    like Twisted's C{optionsForClientTLS}, and note why a server certificate
+    was rejected, for L{rpcd.tlsinfo.describe_tls_failure}.  Make them with
+    L{client_tls_options}.
+
+    @ivar hostname: the name or IP address the server certificate must carry.
+    @ivar options: the TLS policy (trust roots, client certificate, versions).
+    """
+
+    def __init__(self, hostname: str, options: CertificateOptions) -> None:
+        self.hostname = hostname
+        self.options = options
+        self._is_ip = isIPAddress(hostname) or isIPv6Address(hostname)
+
+    def _check_server(self, certificate: x509.Certificate) -> None:
+        """
+        @raise service_identity.VerificationError: C{certificate} is not for
+            C{hostname}.
+        """
+        if self._is_ip:
+            verify_certificate_ip_address(certificate, self.hostname)
+        else:
+            verify_certificate_hostname(certificate, self.hostname)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        @return: a client connection made by C{options}, sending the host
+            name (SNI) unless it is an IP address, and watched with
+            L{rpcd.tlsinfo.watch_verification}, which checks the name.
+        """
+        connection = self.options.clientConnectionForTLS(tlsProtocol)
+        if not self._is_ip:
+            connection.set_tlsext_host_name(self.hostname.encode("idna"))
+        return watch_verification(tlsProtocol, connection, self._check_server)
+
+
 def client_tls_options(
     hostname: str,
     ca: Path | str | None = None,
     certificate: Path | str | None = None,
     private_key: Path | str | None = None,
-) -> IOpenSSLClientConnectionCreator:
+) -> ClientTLSOptions:
     """
     Make the client side's TLS policy, for C{wrapClientTLS} or C{connectSSL}.
 
@@ -157,24 +224,21 @@ def client_tls_options(
         platform's CAs.
     @param certificate: a client certificate (PEM) to present, or L{None}.
     @param private_key: its key; L{None} if C{certificate} holds it.
-    @return: the connection creator, with a TLS 1.2 floor, wrapped by
-        L{rpcd.tlsinfo.record_verification} so that
-        L{rpcd.tlsinfo.describe_tls_failure} can name certificate problems.
+    @return: an L{IOpenSSLClientConnectionCreator} with a TLS 1.2 floor.
     @raise OSError: a file could not be read.
     @raise ValueError: a file holds no certificate, a key mismatch, or a
         private key without a certificate.
     """
     if certificate is None and private_key is not None:
         raise ValueError("a private key was given without its certificate")
-    trust = None if ca is None else trustRootFromCertificates(load_certificates(ca))
-    client = None if certificate is None else load_private_certificate(certificate, private_key)
-    return record_verification(
-        optionsForClientTLS(
-            hostname,
-            trustRoot=trust,
-            clientCertificate=client,
-            extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION},
-        )
+    trust = platformTrust() if ca is None else trustRootFromCertificates(load_certificates(ca))
+    options: dict[str, Any] = {}
+    if certificate is not None:
+        client = load_private_certificate(certificate, private_key)
+        options = {"privateKey": client.privateKey.original, "certificate": client.original}
+    return ClientTLSOptions(
+        hostname,
+        CertificateOptions(trustRoot=trust, raiseMinimumTo=MINIMUM_TLS_VERSION, **options),
     )
 
 
@@ -237,8 +301,7 @@ def parse_tls_server(
     @param require_client_certificate: C{True} for C{mtls:}.
     @param extra: C{mode} and C{lockfile} for C{unix:}; anything else is an
         error.
-    @return: the TLS server endpoint; its creator is wrapped by
-        L{rpcd.tlsinfo.record_verification}.
+    @return: the TLS server endpoint, with L{WatchedServerOptions}.
     @raise ValueError: a missing or unknown option, a bad port, or an
         unreadable certificate.
     @raise OSError: a file could not be read.
@@ -252,4 +315,4 @@ def parse_tls_server(
     transport = _transport_endpoint(reactor, args, interface, int(backlog), extra)
     options = server_tls_options(certKey, privateKey, caCerts, extraCertChain)
     clock = reactor if IReactorTime.providedBy(reactor) else None
-    return wrapServerTLS(record_verification(options), transport, clock)
+    return wrapServerTLS(WatchedServerOptions(options), transport, clock)

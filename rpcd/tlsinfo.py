@@ -10,10 +10,9 @@ C{service_identity.VerificationError} or connection-lost reason that a
 protocol's C{connectionLost} receives into one sentence.  OpenSSL reports
 every certificate problem on the verifying side as "certificate verify
 failed"; to tell an expired certificate from an unknown CA it needs the
-verification result, which it finds when the connection was made with a
-creator wrapped by L{record_verification} (L{rpcd.endpoints} does this for
-its servers and for L{rpcd.endpoints.client_tls_options}) and the transport
-is passed in.
+verification result, which it finds when the connection's creator called
+L{watch_verification} (the creators in L{rpcd.endpoints} do) and the
+transport is passed in.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,14 +30,12 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from service_identity.exceptions import VerificationError
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
-)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 Side = Literal["client", "server"]
+
+_log = Logger()
 
 # X509_V_ERR_* codes from OpenSSL's x509_vfy.h that have their own words.
 _CERT_NOT_YET_VALID = 9
@@ -169,67 +167,65 @@ class _Verification:
 _verifications: weakref.WeakKeyDictionary[object, _Verification] = weakref.WeakKeyDictionary()
 
 
-@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
-class _VerificationRecorder:
+def watch_verification(
+    tls_protocol: object,
+    connection: SSL.Connection,
+    check_peer: Callable[[x509.Certificate], object] | None = None,
+) -> SSL.Connection:
     """
-    A connection creator that notes certificate verification errors per
-    transport, for L{describe_tls_failure}; see L{record_verification}.
+    Note OpenSSL's certificate verdict on a connection, so that
+    L{describe_tls_failure} can say exactly why a peer certificate was
+    rejected (expired, not yet valid, unknown CA...).
 
-    @ivar creator: the wrapped creator, which decides the TLS policy.
+    It installs a per-connection verify callback that keeps OpenSSL's
+    verdict, so use it only on connections that have none of their own: those
+    from C{CertificateOptions}, not from C{optionsForClientTLS}.  Connection
+    creators call it from C{serverConnectionForTLS}/C{clientConnectionForTLS}.
+
+    @param tls_protocol: the C{TLSMemoryBIOProtocol} the connection is for;
+        it is the application protocol's C{transport}, and the key (held
+        weakly) under which the verdict is kept.
+    @param connection: the new connection; left alone if its verify mode
+        does not ask for the peer's certificate.
+    @param check_peer: called with the peer's own certificate once OpenSSL
+        accepts its chain; if it raises
+        C{service_identity.VerificationError}, the handshake fails and the
+        application protocol's C{connectionLost} gets that error (this is how
+        a client checks the server's name).
+    @return: C{connection}.
     """
-
-    def __init__(self, creator: Any) -> None:
-        self.creator = creator
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """
-        @return: the wrapped creator's server connection, recording.
-        """
-        return _record(tlsProtocol, self.creator.serverConnectionForTLS(tlsProtocol))
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """
-        @return: the wrapped creator's client connection, recording.
-        """
-        return _record(tlsProtocol, self.creator.clientConnectionForTLS(tlsProtocol))
-
-
-def record_verification(creator: Any) -> Any:
-    """
-    Wrap a TLS connection creator so that L{describe_tls_failure} can say
-    exactly why a peer certificate was rejected (expired, unknown CA...).
-
-    Verification itself is unchanged: the wrapper only watches OpenSSL's
-    verdict, per transport, held weakly.
-
-    @param creator: an L{IOpenSSLServerConnectionCreator} and/or
-        L{IOpenSSLClientConnectionCreator}, e.g. C{CertificateOptions} or
-        the result of C{optionsForClientTLS}.
-    @return: a creator providing both interfaces (use only the side(s)
-        C{creator} provides).
-    """
-    return _VerificationRecorder(creator)
-
-
-def _record(tls_protocol: object, connection: SSL.Connection) -> SSL.Connection:
-    """
-    Watch C{connection}'s certificate verification, keyed by C{tls_protocol}.
-    """
+    mode = connection.get_verify_mode()
+    if not mode & SSL.VERIFY_PEER:
+        return connection
     verification = _Verification()
     _verifications[tls_protocol] = verification
+    protocol_ref = weakref.ref(tls_protocol)
 
     def verify(
         conn: SSL.Connection, certificate: X509, error: int, depth: int, ok: int
     ) -> bool:
-        if depth == 0:
-            verification.leaf = certificate.to_cryptography()
-        if not ok and verification.error is None:
-            verification.error = error
-        return bool(ok)
+        try:
+            if not ok and verification.error is None:
+                verification.error = error
+            if depth != 0:
+                return bool(ok)
+            leaf = certificate.to_cryptography()
+            verification.leaf = leaf
+            if ok and check_peer is not None:
+                try:
+                    check_peer(leaf)
+                except VerificationError:
+                    protocol = protocol_ref()
+                    if protocol is not None:
+                        protocol.failVerification(Failure())  # type: ignore[attr-defined]
+                    return False
+            return bool(ok)
+        except BaseException:
+            # An exception escaping an OpenSSL callback is lost or worse.
+            _log.failure("while verifying a peer certificate")
+            return False
 
-    mode = connection.get_verify_mode()
-    if mode & SSL.VERIFY_PEER:
-        connection.set_verify(mode, verify)
+    connection.set_verify(mode, verify)
     return connection
 
 
@@ -365,8 +361,8 @@ def describe_tls_failure(
         it decides whose certificate "the certificate" is.
     @param transport: the protocol's C{transport}, if at hand; with it,
         a rejected certificate is described exactly (expired, not yet valid,
-        unknown CA) when the connection's creator was wrapped with
-        L{record_verification}, and a connection that closed during the
+        unknown CA) when the connection's creator called
+        L{watch_verification}, and a connection that closed during the
         handshake is recognised.
     @return: one sentence, without a trailing period.
     """
