@@ -92,6 +92,8 @@ class Dispatcher:
             raise self.session.registry.unknown(name)
         counts = self._counts
         counts[name] = counts.get(name, 0) + 1
+        if method.guard is not None:
+            method.guard(self.session)
         spec = method.spec
         if spec.context_param is None:
             context = None

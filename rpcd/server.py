@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.session import Session, describe_address
+from rpcd.tlsinfo import peer_identity
 from rpcd.wire import sniff
 
 if TYPE_CHECKING:
@@ -97,10 +98,7 @@ class RPCServer:
         @return: a fresh L{Session}.
         """
         peer, host = describe_address(transport.getPeer())
-        identity = None
-        identify = getattr(self, "identify_peer", None)
-        if identify is not None:
-            identity = identify(transport)
+        identity = peer_identity(transport)
         return Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
 
     def factory(self, protocols: frozenset[str] = sniff.ALL) -> RPCServerFactory:

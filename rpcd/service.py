@@ -131,14 +131,17 @@ class MethodSpec:
     signature: str
     doc: str
 
-    def bind(self, instance: object) -> "BoundMethod":
+    def bind(self, instance: object, guard: Callable[[Any], None] | None = None) -> "BoundMethod":
         """
         Make the per-call invoker for this method on an instance.
 
         @param instance: a service instance.
+        @param guard: checks a session before each call (see
+            L{access_guard}), or None.
         @return: a L{BoundMethod}.
         """
-        return BoundMethod(self, getattr(instance, self.attribute), _make_invoker(self, getattr(instance, self.attribute)))
+        function = getattr(instance, self.attribute)
+        return BoundMethod(self, function, _make_invoker(self, function), guard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,7 @@ class BoundMethod:
     spec: MethodSpec
     function: Callable
     invoke: Callable[[Any, CallContext | None], Any]
+    guard: Callable[[Any], None] | None = None
 
     def invoke_named(self, params: dict, context: CallContext | None) -> Any:
         """
@@ -405,10 +409,11 @@ class ServiceRegistry:
         self._specs: dict[str, ServiceSpec] = {}
         self._options: dict[str, dict[str, Any]] = {}
         self._shared: dict[str, BoundMethod] = {}
+        self._guards: dict[str, Callable[[Any], None] | None] = {}
         self.call_counts: dict[str, int] = {}
 
     def add(self, spec_or_class: ServiceSpec | type | object, options: dict[str, Any] | None = None,
-            *, name: str | None = None) -> ServiceSpec:
+            *, name: str | None = None, access: Any = None) -> ServiceSpec:
         """
         Serve a service.
 
@@ -416,6 +421,8 @@ class ServiceRegistry:
             instance (shared).
         @param options: keyword arguments for the constructor.
         @param name: overrides the service name.
+        @param access: an object with C{require_login} and C{require_identity}
+            (a L{rpcd.config.ServiceConfig}), or None for no checks.
         @return: the spec.
         @raise ValueError: the name is taken.
         @raise TypeError: the constructor rejected the options; the message
@@ -436,11 +443,13 @@ class ServiceRegistry:
         if spec.name in self._specs:
             raise ValueError(f"service {spec.name!r} is already registered")
         options = dict(options or {})
+        guard = access_guard(spec.name, access)
+        self._guards[spec.name] = guard
         if not spec.per_connection:
             if instance is None:
                 instance = _construct(spec, options, {})
             for method in spec.methods.values():
-                self._shared[f"{spec.name}.{method.name}"] = method.bind(instance)
+                self._shared[f"{spec.name}.{method.name}"] = method.bind(instance, guard)
         self._specs[spec.name] = spec
         self._options[spec.name] = options
         return spec
@@ -462,8 +471,9 @@ class ServiceRegistry:
         for spec in self._specs.values():
             if spec.per_connection:
                 instance = _construct(spec, self._options[spec.name], {"session": session})
+                guard = self._guards[spec.name]
                 for method in spec.methods.values():
-                    bound[f"{spec.name}.{method.name}"] = method.bind(instance)
+                    bound[f"{spec.name}.{method.name}"] = method.bind(instance, guard)
         return bound
 
     def lookup_shared(self, name: str) -> BoundMethod | None:
@@ -516,6 +526,39 @@ class ServiceRegistry:
         """
         return [MethodInfo(f"{s.name}.{m.name}", f"{s.name}.{m.signature}", m.doc, m.kind.value)
                 for s in self.services() for m in sorted(s.methods.values(), key=lambda m: m.name)]
+
+
+def access_guard(service_name: str, access: Any) -> Callable[[Any], None] | None:
+    """
+    Build the per-call check of a service's access policy.
+
+    @param service_name: for messages.
+    @param access: has C{require_login} (bool) and C{require_identity}
+        (names a client certificate must carry: its CN or a SAN), or None.
+    @return: a function of a session that raises
+        L{rpcd.errors.Unauthenticated} or L{rpcd.errors.PermissionDenied},
+        or None when there is nothing to check.
+    """
+    from rpcd.errors import PermissionDenied, Unauthenticated
+    require_login = bool(getattr(access, "require_login", False))
+    allowed = frozenset(getattr(access, "require_identity", ()) or ())
+    if not require_login and not allowed:
+        return None
+
+    def guard(session: Any) -> None:
+        if require_login and session.user is None:
+            raise Unauthenticated(f"{service_name} requires a login on this connection")
+        if allowed:
+            identity = session.tls_identity
+            if identity is None:
+                raise Unauthenticated(f"{service_name} requires a TLS client certificate "
+                                      f"for one of: {', '.join(sorted(allowed))}")
+            names = {identity.common_name, *identity.dns_names, *identity.ip_addresses}
+            if not names & allowed:
+                shown = ", ".join(sorted(n for n in names if n)) or "no names"
+                raise PermissionDenied(f"{service_name} is not open to certificate {shown}; "
+                                       f"allowed: {', '.join(sorted(allowed))}")
+    return guard
 
 
 def _construct(spec: ServiceSpec, options: dict[str, Any], extra: dict[str, Any]) -> object:

@@ -1,0 +1,161 @@
+"""
+Turning a checked L{rpcd.config.Config} into running services.
+
+Kept apart from C{rpcd.tap} so that tests can build a daemon on a
+C{MemoryReactor}; C{rpcd.tap} only adds twistd's options and the global
+reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+
+from rpcd.builtin import Health, Introspection
+from rpcd.config import Config, ConfigError, ServiceConfig
+from rpcd.interfaces import IRPCServiceProvider
+from rpcd.plugins import load_object
+from rpcd.server import RPCServer
+from rpcd.service import ServiceRegistry, ServiceSpec, describe_service
+
+log = Logger()
+
+
+def service_plugins() -> dict[str, IRPCServiceProvider]:
+    """
+    @return: every service offered by a Twisted plugin on the path, by name.
+    """
+    import twisted.plugins
+    return {p.name: p for p in getPlugins(IRPCServiceProvider, twisted.plugins)}
+
+
+def resolve_services(config: Config, only: Iterable[str] = ()) -> list[tuple[ServiceSpec, ServiceConfig]]:
+    """
+    Find and describe the service classes a config asks for.
+
+    @param config: the config.
+    @param only: if given, serve exactly these names (from the config when it
+        has them, with their options; else from plugins).
+    @return: each service's spec with its config entry.
+    @raise ConfigError: a service cannot be found or its class exposes
+        nothing; the message names the service and the config file.
+    """
+    wanted = list(config.services)
+    if only:
+        by_name = {s.name: s for s in config.services}
+        wanted = [by_name.get(name, ServiceConfig(name)) for name in only]
+    plugins: dict[str, IRPCServiceProvider] | None = None
+    resolved = []
+    for entry in wanted:
+        try:
+            if entry.class_path is not None:
+                cls = load_object(entry.class_path)
+            else:
+                if plugins is None:
+                    plugins = service_plugins()
+                plugin = plugins.get(entry.name)
+                if plugin is None:
+                    raise ValueError(f"no plugin provides it and no 'class' is given "
+                                     f"(plugins found: {', '.join(sorted(plugins)) or 'none'})")
+                cls = plugin.load()
+            if not isinstance(cls, type):
+                raise ValueError(f"{entry.class_path!r} is not a class")
+            spec = describe_service(cls, entry.name)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{config.source}: services.{entry.name}: {e}") from None
+        resolved.append((spec, entry))
+    return resolved
+
+
+def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> ServiceRegistry:
+    """
+    Instantiate the services.
+
+    @param services: from L{resolve_services}.
+    @return: a registry with them and the built-in services.
+    @raise ConfigError: a constructor rejected its options.
+    """
+    registry = ServiceRegistry()
+    for spec, entry in services:
+        try:
+            registry.add(spec, dict(entry.options), access=entry)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"services.{entry.name}: {e}") from None
+    for builtin in (Introspection, Health):
+        if registry.spec(builtin.__name__) is None:
+            registry.add(builtin(registry))
+    return registry
+
+
+def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCServer:
+    """
+    The shared state of a daemon's connections.
+
+    @param config: the config.
+    @param registry: the services.
+    @param reactor: the reactor.
+    @return: the server.
+    """
+    authenticator = None
+    if config.auth.users:
+        from rpcd.login import Authenticator
+        authenticator = Authenticator(config.auth, reactor)
+    return RPCServer(registry, reactor, config.limits, authenticator)
+
+
+def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> MultiService:
+    """
+    Everything a daemon runs: a listener per endpoint, a dialler per reverse
+    connection.
+
+    @param config: the checked config.
+    @param reactor: the reactor to listen and dial with.
+    @param only: restrict to these service names (C{--service}).
+    @return: a service to start.
+    @raise ConfigError: a service or endpoint is wrong.
+    """
+    registry = build_registry(resolve_services(config, only))
+    server = make_server(config, registry, reactor)
+    top = MultiService()
+    top.rpc_server = server  # type: ignore[attr-defined]
+    names = ", ".join(s.name for s in registry.services())
+    for item in config.listen:
+        try:
+            endpoint = serverFromString(reactor, item.endpoint)
+        except Exception as e:
+            raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
+        listener = StreamServerEndpointService(endpoint, server.factory(item.protocols))
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
+        _announce(listener, item.endpoint, names)
+    if config.connect:
+        from rpcd.reverse import reverse_services
+        for service in reverse_services(config.connect, server, reactor):
+            service.setServiceParent(top)
+    return top
+
+
+def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) -> None:
+    original = listener.privilegedStartService
+
+    def start() -> None:
+        original()
+        waiting = listener._waitingForPort
+        if waiting is not None:
+            waiting.addCallback(_listening, endpoint, names)
+
+    listener.privilegedStartService = start  # type: ignore[method-assign]
+
+
+def _listening(port: Any, endpoint: str, names: str) -> Any:
+    address = port.getHost()
+    host, number = getattr(address, "host", None), getattr(address, "port", None)
+    where = f"{host}:{number}" if number is not None else str(getattr(address, "name", address))
+    log.info("rpcd listening on {where} ({endpoint}) serving {services}",
+             where=where, endpoint=endpoint, services=names)
+    return port
