@@ -29,7 +29,7 @@ from rpcd.endpoints import WatchedServerOptions, client_tls_options, server_tls_
 from rpcd.tlsinfo import PeerIdentity, describe_tls_failure, peer_identity
 
 
-class TestPKI:
+class PKIFixture:
     """
     A development PKI in a directory, plus the bad certificates the failure
     matrix needs.
@@ -180,7 +180,7 @@ class HandshakeMatrixTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.pki = TestPKI(Path(self.mktemp()))
+        self.pki = PKIFixture(Path(self.mktemp()))
 
     def assertFailed(self, peer: Peer, error: type[BaseException], words: str) -> None:
         """
@@ -422,7 +422,7 @@ class PeerIdentityTests(SynchronousTestCase):
         """
         Before the handshake completes there is no identity yet.
         """
-        pki = TestPKI(Path(self.mktemp()))
+        pki = PKIFixture(Path(self.mktemp()))
         server = Peer("server")
         factory = TLSMemoryBIOFactory(
             pki.server(), False, Factory.forProtocol(lambda: server), clock=Clock()
