@@ -1,0 +1,3 @@
+module rpcd-benchmarks
+
+go 1.19
