@@ -289,6 +289,8 @@ def _compile(hint: Any) -> Converter:
 
 
 def _hint_name(hint: Any) -> str:
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
