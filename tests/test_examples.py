@@ -1,0 +1,164 @@
+"""
+Tests for the seed documents' services, as their Go programs use them.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from rpcd.errors import Code, ConnectionLost, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
+from rpcd.examples.arith import Arith, Cal, ServiceA
+from rpcd.examples.hello import HelloService
+from rpcd.examples.kvstore import KVStoreService
+from rpcd.service import ServiceRegistry
+from rpcd.testing import MemoryConnection
+
+
+class FakeAuthenticator:
+    """Knows user/password; refuses a host after three failures."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    def retry_after(self, host: str) -> float | None:
+        return 30.0 if self.failures.get(host, 0) >= 3 else None
+
+    def authenticate(self, host: str, user: str, password: str):  # type: ignore[no-untyped-def]
+        ok = (user, password) == ("user", "password")
+        if not ok:
+            self.failures[host] = self.failures.get(host, 0) + 1
+        return succeed(ok)
+
+
+class ArithmeticTests(SynchronousTestCase):
+    """Cal.Square, Arith.Multiply and ServiceA.Add."""
+
+    def test_seed_calls(self) -> None:
+        """The three seed calls answer as the Go servers do; x/y match X/Y."""
+        conn = MemoryConnection([Cal, Arith, ServiceA])
+        calls = [conn.client.call("Cal.Square", 12), conn.client.call("Arith.Multiply", {"A": 7, "B": 8}),
+                 conn.client.call("ServiceA.Add", {"x": 10, "y": 50})]
+        conn.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], [{"Num": 12, "Ans": 144}, 56, 60])
+
+
+class HelloTests(SynchronousTestCase):
+    """The per-connection HelloService with its login."""
+
+    def setUp(self) -> None:
+        self.registry = ServiceRegistry()
+        self.registry.add(HelloService)
+        self.auth = FakeAuthenticator()
+
+    def connect(self) -> MemoryConnection:
+        return MemoryConnection(self.registry, authenticator=self.auth)
+
+    def call(self, conn: MemoryConnection, method: str, arg: object):  # type: ignore[no-untyped-def]
+        d = conn.client.call(method, arg)
+        conn.flush()
+        return d
+
+    def test_hello_needs_login(self) -> None:
+        """Hello before Login fails with "please login"."""
+        conn = self.connect()
+        f = self.failureResultOf(self.call(conn, "HelloService.Hello", "x"), Unauthenticated)
+        self.assertEqual(f.value.message, "please login")
+
+    def test_login_then_hello(self) -> None:
+        """After Login("user:password"), Hello answers with the caller's address."""
+        conn = self.connect()
+        self.assertEqual(self.successResultOf(self.call(conn, "HelloService.Login", "user:password")), "")
+        reply = self.successResultOf(self.call(conn, "HelloService.Hello", "hello"))
+        peer = conn.server_protocol.inner.session.peer
+        self.assertEqual(reply, "hello:hello, from" + peer)
+
+    def test_wrong_password(self) -> None:
+        """A wrong password fails with "auth failed" and leaves the connection logged out."""
+        conn = self.connect()
+        f = self.failureResultOf(self.call(conn, "HelloService.Login", "user:nope"), Unauthenticated)
+        self.assertEqual(f.value.message, "auth failed")
+        self.failureResultOf(self.call(conn, "HelloService.Hello", "x"), Unauthenticated)
+
+    def test_login_is_per_connection(self) -> None:
+        """A login on one connection does not log in another."""
+        one, two = self.connect(), self.connect()
+        self.successResultOf(self.call(one, "HelloService.Login", "user:password"))
+        self.successResultOf(self.call(one, "HelloService.Hello", "a"))
+        self.failureResultOf(self.call(two, "HelloService.Hello", "b"), Unauthenticated)
+
+    def test_throttled(self) -> None:
+        """After too many failures from a host, logins fail with RESOURCE_EXHAUSTED."""
+        conn = self.connect()
+        for _ in range(3):
+            self.failureResultOf(self.call(conn, "HelloService.Login", "user:bad"), Unauthenticated)
+        f = self.failureResultOf(self.call(conn, "HelloService.Login", "user:password"), ResourceExhausted)
+        self.assertIn("too many failed logins", f.value.message)
+
+    def test_no_users(self) -> None:
+        """Without configured users every login fails, saying why."""
+        conn = MemoryConnection(self.registry)
+        f = self.failureResultOf(self.call(conn, "HelloService.Login", "user:password"), Unauthenticated)
+        self.assertIn("no users configured", f.value.message)
+
+
+class KVStoreTests(SynchronousTestCase):
+    """Get, Set and the long-poll Watch."""
+
+    def setUp(self) -> None:
+        self.store = KVStoreService()
+        self.conn = MemoryConnection([self.store])
+
+    def call(self, method: str, arg: object):  # type: ignore[no-untyped-def]
+        d = self.conn.client.call(method, arg)
+        self.conn.flush()
+        return d
+
+    def test_get_set(self) -> None:
+        """Set then Get returns the value; a missing key fails with "not found"."""
+        self.assertIsNone(self.successResultOf(self.call("KVStoreService.Set", ["abc", "abc-value"])))
+        self.assertEqual(self.successResultOf(self.call("KVStoreService.Get", "abc")), "abc-value")
+        f = self.failureResultOf(self.call("KVStoreService.Get", "zzz"), NotFound)
+        self.assertEqual((f.value.code, f.value.message), (Code.NOT_FOUND, "not found"))
+
+    def test_watch_beside_set(self) -> None:
+        """Many Watches wait on one connection; a Set that changes a value wakes them all."""
+        watches = [self.call("KVStoreService.Watch", 30) for _ in range(10)]
+        for w in watches:
+            self.assertNoResult(w)
+        self.assertEqual(len(self.store.watchers), 10)
+        self.successResultOf(self.call("KVStoreService.Set", ["abc", "v"]))
+        self.assertEqual([self.successResultOf(w) for w in watches], ["abc"] * 10)
+        self.assertEqual(self.store.watchers, set())
+        self.assertEqual(self.conn.clock.getDelayedCalls(), [])
+
+    def test_unchanged_value_does_not_wake(self) -> None:
+        """Setting a key to the value it has wakes nobody, as in the seed."""
+        self.successResultOf(self.call("KVStoreService.Set", ["k", "v"]))
+        watch = self.call("KVStoreService.Watch", 30)
+        self.successResultOf(self.call("KVStoreService.Set", ["k", "v"]))
+        self.assertNoResult(watch)
+
+    def test_watch_timeout(self) -> None:
+        """A Watch with no change fails with "timeout" and is removed."""
+        watch = self.call("KVStoreService.Watch", 2)
+        self.conn.clock.advance(2)
+        self.conn.flush()
+        f = self.failureResultOf(watch, DeadlineExceeded)
+        self.assertEqual(f.value.message, "timeout")
+        self.assertEqual(self.store.watchers, set())
+
+    def test_watch_removed_on_disconnect(self) -> None:
+        """A dropped connection removes its watchers and their timers."""
+        watches = [self.call("KVStoreService.Watch", 30) for _ in range(2)]
+        self.assertEqual(len(self.store.watchers), 2)
+        self.conn.disconnect()
+        for w in watches:
+            self.failureResultOf(w, ConnectionLost)
+        self.assertEqual(self.store.watchers, set())
+        self.assertEqual(self.conn.clock.getDelayedCalls(), [])
+
+    def test_watch_bounds(self) -> None:
+        """A negative or huge timeout is refused."""
+        self.failureResultOf(self.call("KVStoreService.Watch", -1), InvalidArgument)
+        self.failureResultOf(self.call("KVStoreService.Watch", 10**9), InvalidArgument)
