@@ -148,6 +148,7 @@ def _b64decode(text: str, what: str) -> bytes:
 
 def hash_password(
     password: str,
+    *,
     n: int = DEFAULT_N,
     r: int = DEFAULT_R,
     p: int = DEFAULT_P,

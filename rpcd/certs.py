@@ -167,8 +167,27 @@ def _validity(
     return valid_from, valid_until
 
 
+def _key_usage(signs_certificates: bool = False, key_encipherment: bool = False) -> x509.KeyUsage:
+    """
+    @return: a keyUsage extension allowing signatures, plus certificate and
+        CRL signing for a CA, plus key encipherment for an RSA server key.
+    """
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def create_ca(
     common_name: str = "rpcd development CA",
+    *,
     days: int = 365,
     key_type: str = "ec",
     valid_from: datetime.datetime | None = None,
@@ -201,20 +220,7 @@ def create_ca(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
         )
@@ -228,6 +234,7 @@ def issue_certificate(
     common_name: str,
     names: Sequence[str] = (),
     usage: str = "server",
+    *,
     days: int = 365,
     key_type: str = "ec",
     valid_from: datetime.datetime | None = None,
@@ -266,18 +273,7 @@ def issue_certificate(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            _key_usage(key_encipherment=isinstance(key, rsa.RSAPrivateKey)), critical=True
         )
         .add_extension(x509.ExtendedKeyUsage([usages[usage]]), critical=False)
         .add_extension(
@@ -298,6 +294,7 @@ def issue_certificate(
 def issue_server_certificate(
     ca: IssuedCertificate,
     names: Sequence[str] = DEFAULT_SERVER_NAMES,
+    *,
     days: int = 365,
     key_type: str = "ec",
     valid_from: datetime.datetime | None = None,
@@ -316,7 +313,8 @@ def issue_server_certificate(
     if not names:
         raise ValueError("a server certificate needs at least one name")
     return issue_certificate(
-        ca, names[0], names, "server", days, key_type, valid_from, valid_until
+        ca, names[0], names, "server",
+        days=days, key_type=key_type, valid_from=valid_from, valid_until=valid_until,
     )
 
 
@@ -324,6 +322,7 @@ def issue_client_certificate(
     ca: IssuedCertificate,
     name: str,
     names: Sequence[str] = (),
+    *,
     days: int = 365,
     key_type: str = "ec",
     valid_from: datetime.datetime | None = None,
@@ -339,7 +338,8 @@ def issue_client_certificate(
     @raise ValueError: see L{issue_certificate}.
     """
     return issue_certificate(
-        ca, name, names, "client", days, key_type, valid_from, valid_until
+        ca, name, names, "client",
+        days=days, key_type=key_type, valid_from=valid_from, valid_until=valid_until,
     )
 
 

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rpcd import auth
 
 # A cheap cost for tests that do not check the default cost.
-FAST = {"n": 2**10, "r": 8, "p": 1}
+FAST: dict[str, Any] = {"n": 2**10, "r": 8, "p": 1}
 
 
 class FakeThreadPool:
@@ -255,7 +255,7 @@ class LoginRateLimiterTests(SynchronousTestCase):
         self.clock = Clock()
         self.limiter = auth.LoginRateLimiter(self.clock, max_attempts=3, per_seconds=60.0)
 
-    def fail(self, host: str, times: int) -> None:
+    def fail_times(self, host: str, times: int) -> None:
         for _ in range(times):
             self.limiter.record_failure(host)
 
@@ -263,9 +263,9 @@ class LoginRateLimiterTests(SynchronousTestCase):
         """
         A host may fail C{max_attempts} times before it must wait.
         """
-        self.fail("10.0.0.1", 2)
+        self.fail_times("10.0.0.1", 2)
         self.assertIsNone(self.limiter.check("10.0.0.1"))
-        self.fail("10.0.0.1", 1)
+        self.fail_times("10.0.0.1", 1)
         self.assertEqual(self.limiter.check("10.0.0.1"), 60.0)
 
     def test_wait_shrinks(self) -> None:
@@ -273,9 +273,9 @@ class LoginRateLimiterTests(SynchronousTestCase):
         The wait is what remains of the window that began at the first
         failure, and ends with it.
         """
-        self.fail("10.0.0.1", 1)
+        self.fail_times("10.0.0.1", 1)
         self.clock.advance(20)
-        self.fail("10.0.0.1", 2)
+        self.fail_times("10.0.0.1", 2)
         self.clock.advance(10)
         self.assertEqual(self.limiter.check("10.0.0.1"), 30.0)
         self.clock.advance(30)
@@ -285,16 +285,16 @@ class LoginRateLimiterTests(SynchronousTestCase):
         """
         One host's failures do not limit another.
         """
-        self.fail("10.0.0.1", 3)
+        self.fail_times("10.0.0.1", 3)
         self.assertIsNone(self.limiter.check("10.0.0.2"))
 
     def test_success_resets(self) -> None:
         """
         A successful login forgets the host's failures.
         """
-        self.fail("10.0.0.1", 2)
+        self.fail_times("10.0.0.1", 2)
         self.limiter.record_success("10.0.0.1")
-        self.fail("10.0.0.1", 2)
+        self.fail_times("10.0.0.1", 2)
         self.assertIsNone(self.limiter.check("10.0.0.1"))
         self.limiter.record_success("never-seen")  # No error.
 
@@ -302,8 +302,8 @@ class LoginRateLimiterTests(SynchronousTestCase):
         """
         Hosts whose window ended are forgotten, so memory does not grow.
         """
-        self.fail("10.0.0.1", 1)
-        self.fail("10.0.0.2", 1)
+        self.fail_times("10.0.0.1", 1)
+        self.fail_times("10.0.0.2", 1)
         self.assertEqual(len(self.limiter), 2)
         self.clock.advance(61)
         self.assertIsNone(self.limiter.check("10.0.0.3"))

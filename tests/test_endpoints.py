@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import reactor as global_reactor
@@ -128,7 +129,7 @@ class ParserTests(SynchronousTestCase):
         )
         self.ca = f"caCerts={_escape(self.pki.path('ca.pem'))}"
 
-    def listen(self, description: str) -> tuple[object, TLSMemoryBIOFactory]:
+    def listen(self, description: str) -> tuple[Any, Any]:
         """
         Parse C{description} and listen on it.
 
@@ -326,6 +327,7 @@ class _Asker(Protocol):
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"who am I?")
 
     def dataReceived(self, data: bytes) -> None:
@@ -341,6 +343,7 @@ class _Teller(Protocol):
     """
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         identity = peer_identity(self.transport)
         name = identity.common_name if identity and identity.common_name else "?"
         self.transport.write(f"you are {name}".encode())
@@ -391,7 +394,7 @@ class LoopbackTests(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
-    def test_twisted_tls_client(self) -> None:
+    def test_twisted_tls_client(self) -> Deferred[None]:
         """
         Twisted's C{tls:} client string with a client certificate connects,
         and the server sees the client's CN.
@@ -411,7 +414,7 @@ class LoopbackTests(TestCase):
 
         return Deferred.fromCoroutine(run())
 
-    def test_openssl_without_certificate(self) -> None:
+    def test_openssl_without_certificate(self) -> Deferred[None]:
         """
         C{openssl s_client} without a client certificate verifies the server
         but is refused by it, and the server says why.
@@ -446,7 +449,7 @@ class LoopbackTests(TestCase):
 
         return Deferred.fromCoroutine(run())
 
-    def test_openssl_with_certificate(self) -> None:
+    def test_openssl_with_certificate(self) -> Deferred[None]:
         """
         C{openssl s_client} with alice's certificate is told it is alice.
         """

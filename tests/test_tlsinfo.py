@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -43,7 +44,9 @@ class PKIFixture:
         ca = certs.load_issued_certificate(directory / "ca.pem", directory / "ca.key")
         foreign = certs.create_ca()  # Same name as the real CA, another key.
         past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
-        expired = {"valid_from": past, "valid_until": past + datetime.timedelta(days=1)}
+        expired: dict[str, Any] = {
+            "valid_from": past, "valid_until": past + datetime.timedelta(days=1)
+        }
         certs.issue_server_certificate(ca, **expired).write(directory, "expired-server")
         certs.issue_server_certificate(ca, ["wrong.example"]).write(directory, "wrong-server")
         certs.issue_server_certificate(foreign).write(directory, "foreign-server")
@@ -118,6 +121,7 @@ class ClosingPeer(Peer):
     """
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.loseConnection()
 
 
@@ -128,12 +132,13 @@ class ReplyingPeer(Peer):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        assert self.transport is not None
         self.transport.write(b"ERR unknown command\r\n")
 
 
 def handshake(
-    server_options: object | None,
-    client_options: object | None,
+    server_options: Any,
+    client_options: Any,
     server: Peer | None = None,
     client_first: bytes = b"ping",
 ) -> tuple[Peer, Peer]:
@@ -146,8 +151,8 @@ def handshake(
     clock = Clock()
     server = Peer("server") if server is None else server
     client = Peer("client")
-    server_factory: Factory = Factory.forProtocol(lambda: server)
-    client_factory: Factory = Factory.forProtocol(lambda: client)
+    server_factory: Any = Factory.forProtocol(lambda: server)
+    client_factory: Any = Factory.forProtocol(lambda: client)
     if server_options is not None:
         server_factory = TLSMemoryBIOFactory(server_options, False, server_factory, clock=clock)
     if client_options is not None:
@@ -157,6 +162,7 @@ def handshake(
         lambda: client_factory.buildProtocol(None),
         clock=clock,
     )
+    assert client.transport is not None and server.transport is not None
     client.transport.write(client_first)
     pump.flush()
     server.transport.write(b"pong")
