@@ -493,7 +493,7 @@ def _print_summary(written: Mapping[str, Path], stdout: TextIO) -> None:
     """
     for path in written.values():
         print(path, file=stdout)
-    d = Path(written["ca.pem"]).parent
+    d = str(Path(written["ca.pem"]).parent).replace("\\", "\\\\").replace(":", "\\:")
     print(
         f"\nserver: mtls:8443:certKey={d}/server.pem:privateKey={d}/server.key"
         f":caCerts={d}/ca.pem",
@@ -502,9 +502,9 @@ def _print_summary(written: Mapping[str, Path], stdout: TextIO) -> None:
     clients = [p for name, p in written.items() if name.endswith(".pem")
                and name not in ("ca.pem", "server.pem")]
     if clients:
-        cert = clients[0]
+        stem = clients[0].stem
         print(
             f"client: tls:host=localhost:port=8443:trustRoots={d}"
-            f":certificate={cert}:privateKey={cert.with_suffix('.key')}",
+            f":certificate={d}/{stem}.pem:privateKey={d}/{stem}.key",
             file=stdout,
         )

@@ -36,6 +36,14 @@ certificates chain to C{ca.pem}; in production use a directory holding only
 CA certificates).  C{host} is checked against the server certificate's names
 with service_identity.  For programmatic clients use L{client_tls_options}
 with C{wrapClientTLS}.
+
+The creators here (L{WatchedServerOptions}, L{WatchedClientOptions}) call
+L{rpcd.tlsinfo.watch_verification}, so that
+L{rpcd.tlsinfo.describe_tls_failure} can tell an expired certificate from an
+unknown CA; with Twisted's own C{tls:} client the words are less precise.
+
+If another installed plugin also claimed C{mtls:}, Twisted would pick one of
+the two arbitrarily; none known does.
 """
 
 from __future__ import annotations
@@ -171,7 +179,7 @@ class WatchedServerOptions:
 
 
 @implementer(IOpenSSLClientConnectionCreator)
-class ClientTLSOptions:
+class WatchedClientOptions:
     """
     Client TLS options that check the server's name with service_identity,
     like Twisted's C{optionsForClientTLS}, and note why a server certificate
@@ -214,7 +222,7 @@ def client_tls_options(
     ca: Path | str | None = None,
     certificate: Path | str | None = None,
     private_key: Path | str | None = None,
-) -> ClientTLSOptions:
+) -> WatchedClientOptions:
     """
     Make the client side's TLS policy, for C{wrapClientTLS} or C{connectSSL}.
 
@@ -236,7 +244,7 @@ def client_tls_options(
     if certificate is not None:
         client = load_private_certificate(certificate, private_key)
         options = {"privateKey": client.privateKey.original, "certificate": client.original}
-    return ClientTLSOptions(
+    return WatchedClientOptions(
         hostname,
         CertificateOptions(trustRoot=trust, raiseMinimumTo=MINIMUM_TLS_VERSION, **options),
     )
@@ -249,6 +257,8 @@ def _transport_endpoint(
     Build the endpoint under the TLS layer: TCP C{PORT} or C{unix:PATH}.
     """
     if len(args) == 2 and args[0] == "unix":
+        if interface:
+            raise ValueError("interface= is for TCP, not unix:")
         mode = int(extra.pop("mode", "666"), 8)
         want_pid = bool(int(extra.pop("lockfile", "1")))
         _refuse_extra(extra)

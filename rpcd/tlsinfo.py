@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509

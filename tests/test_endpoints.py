@@ -254,6 +254,9 @@ class ParserTests(SynchronousTestCase):
         self.assertParseError(f"rpcd-tls:https:{self.files}", "the port must be a number")
         self.assertParseError(f"rpcd-tls:8443:{self.files}:certkey=x", "unknown endpoint option(s): certkey")
         self.assertParseError(f"rpcd-tls:8443:{self.files}:mode=600", "unknown endpoint option(s): mode")
+        self.assertParseError(
+            f"rpcd-tls:unix:/tmp/s:{self.files}:interface=127.0.0.1", "interface= is for TCP"
+        )
 
     def test_key_mismatch(self) -> None:
         """
