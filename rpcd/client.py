@@ -217,9 +217,9 @@ class BlockingClient:
         from twisted.internet.threads import blockingCallFromThread
         self._blocking = blockingCallFromThread
         self._reactor = _ReactorThread.ensure()
+        reactor = self._reactor
         self._client: Client = self._blocking(
-            self._reactor, connect, endpoint, codec=codec, reactor=self._reactor,
-            default_timeout=timeout)
+            reactor, lambda: connect(endpoint, codec=codec, reactor=reactor, default_timeout=timeout))
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Any:
