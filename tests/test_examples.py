@@ -124,13 +124,19 @@ class KVStoreTests(SynchronousTestCase):
     def test_watch_beside_set(self) -> None:
         """Many Watches wait on one connection; a Set that changes a value wakes them all."""
         watches = [self.call("KVStoreService.Watch", 30) for _ in range(10)]
+        self.assertEqual(len(self.watch_timers()), 10)
         for w in watches:
             self.assertNoResult(w)
         self.assertEqual(len(self.store.watchers), 10)
         self.successResultOf(self.call("KVStoreService.Set", ["abc", "v"]))
         self.assertEqual([self.successResultOf(w) for w in watches], ["abc"] * 10)
         self.assertEqual(self.store.watchers, set())
-        self.assertEqual(self.conn.clock.getDelayedCalls(), [])
+        self.assertEqual(self.watch_timers(), [])
+
+    def watch_timers(self) -> list:
+        """The Watch timeouts still scheduled."""
+        return [c for c in self.conn.clock.getDelayedCalls()
+                if c.func.__qualname__.startswith("KVStoreService.Watch")]
 
     def test_unchanged_value_does_not_wake(self) -> None:
         """Setting a key to the value it has wakes nobody, as in the seed."""
@@ -156,7 +162,7 @@ class KVStoreTests(SynchronousTestCase):
         for w in watches:
             self.failureResultOf(w, ConnectionLost)
         self.assertEqual(self.store.watchers, set())
-        self.assertEqual(self.conn.clock.getDelayedCalls(), [])
+        self.assertEqual(self.watch_timers(), [])
 
     def test_watch_bounds(self) -> None:
         """A negative or huge timeout is refused."""
