@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import inspect
+import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -176,8 +178,26 @@ def _dataclass(cls: type) -> Converter:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             zeros.append((f.name, zero_factory(hints.get(f.name, Any))))
     expected = cls.__name__
+    fast = _exact_fields(cls, fields, hints)
+    if fast is None:
+        fast_size, names, exact_types, getter, positional = -1, (), (), None, False
+    else:
+        names, exact_types, getter, positional = fast
+        fast_size = len(names)
 
     def convert(value: Any) -> Any:
+        if type(value) is dict and len(value) == fast_size:
+            # The common case: exactly the field names, each value already of
+            # its field's scalar type, so no field converter would change it.
+            try:
+                values = getter(value)
+            except KeyError:
+                pass
+            else:
+                if fast_size == 1:
+                    values = (values,)
+                if tuple(map(type, values)) == exact_types:
+                    return cls(*values) if positional else cls(**value)
         if type(value) is cls:
             return value
         if not isinstance(value, Mapping):
@@ -204,6 +224,42 @@ def _dataclass(cls: type) -> Converter:
                     kwargs[name] = zero()
         return cls(**kwargs)
     return convert
+
+
+_EXACT_SCALARS = (int, float, str, bool, bytes)
+
+
+def _exact_fields(cls: type, fields: list[dataclasses.Field],
+                  hints: dict[str, Any]) -> tuple[tuple[str, ...], tuple[type, ...], Callable[[Any], Any], bool] | None:
+    """
+    What the fast path of a dataclass converter needs, when it has one.
+
+    A dataclass whose every field is hinted with a scalar type that converts
+    to itself (C{int}, C{float}, C{str}, C{bool}, C{bytes}) can be built
+    straight from a mapping that has exactly its field names with values of
+    exactly those types: nothing would be converted.
+
+    @param cls: the dataclass.
+    @param fields: its fields that C{__init__} takes.
+    @param hints: its resolved type hints.
+    @return: C{(names, types, getter, positional)}: the field names, their
+        exact types, an C{itemgetter} of the names, and whether the
+        constructor takes exactly those, in that order, by position; or None
+        when some field is of another kind.
+    """
+    if not fields:
+        return None
+    exact_types = tuple(hints.get(f.name) for f in fields)
+    if not all(t in _EXACT_SCALARS for t in exact_types):
+        return None
+    names = tuple(f.name for f in fields)
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = ([p.name for p in params] == list(names)
+                  and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params))
+    return names, exact_types, operator.itemgetter(*names), positional
 
 
 def zero_factory(hint: Any) -> Callable[[], Any]:
@@ -335,6 +391,22 @@ def to_wire(value: Any) -> Any:
 
 
 _PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+def result_passthrough(hint: Any) -> frozenset[type]:
+    """
+    The types of result that the result converter of a hint returns
+    unchanged, so that a caller may skip calling it for them.
+
+    @param hint: the resolved return annotation (C{Any} when there is none).
+    @return: e.g. C{{int}} for C{int}; the plain scalar types (and None) for
+        C{Any}; empty when every result must go through the converter.
+    """
+    if hint in (Any, object, None, type(None)):
+        return _PLAIN
+    if hint in _EXACT_SCALARS:
+        return frozenset({hint})
+    return frozenset()
 
 
 def result_converter(hint: Any) -> Converter:

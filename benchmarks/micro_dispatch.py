@@ -1,0 +1,182 @@
+"""
+In-process micro-benchmark of the native server's hot path: no sockets, no
+reactor loop.
+
+It builds the daemon's real registry (the embedded default config, as
+C{twistd -n rpcd} serves it), connects one L{NativeServerProtocol} to a
+L{StringTransport}, and feeds it the same prebuilt batch of CALL frames
+(C{[0, id, "Arith.Multiply", {"A": a, "B": 7}]}) again and again through
+C{dataReceived}, as a read of a pipelined client's burst would arrive.  It
+prints the CPU per call in microseconds (best of several rounds), so a change
+to framing, dispatch or conversion shows up in seconds::
+
+    python benchmarks/micro_dispatch.py                  # 64 frames per read
+    python benchmarks/micro_dispatch.py --batch 1        # one frame per read
+    python benchmarks/micro_dispatch.py --profile        # cProfile, top functions
+    python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
+
+The socket benchmark (with the real daemon and the anchors beside it) is
+C{benchmarks/bench_native.py}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import struct
+import sys
+import time
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from rpcd import config as config_module  # noqa: E402
+from rpcd.daemon import build_registry, resolve_services  # noqa: E402
+from rpcd.server import RPCServer  # noqa: E402
+from rpcd.wire.frames import PREFACE  # noqa: E402
+from rpcd.wire.native import NativeServerProtocol  # noqa: E402
+
+
+def frames(batch: int, method: str = "Arith.Multiply") -> bytes:
+    """
+    @param batch: how many CALL frames.
+    @param method: the method each calls.
+    @return: the frames, concatenated, with ids 1..batch.
+    """
+    out = []
+    for i in range(1, batch + 1):
+        body = msgpack.packb([0, i, method, {"A": i % 1000, "B": 7}])
+        out.append(struct.pack(">I", len(body)) + body)
+    return b"".join(out)
+
+
+def connect() -> tuple[NativeServerProtocol, StringTransport]:
+    """
+    @return: a server protocol past the preface, on a fresh transport.
+    """
+    loaded = config_module.load(None)
+    registry = build_registry(resolve_services(loaded))
+    server = RPCServer(registry, Clock(), loaded.limits)
+    protocol = NativeServerProtocol(server)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(PREFACE)
+    transport.clear()
+    return protocol, transport
+
+
+def check(protocol: NativeServerProtocol, transport: StringTransport, data: bytes, batch: int) -> None:
+    """
+    Feed one batch and check every reply, so the benchmark measures a
+    working path.
+    """
+    protocol.dataReceived(data)
+    out = transport.value()
+    transport.clear()
+    unpacker = msgpack.Unpacker()
+    offset = 0
+    replies = []
+    while offset < len(out):
+        (size,) = struct.unpack_from(">I", out, offset)
+        replies.append(msgpack.unpackb(out[offset + 4:offset + 4 + size]))
+        offset += 4 + size
+    del unpacker
+    want = [[1, i, (i % 1000) * 7] for i in range(1, batch + 1)]
+    if replies != want:
+        sys.exit(f"wrong replies: {replies[:3]}... (want {want[:3]}...)")
+
+
+def measure(protocol: NativeServerProtocol, transport: StringTransport, data: bytes,
+            batch: int, calls: int, rounds: int) -> float:
+    """
+    @return: the best round's CPU microseconds per call.
+    """
+    feed = protocol.dataReceived
+    clear = transport.clear
+    reads = max(1, calls // batch)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for _ in range(reads):
+            feed(data)
+            clear()
+        best = min(best, (time.process_time() - t0) / (reads * batch) * 1e6)
+    return best
+
+
+def floor(data: bytes, batch: int, calls: int, rounds: int) -> float:
+    """
+    The bare minimum in Python for the same work: split frames, unpack, call
+    a function, pack replies, join.
+
+    @return: the best round's CPU microseconds per call.
+    """
+    unpackb = msgpack.unpackb
+    packb = msgpack.Packer(autoreset=True).pack
+    length = struct.Struct(">I")
+    unpack_length, pack_length = length.unpack_from, length.pack
+
+    def multiply(args: dict) -> int:
+        return args["A"] * args["B"]
+
+    def handle(buf: bytes) -> bytes:
+        out = []
+        offset, end_of_data = 0, len(buf)
+        view = memoryview(buf)
+        while offset < end_of_data:
+            (size,) = unpack_length(buf, offset)
+            end = offset + 4 + size
+            frame = unpackb(view[offset + 4:end])
+            offset = end
+            body = packb([1, frame[1], multiply(frame[3])])
+            out.append(pack_length(len(body)))
+            out.append(body)
+        return b"".join(out)
+
+    reads = max(1, calls // batch)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for _ in range(reads):
+            handle(data)
+        best = min(best, (time.process_time() - t0) / (reads * batch) * 1e6)
+    return best
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=64, help="CALL frames per dataReceived (64)")
+    p.add_argument("--calls", type=int, default=200_000, help="calls per round (200000)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the best is shown (5)")
+    p.add_argument("--method", default="Arith.Multiply")
+    p.add_argument("--profile", action="store_true", help="run one round under cProfile")
+    p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
+    args = p.parse_args()
+
+    protocol, transport = connect()
+    data = frames(args.batch, args.method)
+    check(protocol, transport, data, args.batch)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        measure(protocol, transport, data, args.batch, args.calls, 1)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        return 0
+    us = measure(protocol, transport, data, args.batch, args.calls, args.rounds)
+    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call")
+    if args.floor:
+        bare = floor(data, args.batch, args.calls, args.rounds)
+        print(f"bare msgpack loop (unpack, call, pack, join):  {bare:.2f} us/call "
+              f"(rpcd = {us / bare:.1f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
