@@ -74,6 +74,7 @@ _WHITESPACE_BYTES = frozenset(b" \t\r\n")
 _NUMBER = re.compile(rb"[-+.0-9eE]*")
 _LITERALS = {0x74: b"true", 0x66: b"false", 0x6E: b"null"}
 _NUMBER_START = frozenset(b"-0123456789")
+_OPENERS = frozenset(b"[{")
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
@@ -220,11 +221,42 @@ class JSONStream:
         """
         if self._error is not None or self._closed or not data:
             return
+        fast = True
+        if not self._buf and self._state == _BETWEEN and data[0] in _OPENERS:
+            # The common case: the feed is exactly one object or array,
+            # perhaps followed by a newline.
+            if self._whole_feed(data):
+                return
+            fast = False  # the same attempt would fail again in _scan
         self._buf += data
         try:
-            self._scan()
+            self._scan(fast)
         except JSONStreamError as e:
             self._fail(e)
+
+    def _whole_feed(self, data: bytes) -> bool:
+        """
+        Fast path: queue C{data} as one value if it is exactly one object or
+        array followed by nothing but whitespace.
+
+        @return: whether it was.
+        """
+        if len(data) > self.max_size:
+            return False
+        try:
+            text = data.decode("utf-8")
+            value, end = _raw_decode(text)
+        except (ValueError, RecursionError):
+            return False
+        trailing = len(text) - end
+        if trailing and text[end:].strip(" \t\r\n"):
+            return False
+        raw = data[:len(data) - trailing] if trailing else data
+        if raw.count(b"[") + raw.count(b"{") > self.max_depth:
+            if _depth(raw) > self.max_depth:
+                return False
+        self._ready.append((bytes(raw), value))
+        return True
 
     def close(self) -> None:
         """
@@ -365,7 +397,7 @@ class JSONStream:
         self._start = byte_end
         return byte_end
 
-    def _scan(self) -> None:
+    def _scan(self, fast: bool) -> None:
         buf = self._buf
         n = len(buf)
         pos = self._pos
@@ -373,7 +405,6 @@ class JSONStream:
         depth = self._depth
         max_depth = self.max_depth
         skip = _SKIP.match
-        fast = True
         self._text = None
         while True:
             if state == _BETWEEN:
@@ -484,8 +515,9 @@ def loads(
     """
     Strictly decode a byte string holding exactly one JSON value.
 
-    Same rules as L{JSONStream}; surrounding whitespace is allowed.  Use it for
-    an HTTP body, or for the bytes from L{JSONStream.raw_values}.
+    Same rules as L{JSONStream} (UTF-8, no NaN or Infinity, no duplicate
+    keys, C{max_size}, C{max_depth}); surrounding JSON whitespace is
+    allowed.  Use it for an HTTP body.
 
     @param data: the JSON text, UTF-8.
     @param max_size: as for L{JSONStream}.
@@ -494,12 +526,20 @@ def loads(
     @raise JSONStreamError: the bytes are empty, hold more than one value, or
         break a rule.
     """
-    stream = JSONStream(max_size, max_depth)
-    stream.feed(data)
-    stream.close()
-    found = list(stream.values())
-    if len(found) != 1:
+    raw = data.strip(b" \t\r\n")
+    if not raw:
+        raise JSONStreamError("no JSON value")
+    if len(raw) > max_size:
         raise JSONStreamError(
-            "no JSON value" if not found else "extra data after the JSON value"
+            f"JSON value of {len(raw)} bytes exceeds the limit of {max_size} bytes"
         )
-    return found[0]
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(raw) > max_depth:
+        raise JSONStreamError(f"JSON value nests deeper than {max_depth} levels")
+    if raw[0] in b"NI" or raw[:2] == b"-I":
+        raise _bad_start(bytearray(raw), 0)
+    try:
+        return _decode(raw)
+    except JSONStreamError as e:
+        if str(e).startswith("invalid JSON: unexpected"):
+            raise JSONStreamError("extra data after the JSON value") from None
+        raise

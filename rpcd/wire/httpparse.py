@@ -1,0 +1,538 @@
+"""
+A strict, sans-io HTTP/1.0 and HTTP/1.1 request parser, and response bytes.
+
+Only what rpcd serves: C{CONNECT /_goRPC_ HTTP/1.0} (Go's C{rpc.DialHTTP}),
+C{POST /rpc} with a C{Content-Length} body, C{GET /debug/rpc}.  Feed bytes,
+then iterate the complete requests::
+
+    parser = HTTPRequestParser()
+    parser.feed(data)
+    if parser.take_continue():
+        transport.write(CONTINUE_RESPONSE)
+    try:
+        for request in parser.requests():
+            handle(request)           # request.leftover: tunnelled bytes
+    except HTTPParseError as e:
+        transport.write(error_response(e))   # then close
+        transport.loseConnection()
+
+Requests come out in order, each complete with its body; an error is raised
+after the requests that preceded it, so pipelined requests are answered up
+to the bad one.  An error is final: answer it and close.
+
+Rules, and the status each refusal carries (L{HTTPParseError.status}):
+  - 400: a malformed request line or header line, a bare CR, NUL or other
+    control character in the head (HTAB allowed in header values), a
+    whitespace before a header's colon, obs-fold (a header line starting
+    with SP or HTAB), a C{Content-Length} that is not all digits or appears
+    more than once, an HTTP/1.1 request without exactly one C{Host}.
+  - 413: C{Content-Length} above C{max_body_size}, refused from the head,
+    before any body byte is buffered.
+  - 431: a head (request line and headers) longer than
+    C{max_header_size}, checked as bytes arrive.
+  - 411: C{Transfer-Encoding: chunked} (this server needs
+    C{Content-Length}); 501: any other C{Transfer-Encoding}.
+  - 505: a well-formed version other than HTTP/1.0 and HTTP/1.1.
+Lines may end with CRLF or a bare LF (Go's client sends
+C{"CONNECT /_goRPC_ HTTP/1.0\\n\\n"}).  Empty lines before a request line
+are skipped, as RFC 9112 section 2.2 allows.  A request without
+C{Content-Length} has an empty body.
+
+After a C{CONNECT} request the connection stops being HTTP: the request's
+C{leftover} holds every byte received after its head (Go starts its gob
+stream right after the blank line, often in the same packet), any body
+framing is ignored, and feeding the parser again is a programming error.
+After a request that does not keep the connection alive, later bytes are
+discarded: answer it and close.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Iterable, Iterator
+
+__all__ = [
+    "CONTINUE_RESPONSE",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "GO_CONNECTED_RESPONSE",
+    "HTTPParseError",
+    "HTTPRequest",
+    "HTTPRequestParser",
+    "Headers",
+    "REASONS",
+    "error_response",
+    "format_response",
+    "go_must_connect_response",
+    "http_date",
+]
+
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+
+GO_CONNECTED_RESPONSE = b"HTTP/1.0 200 Connected to Go RPC\n\n"
+"""What Go's C{rpc.Server.ServeHTTP} writes after a C{CONNECT}, byte for byte;
+Go's client accepts nothing else."""
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""The interim response to send when L{HTTPRequestParser.take_continue} says so."""
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+"""Reason phrases for the statuses rpcd uses."""
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
+_VERSION_LIKE = re.compile(rb"HTTP/[0-9]+\.[0-9]+")
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*", re.S)
+_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_LEADING_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
+_DIGITS = re.compile(rb"[0-9]+")
+_BARE_CR = re.compile(rb"\r[^\n]")
+
+
+class HTTPParseError(ValueError):
+    """
+    The request is refused.
+
+    @ivar status: the status code to answer (400, 411, 413, 431, 501, 505).
+    @ivar reason: its reason phrase.
+    @ivar detail: what was wrong, in a sentence (also the C{str()}).
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = REASONS.get(status, "Error")
+        self.detail = detail
+
+
+class Headers:
+    """
+    Header fields in the order received, looked up case-insensitively.
+
+    Iterating gives C{(name, value)} pairs with names as sent.  Names and
+    values are C{str}, decoded as ISO-8859-1 (values may hold obs-text).
+    """
+
+    __slots__ = ("_fields", "_index")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        """
+        @param fields: C{(name, value)} pairs, in order.
+        """
+        self._fields = list(fields)
+        self._index: dict[str, list[str]] = {}
+        for name, value in self._fields:
+            self._index.setdefault(name.lower(), []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """
+        @return: the first value of the field C{name}, or C{default}.
+        """
+        values = self._index.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """
+        @return: every value of the field C{name}, in order; may be empty.
+        """
+        return list(self._index.get(name.lower(), ()))
+
+    def tokens(self, name: str) -> list[str]:
+        """
+        @return: the comma-separated elements of every C{name} field,
+            stripped and lower-cased (for C{Connection}, C{Expect}, ...).
+        """
+        return [
+            token.strip().lower()
+            for value in self._index.get(name.lower(), ())
+            for token in value.split(",")
+            if token.strip()
+        ]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._index
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._fields == other._fields
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
+
+
+@dataclass(slots=True)
+class HTTPRequest:
+    """
+    One complete request (treat as read-only).
+
+    @ivar method: e.g. C{"POST"}, case as sent (methods are case-sensitive).
+    @ivar target: the request-target as sent, e.g. C{"/rpc?x=1"}.
+    @ivar version: C{"HTTP/1.0"} or C{"HTTP/1.1"}.
+    @ivar headers: the header fields.
+    @ivar body: the body (C{Content-Length} bytes), C{b""} if none.
+    @ivar keep_alive: whether the connection may serve another request
+        after this one: HTTP/1.1 unless C{Connection: close}, HTTP/1.0 only
+        with C{Connection: keep-alive}; always C{False} for C{CONNECT}.
+    @ivar leftover: for C{CONNECT}, the bytes received after the head, which
+        belong to the tunnelled protocol; C{b""} otherwise.
+    """
+
+    method: str
+    target: str
+    version: str
+    headers: Headers
+    body: bytes = b""
+    keep_alive: bool = True
+    leftover: bytes = field(default=b"")
+
+
+class HTTPRequestParser:
+    """
+    Incremental, strict request parser for one connection.
+    """
+
+    def __init__(
+        self,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
+        """
+        @param max_header_size: the longest head accepted, in bytes, from
+            the request line to the blank line included.
+        @param max_body_size: the largest C{Content-Length} accepted.
+        """
+        self.max_header_size = max_header_size
+        self.max_body_size = max_body_size
+        self._buf = bytearray()
+        self._ready: deque[HTTPRequest] = deque()
+        self._error: HTTPParseError | None = None
+        self._pending: HTTPRequest | None = None  # head parsed, body awaited
+        self._body_size = 0
+        self._searched = 0  # head-end search resumes here
+        self._continue = False
+        self._tunnel = False
+        self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """
+        Whether the parser will read no more requests: after a C{CONNECT},
+        a request that does not keep the connection alive, or an error.
+        """
+        return self._done or self._tunnel or self._error is not None
+
+    def feed(self, data: bytes) -> None:
+        """
+        Add bytes received from the client.
+
+        Never raises for bad input: errors are delivered, in order, by
+        L{requests}.  Bytes after an error or after a request that closes
+        the connection are discarded.
+
+        @param data: the next bytes, of any length.
+        @raise RuntimeError: called after a C{CONNECT} request was parsed;
+            its tunnel owns the connection now.
+        """
+        if self._tunnel:
+            raise RuntimeError("the connection is a CONNECT tunnel, not HTTP")
+        if self._error is not None or self._done:
+            return
+        self._buf += data
+        try:
+            self._parse()
+        except HTTPParseError as e:
+            self._error = e
+            self._buf = bytearray()
+            self._continue = False
+
+    def requests(self) -> Iterator[HTTPRequest]:
+        """
+        Yield the requests completed so far, in order.
+
+        @return: an iterator; requests not consumed wait for the next call.
+        @raise HTTPParseError: after the requests that preceded the error;
+            raised again by every later call.
+        """
+        ready = self._ready
+        while ready:
+            yield ready.popleft()
+        if self._error is not None:
+            raise self._error
+
+    def take_continue(self) -> bool:
+        """
+        Whether to send L{CONTINUE_RESPONSE} now: true once per request
+        whose head (HTTP/1.1, C{Expect: 100-continue}) has arrived but not
+        yet all of its body.  curl, for instance, waits a second for it
+        before sending a large body.
+        """
+        send, self._continue = self._continue, False
+        return send
+
+    def _parse(self) -> None:
+        buf = self._buf
+        pos = 0
+        while not self._done:
+            if self._pending is not None:
+                if len(buf) - pos < self._body_size:
+                    break
+                request = self._pending
+                request.body = bytes(buf[pos:pos + self._body_size])
+                pos += self._body_size
+                self._pending = None
+                self._continue = False
+                self._ready.append(request)
+                if not request.keep_alive:
+                    self._done = True
+                continue
+            pos = _LEADING_EMPTY_LINES.match(buf, pos).end()  # type: ignore[union-attr]
+            match = _HEAD_END.search(buf, max(pos, self._searched - 2))
+            if match is None:
+                bare_cr = _BARE_CR.search(buf, max(pos, self._searched - 1))
+                if bare_cr is not None:
+                    raise HTTPParseError(400, "bare CR in the request head")
+                self._searched = len(buf)
+                if len(buf) - pos > self.max_header_size:
+                    raise HTTPParseError(
+                        431,
+                        f"the request head exceeds {self.max_header_size} bytes",
+                    )
+                break
+            end = match.end()
+            self._searched = 0
+            if end - pos > self.max_header_size:
+                raise HTTPParseError(
+                    431, f"the request head exceeds {self.max_header_size} bytes"
+                )
+            request = self._parse_head(bytes(buf[pos:match.start() + 1]))
+            pos = end
+            if request.method == "CONNECT":
+                request.keep_alive = False
+                request.leftover = bytes(buf[pos:])
+                pos = len(buf)
+                self._tunnel = True
+                self._ready.append(request)
+                break
+            self._body_size = self._content_length(request)
+            self._pending = request
+            if self._body_size and "100-continue" in request.headers.tokens("expect"):
+                self._continue = request.version == "HTTP/1.1"
+        if self._done or self._tunnel:
+            self._buf = bytearray()
+        elif pos:
+            del buf[:pos]
+            self._searched = max(0, self._searched - pos)
+
+    def _parse_head(self, head: bytes) -> HTTPRequest:
+        """
+        Parse a head: its lines, each ended by LF (the blank line excluded).
+        """
+        lines = head.split(b"\n")
+        lines.pop()  # after the last LF
+        for i, line in enumerate(lines):
+            if line.endswith(b"\r"):
+                lines[i] = line = line[:-1]
+            if b"\r" in line:
+                raise HTTPParseError(400, "bare CR in the request head")
+            bad = _CONTROL.search(line)
+            if bad is not None:
+                raise HTTPParseError(
+                    400, f"control character {bad.group()!r} in the request head"
+                )
+        request_line = _REQUEST_LINE.fullmatch(lines[0])
+        if request_line is None:
+            raise HTTPParseError(400, f"malformed request line {lines[0][:100]!r}")
+        method, target, version = request_line.groups()
+        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+            raise HTTPParseError(505, f"HTTP version {version.decode()} is not supported")
+        fields = []
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                raise HTTPParseError(400, "obsolete line folding in a header field")
+            header = _HEADER_LINE.fullmatch(line)
+            if header is None:
+                raise HTTPParseError(400, f"malformed header line {line[:100]!r}")
+            fields.append(
+                (header.group(1).decode("ascii"), header.group(2).decode("latin-1"))
+            )
+        headers = Headers(fields)
+        version_text = version.decode("ascii")
+        connection = headers.tokens("connection")
+        if version_text == "HTTP/1.1":
+            keep_alive = "close" not in connection
+            if len(headers.get_all("host")) != 1:
+                raise HTTPParseError(400, "an HTTP/1.1 request needs exactly one Host header")
+        else:
+            keep_alive = "keep-alive" in connection and "close" not in connection
+        return HTTPRequest(
+            method.decode("ascii"),
+            target.decode("ascii"),
+            version_text,
+            headers,
+            keep_alive=keep_alive,
+        )
+
+    def _content_length(self, request: HTTPRequest) -> int:
+        """
+        The body length of a (non-CONNECT) request, checked.
+        """
+        headers = request.headers
+        if "transfer-encoding" in headers:
+            codings = headers.tokens("transfer-encoding")
+            if codings and codings[-1] == "chunked":
+                raise HTTPParseError(
+                    411, "chunked request bodies are not supported: send Content-Length"
+                )
+            raise HTTPParseError(
+                501, f"Transfer-Encoding {', '.join(codings)!r} is not supported"
+            )
+        lengths = headers.get_all("content-length")
+        if not lengths:
+            return 0
+        if len(lengths) > 1:
+            raise HTTPParseError(400, "more than one Content-Length header")
+        text = lengths[0]
+        if not _DIGITS.fullmatch(text.encode("latin-1")):
+            raise HTTPParseError(400, f"invalid Content-Length {text[:40]!r}")
+        if len(text) > 18 or int(text) > self.max_body_size:
+            raise HTTPParseError(
+                413,
+                f"a body of {text[:40]} bytes exceeds the limit of "
+                f"{self.max_body_size} bytes",
+            )
+        return int(text)
+
+
+def _check_field(text: str, what: str) -> bytes:
+    data = text.encode("latin-1")
+    if _CONTROL.search(data) or b"\r" in data or b"\n" in data:
+        raise ValueError(f"control character in the response {what} {text!r}")
+    return data
+
+
+def format_response(
+    status: int,
+    reason: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+) -> bytes:
+    """
+    Format a response, with CRLF line endings.
+
+    C{Content-Length} is added after C{headers} unless given there or the
+    status forbids a body (1xx, 204, 304).
+
+    @param status: the status code.
+    @param reason: the reason phrase; C{None} for the one in L{REASONS}.
+    @param headers: C{(name, value)} pairs, in order, ISO-8859-1 text.
+    @param body: the body.
+    @param version: C{"HTTP/1.1"} or C{"HTTP/1.0"} (use the request's).
+    @return: the bytes to write.
+    @raise ValueError: a header, the reason or the version holds CR, LF or
+        another control character (response splitting), or a header name
+        is not a token.
+    """
+    if reason is None:
+        reason = REASONS.get(status, "Unknown")
+    out = [
+        _check_field(version, "version") + b" " + str(int(status)).encode("ascii")
+        + b" " + _check_field(reason, "reason") + b"\r\n"
+    ]
+    has_length = False
+    for name, value in headers:
+        raw_name = name.encode("latin-1")
+        if not re.fullmatch(_TOKEN, raw_name):
+            raise ValueError(f"invalid header name {name!r}")
+        has_length = has_length or name.lower() == "content-length"
+        out.append(raw_name + b": " + _check_field(value, "header value") + b"\r\n")
+    if not has_length and not (100 <= status < 200 or status in (204, 304)):
+        out.append(b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n")
+    out.append(b"\r\n")
+    out.append(body)
+    return b"".join(out)
+
+
+def error_response(error: HTTPParseError) -> bytes:
+    """
+    The response to a refused request: its status, a plain-text body with
+    the detail, and C{Connection: close} (the parser is finished).
+
+    @param error: what L{HTTPRequestParser.requests} raised.
+    @return: the bytes to write before closing the connection.
+    """
+    return format_response(
+        error.status,
+        error.reason,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")],
+        (error.detail + "\n").encode("utf-8"),
+    )
+
+
+def http_date(seconds: float) -> str:
+    """
+    Format a time for a C{Date} header.
+
+    @param seconds: seconds since the epoch, e.g. C{reactor.seconds()}.
+    @return: e.g. C{"Mon, 23 Nov 2026 15:35:09 GMT"}.
+    """
+    return formatdate(seconds, usegmt=True)
+
+
+def go_must_connect_response(request: HTTPRequest, date: str) -> bytes:
+    """
+    What Go's C{rpc.Server.ServeHTTP} answers (through net/http) to any
+    method but C{CONNECT} on its RPC path, byte for byte::
+
+        HTTP/1.1 405 Method Not Allowed
+        Content-Type: text/plain; charset=utf-8
+        Date: Mon, 23 Nov 2026 15:35:09 GMT
+        Content-Length: 17
+        Connection: close           (HTTP/1.1 closing; keep-alive for 1.0 kept)
+
+        405 must CONNECT
+
+    @param request: the request answered (its version and keep-alive pick
+        the status line's version and the C{Connection} header, as in Go).
+    @param date: the C{Date} value (see L{http_date}).
+    @return: the bytes to write.
+    """
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Date", date),
+        ("Content-Length", "17"),
+    ]
+    if request.version == "HTTP/1.1" and not request.keep_alive:
+        headers.append(("Connection", "close"))
+    elif request.version == "HTTP/1.0" and request.keep_alive:
+        headers.append(("Connection", "keep-alive"))
+    return format_response(
+        405, "Method Not Allowed", headers, b"405 must CONNECT\n", request.version
+    )
