@@ -6,8 +6,13 @@ tests, and running other real programs (the C{rpcd} command, Go programs).
     client = await connect(f"tcp:127.0.0.1:{daemon.port}")
 
 The daemon listens on port 0 and the test reads the real port from its log
-line C{rpcd listening on HOST:PORT (...)}; nothing sleeps.  It is stopped
-with SIGTERM in the test's cleanup.
+line C{rpcd listening on HOST:PORT (...)}; nothing sleeps: every wait is on
+the daemon's output or its exit.  It is stopped with SIGTERM (SIGKILL if it
+lingers) in the test's cleanup.
+
+    daemon = await Daemon.start(self, "--config", path, listeners=2, nofile=64)
+    await daemon.wait_for_log(r"closing .*: idle", after=mark, timeout=10)
+    daemon.pid, daemon.ports, daemon.addresses, daemon.rss_kib(), daemon.open_fds()
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"rpcd listening on (\S+):(\d+) \(")
+LISTENING = re.compile(r"rpcd listening on (\S+?)(?::(\d+))? \(")
+
+# Runs twistd with RLIMIT_NOFILE lowered to argv[1] (for fd-exhaustion tests).
+_LIMITED_TWISTD = (
+    "import resource, sys\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))\n"
+    "from twisted.scripts.twistd import run\n"
+    "run()\n"
+)
 
 
 class _Output(ProcessProtocol):
@@ -55,13 +69,24 @@ class _Output(ProcessProtocol):
                 self.waiters.remove(waiter)
                 d.callback(found)
 
-    def wait_for(self, match: Callable[[str], Any], what: str) -> Deferred[Any]:
+    def wait_for(self, match: Callable[[str], Any], what: str,
+                 timeout: float | None = None) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.waiters.append((match, d))
         self._check()
         if not self.running and not d.called:
             self.waiters.remove((match, d))
             d.errback(AssertionError(f"process ended before {what}; output:\n{self.text}"))
+        if timeout is not None and not d.called:
+            waiter = (match, d)
+
+            def expired() -> None:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+                    d.errback(AssertionError(f"no {what} within {timeout:g} s; "
+                                             f"output:\n{self.text[-6000:]}"))
+            timer = reactor.callLater(timeout, expired)
+            d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return d
 
     @property
@@ -94,20 +119,31 @@ class Daemon:
     """
     A running C{twistd -n rpcd}.
 
-    @ivar ports: the TCP ports it listens on, in the order of its endpoints.
+    @ivar ports: the TCP ports it listens on, in the order of its endpoints
+        (None for a Unix socket).
     @ivar port: the first of them.
-    @ivar pid: its process id.
+    @ivar addresses: what each "listening" line names: C{HOST:PORT}, or a
+        Unix socket's path.
+    @ivar pid: its process id (C{twistd -n} does not fork).
     """
 
     def __init__(self, process: Any, output: _Output) -> None:
         self.process = process
         self.output_protocol = output
         self.pid: int = process.pid
-        self.ports: list[int] = []
+        self.ports: list[int | None] = []
+        self.addresses: list[str] = []
 
     @property
     def port(self) -> int:
         return self.ports[0]
+
+    @property
+    def running(self) -> bool:
+        """
+        @return: whether the process has not exited yet.
+        """
+        return self.output_protocol.running
 
     @property
     def output(self) -> str:
@@ -118,7 +154,8 @@ class Daemon:
 
     @classmethod
     async def start(cls, test: TestCase, *args: str, listeners: int = 1,
-                    env: dict[str, str] | None = None, cwd: str | None = None) -> Daemon:
+                    env: dict[str, str] | None = None, cwd: str | None = None,
+                    nofile: int | None = None, timeout: float = 30.0) -> Daemon:
         """
         Start the daemon and wait until every endpoint listens.
 
@@ -127,10 +164,14 @@ class Daemon:
         @param listeners: how many "listening" log lines to wait for.
         @param env: extra environment variables.
         @param cwd: the working directory.
+        @param nofile: lower the daemon's RLIMIT_NOFILE (open files) to this.
+        @param timeout: seconds to wait for the "listening" lines.
         @return: the running daemon.
         """
         output = _Output()
         argv = twistd_command("-n", "--pidfile=", "rpcd", *args)
+        if nofile is not None:
+            argv[1:3] = ["-c", _LIMITED_TWISTD, str(nofile)]
         full_env = environment()
         full_env.update(env or {})
         process = reactor.spawnProcess(output, sys.executable, argv, env=full_env,
@@ -140,32 +181,60 @@ class Daemon:
         for n in range(listeners):
             found = await output.wait_for(
                 lambda text, n=n: (lambda ms: ms[n] if len(ms) > n else None)(LISTENING.findall(text)),
-                "the daemon listened")
-            daemon.ports.append(int(found[1]))
+                "the daemon listened", timeout)
+            daemon.addresses.append(f"{found[0]}:{found[1]}" if found[1] else found[0])
+            daemon.ports.append(int(found[1]) if found[1] else None)
         return daemon
 
-    def wait_for_log(self, pattern: str) -> Deferred[re.Match[str]]:
+    def wait_for_log(self, pattern: str, *, after: int = 0,
+                     timeout: float | None = None) -> Deferred[re.Match[str]]:
         """
         Wait until the daemon logs a line matching a regular expression.
 
         @param pattern: the expression.
-        @return: a Deferred firing with the match.
+        @param after: only search the output from this offset on; take
+            C{len(daemon.output)} before the action whose line you await.
+        @param timeout: seconds before failing; None leaves it to the test's
+            own timeout.
+        @return: a Deferred firing with the match, or failing with
+            C{AssertionError} (with the output) if the daemon exits first or
+            the time is up.
         """
         regex = re.compile(pattern)
-        return self.output_protocol.wait_for(regex.search, f"a log line matching {pattern!r}")
+        return self.output_protocol.wait_for(lambda text: regex.search(text, after),
+                                             f"a log line matching {pattern!r}", timeout)
 
-    async def stop(self) -> int | None:
+    def count_log(self, pattern: str) -> int:
         """
-        Stop it with SIGTERM and wait for it to exit.
+        @param pattern: a regular expression.
+        @return: how many times it matches the output so far.
+        """
+        return len(re.findall(pattern, self.output))
 
-        @return: its exit code.
+    async def stop(self, timeout: float = 15.0) -> int | None:
         """
+        Stop it with SIGTERM and wait for it to exit; SIGKILL it if it has
+        not exited within C{timeout}.
+
+        @return: its exit code (None if it was killed by a signal).
+        """
+        ended = self.output_protocol.ended
         if self.output_protocol.running:
             try:
                 self.process.signalProcess(signal.SIGTERM)
             except Exception:
                 pass
-        return await self.output_protocol.ended
+            waiting: Deferred[int | None] = Deferred()
+            ended.addBoth(lambda r: (waiting.called or waiting.callback(r), r)[1])
+            waiting.addTimeout(timeout, reactor)
+            try:
+                await waiting
+            except Exception:
+                try:
+                    self.process.signalProcess(signal.SIGKILL)
+                except Exception:
+                    pass
+        return await ended
 
     def rss_peak_kib(self) -> int:
         """
@@ -175,6 +244,21 @@ class Daemon:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc status")
+
+    def rss_kib(self) -> int:
+        """
+        @return: the daemon's resident memory now (VmRSS) in KiB.
+        """
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc status")
+
+    def open_fds(self) -> int:
+        """
+        @return: how many file descriptors the daemon has open.
+        """
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
 
 async def run(test: TestCase, argv: list[str], *, stdin: bytes = b"",
