@@ -29,6 +29,7 @@ import dataclasses
 import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, INegotiated, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -585,6 +586,8 @@ class RPCServerFactory(Factory):
             host = None
         else:
             peer, host = describe_address(addr)
+            if isinstance(addr, UNIXAddress):
+                host = "unix"
             why = self.server.admit(host)
             if why is not None:
                 self.server.note_refusal(peer, why)
