@@ -31,6 +31,8 @@ from rpcd.wire.channel import ClientChannel
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamClientEndpoint
 
+    from rpcd.client_streams import ClientStream
+
 # Codec name -> "module:Class" of its ClientChannel, built as Class(clock).
 CLIENT_CODECS: dict[str, str] = {
     "native": "rpcd.wire.native_client:NativeClientProtocol",
@@ -127,6 +129,30 @@ class Client:
             timeout = self.default_timeout
         return self.channel.call(method, args, timeout, metadata)
 
+    def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None,
+               window: int | None = None) -> ClientStream:
+        """
+        Open a streaming call (native codec only); see
+        L{rpcd.client_streams}.
+
+        @param method: C{Service.Method}.
+        @param args: the request of a server-streaming method; None for
+            client- and bidirectional-streaming methods.
+        @param timeout: seconds the whole stream may take (the client's
+            default timeout when None).
+        @param metadata: key/value metadata for the server.
+        @param window: messages the server may send ahead of the application.
+        @return: a L{rpcd.client_streams.ClientStream}: C{async for} its
+            messages, C{send}, C{close_send}, C{cancel}, C{result}.
+        @raise ValueError: the connection does not speak the native protocol.
+        """
+        from rpcd.client_streams import open_stream
+        if timeout is None:
+            timeout = self.default_timeout
+        return open_stream(self.channel, method, args, timeout=timeout,  # type: ignore[arg-type]
+                           metadata=metadata, window=window)
+
     def close(self) -> Deferred[None]:
         """
         Close the connection; pending calls fail with
@@ -134,6 +160,9 @@ class Client:
 
         @return: a Deferred firing once closed.
         """
+        streams = getattr(self.channel, "streams", None)
+        if streams is not None:
+            streams.unregister()
         return self.channel.close()
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -22,11 +22,13 @@ from rpcd.context import CallContext
 from rpcd.convert import _Mismatch
 from rpcd.errors import (
     Cancelled,
+    Code,
     DeadlineExceeded,
     InvalidArgument,
     RPCError,
     ResourceExhausted,
 )
+from rpcd.service import Kind
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -87,24 +89,11 @@ class Dispatcher:
             or a Deferred that fires with it (or fails with L{RPCError}).
         @raise RPCError: the call failed at once; the code says why.
         """
-        method = self.session.lookup(name)
-        if method is None:
-            raise self.session.registry.unknown(name)
-        counts = self._counts
-        counts[name] = counts.get(name, 0) + 1
-        if method.guard is not None:
-            method.guard(self.session)
-        spec = method.spec
-        if spec.context_param is None:
-            context = None
-        else:
-            context = CallContext(self.session, name, metadata,
-                                  None if timeout is None else self.clock.seconds() + timeout,
-                                  self.clock)
-        if len(self.running) >= self.max_running:
-            raise ResourceExhausted(
-                f"too many calls running on this connection (limit {self.max_running}); "
-                "wait for some to finish")
+        method, context = self._begin(name, timeout, metadata)
+        if method.spec.kind is not Kind.UNARY:
+            raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing method: "
+                           "open it as a stream (rpcd's native protocol)",
+                           code=Code.FAILED_PRECONDITION)
         try:
             if args is Args.VALUE:
                 result = method.invoke(value, context)
@@ -121,6 +110,58 @@ class Dispatcher:
         if isinstance(result, Coroutine):
             return self._track(name, method, Deferred.fromCoroutine(result), key, timeout)
         return self._convert(name, method, result)
+
+    def _begin(self, name: str, timeout: float | None,
+               metadata: dict[str, Any] | None) -> tuple[BoundMethod, CallContext | None]:
+        method = self.session.lookup(name)
+        if method is None:
+            raise self.session.registry.unknown(name)
+        counts = self._counts
+        counts[name] = counts.get(name, 0) + 1
+        if method.guard is not None:
+            method.guard(self.session)
+        if method.spec.context_param is None:
+            context = None
+        else:
+            context = CallContext(self.session, name, metadata,
+                                  None if timeout is None else self.clock.seconds() + timeout,
+                                  self.clock)
+        if len(self.running) >= self.max_running:
+            raise ResourceExhausted(
+                f"too many calls running on this connection (limit {self.max_running}); "
+                "wait for some to finish")
+        return method, context
+
+    def open_stream(self, name: str, key: Any,
+                    start: Callable[[BoundMethod, CallContext | None], Deferred],
+                    *, timeout: float | None = None,
+                    metadata: dict[str, Any] | None = None) -> Deferred:
+        """
+        Start a streaming call, tracked like any running handler: it counts
+        against the limit of running calls, and a cancel, its deadline or
+        the connection's end cancel it.
+
+        @param name: C{Service.Method}.
+        @param key: identifies the call on this connection (for L{cancel}).
+        @param start: runs the handler: called with the method and its
+            context (None when the method takes none); returns a Deferred
+            that fires when the handler is done, with its final value.
+        @param timeout: seconds the caller allows, or None.
+        @param metadata: the caller's metadata.
+        @return: a Deferred firing with the final value as plain data, or
+            failing with an L{RPCError} (L{Cancelled}, L{DeadlineExceeded},
+            the handler's own error).
+        @raise RPCError: the call failed at once (unknown method, access,
+            too many running calls).
+        """
+        method, context = self._begin(name, timeout, metadata)
+        try:
+            d = start(method, context)
+        except RPCError:
+            raise
+        except Exception as e:
+            raise self._unexpected(name, e) from e
+        return self._track(name, method, d, key, timeout)
 
     def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import enum
+import functools
 import inspect
 import typing
 from typing import Any, Callable, Iterable
@@ -118,6 +119,14 @@ class MethodSpec:
     @ivar kind: unary or a kind of stream.
     @ivar signature: a readable signature for listings.
     @ivar doc: the first line of the docstring.
+    @ivar stream_param: for client and bidirectional streams, the parameter
+        that receives the caller's messages as an async iterator (annotated
+        C{AsyncIterator[T]}); None otherwise.
+    @ivar convert_message_in: checks one incoming stream message (from C{T}
+        above).
+    @ivar convert_message_out: checks one outgoing stream message and makes
+        it plain data (from the C{T} of a C{AsyncIterator[T]} or
+        C{Iterator[T]} return annotation).
     """
 
     name: str
@@ -130,6 +139,9 @@ class MethodSpec:
     kind: Kind
     signature: str
     doc: str
+    stream_param: str | None = None
+    convert_message_in: Callable[[Any], Any] | None = None
+    convert_message_out: Callable[[Any], Any] | None = None
 
     def bind(self, instance: object, guard: Callable[[Any], None] | None = None) -> "BoundMethod":
         """
@@ -196,6 +208,19 @@ class BoundMethod:
                 raise InvalidArgument(f"{self.spec.name}() takes 1 argument, got {len(params)}")
             return self.invoke(params[0], context)
         return self.invoke(list(params), context)
+
+    def invoke_stream(self, value: Any, context: CallContext | None, messages: Any) -> Any:
+        """
+        Call a client- or bidirectional-streaming method.
+
+        @param value: the argument value for the method's other parameters.
+        @param context: the call context.
+        @param messages: the async iterator of the caller's messages, passed
+            as the method's L{MethodSpec.stream_param}.
+        @return: what the method returns.
+        """
+        function = functools.partial(self.function, **{self.spec.stream_param: messages})
+        return _make_invoker(self.spec, function)(value, context)
 
 
 def _make_invoker(spec: MethodSpec, function: Callable) -> Callable[[Any, CallContext | None], Any]:
@@ -282,6 +307,8 @@ def method_spec(cls: type, attribute: str, name: str, kind: Kind | None) -> Meth
     sig = inspect.signature(function)
     params: list[Param] = []
     context_param = None
+    stream_param = None
+    in_item: Any = Any
     for p in list(sig.parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"{cls.__name__}.{attribute}: *args and **kwargs cannot be exposed")
@@ -289,14 +316,38 @@ def method_spec(cls: type, attribute: str, name: str, kind: Kind | None) -> Meth
         if hint is CallContext:
             context_param = p.name
             continue
+        is_stream, item = _stream_item(hint, _IN_STREAMS)
+        if is_stream and stream_param is None:
+            stream_param, in_item = p.name, item
+            continue
         try:
             conv = argument_converter(hint)
         except TypeError as e:
             raise TypeError(f"{cls.__name__}.{attribute}({p.name}): {e}") from None
         params.append(Param(p.name, hint, conv, p.default is not p.empty))
     result_hint = _awaited(hints.get("return", Any))
+    out_stream, out_item = _stream_item(result_hint, _OUT_STREAMS)
+    out_stream = (out_stream or inspect.isasyncgenfunction(function)
+                  or inspect.isgeneratorfunction(function))
     if kind is None:
-        kind = Kind.SERVER_STREAM if inspect.isasyncgenfunction(function) else Kind.UNARY
+        if stream_param is not None:
+            kind = Kind.BIDI_STREAM if out_stream else Kind.CLIENT_STREAM
+        else:
+            kind = Kind.SERVER_STREAM if out_stream else Kind.UNARY
+    if kind in (Kind.CLIENT_STREAM, Kind.BIDI_STREAM) and stream_param is None:
+        if not params:
+            raise TypeError(f"{cls.__name__}.{attribute}: a {kind.value} method needs a "
+                            "parameter for the caller's messages (annotate it AsyncIterator[T])")
+        stream_param = params.pop(0).name
+    if kind in (Kind.SERVER_STREAM, Kind.BIDI_STREAM):
+        if out_item is None:
+            out_item = _stream_item(result_hint, _ITERABLES)[1] or Any
+        result_hint = type(None)
+    try:
+        convert_in = argument_converter(in_item) if stream_param is not None else None
+        convert_out = result_converter(out_item) if out_item is not None else None
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}.{attribute}: stream messages: {e}") from None
     if len(params) == 1:
         arg_hint = params[0].hint
     elif params:
@@ -305,13 +356,43 @@ def method_spec(cls: type, attribute: str, name: str, kind: Kind | None) -> Meth
         arg_hint = None
     doc = inspect.getdoc(function) or ""
     shown = ", ".join(_param_text(p) for p in params)
-    signature = f"{name}({shown})" + (f" -> {_hint_text(result_hint)}" if "return" in hints else "")
+    if stream_param is not None:
+        shown = ", ".join(filter(None, [f"{stream_param}: stream {_hint_text(in_item)}", shown]))
+    if convert_out is not None:
+        signature = f"{name}({shown}) -> stream {_hint_text(out_item)}"
+    else:
+        signature = f"{name}({shown})" + (f" -> {_hint_text(result_hint)}" if "return" in hints else "")
     return MethodSpec(
         name=name, attribute=attribute, params=tuple(params), context_param=context_param,
         arg_hint=arg_hint, result_hint=result_hint,
         convert_result=result_converter(result_hint), kind=kind,
         signature=signature, doc=doc.splitlines()[0] if doc else "",
+        stream_param=stream_param, convert_message_in=convert_in,
+        convert_message_out=convert_out,
     )
+
+
+_IN_STREAMS = (collections.abc.AsyncIterator, collections.abc.AsyncIterable)
+_OUT_STREAMS = (collections.abc.AsyncIterator, collections.abc.AsyncIterable,
+                collections.abc.AsyncGenerator, collections.abc.Iterator,
+                collections.abc.Generator)
+_ITERABLES = _OUT_STREAMS + (collections.abc.Iterable,)
+
+
+def _stream_item(hint: Any, origins: tuple[type, ...]) -> tuple[bool, Any]:
+    """
+    Whether a hint is one of the stream types, and the type of its items.
+
+    @param hint: a resolved type hint.
+    @param origins: the abstract collection types that count as streams.
+    @return: C{(True, T)} for e.g. C{AsyncIterator[T]} (C{T} is C{Any} when
+        the hint has no argument), else C{(False, None)}.
+    """
+    origin = typing.get_origin(hint) or hint
+    if origin in origins:
+        args = typing.get_args(hint)
+        return True, (args[0] if args else Any)
+    return False, None
 
 
 def _awaited(hint: Any) -> Any:

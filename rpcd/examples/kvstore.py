@@ -4,27 +4,38 @@ C{Watch}.
 
 Unlike the seed's version, a watcher is removed when it returns, when it
 times out and when its connection drops, so watchers never leak.
+
+C{WatchPrefix} (not in the seed) is a server stream of every change under a
+key prefix; the unary C{Watch} is unchanged, for Go clients.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from collections import deque
+from typing import AsyncIterator
+
+from twisted.internet.defer import Deferred, fail, succeed
 
 from rpcd.context import CallContext
-from rpcd.errors import DeadlineExceeded, InvalidArgument, NotFound
+from rpcd.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from rpcd.service import exposed
 
 
 class KVStoreService:
     """A map of strings, with Watch for the next change."""
 
-    def __init__(self, max_watch_seconds: int = 3600) -> None:
+    def __init__(self, max_watch_seconds: int = 3600, max_watch_backlog: int = 10000) -> None:
         """
         @param max_watch_seconds: the longest timeout a Watch may ask for.
+        @param max_watch_backlog: changes a WatchPrefix stream may fall
+            behind by (its reader is slow) before it fails with
+            RESOURCE_EXHAUSTED.
         """
         self.data: dict[str, str] = {}
         self.watchers: set[Deferred[str]] = set()
+        self.prefix_watchers: set[_PrefixWatch] = set()
         self.max_watch_seconds = max_watch_seconds
+        self.max_watch_backlog = max_watch_backlog
 
     @exposed
     def Get(self, key: str) -> str:
@@ -43,7 +54,20 @@ class KVStoreService:
             self.watchers.clear()
             for watcher in watchers:
                 watcher.callback(key)
+            for prefix_watch in list(self.prefix_watchers):
+                prefix_watch.changed(key, value)
         self.data[key] = value
+
+    @exposed
+    async def WatchPrefix(self, prefix: str) -> AsyncIterator[tuple[str, str]]:
+        """Stream [key, value] for every change under prefix, until cancelled."""
+        watch = _PrefixWatch(prefix, self.max_watch_backlog)
+        self.prefix_watchers.add(watch)
+        try:
+            while True:
+                yield await watch.next()
+        finally:
+            self.prefix_watchers.discard(watch)
 
     @exposed
     def Watch(self, timeoutSecond: int, ctx: CallContext) -> Deferred[str]:
@@ -70,3 +94,43 @@ class KVStoreService:
 
         changed.addBoth(stop_timer)
         return changed
+
+
+class _PrefixWatch:
+    """The changes one WatchPrefix stream has not sent yet."""
+
+    def __init__(self, prefix: str, backlog: int) -> None:
+        self.prefix = prefix
+        self.backlog = backlog
+        self.pending: deque[tuple[str, str]] = deque()
+        self.waiting: Deferred[tuple[str, str]] | None = None
+        self.overflowed = False
+
+    def changed(self, key: str, value: str) -> None:
+        if not key.startswith(self.prefix) or self.overflowed:
+            return
+        if self.waiting is not None:
+            d, self.waiting = self.waiting, None
+            d.callback((key, value))
+        elif len(self.pending) >= self.backlog:
+            self.overflowed = True
+        else:
+            self.pending.append((key, value))
+
+    def next(self) -> Deferred[tuple[str, str]]:
+        """
+        @return: a Deferred firing with the next change, or failing with
+            L{ResourceExhausted} when the reader fell too far behind.
+        """
+        if self.pending:
+            return succeed(self.pending.popleft())
+        if self.overflowed:
+            return fail(ResourceExhausted(f"the watch fell more than {self.backlog} changes "
+                                          "behind; watch again"))
+        d: Deferred[tuple[str, str]] = Deferred(self._forget)
+        self.waiting = d
+        return d
+
+    def _forget(self, d: Deferred[tuple[str, str]]) -> None:
+        if self.waiting is d:
+            self.waiting = None

@@ -149,8 +149,10 @@ class NativeServerProtocol(Protocol):
 
     def _start_stream(self, call_id: int, method: str, value: Any, options: dict,
                       out: list[bytes]) -> None:
-        out.append(_error_frame(call_id, Code.UNIMPLEMENTED,
-                                f"{method}: streaming calls are not supported by this server"))
+        if self._streams is None:
+            from rpcd.streams import ServerStreams
+            self._streams = ServerStreams(self)
+        self._streams.open(call_id, method, value, options, out)
 
     def _reply_later(self, result: Any, call_id: int) -> None:
         try:
@@ -187,6 +189,8 @@ class NativeServerProtocol(Protocol):
 
     def _goaway(self, code: int, message: str) -> None:
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
+        if self._streams is not None:
+            self._streams.flush()
         self.transport.write(encode_frame([GOAWAY, 0, int(code), message]))
         self.transport.loseConnection()
 
@@ -196,6 +200,8 @@ class NativeServerProtocol(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         if self.dispatcher is not None:
             self.dispatcher.close()
+        if self._streams is not None:
+            self._streams.connection_lost()
 
 
 def _error_frame(call_id: int, code: int, message: str, details: Any = None) -> bytes:

@@ -21,3 +21,5 @@ hello = ServicePlugin("HelloService", "rpcd.examples.hello:HelloService",
                       "Per-connection greeting behind a login (seed 001).")
 kvstore = ServicePlugin("KVStoreService", "rpcd.examples.kvstore:KVStoreService",
                         "In-memory key-value store with Watch (seed 001).")
+test_service = ServicePlugin("TestService", "rpcd.examples.interop:TestService",
+                             "gRPC's interop test service, for streaming tests (not served by default).")
