@@ -43,6 +43,8 @@ log = Logger()
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
+_PLAIN_RESULTS = frozenset({int, str, float, bool, bytes, type(None), list, dict})
+
 
 class NativeServerProtocol(Protocol):
     """
@@ -91,40 +93,45 @@ class NativeServerProtocol(Protocol):
             if not data:
                 return
         out: list[bytes] = []
+        frames, error = self.reader.split(data)
+        call = self._call
         try:
-            for frame in self.reader.feed(data):
+            for frame in frames:
                 if frame[0] == CALL:
-                    self._call(frame, out)
+                    call(frame, out)
                 else:
                     self._control(frame, out)
         except ProtocolError as e:
-            if out:
-                self.transport.write(b"".join(out))
-            self._protocol_error(e)
-            return
+            error = e
         if out:
             self.transport.write(b"".join(out))
+        if error is not None:
+            self._protocol_error(error)
 
     def _call(self, frame: list, out: list[bytes]) -> None:
-        try:
-            call_id = frame[1]
-            method = frame[2]
-            value = frame[3]
-        except IndexError:
-            raise ProtocolError(f"CALL frame needs [0, id, method, argument], got {len(frame)} fields") from None
+        if len(frame) == 4:
+            _, call_id, method, value = frame
+            options = None
+        else:
+            try:
+                call_id = frame[1]
+                method = frame[2]
+                value = frame[3]
+            except IndexError:
+                raise ProtocolError(f"CALL frame needs [0, id, method, argument], "
+                                    f"got {len(frame)} fields") from None
+            options = frame[4] if len(frame) > 4 else None
         if type(call_id) is not int or type(method) is not str:
             raise ProtocolError("CALL frame needs an integer id and a string method")
         timeout = metadata = None
-        if len(frame) > 4:
-            options = frame[4]
-            if options:
-                if type(options) is not dict:
-                    raise ProtocolError("CALL options must be a map")
-                timeout = options.get("timeout")
-                metadata = options.get("metadata")
-                if options.get("stream"):
-                    self._start_stream(call_id, method, value, options, out)
-                    return
+        if options:
+            if type(options) is not dict:
+                raise ProtocolError("CALL options must be a map")
+            timeout = options.get("timeout")
+            metadata = options.get("metadata")
+            if options.get("stream"):
+                self._start_stream(call_id, method, value, options, out)
+                return
         dispatcher = self.dispatcher
         if call_id in dispatcher.running:
             out.append(_error_frame(call_id, Code.INVALID_ARGUMENT,
@@ -135,7 +142,9 @@ class NativeServerProtocol(Protocol):
         except RPCError as e:
             out.append(_error_frame(call_id, e.code, e.message, e.details))
             return
-        if isinstance(result, Deferred):
+        # A plain result cannot be a Deferred; the type test is much cheaper
+        # than isinstance (Deferred is an abc).
+        if type(result) not in _PLAIN_RESULTS and isinstance(result, Deferred):
             result.addCallbacks(self._reply_later, self._fail_later,
                                 callbackArgs=(call_id,), errbackArgs=(call_id,))
             return
@@ -144,8 +153,7 @@ class NativeServerProtocol(Protocol):
         except Exception as e:
             out.append(self._unencodable(method, call_id, e))
             return
-        out.append(pack_length(len(body)))
-        out.append(body)
+        out.append(pack_length(len(body)) + body)
 
     def _start_stream(self, call_id: int, method: str, value: Any, options: dict,
                       out: list[bytes]) -> None:
