@@ -206,21 +206,16 @@ class ServerStreams:
             return
         self._registered = True
         transport = self.transport
-        try:
-            transport.registerProducer(self, True)
-            return
-        except RuntimeError:
-            pass
-        # The slot is taken (by rpcd.server's read throttle): take it over and
-        # pass every call on.  A socket transport names its producer
-        # `producer`; Twisted's TLS transport keeps a wrapper in `_producer`.
+        # A producer registered already (rpcd.server's read throttle) is
+        # taken over: it gets every call passed on.  A socket transport names
+        # its producer `producer`; Twisted's TLS transport keeps it wrapped
+        # in `_producer`.
         previous = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
-        if previous is None:
-            return
-        self._previous = previous
-        self.paused = bool(getattr(previous, "paused", False)
-                           or getattr(previous, "_producerPaused", False))
-        transport.unregisterProducer()
+        previous = getattr(previous, "_producer", None) or previous
+        if previous is not None:
+            self._previous = previous
+            self.paused = bool(getattr(previous, "paused", False))
+            transport.unregisterProducer()
         transport.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
