@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # Codec name -> "module:Class" of its ClientChannel, built as Class(clock).
 CLIENT_CODECS: dict[str, str] = {
     "native": "rpcd.wire.native_client:NativeClientProtocol",
+    "gob": "rpcd.wire.gobclient:GobClientChannel",
+    "gob-http": "rpcd.wire.gobclient:GobHTTPClientChannel",
 }
 
 

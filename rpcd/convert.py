@@ -371,7 +371,9 @@ def to_wire(value: Any) -> Any:
     Turn a result into plain data (dicts, lists, scalars) for a codec.
 
     Dataclass instances become dicts keyed by their field names; everything
-    else is returned unchanged when it is already plain.
+    else is returned unchanged when it is already plain.  A value that
+    carries its Go type (a struct decoded from gob, whose class has a
+    C{gotype}) keeps its class, so that echoing it sends the same Go type.
 
     @param value: what a method returned.
     @return: plain data.
@@ -384,7 +386,10 @@ def to_wire(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [to_wire(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: to_wire(v) for k, v in value.items()}
+        items = {k: to_wire(v) for k, v in value.items()}
+        if kind is not dict and getattr(kind, "gotype", None) is not None:
+            return kind(items)
+        return items
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]
     return value

@@ -93,6 +93,7 @@ class Limits:
 #                         streams...), which also keeps it from being idle.
 SERVER_PROTOCOLS: dict[str, str] = {
     sniff.NATIVE: "rpcd.wire.native:NativeServerProtocol",
+    sniff.GOB: "rpcd.wire.gobserver:GobServerProtocol",
 }
 
 # The first bytes of a TLS handshake record: content type 22, major version 3.
