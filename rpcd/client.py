@@ -38,6 +38,8 @@ CLIENT_CODECS: dict[str, str] = {
     "native": "rpcd.wire.native_client:NativeClientProtocol",
     "gob": "rpcd.wire.gobclient:GobClientChannel",
     "gob-http": "rpcd.wire.gobclient:GobHTTPClientChannel",
+    "jsonrpc": "rpcd.wire.jsonclient:JSONRPCClientChannel",
+    "jsonrpc2": "rpcd.wire.jsonclient:JSONRPC2ClientChannel",
 }
 
 

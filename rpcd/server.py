@@ -93,6 +93,8 @@ class Limits:
 #                         streams...), which also keeps it from being idle.
 SERVER_PROTOCOLS: dict[str, str] = {
     sniff.NATIVE: "rpcd.wire.native:NativeServerProtocol",
+    sniff.JSON: "rpcd.wire.jsonserver:JSONServerProtocol",
+    sniff.HTTP: "rpcd.wire.httpserver:HTTPServerProtocol",
     sniff.GOB: "rpcd.wire.gobserver:GobServerProtocol",
 }
 

@@ -1,0 +1,173 @@
+"""
+The server side of JSON on a raw connection: a stream of concatenated JSON
+values, each one a request in one of two styles, answered in its own style.
+
+  - Go's net/rpc/jsonrpc (C{jsonrpc.Dial}, C{jsonrpc.ServeConn}'s peers,
+    seed 002's Python socket client): an object without a C{"jsonrpc"}
+    member, C{{"method": "Svc.M", "params": [ARG], "id": ID}}, answered
+    C{{"id":ID,"result":...,"error":null}} or
+    C{{"id":ID,"result":null,"error":"TEXT"}} plus a newline, exactly as Go
+    writes them, the id echoed byte for byte.
+  - JSON-RPC 2.0: an object with a C{"jsonrpc"} member, or an array (a
+    batch), answered with 2.0 responses and error objects (see
+    L{rpcd.wire.jsoncalls}), each followed by a newline; a batch is
+    answered with one array once all its calls have ended; notifications
+    get nothing.
+
+Replies go out in the order calls end.  Every reply a single read produces
+is written with one C{write}.
+
+A stream that breaks (not JSON, NaN, a duplicate key, too big or too deep
+a value, or a value Go's server cannot read) is closed with the reason
+logged, once the calls already running have answered, as Go's server does.
+Unless the peer has spoken Go's style, it is first answered with a JSON-RPC
+2.0 parse error (C{-32700}, id null) saying what was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.dispatch import Dispatcher
+from rpcd.errors import RPCError
+from rpcd.wire.jsoncalls import (
+    answer_payload,
+    encode_go_failure,
+    encode_go_result,
+    parse_error,
+)
+from rpcd.wire.jsonrpc import (
+    GoProtocolError,
+    decode_go_request,
+    encode_go_response,
+    parse_request_value,
+)
+from rpcd.wire.jsonstream import JSONStream, JSONStreamError
+
+if TYPE_CHECKING:
+    from rpcd.server import RPCServer
+
+log = Logger()
+
+
+class JSONServerProtocol(Protocol):
+    """
+    Serves one connection speaking JSON (Go's jsonrpc or JSON-RPC 2.0).
+
+    @ivar dispatcher: runs this connection's calls.
+    @ivar broken: why the stream broke, once it has; the connection closes
+        when the calls still running have answered.
+    """
+
+    protocol_name = "json"
+
+    def __init__(self, server: RPCServer) -> None:
+        """
+        @param server: what every connection shares (registry, limits, clock).
+        """
+        self.server = server
+        self.stream = JSONStream(server.limits.max_frame_bytes)
+        self.dispatcher: Dispatcher | None = None
+        self.broken: str | None = None
+        self._go_spoken = False
+        self._lost = False
+
+    def connectionMade(self) -> None:
+        self.session = self.server.new_session(self.transport, self.protocol_name)
+        self.dispatcher = Dispatcher(self.session, self.server.clock,
+                                     self.server.limits.max_calls_per_connection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.broken is not None:
+            return
+        stream = self.stream
+        stream.feed(data)
+        out: list[bytes] = []
+        try:
+            for value, raw in stream.values_and_bytes():
+                if type(value) is list or (type(value) is dict and "jsonrpc" in value):
+                    self._json2(value, out)
+                else:
+                    self._go(value, raw, out)
+        except JSONStreamError as e:
+            if not self._go_spoken:
+                out.append(parse_error(str(e)) + b"\n")
+            self._break(f"malformed JSON: {e}")
+        except GoProtocolError as e:
+            self._break(str(e))
+        if out:
+            self.transport.write(b"".join(out))
+        if self.broken is not None:
+            self._close_when_idle()
+
+    def _go(self, value: Any, raw: bytes, out: list[bytes]) -> None:
+        request = decode_go_request(value, raw)
+        self._go_spoken = True
+        if request.error is not None:
+            # Go resolves the method before it reads the params.
+            if self.session.lookup(request.method) is None:
+                error = self.session.registry.unknown(request.method).message
+            else:
+                error = request.error
+            out.append(encode_go_response(request.id, error=error))
+            return
+        try:
+            result = self.dispatcher.call(request.method, request.arg)
+        except RPCError as e:
+            out.append(encode_go_response(request.id, error=e.message))
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._go_later, self._go_failed,
+                                callbackArgs=(request.id, request.method),
+                                errbackArgs=(request.id,))
+            return
+        out.append(encode_go_result(request.id, request.method, result))
+
+    def _go_later(self, result: Any, request_id: bytes, method: str) -> None:
+        self._write(encode_go_result(request_id, method, result))
+
+    def _go_failed(self, failure: Failure, request_id: bytes) -> None:
+        self._write(encode_go_failure(request_id, failure))
+
+    def _json2(self, value: Any, out: list[bytes]) -> None:
+        reply = answer_payload(self.dispatcher, parse_request_value(value))
+        if isinstance(reply, Deferred):
+            reply.addCallback(self._json2_later)
+        elif reply is not None:
+            out.append(reply + b"\n")
+
+    def _json2_later(self, reply: bytes | None) -> None:
+        if reply is not None:
+            self._write(reply + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        if self._lost:
+            return
+        self.transport.write(data)
+        if self.broken is not None:
+            self._close_when_idle()
+
+    def _break(self, why: str) -> None:
+        self.broken = why
+        log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
+
+    def _close_when_idle(self) -> None:
+        if not self._lost and not self.dispatcher.running:
+            self.transport.loseConnection()
+
+    def busy(self) -> bool:
+        """
+        @return: whether calls are running (the connection is not idle).
+        """
+        return bool(self.dispatcher is not None and self.dispatcher.running)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
+        self.stream.close()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
