@@ -260,7 +260,7 @@ def _verify_failed(side: Side, verification: _Verification | None) -> str:
     Words for a certificate this side rejected.
     """
     whose = "the server's certificate" if side == "client" else "the client's certificate"
-    trust = "a CA you trust (--ca)" if side == "client" else "a CA this server trusts (caCerts=)"
+    trust = "a CA you trust (trustRoots=)" if side == "client" else "a CA this server trusts (caCerts=)"
     code = None if verification is None else verification.error
     if code == _CERT_HAS_EXPIRED:
         detail = f"{whose} has expired"
@@ -309,7 +309,8 @@ def _describe_openssl(reasons: list[str], side: Side, verification: _Verificatio
     if "peer did not return a certificate" in joined:
         return "the client did not send a certificate, and this server requires one (mtls:)"
     if "certificate required" in joined:
-        return "the server requires a client certificate: pass --cert and --key" + tagged
+        return ("the server requires a client certificate: give certificate= and "
+                "privateKey= in the tls: endpoint" + tagged)
     if "http request" in joined:
         return (
             "the peer does not speak TLS: it sent a plain HTTP request to this TLS port"
@@ -335,7 +336,7 @@ def _describe_openssl(reasons: list[str], side: Side, verification: _Verificatio
     if "alert handshake failure" in joined and side == "client":
         return (
             "the TLS handshake failed: the server may require a client certificate "
-            "(--cert and --key), or it shares no cipher with you" + tagged
+            "(certificate= and privateKey=), or it shares no cipher with you" + tagged
         )
     if any(r in joined for r in ("protocol version", "unsupported protocol",
                                  "no protocols available", "version too low")):

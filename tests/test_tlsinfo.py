@@ -251,7 +251,7 @@ class HandshakeMatrixTests(SynchronousTestCase):
             client,
             SSL.Error,
             "certificate verify failed: the server's certificate is not signed by a CA "
-            "you trust (--ca)",
+            "you trust (trustRoots=)",
         )
         self.assertFailed(
             server,
@@ -312,7 +312,8 @@ class HandshakeMatrixTests(SynchronousTestCase):
         """
         server, client = handshake(self.pki.server(), self.pki.client(None))
         self.assertFailed(
-            client, SSL.Error, "the server requires a client certificate: pass --cert and --key"
+            client, SSL.Error, "the server requires a client certificate: give certificate= "
+            "and privateKey= in the tls: endpoint"
         )
         self.assertFailed(
             server,
@@ -450,7 +451,7 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(
             describe_tls_failure(error, "client"),
             "certificate verify failed: the server's certificate is not signed by a CA you "
-            "trust (--ca), or has expired",
+            "trust (trustRoots=), or has expired",
         )
 
     def test_failure(self) -> None:

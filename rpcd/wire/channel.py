@@ -14,6 +14,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -163,7 +164,7 @@ class ClientChannel(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost_reason = reason
-        why = reason.getErrorMessage() if reason is not None else "closed"
+        why = self.describe_loss(reason)
         self.fail_all(ConnectionLost(f"connection to {self.peer_name} lost before the "
                                      f"call was answered: {why}"))
         if not self.connected_d.called:
@@ -171,6 +172,22 @@ class ClientChannel(Protocol):
                                                     f"during the handshake: {why}"))
         if not self.closed_d.called:
             self.closed_d.callback(None)
+
+
+    def describe_loss(self, reason: Failure | None) -> str:
+        """
+        Say why the connection was lost, in words a user can act on (a TLS
+        failure is described by L{rpcd.tlsinfo.describe_tls_failure}).
+
+        @param reason: what C{connectionLost} got.
+        @return: one phrase.
+        """
+        if reason is None:
+            return "closed"
+        if INegotiated.providedBy(self.transport):
+            from rpcd.tlsinfo import describe_tls_failure
+            return describe_tls_failure(reason, side="client", transport=self.transport)
+        return reason.getErrorMessage()
 
 
 def _failed(error: Exception) -> Deferred[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import INegotiated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -112,6 +113,13 @@ class NativeClientProtocol(ClientChannel):
         log.error("{why}", why=why)
         self.fail_all(Unavailable(why))
         self.transport.loseConnection()
+
+    def describe_loss(self, reason: Failure | None) -> str:
+        why = super().describe_loss(reason)
+        if self._preface == b"" and not INegotiated.providedBy(self.transport):
+            return (f"the server closed the connection without a word ({why}): "
+                    "it may expect TLS on this port (use a tls: endpoint), or not be an rpcd server")
+        return why
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
