@@ -1,0 +1,3 @@
+module jsonrpcpeer
+
+go 1.19
