@@ -25,7 +25,9 @@ Python values:
     C{dict} is sent (Go's empty, non-nil map).  A top-level C{None} encodes
     the zero value of its type.
   - A C{dataclass} maps to a struct through L{type_from_hint}; decoding into
-    that L{Struct} returns an instance of the dataclass.
+    that L{Struct} returns an instance of the dataclass.  Fields missing on the
+    wire take the dataclass default if there is one, else the zero value as
+    above, except that a nil map is C{{}} unless the hint is C{Optional}.
 
 Every malformed input raises L{GobError}.  After a L{GobError} other than
 L{GobTypeMismatch} the stream cannot be resynchronised: close the connection.
@@ -191,15 +193,22 @@ class Slice(GoType):
 
 
 class Array(GoType):
-    """C{[length]elem}; encoded from and decoded to a C{list} of that length."""
+    """
+    C{[length]elem}; encoded from a C{list} or C{tuple} of that length,
+    decoded to a C{list}, or to a C{tuple} when C{as_tuple} (as for arrays
+    from fixed C{tuple[...]} hints).
+    """
 
-    __slots__ = ("elem", "length", "name")
+    __slots__ = ("elem", "length", "name", "as_tuple")
 
-    def __init__(self, elem: GoType | None, length: int, name: str = "") -> None:
+    def __init__(
+        self, elem: GoType | None, length: int, name: str = "", as_tuple: bool = False
+    ) -> None:
         self._enc = None
         self.elem = elem
         self.length = length
         self.name = name
+        self.as_tuple = as_tuple
 
     def zero(self) -> list[Any]:
         assert self.elem is not None
@@ -246,7 +255,15 @@ class Struct(GoType):
     @ivar py_names: the Python attribute name of each field (same order).
     """
 
-    __slots__ = ("name", "fields", "py_class", "py_names", "_py_defaults", "_cls")
+    __slots__ = (
+        "name",
+        "fields",
+        "py_class",
+        "py_names",
+        "_py_defaults",
+        "_py_optional",
+        "_cls",
+    )
 
     def __init__(
         self,
@@ -263,6 +280,7 @@ class Struct(GoType):
         self.py_class = py_class
         self.py_names: tuple[str, ...] = ()
         self._py_defaults: frozenset[str] = frozenset()
+        self._py_optional: frozenset[str] = frozenset()
         if fields is not None:
             self.define(fields, py_names)
 
@@ -416,7 +434,7 @@ def _array_of(elem: GoType, length: int) -> GoType:
     key = ("array", id(elem), length)
     t = _INTERN.get(key)
     if t is None:
-        t = _INTERN[key] = Array(elem, length)
+        t = _INTERN[key] = Array(elem, length, as_tuple=True)
         _KEEP.append(elem)
     return t
 
@@ -526,10 +544,12 @@ def _struct_from_dataclass(cls: type) -> Struct:
     _HINT_CACHE[cls] = st  # before the fields, for recursive dataclasses
     try:
         hints = typing.get_type_hints(cls, include_extras=True)
-        fields, py_names, defaults = [], [], set()
+        fields, py_names, defaults, optional = [], [], set(), set()
         for f in dataclasses.fields(cls):
             if not f.init:
                 continue
+            if type(None) in typing.get_args(hints[f.name]):
+                optional.add(f.name)
             go_name = f.metadata.get("gob_name") or _export_name(f.name)
             fields.append(Field(go_name, type_from_hint(hints[f.name])))
             py_names.append(f.name)
@@ -541,6 +561,7 @@ def _struct_from_dataclass(cls: type) -> Struct:
         st.define(fields, py_names)
         st.py_class = cls
         st._py_defaults = frozenset(defaults)
+        st._py_optional = frozenset(optional)
     except BaseException:
         del _HINT_CACHE[cls]
         raise
@@ -599,17 +620,29 @@ def _guess(v: Any) -> GoType:
 
 
 def _same(items: Iterable[Any], what: str) -> GoType:
-    it = iter(items)
-    first = _guess(next(it))
-    for x in it:
-        if _guess(x) is not first:
+    """The one type of all items; empty lists and dicts fit any slice or map."""
+    found: GoType | None = None
+    empties: set[type] = set()
+    for x in items:
+        if not x and isinstance(x, (list, tuple, dict)):
+            empties.add(Map if isinstance(x, dict) else Slice)
+            continue
+        t = _guess(x)
+        if found is None:
+            found = t
+        elif t is not found:
             raise GobEncodeError(f"gob: {what}s of mixed types; pass a GoType")
-    return first
+    if found is None:
+        raise GobEncodeError(f"gob: cannot guess the type of {what}s that are all empty")
+    if any(not isinstance(found, e) for e in empties):
+        raise GobEncodeError(f"gob: {what}s of mixed types; pass a GoType")
+    return found
 
 
 # Encoding
 
 _UINT1 = [bytes((i,)) for i in range(128)]
+_GEN_MAX_FIELDS = 64  # larger structs use the (slower) loop-based codecs
 _pack_le_d = _struct.Struct("<d").pack
 _unpack_le_d = _struct.Struct("<d").unpack
 
@@ -735,7 +768,11 @@ def _enc_op(t: GoType, compiling: dict[int, list[_EncOp]]) -> _EncOp:
             _enc_op(_need(t.key), compiling), _enc_op(_need(t.elem), compiling)
         )
     elif isinstance(t, Struct):
-        op = _struct_enc(t, [_enc_op(f.type, compiling) for f in t.fields])
+        ops = [_enc_op(f.type, compiling) for f in t.fields]
+        if len(ops) <= _GEN_MAX_FIELDS:
+            op = _gen_struct_enc(t, ops)
+        else:
+            op = _struct_enc(t, ops)
     elif isinstance(t, Opaque):
         op = _enc_bytes
     else:
@@ -789,6 +826,75 @@ def _map_enc(kop: _EncOp, eop: _EncOp) -> _EncOp:
             eop(out, x)
 
     return op
+
+
+_INLINE_ENC = {
+    2: (
+        "u = V << 1 if V >= 0 else (~V << 1) | 1",
+        "if u < 128:",
+        "    out.append(u)",
+        "else:",
+        "    out += _uint_bytes(u)",
+    ),
+    3: (
+        "if 0 <= V < 128:",
+        "    out.append(V)",
+        "else:",
+        "    out += _uint_bytes(V)",
+    ),
+    6: (
+        "b = V.encode('utf-8', 'surrogateescape')",
+        "n = len(b)",
+        "if n < 128:",
+        "    out.append(n)",
+        "else:",
+        "    out += _uint_bytes(n)",
+        "out += b",
+    ),
+}
+
+
+def _gen_struct_enc(t: Struct, ops: list[_EncOp]) -> _EncOp:
+    """
+    Generate a struct encoder with basic fields encoded inline (at most
+    L{_GEN_MAX_FIELDS} fields, so every field delta fits one byte).  Field
+    names are bound through the namespace, never put in the source.
+    """
+    n = len(t.fields)
+    ns: dict[str, Any] = {"_uint_bytes": _uint_bytes, "GobEncodeError": GobEncodeError}
+    ts = "".join(f"t{i}, " for i in range(n))
+    src = [
+        "def op(out, v):",
+        "    if type(v) is tuple:",
+        f"        if len(v) != {n}:",
+        f"            raise GobEncodeError('gob: struct needs {n} values')",
+        f"        ({ts}) = v",
+        "    elif isinstance(v, dict):",
+        "        g = v.get",
+    ]
+    src += [f"        t{i} = g(K{i})" for i in range(n)]
+    src += ["        pass", "    elif v is None:", "        out.append(0)", "        return"]
+    src += ["    else:", f"        ({ts}) = AG(v)" if n != 1 else "        t0 = AG(v)"]
+    if n == 0:
+        src[-1] = "        pass"
+    src.append("    last = -1")
+    for i, (f, op) in enumerate(zip(t.fields, ops)):
+        ns[f"K{i}"] = f.name
+        ns[f"OP{i}"] = op
+        falsy = isinstance(f.type, (_Basic, Slice))
+        src.append(f"    if t{i}:" if falsy else f"    if t{i} is not None:")
+        src.append(f"        out.append({i} - last)")
+        inline = _INLINE_ENC.get(f.type.type_id) if isinstance(f.type, _Basic) else None
+        if inline is not None:
+            src += ["        " + line.replace("V", f"t{i}") for line in inline]
+        else:
+            src.append(f"        OP{i}(out, t{i})")
+        src.append(f"        last = {i}")
+    src.append("    out.append(0)")
+    if n:
+        ns["AG"] = operator.attrgetter(*t.py_names)
+    exec(compile("\n".join(src), "<gob struct encoder>", "exec"), ns)
+    return ns["op"]  # type: ignore[no-any-return]
 
 
 def _struct_enc(t: Struct, ops: list[_EncOp]) -> _EncOp:
@@ -848,15 +954,17 @@ class Encoder:
         self._next_id = _FIRST_OWN_ID
         # id(GoType) -> (GoType, wire id), in order of assignment
         self._ids: dict[int, tuple[GoType, int]] = {}
-        # id(GoType) -> (GoType, message head, op), in order of first use
-        self._top: dict[int, tuple[GoType, bytes, _EncOp]] = {}
+        # id(GoType or hint) -> (it, message head, op, type if not a struct),
+        # in order of first use
+        self._top: dict[int, tuple[Any, bytes, _EncOp, GoType | None]] = {}
 
     def encode(self, value: Any, gotype: GoType | None = None) -> bytes:
         """
         Encode one top-level value.
 
         @param value: the Python value (see the module docstring).
-        @param gotype: its Go type; L{guess_type}C{(value)} when C{None}.
+        @param gotype: its L{GoType} (or a type hint, see L{type_from_hint});
+            L{guess_type}C{(value)} when C{None}.
         @return: the type definitions this stream has not sent yet, then the
             value, each as a length-prefixed message.
         @raise GobEncodeError: the value does not fit the type; the Encoder is
@@ -873,58 +981,62 @@ class Encoder:
         @raise GobEncodeError: one value does not fit; nothing is encoded
             and the Encoder is left unchanged.
         """
-        saved = (self._next_id, len(self._ids), len(self._top))
-        chunks: list[bytes] = []
+        chunks: list[bytes | bytearray] = []
+        saved = None
+        value: Any = None
+        gotype: Any = None
         try:
             for value, gotype in items:
                 if gotype is None:
                     gotype = guess_type(value)
                 top = self._top.get(id(gotype))
                 if top is None:
+                    if saved is None:
+                        saved = (self._next_id, len(self._ids), len(self._top))
                     top = self._prepare(gotype, chunks)
                 out = bytearray(top[1])
-                if value is None and not isinstance(gotype, Struct):
-                    value = gotype.zero()
-                try:
-                    top[2](out, value)
-                except GobEncodeError:
-                    raise
-                except (
-                    TypeError,
-                    ValueError,
-                    AttributeError,
-                    OverflowError,
-                    _struct.error,
-                    RecursionError,
-                ) as e:
-                    raise GobEncodeError(
-                        f"gob: cannot encode {_short(value)} as {gotype}: {e}"
-                    ) from None
-                chunks.append(_uint_bytes(len(out)))
-                chunks.append(bytes(out))
-        except BaseException:
-            self._next_id = saved[0]
-            while len(self._ids) > saved[1]:
-                self._ids.popitem()
-            while len(self._top) > saved[2]:
-                self._top.popitem()
+                if value is None and top[3] is not None:
+                    value = top[3].zero()
+                top[2](out, value)
+                n = len(out)
+                chunks.append(_UINT1[n] if n < 128 else _uint_bytes(n))
+                chunks.append(out)
+        except BaseException as e:
+            if saved is not None:
+                self._next_id = saved[0]
+                while len(self._ids) > saved[1]:
+                    self._ids.popitem()
+                while len(self._top) > saved[2]:
+                    self._top.popitem()
+            if isinstance(
+                e,
+                (TypeError, ValueError, AttributeError, OverflowError, _struct.error, RecursionError),
+            ) and not isinstance(e, GobEncodeError):
+                raise GobEncodeError(
+                    f"gob: cannot encode {_short(value)} as {gotype}: {e}"
+                ) from None
             raise
         return b"".join(chunks)
 
     def _prepare(
-        self, gotype: GoType, chunks: list[bytes]
-    ) -> tuple[GoType, bytes, _EncOp]:
-        if not isinstance(gotype, GoType):
-            raise GobEncodeError(f"gob: {gotype!r} is not a GoType")
+        self, hint: Any, chunks: list[bytes | bytearray]
+    ) -> tuple[Any, bytes, _EncOp, GoType | None]:
+        """
+        Define a top-level type and cache C{(hint, head, op, zero type)}
+        under C{id(hint)}; the zero type is None for structs, whose op
+        encodes None as the zero value itself.
+        """
+        gotype = type_from_hint(hint)
         wire_id = self._define(gotype, chunks)
         op = _enc_op(gotype, {})
         head = _int_bytes(wire_id)
         if not isinstance(gotype, Struct):
             head += b"\x00"  # a singleton is sent as field 0 of a struct
-        top = self._top[id(gotype)] = (gotype, head, op)
+        top = (hint, head, op, None if isinstance(gotype, Struct) else gotype)
+        self._top[id(hint)] = top
         return top
 
-    def _define(self, t: GoType, chunks: list[bytes]) -> int:
+    def _define(self, t: GoType, chunks: list[bytes | bytearray]) -> int:
         """Assign a wire id to C{t} and queue its definition (pre-order)."""
         if isinstance(t, _Basic):
             return t.type_id
@@ -1303,42 +1415,36 @@ class Decoder:
             consumed and the stream stays usable.
         @raise GobError: malformed input or a broken limit; the stream is dead.
         """
-        if self._failed is not None:
-            raise GobError(f"gob: stream already failed: {self._failed}")
         try:
-            while True:
-                # Fast path: a short message wholly in the current buffer.
-                buf = self._buf
-                pos = self._pos
-                end = len(buf)
-                if pos < end and 0 < buf[pos] < 128 and pos + 1 + buf[pos] <= end:
-                    start = pos + 1
-                    pos = start + buf[pos]
-                    self._pos = pos
-                    msg = buf[start:pos]
-                else:
-                    msg = self._next_message()
-                    if msg is None:
-                        return NEED_MORE
-                b = msg[0]
-                if b < 128:
-                    tid = _SMALL_INTS[b]
-                    pos = 1
-                else:
-                    tid, pos = _read_int(msg, 0)
-                if tid < 0:
-                    self._define(-tid, msg, pos)
-                    continue
-                ops = self._top.get(into)
-                op = ops.get(tid) if ops is not None else None
-                if op is None:
-                    op = self._compile_top(tid, into)
-                value, pos = op(msg, pos, 0)
-                if pos != len(msg):
-                    raise GobError(
-                        f"gob: {len(msg) - pos} bytes left over after a value"
-                    )
-                return value
+            # Fast path: a short value message wholly in the buffer, whose
+            # type id has one or two bytes and whose decoder is compiled.
+            buf = self._buf
+            pos = self._pos
+            if pos < len(buf) and self._failed is None:
+                n = buf[pos]
+                end = pos + 1 + n
+                if 1 < n < 128 and end <= len(buf):
+                    b = buf[pos + 1]
+                    if b < 128:
+                        tid = b >> 1 if not b & 1 else -1
+                        head = 1
+                    elif b == 0xFF:
+                        b = buf[pos + 2]
+                        tid = b >> 1 if not b & 1 else -1
+                        head = 2
+                    else:
+                        tid = -1
+                    ops = self._top.get(into) if tid > 0 else None
+                    op = ops.get(tid) if ops is not None else None
+                    if op is not None:
+                        self._pos = end
+                        value, pos = op(buf[pos + 1 : end], head, 0)
+                        if pos != n:
+                            raise GobError(
+                                f"gob: {n - pos} bytes left over after a value"
+                            )
+                        return value
+            return self._next_value(into)
         except GobTypeMismatch:
             raise
         except GobError as e:
@@ -1352,6 +1458,26 @@ class Decoder:
             )
             self._failed = err
             raise err from None
+
+    def _next_value(self, into: Any) -> Any:
+        if self._failed is not None:
+            raise GobError(f"gob: stream already failed: {self._failed}")
+        while True:
+            msg = self._next_message()
+            if msg is None:
+                return NEED_MORE
+            tid, pos = _read_int(msg, 0)
+            if tid < 0:
+                self._define(-tid, msg, pos)
+                continue
+            ops = self._top.get(into)
+            op = ops.get(tid) if ops is not None else None
+            if op is None:
+                op = self._compile_top(tid, into)
+            value, pos = op(msg, pos, 0)
+            if pos != len(msg):
+                raise GobError(f"gob: {len(msg) - pos} bytes left over after a value")
+            return value
 
     def _compile_top(self, tid: int, into: Any) -> _DecOp:
         op = self._compile_top_op(tid, into)
@@ -1492,7 +1618,10 @@ class Decoder:
             if w is None or w.kind != "array" or w.length != target.length:
                 raise self._mismatch(tid, target)
             return _array_dec(
-                self._dec_op(w.elem, _need(target.elem), d), target.length, maxd
+                self._dec_op(w.elem, _need(target.elem), d),
+                target.length,
+                maxd,
+                target.as_tuple,
             )
         if isinstance(target, Map):
             if w is None or w.kind != "map":
@@ -1539,8 +1668,8 @@ class Decoder:
             if keyed and pn in target._py_defaults:
                 continue  # the dataclass default applies
             value, factory = _missing(f.type)
-            if keyed and isinstance(f.type, Map):
-                value, factory = _MUTABLE, dict
+            if keyed and isinstance(f.type, Map) and pn not in target._py_optional:
+                value, factory = _MUTABLE, dict  # a nil map is {} unless Optional
             key = i if positional else pn if keyed else f.name
             template[key] = value
             if factory is not None:
@@ -1695,7 +1824,6 @@ def _kwargs_builder(cls: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
     return build
 
 
-_GEN_MAX_FIELDS = 64
 _UNSET: Any = _Sentinel("_UNSET")
 
 # Inline decoding of basic fields in generated struct decoders, by type id;
@@ -1915,13 +2043,18 @@ def _slice_dec(eop: _DecOp, max_depth: int) -> _DecOp:
     return op
 
 
-def _array_dec(eop: _DecOp, length: int, max_depth: int) -> _DecOp:
+def _array_dec(
+    eop: _DecOp, length: int, max_depth: int, as_tuple: bool = False
+) -> _DecOp:
     slice_op = _slice_dec(eop, max_depth)
 
     def op(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
         n, _ = _read_uint(buf, pos)
         if n != length:
             raise GobError(f"gob: array length {n} where {length} was declared")
+        if as_tuple:
+            value, pos = slice_op(buf, pos, depth)
+            return tuple(value), pos
         return slice_op(buf, pos, depth)
 
     return op
