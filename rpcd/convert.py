@@ -398,20 +398,26 @@ def to_wire(value: Any) -> Any:
 _PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
 
 
-def result_passthrough(hint: Any) -> frozenset[type]:
+def result_passthrough(hint: Any, converter: Converter | None = None) -> frozenset[type]:
     """
     The types of result that the result converter of a hint returns
     unchanged, so that a caller may skip calling it for them.
 
     @param hint: the resolved return annotation (C{Any} when there is none).
+    @param converter: the converter in use for that hint, if known; when it
+        is not the one L{result_converter} makes, nothing is passed through.
     @return: e.g. C{{int}} for C{int}; the plain scalar types (and None) for
         C{Any}; empty when every result must go through the converter.
     """
     if hint in (Any, object, None, type(None)):
-        return _PLAIN
-    if hint in _EXACT_SCALARS:
-        return frozenset({hint})
-    return frozenset()
+        plain = _PLAIN
+    elif hint in _EXACT_SCALARS:
+        plain = frozenset({hint})
+    else:
+        return frozenset()
+    if converter is not None and converter is not result_converter(hint):
+        return frozenset()
+    return plain
 
 
 def result_converter(hint: Any) -> Converter:

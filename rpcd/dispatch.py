@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.context import CallContext
-from rpcd.convert import _Mismatch
+from rpcd.convert import _Mismatch, result_passthrough
 from rpcd.errors import (
     Cancelled,
     Code,
@@ -50,6 +50,11 @@ class Args(enum.Enum):
     """A mapping of arguments by name (JSON-RPC 2.0 C{params} object)."""
 
 
+# Types of plain data: never a Deferred or a coroutine, so isinstance (an abc
+# check, slow) need not be asked.
+_NOT_AWAITABLE = frozenset({int, str, float, bool, bytes, type(None), list, dict, tuple})
+
+
 class Dispatcher:
     """
     Runs calls for one connection.
@@ -72,6 +77,8 @@ class Dispatcher:
         self.running: dict[Any, Deferred] = {}
         self._cancelled: set[Any] = set()
         self._counts = session.registry.call_counts
+        self._methods: dict[str, BoundMethod] = {}
+        self._plain: dict[str, frozenset[type]] = {}
 
     def call(self, name: str, value: Any, key: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None, args: Args = Args.VALUE) -> Any:
@@ -105,17 +112,34 @@ class Dispatcher:
             raise
         except Exception as e:
             raise self._unexpected(name, e) from e
-        if isinstance(result, Deferred):
-            return self._track(name, method, result, key, timeout)
-        if isinstance(result, Coroutine):
-            return self._track(name, method, Deferred.fromCoroutine(result), key, timeout)
+        kind = type(result)
+        if kind in self._plain[name]:
+            return result  # the result converter would return it unchanged
+        if kind not in _NOT_AWAITABLE:
+            if isinstance(result, Deferred):
+                return self._track(name, method, result, key, timeout)
+            if isinstance(result, Coroutine):
+                return self._track(name, method, Deferred.fromCoroutine(result), key, timeout)
         return self._convert(name, method, result)
 
-    def _begin(self, name: str, timeout: float | None,
-               metadata: dict[str, Any] | None) -> tuple[BoundMethod, CallContext | None]:
+    def _lookup(self, name: str) -> BoundMethod:
+        """
+        Find a method, once per connection and name.
+
+        @param name: C{Service.Method}.
+        @return: the bound method.
+        @raise RPCError: there is no such method (UNIMPLEMENTED).
+        """
         method = self.session.lookup(name)
         if method is None:
             raise self.session.registry.unknown(name)
+        self._plain[name] = result_passthrough(method.spec.result_hint, method.spec.convert_result)
+        self._methods[name] = method
+        return method
+
+    def _begin(self, name: str, timeout: float | None,
+               metadata: dict[str, Any] | None) -> tuple[BoundMethod, CallContext | None]:
+        method = self._methods.get(name) or self._lookup(name)
         counts = self._counts
         counts[name] = counts.get(name, 0) + 1
         if method.guard is not None:
