@@ -2,6 +2,8 @@
 The C{rpcd} command.
 
     rpcd call ENDPOINT Service.Method [JSON]    call a method, print the result as JSON
+    rpcd stream ENDPOINT Service.Method [JSON] [--stdin]
+                                                open a stream: messages as JSON lines
     rpcd list ENDPOINT                          list every method with its signature
     rpcd certs DIR                              make a development CA and certificates
     rpcd hash-password                          hash a password for [auth.users]
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("method", help="Service.Method")
     call.add_argument("argument", nargs="?", help="the argument as JSON (default: null)")
     _add_connection_options(call)
+
+    streaming = commands.add_parser("stream", help="open a streaming call: print each message "
+                                                   "as a JSON line, send JSON lines from stdin")
+    from rpcd import cli_stream
+    cli_stream.add_arguments(streaming)
 
     listing = commands.add_parser("list", help="list every Service.Method with its signature")
     listing.add_argument("endpoint", help="client endpoint string")
