@@ -1048,7 +1048,9 @@ class Encoder:
         self._ids[id(t)] = (t, tid)
         slot = len(chunks)
         chunks.append(b"")
-        name = str(t)
+        # Go names unnamed composite types by their Go syntax ("[]int"), but
+        # sends "" for an anonymous struct.
+        name = t.name if isinstance(t, (Struct, Opaque)) else str(t)
         if isinstance(t, Slice):
             body = _wire_struct(1, [_common(name, tid), _int_bytes(self._define(_need(t.elem), chunks))])
         elif isinstance(t, Array):

@@ -40,10 +40,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "call:", err)
 		os.Exit(1)
 	}
-	var square int
+	var square struct{ Num, Ans int }
 	if err := client.Call("Cal.Square", 12, &square); err != nil {
 		fmt.Fprintln(os.Stderr, "call:", err)
 		os.Exit(1)
 	}
-	fmt.Println(product, square)
+	fmt.Println(product, square.Ans)
 }
