@@ -56,6 +56,15 @@ class SplittingTests(SynchronousTestCase):
                 _collect(JSONStream(), data[:cut], data[cut:], close=True), expected, cut
             )
 
+    def test_scalars_between_containers(self) -> None:
+        """
+        Non-ASCII top-level scalars between containers in one feed do not shift later values.
+        """
+        self.assertEqual(
+            _collect(JSONStream(), b' {} "\xc3\xa9" {"a":1} 7 ["\xe2\x82\xac"] true [2]', close=True),
+            [{}, "\u00e9", {"a": 1}, 7, ["\u20ac"], True, [2]],
+        )
+
     def test_byte_by_byte(self) -> None:
         """
         Feeding one byte at a time gives each value as soon as it is complete.
@@ -277,9 +286,9 @@ class RefusalTests(SynchronousTestCase):
         it = stream.values()
         self.assertEqual([next(it), next(it)], [[1], {"a": 2}])
         self.assertRaises(JSONStreamError, next, it)
-        self.assertRaises(JSONStreamError, list, stream.values())
+        self.assertRaises(JSONStreamError, next, stream.values())
         stream.feed(b"[4]")
-        self.assertRaises(JSONStreamError, list, stream.values())
+        self.assertRaises(JSONStreamError, next, stream.values())
 
 
 class LoadsTests(SynchronousTestCase):

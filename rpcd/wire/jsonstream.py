@@ -299,6 +299,7 @@ class JSONStream:
                 try:
                     value = _decode(raw)
                 except JSONStreamError as e:
+                    ready.clear()
                     self._fail(e)
                     raise
             yield value
@@ -321,6 +322,7 @@ class JSONStream:
                 try:
                     value = _decode(raw)
                 except JSONStreamError as e:
+                    ready.clear()
                     self._fail(e)
                     raise
             yield value, raw
@@ -358,7 +360,8 @@ class JSONStream:
         The rest of the buffer is decoded to text once per feed
         (C{self._text}); C{self._sync} pairs a byte offset with the char
         offset it corresponds to, and only whitespace (one byte per char)
-        may lie between that byte offset and C{pos}.
+        may lie between that byte offset and C{pos}: so once the scanner
+        has completed a value, L{_scan} stops using this for the feed.
 
         @return: the end of the value, its bytes and value queued; or C{-1}
             if the scanner must take over (value incomplete, invalid, too
@@ -459,6 +462,7 @@ class JSONStream:
                     if depth == 0:
                         self._complete(pos)
                         state = _BETWEEN
+                        fast = False
             elif state == _STRING:
                 pos = _STRING_BODY.match(buf, pos).end()
                 if pos == n or pos == n - 1 and buf[pos] == 0x5C:
@@ -469,6 +473,7 @@ class JSONStream:
                 else:
                     self._complete(pos)
                     state = _BETWEEN
+                    fast = False
             elif state == _NUMBER_STATE:
                 end = _NUMBER.match(buf, pos).end()
                 if end == n:
@@ -480,6 +485,7 @@ class JSONStream:
                 pos = end
                 self._complete(pos)
                 state = _BETWEEN
+                fast = False
             else:  # _LITERAL
                 literal = _LITERALS[buf[self._start]]
                 have = bytes(buf[self._start:self._start + len(literal)])
@@ -493,6 +499,7 @@ class JSONStream:
                 pos = self._start + len(literal)
                 self._complete(pos)
                 state = _BETWEEN
+                fast = False
         self._state = state
         self._depth = depth
         # Drop what was consumed, keeping the value being scanned.
