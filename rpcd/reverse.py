@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import TimeoutError as TwistedTimeoutError
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
