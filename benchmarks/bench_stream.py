@@ -1,0 +1,186 @@
+"""
+Server-streaming throughput: rpcd beside gRPC (the anchors), in one run.
+
+    python benchmarks/bench_stream.py                    # rpcd, then the gRPC anchors
+    python benchmarks/bench_stream.py --count 2000000 --window 1024 --no-anchor
+
+rpcd: the real daemon (C{twistd -n rpcd}) serves C{StreamBench.Stream(count)},
+an async generator yielding the integers 0..count-1 (gRPC's anchor streams
+C{Reply(result=i)}, the same content).  This process is the client: one
+stream, its messages delivered to a consumer that only counts them, credit
+handed back half a window at a time.  After a warmup of 10% of the
+messages, the measured window runs to the end of the stream; the server's
+CPU (utime + stime from /proc/PID/stat, all threads) over that window
+divided by the messages in it is the "server CPU us/msg".
+
+gRPC: C{/work/shared/anchors/run_all.sh --only stream} (its sync and aio
+servers, a Python client, 100,000 messages), read from its results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHORS = Path("/work/shared/anchors")
+ANCHORS_WORK = Path(os.environ.get("ANCHORS_WORK", "/tmp/rpcd-anchors"))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class StreamBench:
+    """The benchmark's service (loaded by the daemon from this file)."""
+
+    from rpcd.service import exposed as _exposed
+
+    @_exposed
+    async def Stream(self, count: int) -> AsyncIterator[int]:
+        """Yield 0..count-1."""
+        for i in range(count):
+            yield i
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    @return: a process's user + system CPU seconds so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def start_daemon(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
+    config = Path(workdir) / "bench.toml"
+    config.write_text('[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n\n'
+                      '[services.StreamBench]\nclass = "bench_stream:StreamBench"\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"),
+                                         env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "rpcd", "--config", str(config)],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    output = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output += line
+        found = re.search(rb"rpcd listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            return process, int(found.group(1))
+    process.kill()
+    raise SystemExit(f"the daemon did not start:\n{output.decode(errors='replace')}")
+
+
+class _Counter:
+    """A consumer that counts messages and notes the measured window."""
+
+    def __init__(self, count: int, warmup: int, server_pid: int) -> None:
+        self.count = count
+        self.warmup = warmup
+        self.server_pid = server_pid
+        self.received = 0
+        self.started: tuple[float, float, float] | None = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, message: Any) -> None:
+        self.received += 1
+        if self.received == self.warmup:
+            self.started = (time.perf_counter(), cpu_seconds(self.server_pid),
+                            resource.getrusage(resource.RUSAGE_SELF).ru_utime
+                            + resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+
+
+def run_rpcd(count: int, window: int) -> dict[str, Any]:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    from rpcd.client import connect
+
+    with tempfile.TemporaryDirectory() as workdir:
+        process, port = start_daemon(workdir)
+        result: dict[str, Any] = {}
+        try:
+            async def go(reactor: Any) -> None:
+                client = await connect(f"tcp:127.0.0.1:{port}", reactor=reactor)
+                warm = client.stream("StreamBench.Stream", 20000, window=window)
+                await warm.deliver_to(_Counter(20000, 0, process.pid))
+                counter = _Counter(count, count // 10, process.pid)
+                stream = client.stream("StreamBench.Stream", count, window=window)
+                await stream.deliver_to(counter)
+                end = (time.perf_counter(), cpu_seconds(process.pid),
+                       resource.getrusage(resource.RUSAGE_SELF).ru_utime
+                       + resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+                assert counter.started is not None and counter.received == count
+                messages = count - counter.warmup
+                secs = end[0] - counter.started[0]
+                result.update(case=f"rpcd stream {count:,} msgs (window {window})",
+                              messages=messages, secs=secs, rate=messages / secs,
+                              server_cpu_s=end[1] - counter.started[1],
+                              client_cpu_s=end[2] - counter.started[2])
+                await client.close()
+            react(lambda reactor: Deferred.fromCoroutine(go(reactor)), [])
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise
+        finally:
+            process.terminate()
+            process.wait(10)
+    result["srv_us_per_msg"] = result["server_cpu_s"] / result["messages"] * 1e6
+    result["cli_us_per_msg"] = result["client_cpu_s"] / result["messages"] * 1e6
+    return result
+
+
+def run_anchor() -> list[dict[str, Any]]:
+    before = set(os.listdir(ANCHORS_WORK / "results")) if (ANCHORS_WORK / "results").exists() else set()
+    subprocess.run([str(ANCHORS / "run_all.sh"), "--only", "stream"], check=True,
+                   stdout=subprocess.DEVNULL)
+    new = sorted(set(os.listdir(ANCHORS_WORK / "results")) - before)
+    if not new:
+        raise SystemExit("the anchors wrote no results")
+    results = json.loads((ANCHORS_WORK / "results" / new[-1] / "results.json").read_text())
+    return [{"case": r["case"], "rate": r["rate"], "srv_us_per_msg": r["srv_us_per_call"],
+             "cli_us_per_msg": r["cli_us_per_call"]} for r in results["runs"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000, help="messages in the stream")
+    parser.add_argument("--window", type=int, default=1024, help="the client's credit window")
+    parser.add_argument("--no-anchor", action="store_true", help="skip the gRPC anchor")
+    args = parser.parse_args()
+    rows = [run_rpcd(args.count, args.window)]
+    if not args.no_anchor:
+        rows += run_anchor()
+    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'case':40} | {'msg/s':>10} | {'srv CPU us/msg':>14} | {'cli CPU us/msg':>14}")
+    print("-" * 41 + "+" + "-" * 12 + "+" + "-" * 16 + "+" + "-" * 15)
+    for row in rows:
+        print(f"{row['case']:40} | {row['rate']:>10,.0f} | {row['srv_us_per_msg']:>14.2f} | "
+              f"{row['cli_us_per_msg']:>14.2f}")
+    if len(rows) > 1:
+        ours = rows[0]
+        for other in rows[1:]:
+            print(f"rpcd / {other['case']}: {ours['rate'] / other['rate']:.1f}x the messages/s, "
+                  f"{other['srv_us_per_msg'] / ours['srv_us_per_msg']:.1f}x less server CPU "
+                  f"per message")
+
+
+if __name__ == "__main__":
+    main()
