@@ -105,7 +105,7 @@ def _encode(value: object) -> bytes:
     if kind is int:
         return int.__repr__(value).encode("ascii")  # type: ignore[arg-type]
     if kind is str:
-        return _escape(value).encode("ascii")
+        return _escape(value).encode("ascii")  # type: ignore[arg-type]
     if value is None:
         return b"null"
     if _iterencode is None:  # pragma: no cover
@@ -221,18 +221,19 @@ def _raw_member(raw: bytes, name: str) -> bytes:
     """
     found = b"null"
     ws = _GO_WHITESPACE.match
-    pos = ws(raw, 1).end()
+    pos = ws(raw, 1).end()  # type: ignore[union-attr]
     while raw[pos] != 0x7D:
         key_end = _value_end(raw, pos)
         key = json.loads(raw[pos:key_end])
-        pos = ws(raw, key_end).end() + 1  # the colon
-        pos = ws(raw, pos).end()
+        # Skip the colon.
+        pos = ws(raw, key_end).end() + 1  # type: ignore[union-attr]
+        pos = ws(raw, pos).end()  # type: ignore[union-attr]
         end = _value_end(raw, pos)
         if key.lower() == name:
             found = raw[pos:end]
-        pos = ws(raw, end).end()
+        pos = ws(raw, end).end()  # type: ignore[union-attr]
         if raw[pos] == 0x2C:
-            pos = ws(raw, pos + 1).end()
+            pos = ws(raw, pos + 1).end()  # type: ignore[union-attr]
     if found[:1] in (b"{", b"["):
         found = _GO_COMPACT.sub(lambda m: m.group(1) or b"", found)
     return found

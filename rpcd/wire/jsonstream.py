@@ -412,7 +412,7 @@ class JSONStream:
         while True:
             if state == _BETWEEN:
                 if pos < n and buf[pos] in _WHITESPACE_BYTES:
-                    pos = _WHITESPACE.match(buf, pos).end()
+                    pos = _WHITESPACE.match(buf, pos).end()  # type: ignore[union-attr]
                 self._start = pos
                 if pos == n:
                     break
@@ -444,7 +444,7 @@ class JSONStream:
                 else:
                     raise _bad_start(buf, pos)
             elif state == _CONTAINER:
-                pos = skip(buf, pos).end()
+                pos = skip(buf, pos).end()  # type: ignore[union-attr]
                 if pos == n:
                     break
                 c = buf[pos]
@@ -464,7 +464,7 @@ class JSONStream:
                         state = _BETWEEN
                         fast = False
             elif state == _STRING:
-                pos = _STRING_BODY.match(buf, pos).end()
+                pos = _STRING_BODY.match(buf, pos).end()  # type: ignore[union-attr]
                 if pos == n or pos == n - 1 and buf[pos] == 0x5C:
                     break
                 pos += 1  # the closing quote
@@ -475,7 +475,7 @@ class JSONStream:
                     state = _BETWEEN
                     fast = False
             elif state == _NUMBER_STATE:
-                end = _NUMBER.match(buf, pos).end()
+                end = _NUMBER.match(buf, pos).end()  # type: ignore[union-attr]
                 if end == n:
                     pos = n
                     break
