@@ -163,6 +163,20 @@ def _adapter(t: GoType, memo: dict[int, Any]) -> Callable[[Any], Any] | None:
     return None
 
 
+def _no_delay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off, as Go does on every TCP connection: a Go
+    client keeps many calls in flight and waits for each small reply, which
+    Nagle would hold back until the previous segment is acknowledged.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except Exception:
+            pass  # not a TCP socket (a Unix socket, a test transport)
+
+
 def _error_text(error: BaseException) -> str:
     """
     What a Go client's C{err.Error()} shows for a failed call: the message
@@ -219,6 +233,7 @@ class GobServerProtocol(Protocol):
         return protocol
 
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         self.session = self.server.new_session(self.transport, self.protocol_name)
         self.dispatcher = Dispatcher(self.session, self.server.clock,
                                      self.server.limits.max_calls_per_connection)
@@ -241,7 +256,9 @@ class GobServerProtocol(Protocol):
                 self._broken(str(e))
                 return
             for seq, name, value in requests:
-                out.append(self._call(seq, name, value))
+                reply = self._call(seq, name, value)
+                if reply:
+                    out.append(reply)
         finally:
             self._batch = None
             if out:
