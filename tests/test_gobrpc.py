@@ -251,7 +251,7 @@ class CodecTests(SynchronousTestCase):
         back += server.encode_response(9, "A.B", None, 6)
         (one, two, nine) = client.feed(back)
         self.assertEqual(one[:2], (1, "A.B"))
-        self.assertTrue(one[2].startswith("reading body gob: type mismatch"), one[2])
+        self.assertTrue(str(one[2]).startswith("reading body gob: type mismatch"), one[2])
         self.assertEqual((two, nine), ((2, "A.B", None, None), (9, "A.B", None, None)))
 
     def test_failed_response_encodes_nothing(self) -> None:

@@ -135,6 +135,7 @@ class GoType:
     """
 
     __slots__ = ("_enc",)
+    _enc: Callable[[bytearray, Any], None] | None
 
     def zero(self) -> Any:
         """
@@ -753,9 +754,10 @@ def _enc_op(t: GoType, compiling: dict[int, list[_EncOp]]) -> _EncOp:
         return op
     cell = compiling.get(id(t))
     if cell is not None:  # recursive type: late-bound through the cell
+        late = cell
 
         def tramp(out: bytearray, v: Any) -> None:
-            cell[0](out, v)
+            late[0](out, v)
 
         return tramp
     cell = compiling[id(t)] = []
@@ -806,8 +808,6 @@ def _slice_enc(eop: _EncOp) -> _EncOp:
 
 def _array_enc(eop: _EncOp, length: int) -> _EncOp:
     def op(out: bytearray, v: Any) -> None:
-        if v is None:
-            v = [None] * length
         if not isinstance(v, (list, tuple)) or len(v) != length:
             raise GobEncodeError(f"gob: array needs a list of {length} elements")
         out += _uint_bytes(length)
@@ -958,7 +958,7 @@ class Encoder:
         # in order of first use
         self._top: dict[int, tuple[Any, bytes, _EncOp, GoType | None]] = {}
 
-    def encode(self, value: Any, gotype: GoType | None = None) -> bytes:
+    def encode(self, value: Any, gotype: Any = None) -> bytes:
         """
         Encode one top-level value.
 
@@ -972,11 +972,11 @@ class Encoder:
         """
         return self.encode_all(((value, gotype),))
 
-    def encode_all(self, items: Iterable[tuple[Any, GoType | None]]) -> bytes:
+    def encode_all(self, items: Iterable[tuple[Any, Any]]) -> bytes:
         """
         Encode several values atomically (e.g. a header and a body).
 
-        @param items: C{(value, gotype or None)} pairs.
+        @param items: C{(value, GoType or type hint or None)} pairs.
         @return: the concatenated messages.
         @raise GobEncodeError: one value does not fit; nothing is encoded
             and the Encoder is left unchanged.
@@ -1411,7 +1411,9 @@ class Decoder:
         @param into: C{None} to decode by the wire type (structs become
             L{GoStruct}s); a L{GoType} to decode into (a L{Struct} from
             L{type_from_hint} gives its dataclass; fields are matched by name,
-            extra ones skipped); or L{DISCARD} to skip the value.
+            extra ones skipped); or L{DISCARD} to skip the value.  Decoders
+            are compiled once per C{(wire type, into)} and cached by C{into}
+            (which must be hashable), so reuse the same objects.
         @return: the value, C{None} for L{DISCARD}, or L{NEED_MORE}.
         @raise GobTypeMismatch: the value does not fit C{into}; it was
             consumed and the stream stays usable.
@@ -1588,10 +1590,11 @@ class Decoder:
         if hit is not None:
             return hit[1]
         cell = self._compiling.get(key)
-        if cell is not None:
+        if cell is not None:  # recursive type: late-bound through the cell
+            late = cell
 
             def tramp(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
-                return cell[0](buf, pos, depth)
+                return late[0](buf, pos, depth)
 
             return tramp
         if depth > self.max_depth:
@@ -1647,7 +1650,7 @@ class Decoder:
         raise GobError(f"gob: cannot decode into {target!r}")
 
     def _struct_op(self, w: _Wire, tid: int, target: Struct, d: int) -> _DecOp:
-        cls = target.py_class
+        cls: Any = target.py_class
         positional = cls is tuple
         keyed = cls is not None and not positional
         index = {f.name: i for i, f in enumerate(target.fields)}
@@ -1708,10 +1711,11 @@ class Decoder:
         if op is not None:
             return op
         cell = self._compiling.get(tid)
-        if cell is not None:
+        if cell is not None:  # recursive type: late-bound through the cell
+            late = cell
 
             def tramp(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
-                return cell[0](buf, pos, depth)
+                return late[0](buf, pos, depth)
 
             return tramp
         if depth > self.max_depth:
@@ -1939,7 +1943,11 @@ def _gen_struct_dec(
     for j, (ti, op, tid) in enumerate(wire_plan):
         src.append(f"        {'if' if j == 0 else 'elif'} f == {j}:")
         ns[f"OP{j}"] = op
-        inline = _INLINE_DEC.get(tid) if ti is not None and op is _BASIC_DEC.get(tid) else None
+        inline = (
+            _INLINE_DEC.get(tid)
+            if tid is not None and ti is not None and op is _BASIC_DEC.get(tid)
+            else None
+        )
         var = "_" if ti is None else f"t{ti}"
         if inline is not None:
             src += ["            " + line.replace("V", var) for line in inline]
@@ -2035,7 +2043,7 @@ def _slice_dec(eop: _DecOp, max_depth: int) -> _DecOp:
         if depth >= max_depth:
             raise GobError(f"gob: values nested deeper than {max_depth}")
         d1 = depth + 1
-        out = []
+        out: list[Any] = []
         append = out.append
         for _ in range(n):
             v, pos = eop(buf, pos, d1)

@@ -157,7 +157,7 @@ class GobServerCodec:
         """
         decoder = self._decoder
         decoder.feed(data)
-        out = []
+        out: list[tuple[int, str, Any]] = []
         while True:
             pending = self._pending
             if pending is None:
@@ -290,7 +290,7 @@ class GobClientCodec:
         """
         decoder = self._decoder
         decoder.feed(data)
-        out = []
+        out: list[tuple[int, str, str | None, Any]] = []
         while True:
             pending = self._pending
             if pending is None:
