@@ -149,6 +149,57 @@ def floor(data: bytes, batch: int, calls: int, rounds: int) -> float:
     return best
 
 
+def breakdown(protocol: NativeServerProtocol, transport: StringTransport, data: bytes,
+              batch: int, calls: int, rounds: int) -> list[tuple[str, float]]:
+    """
+    Time the hot path's pieces one by one on the same inputs, innermost
+    first; each row includes the rows below it that it calls.
+
+    @return: C{(piece, us per call)} rows.
+    """
+    import timeit
+
+    from rpcd.examples.arith import Args
+    from rpcd.wire.frames import FrameReader, pack_length
+    from rpcd.wire.native import _packb
+
+    dispatcher = protocol.dispatcher
+    method = dispatcher._methods.get("Arith.Multiply") or dispatcher._lookup("Arith.Multiply")
+    convert = method.spec.params[0].convert
+    value = {"A": 7, "B": 8}
+    args = Args(7, 8)
+    reader = FrameReader()
+    split = reader.split
+    frame = msgpack.unpackb(frames(1)[4:])
+    out: list[bytes] = []
+    call = protocol._call
+    env = dict(method=method, convert=convert, value=value, args=args, Args=Args, split=split,
+               data=data, packb=_packb, pack_length=pack_length, dispatcher=dispatcher,
+               frame=frame, out=out, call=call, feed=protocol.dataReceived,
+               clear=transport.clear, function=method.function, unpackb=msgpack.unpackb,
+               body=frames(1)[4:], batch=batch)
+    pieces = [
+        ("Arith.Multiply itself (bound method)", "function(args)", 1),
+        ("Args(A, B) (dataclass __init__)", "Args(7, 8)", 1),
+        ("argument converter (dict -> Args)", "convert(value)", 1),
+        ("invoker: convert + call", "method.invoke(value, None)", 1),
+        ("Dispatcher.call (lookup, count, checks, invoke)",
+         "dispatcher.call('Arith.Multiply', value, None)", 1),
+        ("msgpack.unpackb of one CALL body", "unpackb(body)", 1),
+        ("FrameReader.split, per frame", "split(data)", batch),
+        ("reply: packb + length prefix", "b = packb([1, 5, 56]); pack_length(len(b)) + b", 1),
+        ("_call (checks, Dispatcher.call, reply)", "call(frame, out); out.clear()", 1),
+        ("dataReceived, per frame (everything)", "feed(data); clear()", batch),
+    ]
+    rows = []
+    for label, stmt, per in pieces:
+        n = max(1, calls // per // 4)
+        best = min(timeit.repeat(stmt, globals=env, number=n, repeat=rounds,
+                                 timer=time.process_time))
+        rows.append((label, best / (n * per) * 1e6))
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64, help="CALL frames per dataReceived (64)")
@@ -157,6 +208,8 @@ def main() -> int:
     p.add_argument("--method", default="Arith.Multiply")
     p.add_argument("--profile", action="store_true", help="run one round under cProfile")
     p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the hot path's pieces one by one (timeit)")
     args = p.parse_args()
 
     protocol, transport = connect()
@@ -168,6 +221,10 @@ def main() -> int:
         measure(protocol, transport, data, args.batch, args.calls, 1)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        return 0
+    if args.breakdown:
+        for label, piece in breakdown(protocol, transport, data, args.batch, args.calls, args.rounds):
+            print(f"{piece:6.2f} us  {label}")
         return 0
     us = measure(protocol, transport, data, args.batch, args.calls, args.rounds)
     print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call")
