@@ -409,7 +409,7 @@ class RoundTripTests(SynchronousTestCase):
         again = decode_all(b"".join(e.encode(v) for v in values))
         self.assertEqual(again, values)
         self.assertEqual(
-            [getattr(type(v).gotype, "name", None) for v in again],
+            [getattr(getattr(type(v), "gotype", None), "name", None) for v in again],
             ["Args", "Rich", "Tree", "Node", "Empty", None, "Rich", None],
         )
 
