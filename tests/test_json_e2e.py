@@ -1,0 +1,403 @@
+"""
+End-to-end tests of JSON and HTTP: the real C{twistd -n rpcd} on loopback,
+called by curl (JSON-RPC 2.0 over HTTP, /debug/rpc), seed 002's Python socket
+client run verbatim, stock Go programs (C{jsonrpc.Dial} against rpcd, and a
+C{jsonrpc.ServeConn} server that rpcd's client and the C{rpcd} command
+call), every protocol on one port, and a flood of hostile bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from rpcd.client import connect
+from rpcd.errors import Code, RPCError
+from tests.daemon import Daemon, environment, rpcd_command, run, temp_dir
+from tests.tools import require_tool
+
+HERE = Path(__file__).resolve().parent
+SEED_CLIENT = HERE / "seeds" / "client_002.py"
+GO_CLIENT = HERE / "go" / "jsonclient"
+GO_SERVER = HERE / "go" / "jsonserver"
+LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
+GO_ENV = {"GOFLAGS": "-mod=mod", "GOPROXY": "off", "CGO_ENABLED": "0"}
+
+
+def fromCoroutine(f):  # type: ignore[no-untyped-def]
+    """Run an async test method as a Deferred (trial waits for it)."""
+    def test(self):  # type: ignore[no-untyped-def]
+        return Deferred.fromCoroutine(f(self))
+    test.__name__ = f.__name__
+    test.__doc__ = f.__doc__
+    return test
+
+
+_built: dict[str, str] = {}
+
+
+async def build_go(test: TestCase, source: Path) -> str:
+    """
+    Build a Go program once per test run.
+
+    @param test: the test (skipped without Go).
+    @param source: the directory of its main package.
+    @return: the executable's path.
+    """
+    go = require_tool("go", f"to build {source.name}, a stock Go net/rpc/jsonrpc program")
+    if source.name not in _built:
+        out_dir = temp_dir(test)
+        binary = f"{out_dir}/{source.name}"
+        code, out, err = await run(test, [go, "build", "-o", binary, "."], cwd=str(source),
+                                   env=GO_ENV)
+        test.assertEqual(code, 0, f"go build {source.name} failed: {out}{err}")
+        _built[source.name] = binary
+    return _built[source.name]
+
+
+async def curl(test: TestCase, *args: str) -> str:
+    """
+    Run curl with the arguments and return its output.
+    """
+    tool = require_tool("curl", "to call JSON-RPC 2.0 over HTTP")
+    code, out, err = await run(test, [tool, "--silent", "--show-error", "--max-time", "20", *args])
+    test.assertEqual(code, 0, err)
+    return out
+
+
+def post_args(url: str, body: str) -> list[str]:
+    """curl arguments to POST a JSON body."""
+    return ["-H", "Content-Type: application/json", "--data-binary", body, url]
+
+
+class _GoServer(ProcessProtocol):
+    """The Go jsonrpc server process: fires C{listening} with its address."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.out = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        for line in self.out.decode().splitlines():
+            if line.startswith("listening ") and not self.listening.called:
+                self.listening.callback(line.split()[1])
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.listening.called:
+            self.listening.errback(AssertionError(f"the Go server exited: {self.out!r}"))
+        self.ended.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """Kill the server; the Deferred fires once it has exited."""
+        try:
+            self.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+        return self.ended
+
+
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:PORT can be listened on now."""
+    probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind(("127.0.0.1", port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return False
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+class HTTPTests(TestCase):
+    """curl against POST /rpc and GET /debug/rpc."""
+
+    timeout = 120
+
+    @fromCoroutine
+    async def test_curl_json_rpc(self) -> None:
+        """Single, batch, notification and error requests over HTTP, then the debug page."""
+        daemon = await Daemon.start(self, *LOOPBACK)
+        url = f"http://127.0.0.1:{daemon.port}/rpc"
+        single = json.loads(await curl(self, *post_args(
+            url, '{"jsonrpc":"2.0","method":"Arith.Multiply","params":{"A":7,"B":8},"id":1}')))
+        self.assertEqual(single, {"jsonrpc": "2.0", "result": 56, "id": 1})
+        batch = json.loads(await curl(self, *post_args(
+            url, '[{"jsonrpc":"2.0","method":"Cal.Square","params":[12],"id":"a"},'
+                 '{"jsonrpc":"2.0","method":"ServiceA.Add","params":[{"x":10,"y":50}],"id":"b"},'
+                 '{"jsonrpc":"2.0","method":"Cal.Square","params":[1]}]')))
+        self.assertEqual(batch, [{"jsonrpc": "2.0", "result": {"Num": 12, "Ans": 144}, "id": "a"},
+                                 {"jsonrpc": "2.0", "result": 60, "id": "b"}])
+        notification = await curl(self, "--include", *post_args(
+            url, '{"jsonrpc":"2.0","method":"Cal.Square","params":[2]}'))
+        self.assertTrue(notification.startswith("HTTP/1.1 204 No Content\r\n"), notification)
+        errors = json.loads(await curl(self, *post_args(
+            url, '[{"jsonrpc":"2.0","method":"Nope.Method","id":1},'
+                 '{"jsonrpc":"2.0","method":"Cal.Square","params":["x"],"id":2},'
+                 '{"jsonrpc":"2.0","method":"HelloService.Hello","params":["x"],"id":3},'
+                 '{"jsonrpc":"2.0","method":1,"id":4}]')))
+        self.assertEqual([(e["id"], e["error"]["code"]) for e in errors],
+                         [(1, -32601), (2, -32602), (3, -32016), (4, -32600)])
+        self.assertEqual(errors[2]["error"]["message"], "please login")
+        parse = json.loads(await curl(self, *post_args(url, '{"jsonrpc":"2.0","id":1,"x":NaN}')))
+        self.assertEqual(parse["error"]["code"], -32700)
+        page = await curl(self, f"http://127.0.0.1:{daemon.port}/debug/rpc")
+        self.assertIn("Service Cal", page)
+        self.assertRegex(page, r"Cal\.Square\(num: int\) -&gt; Result</code></td><td align=center>4</td>")
+        self.assertIn("Service KVStoreService", page)
+        status = await curl(self, "--output", "/dev/null", "--write-out", "%{http_code}",
+                            f"http://127.0.0.1:{daemon.port}/nothing")
+        self.assertEqual(status, "404")
+        self.assertNotIn("Traceback", daemon.output)
+
+
+class SeedClientTests(TestCase):
+    """Seed 002's Python socket client, unchanged."""
+
+    timeout = 60
+
+    @fromCoroutine
+    async def test_seed_002_python_client(self) -> None:
+        """The seed's raw socket client prints Go's answer, decoded by Python."""
+        if not port_free(9000):
+            self.fail("127.0.0.1:9000 is taken; seed 002's client dials that port, so this "
+                      "test needs it free (stop whatever listens there)")
+        daemon = await Daemon.start(self, "--listen", "tcp:9000:interface=127.0.0.1")
+        code, out, err = await run(self, [sys.executable, str(SEED_CLIENT)])
+        self.assertEqual((code, out), (0, "{'id': 0, 'result': 60, 'error': None}\n"), err)
+        self.assertNotIn("Traceback", daemon.output)
+
+
+class GoTests(TestCase):
+    """Stock Go net/rpc/jsonrpc programs."""
+
+    timeout = 600
+
+    @fromCoroutine
+    async def test_go_jsonrpc_dial(self) -> None:
+        """jsonrpc.Dial: sync, async, 100 concurrent calls, a nil reply, unknown methods, then more."""
+        client = await build_go(self, GO_CLIENT)
+        daemon = await Daemon.start(self, *LOOPBACK)
+        code, out, err = await run(self, [client, f"127.0.0.1:{daemon.port}"])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.splitlines(), [
+            "sync 60",
+            "async 56",
+            "concurrent 100/100",
+            "set ok",
+            "unknown rpc: can't find service Nope.Method",
+            "unknown rpc: can't find method ServiceA.Nope",
+            "after 3",
+        ])
+
+    async def go_server(self) -> str:
+        binary = await build_go(self, GO_SERVER)
+        protocol = _GoServer()
+        reactor.spawnProcess(protocol, binary, [binary], env=environment())
+        self.addCleanup(protocol.stop)
+        return await protocol.listening
+
+    @fromCoroutine
+    async def test_rpcd_client_calls_go_server(self) -> None:
+        """rpcd's jsonrpc codec calls a stock jsonrpc.ServeConn server: results and Go's errors."""
+        address = await self.go_server()
+        client = await connect(f"tcp:{address}", codec="jsonrpc")
+        self.addCleanup(client.close)
+        sums = [client.ServiceA.Add(X=i, Y=1) for i in range(50)]
+        self.assertEqual([await d for d in sums], [i + 1 for i in range(50)])
+        self.assertEqual(await client.ServiceA.Pair(X=3, Y=4),
+                         {"Sum": 7, "Product": 12, "Tag": "<go>"})
+        with self.assertRaises(RPCError) as cm:
+            await client.ServiceA.Fail(X=3, Y=4)
+        self.assertEqual((cm.exception.code, cm.exception.message), (Code.UNKNOWN, "no luck: 3"))
+        with self.assertRaises(RPCError) as cm:
+            await client.call("Nope.Method", 1)
+        self.assertEqual(cm.exception.message, "rpc: can't find service Nope.Method")
+        self.assertEqual(await client.ServiceA.Add(X=1, Y=2), 3)
+
+    @fromCoroutine
+    async def test_rpcd_command_calls_go_server(self) -> None:
+        """rpcd call --codec jsonrpc prints a Go server's result, and exits 1 with its error."""
+        address = await self.go_server()
+        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
+                                                      "ServiceA.Add", '{"X": 20, "Y": 22}'))
+        self.assertEqual((code, out.strip()), (0, "42"), err)
+        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
+                                                      "ServiceA.Fail", '{"X": 5}'))
+        self.assertEqual(code, 1)
+        self.assertIn("no luck: 5", err)
+
+
+class OnePortTests(TestCase):
+    """Every protocol on one port at once."""
+
+    timeout = 120
+
+    @fromCoroutine
+    async def test_all_protocols_on_one_port(self) -> None:
+        """Native, jsonrpc, jsonrpc2, gob-http, curl and the seed's raw JSON share one port."""
+        daemon = await Daemon.start(self, *LOOPBACK)
+        endpoint = f"tcp:127.0.0.1:{daemon.port}"
+        clients = {}
+        for codec in ("native", "jsonrpc", "jsonrpc2", "gob-http"):
+            clients[codec] = await connect(endpoint, codec=codec)
+            self.addCleanup(clients[codec].close)
+        calls = {codec: [client.call("Cal.Square", i) for i in range(20)]
+                 for codec, client in clients.items()}
+        page = Deferred.fromCoroutine(curl(self, f"http://127.0.0.1:{daemon.port}/debug/rpc"))
+        rpc = Deferred.fromCoroutine(curl(self, *post_args(
+            f"http://127.0.0.1:{daemon.port}/rpc",
+            '{"jsonrpc":"2.0","method":"Cal.Square","params":[9],"id":1}')))
+        raw = deferToThread(_raw_json_call, daemon.port,
+                            b'{"id": 0, "params": [{"x":10, "y":50}], "method": "ServiceA.Add"}')
+        for codec, ds in calls.items():
+            self.assertEqual([(await d)["Ans"] for d in ds], [i * i for i in range(20)], codec)
+        self.assertEqual(json.loads(await rpc)["result"]["Ans"], 81)
+        self.assertIn("Service Cal", await page)
+        self.assertEqual(await raw, b'{"id":0,"result":60,"error":null}\n')
+        for codec, client in clients.items():
+            self.assertEqual(await client.Arith.Multiply(A=6, B=7), 42, codec)
+
+
+def _raw_json_call(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall(request)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+# Valid inputs the hostile test mutates.
+_SAMPLES = [
+    b'{"id": 0, "params": [{"x":10, "y":50}], "method": "ServiceA.Add"}',
+    b'{"jsonrpc":"2.0","method":"Cal.Square","params":[12],"id":1}',
+    b'[{"jsonrpc":"2.0","method":"Cal.Square","params":[1],"id":"a"},'
+    b'{"jsonrpc":"2.0","method":"Arith.Multiply","params":{"A":1,"B":2}}]',
+    b'POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n'
+    b'{"jsonrpc":"2.0","method":"Cal.Square","params":[12],"id":1}',
+    b"GET /debug/rpc HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"CONNECT /_goRPC_ HTTP/1.0\n\n",
+    b"GET /_goRPC_ HTTP/1.0\r\n\r\n",
+]
+_NASTY = [b"\x00", b"\r", b"\n", b"{", b"}", b"[", b"]", b'"', b"\\", b"NaN", b"-Infinity",
+          b"1e400", b"\xff", b"\xc3", b"\r\n\r\n", b"Content-Length: 99999999999\r\n",
+          b"Transfer-Encoding: chunked\r\n", b":", b",", b'"id":', b"9" * 50]
+
+
+def hostile_inputs(count: int, seed: int = 20261123) -> list[bytes]:
+    """
+    Random and mutated JSON and HTTP inputs, the same for a given seed.
+
+    @param count: how many.
+    @return: the inputs, each at most a few KiB.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        if i % 5 == 0:
+            start = rng.choice([b"{", b"[", b"POST ", b"GET ", b"CONNECT ", b" \n{"])
+            out.append(start + rng.randbytes(rng.randrange(0, 2000)))
+            continue
+        data = bytearray(rng.choice(_SAMPLES) * rng.choice([1, 1, 2, 3]))
+        for _ in range(rng.randrange(1, 8)):
+            kind = rng.randrange(5)
+            pos = rng.randrange(len(data) + 1)
+            if kind == 0 and data:
+                data[min(pos, len(data) - 1)] = rng.randrange(256)
+            elif kind == 1:
+                data[pos:pos] = rng.choice(_NASTY)
+            elif kind == 2:
+                del data[pos:pos + rng.randrange(1, 20)]
+            elif kind == 3:
+                data = data[:pos]
+            else:
+                data[pos:pos] = data[:rng.randrange(len(data) + 1)]
+        out.append(bytes(data) or b"{")
+    return out
+
+
+def _flood(port: int, inputs: list[bytes], batch: int = 30, wait: float = 1.0) -> int:
+    """
+    Send each input on its own connection, in batches of connections open
+    at once; read what comes back until the server closes or C{wait}
+    seconds pass, then close.
+
+    @return: how many connections the server closed itself.
+    """
+    closed_by_server = 0
+    for start in range(0, len(inputs), batch):
+        socks = []
+        for data in inputs[start:start + batch]:
+            s = socket.create_connection(("127.0.0.1", port), 5)
+            try:
+                s.sendall(data)
+            except OSError:
+                pass
+            s.setblocking(False)
+            socks.append(s)
+        open_socks = set(socks)
+        deadline = _now() + wait
+        while open_socks and _now() < deadline:
+            readable, _, _ = select.select(list(open_socks), [], [], max(0.0, deadline - _now()))
+            for s in readable:
+                try:
+                    chunk = s.recv(65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    open_socks.discard(s)
+                    closed_by_server += 1
+        for s in socks:
+            s.close()
+    return closed_by_server
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class HostileTests(TestCase):
+    """The daemon under random and mutated JSON and HTTP bytes."""
+
+    timeout = 180
+
+    @fromCoroutine
+    async def test_hostile_inputs(self) -> None:
+        """300 hostile connections leave the daemon answering normally, with no traceback logged."""
+        daemon = await Daemon.start(self, *LOOPBACK)
+        inputs = hostile_inputs(300)
+        closed = await deferToThread(_flood, daemon.port, inputs)
+        self.assertGreater(closed, 50)
+        for codec in ("native", "jsonrpc", "jsonrpc2"):
+            client = await connect(f"tcp:127.0.0.1:{daemon.port}", codec=codec)
+            self.assertEqual(await client.Arith.Multiply(A=6, B=7), 42, codec)
+            await client.close()
+        reply = json.loads(await curl(self, *post_args(
+            f"http://127.0.0.1:{daemon.port}/rpc",
+            '{"jsonrpc":"2.0","method":"Cal.Square","params":[3],"id":1}')))
+        self.assertEqual(reply["result"]["Ans"], 9)
+        self.assertTrue(daemon.running)
+        for bad in ("Traceback", "Unhandled Error", "Unhandled error"):
+            self.assertNotIn(bad, daemon.output)
+
