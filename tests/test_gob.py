@@ -456,6 +456,17 @@ class RoundTripTests(SynchronousTestCase):
         self.assertRaises(gob.GobEncodeError, e.encode, Args("x", 1))  # type: ignore[arg-type]
         self.assertEqual(e.encode(Args(7, 8)), GO_ARGS)
 
+    def test_failed_type_compile_caches_nothing(self) -> None:
+        """A recursive type that fails to compile leaves no half-built encoder behind."""
+        node = gob.Struct("N")
+        kids = gob.Slice(node)
+        node.define([("Kids", kids), ("Bad", gob.Slice(None))])
+        self.assertRaises(gob.GobEncodeError, gob.Encoder().encode, None, node)
+        self.assertRaises(gob.GobEncodeError, gob._enc_ops, node)
+        self.assertIsNone(kids._enc)
+        node.define([("Kids", kids)])
+        self.assertEqual(decode_all(gob.Encoder().encode([{"Kids": [{}]}], kids)), [[{"Kids": [{"Kids": []}]}]])
+
     def test_atomic_encode_all(self) -> None:
         """encode_all with one bad value encodes nothing, and later type definitions still go out."""
         e = gob.Encoder()

@@ -744,14 +744,33 @@ for _t in _BASIC_BY_ID.values():
 _EncOp = Callable[[bytearray, Any], None]
 
 
-def _enc_op(t: GoType, compiling: dict[int, list[_EncOp]]) -> _EncOp:
+def _enc_ops(t: GoType) -> _EncOp:
     """
-    The cached encode function of a type: C{op(out, value)} appends the
-    value's encoding (without field tag) to C{out}.
+    The encode function of a type, compiled once and cached on the type:
+    C{op(out, value)} appends the value's encoding (without field tag) to
+    C{out}.  The cache is only written when the whole compile succeeds.
     """
     op = t._enc
     if op is not None:
         return op
+    done: dict[int, tuple[GoType, _EncOp]] = {}
+    op = _enc_op(t, {}, done)
+    for inner, inner_op in done.values():
+        inner._enc = inner_op
+    return op
+
+
+def _enc_op(
+    t: GoType,
+    compiling: dict[int, list[_EncOp]],
+    done: dict[int, tuple[GoType, _EncOp]],
+) -> _EncOp:
+    op = t._enc
+    if op is not None:
+        return op
+    hit = done.get(id(t))
+    if hit is not None:
+        return hit[1]
     cell = compiling.get(id(t))
     if cell is not None:  # recursive type: late-bound through the cell
         late = cell
@@ -761,16 +780,18 @@ def _enc_op(t: GoType, compiling: dict[int, list[_EncOp]]) -> _EncOp:
 
         return tramp
     cell = compiling[id(t)] = []
+
+    def sub(inner: GoType | None) -> _EncOp:
+        return _enc_op(_need(inner), compiling, done)
+
     if isinstance(t, Slice):
-        op = _slice_enc(_enc_op(_need(t.elem), compiling))
+        op = _slice_enc(sub(t.elem))
     elif isinstance(t, Array):
-        op = _array_enc(_enc_op(_need(t.elem), compiling), t.length)
+        op = _array_enc(sub(t.elem), t.length)
     elif isinstance(t, Map):
-        op = _map_enc(
-            _enc_op(_need(t.key), compiling), _enc_op(_need(t.elem), compiling)
-        )
+        op = _map_enc(sub(t.key), sub(t.elem))
     elif isinstance(t, Struct):
-        ops = [_enc_op(f.type, compiling) for f in t.fields]
+        ops = [sub(f.type) for f in t.fields]
         if len(ops) <= _GEN_MAX_FIELDS:
             op = _gen_struct_enc(t, ops)
         else:
@@ -781,7 +802,7 @@ def _enc_op(t: GoType, compiling: dict[int, list[_EncOp]]) -> _EncOp:
         raise GobEncodeError(f"gob: cannot encode type {t!r}")
     cell.append(op)
     del compiling[id(t)]
-    t._enc = op
+    done[id(t)] = (t, op)
     return op
 
 
@@ -1028,7 +1049,7 @@ class Encoder:
         """
         gotype = type_from_hint(hint)
         wire_id = self._define(gotype, chunks)
-        op = _enc_op(gotype, {})
+        op = _enc_ops(gotype)
         head = _int_bytes(wire_id)
         if not isinstance(gotype, Struct):
             head += b"\x00"  # a singleton is sent as field 0 of a struct
