@@ -1,3 +1,0 @@
-module jsonclient
-
-go 1.19

@@ -1,3 +1,0 @@
-module jsonserver
-
-go 1.19
