@@ -222,7 +222,7 @@ class HTTPServerProtocol(Protocol):
         return format_response(status, None, fields, body, request.version)
 
     def _date(self) -> str:
-        return http_date(self.server.clock.seconds())
+        return _date_of(int(self.server.clock.seconds()))
 
     def _flush(self) -> None:
         """
@@ -300,6 +300,17 @@ class HTTPServerProtocol(Protocol):
             self.dispatcher.close()
         if self.tunnel is not None:
             self.tunnel.connectionLost(reason)
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date_of(second: int) -> str:
+    """The C{Date} header text for a second, formatted once per second."""
+    global _last_date
+    if _last_date[0] != second:
+        _last_date = (second, http_date(second))
+    return _last_date[1]
 
 
 def _gob_protocol() -> Callable[[RPCServer], Protocol] | None:
