@@ -155,7 +155,10 @@ def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) 
 def _listening(port: Any, endpoint: str, names: str) -> Any:
     address = port.getHost()
     host, number = getattr(address, "host", None), getattr(address, "port", None)
-    where = f"{host}:{number}" if number is not None else str(getattr(address, "name", address))
+    name = getattr(address, "name", address)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    where = f"{host}:{number}" if number is not None else str(name)
     log.info("rpcd listening on {where} ({endpoint}) serving {services}",
              where=where, endpoint=endpoint, services=names)
     return port
