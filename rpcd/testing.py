@@ -58,7 +58,7 @@ class MemoryConnection:
         factory = self.server.factory()
         channel = _codec_class(codec)(self.clock)
         self.channel, self.server_protocol, self.pump = iosim.connectedServerAndClient(
-            lambda: factory.buildProtocol(None), lambda: channel, greet=False)
+            lambda: factory.buildProtocol(None), lambda: channel, greet=False, clock=self.clock)
         self.flush()
         self.client = Client(channel)
 

@@ -130,7 +130,7 @@ class KVStoreTests(SynchronousTestCase):
         self.assertEqual(len(self.store.watchers), 10)
         self.successResultOf(self.call("KVStoreService.Set", ["abc", "v"]))
         self.assertEqual([self.successResultOf(w) for w in watches], ["abc"] * 10)
-        self.assertEqual(self.store.watchers, set())
+        self.assertEqual(self.store.watchers, {})
         self.assertEqual(self.watch_timers(), [])
 
     def watch_timers(self) -> list:
@@ -152,7 +152,7 @@ class KVStoreTests(SynchronousTestCase):
         self.conn.flush()
         f = self.failureResultOf(watch, DeadlineExceeded)
         self.assertEqual(f.value.message, "timeout")
-        self.assertEqual(self.store.watchers, set())
+        self.assertEqual(self.store.watchers, {})
 
     def test_watch_removed_on_disconnect(self) -> None:
         """A dropped connection removes its watchers and their timers."""
@@ -161,7 +161,7 @@ class KVStoreTests(SynchronousTestCase):
         self.conn.disconnect()
         for w in watches:
             self.failureResultOf(w, ConnectionLost)
-        self.assertEqual(self.store.watchers, set())
+        self.assertEqual(self.store.watchers, {})
         self.assertEqual(self.watch_timers(), [])
 
     def test_watch_bounds(self) -> None:

@@ -93,7 +93,6 @@ class StreamTestCase(SynchronousTestCase):
         conn = MemoryConnection([TestService, *services], limits=limits)
         # Pumping also runs what is due on the shared clock (the server's
         # per-turn write of stream frames).
-        conn.pump.clock = conn.clock
         return conn
 
     def drive(self, conn: MemoryConnection, coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:

@@ -32,7 +32,8 @@ class KVStoreService:
             RESOURCE_EXHAUSTED.
         """
         self.data: dict[str, str] = {}
-        self.watchers: set[Deferred[str]] = set()
+        # A dict keeps insertion order: Watches are woken first come, first served.
+        self.watchers: dict[Deferred[str], None] = {}
         self.prefix_watchers: set[_PrefixWatch] = set()
         self.max_watch_seconds = max_watch_seconds
         self.max_watch_backlog = max_watch_backlog
@@ -75,19 +76,19 @@ class KVStoreService:
         if not 0 <= timeoutSecond <= self.max_watch_seconds:
             raise InvalidArgument(f"timeoutSecond must be between 0 and {self.max_watch_seconds}")
         def forget(d: Deferred[str]) -> None:
-            self.watchers.discard(d)
+            self.watchers.pop(d, None)
 
         changed: Deferred[str] = Deferred(forget)
-        self.watchers.add(changed)
+        self.watchers[changed] = None
 
         def expire() -> None:
-            self.watchers.discard(changed)
+            self.watchers.pop(changed, None)
             changed.errback(DeadlineExceeded("timeout"))
 
         timer = ctx.clock.callLater(timeoutSecond, expire)
 
         def stop_timer(result: object) -> object:
-            self.watchers.discard(changed)
+            self.watchers.pop(changed, None)
             if timer.active():
                 timer.cancel()
             return result
