@@ -93,6 +93,10 @@ class Arith:
         return Named("A.B", n)
 
     @exposed
+    def NamesByKey(self, n: int) -> dict[str, list[Named]]:
+        return {"k": [Named("A.B", n), Named("C.D", n + 1)]}
+
+    @exposed
     def Unencodable(self, n: int):  # type: ignore[no-untyped-def]
         return object()
 
@@ -233,6 +237,13 @@ class ServerProtocolTests(SynchronousTestCase):
         self.protocol.dataReceived(request(1, "Arith.Names", 3))
         ((_, _, error, body),) = responses(self.transport.value())
         self.assertEqual((error, body), ("", {"ServiceMethod": "A.B", "SeqNo": 3}))
+
+    def test_nested_result_fields_by_go_name(self) -> None:
+        """Structs inside maps and slices of a result go out with Go's names too."""
+        self.protocol.dataReceived(request(1, "Arith.NamesByKey", 3))
+        ((_, _, error, body),) = responses(self.transport.value())
+        self.assertEqual(body, {"k": [{"ServiceMethod": "A.B", "SeqNo": 3},
+                                      {"ServiceMethod": "C.D", "SeqNo": 4}]})
 
     def test_unencodable_result(self) -> None:
         """A result gob cannot encode fails that call with a logged error; the stream goes on."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -150,17 +150,18 @@ def _adapter(t: GoType, memo: dict[int, Any]) -> Callable[[Any], Any] | None:
                          for py, a in fields)
         cell[0] = struct
         return struct
-    if isinstance(t, (Slice, Array)):
-        elem = _adapter(t.elem, memo) if t.elem is not None else None
-        if elem is None:
-            return None
-        return lambda v: v if v is None else [elem(x) for x in v]
-    if isinstance(t, Map):
-        elem = _adapter(t.elem, memo) if t.elem is not None else None
-        if elem is None:
-            return None
-        return lambda v: v if v is None else {k: elem(x) for k, x in v.items()}
+    if isinstance(t, (Slice, Array, Map)) and t.elem is not None:
+        elem = _adapter(t.elem, memo)
+        if elem is not None:
+            return _each(elem, isinstance(t, Map))
     return None
+
+
+def _each(elem: Callable[[Any], Any], mapping: bool) -> Callable[[Any], Any]:
+    """Apply an element adapter to each element of a list, or value of a dict."""
+    if mapping:
+        return lambda v: v if v is None else {k: elem(x) for k, x in v.items()}
+    return lambda v: v if v is None else [elem(x) for x in v]
 
 
 def _no_delay(transport: Any) -> None:
@@ -268,6 +269,7 @@ class GobServerProtocol(Protocol):
         if isinstance(value, GobError):
             return self.codec.encode_response(seq, name, str(value))
         dispatcher = self.dispatcher
+        assert dispatcher is not None
         key = seq if seq not in dispatcher.running else object()
         try:
             result = dispatcher.call(name, value, key)
@@ -320,7 +322,7 @@ class GobServerProtocol(Protocol):
                  protocol=self.protocol_name, peer=self.session.peer, why=why)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
         if self.dispatcher is not None:
             self.dispatcher.close()
