@@ -193,7 +193,7 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(server.received, b"")
         self.assertEqual(
             human(client.description),
-            "the server requires a client certificate: pass --cert and --key",
+            "the server requires a client certificate: give certificate= and privateKey= in the tls: endpoint",
         )
 
     def test_ipv6_interface(self) -> None:
