@@ -13,7 +13,9 @@ the order they came, however long each call takes.
                          204 when there is nothing to answer (notifications
                          only).  Errors are JSON-RPC error objects in a 200
                          (see L{rpcd.wire.jsoncalls} for the codes); another
-                         content type gets 415, another method 405.
+                         content type (or none) gets 415, so that a browser's
+                         cross-site form post cannot call a method; another
+                         method gets 405.
     CONNECT /_goRPC_     C{HTTP/1.0 200 Connected to Go RPC\\n\\n}, then
                          the connection is Go's net/rpc gob protocol, fed
                          the bytes that followed the request head.
