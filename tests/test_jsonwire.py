@@ -257,6 +257,17 @@ class GoJSONRPCTests(SynchronousTestCase):
             {"id": 1, "result": None, "error": "please login"},
         ])
 
+    def test_woken_call_joins_the_write(self) -> None:
+        """A call that a call in the same read finishes is answered in that read's one write."""
+        from rpcd.examples.kvstore import KVStoreService
+        self.server.registry.add(KVStoreService)
+        self.protocol.dataReceived(b'{"method":"KVStoreService.Watch","params":[30],"id":1}')
+        self.assertEqual(self.transport.value(), b"")
+        self.protocol.dataReceived(b'{"method":"KVStoreService.Set","params":[["k","v"]],"id":2}')
+        self.assertEqual(self.transport.writes, 1)
+        self.assertEqual(lines(self.transport.value()), [
+            {"id": 1, "result": "k", "error": None}, {"id": 2, "result": {}, "error": None}])
+
     def test_batch_waits_for_all(self) -> None:
         """A JSON-RPC 2.0 batch is answered with one array once every call has ended."""
         self.protocol.dataReceived(b'[{"jsonrpc":"2.0","method":"Odd.Later","params":["x"],"id":1},'

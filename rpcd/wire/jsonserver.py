@@ -76,6 +76,7 @@ class JSONServerProtocol(Protocol):
         self.broken: str | None = None
         self._go_spoken = False
         self._lost = False
+        self._batch: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -88,6 +89,7 @@ class JSONServerProtocol(Protocol):
         stream = self.stream
         stream.feed(data)
         out: list[bytes] = []
+        self._batch = out
         try:
             for value, raw in stream.values_and_bytes():
                 if type(value) is list or (type(value) is dict and "jsonrpc" in value):
@@ -100,6 +102,8 @@ class JSONServerProtocol(Protocol):
             self._break(f"malformed JSON: {e}")
         except GoProtocolError as e:
             self._break(str(e))
+        finally:
+            self._batch = None
         if out:
             self.transport.write(b"".join(out))
         if self.broken is not None:
@@ -147,6 +151,12 @@ class JSONServerProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         if self._lost:
+            return
+        batch = self._batch
+        if batch is not None:
+            # A call in the read being handled finished this one (a Set
+            # waking a Watch): it joins that read's one write.
+            batch.append(data)
             return
         self.transport.write(data)
         if self.broken is not None:
