@@ -208,6 +208,9 @@ class GobServerProtocol(Protocol):
                                     max_message_size=max(128, server.limits.max_frame_bytes))
         self._batch: list[bytes] | None = None
         self._done = False
+        # Service.Method -> its Go types, for the methods this connection
+        # has called (only names that exist, so the map stays small).
+        self._known: dict[str, _MethodTypes] = {}
 
     @classmethod
     def take_over(cls, server: RPCServer, transport: ITransport, data: bytes = b"",
@@ -239,11 +242,20 @@ class GobServerProtocol(Protocol):
         self.dispatcher = Dispatcher(self.session, self.server.clock,
                                      self.server.limits.max_calls_per_connection)
 
+    def _types(self, name: str) -> _MethodTypes | None:
+        types = self._known.get(name)
+        if types is None:
+            method = self.session.lookup(name)
+            if method is None:
+                return None
+            types = self._known[name] = method_types(method.spec)
+        return types
+
     def _arg_type_for(self, name: str) -> Any:
-        method = self.session.lookup(name)
-        if method is None:
+        types = self._types(name)
+        if types is None:
             return DISCARD  # Go reads and drops the body of an unknown method
-        return method_types(method.spec).arg
+        return types.arg
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
@@ -282,8 +294,7 @@ class GobServerProtocol(Protocol):
         return self._reply(seq, name, result)
 
     def _reply(self, seq: int, name: str, result: Any) -> bytes:
-        method = self.session.lookup(name)
-        types = method_types(method.spec) if method is not None else None
+        types = self._types(name)
         gotype = types.result if types is not None else None
         if gotype is None and result is None:
             gotype = EMPTY_STRUCT
