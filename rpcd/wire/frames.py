@@ -27,6 +27,8 @@ PREFACE = MAGIC + bytes([VERSION]) + b"\x00\x00"
 PREFACE_SIZE = len(PREFACE)
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 
+_COPY_BELOW = 4096
+
 _length = struct.Struct(">I")
 pack_length = _length.pack
 unpack_length = _length.unpack_from
@@ -149,8 +151,12 @@ class FrameReader:
             try:
                 # unpackb's defaults are the protocol's (raw=False: str is
                 # text); passing them as keywords would cost more than the
-                # decoding of a small frame.
-                body = unpackb(view[offset + 4:end])
+                # decoding of a small frame.  A small frame is cheaper to
+                # copy out than to view; a large one is not copied.
+                if size < _COPY_BELOW:
+                    body = unpackb(buf[offset + 4:end])
+                else:
+                    body = unpackb(view[offset + 4:end])
             except Exception as e:
                 error = ProtocolError(f"frame is not valid msgpack: {e}")
                 break
