@@ -156,7 +156,7 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
                                           timeout=args.timeout)
             else:
                 client = await client_module.connect(args.endpoint, codec=args.codec,
-                                                     reactor=reactor)
+                                                     reactor=reactor, connect_timeout=args.timeout)
         except Exception as e:
             print(f"rpcd: cannot connect to {args.endpoint}: {_describe(e)}", file=sys.stderr)
             status[0] = EXIT_USAGE

@@ -22,9 +22,12 @@ import importlib
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from rpcd.errors import Unavailable
 
 from rpcd.wire.channel import ClientChannel
 
@@ -68,7 +71,8 @@ class _ChannelFactory(Factory):
 
 
 def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
-            reactor: Any = None, default_timeout: float | None = None) -> Deferred[Client]:
+            reactor: Any = None, default_timeout: float | None = None,
+            connect_timeout: float | None = 30.0) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -79,11 +83,15 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         installed C{gob}, C{gob-http}, C{jsonrpc} (Go's net/rpc), C{jsonrpc2}.
     @param reactor: the reactor (the global one by default).
     @param default_timeout: a timeout applied to calls that give none.
+    @param connect_timeout: seconds to wait for the connection and its
+        handshake (TLS, the server's preface); None waits forever.
     @return: a Deferred firing with a L{Client} once the connection (and any
-        handshake) is up; it fails with the endpoint's connection error, or
+        handshake) is up; it fails with the endpoint's connection error,
+        L{rpcd.errors.Unavailable} when C{connect_timeout} passes, or
         C{ValueError} for a bad endpoint string or codec.
     """
     reactor = _reactor(reactor)
+    where = _endpoint_text(endpoint)
     try:
         cls = _codec_class(codec)
         if isinstance(endpoint, str):
@@ -94,8 +102,24 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         return d
     connecting = endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
     connecting.addCallback(lambda channel: channel.connected_d)
+    if connect_timeout is not None:
+        connecting.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
     connecting.addCallback(Client, default_timeout=default_timeout)
     return connecting
+
+
+def _connect_timed_out(where: str, codec: str, seconds: float) -> Callable[[Any, float], Any]:
+    def timed_out(result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure) and result.check(CancelledError):
+            return Failure(Unavailable(
+                f"no {codec} connection to {where} within {seconds:g} s "
+                "(is the server up, and does it speak this protocol?)"))
+        return result
+    return timed_out
+
+
+def _endpoint_text(endpoint: Any) -> str:
+    return endpoint if isinstance(endpoint, str) else repr(endpoint)
 
 
 class Client:

@@ -33,6 +33,9 @@ class ClientChannel(Protocol):
     """
 
     codec_name = "abstract"
+    ready_on_connect = True
+    """Whether calls can start as soon as the transport connects; codecs
+    whose server speaks first (a preface, a handshake) call L{ready} later."""
 
     def __init__(self, clock: IReactorTime) -> None:
         """
@@ -42,7 +45,7 @@ class ClientChannel(Protocol):
         self.pending: dict[int, Deferred] = {}
         self._ids = itertools.count(1)
         self.peer_name = "the server"
-        self.connected_d: Deferred[ClientChannel] = Deferred()
+        self.connected_d: Deferred[ClientChannel] = Deferred(self._abort_handshake)
         self.closed_d: Deferred[None] = Deferred()
         self.lost_reason: Failure | None = None
 
@@ -51,7 +54,13 @@ class ClientChannel(Protocol):
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         if host is not None:
             self.peer_name = f"{host}:{port}"
-        self.ready()
+        if self.ready_on_connect:
+            self.ready()
+
+    def _abort_handshake(self, d: Deferred[ClientChannel]) -> None:
+        # Whoever waited for the handshake gave up: drop the half-open connection.
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def ready(self) -> None:
         """

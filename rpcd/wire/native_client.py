@@ -40,6 +40,7 @@ class NativeClientProtocol(ClientChannel):
     """
 
     codec_name = "native"
+    ready_on_connect = False  # ready once the server's preface arrives (after any TLS handshake)
 
     def __init__(self, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(clock)
@@ -88,6 +89,7 @@ class NativeClientProtocol(ClientChannel):
                 self._broken(f"{self.peer_name} does not speak rpcd's native protocol ({e})")
                 return
             self._preface = None
+            self.ready()
             data = data[PREFACE_SIZE:]
         try:
             for frame in self.reader.feed(data):
