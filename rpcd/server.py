@@ -41,6 +41,7 @@ from zope.interface import implementer
 from rpcd.session import Session, describe_address
 from rpcd.tlsinfo import peer_identity
 from rpcd.wire import sniff
+from rpcd.wire.sockopts import set_no_delay
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
@@ -385,6 +386,7 @@ class SniffingProtocol(Protocol):
         return d
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)
         self.peer = describe_address(self.transport.getPeer())[0]
         self.server.opened(self.host)
         self.start_deadline()

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from rpcd.errors import ConnectionLost, DeadlineExceeded, RPCError
+from rpcd.wire.sockopts import set_no_delay
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -50,6 +51,7 @@ class ClientChannel(Protocol):
         self.lost_reason: Failure | None = None
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         if host is not None:

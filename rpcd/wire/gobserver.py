@@ -39,7 +39,6 @@ from rpcd.wire.gob import (
     Array,
     GobEncodeError,
     GobError,
-    GoStruct,
     GoType,
     Map,
     Slice,
@@ -164,20 +163,6 @@ def _each(elem: Callable[[Any], Any], mapping: bool) -> Callable[[Any], Any]:
     return lambda v: v if v is None else [elem(x) for x in v]
 
 
-def _no_delay(transport: Any) -> None:
-    """
-    Turn Nagle's algorithm off, as Go does on every TCP connection: a Go
-    client keeps many calls in flight and waits for each small reply, which
-    Nagle would hold back until the previous segment is acknowledged.
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except Exception:
-            pass  # not a TCP socket (a Unix socket, a test transport)
-
-
 def _error_text(error: BaseException) -> str:
     """
     What a Go client's C{err.Error()} shows for a failed call: the message
@@ -237,7 +222,6 @@ class GobServerProtocol(Protocol):
         return protocol
 
     def connectionMade(self) -> None:
-        _no_delay(self.transport)
         self.session = self.server.new_session(self.transport, self.protocol_name)
         self.dispatcher = Dispatcher(self.session, self.server.clock,
                                      self.server.limits.max_calls_per_connection)

@@ -1,0 +1,3 @@
+module jsonclient
+
+go 1.19

@@ -1,0 +1,3 @@
+module jsonserver
+
+go 1.19

@@ -1,0 +1,40 @@
+// Seed 001, section 4.3.2: doClientWork (Watch beside Set), verbatim
+// (seeds/001_ac5b4f4fd3df05ca.txt).
+// Added: the package clause, the imports, and main(), which dials the seed's
+// server address (localhost:1234) and calls doClientWork.
+package main
+
+import (
+	"fmt"
+	"log"
+	"net/rpc"
+	"time"
+)
+
+func doClientWork(client *rpc.Client) {
+go func() {
+var keyChanged string
+err := client.Call("KVStoreService.Watch", 30, &keyChanged)
+if err != nil {
+log.Fatal(err)
+}
+fmt.Println("watch:", keyChanged)
+} ()
+err := client.Call(
+"KVStoreService.Set", [2]string{"abc", "abc-value"},
+new(struct{}),
+)
+if err != nil {
+log.Fatal(err)
+}
+time.Sleep(time.Second*3)
+}
+
+// Added.
+func main() {
+	client, err := rpc.Dial("tcp", "localhost:1234")
+	if err != nil {
+		log.Fatal(err)
+	}
+	doClientWork(client)
+}

@@ -1,0 +1,46 @@
+// Seed 002, section 3: the JSON client (GolangDocs/src/rpc/tcp_method_with_json/client/client.go),
+// verbatim (seeds/002_37007805ed9ca7c3.txt), dedented. Nothing added.
+// GolangDocs/src/rpc/tcp_method_with_json/client/client.go
+package main
+
+import (
+    "fmt"
+    "log"
+    "net"
+    "net/rpc"
+    "net/rpc/jsonrpc"
+)
+
+/*
+定义一个serviceA 给其他client调用
+*/
+// 定义参数
+type Args struct {
+    X, Y int
+}
+
+func main() {
+    // 使用JSON协议
+    // 建立tcp连接
+    conn, err := net.Dial("tcp", "127.0.0.1:9000")
+    if err != nil {
+        log.Fatal(err)
+    }
+    client := rpc.NewClientWithCodec(jsonrpc.NewClientCodec(conn))
+
+    // 同步调用
+    args := &Args{10, 20}
+    var reply int
+    err = client.Call("ServiceA.Add", args, &reply)
+    if err != nil {
+        log.Fatal("ServiceA.Add error:", err)
+    }
+    fmt.Printf("ServiceA.Add: %d+%d=%d\n", args.X, args.Y, reply)
+
+    // 异步调用
+    var reply2 int
+    divCall := client.Go("ServiceA.Add", args, &reply2, nil)
+    replyCall := <-divCall.Done // 接收调用结果
+    fmt.Println(replyCall.Error)
+    fmt.Println(reply2)
+}

@@ -1,0 +1,23 @@
+// Seed 004, section 2.1: the client's call of Arith.Multiply, verbatim
+// (seeds/004_34d058f88c2d2e73.txt).
+// Added: the package clause, the imports, Args (from the seed's server code
+// just above it), main() around the four lines, and the last line, which
+// prints the reply (the seed prints nothing).
+package main
+
+import (
+	"fmt"
+	"net/rpc"
+)
+
+type Args struct {
+    A, B int
+}
+
+func main() {
+client, _ := rpc.Dial("tcp", "localhost:8080")
+args := &Args{7, 8}
+var reply int
+client.Call("Arith.Multiply", args, &reply)
+fmt.Println("Arith.Multiply:", reply) // Added.
+}
