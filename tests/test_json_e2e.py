@@ -127,6 +127,30 @@ def port_free(port: int) -> bool:
     return True
 
 
+async def start_on_port(test: TestCase, port: int, why: str) -> Daemon:
+    """
+    Start the daemon on a fixed loopback port, waiting (up to about 30 s)
+    while another test run holds it.
+
+    @param test: the test.
+    @param port: the port.
+    @param why: why this port, for the failure message.
+    @return: the running daemon.
+    """
+    for _ in range(10):
+        for _ in range(15):
+            if port_free(port):
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        try:
+            return await Daemon.start(test, "--listen", f"tcp:{port}:interface=127.0.0.1")
+        except AssertionError as e:
+            if "Address already in use" not in str(e):
+                raise
+    test.fail(f"127.0.0.1:{port} stays taken; {why}, so this test needs it free "
+              "(stop whatever listens there)")
+
+
 class HTTPTests(TestCase):
     """curl against POST /rpc and GET /debug/rpc."""
 
@@ -177,14 +201,7 @@ class SeedClientTests(TestCase):
     @fromCoroutine
     async def test_seed_002_python_client(self) -> None:
         """The seed's raw socket client prints Go's answer, decoded by Python."""
-        for _ in range(75):  # another test run may hold it for a few seconds
-            if port_free(9000):
-                break
-            await deferLater(reactor, 0.2, lambda: None)
-        else:
-            self.fail("127.0.0.1:9000 is taken; seed 002's client dials that port, so this "
-                      "test needs it free (stop whatever listens there)")
-        daemon = await Daemon.start(self, "--listen", "tcp:9000:interface=127.0.0.1")
+        daemon = await start_on_port(self, 9000, "seed 002's client dials that port")
         code, out, err = await run(self, [sys.executable, str(SEED_CLIENT)])
         self.assertEqual((code, out), (0, "{'id': 0, 'result': 60, 'error': None}\n"), err)
         self.assertNotIn("Traceback", daemon.output)
