@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.wire import gob
+from rpcd.wire.gob.encops import _enc_ops
+from rpcd.wire.gob.varint import _int_bytes, _uint_bytes
+from rpcd.wire.gob.wiretypes import _common, _fields_struct, _str_bytes, _wire_struct
 from tests.tools import require_tool
 
 GO_PROGRAM = os.path.join(os.path.dirname(__file__), "go", "gobvectors", "main.go")
@@ -462,7 +465,7 @@ class RoundTripTests(SynchronousTestCase):
         kids = gob.Slice(node)
         node.define([("Kids", kids), ("Bad", gob.Slice(None))])
         self.assertRaises(gob.GobEncodeError, gob.Encoder().encode, None, node)
-        self.assertRaises(gob.GobEncodeError, gob._enc_ops, node)
+        self.assertRaises(gob.GobEncodeError, _enc_ops, node)
         self.assertIsNone(kids._enc)
         node.define([("Kids", kids)])
         self.assertEqual(decode_all(gob.Encoder().encode([{"Kids": [{}]}], kids)), [[{"Kids": [{"Kids": []}]}]])
@@ -579,24 +582,24 @@ class GoCaptureTests(SynchronousTestCase):
 
 
 def _hdr(tid: int) -> bytes:
-    return gob._int_bytes(tid)
+    return _int_bytes(tid)
 
 
 def _msg(body: bytes) -> bytes:
-    return gob._uint_bytes(len(body)) + body
+    return _uint_bytes(len(body)) + body
 
 
 def _slice_def(tid: int, elem: int) -> bytes:
     """A type definition message: type tid []elem."""
-    return _msg(_hdr(-tid) + gob._wire_struct(1, [gob._common("", tid), _hdr(elem)]))
+    return _msg(_hdr(-tid) + _wire_struct(1, [_common("", tid), _hdr(elem)]))
 
 
 def _struct_def(tid: int, fields: list[tuple[str, int]]) -> bytes:
     """A type definition message: a struct with the given (name, type id) fields."""
-    body = gob._uint_bytes(len(fields)) + b"".join(
-        gob._fields_struct([gob._str_bytes(n), _hdr(i)]) for n, i in fields
+    body = _uint_bytes(len(fields)) + b"".join(
+        _fields_struct([_str_bytes(n), _hdr(i)]) for n, i in fields
     )
-    return _msg(_hdr(-tid) + gob._wire_struct(2, [gob._common("S", tid), body]))
+    return _msg(_hdr(-tid) + _wire_struct(2, [_common("S", tid), body]))
 
 
 class HostileInputTests(SynchronousTestCase):
@@ -644,12 +647,12 @@ class HostileInputTests(SynchronousTestCase):
         ]
         for data in cases:
             self.assertGobError(data)
-        map_def = _msg(_hdr(-65) + gob._wire_struct(3, [gob._common("", 65), _hdr(6), _hdr(2)]))
+        map_def = _msg(_hdr(-65) + _wire_struct(3, [_common("", 65), _hdr(6), _hdr(2)]))
         self.assertGobError(map_def + _msg(_hdr(65) + b"\x00" + huge))
 
     def test_huge_array_length(self) -> None:
         """An array type of length 2**62 with a short value is refused."""
-        defn = _msg(_hdr(-65) + gob._wire_struct(0, [gob._common("", 65), _hdr(2), _hdr(2**62)]))
+        defn = _msg(_hdr(-65) + _wire_struct(0, [_common("", 65), _hdr(2), _hdr(2**62)]))
         self.assertGobError(defn + _msg(_hdr(65) + b"\x00\x02\x02\x02"))
 
     def test_message_length_limit(self) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.wire import gob, gobrpc
+from rpcd.wire.gob.varint import _int_bytes
 from tests import test_gob
 
 # A Go 1.19 net/rpc session ("gobvectors capture"): the client calls
@@ -103,7 +104,7 @@ def renumber(data: bytes, ids: dict[int, int]) -> bytes:
     """
     for old, new in ids.items():
         for sign in (1, -1):
-            data = data.replace(gob._int_bytes(sign * old), gob._int_bytes(sign * new))
+            data = data.replace(_int_bytes(sign * old), _int_bytes(sign * new))
     return data
 
 
