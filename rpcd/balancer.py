@@ -1,0 +1,329 @@
+"""
+Client-side load balancing: spread calls over several servers, with the same
+C{call} and proxy API as L{rpcd.client.Client}::
+
+    balancer = await connect_balanced(["tcp:10.0.0.1:1234", "tcp:10.0.0.2:1234"],
+                                      reactor=reactor, policy="least_outstanding")
+    product = await balancer.Arith.Multiply(A=7, B=8)
+    product = await balancer.call("Arith.Multiply", {"A": 7, "B": 8}, timeout=5)
+    await balancer.close()
+
+What it does for each endpoint (L{rpcd.backend}): keeps one connection up,
+reconnecting with backoff and jitter; checks its health every
+C{health.interval} seconds with the C{Health.Check} every rpcd daemon serves
+(anything but C{"SERVING"}, a timeout or an error takes the endpoint out
+until a check passes again); and breaks the circuit after
+C{breaker.failure_threshold} calls in a row failed with C{UNAVAILABLE} or
+C{DEADLINE_EXCEEDED} (L{rpcd.breaker}).
+
+For each call: picks a usable endpoint by the policy (L{rpcd.pickers}:
+C{round_robin}, C{random}, C{least_outstanding}, C{weighted}) and, when the
+call fails with a code the L{rpcd.retry.RetryPolicy} retries (C{UNAVAILABLE},
+a lost connection included, and C{RESOURCE_EXHAUSTED} by default), retries
+it after a backoff, on an endpoint it has not tried yet when there is one.
+With no usable endpoint a call fails with L{rpcd.errors.Unavailable}
+naming every endpoint's state (after its retries).
+
+The endpoints come from a list or from an L{rpcd.resolver.IResolver}
+(asked again every C{resolve_interval} seconds).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Mapping, Sequence
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.backend import Backend, HealthCheck
+from rpcd.breaker import BreakerPolicy
+from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
+from rpcd.errors import Unavailable
+from rpcd.pickers import make_picker
+from rpcd.resolver import IResolver, StaticResolver
+from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
+
+log = Logger()
+
+_DEFAULT: Any = object()
+
+
+class Balancer:
+    """
+    Calls spread over several endpoints.
+
+    @ivar backends: one L{rpcd.backend.Backend} per endpoint, in order.
+    @ivar retry: the retry policy calls use unless they give their own.
+    @ivar default_timeout: applied to calls that give no timeout.
+    """
+
+    def __init__(self, clock: IReactorTime, connect: Callable[[Any], Deferred[Any]], *,
+                 picker: Any, retry: RetryPolicy = RetryPolicy(),
+                 health: HealthCheck | None = HealthCheck(),
+                 breaker: BreakerPolicy | None = BreakerPolicy(),
+                 reconnect: Callable[[int], float] | None = None,
+                 default_timeout: float | None = None,
+                 rng: random.Random | None = None) -> None:
+        """
+        Most code calls L{connect_balanced} instead.
+
+        @param clock: the reactor, or a C{Clock} in tests.
+        @param connect: one connection attempt to an endpoint: returns a
+            Deferred firing with a L{rpcd.client.Client}.
+        @param picker: the L{rpcd.pickers.IPicker}.
+        @param retry: the default L{RetryPolicy}.
+        @param health: the health checks, or None.
+        @param breaker: the circuit breakers' thresholds, or None.
+        @param reconnect: the reconnect backoff (see L{rpcd.backend.Backend}).
+        @param default_timeout: for calls that give none.
+        @param rng: the source of jitter.
+        """
+        self.clock = clock
+        self._connect = connect
+        self.picker = picker
+        self.retry = retry
+        self.health = health
+        self.breaker = breaker
+        self.reconnect = reconnect
+        self.default_timeout = default_timeout
+        self.rng = rng
+        self.backends: list[Backend] = []
+        self._running = False
+        self._waiters: list[Deferred[Balancer]] = []
+        self._resolving: LoopingCall | None = None
+
+    # -- endpoints
+
+    def set_endpoints(self, endpoints: Sequence[Any]) -> None:
+        """
+        Balance over these endpoints from now on: connect to new ones, close
+        the connections of those no longer listed (calls in flight on them
+        fail with L{rpcd.errors.ConnectionLost}, and are retried).
+
+        @param endpoints: endpoint strings or endpoint objects.
+        """
+        wanted = list(dict.fromkeys(endpoints))
+        current = {b.key: b for b in self.backends}
+        for backend in self.backends:
+            if backend.key not in wanted:
+                log.info("{endpoint}: removed", endpoint=backend.name)
+                backend.stop()
+        self.backends = [current.get(key) or self._backend(key) for key in wanted]
+        if self._running:
+            for backend in self.backends:
+                backend.start()
+
+    def _backend(self, key: Any) -> Backend:
+        return Backend(key, self._connect, self.clock, reconnect=self.reconnect,
+                       health=self.health, breaker=self.breaker, on_change=self._changed)
+
+    def start(self, resolver: IResolver | None = None, resolve_interval: float | None = None) -> None:
+        """
+        Start connecting to the endpoints.
+
+        @param resolver: asked for the endpoints now, and again every
+            C{resolve_interval} seconds if that is given.
+        @param resolve_interval: seconds between resolutions.
+        """
+        self._running = True
+        if resolver is not None:
+            if resolve_interval is None:
+                self._resolve(resolver)
+            else:
+                self._resolving = LoopingCall(self._resolve, resolver)
+                self._resolving.clock = self.clock
+                self._resolving.start(resolve_interval, now=True)
+        for backend in self.backends:
+            backend.start()
+
+    def _resolve(self, resolver: IResolver) -> Deferred[None]:
+        def resolved(endpoints: list[Any]) -> None:
+            if self._running:
+                self.set_endpoints(endpoints)
+
+        def failed(failure: Failure) -> None:
+            log.failure("resolving endpoints failed; keeping {count}", failure,
+                        count=len(self.backends))
+        return resolver.resolve().addCallbacks(resolved, failed)
+
+    def when_ready(self, timeout: float | None = None) -> Deferred[Balancer]:
+        """
+        Wait for an endpoint to be usable.
+
+        @param timeout: seconds to wait, or None.
+        @return: a Deferred firing with this balancer once one endpoint is
+            usable; it fails with L{Unavailable} (naming each endpoint's
+            state) when every endpoint has failed to connect or its health
+            check, or when C{timeout} passes.
+        """
+        d: Deferred[Balancer] = Deferred(self._forget_waiter)
+        self._waiters.append(d)
+        self._changed(None)
+        if timeout is not None and not d.called:
+            def timed_out(result: Any, seconds: float) -> Any:
+                if isinstance(result, Failure) and not result.check(Unavailable):
+                    return Failure(Unavailable(
+                        f"no endpoint usable within {seconds:g} s: {self.describe()}"))
+                return result
+            d.addTimeout(timeout, self.clock, timed_out)
+        return d
+
+    def _forget_waiter(self, d: Deferred[Balancer]) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+
+    def _changed(self, backend: Backend | None) -> None:
+        if not self._waiters:
+            return
+        if any(b.usable for b in self.backends):
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(self)
+        elif self.backends and all(b.failed_once for b in self.backends):
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(Unavailable(f"no endpoint is usable: {self.describe()}"))
+
+    def describe(self) -> str:
+        """
+        @return: every endpoint with its state, for people.
+        """
+        return "; ".join(b.describe() for b in self.backends) or "no endpoints"
+
+    # -- calls
+
+    def pick(self, exclude: Sequence[Backend] = ()) -> Backend:
+        """
+        Choose an endpoint for a call by the policy.
+
+        @param exclude: endpoints to avoid when others are usable (those
+            this call already tried).
+        @return: a usable L{Backend}.
+        @raise Unavailable: no endpoint is usable.
+        """
+        usable = [b for b in self.backends if b.usable]
+        if not usable:
+            raise Unavailable(f"no endpoint is usable: {self.describe()}")
+        fresh = [b for b in usable if b not in exclude]
+        return self.picker.pick(fresh or usable)
+
+    def call(self, method: str, args: Any = None, *, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None, retry: RetryPolicy | None = _DEFAULT) -> Deferred[Any]:
+        """
+        Call a remote method on one of the endpoints.
+
+        @param method: C{Service.Method}.
+        @param args: the argument value.
+        @param timeout: the overall deadline in seconds, across retries
+            (C{default_timeout} when None).
+        @param metadata: key/value metadata for the server.
+        @param retry: a L{RetryPolicy} for this call instead of the
+            balancer's; None for a single attempt.
+        @return: a Deferred firing with the result, or failing with the last
+            attempt's L{rpcd.errors.RPCError} (L{Unavailable} when no
+            endpoint is usable).  Cancelling it cancels the call.
+        """
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
+        if timeout is None:
+            timeout = self.default_timeout
+        tried: list[Backend] = []
+
+        def attempt(remaining: float | None) -> Deferred[Any]:
+            backend = self.pick(exclude=tried)
+            tried.append(backend)
+            return backend.call(method, args, remaining, metadata)
+        return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng, what=method)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every connection and stop reconnecting, checking and
+        resolving; pending calls fail with L{rpcd.errors.ConnectionLost}.
+
+        @return: a Deferred firing once every connection is closed.
+        """
+        self._running = False
+        if self._resolving is not None and self._resolving.running:
+            self._resolving.stop()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.cancel()
+        closing = [b.stop() for b in self.backends]
+        return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return _ServiceProxy(self.call, service)
+
+
+def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "native",
+                     reactor: Any = None, policy: Any = "round_robin",
+                     weights: Mapping[Any, float] | Sequence[float] | None = None,
+                     retry: RetryPolicy | None = RetryPolicy(),
+                     health: HealthCheck | None = HealthCheck(),
+                     breaker: BreakerPolicy | None = BreakerPolicy(),
+                     reconnect: Callable[[int], float] | None = None,
+                     default_timeout: float | None = None, connect_timeout: float | None = 30.0,
+                     resolve_interval: float | None = None,
+                     rng: random.Random | None = None) -> Deferred[Balancer]:
+    """
+    Connect to several servers and balance calls over them.
+
+    @param endpoints: Twisted client endpoint strings (or endpoint objects),
+        or an L{IResolver} that finds them.
+    @param codec: the wire protocol, as for L{rpcd.client.connect}.
+    @param reactor: the reactor (the global one by default); a C{Clock}
+        will do when every endpoint is an object.
+    @param policy: C{"round_robin"}, C{"random"}, C{"least_outstanding"},
+        C{"weighted"}, or an L{rpcd.pickers.IPicker}.
+    @param weights: for C{"weighted"}: endpoint to weight, or weights in the
+        order of C{endpoints}.
+    @param retry: the default L{RetryPolicy} of calls; None: no retries.
+    @param health: the health checks (every 5 s, 2 s timeout by default);
+        None for servers without rpcd's C{Health} service.
+    @param breaker: the circuit breakers (open after 5 failures in a row,
+        half-open after 10 s by default); None for none.
+    @param reconnect: attempt number to seconds before reconnecting
+        (L{rpcd.backend.default_reconnect_policy} by default).
+    @param default_timeout: for calls that give no timeout.
+    @param connect_timeout: seconds each connection attempt (and its
+        handshake) may take, and the longest this waits for a first usable
+        endpoint; None waits forever.
+    @param resolve_interval: with a resolver, seconds between resolutions
+        (None: resolve once).
+    @param rng: the source of randomness (jitter, the random policy).
+    @return: a Deferred firing with a L{Balancer} once one endpoint is
+        usable; it fails with L{Unavailable} when every endpoint failed (or
+        none became usable within C{connect_timeout}), or C{ValueError} for
+        a bad policy, weights or codec.  On failure, the balancer is closed.
+    """
+    reactor = _reactor(reactor)
+    try:
+        _codec_class(codec)
+        if IResolver.providedBy(endpoints):
+            resolver, listed = endpoints, ()
+        else:
+            resolver, listed = StaticResolver(endpoints), endpoints
+        picker = make_picker(policy, weights=weights, endpoints=listed, rng=rng)
+    except ValueError as e:
+        d: Deferred[Balancer] = Deferred()
+        d.errback(e)
+        return d
+
+    def connect_one(endpoint: Any) -> Deferred[Any]:
+        return connect(endpoint, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
+
+    balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
+                        health=health, breaker=breaker, reconnect=reconnect,
+                        default_timeout=default_timeout, rng=rng)
+    balancer.start(resolver, resolve_interval)
+    ready = balancer.when_ready(connect_timeout)
+
+    def failed(failure: Failure) -> Any:
+        balancer.close()
+        return failure
+    return ready.addErrback(failed)

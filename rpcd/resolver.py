@@ -1,0 +1,57 @@
+"""
+Service discovery for L{rpcd.balancer}: a resolver names the endpoints a
+balancer spreads calls over.
+
+Only a static list ships (L{StaticResolver}).  A resolver backed by DNS (SRV
+records) or etcd implements L{IResolver} the same way; the balancer asks it
+again every C{resolve_interval} seconds and connects to endpoints that
+appear and drops those that went away::
+
+    balancer = await connect_balanced(MyDNSResolver("_rpcd._tcp.example.com"),
+                                      resolve_interval=30, reactor=reactor)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import Interface, implementer
+
+
+class IResolver(Interface):
+    """
+    Finds the endpoints of a service.
+    """
+
+    def resolve() -> Deferred[list[Any]]:
+        """
+        @return: a Deferred firing with the endpoints now: Twisted client
+            endpoint strings (C{tcp:10.0.0.5:1234}) or endpoint objects.  It
+            may fail (a DNS error, etcd is down); the balancer then keeps the
+            endpoints it had and logs the failure.
+        """
+
+
+@implementer(IResolver)
+class StaticResolver:
+    """
+    A fixed list of endpoints.
+    """
+
+    def __init__(self, endpoints: Sequence[Any]) -> None:
+        """
+        @param endpoints: endpoint strings or endpoint objects.
+        @raise ValueError: the list is empty.
+        """
+        if isinstance(endpoints, str):
+            raise ValueError("give a list of endpoint strings, not one string")
+        if not endpoints:
+            raise ValueError("no endpoints to balance over")
+        self.endpoints = list(endpoints)
+
+    def resolve(self) -> Deferred[list[Any]]:
+        """
+        @return: a Deferred that has fired with the list.
+        """
+        return succeed(list(self.endpoints))
