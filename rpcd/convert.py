@@ -18,7 +18,6 @@ import base64
 import binascii
 import dataclasses
 import inspect
-import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -178,26 +177,8 @@ def _dataclass(cls: type) -> Converter:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             zeros.append((f.name, zero_factory(hints.get(f.name, Any))))
     expected = cls.__name__
-    fast = _exact_fields(cls, fields, hints)
-    if fast is None:
-        fast_size, names, exact_types, getter, positional = -1, (), (), None, False
-    else:
-        names, exact_types, getter, positional = fast
-        fast_size = len(names)
 
     def convert(value: Any) -> Any:
-        if type(value) is dict and len(value) == fast_size:
-            # The common case: exactly the field names, each value already of
-            # its field's scalar type, so no field converter would change it.
-            try:
-                values = getter(value)
-            except KeyError:
-                pass
-            else:
-                if fast_size == 1:
-                    values = (values,)
-                if tuple(map(type, values)) == exact_types:
-                    return cls(*values) if positional else cls(**value)
         if type(value) is cls:
             return value
         if not isinstance(value, Mapping):
@@ -223,43 +204,62 @@ def _dataclass(cls: type) -> Converter:
                 if name not in kwargs:
                     kwargs[name] = zero()
         return cls(**kwargs)
-    return convert
+    return _exact_fast_path(cls, fields, hints, convert) or convert
 
 
 _EXACT_SCALARS = (int, float, str, bool, bytes)
 
 
-def _exact_fields(cls: type, fields: list[dataclasses.Field],
-                  hints: dict[str, Any]) -> tuple[tuple[str, ...], tuple[type, ...], Callable[[Any], Any], bool] | None:
+def _exact_fast_path(cls: type, fields: list[dataclasses.Field], hints: dict[str, Any],
+                     general: Converter) -> Converter | None:
     """
-    What the fast path of a dataclass converter needs, when it has one.
+    A faster converter for the common case of a dataclass of scalars.
 
-    A dataclass whose every field is hinted with a scalar type that converts
-    to itself (C{int}, C{float}, C{str}, C{bool}, C{bytes}) can be built
-    straight from a mapping that has exactly its field names with values of
-    exactly those types: nothing would be converted.
+    When every field is hinted with a scalar type that converts to itself
+    (C{int}, C{float}, C{str}, C{bool}, C{bytes}), a dict that has exactly
+    the field names, each with a value of exactly its field's type, needs no
+    conversion: the instance is built straight from it.  Anything else goes
+    to the general converter.  The check is compiled for the class (as
+    L{dataclasses} compiles C{__init__}) because a generic loop over the
+    fields costs more than the rest of a small call.
 
     @param cls: the dataclass.
     @param fields: its fields that C{__init__} takes.
     @param hints: its resolved type hints.
-    @return: C{(names, types, getter, positional)}: the field names, their
-        exact types, an C{itemgetter} of the names, and whether the
-        constructor takes exactly those, in that order, by position; or None
-        when some field is of another kind.
+    @param general: the converter for every other value.
+    @return: the converter, or None when some field is of another kind.
     """
-    if not fields:
+    if not fields or any(hints.get(f.name) not in _EXACT_SCALARS for f in fields):
         return None
-    exact_types = tuple(hints.get(f.name) for f in fields)
-    if not all(t in _EXACT_SCALARS for t in exact_types):
-        return None
-    names = tuple(f.name for f in fields)
+    names = [f.name for f in fields]
     try:
         params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
         params = []
-    positional = ([p.name for p in params] == list(names)
+    positional = ([p.name for p in params] == names
                   and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params))
-    return names, exact_types, operator.itemgetter(*names), positional
+    env: dict[str, Any] = {"cls": cls, "general": general}
+    fetch, check, build = [], [], []
+    for i, name in enumerate(names):
+        env[f"t{i}"] = hints[name]
+        fetch.append(f"            v{i} = value[{name!r}]")
+        check.append(f"type(v{i}) is t{i}")
+        build.append(f"v{i}" if positional else f"{name}=v{i}")
+    source = "\n".join([
+        "def convert(value):",
+        f"    if type(value) is dict and len(value) == {len(names)}:",
+        "        try:",
+        *fetch,
+        "        except KeyError:",
+        "            return general(value)",
+        f"        if {' and '.join(check)}:",
+        f"            return cls({', '.join(build)})",
+        "    return general(value)",
+    ])
+    exec(source, env)  # noqa: S102 - names are the dataclass's own identifiers
+    fast = env["convert"]
+    fast.__qualname__ = f"_dataclass.<{cls.__qualname__}>.convert"
+    return fast
 
 
 def zero_factory(hint: Any) -> Callable[[], Any]:

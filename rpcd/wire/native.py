@@ -94,13 +94,47 @@ class NativeServerProtocol(Protocol):
                 return
         out: list[bytes] = []
         frames, error = self.reader.split(data)
-        call = self._call
+        dispatcher = self.dispatcher
+        running = dispatcher.running
+        dispatch = dispatcher.call
+        packb = _packb
+        # The loop runs once per frame of a read (often dozens): the common
+        # CALL (four fields, no options) is handled inline; the rest goes
+        # through _parse_call and _control.
         try:
             for frame in frames:
-                if frame[0] == CALL:
-                    call(frame, out)
-                else:
+                if frame[0] != CALL:
                     self._control(frame, out)
+                    continue
+                if len(frame) == 4 and type(frame[1]) is int and type(frame[2]) is str:
+                    _, call_id, method, value = frame
+                    timeout = metadata = None
+                else:
+                    parsed = self._parse_call(frame, out)
+                    if parsed is None:
+                        continue
+                    call_id, method, value, timeout, metadata = parsed
+                if call_id in running:
+                    out.append(_error_frame(call_id, Code.INVALID_ARGUMENT,
+                                            f"call id {call_id} is already in use on this connection"))
+                    continue
+                try:
+                    result = dispatch(method, value, call_id, timeout=timeout, metadata=metadata)
+                except RPCError as e:
+                    out.append(_error_frame(call_id, e.code, e.message, e.details))
+                    continue
+                # A plain result cannot be a Deferred; the type test is much
+                # cheaper than isinstance (Deferred is an abc).
+                if type(result) not in _PLAIN_RESULTS and isinstance(result, Deferred):
+                    result.addCallbacks(self._reply_later, self._fail_later,
+                                        callbackArgs=(call_id,), errbackArgs=(call_id,))
+                    continue
+                try:
+                    body = packb([RESULT, call_id, result])
+                except Exception as e:
+                    out.append(self._unencodable(method, call_id, e))
+                    continue
+                out.append(pack_length(len(body)) + body)
         except ProtocolError as e:
             error = e
         if out:
@@ -108,22 +142,28 @@ class NativeServerProtocol(Protocol):
         if error is not None:
             self._protocol_error(error)
 
-    def _call(self, frame: list, out: list[bytes]) -> None:
-        if len(frame) == 4:
-            _, call_id, method, value = frame
-            options = None
-        else:
-            try:
-                call_id = frame[1]
-                method = frame[2]
-                value = frame[3]
-            except IndexError:
-                raise ProtocolError(f"CALL frame needs [0, id, method, argument], "
-                                    f"got {len(frame)} fields") from None
-            options = frame[4] if len(frame) > 4 else None
+    def _parse_call(self, frame: list, out: list[bytes]) -> tuple[int, str, Any, Any, Any] | None:
+        """
+        Check a CALL frame that is not of the plain four-field kind, and
+        start it if it opens a stream.
+
+        @param frame: the frame body.
+        @param out: replies of this read.
+        @return: C{(call_id, method, value, timeout, metadata)} for a unary
+            call, or None when it was a stream (now started).
+        @raise ProtocolError: the frame is malformed.
+        """
+        try:
+            call_id = frame[1]
+            method = frame[2]
+            value = frame[3]
+        except IndexError:
+            raise ProtocolError(f"CALL frame needs [0, id, method, argument], "
+                                f"got {len(frame)} fields") from None
         if type(call_id) is not int or type(method) is not str:
             raise ProtocolError("CALL frame needs an integer id and a string method")
         timeout = metadata = None
+        options = frame[4] if len(frame) > 4 else None
         if options:
             if type(options) is not dict:
                 raise ProtocolError("CALL options must be a map")
@@ -131,29 +171,8 @@ class NativeServerProtocol(Protocol):
             metadata = options.get("metadata")
             if options.get("stream"):
                 self._start_stream(call_id, method, value, options, out)
-                return
-        dispatcher = self.dispatcher
-        if call_id in dispatcher.running:
-            out.append(_error_frame(call_id, Code.INVALID_ARGUMENT,
-                                    f"call id {call_id} is already in use on this connection"))
-            return
-        try:
-            result = dispatcher.call(method, value, call_id, timeout=timeout, metadata=metadata)
-        except RPCError as e:
-            out.append(_error_frame(call_id, e.code, e.message, e.details))
-            return
-        # A plain result cannot be a Deferred; the type test is much cheaper
-        # than isinstance (Deferred is an abc).
-        if type(result) not in _PLAIN_RESULTS and isinstance(result, Deferred):
-            result.addCallbacks(self._reply_later, self._fail_later,
-                                callbackArgs=(call_id,), errbackArgs=(call_id,))
-            return
-        try:
-            body = _packb([RESULT, call_id, result])
-        except Exception as e:
-            out.append(self._unencodable(method, call_id, e))
-            return
-        out.append(pack_length(len(body)) + body)
+                return None
+        return call_id, method, value, timeout, metadata
 
     def _start_stream(self, call_id: int, method: str, value: Any, options: dict,
                       out: list[bytes]) -> None:
