@@ -10,7 +10,7 @@ import struct
 import sys
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
@@ -20,21 +20,12 @@ from tests.daemon import Daemon, rpcd_command, run, temp_dir, twistd_command
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 
 
-def fromCoroutine(f):  # type: ignore[no-untyped-def]
-    """Run an async test method as a Deferred (trial waits for it)."""
-    def test(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
-
 
 class DaemonTests(TestCase):
     """The daemon on its embedded default config, on a free port."""
 
     timeout = 60
 
-    @fromCoroutine
     async def test_seed_services_with_client_library(self) -> None:
         """The client library calls every seed service on the real daemon."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -54,7 +45,6 @@ class DaemonTests(TestCase):
             await client.call("Nope.Method", 1)
         self.assertEqual(await client.Arith.Multiply(A=2, B=3), 6)
 
-    @fromCoroutine
     async def test_wrong_password_and_login_per_connection(self) -> None:
         """A wrong password fails; a login does not carry over to a new connection."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -70,7 +60,6 @@ class DaemonTests(TestCase):
         with self.assertRaises(Unauthenticated):
             await two.HelloService.Hello("b")
 
-    @fromCoroutine
     async def test_watch_beside_set_and_many_in_flight(self) -> None:
         """Many Watches and hundreds of calls share one connection; Set wakes the Watches."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -85,7 +74,6 @@ class DaemonTests(TestCase):
         with self.assertRaises(NotFound):
             await client.KVStoreService.Get("zzz")
 
-    @fromCoroutine
     async def test_timeout_and_lost_connection(self) -> None:
         """A client timeout fails clearly; stopping the daemon fails pending calls at once."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -99,7 +87,6 @@ class DaemonTests(TestCase):
         with self.assertRaises(ConnectionLost):
             await pending
 
-    @fromCoroutine
     async def test_garbage_closes_only_that_connection(self) -> None:
         """Malformed and oversized frames close that connection with a logged reason; others are served."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -124,7 +111,6 @@ class CommandTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_call_list_and_errors(self) -> None:
         """rpcd call prints JSON and exits 0; remote errors exit 1; rpcd list shows signatures."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -141,7 +127,6 @@ class CommandTests(TestCase):
         self.assertIn("Arith.Multiply(args: Args) -> int  Return A times B.\n", out)
         self.assertIn("KVStoreService.Watch(timeoutSecond: int) -> str", out)
 
-    @fromCoroutine
     async def test_usage_errors(self) -> None:
         """Bad JSON and an unreachable endpoint exit 2 with a message."""
         code, _, err = await run(self, rpcd_command("call", "tcp:127.0.0.1:1", "A.B", "{bad"))
@@ -151,7 +136,6 @@ class CommandTests(TestCase):
         self.assertEqual(code, 2)
         self.assertIn("cannot connect to tcp:127.0.0.1:1", err)
 
-    @fromCoroutine
     async def test_blocking_client(self) -> None:
         """The blocking wrapper calls from a script with no reactor of its own."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -176,7 +160,6 @@ class StartupTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_bad_config_stops_startup(self) -> None:
         """An unknown key stops twistd with a message naming the key and the file."""
         directory = temp_dir(self)
@@ -186,7 +169,6 @@ class StartupTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(f"{bad}: [limits] unknown key 'max_frame'", out + err)
 
-    @fromCoroutine
     async def test_config_file_and_plugin_service(self) -> None:
         """A config file's services and options are served; a class path works beside plugins."""
         directory = temp_dir(self)

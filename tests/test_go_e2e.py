@@ -49,14 +49,6 @@ _build_dir: str | None = None
 _built: dict[str, str] = {}
 
 
-def fromCoroutine(f):  # type: ignore[no-untyped-def]
-    """Run an async test method as a Deferred (trial waits for it)."""
-    def test(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
-
 
 def go_environment() -> dict[str, str]:
     """
@@ -162,7 +154,6 @@ class SeedProgramTests(TestCase):
                   for a in ("--listen", f"tcp:{port}:interface=127.0.0.1")]
         return await Daemon.start(self, *listen, listeners=len(SEED_PORTS))
 
-    @fromCoroutine
     async def test_000_http_client(self) -> None:
         """Seed 000's client: Cal.Square over rpc.DialHTTP to localhost:1234."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
@@ -171,7 +162,6 @@ class SeedProgramTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertRegex(err, r"(?m) 12\^2 = 144$")
 
-    @fromCoroutine
     async def test_000_http_async_client(self) -> None:
         """Seed 000's asynchronous client (client.Go, then <-Done) gets 12^2 = 144."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
@@ -180,7 +170,6 @@ class SeedProgramTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertTrue(lines(err)[-1].endswith(" 12^2 = 144"), err)
 
-    @fromCoroutine
     async def test_001_watch_beside_set(self) -> None:
         """Seed 001's Watch in a goroutine beside Set on one client prints the changed key."""
         await self.daemon()
@@ -199,7 +188,6 @@ class SeedProgramTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual(lines(out), ["watch: abc"])
 
-    @fromCoroutine
     async def test_001_hello_needs_login(self) -> None:
         """Seed 001's asynchronous Hello without a Login fails with the seed's "please login"."""
         await self.daemon()
@@ -207,7 +195,6 @@ class SeedProgramTests(TestCase):
         self.assertEqual(code, 1)
         self.assertRegex(err, r"(?m) please login$")
 
-    @fromCoroutine
     async def test_002_http_client(self) -> None:
         """Seed 002's HTTP client: ServiceA.Add sync and async over 127.0.0.1:9000."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
@@ -215,14 +202,12 @@ class SeedProgramTests(TestCase):
         code, out, err = await run_go(self, "seeds/002_http_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
-    @fromCoroutine
     async def test_002_tcp_client(self) -> None:
         """Seed 002's TCP (gob) client: ServiceA.Add sync and async."""
         await self.daemon()
         code, out, err = await run_go(self, "seeds/002_tcp_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
-    @fromCoroutine
     async def test_002_json_client(self) -> None:
         """Seed 002's jsonrpc client: ServiceA.Add sync and async."""
         require_protocol("json", "for net/rpc/jsonrpc")
@@ -230,7 +215,6 @@ class SeedProgramTests(TestCase):
         code, out, err = await run_go(self, "seeds/002_json_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
-    @fromCoroutine
     async def test_004_client(self) -> None:
         """Seed 004's client: Arith.Multiply{7, 8} via rpc.Dial to localhost:8080."""
         await self.daemon()
@@ -263,35 +247,29 @@ class GoClientTests(TestCase):
         "after errors Arith.Multiply 42 <nil>",
     ]
 
-    @fromCoroutine
     async def test_basic(self) -> None:
         """Sync and async calls; unknown names get Go's exact errors and the connection goes on."""
         self.assertEqual(await self.gobcalls("basic"), self.BASIC)
 
-    @fromCoroutine
     async def test_basic_over_http(self) -> None:
         """The same calls over rpc.DialHTTP (CONNECT /_goRPC_, then gob)."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
         self.assertEqual(await self.gobcalls("-http", "basic"), self.BASIC)
 
-    @fromCoroutine
     async def test_concurrent(self) -> None:
         """200 calls in flight on one connection (client.Go in goroutines) all get their replies."""
         self.assertEqual(await self.gobcalls("concurrent"), ["concurrent 200 calls, 0 bad"])
 
-    @fromCoroutine
     async def test_concurrent_over_http(self) -> None:
         """200 calls in flight over rpc.DialHTTP."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
         self.assertEqual(await self.gobcalls("-http", "concurrent"), ["concurrent 200 calls, 0 bad"])
 
-    @fromCoroutine
     async def test_watch_beside_set(self) -> None:
         """A Watch in flight beside a Set on one client returns the key; an idle Watch times out."""
         self.assertEqual(await self.gobcalls("kv"), [
             "Set <nil>", "watch: abc <nil>", "Get abc-value-kv <nil>", "idle watch: timeout"])
 
-    @fromCoroutine
     async def test_login_per_connection(self) -> None:
         """Login holds for its connection only; Hello names the caller's address."""
         out = await self.gobcalls("login")
@@ -300,7 +278,6 @@ class GoClientTests(TestCase):
         self.assertRegex(out[3], r"^one Hello: hello:a, from127\.0\.0\.1:\d+ <nil>$")
         self.assertEqual(out[4:], ["two Hello: please login"])
 
-    @fromCoroutine
     async def test_rich_types_echoed(self) -> None:
         """Nested structs, slices, maps, []byte, uint, floats, bools and pointers come back equal."""
         self.assertEqual(await self.gobcalls("echo"), [
@@ -362,26 +339,22 @@ class GoServerTests(TestCase):
         self.assertEqual(await gatherResults([slow, client.call("Arith.Sleep", 600)]), [300, 600])
         self.assertEqual(await client.Arith.Multiply(A=2, B=3), 6)
 
-    @fromCoroutine
     async def test_client_library_gob(self) -> None:
         """connect(codec="gob") calls a Go server: structs, errors, 200 concurrent calls, timeouts."""
         ports = await self.go_server()
         await self.check_client(ports["gob"], "gob")
 
-    @fromCoroutine
     async def test_client_library_gob_http(self) -> None:
         """connect(codec="gob-http") does Go's CONNECT /_goRPC_ handshake, then the same."""
         ports = await self.go_server()
         await self.check_client(ports["http"], "gob-http")
 
-    @fromCoroutine
     async def test_gob_http_to_a_plain_gob_port(self) -> None:
         """gob-http against a port that does not answer CONNECT fails to connect, clearly."""
         ports = await self.go_server()
         with self.assertRaises(Exception):
             await connect(f"tcp:{ports['gob']}", codec="gob-http").addTimeout(10, reactor)
 
-    @fromCoroutine
     async def test_rpcd_command(self) -> None:
         """rpcd call --codec gob / gob-http calls the Go server; a Go error exits 1 with its text."""
         ports = await self.go_server()
@@ -394,7 +367,6 @@ class GoServerTests(TestCase):
             self.assertEqual(code, 1, out + err)
             self.assertIn("divide by zero", err)
 
-    @fromCoroutine
     async def test_client_library_against_rpcd(self) -> None:
         """connect(codec="gob") also calls rpcd itself (dicts become structs for hinted methods)."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -410,7 +382,6 @@ class HostileGobTests(TestCase):
 
     timeout = 180
 
-    @fromCoroutine
     async def test_mutated_streams(self) -> None:
         """300 connections of mutated Go sessions: the daemon still answers and logs no traceback."""
         daemon = await Daemon.start(self, *LOOPBACK)

@@ -811,3 +811,29 @@ class PropertyTests(SynchronousTestCase):
                     pass
         except gob.GobError:
             pass
+
+
+class InterningLifetimeTests(SynchronousTestCase):
+    """Composite types built from decoded types do not outlive them."""
+
+    def test_no_growth_per_decoder(self) -> None:
+        """Guessing []T for structs from many short-lived decoders keeps no types alive."""
+        import gc
+
+        from rpcd.wire import gob as gob_module
+        point = gob_module.Struct("P", [("X", gob_module.Int), ("Y", gob_module.Int)])
+        data = gob_module.Encoder().encode([{"X": 1, "Y": 2}], gob_module.Slice(point))
+
+        def churn(n: int) -> int:
+            for _ in range(n):
+                decoder = gob_module.Decoder()
+                decoder.feed(data)
+                value = decoder.next_value()
+                gob_module.Encoder().encode(value, gob_module.guess_type(value))
+            gc.collect()
+            return sum(1 for o in gc.get_objects()
+                       if isinstance(o, (gob_module.Slice, gob_module.Struct)))
+
+        churn(5)
+        before = churn(5)
+        self.assertEqual(churn(300), before)

@@ -38,14 +38,6 @@ LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 GO_ENV = {"GOFLAGS": "-mod=mod", "GOPROXY": "off", "CGO_ENABLED": "0"}
 
 
-def fromCoroutine(f):  # type: ignore[no-untyped-def]
-    """Run an async test method as a Deferred (trial waits for it)."""
-    def test(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
-
 
 _built: dict[str, str] = {}
 
@@ -156,7 +148,6 @@ class HTTPTests(TestCase):
 
     timeout = 120
 
-    @fromCoroutine
     async def test_curl_json_rpc(self) -> None:
         """Single, batch, notification and error requests over HTTP, then the debug page."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -198,7 +189,6 @@ class SeedClientTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_seed_002_python_client(self) -> None:
         """The seed's raw socket client prints Go's answer, decoded by Python."""
         daemon = await start_on_port(self, 9000, "seed 002's client dials that port")
@@ -212,7 +202,6 @@ class GoTests(TestCase):
 
     timeout = 600
 
-    @fromCoroutine
     async def test_go_jsonrpc_dial(self) -> None:
         """jsonrpc.Dial: sync, async, 100 concurrent calls, a nil reply, unknown methods, then more."""
         client = await build_go(self, GO_CLIENT)
@@ -236,7 +225,6 @@ class GoTests(TestCase):
         self.addCleanup(protocol.stop)
         return await protocol.listening
 
-    @fromCoroutine
     async def test_rpcd_client_calls_go_server(self) -> None:
         """rpcd's jsonrpc codec calls a stock jsonrpc.ServeConn server: results and Go's errors."""
         address = await self.go_server()
@@ -254,7 +242,6 @@ class GoTests(TestCase):
         self.assertEqual(cm.exception.message, "rpc: can't find service Nope.Method")
         self.assertEqual(await client.ServiceA.Add(X=1, Y=2), 3)
 
-    @fromCoroutine
     async def test_rpcd_command_calls_go_server(self) -> None:
         """rpcd call --codec jsonrpc prints a Go server's result, and exits 1 with its error."""
         address = await self.go_server()
@@ -272,7 +259,6 @@ class OnePortTests(TestCase):
 
     timeout = 120
 
-    @fromCoroutine
     async def test_all_protocols_on_one_port(self) -> None:
         """Native, jsonrpc, jsonrpc2, gob-http, curl and the seed's raw JSON share one port."""
         daemon = await Daemon.start(self, *LOOPBACK)
@@ -404,7 +390,6 @@ class HostileTests(TestCase):
 
     timeout = 180
 
-    @fromCoroutine
     async def test_hostile_inputs(self) -> None:
         """300 hostile connections leave the daemon answering normally, with no traceback logged."""
         daemon = await Daemon.start(self, *LOOPBACK)

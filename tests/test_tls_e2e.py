@@ -12,7 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
 from rpcd import certs
@@ -24,14 +23,6 @@ from tests.tools import require_tool
 GO_CLIENT = Path(__file__).parent / "go" / "mtlsclient" / "main.go"
 MULTIPLY = ("Arith.Multiply", '{"A": 7, "B": 8}')
 
-
-def fromCoroutine(f):  # type: ignore[no-untyped-def]
-    """Run an async test method as a Deferred (trial waits for it)."""
-    def test(self):  # type: ignore[no-untyped-def]
-        return Deferred.fromCoroutine(f(self))
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
 
 
 class PKI:
@@ -102,7 +93,6 @@ class FailureMatrixTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_matrix(self) -> None:
         """For each failure, rpcd call prints the client's words and the daemon logs the server's."""
         pki = PKI(Path(temp_dir(self)))
@@ -191,7 +181,6 @@ class PolicyTests(TestCase):
             "--listen", pki.server("rpcd-tls"), listeners=2)
         return pki, daemon
 
-    @fromCoroutine
     async def test_identity_and_login(self) -> None:
         """alice may call Arith, bob and certificate-less callers may not; Cal needs a login, per connection."""
         pki, daemon = await self.start()
@@ -223,7 +212,6 @@ class PolicyTests(TestCase):
         with self.assertRaises(Unauthenticated):
             await again.call("Cal.Square", 12)
 
-    @fromCoroutine
     async def test_login_rate_limited(self) -> None:
         """After max_failed_logins failures from one host, even the right password is refused for a while."""
         pki, daemon = await self.start()
@@ -249,7 +237,6 @@ class CommandsTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_certs_command(self) -> None:
         """The files rpcd certs writes serve mutual TLS; the daemon sees the client's CN as its identity."""
         directory = Path(temp_dir(self)) / "pki"
@@ -272,7 +259,6 @@ class CommandsTests(TestCase):
         code, out, err = await run(self, rpcd_command("call", endpoint, *MULTIPLY))
         self.assertEqual((code, out.strip()), (0, "56"), err)
 
-    @fromCoroutine
     async def test_hash_password_command(self) -> None:
         """rpcd hash-password prints a salted scrypt hash: two runs differ, and an empty password is refused."""
         one = await run(self, rpcd_command("hash-password", "--stdin"), stdin=b"pw\n")
@@ -292,7 +278,6 @@ class GoTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_go_mtls(self) -> None:
         """A Go net/rpc client with a client certificate calls the daemon's mtls: endpoint."""
         from rpcd.server import SERVER_PROTOCOLS

@@ -43,15 +43,14 @@ from twisted.logger import Logger
 from rpcd.errors import RPCError, Unavailable, Unimplemented
 from rpcd.wire.channel import ClientChannel
 from rpcd.wire.gob import (
-    Array,
     GobError,
     GoStruct,
     GoType,
     OpaqueValue,
-    Slice,
     Struct,
     guess_type,
 )
+from rpcd.wire.gob.hints import array_of, slice_of
 from rpcd.wire.gobrpc import INVALID_REQUEST, GobClientCodec
 
 if TYPE_CHECKING:
@@ -90,37 +89,22 @@ def go_field_name(key: str) -> str | None:
     return name
 
 
-# Interned composite types, so that the same shape is the same GoType and
-# the encoder defines it once per connection.
-_STRUCTS: dict[tuple[tuple[str, int], ...], Struct] = {}
-_SLICES: dict[int, Slice] = {}
-_ARRAYS: dict[tuple[int, int], Array] = {}
-_KEEP: list[GoType] = []
+# Struct types for dict shapes, so that the same shape is the same GoType and
+# a connection's encoder defines it once.  Bounded: a client that sends ever
+# new shapes keeps at most this many (an evicted shape is simply defined
+# again on the wire).  Slices and arrays are interned on their element types.
+_MAX_SHAPES = 1024
+_STRUCTS: dict[tuple[tuple[str, GoType], ...], Struct] = {}
 
 
 def _struct_of(fields: tuple[tuple[str, GoType], ...]) -> Struct:
-    key = tuple((name, id(t)) for name, t in fields)
-    st = _STRUCTS.get(key)
+    st = _STRUCTS.pop(fields, None)
     if st is None:
-        st = _STRUCTS[key] = Struct("", list(fields))
-        _KEEP.extend(t for _, t in fields)
+        st = Struct("", list(fields))
+        if len(_STRUCTS) >= _MAX_SHAPES:
+            del _STRUCTS[next(iter(_STRUCTS))]
+    _STRUCTS[fields] = st  # most recently used last
     return st
-
-
-def _slice_of(elem: GoType) -> Slice:
-    t = _SLICES.get(id(elem))
-    if t is None:
-        t = _SLICES[id(elem)] = Slice(elem)
-        _KEEP.append(elem)
-    return t
-
-
-def _array_of(elem: GoType, length: int) -> Array:
-    t = _ARRAYS.get((id(elem), length))
-    if t is None:
-        t = _ARRAYS[(id(elem), length)] = Array(elem, length)
-        _KEEP.append(elem)
-    return t
 
 
 def _empty(value: Any) -> bool:
@@ -155,8 +139,8 @@ def _shape(value: Any) -> tuple[Any, GoType]:
             raise GobError("gob: list elements of mixed types; pass typed(value, gotype)")
         elem = [v for v, _ in shaped]
         if kind is tuple:
-            return elem, _array_of(first, len(elem))
-        return elem, _slice_of(first)
+            return elem, array_of(first, len(elem), as_tuple=False)
+        return elem, slice_of(first)
     return value, guess_type(value)
 
 

@@ -18,8 +18,11 @@ class GoType:
     and L{guess_type} return the same object for the same hint or shape.
     """
 
-    __slots__ = ("_enc",)
+    __slots__ = ("_enc", "_derived")
     _enc: Callable[[bytearray, Any], None] | None
+    _derived: dict[Any, GoType]
+    """Composite types built from this one ([]T, [n]T, map[K]T), kept here so
+    that they live exactly as long as this type (see L{rpcd.wire.gob.hints})."""
 
     def zero(self) -> Any:
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types as _types
 import typing
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from rpcd.wire.gob.errors import GobEncodeError
 from rpcd.wire.gob.gotypes import (
@@ -31,38 +31,51 @@ from rpcd.wire.gob.gotypes import (
 
 
 # Interning, so that equal hints and guesses give the same GoType object.
+# A composite type is kept on its element type (its _derived slot), never in
+# a global table: types decoded from one connection are garbage once that
+# connection and its values are gone, and so is everything built from them.
 
-_INTERN: dict[tuple[Any, ...], GoType] = {}
 
+def derived(elem: GoType, key: Any, build: Callable[[], GoType]) -> GoType:
+    """
+    The composite type C{key} made from C{elem}, built once.
 
-def _slice_of(elem: GoType) -> GoType:
-    key = ("slice", id(elem))
-    t = _INTERN.get(key)
+    @param elem: the element type.
+    @param key: what the composite is (e.g. C{("slice",)}).
+    @param build: makes it the first time.
+    @return: the same object for the same C{elem} and C{key}.
+    """
+    try:
+        cache = elem._derived
+    except AttributeError:
+        cache = elem._derived = {}
+    t = cache.get(key)
     if t is None:
-        t = _INTERN[key] = Slice(elem)
-        _KEEP.append(elem)
+        t = cache[key] = build()
     return t
 
 
-def _array_of(elem: GoType, length: int) -> GoType:
-    key = ("array", id(elem), length)
-    t = _INTERN.get(key)
-    if t is None:
-        t = _INTERN[key] = Array(elem, length, as_tuple=True)
-        _KEEP.append(elem)
-    return t
+def slice_of(elem: GoType) -> GoType:
+    """
+    @return: the interned C{[]elem}.
+    """
+    return derived(elem, "slice", lambda: Slice(elem))
 
 
-def _map_of(key_t: GoType, elem: GoType) -> GoType:
-    key = ("map", id(key_t), id(elem))
-    t = _INTERN.get(key)
-    if t is None:
-        t = _INTERN[key] = Map(key_t, elem)
-        _KEEP.extend((key_t, elem))
-    return t
+def array_of(elem: GoType, length: int, as_tuple: bool = True) -> GoType:
+    """
+    @return: the interned C{[length]elem}.
+    """
+    return derived(elem, ("array", length, as_tuple), lambda: Array(elem, length, as_tuple=as_tuple))
 
 
-_KEEP: list[GoType] = []  # keeps interned components alive so ids stay unique
+def map_of(key_t: GoType, elem: GoType) -> GoType:
+    """
+    @return: the interned C{map[key_t]elem} (kept on C{elem}; it holds
+        C{key_t}).
+    """
+    return derived(elem, ("map", key_t), lambda: Map(key_t, elem))
+
 
 _HINT_CACHE: dict[Any, GoType] = {
     int: Int,
@@ -122,16 +135,16 @@ def _from_hint(hint: Any) -> GoType:
             return type_from_hint(rest[0])
         raise GobEncodeError(f"gob: cannot express the union {hint!r}")
     if origin in (list, Sequence, typing.List) and len(args) == 1:
-        return _slice_of(type_from_hint(args[0]))
+        return slice_of(type_from_hint(args[0]))
     if origin is tuple and args:
         if len(args) == 2 and args[1] is Ellipsis:
-            return _slice_of(type_from_hint(args[0]))
+            return slice_of(type_from_hint(args[0]))
         elems = [type_from_hint(a) for a in args]
         if all(e is elems[0] for e in elems):
-            return _array_of(elems[0], len(elems))
+            return array_of(elems[0], len(elems))
         raise GobEncodeError(f"gob: cannot express the mixed tuple {hint!r}")
     if origin in (dict, typing.Dict, typing.Mapping) and len(args) == 2:
-        return _map_of(type_from_hint(args[0]), type_from_hint(args[1]))
+        return map_of(type_from_hint(args[0]), type_from_hint(args[1]))
     if isinstance(hint, type):
         if issubclass(hint, GoStruct) and hint.gotype is not None:
             return hint.gotype
@@ -220,11 +233,11 @@ def _guess(v: Any) -> GoType:
     if isinstance(v, (list, tuple)):
         if not v:
             raise GobEncodeError("gob: cannot guess the element type of an empty list")
-        return _slice_of(_same(v, "list"))
+        return slice_of(_same(v, "list"))
     if isinstance(v, dict):
         if not v:
             raise GobEncodeError("gob: cannot guess the types of an empty dict")
-        return _map_of(_same(v.keys(), "dict key"), _same(v.values(), "dict value"))
+        return map_of(_same(v.keys(), "dict key"), _same(v.values(), "dict value"))
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return type_from_hint(type(v))
     for base in (bool, int, float, str, bytes):
