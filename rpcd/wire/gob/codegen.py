@@ -53,13 +53,14 @@ def _gen_struct_enc(t: Struct, ops: list[_EncOp]) -> _EncOp:
     names are bound through the namespace, never put in the source.
     """
     n = len(t.fields)
-    ns: dict[str, Any] = {"_uint_bytes": _uint_bytes, "GobEncodeError": GobEncodeError}
+    ns: dict[str, Any] = {"_uint_bytes": _uint_bytes, "GobEncodeError": GobEncodeError,
+                          "WRONG_LENGTH": f"gob: struct {t.name} needs {n} values"}
     ts = "".join(f"t{i}, " for i in range(n))
     src = [
         "def op(out, v):",
         "    if type(v) is tuple:",
         f"        if len(v) != {n}:",
-        f"            raise GobEncodeError('gob: struct needs {n} values')",
+        "            raise GobEncodeError(WRONG_LENGTH)",
         f"        ({ts}) = v",
         "    elif isinstance(v, dict):",
         "        g = v.get",
@@ -171,7 +172,6 @@ def _gen_struct_dec(
         "_field_range": _field_range,
         "_overrun": _overrun,
     }
-    tkeys = list(template)
     n = len(keys)
     src = ["def op(buf, pos, depth):", "    if depth >= MAXD:", "        _too_deep()"]
     src.append("    d1 = depth + 1")
@@ -233,6 +233,5 @@ def _gen_struct_dec(
             else:
                 src.append(f"    kw[K{i}] = t{i}")
         src.append("    return BUILD(kw), pos")
-    del tkeys
     exec(compile("\n".join(src), "<gob struct decoder>", "exec"), ns)
     return ns["op"]  # type: ignore[no-any-return]
