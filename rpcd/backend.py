@@ -5,7 +5,8 @@ reconnecting with backoff; its periodic health checks; its circuit breaker.
 An endpoint is I{usable} when it is connected, its last health check
 answered C{"SERVING"} (the first check runs as soon as it connects), and
 its breaker lets calls through.  L{Backend.state} says which of these is
-missing, for logs and error messages.
+missing, for logs and error messages.  A new connection ends an open
+circuit's cool-down: its first call is the breaker's trial.
 
 Why not C{ClientService}: rpcd connections are ready only after a handshake
 (the server's preface, TLS), and C{ClientService}'s C{prepareConnection}
@@ -242,6 +243,8 @@ class Backend:
             return
         self._failures = 0
         self.client = client
+        if self.breaker is not None:
+            self.breaker.expire()
         self.healthy = self.health is None
         self.last_error = None if self.healthy else "first health check pending"
         client.channel.closed_d.addBoth(lambda _: self._lost(client))

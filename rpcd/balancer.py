@@ -93,7 +93,7 @@ class Balancer:
         self.rng = rng
         self.backends: list[Backend] = []
         self._running = False
-        self._waiters: list[Deferred[Balancer]] = []
+        self._waiters: list[tuple[Deferred[Balancer], int]] = []
         self._resolving: LoopingCall | None = None
 
     # -- endpoints
@@ -150,18 +150,20 @@ class Balancer:
                         count=len(self.backends))
         return resolver.resolve().addCallbacks(resolved, failed)
 
-    def when_ready(self, timeout: float | None = None) -> Deferred[Balancer]:
+    def when_ready(self, timeout: float | None = None, *, at_least: int = 1) -> Deferred[Balancer]:
         """
-        Wait for an endpoint to be usable.
+        Wait for endpoints to be usable.
 
         @param timeout: seconds to wait, or None.
-        @return: a Deferred firing with this balancer once one endpoint is
-            usable; it fails with L{Unavailable} (naming each endpoint's
-            state) when every endpoint has failed to connect or its health
-            check, or when C{timeout} passes.
+        @param at_least: how many endpoints must be usable.
+        @return: a Deferred firing with this balancer once C{at_least}
+            endpoints are usable; it fails with L{Unavailable} (naming each
+            endpoint's state) when none is usable and every endpoint has
+            failed to connect or failed its health check, or when C{timeout}
+            passes.
         """
         d: Deferred[Balancer] = Deferred(self._forget_waiter)
-        self._waiters.append(d)
+        self._waiters.append((d, at_least))
         self._changed(None)
         if timeout is not None and not d.called:
             def timed_out(result: Any, seconds: float) -> Any:
@@ -173,20 +175,21 @@ class Balancer:
         return d
 
     def _forget_waiter(self, d: Deferred[Balancer]) -> None:
-        if d in self._waiters:
-            self._waiters.remove(d)
+        self._waiters = [(w, n) for w, n in self._waiters if w is not d]
 
     def _changed(self, backend: Backend | None) -> None:
         if not self._waiters:
             return
-        if any(b.usable for b in self.backends):
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
+        usable = sum(b.usable for b in self.backends)
+        hopeless = not usable and self.backends and all(b.failed_once for b in self.backends)
+        waiters, self._waiters = self._waiters, []
+        for d, at_least in waiters:
+            if usable >= at_least:
                 d.callback(self)
-        elif self.backends and all(b.failed_once for b in self.backends):
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
+            elif hopeless:
                 d.errback(Unavailable(f"no endpoint is usable: {self.describe()}"))
+            else:
+                self._waiters.append((d, at_least))
 
     def describe(self) -> str:
         """
@@ -249,7 +252,7 @@ class Balancer:
         if self._resolving is not None and self._resolving.running:
             self._resolving.stop()
         waiters, self._waiters = self._waiters, []
-        for d in waiters:
+        for d, _ in waiters:
             d.cancel()
         closing = [b.stop() for b in self.backends]
         return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)

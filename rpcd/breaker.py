@@ -115,6 +115,14 @@ class CircuitBreaker:
             self._opened_at = self.clock.seconds()
         self._trial = False
 
+    def expire(self) -> None:
+        """
+        End an open circuit's cool-down now, making it half-open: the
+        endpoint has a new connection that deserves a trial call.
+        """
+        if self._opened_at is not None and not self._trial:
+            self._opened_at = self.clock.seconds() - self.policy.reset_timeout
+
     def abandoned(self) -> None:
         """
         A call ended without a verdict (the caller cancelled it): a trial

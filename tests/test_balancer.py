@@ -246,6 +246,16 @@ class BreakerTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertTrue(self.breaker.allows())
 
+    def test_expire_ends_the_cool_down(self) -> None:
+        """Expiring an open circuit makes it half-open at once; it leaves a closed one closed."""
+        self.breaker.expire()
+        self.assertEqual(self.breaker.state, CLOSED)
+        for _ in range(3):
+            self.breaker.record(Unavailable("x"))
+        self.breaker.expire()
+        self.assertEqual(self.breaker.state, HALF_OPEN)
+        self.assertTrue(self.breaker.allows())
+
     def test_cancelled_trial_frees_the_slot(self) -> None:
         """A cancelled trial call lets another trial through."""
         for _ in range(3):
@@ -310,8 +320,11 @@ class BalancerTests(SynchronousTestCase):
         cluster.advance(1.0)
         self.assertEqual(balancer.backends[1].state, CONNECTING)
         self.assertIn("b connecting (", balancer.describe())
+        ready = balancer.when_ready(at_least=3)
+        self.assertNoResult(ready)
         b.up = True
         cluster.advance(1.0)
+        self.assertIs(self.successResultOf(ready), balancer)
         self.assertEqual(balancer.backends[1].state, READY)
         self.assertEqual(Counter(cluster.names(balancer, 6)), {"a": 2, "b": 2, "c": 2})
 
@@ -420,6 +433,24 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual(balancer.backends[0].breaker.state, HALF_OPEN)
         self.assertEqual(Counter(cluster.names(balancer, 2)), {"a": 1, "b": 1})
         self.assertEqual([b.state for b in balancer.backends], [READY] * 2)
+        self.assertEqual(balancer.backends[0].breaker.state, CLOSED)
+
+    def test_new_connection_gets_a_trial(self) -> None:
+        """An endpoint whose circuit opened gets a trial call as soon as it has a new connection."""
+        cluster = Cluster(self, "a", "b")
+        balancer = cluster.connect(retry=None, breaker=BreakerPolicy(failure_threshold=1, reset_timeout=60))
+        d = balancer.call("Who.Fail", int(Code.UNAVAILABLE))
+        cluster.flush()
+        self.failureResultOf(d, Unavailable)
+        self.assertEqual(balancer.backends[0].state, CIRCUIT_OPEN)
+        a = cluster.nodes[0]
+        a.kill()
+        cluster.flush()
+        a.up = True
+        cluster.advance(1)
+        self.assertEqual(balancer.backends[0].state, READY)
+        self.assertEqual(balancer.backends[0].breaker.state, HALF_OPEN)
+        self.assertEqual(sorted(cluster.names(balancer, 2)), ["a", "b"])
         self.assertEqual(balancer.backends[0].breaker.state, CLOSED)
 
     def test_resolver_updates(self) -> None:

@@ -1,0 +1,110 @@
+"""
+End-to-end tests of L{rpcd.balancer}: real C{twistd -n rpcd} daemons on
+loopback, one stopped and restarted on its port while calls keep flowing.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import TestCase
+
+from rpcd.backend import READY, HealthCheck
+from rpcd.balancer import Balancer, connect_balanced
+from rpcd.retry import RetryPolicy
+from tests.daemon import Daemon, temp_dir
+
+HEALTH = HealthCheck(interval=0.2, timeout=2.0)
+RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.5)
+
+
+def fromCoroutine(f):  # type: ignore[no-untyped-def]
+    """Run an async test method as a Deferred (trial waits for it)."""
+    def test(self):  # type: ignore[no-untyped-def]
+        return Deferred.fromCoroutine(f(self))
+    test.__name__ = f.__name__
+    test.__doc__ = f.__doc__
+    return test
+
+
+def free_port() -> int:
+    """
+    @return: a TCP port on 127.0.0.1 that was free a moment ago (a daemon
+        restarted on it keeps the endpoint string the balancer knows).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_daemon(test: TestCase, name: str, port: int, *, who: bool = True) -> Daemon:
+    """
+    Start a daemon on a port, serving the C{Who} service named C{name}.
+    """
+    path = Path(temp_dir(test)) / "rpcd.toml"
+    text = f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n[services.Arith]\n'
+    if who:
+        text += f'[services.Who]\nclass = "tests.whoservice:Who"\n[services.Who.options]\nname = "{name}"\n'
+    path.write_text(text)
+    return await Daemon.start(test, "--config", str(path))
+
+
+async def names(balancer: Balancer, count: int) -> list[str]:
+    """
+    @return: which daemon answered each of C{count} concurrent calls.
+    """
+    return await gatherResults([balancer.Who.Name() for _ in range(count)])
+
+
+class BalancerE2ETests(TestCase):
+    """Balancing over real daemons."""
+
+    timeout = 60
+
+    @fromCoroutine
+    async def test_spread_failover_and_return(self) -> None:
+        """Calls spread over three daemons, keep succeeding while one stops, and reach it again after it restarts on its port."""
+        ports = {name: free_port() for name in "abc"}
+        daemons = {name: await start_daemon(self, name, port) for name, port in ports.items()}
+        balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "abc"],
+                                          reactor=reactor, health=HEALTH, retry=RETRY,
+                                          reconnect=lambda attempt: 0.2, default_timeout=10)
+        self.addCleanup(balancer.close)
+        await balancer.when_ready(10, at_least=3)
+        self.assertEqual(Counter(await names(balancer, 30)), {"a": 10, "b": 10, "c": 10})
+
+        # Stop b with calls in flight: no caller sees an error.
+        in_flight = [balancer.Who.Name() for _ in range(60)]
+        stopping = Deferred.fromCoroutine(daemons["b"].stop())
+        later = [balancer.Who.Name() for _ in range(60)]
+        await stopping
+        answered = await gatherResults(in_flight + later)
+        self.assertEqual(len(answered), 120)
+        self.assertTrue(set(answered) <= {"a", "b", "c"})
+        self.assertEqual(Counter(await names(balancer, 20)), {"a": 10, "c": 10})
+        self.assertNotEqual(balancer.backends[1].state, READY)
+        self.assertEqual(await balancer.Arith.Multiply(A=6, B=7), 42)
+
+        # Restart b on the same port: it is used again (its circuit, opened by
+        # the calls lost with it, lets one trial call through, then closes).
+        await start_daemon(self, "b", ports["b"])
+        await balancer.when_ready(10, at_least=3)
+        self.assertEqual(sorted([await balancer.Who.Name() for _ in range(3)]), ["a", "b", "c"])
+        self.assertEqual(Counter(await names(balancer, 30)), {"a": 10, "b": 10, "c": 10})
+
+    @fromCoroutine
+    async def test_health_check_keeps_out_a_daemon_without_the_service(self) -> None:
+        """A health check naming a service takes out the daemon that answers SERVICE_UNKNOWN."""
+        ports = {name: free_port() for name in "ab"}
+        await start_daemon(self, "a", ports["a"])
+        await start_daemon(self, "b", ports["b"], who=False)
+        balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "ab"],
+                                          reactor=reactor, retry=RETRY,
+                                          health=HealthCheck(interval=0.2, service="Who"))
+        self.addCleanup(balancer.close)
+        self.assertEqual(await names(balancer, 10), ["a"] * 10)
+        self.assertIn("health check answered 'SERVICE_UNKNOWN'", balancer.describe())
