@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("method", help="Service.Method")
     call.add_argument("argument", nargs="?", help="the argument as JSON (default: null)")
     _add_connection_options(call)
+    call.add_argument("--retries", type=int, default=0, metavar="N",
+                      help="retry up to N times (with backoff, reconnecting) when the call fails "
+                           "with UNAVAILABLE or RESOURCE_EXHAUSTED; --timeout bounds them all")
 
     streaming = commands.add_parser("stream", help="open a streaming call: print each message "
                                                    "as a JSON line, send JSON lines from stdin")
@@ -154,6 +157,8 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
                 from rpcd.reverse import accept_one
                 client = await accept_one(args.endpoint, codec=args.codec, reactor=reactor,
                                           timeout=args.timeout)
+            elif getattr(args, "retries", 0) > 0:
+                client = await _retrying(args, reactor)
             else:
                 client = await client_module.connect(args.endpoint, codec=args.codec,
                                                      reactor=reactor, connect_timeout=args.timeout)
@@ -177,6 +182,16 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
     return status[0]
+
+
+def _retrying(args: argparse.Namespace, reactor: Any) -> Any:
+    # One endpoint behind a balancer: it reconnects, and retries by the policy.
+    from rpcd.balancer import connect_balanced
+    from rpcd.retry import RetryPolicy
+    return connect_balanced([args.endpoint], codec=args.codec, reactor=reactor, health=None,
+                            breaker=None, retry=RetryPolicy(max_attempts=args.retries + 1),
+                            connect_timeout=args.timeout,
+                            reconnect=lambda attempt: min(0.1 * 2 ** attempt, 2.0))
 
 
 def _describe(error: Exception) -> str:

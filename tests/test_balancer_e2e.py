@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.backend import READY, HealthCheck
 from rpcd.balancer import Balancer, connect_balanced
 from rpcd.retry import RetryPolicy
-from tests.daemon import Daemon, temp_dir
+from tests.daemon import Daemon, rpcd_command, run, temp_dir
 
 HEALTH = HealthCheck(interval=0.2, timeout=2.0)
 RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.5)
@@ -108,3 +108,18 @@ class BalancerE2ETests(TestCase):
         self.addCleanup(balancer.close)
         self.assertEqual(await names(balancer, 10), ["a"] * 10)
         self.assertIn("health check answered 'SERVICE_UNKNOWN'", balancer.describe())
+
+    @fromCoroutine
+    async def test_cli_retries(self) -> None:
+        """C{rpcd call --retries N} retries UNAVAILABLE answers; without it the first one is the result."""
+        port = free_port()
+        await start_daemon(self, "a", port)
+        endpoint = f"tcp:127.0.0.1:{port}"
+        code, out, err = await run(self, rpcd_command("call", endpoint, "Who.Flaky"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("UNAVAILABLE: a is flaky (call 1)", err)
+        code, out, err = await run(self, rpcd_command("call", "--retries", "2", endpoint, "Who.Flaky"))
+        self.assertEqual((code, out.strip()), (0, '"a"'), err)
+        code, out, err = await run(self, rpcd_command("call", "--retries", "1", endpoint, "Who.Flaky"))
+        self.assertEqual(code, 1)
+        self.assertIn("UNAVAILABLE: a is flaky (call 5)", err)

@@ -5,6 +5,7 @@ end-to-end tests: C{[services.Who.options] name = "a"}.
 
 from __future__ import annotations
 
+from rpcd.errors import Unavailable
 from rpcd.service import exposed
 
 
@@ -16,8 +17,17 @@ class Who:
         @param name: what L{Name} answers.
         """
         self.name = name
+        self.flaky_calls = 0
 
     @exposed
     def Name(self) -> str:
         """Return this daemon's name."""
+        return self.name
+
+    @exposed
+    def Flaky(self) -> str:
+        """Fail with UNAVAILABLE, except on every third call."""
+        self.flaky_calls += 1
+        if self.flaky_calls % 3:
+            raise Unavailable(f"{self.name} is flaky (call {self.flaky_calls})")
         return self.name
