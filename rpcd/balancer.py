@@ -142,7 +142,9 @@ class Balancer:
 
     def _resolve(self, resolver: IResolver) -> Deferred[None]:
         def resolved(endpoints: list[Any]) -> None:
-            if self._running:
+            if not endpoints and self.backends:
+                log.warn("the resolver found no endpoints; keeping {count}", count=len(self.backends))
+            elif self._running:
                 self.set_endpoints(endpoints)
 
         def failed(failure: Failure) -> None:
@@ -307,10 +309,12 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
     reactor = _reactor(reactor)
     try:
         _codec_class(codec)
+        listed: Sequence[Any] = ()
         if IResolver.providedBy(endpoints):
-            resolver, listed = endpoints, ()
+            resolver: Any = endpoints
         else:
-            resolver, listed = StaticResolver(endpoints), endpoints
+            listed = endpoints  # type: ignore[assignment]
+            resolver = StaticResolver(listed)
         picker = make_picker(policy, weights=weights, endpoints=listed, rng=rng)
     except ValueError as e:
         d: Deferred[Balancer] = Deferred()

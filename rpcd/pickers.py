@@ -92,12 +92,12 @@ class Weighted:
 
     def pick(self, candidates: Sequence[Any]) -> Any:
         total = 0.0
-        best = None
+        best = candidates[0]
         for c in candidates:
             weight = self.weights.get(c.key, 1)
             total += weight
             self._current[c.key] = self._current.get(c.key, 0) + weight
-            if best is None or self._current[c.key] > self._current[best.key]:
+            if self._current[c.key] > self._current[best.key]:
                 best = c
         self._current[best.key] -= total
         return best

@@ -29,7 +29,8 @@ class IResolver(Interface):
         @return: a Deferred firing with the endpoints now: Twisted client
             endpoint strings (C{tcp:10.0.0.5:1234}) or endpoint objects.  It
             may fail (a DNS error, etcd is down); the balancer then keeps the
-            endpoints it had and logs the failure.
+            endpoints it had and logs the failure, as it does for an empty
+            list.
         """
 
 

@@ -454,7 +454,7 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual(balancer.backends[0].breaker.state, CLOSED)
 
     def test_resolver_updates(self) -> None:
-        """A resolver asked again every interval adds endpoints and drops those no longer listed."""
+        """A resolver asked again every interval adds endpoints and drops those no longer listed, but an empty answer changes nothing."""
         cluster = Cluster(self, "a", "b")
         a, b = cluster.nodes
 
@@ -473,6 +473,9 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual([backend.key for backend in balancer.backends], [b])
         self.assertTrue(a.pumps[0].clientIO.disconnected)
         self.assertEqual(cluster.names(balancer, 2), ["b", "b"])
+        resolver.endpoints = []
+        cluster.advance(30)
+        self.assertEqual([backend.key for backend in balancer.backends], [b])
 
     def _connect_with(self, cluster: Cluster, resolver: Any) -> Balancer:
         d = connect_balanced(resolver, reactor=cluster.clock, resolve_interval=30)
