@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.breaker import BreakerPolicy, CircuitBreaker
+from rpcd.breaker import OPEN, BreakerPolicy, CircuitBreaker
 from rpcd.errors import Unavailable, Unimplemented
 
 log = Logger()
@@ -113,6 +113,7 @@ class Backend:
         self._failures = 0
         self._checks: LoopingCall | None = None
         self._checking: Deferred[Any] | None = None
+        self._cooling: IDelayedCall | None = None
 
     # -- state
 
@@ -179,11 +180,19 @@ class Backend:
             before = breaker.state
             breaker.record(result.value if isinstance(result, Failure) else None)
             if breaker.state != before:
-                log.info("{endpoint}: circuit {state} after {failures} failures in a row",
+                log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
                          endpoint=self.name, state=breaker.state, failures=breaker.failures)
+                if breaker.state == OPEN:
+                    self._cool_down(breaker.policy.reset_timeout)
                 self.on_change(self)
             return result
         return d.addBoth(record)
+
+    def _cool_down(self, seconds: float) -> None:
+        # Say when the circuit turns half-open, for those awaiting a usable endpoint.
+        if self._cooling is not None and self._cooling.active():
+            self._cooling.cancel()
+        self._cooling = self.clock.callLater(seconds, self.on_change, self)
 
     # -- connection
 
@@ -206,6 +215,8 @@ class Backend:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._cooling is not None and self._cooling.active():
+            self._cooling.cancel()
         if self._attempt is not None:
             self._attempt.cancel()
         client, self.client = self.client, None

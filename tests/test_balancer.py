@@ -419,7 +419,7 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual(cluster.clock.getDelayedCalls(), [])
 
     def test_circuit_breaker(self) -> None:
-        """Failures in a row open an endpoint's circuit; after the cool-down a successful trial closes it."""
+        """Failures in a row open an endpoint's circuit; after the cool-down (which wakes those waiting for an endpoint) a successful trial closes it."""
         cluster = Cluster(self, "a", "b")
         balancer = cluster.connect(retry=None, breaker=BreakerPolicy(failure_threshold=2, reset_timeout=10))
         calls = [balancer.call("Who.Fail", int(Code.UNAVAILABLE)) for _ in range(4)]
@@ -429,7 +429,11 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual([b.state for b in balancer.backends], [CIRCUIT_OPEN] * 2)
         self.assertEqual(balancer.backends[0].breaker.failures, 2)
         self.failureResultOf(balancer.Who.Name(), Unavailable)
-        cluster.advance(10)
+        ready = balancer.when_ready()
+        cluster.advance(9.9)
+        self.assertNoResult(ready)
+        cluster.advance(0.1)
+        self.assertIs(self.successResultOf(ready), balancer)
         self.assertEqual(balancer.backends[0].breaker.state, HALF_OPEN)
         self.assertEqual(Counter(cluster.names(balancer, 2)), {"a": 1, "b": 1})
         self.assertEqual([b.state for b in balancer.backends], [READY] * 2)
