@@ -27,7 +27,7 @@ from rpcd.client import connect
 from rpcd.errors import ResourceExhausted
 from rpcd.wire.frames import PREFACE, encode_frame
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
-from tests.test_tls_e2e import PKI, fromCoroutine
+from tests.test_tls_e2e import PKI
 
 
 class Raw(Protocol):
@@ -108,7 +108,6 @@ class TimeoutTests(TestCase):
 
     timeout = 30
 
-    @fromCoroutine
     async def test_slowloris(self) -> None:
         """Byte-a-while senders are cut off at handshake_timeout: while sniffing, in a TLS handshake, and in an HTTP head."""
         pki = PKI(Path(temp_dir(self)))
@@ -136,7 +135,6 @@ class TimeoutTests(TestCase):
         self.addCleanup(client.close)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 2, "B": 2}), 4)
 
-    @fromCoroutine
     async def test_idle(self) -> None:
         """A connection with no traffic and no running call is closed after idle_timeout; one with a running call is not."""
         daemon = await Daemon.start(self, "--config", config(self, "idle_timeout = 1.0"), *LOOPBACK)
@@ -158,7 +156,6 @@ class CapTests(TestCase):
 
     timeout = 40
 
-    @fromCoroutine
     async def test_per_peer_and_total(self) -> None:
         """The sixth connection from a host is refused, other hosts get in, and the total cap holds for everyone."""
         daemon = await Daemon.start(self, "--config", config(
@@ -189,7 +186,6 @@ class CapTests(TestCase):
         self.addCleanup(client.close)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 3, "B": 3}), 9)
 
-    @fromCoroutine
     async def test_flood(self) -> None:
         """300 connections at once from one host: all but the per-peer cap are closed at once, the log is not flooded, and the daemon still answers."""
         daemon = await Daemon.start(self, "--config", config(
@@ -242,7 +238,6 @@ class ResourceTests(TestCase):
 
     timeout = 45
 
-    @fromCoroutine
     async def test_slow_reader(self) -> None:
         """A peer that sends many calls and never reads stops being read: the daemon's memory stays bounded and others are served."""
         daemon = await Daemon.start(self, "--config", config(
@@ -272,7 +267,6 @@ class ResourceTests(TestCase):
         reader.transport.abortConnection()
         await reader.closed
 
-    @fromCoroutine
     async def test_in_flight_cap(self) -> None:
         """The fourth call running on a connection is refused; once one ends, calls are taken again."""
         daemon = await Daemon.start(self, "--config", config(
@@ -290,7 +284,6 @@ class ResourceTests(TestCase):
         self.assertEqual(await gatherResults(watches), ["k"] * 3)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 1, "B": 1}), 1)
 
-    @fromCoroutine
     async def test_fd_exhaustion(self) -> None:
         """With RLIMIT_NOFILE at 64, 100 connections make accept fail with EMFILE; the daemon lives on and answers once they close."""
         daemon = await Daemon.start(self, "--config", config(self, "idle_timeout = 0"), *LOOPBACK,
@@ -313,7 +306,6 @@ class UnixSocketTests(TestCase):
 
     timeout = 30
 
-    @fromCoroutine
     async def test_unix(self) -> None:
         """The daemon listens on a Unix socket; the client library and rpcd call reach it with unix: endpoints."""
         path = Path(temp_dir(self)) / "rpcd.sock"

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from rpcd.reverse import accept
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
-from tests.test_tls_e2e import PKI, _escape, fromCoroutine
+from tests.test_tls_e2e import PKI, _escape
 
 
 def _free_port() -> int:
@@ -38,7 +38,6 @@ class ReverseTests(TestCase):
         daemon = await Daemon.start(self, "--config", str(config), listeners=0)
         return daemon
 
-    @fromCoroutine
     async def test_calls_over_reverse_connection(self) -> None:
         """The daemon dials the listener and serves calls over that connection, HelloService included."""
         listener = await accept("tcp:0:interface=127.0.0.1", reactor=reactor)
@@ -53,7 +52,6 @@ class ReverseTests(TestCase):
         with self.assertRaises(Unauthenticated):
             await hello
 
-    @fromCoroutine
     async def test_several_connections(self) -> None:
         """connections = 2 keeps two connections to the listener up."""
         listener = await accept("tcp:0:interface=127.0.0.1", reactor=reactor)
@@ -70,7 +68,6 @@ class ReverseTests(TestCase):
         results = [await c.call("Arith.Multiply", {"A": i, "B": 3}) for i, c in enumerate(clients)]
         self.assertEqual(results, [0, 3])
 
-    @fromCoroutine
     async def test_listener_restart(self) -> None:
         """When the listening side goes away and comes back on the same port, the daemon dials again."""
         port = _free_port()
@@ -89,7 +86,6 @@ class ReverseTests(TestCase):
         self.assertEqual(await client.call("Arith.Multiply", {"A": 4, "B": 5}), 20)
         await daemon.wait_for_log(r"reverse connection to .* is up", after=mark, timeout=10)
 
-    @fromCoroutine
     async def test_mutual_tls(self) -> None:
         """Over mutual TLS both ways: the daemon checks the listener's name, the listener the daemon's certificate."""
         pki = PKI(Path(temp_dir(self)))
@@ -105,7 +101,6 @@ class ReverseTests(TestCase):
         self.assertEqual(await client.call("Arith.Multiply", {"A": 7, "B": 8}), 56)
         self.assertNotIn("Traceback", daemon.output)
 
-    @fromCoroutine
     async def test_wrong_listener_name(self) -> None:
         """A listener whose certificate is for another name is refused by the daemon, which says why and retries."""
         pki = PKI(Path(temp_dir(self)))
@@ -120,7 +115,6 @@ class ReverseTests(TestCase):
         await daemon.wait_for_log(r"Scheduling retry", timeout=10)
         self.assertNotIn("Traceback", daemon.output)
 
-    @fromCoroutine
     async def test_rpcd_call_accept(self) -> None:
         """rpcd call --accept waits for the daemon to dial in and calls over that connection."""
         port = _free_port()
@@ -131,7 +125,6 @@ class ReverseTests(TestCase):
         code, out, err = await calling
         self.assertEqual((code, out.strip()), (0, "42"), err)
 
-    @fromCoroutine
     async def test_rpcd_call_accept_timeout(self) -> None:
         """rpcd call --accept with nobody dialling in gives up after --timeout, saying so."""
         code, out, err = await run(self, rpcd_command(

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from rpcd.certs import create_dev_pki
 from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, DeadlineExceeded, RPCError, Unimplemented
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
-from tests.test_daemon_e2e import fromCoroutine
 
 SERVICES = ("--service", "TestService", "--service", "KVStoreService")
 SPECIAL_MESSAGE = "\t\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\t\n"
@@ -144,13 +143,11 @@ class InteropTests(TestCase):
             except Exception as e:
                 raise AssertionError(f"interop case {case.__name__} failed: {e!r}") from e
 
-    @fromCoroutine
     async def test_over_tcp(self) -> None:
         """Every interop case passes over TCP."""
         daemon = await Daemon.start(self, "--listen", "tcp:0:interface=127.0.0.1", *SERVICES)
         await self.run_cases(f"tcp:127.0.0.1:{daemon.port}")
 
-    @fromCoroutine
     async def test_over_tls(self) -> None:
         """Every interop case passes over TLS (rpcd-tls: server, Twisted's tls: client)."""
         pki = Path(temp_dir(self)) / "pki"
@@ -160,7 +157,6 @@ class InteropTests(TestCase):
                               f":privateKey={files['server.key']}", *SERVICES)
         await self.run_cases(f"tls:host=localhost:port={daemon.port}:trustRoots={pki}")
 
-    @fromCoroutine
     async def test_over_unix_socket(self) -> None:
         """A server stream and a client stream work over a Unix socket."""
         path = Path(temp_dir(self)) / "rpcd.sock"
@@ -217,7 +213,6 @@ class BulkTests(TestCase):
 
     timeout = 120
 
-    @fromCoroutine
     async def test_one_gib_into_pausing_consumer(self) -> None:
         """1 GiB streamed into a consumer that pauses keeps both processes' peak memory bounded."""
         count, size = 16384, 64 * 1024
@@ -243,7 +238,6 @@ class CommandTests(TestCase):
 
     timeout = 60
 
-    @fromCoroutine
     async def test_stream_command(self) -> None:
         """Messages print as JSON lines; --stdin sends JSON lines; errors exit 1 with the message."""
         daemon = await Daemon.start(self, "--listen", "tcp:0:interface=127.0.0.1", *SERVICES)
