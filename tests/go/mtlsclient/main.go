@@ -38,6 +38,13 @@ func main() {
 	var product int
 	if err := client.Call("Arith.Multiply", &Args{7, 8}, &product); err != nil {
 		fmt.Fprintln(os.Stderr, "call:", err)
+		if err == rpc.ErrShutdown {
+			// Under TLS 1.3 the server checks the client certificate after
+			// Dial returned, so its alert may reach net/rpc's reader before
+			// the call is sent. tls.Conn keeps the alert: read it back.
+			_, readErr := conn.Read(make([]byte, 1))
+			fmt.Fprintln(os.Stderr, "conn:", readErr)
+		}
 		os.Exit(1)
 	}
 	var square struct{ Num, Ans int }
