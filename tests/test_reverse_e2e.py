@@ -52,6 +52,32 @@ class ReverseTests(TestCase):
         with self.assertRaises(Unauthenticated):
             await hello
 
+    async def test_streams_over_reverse_connection(self) -> None:
+        """Server, client and bidirectional streams run over a connection the daemon dialled."""
+        listener = await accept("tcp:0:interface=127.0.0.1", reactor=reactor)
+        self.addCleanup(listener.close)
+        port = listener.port.getHost().port
+        config = Path(temp_dir(self)) / "rpcd.toml"
+        config.write_text(f"[server]\nlisten = []\nconnect = ['tcp:127.0.0.1:{port}']\n"
+                          "[services.TestService]\nclass = 'rpcd.examples.interop:TestService'\n"
+                          "[services.KVStoreService]\n")
+        await Daemon.start(self, "--config", str(config), listeners=0)
+        client = await listener.next_client()
+        self.addCleanup(client.close)
+        sizes = [31415, 9, 2653, 58979]
+        out = client.stream("TestService.StreamingOutputCall",
+                            {"response_parameters": [{"size": n} for n in sizes]})
+        self.assertEqual([len(m["payload"]["body"]) async for m in out], sizes)
+        upload = client.stream("TestService.StreamingInputCall")
+        for n in (27182, 8, 1828, 45904):
+            await upload.send({"payload": {"body": b"\0" * n}})
+        upload.close_send()
+        self.assertEqual((await upload.result())["aggregated_payload_size"], 74922)
+        watch = client.stream("KVStoreService.WatchPrefix", "k/")
+        await client.KVStoreService.Set(["k/a", "1"])
+        self.assertEqual(await watch.__anext__(), ["k/a", "1"])
+        watch.cancel()
+
     async def test_several_connections(self) -> None:
         """connections = 2 keeps two connections to the listener up."""
         listener = await accept("tcp:0:interface=127.0.0.1", reactor=reactor)
