@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from rpcd.server import Limits
+from rpcd.limits import Limits
 from rpcd.wire import sniff
 
 DEFAULT_NAME = "<embedded default config>"

@@ -64,7 +64,7 @@ class ServerStreams:
 
     The transport pauses this producer when its write buffer is full; every
     stream's iteration then waits until it resumes.  If another producer
-    held the transport's producer slot (rpcd.server's read throttle), it
+    held the transport's producer slot (rpcd.backpressure's read throttle), it
     keeps getting every pause and resume, passed on from here.
 
     @ivar streams: call id to L{ServerStream}, for streams still running.
@@ -206,7 +206,7 @@ class ServerStreams:
             return
         self._registered = True
         transport = self.transport
-        # A producer registered already (rpcd.server's read throttle) is
+        # A producer registered already (rpcd.backpressure's read throttle) is
         # taken over: it gets every call passed on.  A socket transport names
         # its producer `producer`; Twisted's TLS transport keeps it wrapped
         # in `_producer`.

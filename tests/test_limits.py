@@ -26,7 +26,8 @@ from rpcd import certs
 from rpcd import server as server_module
 from rpcd.errors import ResourceExhausted
 from rpcd.examples.arith import Arith
-from rpcd.server import Limits, RPCServer, SniffingProtocol, _ReadThrottle, _set_write_cap
+from rpcd.backpressure import ReadThrottle, set_write_cap
+from rpcd.server import Limits, RPCServer, SniffingProtocol
 from rpcd.service import ServiceRegistry, exposed
 from rpcd.testing import MemoryConnection
 from rpcd.wire.frames import PING, PREFACE, encode_frame
@@ -311,7 +312,7 @@ class BackpressureTests(SynchronousTestCase):
     def test_producer_registered(self) -> None:
         """After the hand-over, a streaming producer is registered with the transport."""
         self.assertTrue(self.transport.streaming)
-        self.assertIsInstance(self.transport.producer, _ReadThrottle)
+        self.assertIsInstance(self.transport.producer, ReadThrottle)
         verifyObject(IPushProducer, self.transport.producer)
 
     def test_pause_and_resume_reading(self) -> None:
@@ -343,12 +344,12 @@ class _OwnProducer(Protocol):
 
 
 class WriteCapTests(SynchronousTestCase):
-    """L{_set_write_cap} makes a socket transport pause its producer at write_buffer_bytes."""
+    """L{set_write_cap} makes a socket transport pause its producer at write_buffer_bytes."""
 
     def transport(self, limit: int) -> tuple[FileDescriptor, _Producer]:
         fd = FileDescriptor(reactor=MemoryReactor())
         fd.connected = True
-        self.assertTrue(_set_write_cap(fd, limit))
+        self.assertTrue(set_write_cap(fd, limit))
         producer = _Producer()
         fd.registerProducer(producer, True)
         return fd, producer
@@ -376,7 +377,7 @@ class WriteCapTests(SynchronousTestCase):
 
     def test_other_transports(self) -> None:
         """A transport that is not a Twisted file descriptor is left alone."""
-        self.assertFalse(_set_write_cap(StringTransport(), 10))
+        self.assertFalse(set_write_cap(StringTransport(), 10))
 
 
 class _Stubborn:

@@ -1,0 +1,282 @@
+"""
+The first thing every accepted (or dialled) connection runs: it applies the
+per-connection limits, reads the first bytes, then hands the connection to
+the wire protocol they belong to (L{rpcd.wire.sniff}, L{rpcd.server.SERVER_PROTOCOLS}).
+
+The limits it applies:
+
+  - B{the handshake timeout}: a new connection must finish TLS, show which
+    protocol it speaks and finish that protocol's preamble (an HTTP head; see
+    L{rpcd.server.RPCServer.preamble_done}) within C{handshake_timeout}
+    seconds in all, however slowly it dribbles its bytes;
+  - B{the idle timeout}: a connection with no traffic and no running calls
+    for C{idle_timeout} seconds is closed;
+  - B{the write buffer cap} (L{rpcd.backpressure}).
+
+It also says why a TLS connection failed, and answers a TLS client on an
+endpoint without TLS in plain text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, INegotiated
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rpcd.backpressure import ReadThrottle, set_write_cap
+from rpcd.session import describe_address
+from rpcd.wire import sniff
+from rpcd.wire.sockopts import set_no_delay
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from rpcd.server import RPCServer
+
+log = Logger()
+
+# The first bytes of a TLS handshake record: content type 22, major version 3.
+_TLS_RECORD = b"\x16\x03"
+_NOT_TLS_ANSWER = b"rpcd: this endpoint does not speak TLS\r\n"
+
+
+
+def _is_tls_error(error: BaseException) -> bool:
+    from OpenSSL.SSL import Error
+    from service_identity.exceptions import VerificationError
+    return isinstance(error, (Error, VerificationError))
+
+
+@implementer(IHandshakeListener)
+class SniffingProtocol(Protocol):
+    """
+    Applies the per-connection limits, reads a connection's first bytes,
+    then hands the connection to the protocol they belong to.
+
+    After the hand-over, bytes go straight to that protocol (when an idle
+    timeout is set, through one small method that notes the time).
+
+    @ivar inner: the wire protocol, once chosen.
+    @ivar peer: the peer's address text.
+    @ivar throttle: the producer that stops reading when the peer does not
+        read its replies, or None if the wire protocol registered its own.
+    """
+
+    def __init__(self, server: RPCServer, protocols: frozenset[str],
+                 host: str | None = None, dialled: bool = False) -> None:
+        """
+        @param server: the shared state.
+        @param protocols: the wire protocols this endpoint serves.
+        @param host: the peer host this connection counts against in
+            L{RPCServer.connections_by_host}, or None.
+        @param dialled: the daemon made this connection (see
+            L{RPCServer.factory}).
+        """
+        self.server = server
+        self.protocols = protocols
+        self.host = host
+        self.dialled = dialled
+        self.inner: Protocol | None = None
+        self.peer = "?"
+        self.throttle: ReadThrottle | None = None
+        self._buffer = b""
+        self._deadline: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._last_read = 0.0
+        self._tls = False
+        self._tls_done = False
+        self._closing: str | None = None
+        self._lost = False
+        self._ready: list[Deferred[Protocol]] = []
+
+    def when_ready(self) -> Deferred[Protocol]:
+        """
+        @return: a Deferred firing with the wire protocol once the connection
+            is handed over to it (after any TLS handshake), or failing with
+            the reason the connection was lost first.
+        """
+        d: Deferred[Protocol] = Deferred()
+        if self.inner is not None:
+            d.callback(self.inner)
+        else:
+            self._ready.append(d)
+        return d
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        self.peer = describe_address(self.transport.getPeer())[0]
+        self.server.caps.opened(self.host)
+        self.start_deadline()
+        self._tls = INegotiated.providedBy(self.transport)
+        if not self._tls and len(self.protocols) == 1:
+            self._hand_over(next(iter(self.protocols)))
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: a pinned endpoint hands over now, so that
+        a protocol that speaks first (native) may do so.
+        """
+        self._tls_done = True
+        if self.inner is None and len(self.protocols) == 1 and not self._lost:
+            self._hand_over(next(iter(self.protocols)))
+
+    def start_deadline(self) -> None:
+        """
+        (Re)start the handshake timeout.
+        """
+        self.stop_deadline()
+        timeout = self.server.limits.handshake_timeout
+        if timeout and not self._lost:
+            self._deadline = self.server.clock.callLater(timeout, self._too_slow)
+
+    def stop_deadline(self) -> None:
+        """
+        Stop the handshake timeout.
+        """
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        timeout = self.server.limits.handshake_timeout
+        if self._tls and not self._tls_done:
+            what = "the TLS handshake did not finish"
+        elif self.inner is None:
+            what = "no protocol identified"
+        else:
+            what = f"the {getattr(self.inner, 'protocol_name', 'protocol')} preamble did not finish"
+        self._close(f"{what} within {timeout:g} s (limits.handshake_timeout)", abort=True)
+
+    def _close(self, why: str, abort: bool = False) -> None:
+        self._closing = why
+        log.info("closing {peer}: {why}", peer=self.peer, why=why)
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        buffered = self._buffer
+        if buffered[:1] == _TLS_RECORD[:1]:
+            if len(buffered) < 2:
+                return
+            if buffered[:2] == _TLS_RECORD:
+                self.transport.write(_NOT_TLS_ANSWER)
+                self._close("it began a TLS handshake, but this endpoint does not speak TLS "
+                            "(point TLS clients at an rpcd-tls: or mtls: endpoint)")
+                return
+        name = sniff.sniff(buffered)
+        if name is None:
+            if len(buffered) > 64:
+                name = sniff.GOB
+            else:
+                return
+        if name not in self.protocols:
+            self._close(f"{name} is not served on this endpoint "
+                        f"(it serves {', '.join(sorted(self.protocols))})")
+            return
+        self._hand_over(name)
+
+    def _hand_over(self, name: str) -> None:
+        from rpcd.server import _protocol_class  # late: rpcd.server imports this module
+        cls = _protocol_class(name)
+        if cls is None:
+            self._close(f"the {name} protocol is not available in this build")
+            return
+        inner = cls(self.server)
+        self.inner = inner
+        if getattr(cls, "has_preamble", False):
+            self.server._preambles[inner] = self
+        else:
+            self.stop_deadline()
+        buffered, self._buffer = self._buffer, b""
+        idle = 0.0 if self.dialled else self.server.limits.idle_timeout
+        if idle:
+            self._seconds = self.server.clock.seconds
+            self._last_read = self._seconds()
+            self._inner_received = inner.dataReceived
+            self.dataReceived = self._relay  # type: ignore[method-assign]
+            self._idle = self.server.clock.callLater(idle, self._check_idle)
+        else:
+            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        inner.makeConnection(self.transport)
+        self._throttle()
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(inner)
+        if buffered and not self._lost:
+            inner.dataReceived(buffered)
+
+    def _relay(self, data: bytes) -> None:
+        self._last_read = self._seconds()
+        self._inner_received(data)
+
+    def _throttle(self) -> None:
+        if self._lost:
+            return
+        throttle = ReadThrottle(self.transport, self.peer)
+        try:
+            self.transport.registerProducer(throttle, True)
+        except RuntimeError:
+            return  # The wire protocol registered a producer of its own.
+        self.throttle = throttle
+        set_write_cap(self.transport, self.server.limits.write_buffer_bytes)
+
+    def _busy(self) -> bool:
+        inner = self.inner
+        busy = getattr(inner, "busy", None)
+        if busy is not None:
+            return bool(busy())
+        dispatcher = getattr(inner, "dispatcher", None)
+        return bool(dispatcher is not None and dispatcher.running)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        timeout = self.server.limits.idle_timeout
+        now = self.server.clock.seconds()
+        if self._busy():
+            self._last_read = now
+        left = self._last_read + timeout - now
+        if left <= 0:
+            stuck = self.throttle is not None and self.throttle.paused
+            self._close(f"idle for {timeout:g} s (limits.idle_timeout)", abort=stuck)
+            return
+        self._idle = self.server.clock.callLater(left, self._check_idle)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
+        self.stop_deadline()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        self.server.caps.closed(self.host)
+        if self.inner is not None:
+            self.server._preambles.pop(self.inner, None)
+        if self._tls and self._closing is None and (
+                not self._tls_done or _is_tls_error(reason.value)):
+            self._log_tls_failure(reason)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(reason)
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+    def _log_tls_failure(self, reason: Failure) -> None:
+        from rpcd.tlsinfo import describe_tls_failure
+        side = "client" if self.dialled else "server"
+        why = describe_tls_failure(reason, side=side, transport=self.transport)
+        log.warn("TLS with {peer} failed: {why}", peer=self.peer, why=why)
+
+    # Producer and TLS callbacks the transport may make on its protocol.
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
