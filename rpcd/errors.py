@@ -144,7 +144,7 @@ class ProtocolError(Exception):
     """
 
 
-_BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, Unimplemented,
+_BY_CODE: dict[int, type[RPCError]] = {cls.code: cls for cls in (InvalidArgument, NotFound, Unimplemented,
                                       DeadlineExceeded, Cancelled, Unauthenticated,
                                       PermissionDenied, ResourceExhausted, Unavailable,
                                       Internal)}

@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 
 from rpcd.limits import ConnectionCaps, Limits
@@ -160,6 +161,8 @@ class _Refused(Protocol):
     port would take None from the factory, but Twisted's TLS wrapper needs a
     protocol to wrap.)
     """
+
+    transport: ITCPTransport
 
     def connectionMade(self) -> None:
         self.transport.abortConnection()

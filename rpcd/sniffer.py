@@ -19,11 +19,11 @@ endpoint without TLS in plain text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, INegotiated
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, INegotiated, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,7 +46,7 @@ _NOT_TLS_ANSWER = b"rpcd: this endpoint does not speak TLS\r\n"
 
 
 
-def _is_tls_error(error: BaseException) -> bool:
+def _is_tls_error(error: BaseException | None) -> bool:
     from OpenSSL.SSL import Error
     from service_identity.exceptions import VerificationError
     return isinstance(error, (Error, VerificationError))
@@ -66,6 +66,8 @@ class SniffingProtocol(Protocol):
     @ivar throttle: the producer that stops reading when the peer does not
         read its replies, or None if the wire protocol registered its own.
     """
+
+    transport: ITCPTransport
 
     def __init__(self, server: RPCServer, protocols: frozenset[str],
                  host: str | None = None, dialled: bool = False) -> None:
@@ -223,7 +225,7 @@ class SniffingProtocol(Protocol):
             return
         throttle = ReadThrottle(self.transport, self.peer)
         try:
-            self.transport.registerProducer(throttle, True)
+            cast(IConsumer, self.transport).registerProducer(throttle, True)
         except RuntimeError:
             return  # The wire protocol registered a producer of its own.
         self.throttle = throttle
@@ -250,7 +252,7 @@ class SniffingProtocol(Protocol):
             return
         self._idle = self.server.clock.callLater(left, self._check_idle)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.stop_deadline()
         if self._idle is not None and self._idle.active():
@@ -270,7 +272,7 @@ class SniffingProtocol(Protocol):
 
     def _log_tls_failure(self, reason: Failure) -> None:
         from rpcd.tlsinfo import describe_tls_failure
-        side = "client" if self.dialled else "server"
+        side: Literal["client", "server"] = "client" if self.dialled else "server"
         why = describe_tls_failure(reason, side=side, transport=self.transport)
         log.warn("TLS with {peer} failed: {why}", peer=self.peer, why=why)
 

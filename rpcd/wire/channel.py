@@ -14,8 +14,8 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import INegotiated
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import INegotiated, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from rpcd.errors import ConnectionLost, DeadlineExceeded, RPCError
@@ -32,6 +32,8 @@ class ClientChannel(Protocol):
     @ivar pending: call id to the caller's Deferred.
     @ivar peer_name: how errors name the other side.
     """
+
+    transport: ITCPTransport
 
     codec_name = "abstract"
     ready_on_connect = True
@@ -173,7 +175,7 @@ class ClientChannel(Protocol):
             self.transport.loseConnection()
         return _chain(self.closed_d)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost_reason = reason
         why = self.describe_loss(reason)
         self.fail_all(ConnectionLost(f"connection to {self.peer_name} lost before the "

@@ -48,7 +48,7 @@ from rpcd.wire.gob import (
 from rpcd.wire.gobrpc import INVALID_REQUEST, GobServerCodec
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import ITransport
+    from twisted.internet.interfaces import ITCPTransport, ITransport
 
     from rpcd.server import RPCServer
     from rpcd.service import MethodSpec
@@ -180,6 +180,8 @@ class GobServerProtocol(Protocol):
     @ivar dispatcher: runs this connection's calls.
     @ivar session: the connection's session (after C{connectionMade}).
     """
+
+    transport: ITCPTransport
 
     def __init__(self, server: RPCServer, protocol_name: str = "gob") -> None:
         """

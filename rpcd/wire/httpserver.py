@@ -41,7 +41,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -95,6 +96,8 @@ class HTTPServerProtocol(Protocol):
     @ivar tunnel: after C{CONNECT /_goRPC_}, the gob protocol that owns the
         connection; bytes go to it from then on.
     """
+
+    transport: ITCPTransport
 
     protocol_name = "http"
     has_preamble = True
@@ -295,7 +298,7 @@ class HTTPServerProtocol(Protocol):
             return bool(dispatcher is not None and dispatcher.running)
         return bool(self._queue) or bool(self.dispatcher is not None and self.dispatcher.running)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._queue.clear()
         if self.dispatcher is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from rpcd.errors import Code, ProtocolError, RPCError
@@ -83,7 +84,7 @@ class _JSONChannel(ClientChannel):
         """
         raise NotImplementedError()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.stream.close()
         super().connectionLost(reason)
 
@@ -123,6 +124,7 @@ class JSONRPC2ClientChannel(_JSONChannel):
 
     def send_call(self, call_id: int, method: str, value: Any, timeout: float | None,
                   metadata: dict[str, Any] | None) -> None:
+        params: dict[str, Any] | list[Any] | None
         if value is None:
             params = None
         elif type(value) is dict:

@@ -103,7 +103,7 @@ def _encode(value: object) -> bytes:
     """
     kind = type(value)
     if kind is int:
-        return int.__repr__(value).encode("ascii")  # type: ignore[arg-type]
+        return int.__repr__(value).encode("ascii")
     if kind is str:
         return _escape(value).encode("ascii")  # type: ignore[arg-type]
     if value is None:

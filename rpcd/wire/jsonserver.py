@@ -29,7 +29,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -63,6 +64,8 @@ class JSONServerProtocol(Protocol):
     @ivar broken: why the stream broke, once it has; the connection closes
         when the calls still running have answered.
     """
+
+    transport: ITCPTransport
 
     protocol_name = "json"
 
@@ -176,7 +179,7 @@ class JSONServerProtocol(Protocol):
         """
         return bool(self.dispatcher is not None and self.dispatcher.running)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.stream.close()
         if self.dispatcher is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import INegotiated
 from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from rpcd.errors import Code, ProtocolError, Unavailable, error_from_wire
@@ -123,7 +124,7 @@ class NativeClientProtocol(ClientChannel):
                     "it may expect TLS on this port (use a tls: endpoint), or not be an rpcd server")
         return why
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.streams is not None:
             self.streams.connection_lost(reason)

@@ -87,7 +87,7 @@ def _gen_struct_enc(t: Struct, ops: list[_EncOp]) -> _EncOp:
     if n:
         ns["AG"] = operator.attrgetter(*t.py_names)
     exec(compile("\n".join(src), "<gob struct encoder>", "exec"), ns)
-    return ns["op"]  # type: ignore[no-any-return]
+    return ns["op"]
 
 
 # Inline decoding of basic fields in generated struct decoders, by type id;
@@ -234,4 +234,4 @@ def _gen_struct_dec(
                 src.append(f"    kw[K{i}] = t{i}")
         src.append("    return BUILD(kw), pos")
     exec(compile("\n".join(src), "<gob struct decoder>", "exec"), ns)
-    return ns["op"]  # type: ignore[no-any-return]
+    return ns["op"]

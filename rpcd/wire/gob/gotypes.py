@@ -255,7 +255,7 @@ class Opaque(GoType):
         return self.value_class()
 
 
-class GoStruct(dict):  # type: ignore[type-arg]
+class GoStruct(dict):
     """
     A decoded Go struct: a C{dict} from Go field name to value.  Instances
     are of a subclass per L{Struct} (see L{Struct.value_class}), whose

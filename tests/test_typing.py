@@ -1,0 +1,87 @@
+"""
+mypy (with the mypy_zope plugin, configured in pyproject.toml) finds no type
+errors in rpcd and its twistd plugin, outside the modules listed in
+L{NOT_YET_CLEAN}.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Modules whose errors are not counted yet, and why.  Remove a module from
+# here in the commit that makes it clean.
+NOT_YET_CLEAN: dict[str, str] = {
+    # Owned by the hot-path work in progress.
+    "rpcd/wire/frames.py": "hot path, being optimised",
+    "rpcd/wire/native.py": "hot path, being optimised",
+    "rpcd/dispatch.py": "hot path, being optimised",
+    "rpcd/service.py": "hot path, being optimised",
+    "rpcd/convert.py": "hot path, being optimised",
+    # Being written (etcd discovery).
+    "rpcd/discovery.py": "etcd discovery, being written",
+    "rpcd/etcd.py": "etcd discovery, being written",
+    "rpcd/resolver.py": "etcd discovery, being written",
+    "rpcd/balancer.py": "an unused type: ignore (line 'listed = endpoints'), file being edited",
+    # Known errors, to fix: Optional Failure.value / dispatcher before
+    # connectionMade, Deferred overloads, str | endpoint unions.
+    "rpcd/backend.py": "Failure.type may be None",
+    "rpcd/client.py": "Deferred overloads and str | endpoint narrowing",
+    "rpcd/client_streams.py": "transport typed without IConsumer; Deferred | None",
+    "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
+    "rpcd/streams.py": "Optional dispatcher and transport; Failure.value may be None",
+    "rpcd/wire/channel.py": "addBoth with a lambda returning callback()'s None",
+    "rpcd/wire/gobserver.py": "Failure.value may be None",
+    "rpcd/wire/httpserver.py": "dispatcher is Optional until connectionMade",
+    "rpcd/wire/jsoncalls.py": "Failure.value may be None",
+    "rpcd/wire/jsonserver.py": "dispatcher is Optional until connectionMade",
+}
+
+_ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.MULTILINE)
+
+
+class MypyTests(SynchronousTestCase):
+    """
+    The package type-checks.
+    """
+
+    def test_no_errors(self) -> None:
+        """mypy reports no error outside the modules in NOT_YET_CLEAN."""
+        try:
+            from mypy import api
+        except ImportError:
+            raise SkipTest("mypy is not installed (pip install -e '.[test]' installs it)")
+        try:
+            import mypy_zope  # noqa: F401
+        except ImportError:
+            raise SkipTest("mypy-zope is not installed (pip install -e '.[test]' installs it)")
+        stdout, stderr, status = api.run([
+            "--config-file", str(ROOT / "pyproject.toml"),
+            "--cache-dir", str(Path("mypy_cache").resolve()),
+            str(ROOT / "rpcd"), str(ROOT / "twisted" / "plugins"),
+        ])
+        self.assertIn(status, (0, 1), f"mypy itself failed:\n{stdout}{stderr}")
+        errors = [
+            line for line in stdout.splitlines()
+            if (match := _ERROR.match(line)) and _relative(match["path"]) not in NOT_YET_CLEAN
+        ]
+        self.assertEqual(errors, [], "mypy found type errors:\n" + "\n".join(errors))
+
+    test_no_errors.timeout = 600  # type: ignore[attr-defined]  # trial reads it
+
+
+def _relative(path: str) -> str:
+    """
+    @param path: a path as mypy prints it (relative to the working directory,
+        or absolute).
+    @return: the path relative to the checkout, with forward slashes.
+    """
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(ROOT).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
