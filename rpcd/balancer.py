@@ -44,7 +44,7 @@ from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
 from rpcd.pickers import make_picker
-from rpcd.resolver import IResolver, StaticResolver
+from rpcd.resolver import IResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
 
 log = Logger()
@@ -148,8 +148,12 @@ class Balancer:
                 self.set_endpoints(endpoints)
 
         def failed(failure: Failure) -> None:
-            log.failure("resolving endpoints failed; keeping {count}", failure,
-                        count=len(self.backends))
+            if failure.check(ResolverError):
+                log.warn("resolving endpoints failed: {error}; keeping {count}",
+                         error=failure.getErrorMessage(), count=len(self.backends))
+            else:
+                log.failure("resolving endpoints failed; keeping {count}", failure,
+                            count=len(self.backends))
         return resolver.resolve().addCallbacks(resolved, failed)
 
     def when_ready(self, timeout: float | None = None, *, at_least: int = 1) -> Deferred[Balancer]:

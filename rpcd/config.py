@@ -90,6 +90,24 @@ class AuthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiscoveryConfig:
+    """
+    Registering the daemon's services in etcd (L{rpcd.discovery}).
+
+    @ivar etcd: the URL of etcd's client endpoint (its v3 JSON gateway).
+    @ivar prefix: the registry's key prefix.
+    @ivar advertise: the client endpoint string others dial; C{{port}} in
+        it stands for the first listener's port.
+    @ivar ttl: the lease's seconds.
+    """
+
+    etcd: str
+    advertise: str
+    prefix: str = "/rpcd/services/"
+    ttl: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """
     A whole daemon configuration.
@@ -103,6 +121,7 @@ class Config:
     limits: Limits
     auth: AuthConfig
     services: tuple[ServiceConfig, ...]
+    discovery: DiscoveryConfig | None = None
 
 
 def default_text() -> str:
@@ -147,7 +166,7 @@ def parse(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     reader = _Reader(source)
-    reader.known(data, "", {"server", "limits", "auth", "services"})
+    reader.known(data, "", {"server", "limits", "auth", "services", "discovery"})
     server = reader.table(data, "server")
     reader.known(server, "server", {"listen", "connect"})
     listen = tuple(_listen(reader, item, i) for i, item in
@@ -159,6 +178,7 @@ def parse(text: str, source: str) -> Config:
         limits=_limits(reader, reader.table(data, "limits")),
         auth=_auth(reader, reader.table(data, "auth")),
         services=_services(reader, reader.table(data, "services")),
+        discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
     )
 
 
@@ -291,6 +311,30 @@ def _auth(reader: _Reader, table: Mapping[str, Any]) -> AuthConfig:
     if attempts < 1 or window <= 0:
         raise reader.fail("auth", "max_failed_logins and failed_login_window must be positive")
     return AuthConfig(dict(users), attempts, float(window))
+
+
+def _discovery(reader: _Reader, value: Any) -> DiscoveryConfig:
+    if not isinstance(value, dict):
+        raise reader.fail("discovery", f"must be a table, not {_kind(value)}")
+    reader.known(value, "discovery", {"etcd", "prefix", "advertise", "ttl"})
+    for key in ("etcd", "advertise"):
+        if key not in value:
+            raise reader.fail(f"discovery.{key}", "is required")
+    etcd = reader.value(value, "discovery", "etcd", str, None)
+    if not etcd.startswith(("http://", "https://")) or not etcd.split("://", 1)[1]:
+        raise reader.fail("discovery.etcd", f"must be etcd's client URL like "
+                                            f"'http://127.0.0.1:2379', got {etcd!r}")
+    advertise = _endpoint(reader, "discovery.advertise", reader.value(value, "discovery", "advertise", str, None))
+    rest = advertise.replace("{port}", "")
+    if "{" in rest or "}" in rest:
+        raise reader.fail("discovery.advertise", f"the only placeholder is {{port}}, got {advertise!r}")
+    prefix = reader.value(value, "discovery", "prefix", str, "/rpcd/services/")
+    if not prefix:
+        raise reader.fail("discovery.prefix", "must not be empty")
+    ttl = reader.value(value, "discovery", "ttl", int, 10)
+    if not 2 <= ttl <= 3600:
+        raise reader.fail("discovery.ttl", f"must be between 2 and 3600 seconds, got {ttl}")
+    return DiscoveryConfig(etcd=etcd, advertise=advertise, prefix=prefix, ttl=ttl)
 
 
 def _services(reader: _Reader, table: Mapping[str, Any]) -> tuple[ServiceConfig, ...]:

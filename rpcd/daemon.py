@@ -111,7 +111,7 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
 def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> MultiService:
     """
     Everything a daemon runs: a listener per endpoint, a dialler per reverse
-    connection.
+    connection, and its registration in etcd (started last, stopped first).
 
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
@@ -124,6 +124,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
     top = MultiService()
     top.rpc_server = server  # type: ignore[attr-defined]
     names = ", ".join(s.name for s in registry.services())
+    listeners = []
     for item in config.listen:
         try:
             endpoint = serverFromString(reactor, item.endpoint)
@@ -132,11 +133,16 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
         listener = StreamServerEndpointService(endpoint, server.factory(item.protocols))
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
+        listeners.append(listener)
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.reverse import reverse_services
         for service in reverse_services(config.connect, server, reactor):
             service.setServiceParent(top)
+    if config.discovery is not None:
+        from rpcd.discovery import registration
+        registration(config.discovery, [s.name for s in registry.services()],
+                     listeners, reactor).setServiceParent(top)
     return top
 
 

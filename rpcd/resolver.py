@@ -2,10 +2,10 @@
 Service discovery for L{rpcd.balancer}: a resolver names the endpoints a
 balancer spreads calls over.
 
-Only a static list ships (L{StaticResolver}).  A resolver backed by DNS (SRV
-records) or etcd implements L{IResolver} the same way; the balancer asks it
-again every C{resolve_interval} seconds and connects to endpoints that
-appear and drops those that went away::
+A static list (L{StaticResolver}) and etcd (L{rpcd.discovery.EtcdResolver})
+ship.  A resolver backed by DNS (SRV records) implements L{IResolver} the
+same way; the balancer asks it again every C{resolve_interval} seconds and
+connects to endpoints that appear and drops those that went away::
 
     balancer = await connect_balanced(MyDNSResolver("_rpcd._tcp.example.com"),
                                       resolve_interval=30, reactor=reactor)
@@ -19,6 +19,14 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
 
+class ResolverError(Exception):
+    """
+    A resolver could not find the endpoints for a reason it can say in
+    words (its source is unreachable); the balancer logs it in one line,
+    without a traceback.
+    """
+
+
 class IResolver(Interface):
     """
     Finds the endpoints of a service.
@@ -28,7 +36,8 @@ class IResolver(Interface):
         """
         @return: a Deferred firing with the endpoints now: Twisted client
             endpoint strings (C{tcp:10.0.0.5:1234}) or endpoint objects.  It
-            may fail (a DNS error, etcd is down); the balancer then keeps the
+            may fail (a DNS error, etcd is down: L{ResolverError} for a
+            failure it can put in words); the balancer then keeps the
             endpoints it had and logs the failure, as it does for an empty
             list.
         """
