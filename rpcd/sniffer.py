@@ -94,6 +94,7 @@ class SniffingProtocol(Protocol):
         self._tls_done = False
         self._closing: str | None = None
         self._lost = False
+        self._lost_reason: Failure | None = None
         self._ready: list[Deferred[Protocol]] = []
 
     def when_ready(self) -> Deferred[Protocol]:
@@ -105,6 +106,8 @@ class SniffingProtocol(Protocol):
         d: Deferred[Protocol] = Deferred()
         if self.inner is not None:
             d.callback(self.inner)
+        elif self._lost_reason is not None:
+            d.errback(self._lost_reason)
         else:
             self._ready.append(d)
         return d
@@ -254,6 +257,7 @@ class SniffingProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        self._lost_reason = reason
         self.stop_deadline()
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
