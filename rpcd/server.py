@@ -151,6 +151,24 @@ class RPCServer:
         if sniffer is not None:
             sniffer.stop_deadline()
 
+    def watch_preamble(self, protocol: Protocol, sniffer: SniffingProtocol) -> None:
+        """
+        Let a protocol with a preamble reach its connection's handshake
+        deadline through L{preamble_done} and L{expect_preamble}.
+
+        @param protocol: the wire protocol.
+        @param sniffer: its connection's sniffer.
+        """
+        self._preambles[protocol] = sniffer
+
+    def forget_preamble(self, protocol: Protocol) -> None:
+        """
+        The connection is gone.
+
+        @param protocol: the wire protocol.
+        """
+        self._preambles.pop(protocol, None)
+
     def _sniffer_of(self, protocol: Protocol) -> SniffingProtocol | None:
         return self._preambles.get(protocol)
 

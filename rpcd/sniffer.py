@@ -167,6 +167,8 @@ class SniffingProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing is not None:
+            return  # closing already (e.g. TLS data decrypted after the refusal)
         self._buffer += data
         buffered = self._buffer
         if buffered[:1] == _TLS_RECORD[:1]:
@@ -195,10 +197,15 @@ class SniffingProtocol(Protocol):
         if cls is None:
             self._close(f"the {name} protocol is not available in this build")
             return
-        inner = cls(self.server)
+        try:
+            inner = cls(self.server)
+        except Exception:
+            log.failure("cannot build the {name} protocol for {peer}", name=name, peer=self.peer)
+            self._close(f"rpcd could not start its {name} protocol (see the log above)", abort=True)
+            return
         self.inner = inner
         if getattr(cls, "has_preamble", False):
-            self.server._preambles[inner] = self
+            self.server.watch_preamble(inner, self)
         else:
             self.stop_deadline()
         buffered, self._buffer = self._buffer, b""
@@ -264,7 +271,7 @@ class SniffingProtocol(Protocol):
         self._idle = None
         self.server.caps.closed(self.host)
         if self.inner is not None:
-            self.server._preambles.pop(self.inner, None)
+            self.server.forget_preamble(self.inner)
         if self._tls and self._closing is None and (
                 not self._tls_done or _is_tls_error(reason.value)):
             self._log_tls_failure(reason)
