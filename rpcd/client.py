@@ -22,14 +22,14 @@ import importlib
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from rpcd.errors import Unavailable
 
-from rpcd.wire.channel import ClientChannel
+from rpcd.wire.channel import ClientChannel, when_fired
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamClientEndpoint
@@ -60,6 +60,26 @@ def _reactor(reactor: Any) -> Any:
         from twisted.internet import reactor as global_reactor
         return global_reactor
     return reactor
+
+
+def parse_endpoint(endpoint: Any, parse: Callable[[Any, str], Any], reactor: Any) -> Any:
+    """
+    An endpoint object from an endpoint string (or the object itself).
+
+    @param endpoint: an endpoint string or object.
+    @param parse: C{clientFromString} or C{serverFromString}.
+    @param reactor: the reactor.
+    @return: the endpoint object.
+    @raise ValueError: the string does not parse; the message names it.
+    """
+    if not isinstance(endpoint, str):
+        return endpoint
+    try:
+        return parse(reactor, endpoint)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"bad endpoint {endpoint!r}: {e}") from e
 
 
 class _ChannelFactory(Factory):
@@ -94,12 +114,9 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
     where = _endpoint_text(endpoint)
     try:
         cls = _codec_class(codec)
-        if isinstance(endpoint, str):
-            endpoint = clientFromString(reactor, endpoint)
-    except Exception as e:
-        d: Deferred[Client] = Deferred()
-        d.errback(e if isinstance(e, ValueError) else ValueError(str(e)))
-        return d
+        endpoint = parse_endpoint(endpoint, clientFromString, reactor)
+    except ValueError as e:
+        return fail(e)
     connecting = endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
     connecting.addCallback(lambda channel: channel.connected_d)
     if connect_timeout is not None:
@@ -198,9 +215,7 @@ class Client:
         """
         @return: a Deferred firing when the connection closes, for any reason.
         """
-        d: Deferred[None] = Deferred()
-        self.channel.closed_d.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return when_fired(self.channel.closed_d)
 
     def __getattr__(self, service: str) -> _ServiceProxy:
         if service.startswith("_"):

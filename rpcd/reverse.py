@@ -25,7 +25,7 @@ import random
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, fail
 from twisted.internet.defer import TimeoutError as TwistedTimeoutError
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.client import Client, _codec_class
+from rpcd.client import Client, _codec_class, _reactor, parse_endpoint
 from rpcd.config import ConfigError, ConnectConfig
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
     from rpcd.server import RPCServer, RPCServerFactory
-    from rpcd.wire.channel import ClientChannel
 
 log = Logger()
 
@@ -241,17 +240,12 @@ def accept(endpoint: str | IStreamServerEndpoint, *, codec: str = "native",
         fails with the endpoint's error (C{CannotListenError}), or
         C{ValueError} for a bad endpoint string or codec.
     """
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-        reactor = global_reactor
+    reactor = _reactor(reactor)
     try:
         _codec_class(codec)
-        if isinstance(endpoint, str):
-            endpoint = serverFromString(reactor, endpoint)
-    except Exception as e:
-        failed: Deferred[ReverseListener] = Deferred()
-        failed.errback(e if isinstance(e, ValueError) else ValueError(str(e)))
-        return failed
+        endpoint = parse_endpoint(endpoint, serverFromString, reactor)
+    except ValueError as e:
+        return fail(e)
     clients: DeferredQueue[Client] = DeferredQueue()
     listening = endpoint.listen(_AcceptFactory(codec, reactor, clients))
     return listening.addCallback(ReverseListener, clients)

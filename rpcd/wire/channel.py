@@ -173,7 +173,7 @@ class ClientChannel(Protocol):
         """
         if self.transport is not None and self.lost_reason is None:
             self.transport.loseConnection()
-        return _chain(self.closed_d)
+        return when_fired(self.closed_d)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost_reason = reason
@@ -215,9 +215,21 @@ def _cancel_timer(result: Any, timer: Any) -> Any:
     return result
 
 
-def _chain(d: Deferred[None]) -> Deferred[None]:
+def when_fired(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A new Deferred that fires with None when C{d} fires, either way, without
+    changing C{d}'s result (so many callers can wait on one event).
+
+    @param d: the event.
+    @return: the new Deferred.
+    """
     out: Deferred[None] = Deferred()
-    d.addBoth(lambda r: (out.callback(None), r)[1])
+
+    def fire(result: Any) -> Any:
+        out.callback(None)
+        return result
+
+    d.addBoth(fire)
     return out
 
 
