@@ -292,19 +292,8 @@ class JSONStream:
         @raise JSONStreamError: when the iteration reaches a bad value, or
             the stream broke earlier.  It keeps raising on later calls.
         """
-        ready = self._ready
-        while ready:
-            raw, value = ready.popleft()
-            if value is _UNDECODED:
-                try:
-                    value = _decode(raw)
-                except JSONStreamError as e:
-                    ready.clear()
-                    self._fail(e)
-                    raise
+        for value, _raw in self.values_and_bytes():
             yield value
-        if self._error is not None:
-            raise self._error
 
     def values_and_bytes(self) -> Iterator[tuple[object, bytes]]:
         """
