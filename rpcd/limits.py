@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 log = Logger()
 
@@ -70,6 +70,7 @@ class ConnectionCaps:
         self.refused = 0
         self._refusal_logged_at: float | None = None
         self._refusals_unlogged = 0
+        self._refusal_flush: IDelayedCall | None = None
 
     def admit(self, host: str) -> str | None:
         """
@@ -127,12 +128,27 @@ class ConnectionCaps:
         now = self.clock.seconds()
         if self._refusal_logged_at is not None and now - self._refusal_logged_at < 1.0:
             self._refusals_unlogged += 1
+            if self._refusal_flush is None:
+                # Report the tail of a flood too, not only when the next one comes.
+                self._refusal_flush = self.clock.callLater(
+                    1.0 - (now - self._refusal_logged_at), self._flush_refusals, why)
             return
         unlogged, self._refusals_unlogged = self._refusals_unlogged, 0
         self._refusal_logged_at = now
+        if self._refusal_flush is not None and self._refusal_flush.active():
+            self._refusal_flush.cancel()
+        self._refusal_flush = None
         if unlogged:
             log.warn("refusing connection from {peer}: {why} "
                      "({unlogged} more refused since the last such line)",
                      peer=peer, why=why, unlogged=unlogged)
         else:
             log.warn("refusing connection from {peer}: {why}", peer=peer, why=why)
+
+    def _flush_refusals(self, why: str) -> None:
+        self._refusal_flush = None
+        unlogged, self._refusals_unlogged = self._refusals_unlogged, 0
+        if unlogged:
+            self._refusal_logged_at = self.clock.seconds()
+            log.warn("refused {unlogged} more connection(s) in the last second (last reason: {why})",
+                     unlogged=unlogged, why=why)

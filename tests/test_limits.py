@@ -280,18 +280,21 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertNotIsInstance(self.s.factory.buildProtocol(UNIXAddress(None)), SniffingProtocol)
 
     def test_refusals_logged_once_a_second(self) -> None:
-        """A flood of refusals logs one line a second, counting the ones it did not log."""
+        """A flood of refusals logs one line at once, then a second later the count of the rest."""
         for i in range(3):
             self.s.connect(f"10.0.0.{i}", 1)
         with capturedLogs() as events:
             for i in range(50):
                 self.s.factory.buildProtocol(_peer("10.9.9.9", i))
+            self.assertEqual(len(_messages(events)), 1)
             self.s.clock.advance(1)
             self.s.factory.buildProtocol(_peer("10.9.9.9", 99))
-        messages = [m for m in _messages(events) if m.startswith("refusing")]
-        self.assertEqual(len(messages), 2, messages)
+        messages = [m for m in _messages(events) if m.startswith("refus")]
+        self.assertEqual(len(messages), 3, messages)
         self.assertIn("limits.max_connections = 3", messages[0])
-        self.assertIn("49 more refused", messages[1])
+        self.assertIn("refused 49 more connection(s) in the last second", messages[1])
+        self.assertIn("refusing connection from 10.9.9.9:99", messages[2])
+        self.assertIsNone(self.s.server.caps._refusal_flush)
 
     def test_dialled_not_capped(self) -> None:
         """Connections the daemon dials itself are counted but never refused."""
