@@ -317,7 +317,7 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         if IResolver.providedBy(endpoints):
             resolver: Any = endpoints
         else:
-            listed = endpoints  # type: ignore[assignment]
+            listed = endpoints
             resolver = StaticResolver(listed)
         picker = make_picker(policy, weights=weights, endpoints=listed, rng=rng)
     except ValueError as e:

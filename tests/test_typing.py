@@ -22,11 +22,6 @@ NOT_YET_CLEAN: dict[str, str] = {
     "rpcd/dispatch.py": "hot path, being optimised",
     "rpcd/service.py": "hot path, being optimised",
     "rpcd/convert.py": "hot path, being optimised",
-    # Being written (etcd discovery).
-    "rpcd/discovery.py": "etcd discovery, being written",
-    "rpcd/etcd.py": "etcd discovery, being written",
-    "rpcd/resolver.py": "etcd discovery, being written",
-    "rpcd/balancer.py": "an unused type: ignore (line 'listed = endpoints'), file being edited",
     # Known errors, to fix: Optional Failure.value / dispatcher before
     # connectionMade, Deferred overloads, str | endpoint unions.
     "rpcd/backend.py": "Failure.type may be None",
