@@ -237,7 +237,9 @@ class Backend:
             return
         self._failures += 1
         self.failed_once = True
-        self.last_error = failure.getErrorMessage() or failure.type.__name__
+        error_type = failure.type
+        assert error_type is not None  # Failure() raises rather than hold no exception
+        self.last_error = failure.getErrorMessage() or error_type.__name__
         self._schedule_reconnect()
         self.on_change(self)
 

@@ -24,15 +24,11 @@ NOT_YET_CLEAN: dict[str, str] = {
     "rpcd/convert.py": "hot path, being optimised",
     # Known errors, to fix: Optional Failure.value / dispatcher before
     # connectionMade, Deferred overloads, str | endpoint unions.
-    "rpcd/backend.py": "Failure.type may be None",
     "rpcd/client.py": "Deferred overloads and str | endpoint narrowing",
     "rpcd/client_streams.py": "transport typed without IConsumer; Deferred | None",
     "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
     "rpcd/streams.py": "Optional dispatcher and transport; Failure.value may be None",
-    "rpcd/wire/channel.py": "addBoth with a lambda returning callback()'s None",
-    "rpcd/wire/gobserver.py": "Failure.value may be None",
     "rpcd/wire/httpserver.py": "dispatcher is Optional until connectionMade",
-    "rpcd/wire/jsoncalls.py": "Failure.value may be None",
     "rpcd/wire/jsonserver.py": "dispatcher is Optional until connectionMade",
 }
 

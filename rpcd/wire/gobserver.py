@@ -310,8 +310,10 @@ class GobServerProtocol(Protocol):
             self._send_later(self._reply(seq, name, result))
 
     def _fail_later(self, failure: Failure, seq: int, name: str) -> None:
+        error = failure.value
+        assert error is not None  # Failure() raises rather than hold no exception
         if not self._done:
-            self._send_later(self.codec.encode_response(seq, name, _error_text(failure.value)))
+            self._send_later(self.codec.encode_response(seq, name, _error_text(error)))
 
     def _broken(self, why: str) -> None:
         self._done = True

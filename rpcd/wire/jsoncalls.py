@@ -181,7 +181,9 @@ def encode_go_failure(request_id: bytes, failure: Failure) -> bytes:
     @param failure: the call's failure.
     @return: the response line (Go's errors are text only: the message).
     """
-    return encode_go_response(request_id, error=error_fields(failure.value)[1])
+    error = failure.value
+    assert error is not None  # Failure() raises rather than hold no exception
+    return encode_go_response(request_id, error=error_fields(error)[1])
 
 
 def _encode_success(call: Call, result: Any) -> bytes:
@@ -203,7 +205,9 @@ def _later(d: Deferred, call: Call) -> Deferred[bytes | None]:
         return None if call.is_notification else _encode_success(call, result)
 
     def failed(failure: Failure) -> bytes | None:
-        return None if call.is_notification else encode_error(call.id, error_object(failure.value))
+        error = failure.value
+        assert error is not None  # Failure() raises rather than hold no exception
+        return None if call.is_notification else encode_error(call.id, error_object(error))
 
     return d.addCallbacks(done, failed)
 
