@@ -28,8 +28,6 @@ NOT_YET_CLEAN: dict[str, str] = {
     "rpcd/client_streams.py": "transport typed without IConsumer; Deferred | None",
     "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
     "rpcd/streams.py": "Optional dispatcher and transport; Failure.value may be None",
-    "rpcd/wire/httpserver.py": "dispatcher is Optional until connectionMade",
-    "rpcd/wire/jsonserver.py": "dispatcher is Optional until connectionMade",
 }
 
 _ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.MULTILINE)

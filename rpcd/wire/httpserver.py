@@ -189,7 +189,9 @@ class HTTPServerProtocol(Protocol):
             return
         limits = self.server.limits
         payload = parse_request(request.body, limits.max_frame_bytes)
-        reply = answer_payload(self.dispatcher, payload)
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # set by connectionMade, before any request
+        reply = answer_payload(dispatcher, payload)
         if isinstance(reply, Deferred):
             slot = _Slot()
             self._queue.append(slot)

@@ -123,8 +123,10 @@ class JSONServerProtocol(Protocol):
                 error = request.error
             out.append(encode_go_response(request.id, error=error))
             return
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # set by connectionMade, before any data
         try:
-            result = self.dispatcher.call(request.method, request.arg)
+            result = dispatcher.call(request.method, request.arg)
         except RPCError as e:
             out.append(encode_go_response(request.id, error=e.message))
             return
@@ -142,7 +144,9 @@ class JSONServerProtocol(Protocol):
         self._write(encode_go_failure(request_id, failure))
 
     def _json2(self, value: Any, out: list[bytes]) -> None:
-        reply = answer_payload(self.dispatcher, parse_request_value(value))
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # set by connectionMade, before any data
+        reply = answer_payload(dispatcher, parse_request_value(value))
         if isinstance(reply, Deferred):
             reply.addCallback(self._json2_later)
         elif reply is not None:
@@ -170,7 +174,9 @@ class JSONServerProtocol(Protocol):
         log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
 
     def _close_when_idle(self) -> None:
-        if not self._lost and not self.dispatcher.running:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # only called once data has arrived
+        if not self._lost and not dispatcher.running:
             self.transport.loseConnection()
 
     def busy(self) -> bool:
