@@ -24,10 +24,10 @@ of messages waits here.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,8 +36,6 @@ from rpcd.wire.flow import ReceiveWindow, check_window, parse_credit
 from rpcd.wire.frames import CALL, CREDIT, END, MESSAGE, encode_frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer
-
     from rpcd.wire.native_client import NativeClientProtocol
 
 
@@ -113,7 +111,9 @@ class ClientStreams:
         channel.pending[call_id] = done
         self.streams[call_id] = stream
         if not self._registered and channel.transport is not None:
-            channel.transport.registerProducer(self, True)
+            # Socket and TLS transports are consumers, though ITCPTransport
+            # does not say so (the same cast as rpcd.sniffer's).
+            cast(IConsumer, channel.transport).registerProducer(self, True)
             self._registered = True
         channel.transport.write(frame)
         if timeout is not None:
@@ -163,7 +163,7 @@ class ClientStreams:
             self.paused = False
             transport = self.channel.transport
             if transport is not None:
-                transport.unregisterProducer()
+                cast(IConsumer, transport).unregisterProducer()
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -431,10 +431,10 @@ class ClientStream:
             d.errback(self._error or RPCError(f"{self.method}: the stream has ended",
                                               code=Code.FAILED_PRECONDITION))
         self._sends.clear()
-        d = self._waiting
-        if d is not None and not self._queue:
+        waiting = self._waiting
+        if waiting is not None and not self._queue:
             self._waiting = None
-            d.errback(self._error or StopAsyncIteration())
+            waiting.errback(self._error or StopAsyncIteration())
         self._fire_results()
         if self._consumer is not None:
             self._deliver_queued()

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import msgpack
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,7 +40,7 @@ from rpcd.wire.flow import MAX_WINDOW, ReceiveWindow, check_window, parse_credit
 from rpcd.wire.frames import CREDIT, END, ERROR, MESSAGE, RESULT, encode_frame, pack_length
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
+    from twisted.internet.interfaces import IDelayedCall, ITransport
 
     from rpcd.context import CallContext
     from rpcd.service import BoundMethod
@@ -76,7 +76,9 @@ class ServerStreams:
         @param protocol: the connection's native protocol.
         """
         self.protocol = protocol
-        self.transport = protocol.transport
+        transport = protocol.transport
+        assert transport is not None  # made for a CALL frame, after connectionMade
+        self.transport: ITransport = transport
         self.clock = protocol.server.clock
         self.streams: dict[Any, ServerStream] = {}
         self.paused = False
@@ -100,6 +102,7 @@ class ServerStreams:
             stream at once goes there).
         """
         dispatcher = self.protocol.dispatcher
+        assert dispatcher is not None  # set by connectionMade, before any frame
         if call_id in self.streams or call_id in dispatcher.running:
             out.append(error_frame(call_id, Code.INVALID_ARGUMENT,
                                    f"call id {call_id} is already in use on this connection"))
@@ -205,7 +208,9 @@ class ServerStreams:
         if self._registered:
             return
         self._registered = True
-        transport = self.transport
+        # Socket and TLS transports are consumers, though ITransport does not
+        # say so (the same cast as rpcd.sniffer's).
+        transport = cast(IConsumer, self.transport)
         # A producer registered already (rpcd.backpressure's read throttle) is
         # taken over: it gets every call passed on.  A socket transport names
         # its producer `producer`; Twisted's TLS transport keeps it wrapped
@@ -374,7 +379,9 @@ class ServerStream:
         @param failure: why (an L{RPCError} as the Dispatcher maps it).
         """
         self._close()
-        code, message, details = error_fields(failure.value)
+        error = failure.value
+        assert error is not None  # Failure() raises rather than hold no exception
+        code, message, details = error_fields(error)
         self.streams.send(error_frame(self.call_id, code, message, details))
 
     def _close(self) -> None:

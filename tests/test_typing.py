@@ -25,9 +25,7 @@ NOT_YET_CLEAN: dict[str, str] = {
     # Known errors, to fix: Optional Failure.value / dispatcher before
     # connectionMade, Deferred overloads, str | endpoint unions.
     "rpcd/client.py": "Deferred overloads and str | endpoint narrowing",
-    "rpcd/client_streams.py": "transport typed without IConsumer; Deferred | None",
     "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
-    "rpcd/streams.py": "Optional dispatcher and transport; Failure.value may be None",
 }
 
 _ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.MULTILINE)
