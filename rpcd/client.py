@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import clientFromString
@@ -32,7 +32,7 @@ from rpcd.errors import Unavailable
 from rpcd.wire.channel import ClientChannel, when_fired
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 
     from rpcd.client_streams import ClientStream
 
@@ -114,15 +114,19 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
     where = _endpoint_text(endpoint)
     try:
         cls = _codec_class(codec)
-        endpoint = parse_endpoint(endpoint, clientFromString, reactor)
+        client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, clientFromString, reactor)
     except ValueError as e:
         return fail(e)
-    connecting = endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
-    connecting.addCallback(lambda channel: channel.connected_d)
+    connecting = client_endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
+    handshaken = connecting.addCallback(_handshake_done)
     if connect_timeout is not None:
-        connecting.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
-    connecting.addCallback(Client, default_timeout=default_timeout)
-    return connecting
+        handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
+    return handshaken.addCallback(Client, default_timeout=default_timeout)
+
+
+def _handshake_done(protocol: IProtocol) -> Deferred[ClientChannel]:
+    # The endpoint fires with the protocol _ChannelFactory built: a ClientChannel.
+    return cast(ClientChannel, protocol).connected_d
 
 
 def _connect_timed_out(where: str, codec: str, seconds: float) -> Callable[[Any, float], Any]:
@@ -290,8 +294,13 @@ class BlockingClient:
         self._blocking = blockingCallFromThread
         self._reactor = _ReactorThread.ensure()
         reactor = self._reactor
+        # mypy infers no result type from blockingCallFromThread's parameter
+        # (Callable[P, R] | Callable[P, Deferred[R]]) for a function returning
+        # a Deferred: it solves R as Never.  The call is right at runtime.
         self._client: Client = self._blocking(
-            reactor, lambda: connect(endpoint, codec=codec, reactor=reactor, default_timeout=timeout))
+            reactor,
+            lambda: connect(endpoint, codec=codec, reactor=reactor, default_timeout=timeout),  # type: ignore[arg-type]
+        )
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Any:
@@ -309,7 +318,8 @@ class BlockingClient:
         """
         Close the connection.
         """
-        self._blocking(self._reactor, self._client.close)
+        # As in __init__: mypy cannot solve R for a function returning Deferred[None].
+        self._blocking(self._reactor, self._client.close)  # type: ignore[arg-type]
 
     def __enter__(self) -> BlockingClient:
         return self

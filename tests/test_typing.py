@@ -24,7 +24,6 @@ NOT_YET_CLEAN: dict[str, str] = {
     "rpcd/convert.py": "hot path, being optimised",
     # Known errors, to fix: Optional Failure.value / dispatcher before
     # connectionMade, Deferred overloads, str | endpoint unions.
-    "rpcd/client.py": "Deferred overloads and str | endpoint narrowing",
     "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
 }
 
