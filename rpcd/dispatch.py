@@ -63,6 +63,10 @@ class Dispatcher:
     @ivar session: the connection's session.
     @ivar running: call key to the handler's Deferred, for handlers that have
         not ended yet (cancelled ones included until they end).
+    @ivar simple_calls: C{Service.Method} to C{call(value, key, timeout)},
+        for the methods on the hot path (unary, no access guard, no context
+        parameter) once called on this connection: the same as L{call}
+        with that name and one value, minus a lookup.
     """
 
     def __init__(self, session: Session, clock: IReactorTime, max_running: int = 1000) -> None:
@@ -80,7 +84,7 @@ class Dispatcher:
         self._counts = session.registry.call_counts
         self._methods: dict[str, BoundMethod] = {}
         self._plain: dict[str, frozenset[type]] = {}
-        self._simple: dict[str, tuple[BoundMethod, Callable[[Any, None], Any], frozenset[type]]] = {}
+        self.simple_calls: dict[str, Callable[[Any, Any, float | None], Any]] = {}
 
     def call(self, name: str, value: Any, key: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None, args: Args = Args.VALUE) -> Any:
@@ -98,44 +102,36 @@ class Dispatcher:
             or a Deferred that fires with it (or fails with L{RPCError}).
         @raise RPCError: the call failed at once; the code says why.
         """
-        simple = self._simple.get(name)
+        simple = self.simple_calls.get(name)
         if simple is not None and args is _VALUE:
-            # The hot path, in this one frame: a unary method with no access
-            # guard and no context parameter (see _lookup), so that of
-            # _begin's steps only the count and the limit are left.
-            method, invoke, plain = simple
-            counts = self._counts
-            counts[name] = counts.get(name, 0) + 1
-            if len(self.running) >= self.max_running:
-                raise self._exhausted()
-            try:
-                result = invoke(value, None)
-            except RPCError:
-                raise
-            except Exception as e:
-                raise self._unexpected(name, e) from e
-        else:
-            method, context = self._begin(name, timeout, metadata)
-            if method.spec.kind is not Kind.UNARY:
-                raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing method: "
-                               "open it as a stream (rpcd's native protocol)",
-                               code=Code.FAILED_PRECONDITION)
-            try:
-                if args is Args.VALUE:
-                    result = method.invoke(value, context)
-                elif args is Args.NAMED:
-                    result = method.invoke_named(value, context)
-                else:
-                    result = method.invoke_positional(value, context)
-            except RPCError:
-                raise
-            except Exception as e:
-                raise self._unexpected(name, e) from e
-            plain = self._plain[name]
-        kind = type(result)
-        if kind in plain:
+            return simple(value, key, timeout)
+        method, context = self._begin(name, timeout, metadata)
+        if method.spec.kind is not Kind.UNARY:
+            raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing method: "
+                           "open it as a stream (rpcd's native protocol)",
+                           code=Code.FAILED_PRECONDITION)
+        try:
+            if args is Args.VALUE:
+                result = method.invoke(value, context)
+            elif args is Args.NAMED:
+                result = method.invoke_named(value, context)
+            else:
+                result = method.invoke_positional(value, context)
+        except RPCError:
+            raise
+        except Exception as e:
+            raise self._unexpected(name, e) from e
+        if type(result) in self._plain[name]:
             return result  # the result converter would return it unchanged
-        if kind not in _NOT_AWAITABLE:
+        return self._finish(name, method, result, key, timeout)
+
+    def _finish(self, name: str, method: BoundMethod, result: Any, key: Any,
+                timeout: float | None) -> Any:
+        """
+        What L{call} returns for a result that is not plain data: a tracked
+        Deferred for a Deferred or a coroutine, else the converted result.
+        """
+        if type(result) not in _NOT_AWAITABLE:
             if isinstance(result, Deferred):
                 return self._track(name, method, result, key, timeout)
             if isinstance(result, Coroutine):
@@ -158,8 +154,36 @@ class Dispatcher:
         self._plain[name] = plain
         self._methods[name] = method
         if spec.kind is Kind.UNARY and method.guard is None and spec.context_param is None:
-            self._simple[name] = (method, method.invoke, plain)
+            self.simple_calls[name] = self._simple_call(name, method, plain)
         return method
+
+    def _simple_call(self, name: str, method: BoundMethod,
+                     plain: frozenset[type]) -> Callable[[Any, Any, float | None], Any]:
+        """
+        The hot path for one method: a unary method with no access guard and
+        no context parameter, called with one value, needs of L{_begin}'s
+        steps only the count and the limit.
+
+        @return: C{call(value, key, timeout)}, as L{call} for that method.
+        """
+        counts = self._counts
+        running = self.running
+        invoke = method.invoke
+
+        def call(value: Any, key: Any, timeout: float | None = None) -> Any:
+            counts[name] = counts.get(name, 0) + 1
+            if len(running) >= self.max_running:
+                raise self._exhausted()
+            try:
+                result = invoke(value, None)
+            except RPCError:
+                raise
+            except Exception as e:
+                raise self._unexpected(name, e) from e
+            if type(result) in plain:
+                return result  # the result converter would return it unchanged
+            return self._finish(name, method, result, key, timeout)
+        return call
 
     def _exhausted(self) -> ResourceExhausted:
         return ResourceExhausted(

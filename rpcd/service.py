@@ -35,7 +35,13 @@ from typing import Any, Callable, Iterable
 from twisted.internet.defer import Deferred
 
 from rpcd.context import CallContext
-from rpcd.convert import _Mismatch, argument_converter, result_converter, zero_factory
+from rpcd.convert import (
+    _Mismatch,
+    argument_converter,
+    calling,
+    result_converter,
+    zero_factory,
+)
 from rpcd.errors import InvalidArgument, Unimplemented
 
 _EXPOSED = "__rpcd_exposed__"
@@ -231,12 +237,7 @@ def _make_invoker(spec: MethodSpec, function: Callable) -> Callable[[Any, CallCo
         convert = param.convert
         pname = param.name
         if ctx_name is None:
-            def invoke(value: Any, context: CallContext | None) -> Any:
-                try:
-                    arg = convert(value)
-                except _Mismatch as e:
-                    raise InvalidArgument(e.describe(pname)) from None
-                return function(arg)
+            return calling(convert, function, pname)
         else:
             def invoke(value: Any, context: CallContext | None) -> Any:
                 try:

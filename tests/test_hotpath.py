@@ -1,23 +1,36 @@
 """
 Tests that the native protocol's fast paths (see C{benchmarks/}) behave
 exactly as the general paths they short-cut: frame splitting, the compiled
-dataclass converter, skipping the result converter, the dispatcher's
-per-connection method cache, and the inline CALL in the read loop.
+dataclass converter and invoker, skipping the result converter, the
+dispatcher's per-connection method cache and hot path, the inline CALL in
+the read loop, and sending a read's replies straight to the socket.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import struct
 from typing import Any
 
 import msgpack
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import capturedLogs
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.convert import argument_converter, convert_argument, result_converter, result_passthrough
+from rpcd.convert import (
+    _Mismatch,
+    argument_converter,
+    calling,
+    convert_argument,
+    result_converter,
+    result_passthrough,
+)
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import Code, InvalidArgument, ProtocolError, ResourceExhausted, Unauthenticated, Unimplemented
 from rpcd.examples.arith import Args, Arith
@@ -25,6 +38,7 @@ from rpcd.server import Limits, RPCServer
 from rpcd.service import ServiceRegistry, exposed, service
 from rpcd.session import Session
 from rpcd.wire.frames import PREFACE, FrameReader
+from rpcd.wire.native import NativeServerProtocol
 
 
 def frame(*fields: object) -> bytes:
@@ -138,6 +152,31 @@ class DataclassFastPathTests(SynchronousTestCase):
         self.assertEqual(e.message, "args.On: expected bool, got int")
 
 
+class CallingTests(DataclassFastPathTests):
+    """
+    The invoker that converts and calls in one function (L{calling}) gives
+    what converting and then calling gives: the tests above, through it.
+    """
+
+    def convert(self, hint: Any, value: Any) -> Any:
+        return calling(argument_converter(hint), lambda arg: arg, "args")(value, None)
+
+    def test_method_errors_pass_through(self) -> None:
+        """What the method raises is not taken for a mismatch of its argument."""
+        def method(arg: Args) -> int:
+            raise _Mismatch("int", arg)
+        invoke = calling(argument_converter(Args), method, "args")
+        self.assertRaises(_Mismatch, invoke, {"A": 1, "B": 2}, None)
+        self.assertRaises(_Mismatch, invoke, {"a": 1, "b": 2}, None)
+
+    def test_other_converters(self) -> None:
+        """A parameter of another kind is converted and passed the same way."""
+        invoke = calling(argument_converter(int), lambda n: n * 2, "n")
+        self.assertEqual(invoke(4, None), 8)
+        e = self.assertRaises(InvalidArgument, invoke, "4", None)
+        self.assertEqual(e.message, "n: expected int, got str")
+
+
 class ResultPassthroughTests(SynchronousTestCase):
     """Which results may skip the result converter."""
 
@@ -236,6 +275,22 @@ class DispatcherCacheTests(SynchronousTestCase):
         for _ in range(2):
             self.assertRaises(ResourceExhausted, closed.call, "Numbers.Same", 1)
 
+    def test_simple_calls(self) -> None:
+        """
+        A method on the hot path is in C{simple_calls} once called, and
+        calling it there counts, checks the cap and answers as L{Dispatcher.call};
+        a guarded method is not there.
+        """
+        d = self.dispatcher(max_running=1)
+        self.assertEqual(d.simple_calls, {})
+        d.call("Numbers.Same", 1)
+        self.assertRaises(Unauthenticated, d.call, "Locked.Multiply", {"A": 2, "B": 3})
+        self.assertEqual(set(d.simple_calls), {"Numbers.Same"})
+        self.assertEqual(d.simple_calls["Numbers.Same"](2, 7, None), 2)
+        self.assertEqual(self.registry.call_counts["Numbers.Same"], 2)
+        d.running["busy"] = Deferred()
+        self.assertRaises(ResourceExhausted, d.simple_calls["Numbers.Same"], 3, 8, None)
+
 
 class InlineCallTests(SynchronousTestCase):
     """The read loop's inline CALL and the general one answer alike."""
@@ -308,3 +363,85 @@ class InlineCallTests(SynchronousTestCase):
         self.assertEqual(replies[0][:3], [2, 1, Code.INTERNAL])
         self.assertIn("Huge.Get: the result cannot be encoded", replies[0][3])
         self.assertEqual(replies[1], [8, 1])
+
+    def test_long_reply(self) -> None:
+        """A reply of 256 bytes or more gets its length prefix too."""
+        registry = ServiceRegistry()
+
+        class Text:
+            @exposed
+            def Repeat(self, n: int) -> str:
+                return "x" * n
+
+        registry.add(Text)
+        protocol = RPCServer(registry, Clock(), Limits()).factory().buildProtocol(None)
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(PREFACE + b"".join(frame(0, n, "Text.Repeat", n)
+                                                 for n in (1, 250, 255, 256, 70_000)))
+        self.assertEqual(self.replies(), [[1, n, "x" * n] for n in (1, 250, 255, 256, 70_000)])
+
+
+class SocketTransport(tcp.Connection):
+    """A Twisted TCP transport on one end of a socket pair."""
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1234)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """
+    The replies of a read go straight to a TCP socket with nothing queued,
+    and through the transport's queue otherwise, always in order.
+    """
+
+    def setUp(self) -> None:
+        registry = ServiceRegistry()
+        registry.add(Arith)
+        self.server = RPCServer(registry, Clock(), Limits())
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        self.reactor = MemoryReactor()
+        self.protocol = NativeServerProtocol(self.server)
+        self.transport = SocketTransport(ours, self.protocol, self.reactor)
+        self.transport.connected = True
+        self.protocol.makeConnection(self.transport)
+        self.call = frame(0, 1, "Arith.Multiply", {"A": 6, "B": 7})
+        self.reply = frame(1, 1, 42)
+
+    def received(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            data += self.peer.recv(size - len(data))
+        return data
+
+    def test_sent_at_once(self) -> None:
+        """With the preface sent, a read's replies are sent before dataReceived returns."""
+        self.transport.doWrite()
+        self.assertEqual(self.received(len(PREFACE)), PREFACE)
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+        self.protocol.dataReceived(PREFACE + self.call)
+        self.assertEqual(self.received(len(self.reply)), self.reply)
+        self.assertEqual(self.transport._tempDataLen, 0)
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_queued_behind_queued_bytes(self) -> None:
+        """While the preface still waits in the queue, the replies wait behind it."""
+        self.protocol.dataReceived(PREFACE + self.call)
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.transport.doWrite()
+        self.assertEqual(self.received(len(PREFACE) + len(self.reply)), PREFACE + self.reply)
+
+    def test_peer_gone(self) -> None:
+        """A send that finds the peer gone leaves the bytes to the transport, which finds out."""
+        self.transport.doWrite()
+        self.received(len(PREFACE))
+        self.peer.close()
+        self.protocol.dataReceived(PREFACE + self.call)
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertIsInstance(self.transport.doWrite(), Exception)
