@@ -46,7 +46,7 @@ CLIENT_CODECS: dict[str, str] = {
 }
 
 
-def _codec_class(codec: str) -> Callable[..., ClientChannel]:
+def _codec_class(codec: str) -> type[ClientChannel]:
     try:
         path = CLIENT_CODECS[codec]
     except KeyError:

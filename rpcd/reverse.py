@@ -25,7 +25,7 @@ import random
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, DeferredQueue, fail
+from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from twisted.internet.defer import TimeoutError as TwistedTimeoutError
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
@@ -36,12 +36,14 @@ from zope.interface import implementer
 
 from rpcd.client import Client, _codec_class, _reactor, parse_endpoint
 from rpcd.config import ConfigError, ConnectConfig
+from rpcd.sniffer import SniffingProtocol
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
     from rpcd.server import RPCServer, RPCServerFactory
+    from rpcd.wire.channel import ClientChannel
 
 log = Logger()
 
@@ -84,6 +86,8 @@ class _DialledFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         protocol = self.factory.buildProtocol(addr)
+        # A dialled factory skips the connection caps: it never builds a _Refused.
+        assert isinstance(protocol, SniffingProtocol)
         protocol.when_ready().addCallbacks(self._ready, self._lost_early,
                                            callbackArgs=(protocol,))
         return protocol
@@ -163,7 +167,9 @@ class ReverseListener:
 
         @return: a Deferred firing once the port is closed.
         """
-        return self.port.stopListening()
+        stopped = self.port.stopListening()
+        # IListeningPort allows None; a port that stops at once may give it.
+        return stopped if stopped is not None else succeed(None)
 
 
 def _channel_with_handshake(codec: str) -> type:
@@ -183,7 +189,7 @@ def _channel_with_handshake(codec: str) -> type:
     return cached
 
 
-_HANDSHAKE_CLASSES: dict[type, type] = {}
+_HANDSHAKE_CLASSES: dict[type[ClientChannel], type] = {}
 
 
 class _AcceptFactory(Factory):
@@ -243,11 +249,11 @@ def accept(endpoint: str | IStreamServerEndpoint, *, codec: str = "native",
     reactor = _reactor(reactor)
     try:
         _codec_class(codec)
-        endpoint = parse_endpoint(endpoint, serverFromString, reactor)
+        server_endpoint: IStreamServerEndpoint = parse_endpoint(endpoint, serverFromString, reactor)
     except ValueError as e:
         return fail(e)
     clients: DeferredQueue[Client] = DeferredQueue()
-    listening = endpoint.listen(_AcceptFactory(codec, reactor, clients))
+    listening = server_endpoint.listen(_AcceptFactory(codec, reactor, clients))
     return listening.addCallback(ReverseListener, clients)
 
 

@@ -22,9 +22,6 @@ NOT_YET_CLEAN: dict[str, str] = {
     "rpcd/dispatch.py": "hot path, being optimised",
     "rpcd/service.py": "hot path, being optimised",
     "rpcd/convert.py": "hot path, being optimised",
-    # Known errors, to fix: Optional Failure.value / dispatcher before
-    # connectionMade, Deferred overloads, str | endpoint unions.
-    "rpcd/reverse.py": "when_ready on Protocol; dict key types; str | endpoint",
 }
 
 _ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.MULTILINE)
