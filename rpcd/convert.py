@@ -347,8 +347,9 @@ def zero_factory(hint: Any) -> Callable[[], Any]:
     """
     if hint in _ZERO:
         return _ZERO[hint]
-    if dataclasses.is_dataclass(hint):
-        return lambda: _dataclass(hint)({})
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        dataclass_hint: type = hint
+        return lambda: _dataclass(dataclass_hint)({})
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
         return list if origin is list else tuple
@@ -471,7 +472,7 @@ def to_wire(value: Any) -> Any:
     return value
 
 
-_PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
+_PLAIN: frozenset[type] = frozenset({int, str, float, bool, bytes, type(None)})
 
 
 def result_passthrough(hint: Any, converter: Converter | None = None) -> frozenset[type]:
@@ -485,10 +486,11 @@ def result_passthrough(hint: Any, converter: Converter | None = None) -> frozens
     @return: e.g. C{{int}} for C{int}; the plain scalar types (and None) for
         C{Any}; empty when every result must go through the converter.
     """
+    plain: frozenset[type]
     if hint in (Any, object, None, type(None)):
         plain = _PLAIN
     elif hint in _EXACT_SCALARS:
-        plain = frozenset({hint})
+        plain = frozenset({typing.cast(type, hint)})
     else:
         return frozenset()
     if converter is not None and converter is not result_converter(hint):

@@ -274,6 +274,7 @@ class Dispatcher:
 
     def _failed(self, name: str, key: Any, timeout: float | None, failure: Failure) -> None:
         error = failure.value
+        assert error is not None  # a Failure always holds its exception
         if isinstance(error, CancelledError):
             if ("deadline", key) in self._cancelled:
                 self._cancelled.discard(("deadline", key))

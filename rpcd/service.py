@@ -225,7 +225,9 @@ class BoundMethod:
             as the method's L{MethodSpec.stream_param}.
         @return: what the method returns.
         """
-        function = functools.partial(self.function, **{self.spec.stream_param: messages})
+        stream_param = self.spec.stream_param
+        assert stream_param is not None  # only stream-taking methods get here
+        function = functools.partial(self.function, **{stream_param: messages})
         return _make_invoker(self.spec, function)(value, context)
 
 
@@ -238,27 +240,27 @@ def _make_invoker(spec: MethodSpec, function: Callable) -> Callable[[Any, CallCo
         pname = param.name
         if ctx_name is None:
             return calling(convert, function, pname)
-        else:
-            def invoke(value: Any, context: CallContext | None) -> Any:
-                try:
-                    arg = convert(value)
-                except _Mismatch as e:
-                    raise InvalidArgument(e.describe(pname)) from None
-                return function(arg, **{ctx_name: context})
-        return invoke
+
+        def invoke_one(value: Any, context: CallContext | None) -> Any:
+            try:
+                arg = convert(value)
+            except _Mismatch as e:
+                raise InvalidArgument(e.describe(pname)) from None
+            return function(arg, **{ctx_name: context})
+        return invoke_one
     if not params:
-        def invoke(value: Any, context: CallContext | None) -> Any:
+        def invoke_none(value: Any, context: CallContext | None) -> Any:
             if ctx_name is None:
                 return function()
             return function(**{ctx_name: context})
-        return invoke
+        return invoke_none
 
-    def invoke(value: Any, context: CallContext | None) -> Any:
+    def invoke_many(value: Any, context: CallContext | None) -> Any:
         kwargs = _spread(spec, value)
         if ctx_name is not None:
             kwargs[ctx_name] = context
         return function(**kwargs)
-    return invoke
+    return invoke_many
 
 
 def _spread(spec: MethodSpec, value: Any) -> dict[str, Any]:

@@ -166,6 +166,15 @@ class ServerBytesTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertTrue(any("over the 1024-byte limit" in str(e.get("why")) for e in events))
 
+    def test_bytes_after_goaway_are_ignored(self) -> None:
+        """After a GOAWAY for a protocol error, later bytes are neither answered nor logged."""
+        with capturedLogs() as events:
+            self.protocol.dataReceived(PREFACE + struct.pack(">I", 1) + b"\xc1")
+            self.protocol.dataReceived(frame(0, 1, "Arith.Multiply", {"A": 2, "B": 3}) + b"\xff" * 8)
+        [goaway] = self.frames()
+        self.assertEqual(goaway[0], 9)
+        self.assertEqual(len([e for e in events if "closing" in e.get("log_format", "")]), 1)
+
     def test_malformed_frame_after_good_ones(self) -> None:
         """Replies to the good frames before a malformed one are still sent, then GOAWAY."""
         with capturedLogs():

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,6 +49,10 @@ _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 # The length prefixes of small frames, made once.
 _PREFIXES = [pack_length(size) for size in range(256)]
 
+# The tcp.Connection internals _write reads; if a Twisted release renames
+# them, the direct send is simply not used.
+_SOCKET_INTERNALS = ("_tempDataLen", "dataBuffer", "writeSomeData", "connected", "disconnecting")
+
 _PLAIN_RESULTS = frozenset({int, str, float, bool, bytes, type(None), list, dict})
 
 
@@ -59,6 +64,7 @@ class NativeServerProtocol(Protocol):
     """
 
     protocol_name = "native"
+    transport: ITCPTransport
 
     def __init__(self, server: RPCServer) -> None:
         """
@@ -71,16 +77,20 @@ class NativeServerProtocol(Protocol):
         self._pending = b""
         self._streams: Any = None
         self._socket: Connection | None = None
+        self._closing = False
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
         self.dispatcher = Dispatcher(self.session, self.server.clock,
                                      self.server.limits.max_calls_per_connection)
         self.transport.write(PREFACE)
-        if isinstance(self.transport, Connection):
+        if isinstance(self.transport, Connection) and all(
+                hasattr(self.transport, name) for name in _SOCKET_INTERNALS):
             self._socket = self.transport
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # a GOAWAY was sent: nothing more from this peer is read
         if not self._preface_seen:
             data = self._pending + data
             if len(data) < PREFACE_SIZE:
@@ -236,7 +246,9 @@ class NativeServerProtocol(Protocol):
         self.transport.write(frame)
 
     def _fail_later(self, failure: Failure, call_id: int) -> None:
-        code, message, details = error_fields(failure.value)
+        error = failure.value
+        assert error is not None  # a Failure always holds its exception
+        code, message, details = error_fields(error)
         self.transport.write(_error_frame(call_id, code, message, details))
 
     def _unencodable(self, method: str, call_id: int, error: Exception) -> bytes:
@@ -249,6 +261,7 @@ class NativeServerProtocol(Protocol):
         if kind == CANCEL:
             if len(frame) < 2:
                 raise ProtocolError("CANCEL frame needs [3, id]")
+            assert self.dispatcher is not None  # set by connectionMade, before any data
             self.dispatcher.cancel(frame[1])
         elif kind == PING:
             out.append(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
@@ -262,6 +275,7 @@ class NativeServerProtocol(Protocol):
             raise ProtocolError(f"unexpected frame type {kind} from a client")
 
     def _goaway(self, code: int, message: str) -> None:
+        self._closing = True
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
         if self._streams is not None:
             self._streams.flush()
@@ -271,7 +285,7 @@ class NativeServerProtocol(Protocol):
     def _protocol_error(self, error: ProtocolError) -> None:
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
