@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,11 @@ sys.path.insert(0, HERE)
 
 from bench_native import (  # noqa: E402  (helpers shared with the native benchmark)
     WORK,
-    derive,
     fmt,
     free_port,
     median_row,
     pin_prefix,
+    run_client,
     start_daemon,
     stop,
     table,
@@ -123,22 +122,8 @@ def run_case(case: Case, args: argparse.Namespace, bindir: str, logdir: str,
                 "-dur", f"{args.dur}s", "-warmup", f"{args.warmup}s", "-n", str(args.n),
                 "-server-pid", str(proc.pid), "-case", case.name]
             limit = args.warmup + args.dur + 40
-            try:
-                cp = subprocess.run(argv, capture_output=True, text=True, timeout=limit,
-                                    stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                return dict(case=case.name, error=f"client timed out after {limit:.0f}s")
-            with open(os.path.join(logdir, f"{idx:02d}_{slug}.client.log"), "w") as f:
-                f.write(" ".join(shlex.quote(a) for a in argv) + "\n" + cp.stderr)
-            lines = [line for line in cp.stdout.splitlines() if line.startswith("{")]
-            if not lines:
-                tail = (cp.stderr.strip().splitlines() or ["no output"])[-1]
-                return dict(case=case.name, error=f"client exit {cp.returncode}: {tail}")
-            res = json.loads(lines[-1])
-            res.update(case=case.name, client_rc=cp.returncode, client_cmd=" ".join(argv))
-            if proc.poll() is not None:
-                res["error"] = "the server died during the run"
-            return derive(res)
+            log_path = os.path.join(logdir, f"{idx:02d}_{slug}.client.log")
+            return run_client(argv, limit, log_path, case.name, proc, "the server")
         finally:
             stop(proc)
 

@@ -166,24 +166,41 @@ def run_case(case: Case, args: argparse.Namespace, logdir: str, idx: int) -> dic
                 a.format(port=port, addr=f"127.0.0.1:{port}", pid=proc.pid, dur=args.dur,
                          warmup=args.warmup, n=args.n, case=case.name) for a in case.client]
             limit = args.warmup + args.dur + case.timeout
-            try:
-                cp = subprocess.run(argv, capture_output=True, text=True, timeout=limit,
-                                    stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                return dict(case=case.name, error=f"client timed out after {limit:.0f}s")
-            with open(os.path.join(logdir, f"{idx:02d}_{slug}.client.log"), "w") as f:
-                f.write(" ".join(shlex.quote(a) for a in argv) + "\n" + cp.stderr)
-            lines = [line for line in cp.stdout.splitlines() if line.startswith("{")]
-            if not lines:
-                tail = (cp.stderr.strip().splitlines() or ["no output"])[-1]
-                return dict(case=case.name, error=f"client exit {cp.returncode}: {tail}")
-            res = json.loads(lines[-1])
-            res.update(case=case.name, client_rc=cp.returncode, client_cmd=" ".join(argv))
-            if proc.poll() is not None:
-                res["error"] = "rpcd died during the run"
-            return derive(res)
+            log_path = os.path.join(logdir, f"{idx:02d}_{slug}.client.log")
+            return run_client(argv, limit, log_path, case.name, proc, "rpcd")
         finally:
             stop(proc)
+
+
+def run_client(argv: list[str], limit: float, log_path: str, case_name: str,
+               server: subprocess.Popen, server_name: str) -> dict[str, Any]:
+    """
+    Run a load client to the end and read its JSON result line.
+
+    @param argv: the client's command.
+    @param limit: seconds before it is killed.
+    @param log_path: where its command line and stderr go.
+    @param case_name: the row's name.
+    @param server: the server process (checked to be alive after the run).
+    @param server_name: how errors name the server.
+    @return: the client's result with the derived columns, or an C{error}.
+    """
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=limit,
+                            stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return dict(case=case_name, error=f"client timed out after {limit:.0f}s")
+    with open(log_path, "w") as f:
+        f.write(" ".join(shlex.quote(a) for a in argv) + "\n" + cp.stderr)
+    lines = [line for line in cp.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (cp.stderr.strip().splitlines() or ["no output"])[-1]
+        return dict(case=case_name, error=f"client exit {cp.returncode}: {tail}")
+    res = json.loads(lines[-1])
+    res.update(case=case_name, client_rc=cp.returncode, client_cmd=" ".join(argv))
+    if server.poll() is not None:
+        res["error"] = f"{server_name} died during the run"
+    return derive(res)
 
 
 def derive(res: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import json
 import os
 import pstats
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,6 +40,9 @@ from rpcd.daemon import build_registry, resolve_services  # noqa: E402
 from rpcd.server import RPCServer  # noqa: E402
 from rpcd.wire.httpserver import HTTPServerProtocol  # noqa: E402
 from rpcd.wire.jsonserver import JSONServerProtocol  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from micro_dispatch import measure  # noqa: E402  (the same timing loop)
 
 MODES = ("go", "jsonrpc2", "batch", "http")
 
@@ -108,22 +110,6 @@ def check(mode: str, protocol: Any, transport: StringTransport, data: bytes, bat
         sys.exit(f"{mode}: wrong results {got[:3]}... (want {want[:3]}...)")
 
 
-def measure(protocol: Any, transport: StringTransport, data: bytes, batch: int,
-            calls: int, rounds: int) -> float:
-    """
-    @return: the best round's CPU microseconds per call.
-    """
-    feed = protocol.dataReceived
-    clear = transport.clear
-    reads = max(1, calls // batch)
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.process_time()
-        for _ in range(reads):
-            feed(data)
-            clear()
-        best = min(best, (time.process_time() - t0) / (reads * batch) * 1e6)
-    return best
 
 
 def main() -> None:
