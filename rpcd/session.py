@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from rpcd.errors import ResourceExhausted, Unauthenticated
@@ -146,4 +145,4 @@ def describe_address(address: Any) -> tuple[str, str]:
     return str(address), str(address)
 
 
-__all__ = ["Session", "describe_address", "Deferred"]
+__all__ = ["Session", "describe_address"]

@@ -6,7 +6,6 @@ The only module that touches the global reactor.
 
 from __future__ import annotations
 
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -82,4 +81,4 @@ def makeService(options: Options) -> IService:
         raise SystemExit(f"rpcd: {e}") from None
 
 
-__all__ = ["Options", "makeService", "Any"]
+__all__ = ["Options", "makeService"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -233,4 +233,4 @@ def when_fired(d: Deferred[Any]) -> Deferred[None]:
     return out
 
 
-__all__ = ["ClientChannel", "CancelledError"]
+__all__ = ["ClientChannel", "when_fired"]

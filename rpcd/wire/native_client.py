@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import Code, ProtocolError, Unavailable, error_from_wire
+from rpcd.errors import ProtocolError, Unavailable, error_from_wire
 from rpcd.wire.channel import ClientChannel
 from rpcd.wire.frames import (
     CALL,
@@ -130,4 +130,4 @@ class NativeClientProtocol(ClientChannel):
             self.streams.connection_lost(reason)
 
 
-__all__ = ["NativeClientProtocol", "Code"]
+__all__ = ["NativeClientProtocol"]
