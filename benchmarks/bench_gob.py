@@ -42,6 +42,7 @@ sys.path.insert(0, HERE)
 
 from bench_native import (  # noqa: E402  (helpers shared with the native benchmark)
     WORK,
+    add_run_options,
     fmt,
     free_port,
     median_row,
@@ -148,15 +149,7 @@ def ratios(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dur", type=float, default=float(os.environ.get("DUR", 3)),
-                   help="measured seconds per case (env DUR; 3)")
-    p.add_argument("--warmup", type=float, default=float(os.environ.get("WARMUP", 0.5)))
-    p.add_argument("--n", type=int, default=int(os.environ.get("N", 5_000_000)),
-                   help="cap on measured calls per case")
-    p.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", 1)),
-                   help="fresh runs per case; the table shows the median (env REPEAT)")
-    p.add_argument("--pin", choices=["none", "split", "same"], default=os.environ.get("PIN", "none"),
-                   help="taskset as the anchors do: split = server cpu1 / client cpu0")
+    add_run_options(p)
     p.add_argument("--http", action="store_true", help="also gob over HTTP CONNECT")
     p.add_argument("--only", default=None, help="regex on case names")
     args = p.parse_args()

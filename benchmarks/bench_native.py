@@ -298,9 +298,11 @@ def ratios(mine: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """
+    The options every socket benchmark shares (duration, warm-up, call cap,
+    repeats, CPU pinning), with the anchors' environment variables as defaults.
+    """
     p.add_argument("--dur", type=float, default=float(os.environ.get("DUR", 3)),
                    help="measured seconds per case (env DUR; 3)")
     p.add_argument("--warmup", type=float, default=float(os.environ.get("WARMUP", 0.5)))
@@ -310,6 +312,12 @@ def main() -> int:
                    help="fresh runs per case; the table shows the median (env REPEAT)")
     p.add_argument("--pin", choices=["none", "split", "same"], default=os.environ.get("PIN", "none"),
                    help="taskset as the anchors do: split = server cpu1 / client cpu0")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
     p.add_argument("--only", default=None, help="regex on rpcd case names")
     p.add_argument("--no-anchors", action="store_true", help="run only the rpcd cases")
     p.add_argument("--anchors", default=DEFAULT_ANCHORS, help="the anchors folder (%(default)s)")
