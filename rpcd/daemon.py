@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
@@ -150,7 +151,14 @@ def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) 
     original = listener.privilegedStartService
 
     def start() -> None:
-        original()
+        try:
+            original()
+        except CannotListenError as e:
+            # The OS's reason and the endpoint as the user wrote it, not a
+            # traceback through twistd's internals.
+            log.critical("rpcd cannot listen on {endpoint!r}: {reason}",
+                         endpoint=endpoint, reason=e.socketError)
+            raise SystemExit(1) from None
         waiting = listener._waitingForPort
         if waiting is not None:
             waiting.addCallback(_listening, endpoint, names)

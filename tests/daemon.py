@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -327,3 +329,20 @@ def temp_dir(test: TestCase) -> str:
     path = Path(test.mktemp())
     path.mkdir(parents=True)
     return str(path.resolve())
+
+
+def socket_path(test: TestCase, name: str = "rpcd.sock") -> str:
+    """
+    A path for a Unix socket, in a new directory removed after the test.
+
+    Not under the test's own temporary directory: that sits wherever the
+    checkout is, and a Unix socket path has a limit of 107 bytes, which a
+    deep checkout (a CI runner's workspace) exceeds.
+
+    @param test: the test.
+    @param name: the socket's file name.
+    @return: the absolute path (nothing exists there yet).
+    """
+    directory = tempfile.mkdtemp(prefix="rpcd-")
+    test.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+    return str(Path(directory) / name)

@@ -169,6 +169,26 @@ class StartupTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(f"{bad}: [limits] unknown key 'max_frame'", out + err)
 
+    async def test_port_in_use_stops_startup(self) -> None:
+        """A port already taken stops twistd with one line naming the endpoint and the OS's reason."""
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--listen", endpoint))
+        self.assertEqual(code, 1)
+        self.assertIn(f"rpcd cannot listen on {endpoint!r}: [Errno 98] Address already in use", out)
+        self.assertNotIn("Traceback", out + err)
+
+    async def test_unix_path_too_long_stops_startup(self) -> None:
+        """A Unix socket path past the OS's limit is reported as such, not as a traceback."""
+        path = Path(temp_dir(self)) / ("s" * 120)
+        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--listen", f"unix:{path}"))
+        self.assertEqual(code, 1)
+        self.assertIn(f"rpcd cannot listen on 'unix:{path}': AF_UNIX path too long", out)
+        self.assertNotIn("Traceback", out + err)
+
     async def test_config_file_and_plugin_service(self) -> None:
         """A config file's services and options are served; a class path works beside plugins."""
         directory = temp_dir(self)

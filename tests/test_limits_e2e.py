@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import ResourceExhausted
 from rpcd.wire.frames import PREFACE, encode_frame
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.daemon import Daemon, rpcd_command, run, socket_path, temp_dir
 from tests.test_tls_e2e import PKI
 
 
@@ -308,7 +308,7 @@ class UnixSocketTests(TestCase):
 
     async def test_unix(self) -> None:
         """The daemon listens on a Unix socket; the client library and rpcd call reach it with unix: endpoints."""
-        path = Path(temp_dir(self)) / "rpcd.sock"
+        path = socket_path(self)
         daemon = await Daemon.start(self, "--listen", f"unix:{path}")
         self.assertEqual((daemon.ports, daemon.addresses), ([None], [str(path)]))
         client = await connect(f"unix:{path}")

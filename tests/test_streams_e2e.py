@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.certs import create_dev_pki
 from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, DeadlineExceeded, RPCError, Unimplemented
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.daemon import Daemon, rpcd_command, run, socket_path, temp_dir
 
 SERVICES = ("--service", "TestService", "--service", "KVStoreService")
 SPECIAL_MESSAGE = "\t\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\t\n"
@@ -159,7 +159,7 @@ class InteropTests(TestCase):
 
     async def test_over_unix_socket(self) -> None:
         """A server stream and a client stream work over a Unix socket."""
-        path = Path(temp_dir(self)) / "rpcd.sock"
+        path = socket_path(self)
         await Daemon.start(self, "--listen", f"unix:{path}", *SERVICES)
         client = await connect(f"unix:{path}")
         self.addCleanup(client.close)
