@@ -62,12 +62,31 @@ def _reactor(reactor: Any) -> Any:
     return reactor
 
 
+def client_from_string(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """
+    C{clientFromString}, with C{tls:} strings parsed by rpcd's C{rpcd-tls:}
+    client parser: the same syntax and options as Twisted's, plus a TLS 1.2
+    floor and the verification watch that lets a failed handshake say
+    exactly what was wrong with the server's certificate (see
+    L{rpcd.endpoints}).
+
+    @param reactor: the reactor.
+    @param description: a Twisted client endpoint string.
+    @return: the endpoint.
+    @raise ValueError: a bad description.
+    @raise OSError: a certificate or key file could not be read.
+    """
+    if description.startswith("tls:"):
+        description = "rpcd-tls:" + description[len("tls:"):]
+    return clientFromString(reactor, description)
+
+
 def parse_endpoint(endpoint: Any, parse: Callable[[Any, str], Any], reactor: Any) -> Any:
     """
     An endpoint object from an endpoint string (or the object itself).
 
     @param endpoint: an endpoint string or object.
-    @param parse: C{clientFromString} or C{serverFromString}.
+    @param parse: L{client_from_string} or C{serverFromString}.
     @param reactor: the reactor.
     @return: the endpoint object.
     @raise ValueError: the string does not parse; the message names it.
@@ -114,7 +133,7 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
     where = _endpoint_text(endpoint)
     try:
         cls = _codec_class(codec)
-        client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, clientFromString, reactor)
+        client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, client_from_string, reactor)
     except ValueError as e:
         return fail(e)
     connecting = client_endpoint.connect(_ChannelFactory(lambda: cls(reactor)))

@@ -33,14 +33,25 @@ Twisted's C{tls:} client string is what users type to connect::
 C{trustRoots} is a directory whose every C{*.pem} file is trusted (the
 directory that L{rpcd.certs.create_dev_pki} writes works, because all of its
 certificates chain to C{ca.pem}; in production use a directory holding only
-CA certificates).  C{host} is checked against the server certificate's names
-with service_identity.  For programmatic clients use L{client_tls_options}
-with C{wrapClientTLS}.
+CA certificates), or one PEM file of CA certificates.  C{host} is checked
+against the server certificate's names with service_identity.  For
+programmatic clients use L{client_tls_options} with C{wrapClientTLS}.
+
+rpcd's clients (the library's C{connect}, the C{rpcd} command, the daemon's
+C{connect = [...]}) read a C{tls:} client string with
+L{rpcd.client.client_from_string}:
+the same syntax and options as Twisted's (C{host}, C{port}, C{timeout},
+C{bindAddress}, C{certificate}, C{privateKey}, C{trustRoots}, C{endpoint}),
+parsed by the C{rpcd-tls:} client parser of the drop-in, which also refuses
+anything older than TLS 1.2, refuses a C{trustRoots} that holds no
+certificate (Twisted's would silently trust nothing), and builds its
+connections with L{WatchedClientOptions}.
 
 The creators here (L{WatchedServerOptions}, L{WatchedClientOptions}) call
 L{rpcd.tlsinfo.watch_verification}, so that
 L{rpcd.tlsinfo.describe_tls_failure} can tell an expired certificate from an
-unknown CA; with Twisted's own C{tls:} client the words are less precise.
+unknown CA; with Twisted's own C{tls:} client parser the words are less
+precise.
 
 If another installed plugin also claimed C{mtls:}, Twisted would pick one of
 the two arbitrarily; none known does.
@@ -60,15 +71,19 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 from twisted.internet.endpoints import (
+    HostnameEndpoint,
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
+    clientFromString,
+    wrapClientTLS,
     wrapServerTLS,
 )
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IReactorTime,
+    IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import (
@@ -103,6 +118,31 @@ def load_certificates(path: Path | str) -> list[Certificate]:
     except ValueError as e:
         raise ValueError(f"{path}: no PEM certificate could be read ({e})") from None
     return [Certificate(X509.from_cryptography(c)) for c in parsed]
+
+
+def load_trust_roots(path: Path | str) -> list[Certificate]:
+    """
+    Read the CA certificates to trust: every certificate in a PEM file, or
+    in every C{*.pem} file of a directory (as Twisted's C{trustRoots=}
+    does; files there that hold no certificate, such as keys, are skipped).
+
+    @param path: a PEM file or a directory.
+    @return: the certificates.
+    @raise OSError: the path could not be read.
+    @raise ValueError: no certificate was found there.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return load_certificates(path)
+    found: list[Certificate] = []
+    for child in sorted(path.glob("*.pem")):
+        try:
+            found.extend(load_certificates(child))
+        except ValueError:
+            continue
+    if not found:
+        raise ValueError(f"{path}: no *.pem file in this directory holds a certificate to trust")
+    return found
 
 
 def load_private_certificate(
@@ -188,19 +228,20 @@ class WatchedClientOptions:
 
     @ivar hostname: the name or IP address the server certificate must carry.
     @ivar options: the TLS policy (trust roots, client certificate, versions).
+    @ivar is_ip: whether C{hostname} is an IP address (checked as one, no SNI).
     """
 
     def __init__(self, hostname: str, options: CertificateOptions) -> None:
         self.hostname = hostname
         self.options = options
-        self._is_ip = isIPAddress(hostname) or isIPv6Address(hostname)
+        self.is_ip = isIPAddress(hostname) or isIPv6Address(hostname)
 
     def _check_server(self, certificate: x509.Certificate) -> None:
         """
         @raise service_identity.VerificationError: C{certificate} is not for
             C{hostname}.
         """
-        if self._is_ip:
+        if self.is_ip:
             verify_certificate_ip_address(certificate, self.hostname)
         else:
             verify_certificate_hostname(certificate, self.hostname)
@@ -212,7 +253,7 @@ class WatchedClientOptions:
             L{rpcd.tlsinfo.watch_verification}, which checks the name.
         """
         connection = self.options.clientConnectionForTLS(tlsProtocol)
-        if not self._is_ip:
+        if not self.is_ip:
             connection.set_tlsext_host_name(self.hostname.encode("idna"))
         return watch_verification(tlsProtocol, connection, self._check_server)
 
@@ -228,8 +269,8 @@ def client_tls_options(
 
     @param hostname: the name (or IP address) the server certificate must
         carry; checked with service_identity.
-    @param ca: a PEM file of the CA certificates to trust; L{None} trusts the
-        platform's CAs.
+    @param ca: the CA certificates to trust: a PEM file, or a directory of
+        them (see L{load_trust_roots}); L{None} trusts the platform's CAs.
     @param certificate: a client certificate (PEM) to present, or L{None}.
     @param private_key: its key; L{None} if C{certificate} holds it.
     @return: an L{IOpenSSLClientConnectionCreator} with a TLS 1.2 floor.
@@ -239,7 +280,7 @@ def client_tls_options(
     """
     if certificate is None and private_key is not None:
         raise ValueError("a private key was given without its certificate")
-    trust = platformTrust() if ca is None else trustRootFromCertificates(load_certificates(ca))
+    trust = platformTrust() if ca is None else trustRootFromCertificates(load_trust_roots(ca))
     options: dict[str, Any] = {}
     if certificate is not None:
         client = load_private_certificate(certificate, private_key)
@@ -248,6 +289,55 @@ def client_tls_options(
         hostname,
         CertificateOptions(trustRoot=trust, raiseMinimumTo=MINIMUM_TLS_VERSION, **options),
     )
+
+
+def parse_tls_client(
+    reactor: Any,
+    host: str | None = None,
+    port: str | None = None,
+    timeout: str = "30",
+    bindAddress: str | None = None,
+    certificate: str | None = None,
+    privateKey: str | None = None,
+    trustRoots: str | None = None,
+    endpoint: str | None = None,
+    **extra: str,
+) -> IStreamClientEndpoint:
+    """
+    Build the endpoint for a C{rpcd-tls:} client description (the options
+    of Twisted's C{tls:} client string).
+
+    @param reactor: the reactor given to C{clientFromString}.
+    @param host: the server's name or address, checked against its
+        certificate (and sent as SNI unless an address).
+    @param port: the server's port; unused when C{endpoint} is given.
+    @param timeout: seconds for each connection attempt.
+    @param bindAddress: the local address to connect from.
+    @param certificate: a client certificate (PEM) to present.
+    @param privateKey: its key; defaults to C{certificate}.
+    @param trustRoots: the CAs to trust (see L{load_trust_roots}); the
+        platform's when left out.
+    @param endpoint: a client endpoint string to run TLS over instead of
+        connecting to C{host} and C{port}.
+    @param extra: anything else is an error.
+    @return: the TLS client endpoint, with L{WatchedClientOptions}.
+    @raise ValueError: a missing or unknown option, or a bad number.
+    @raise OSError: a file could not be read.
+    """
+    _refuse_extra(extra)
+    if not host:
+        raise ValueError("host= is required (the name the server's certificate must carry)")
+    options = client_tls_options(host, trustRoots, certificate, privateKey)
+    transport: IStreamClientEndpoint
+    if endpoint is not None:
+        transport = clientFromString(reactor, endpoint)
+    else:
+        if port is None:
+            raise ValueError("port= is required")
+        address = host.encode("ascii") if options.is_ip else host.encode("idna")
+        transport = HostnameEndpoint(reactor, address, int(port), int(timeout),
+                                     None if bindAddress is None else (bindAddress, 0))
+    return wrapClientTLS(options, transport)
 
 
 def _transport_endpoint(

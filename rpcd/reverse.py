@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from twisted.internet.defer import TimeoutError as TwistedTimeoutError
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.client import Client, _codec_class, _reactor, parse_endpoint
+from rpcd.client import Client, _codec_class, _reactor, client_from_string, parse_endpoint
 from rpcd.config import ConfigError, ConnectConfig
 from rpcd.sniffer import SniffingProtocol
 
@@ -120,7 +120,7 @@ def reverse_services(connects: Iterable[ConnectConfig], server: RPCServer, react
     services: list[IService] = []
     for index, item in enumerate(connects):
         try:
-            endpoint = clientFromString(reactor, item.endpoint)
+            endpoint = client_from_string(reactor, item.endpoint)
         except Exception as e:
             raise ConfigError(f"server.connect[{index}]: bad client endpoint "
                               f"{item.endpoint!r}: {e}") from None

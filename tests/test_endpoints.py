@@ -19,10 +19,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IStreamClientEndpointStringParserWithReactor,
     IStreamServerEndpointStringParser,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.plugin import IPlugin, getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -30,12 +31,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+import rpcd.endpoints
+from rpcd.client import client_from_string, connect
 from rpcd.endpoints import (
+    WatchedClientOptions,
     WatchedServerOptions,
     client_tls_options,
     load_certificates,
     server_tls_options,
 )
+from rpcd.errors import ConnectionLost
 from rpcd.tlsinfo import describe_tls_failure, peer_identity
 from tests.test_tlsinfo import PKIFixture, handshake, human
 from tests.tools import require_tool
@@ -287,6 +292,127 @@ class ParserTests(SynchronousTestCase):
         self.assertIsNotNone(endpoint)
 
 
+class ClientParserTests(SynchronousTestCase):
+    """
+    C{tls:} client strings as rpcd's clients read them
+    (L{rpcd.client.client_from_string}, the drop-in's C{rpcd-tls:} client
+    parser).
+    """
+
+    def setUp(self) -> None:
+        self.pki = PKIFixture(Path(self.mktemp()))
+        self.reactor = MemoryReactorClock()
+        self.roots = _escape(self.pki.directory)
+        self.wrapped: list[tuple[Any, Any]] = []
+        self.patch(rpcd.endpoints, "wrapClientTLS", self._wrap)
+
+    def _wrap(self, options: Any, transport: Any) -> Any:
+        """
+        Note what the parser wraps in TLS, and return the transport.
+        """
+        self.wrapped.append((options, transport))
+        return transport
+
+    def options(self, description: str) -> WatchedClientOptions:
+        """
+        @return: the client TLS options the parser made for C{description}.
+        """
+        client_from_string(self.reactor, description)
+        options = self.wrapped[-1][0]
+        assert isinstance(options, WatchedClientOptions)
+        return options
+
+    def test_found(self) -> None:
+        """
+        Twisted's plugin scan finds the client parser.
+        """
+        parsers = [
+            p for p in getPlugins(IStreamClientEndpointStringParserWithReactor)
+            if type(p).__module__ == "twisted.plugins.rpcd_endpoints"
+        ]
+        self.assertEqual([p.prefix for p in parsers], ["rpcd-tls"])
+        verifyObject(IStreamClientEndpointStringParserWithReactor, parsers[0])
+
+    def test_watched_options(self) -> None:
+        """
+        A C{tls:} string gets L{WatchedClientOptions} for its host, with a
+        TLS 1.2 floor, and connects to that host and port.
+        """
+        options = self.options(f"tls:host=localhost:port=8443:trustRoots={self.roots}:timeout=7")
+        self.assertEqual((options.hostname, options.is_ip), ("localhost", False))
+        self.assertTrue(options.options.getContext().set_options(0) & SSL.OP_NO_TLSv1_1)
+        self.wrapped[-1][1].connect(Factory.forProtocol(Protocol))
+        host, port, _, timeout, _ = self.reactor.tcpClients[0]
+        self.assertEqual((port, timeout), (8443, 7))
+
+    def test_positional_host_and_ip(self) -> None:
+        """
+        Host and port may be positional, as in Twisted's C{tls:}; an IP
+        address is checked as one.
+        """
+        options = self.options(f"tls:127.0.0.1:8443:trustRoots={self.roots}")
+        self.assertEqual((options.hostname, options.is_ip), ("127.0.0.1", True))
+
+    def test_client_certificate(self) -> None:
+        """
+        C{certificate=} and C{privateKey=} give the client certificate.
+        """
+        d = self.pki.directory
+        options = self.options(
+            f"tls:host=localhost:port=1:trustRoots={self.roots}"
+            f":certificate={_escape(d / 'alice.pem')}:privateKey={_escape(d / 'alice.key')}")
+        self.assertIsNotNone(options.options.certificate)
+
+    def test_trust_roots_file(self) -> None:
+        """
+        C{trustRoots=} may also name one PEM file.
+        """
+        options = self.options(f"tls:host=localhost:port=1:trustRoots={_escape(self.pki.path('ca.pem'))}")
+        self.assertEqual(options.hostname, "localhost")
+
+    def test_trust_roots_without_certificates(self) -> None:
+        """
+        A C{trustRoots=} directory with no certificate is refused, naming
+        it, instead of silently trusting nothing.
+        """
+        empty = Path(self.mktemp())
+        empty.mkdir()
+        (empty / "key.pem").write_bytes(self.pki.path("ca.key").read_bytes())
+        error = self.assertRaises(ValueError, client_from_string, self.reactor,
+                                  f"tls:host=localhost:port=1:trustRoots={_escape(empty)}")
+        self.assertIn(f"{empty}: no *.pem file in this directory holds a certificate", str(error))
+
+    def test_refusals(self) -> None:
+        """
+        A missing host or port and an unknown option are refused by name.
+        """
+        for description, words in [
+            (f"tls:port=1:trustRoots={self.roots}", "host= is required"),
+            (f"tls:host=localhost:trustRoots={self.roots}", "port= is required"),
+            (f"tls:host=localhost:port=1:trustroots={self.roots}", "unknown endpoint option(s): trustroots"),
+        ]:
+            error = self.assertRaises(ValueError, client_from_string, self.reactor, description)
+            self.assertIn(words, str(error), description)
+
+    def test_wrapped_endpoint(self) -> None:
+        """
+        C{endpoint=} runs TLS over another client endpoint, the host being
+        only the name to verify.
+        """
+        options = self.options(
+            f"tls:host=example.com:trustRoots={self.roots}:endpoint=tcp\\:127.0.0.1\\:9999")
+        self.assertEqual(options.hostname, "example.com")
+        self.wrapped[-1][1].connect(Factory.forProtocol(Protocol))
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 9999))
+
+    def test_other_strings_unchanged(self) -> None:
+        """
+        Anything but C{tls:} goes to Twisted's parsers as it is.
+        """
+        client_from_string(self.reactor, "tcp:127.0.0.1:1234").connect(Factory.forProtocol(Protocol))
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 1234))
+
+
 class ClientOptionsTests(SynchronousTestCase):
     """
     Tests for L{client_tls_options}.
@@ -396,6 +522,25 @@ class LoopbackTests(TestCase):
         port = await endpoint.listen(self.factory)
         self.addCleanup(port.stopListening)
         return port.getHost().port
+
+    async def test_client_library_expired_server(self) -> None:
+        """
+        The client library, given a C{tls:} string, says that the server's
+        certificate has expired, not just that it failed verification.
+        """
+        pki = PKIFixture(Path(self.mktemp()))
+        d = pki.directory
+        endpoint = serverFromString(
+            global_reactor,
+            f"rpcd-tls:0:interface=127.0.0.1:certKey={_escape(d / 'expired-server.pem')}"
+            f":privateKey={_escape(d / 'expired-server.key')}",
+        )
+        port = await endpoint.listen(_TellerFactory())
+        self.addCleanup(port.stopListening)
+        with self.assertRaises(ConnectionLost) as caught:
+            await connect(f"tls:host=localhost:port={port.getHost().port}:trustRoots={_escape(d)}")
+        self.assertIn("certificate verify failed: the server's certificate has expired",
+                      str(caught.exception))
 
     def test_twisted_tls_client(self) -> Deferred[None]:
         """

@@ -1,6 +1,8 @@
 """
 Twisted plugin drop-in: rpcd's server endpoint strings C{rpcd-tls:} and
-C{mtls:} (see L{rpcd.endpoints} for their syntax).
+C{mtls:}, and its C{rpcd-tls:} client string (Twisted's C{tls:} client
+options, with rpcd's checks and error words); see L{rpcd.endpoints} for their
+syntax.
 
 Twisted imports this module whenever anything scans for plugins, so it imports
 only interfaces here and L{rpcd.endpoints} when a string is parsed.  There is
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.internet.interfaces import (
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpointStringParser,
+)
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -51,3 +56,30 @@ class _RPCDTLSServerParser:
 
 rpcd_tls_server_parser = _RPCDTLSServerParser("rpcd-tls", False)
 rpcd_mtls_server_parser = _RPCDTLSServerParser("mtls", True)
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class _RPCDTLSClientParser:
+    """
+    Parse C{rpcd-tls:} client endpoint descriptions (rpcd's clients send
+    C{tls:} strings here, see L{rpcd.endpoints.client_from_string}).
+
+    @ivar prefix: the endpoint type this parser handles.
+    """
+
+    prefix = "rpcd-tls"
+
+    def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+        """
+        Build the endpoint; see L{rpcd.endpoints.parse_tls_client}.
+
+        @return: an L{IStreamClientEndpoint}.
+        @raise ValueError: a bad description.
+        @raise OSError: a certificate or key file could not be read.
+        """
+        from rpcd.endpoints import parse_tls_client
+
+        return parse_tls_client(reactor, *args, **kwargs)
+
+
+rpcd_tls_client_parser = _RPCDTLSClientParser()
