@@ -167,6 +167,32 @@ class RPCTests(SynchronousTestCase):
         self.protocol.dataReceived(body)
         self.assertEqual(json.loads(responses(self.transport.value())[0][2])["result"]["Ans"], 4)
 
+    def test_chunked_body(self) -> None:
+        """A chunked body, sent in pieces after 100 Continue, is decoded and answered; the connection stays open."""
+        head = (b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+        self.protocol.dataReceived(head)
+        self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.transport.clear()
+        for piece in [b"1a\r\n", b'{"jsonrpc":"2.0","method":', b'\r\n1', b"9;x=y\r\n",
+                      b'"Cal.Square","params":[5]\r\n', b'8\r\n,"id":1}\r\n0\r\n', b"\r\n"]:
+            self.protocol.dataReceived(piece)
+        ((status, _, body),) = responses(self.transport.value())
+        self.assertEqual((status, json.loads(body)["result"]["Ans"]), (200, 25))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_chunked_body_limit(self) -> None:
+        """A chunk that takes the body over limits.max_frame_bytes is refused with 413 from its size line."""
+        server, _, _ = make_server(limits=Limits(max_frame_bytes=100))
+        protocol, transport = connect_protocol(server)
+        with capturedLogs():
+            protocol.dataReceived(b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n65\r\n")
+        ((status, headers, body),) = responses(transport.value())
+        self.assertEqual((status, headers["connection"]), (413, "close"))
+        self.assertIn(b"exceeds the limit of 100 bytes", body)
+        self.assertTrue(transport.disconnecting)
+
     def test_body_limit(self) -> None:
         """A body over limits.max_frame_bytes is refused with 413 from its head."""
         server, _, _ = make_server(limits=Limits(max_frame_bytes=100))
@@ -195,8 +221,10 @@ class StrictnessTests(SynchronousTestCase):
         (b"POST /rpc HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
          400, "more than one Content-Length"),
         (b"POST /rpc HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431, "exceeds"),
-        (b"POST /rpc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-         411, "chunked"),
+        (b"POST /rpc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+         b"2\r\n{}\r\n0\r\n\r\n", 400, "Content-Length"),
+        (b"POST /rpc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}0\r\n\r\n",
+         400, "CRLF"),
         (b"POST /rpc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "gzip"),
         (b"GET /debug/rpc HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP/2.0"),
         (b"GET /debug/rpc HTTP/1.1\r\n\r\n", 400, "Host"),

@@ -16,6 +16,8 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -182,6 +184,101 @@ class HTTPTests(TestCase):
                             f"http://127.0.0.1:{daemon.port}/nothing")
         self.assertEqual(status, "404")
         self.assertNotIn("Traceback", daemon.output)
+
+
+class ChunkedHTTPTests(TestCase):
+    """POST /rpc with a Transfer-Encoding: chunked body, from curl and from a raw socket."""
+
+    timeout = 120
+
+    async def test_curl_chunked(self) -> None:
+        """curl sends a 200 KB call chunked after 100 Continue; the daemon decodes all of it."""
+        tool = require_tool("curl", "to send a chunked JSON-RPC 2.0 request")
+        daemon = await Daemon.start(self, *LOOPBACK)
+        url = f"http://127.0.0.1:{daemon.port}/rpc"
+        value = "chunked " * 25000
+        call = json.dumps({"jsonrpc": "2.0", "method": "KVStoreService.Set",
+                           "params": [["big", value]], "id": 1})
+        code, out, err = await run(self, [
+            tool, "--verbose", "--silent", "--show-error", "--max-time", "20",
+            "-H", "Content-Type: application/json", "-H", "Transfer-Encoding: chunked",
+            "-H", "Expect: 100-continue", "--data-binary", "@-", url], stdin=call.encode())
+        self.assertEqual(code, 0, err)
+        self.assertIn("> Transfer-Encoding: chunked", err)
+        request_head = err.partition("\n< ")[0]  # curl's verbose lines before the first answer
+        self.assertNotIn("Content-Length", request_head)
+        self.assertIn("< HTTP/1.1 100 Continue", err)
+        self.assertEqual(json.loads(out), {"jsonrpc": "2.0", "result": None, "id": 1})
+        stored = json.loads(await curl(self, *post_args(
+            url, '{"jsonrpc":"2.0","method":"KVStoreService.Get","params":["big"],"id":2}')))
+        self.assertEqual(stored["result"], value)
+        self.assertNotIn("Traceback", daemon.output)
+
+    async def test_raw_socket_chunked(self) -> None:
+        """A hand-written chunked request in several writes, then a pipelined one, are both answered."""
+        daemon = await Daemon.start(self, *LOOPBACK)
+        first, second = await deferToThread(_raw_chunked_calls, daemon.port)
+        self.assertEqual(first, (200, {"jsonrpc": "2.0", "result": 42, "id": 1}))
+        self.assertEqual(second, (200, {"jsonrpc": "2.0", "result": {"Num": 12, "Ans": 144}, "id": 2}))
+        self.assertNotIn("Traceback", daemon.output)
+
+
+# A chunked JSON-RPC call, head and body, as the writes that send it.
+_CHUNKED_WRITES = [
+    b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    b"11\r\n{\"jsonrpc\":\"2.0\",",
+    b"\r\n22;note=\"second chunk\"\r\n\"method\":\"Arith.Multip",
+    b"ly\",\"params\"\r\n1",
+    b"6\r\n:{\"A\":6,\"B\":7},\"id\":1}\r\n0\r\nX-Trailer: ignored\r\n",
+    b"\r\n",
+]
+# A second chunked call, pipelined on the same connection, which it closes.
+_CHUNKED_SECOND = (
+    b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    b"3c\r\n{\"jsonrpc\":\"2.0\",\"method\":\"Cal.Square\",\"params\":[12],\"id\":2}\r\n0\r\n\r\n"
+)
+
+
+def _raw_chunked_calls(port: int) -> tuple[tuple[int, object], tuple[int, object]]:
+    """
+    Send L{_CHUNKED_WRITES} one write at a time, the body only after the
+    daemon's 100 Continue, then L{_CHUNKED_SECOND} before reading the first
+    answer (pipelined).
+
+    @return: C{(status, decoded JSON body)} of each answer.
+    """
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        replies = s.makefile("rb")
+        s.sendall(_CHUNKED_WRITES[0])
+        interim = _read_response(replies)
+        if interim[0] != 100:
+            raise AssertionError(f"expected 100 Continue, got {interim!r}")
+        for data in _CHUNKED_WRITES[1:]:
+            s.sendall(data)
+        s.sendall(_CHUNKED_SECOND)
+        first = _read_response(replies)
+        second = _read_response(replies)
+        if replies.read() != b"":
+            raise AssertionError("bytes after the last answer")
+    return ((first[0], json.loads(first[1])), (second[0], json.loads(second[1])))
+
+
+def _read_response(replies: BinaryIO) -> tuple[int, bytes]:
+    """
+    Read one response with a Content-Length body (or none) from a socket file.
+
+    @return: its status and body.
+    """
+    status = int(replies.readline().split()[1])
+    length = 0
+    while (line := replies.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, replies.read(length)
 
 
 class SeedClientTests(TestCase):

@@ -31,6 +31,9 @@ HTTP_SAMPLES = [
     b"GET /_goRPC_ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
     b"POST /rpc HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
     b"Content-Length: 2\r\n\r\n[]",
+    b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    b'\r\n1f;x=y\r\n{"jsonrpc":"2.0","method":"Math\r\n23\r\n.subtract","params":[42,23],"id":1}'
+    b"\r\n0\r\nX-T: 1\r\n\r\n",
 ]
 NASTY = [b"\x00", b"\r", b"\n", b"{", b"}", b"[", b"]", b'"', b"\\", b"NaN", b"Infinity", b"1e999",
          b"\xff", b"\xc3", b"\r\n\r\n", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n",

@@ -2,8 +2,8 @@
 A strict, sans-io HTTP/1.0 and HTTP/1.1 request parser, and response bytes.
 
 Only what rpcd serves: C{CONNECT /_goRPC_ HTTP/1.0} (Go's C{rpc.DialHTTP}),
-C{POST /rpc} with a C{Content-Length} body, C{GET /debug/rpc}.  Feed bytes,
-then iterate the complete requests::
+C{POST /rpc} with a C{Content-Length} or chunked body, C{GET /debug/rpc}.
+Feed bytes, then iterate the complete requests::
 
     parser = HTTPRequestParser()
     parser.feed(data)
@@ -25,18 +25,34 @@ Rules, and the status each refusal carries (L{HTTPParseError.status}):
     control character in the head (HTAB allowed in header values), a
     whitespace before a header's colon, obs-fold (a header line starting
     with SP or HTAB), a C{Content-Length} that is not all digits or appears
-    more than once, an HTTP/1.1 request without exactly one C{Host}.
-  - 413: C{Content-Length} above C{max_body_size}, refused from the head,
-    before any body byte is buffered.
-  - 431: a head (request line and headers) longer than
-    C{max_header_size}, checked as bytes arrive.
-  - 411: C{Transfer-Encoding: chunked} (this server needs
-    C{Content-Length}); 501: any other C{Transfer-Encoding}.
+    more than once, an HTTP/1.1 request without exactly one C{Host};
+    C{Transfer-Encoding} together with C{Content-Length} (request
+    smuggling) or in an HTTP/1.0 request, C{chunked} applied twice; in a
+    chunked body, a chunk-size that is not hex or has more than 16 digits,
+    a malformed chunk extension, a chunk-size line longer than
+    C{max_header_size}, chunk data not followed by CRLF, a malformed
+    trailer field line.
+  - 413: a body above C{max_body_size}, refused before any of its bytes is
+    buffered: from the C{Content-Length} in the head, or, for a chunked
+    body, from the chunk-size line that would take it past the limit,
+    before that chunk's data.
+  - 431: a head (request line and headers), or a chunked body's trailer
+    section, longer than C{max_header_size}, checked as bytes arrive.
+  - 501: a C{Transfer-Encoding} other than C{chunked} alone (C{gzip},
+    C{gzip, chunked}, C{chunked, gzip}).
   - 505: a well-formed version other than HTTP/1.0 and HTTP/1.1.
 Lines may end with CRLF or a bare LF (Go's client sends
-C{"CONNECT /_goRPC_ HTTP/1.0\\n\\n"}).  Empty lines before a request line
-are skipped, as RFC 9112 section 2.2 allows.  A request without
-C{Content-Length} has an empty body.
+C{"CONNECT /_goRPC_ HTTP/1.0\\n\\n"}), in the head and in chunked
+framing.  Empty lines before a request line are skipped, as RFC 9112
+section 2.2 allows.  A request with neither C{Content-Length} nor
+C{Transfer-Encoding} has an empty body.
+
+A C{Transfer-Encoding: chunked} body (RFC 9112 section 7.1) is decoded as
+its bytes arrive, keeping its place between feeds: the request's C{body} is
+the decoded bytes, so a handler never sees the framing.  Chunk extensions
+are checked against the RFC's grammar, then ignored.  Trailer fields are
+checked as header lines and kept apart in the request's C{trailers}, never
+merged into its C{headers}.
 
 After a C{CONNECT} request the connection stops being HTTP: the request's
 C{leftover} holds every byte received after its head (Go starts its gob
@@ -52,7 +68,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 __all__ = [
     "CONTINUE_RESPONSE",
@@ -107,13 +123,20 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 _DIGITS = re.compile(rb"[0-9]+")
 _BARE_CR = re.compile(rb"\r[^\n]")
+_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXTENSIONS = (
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?)*"
+)
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)" + _CHUNK_EXTENSIONS)
+_MAX_CHUNK_SIZE_DIGITS = 16
 
 
 class HTTPParseError(ValueError):
     """
     The request is refused.
 
-    @ivar status: the status code to answer (400, 411, 413, 431, 501, 505).
+    @ivar status: the status code to answer (400, 413, 431, 501, 505).
     @ivar reason: its reason phrase.
     @ivar detail: what was wrong, in a sentence (also the C{str()}).
     """
@@ -187,6 +210,10 @@ class Headers:
         return f"Headers({self._fields!r})"
 
 
+_NO_FIELDS = Headers()
+"""No header fields: shared, as L{Headers} cannot be changed."""
+
+
 @dataclass(slots=True)
 class HTTPRequest:
     """
@@ -196,12 +223,15 @@ class HTTPRequest:
     @ivar target: the request-target as sent, e.g. C{"/rpc?x=1"}.
     @ivar version: C{"HTTP/1.0"} or C{"HTTP/1.1"}.
     @ivar headers: the header fields.
-    @ivar body: the body (C{Content-Length} bytes), C{b""} if none.
+    @ivar body: the body (C{Content-Length} bytes, or a chunked body
+        decoded), C{b""} if none.
     @ivar keep_alive: whether the connection may serve another request
         after this one: HTTP/1.1 unless C{Connection: close}, HTTP/1.0 only
         with C{Connection: keep-alive}; always C{False} for C{CONNECT}.
     @ivar leftover: for C{CONNECT}, the bytes received after the head, which
         belong to the tunnelled protocol; C{b""} otherwise.
+    @ivar trailers: the trailer fields that followed a chunked body, kept
+        apart from C{headers}; empty otherwise.
     """
 
     method: str
@@ -211,6 +241,7 @@ class HTTPRequest:
     body: bytes = b""
     keep_alive: bool = True
     leftover: bytes = field(default=b"")
+    trailers: Headers = field(default_factory=lambda: _NO_FIELDS)
 
 
 class HTTPRequestParser:
@@ -226,7 +257,8 @@ class HTTPRequestParser:
         """
         @param max_header_size: the longest head accepted, in bytes, from
             the request line to the blank line included.
-        @param max_body_size: the largest C{Content-Length} accepted.
+        @param max_body_size: the largest body accepted, from its
+            C{Content-Length} or decoded from chunks.
         """
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
@@ -234,7 +266,7 @@ class HTTPRequestParser:
         self._ready: deque[HTTPRequest] = deque()
         self._error: HTTPParseError | None = None
         self._pending: HTTPRequest | None = None  # head parsed, body awaited
-        self._body_size = 0
+        self._reader: _LengthBody | _ChunkedBody = _LengthBody(0)  # the pending body's
         self._searched = 0  # head-end search resumes here
         self._continue = False
         self._tunnel = False
@@ -299,90 +331,100 @@ class HTTPRequestParser:
     def _parse(self) -> None:
         buf = self._buf
         pos = 0
-        while not self._done:
+        while not (self._done or self._tunnel):
             if self._pending is not None:
-                if len(buf) - pos < self._body_size:
+                pos = self._reader.read(buf, pos)
+                if not self._reader.done:
                     break
-                request = self._pending
-                request.body = bytes(buf[pos:pos + self._body_size])
-                pos += self._body_size
-                self._pending = None
-                self._continue = False
-                self._ready.append(request)
-                if not request.keep_alive:
-                    self._done = True
+                self._complete_request()
                 continue
             pos = _LEADING_EMPTY_LINES.match(buf, pos).end()  # type: ignore[union-attr]
-            match = _HEAD_END.search(buf, max(pos, self._searched - 2))
-            if match is None:
-                bare_cr = _BARE_CR.search(buf, max(pos, self._searched - 1))
-                if bare_cr is not None:
-                    raise HTTPParseError(400, "bare CR in the request head")
-                self._searched = len(buf)
-                if len(buf) - pos > self.max_header_size:
-                    raise HTTPParseError(
-                        431,
-                        f"the request head exceeds {self.max_header_size} bytes",
-                    )
+            head_end = self._find_head_end(buf, pos)
+            if head_end is None:
                 break
-            end = match.end()
-            self._searched = 0
-            if end - pos > self.max_header_size:
-                raise HTTPParseError(
-                    431, f"the request head exceeds {self.max_header_size} bytes"
-                )
-            request = self._parse_head(bytes(buf[pos:match.start() + 1]))
-            pos = end
+            request = self._parse_head(bytes(buf[pos:head_end.start() + 1]))
+            pos = head_end.end()
             if request.method == "CONNECT":
-                request.keep_alive = False
-                request.leftover = bytes(buf[pos:])
-                pos = len(buf)
-                self._tunnel = True
-                self._ready.append(request)
-                break
-            self._body_size = self._content_length(request)
-            self._pending = request
-            if self._body_size and "100-continue" in request.headers.tokens("expect"):
-                self._continue = request.version == "HTTP/1.1"
+                pos = self._start_tunnel(request, buf, pos)
+            else:
+                self._expect_body(request)
         if self._done or self._tunnel:
             self._buf = bytearray()
         elif pos:
             del buf[:pos]
             self._searched = max(0, self._searched - pos)
 
+    def _find_head_end(self, buf: bytearray, pos: int) -> re.Match[bytes] | None:
+        """
+        Find the blank line ending the head that starts at C{pos}, searching
+        only the bytes not searched before.
+
+        @return: the blank line's match, or C{None} while the head is
+            incomplete.
+        @raise HTTPParseError: a bare CR, or a head over C{max_header_size}.
+        """
+        match = _HEAD_END.search(buf, max(pos, self._searched - 2))
+        if match is None:
+            bare_cr = _BARE_CR.search(buf, max(pos, self._searched - 1))
+            if bare_cr is not None:
+                raise HTTPParseError(400, "bare CR in the request head")
+            self._searched = len(buf)
+            if len(buf) - pos > self.max_header_size:
+                raise _head_too_large(self.max_header_size)
+            return None
+        self._searched = 0
+        if match.end() - pos > self.max_header_size:
+            raise _head_too_large(self.max_header_size)
+        return match
+
+    def _start_tunnel(self, request: HTTPRequest, buf: bytearray, pos: int) -> int:
+        """
+        Deliver a C{CONNECT} request with every byte after its head as its
+        leftover; the parser reads nothing more.
+
+        @return: the end of C{buf}.
+        """
+        request.keep_alive = False
+        request.leftover = bytes(buf[pos:])
+        self._tunnel = True
+        self._ready.append(request)
+        return len(buf)
+
+    def _expect_body(self, request: HTTPRequest) -> None:
+        """
+        Wait for the body of a request whose head was parsed (and ask for a
+        C{100 Continue} if it wants one and a body is to come).
+        """
+        self._reader = self._body_reader(request)
+        self._pending = request
+        if not self._reader.done and "100-continue" in request.headers.tokens("expect"):
+            self._continue = request.version == "HTTP/1.1"
+
+    def _complete_request(self) -> None:
+        """
+        Deliver the pending request, its body read.
+        """
+        request = self._pending
+        assert request is not None
+        self._reader.finish(request)
+        self._pending = None
+        self._continue = False
+        self._ready.append(request)
+        if not request.keep_alive:
+            self._done = True
+
     def _parse_head(self, head: bytes) -> HTTPRequest:
         """
         Parse a head: its lines, each ended by LF (the blank line excluded).
         """
-        lines = head.split(b"\n")
-        lines.pop()  # after the last LF
-        for i, line in enumerate(lines):
-            if line.endswith(b"\r"):
-                lines[i] = line = line[:-1]
-            if b"\r" in line:
-                raise HTTPParseError(400, "bare CR in the request head")
-            bad = _CONTROL.search(line)
-            if bad is not None:
-                raise HTTPParseError(
-                    400, f"control character {bad.group()!r} in the request head"
-                )
+        lines = _split_lines(head, "the request head")
         request_line = _REQUEST_LINE.fullmatch(lines[0])
         if request_line is None:
             raise HTTPParseError(400, f"malformed request line {lines[0][:100]!r}")
         method, target, version = request_line.groups()
         if version not in (b"HTTP/1.1", b"HTTP/1.0"):
             raise HTTPParseError(505, f"HTTP version {version.decode()} is not supported")
-        fields = []
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t"):
-                raise HTTPParseError(400, "obsolete line folding in a header field")
-            header = _HEADER_LINE.fullmatch(line)
-            if header is None:
-                raise HTTPParseError(400, f"malformed header line {line[:100]!r}")
-            fields.append(
-                (header.group(1).decode("ascii"), header.group(2).decode("latin-1"))
-            )
-        headers = Headers(fields)
+        headers = Headers(_parse_field(line, "header") for line in lines[1:])
         version_text = version.decode("ascii")
         connection = headers.tokens("connection")
         if version_text == "HTTP/1.1":
@@ -399,21 +441,20 @@ class HTTPRequestParser:
             keep_alive=keep_alive,
         )
 
+    def _body_reader(self, request: HTTPRequest) -> _LengthBody | _ChunkedBody:
+        """
+        How the body of a (non-CONNECT) request is framed, checked.
+        """
+        if "transfer-encoding" in request.headers:
+            _check_chunked(request)
+            return _ChunkedBody(self.max_body_size, self.max_header_size)
+        return _LengthBody(self._content_length(request))
+
     def _content_length(self, request: HTTPRequest) -> int:
         """
-        The body length of a (non-CONNECT) request, checked.
+        The body length of a request without C{Transfer-Encoding}, checked.
         """
-        headers = request.headers
-        if "transfer-encoding" in headers:
-            codings = headers.tokens("transfer-encoding")
-            if codings and codings[-1] == "chunked":
-                raise HTTPParseError(
-                    411, "chunked request bodies are not supported: send Content-Length"
-                )
-            raise HTTPParseError(
-                501, f"Transfer-Encoding {', '.join(codings)!r} is not supported"
-            )
-        lengths = headers.get_all("content-length")
+        lengths = request.headers.get_all("content-length")
         if not lengths:
             return 0
         if len(lengths) > 1:
@@ -428,6 +469,267 @@ class HTTPRequestParser:
                 f"{self.max_body_size} bytes",
             )
         return int(text)
+
+
+def _head_too_large(max_header_size: int) -> HTTPParseError:
+    """The refusal of a head longer than C{max_header_size}."""
+    return HTTPParseError(431, f"the request head exceeds {max_header_size} bytes")
+
+
+def _split_lines(text: bytes, where: str) -> list[bytes]:
+    """
+    Split lines of a head or of chunked framing, checked.
+
+    @param text: the lines, each ended by LF or CRLF, the last one too.
+    @param where: where the lines are, for the error, e.g. C{"the request head"}.
+    @return: the lines without their endings.
+    @raise HTTPParseError: 400 for a CR not followed by LF, or a control
+        character other than HTAB.
+    """
+    text = text.replace(b"\r\n", b"\n")
+    if b"\r" in text:
+        raise HTTPParseError(400, f"bare CR in {where}")
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise HTTPParseError(400, f"control character {bad.group()!r} in {where}")
+    return text.split(b"\n")[:-1]
+
+
+def _parse_field(line: bytes, kind: str) -> tuple[str, str]:
+    """
+    Parse a header (or trailer) field line.
+
+    @param line: the line, from L{_split_lines}.
+    @param kind: C{"header"} or C{"trailer"}, for the error.
+    @return: its C{(name, value)}, the value trimmed, ISO-8859-1 text.
+    @raise HTTPParseError: 400 for obs-fold or a malformed line.
+    """
+    if line[:1] in (b" ", b"\t"):
+        raise HTTPParseError(400, f"obsolete line folding in a {kind} field")
+    field_line = _HEADER_LINE.fullmatch(line)
+    if field_line is None:
+        raise HTTPParseError(400, f"malformed {kind} line {line[:100]!r}")
+    return field_line.group(1).decode("ascii"), field_line.group(2).decode("latin-1")
+
+
+def _check_chunked(request: HTTPRequest) -> None:
+    """
+    Accept C{Transfer-Encoding: chunked} alone, in an HTTP/1.1 request
+    without C{Content-Length}.
+
+    @raise HTTPParseError: 400 for C{Transfer-Encoding} in HTTP/1.0, with
+        C{Content-Length}, or with C{chunked} twice; 501 for any other coding.
+    """
+    headers = request.headers
+    if request.version == "HTTP/1.0":
+        raise HTTPParseError(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+    if "content-length" in headers:
+        raise HTTPParseError(
+            400, "a request with Transfer-Encoding must not have Content-Length"
+        )
+    codings = headers.tokens("transfer-encoding")
+    if codings == ["chunked"]:
+        return
+    if codings.count("chunked") > 1:
+        raise HTTPParseError(400, "Transfer-Encoding applies chunked more than once")
+    raise HTTPParseError(
+        501, f"Transfer-Encoding {', '.join(codings)!r} is not supported: only chunked is"
+    )
+
+
+class _LengthBody:
+    """
+    A body of C{Content-Length} bytes, taken once all of it has arrived.
+
+    @ivar done: whether the whole body has been read.
+    """
+
+    def __init__(self, size: int) -> None:
+        """
+        @param size: the body's length, checked.
+        """
+        self._size = size
+        self._body = b""
+        self.done = size == 0
+
+    def read(self, buf: bytearray, pos: int) -> int:
+        """
+        Take the body from C{buf} at C{pos} if all of it is there.
+
+        @return: where the bytes after the body start, or C{pos} while it
+            is incomplete.
+        """
+        end = pos + self._size
+        if self.done or len(buf) < end:
+            return pos
+        self._body = bytes(buf[pos:end])
+        self.done = True
+        return end
+
+    def finish(self, request: HTTPRequest) -> None:
+        """
+        Put the body on its request.
+        """
+        request.body = self._body
+
+
+# One state of a chunked body: decodes from a buffer and an offset, returns
+# where it stopped, or None when it needs more bytes.
+_Step = Callable[[bytearray, int], int | None]
+
+
+class _ChunkedBody:
+    """
+    A C{Transfer-Encoding: chunked} body (RFC 9112 section 7.1), decoded as
+    its bytes arrive.
+
+    Chunk data is moved out of the parser's buffer as it comes; a line
+    (chunk-size, trailer field) stays in the buffer until its LF arrives,
+    and the search for the LF resumes where it stopped.  Each limit is
+    checked before the bytes it bounds are kept.
+
+    @ivar done: whether the body and its trailer section have been read.
+    """
+
+    def __init__(self, max_body_size: int, max_header_size: int) -> None:
+        """
+        @param max_body_size: the most decoded bytes accepted (413 beyond).
+        @param max_header_size: the longest chunk-size line (400 beyond) and
+            the longest trailer section, blank line included (431 beyond).
+        """
+        self._max_body_size = max_body_size
+        self._max_header_size = max_header_size
+        self._body = bytearray()
+        self._trailers: list[tuple[str, str]] = []
+        self._trailer_size = 0  # bytes of the trailer lines before the current one
+        self._chunk_left = 0  # bytes of the current chunk's data still to come
+        self._scanned = 0  # bytes of the current line searched for its LF
+        self._step: _Step = self._chunk_size_line
+        self.done = False
+
+    def read(self, buf: bytearray, pos: int) -> int:
+        """
+        Decode what C{buf} holds from C{pos}.
+
+        @return: where the bytes not decoded yet start: after the body once
+            it is done, else at the start of an incomplete line.
+        @raise HTTPParseError: the body is refused (see the module's rules).
+        """
+        while not self.done:
+            end = self._step(buf, pos)
+            if end is None:
+                break
+            pos = end
+        return pos
+
+    def finish(self, request: HTTPRequest) -> None:
+        """
+        Put the decoded body and the trailer fields on their request.
+        """
+        request.body = bytes(self._body)
+        request.trailers = Headers(self._trailers)
+
+    def _chunk_size_line(self, buf: bytearray, pos: int) -> int | None:
+        """Read a chunk-size line; refuse a chunk the body limit has no room for."""
+        taken = self._take_line(buf, pos, 0, 400, "a chunk-size line")
+        if taken is None:
+            return None
+        line, end = taken
+        size = _chunk_size(line)
+        if size == 0:
+            self._step = self._trailer_line
+            return end
+        if size > self._max_body_size - len(self._body):
+            raise HTTPParseError(
+                413,
+                f"a chunked body of {len(self._body) + size} bytes or more exceeds "
+                f"the limit of {self._max_body_size} bytes",
+            )
+        self._chunk_left = size
+        self._step = self._chunk_data
+        return end
+
+    def _chunk_data(self, buf: bytearray, pos: int) -> int | None:
+        """Move what has arrived of the current chunk's data to the body."""
+        count = min(self._chunk_left, len(buf) - pos)
+        if count == 0:
+            return None
+        self._body += buf[pos:pos + count]
+        self._chunk_left -= count
+        if self._chunk_left == 0:
+            self._step = self._chunk_data_end
+        return pos + count
+
+    def _chunk_data_end(self, buf: bytearray, pos: int) -> int | None:
+        """Read the CRLF (or LF) that must follow a chunk's data."""
+        if buf[pos:pos + 1] == b"\n":
+            self._step = self._chunk_size_line
+            return pos + 1
+        if buf[pos:pos + 2] == b"\r\n":
+            self._step = self._chunk_size_line
+            return pos + 2
+        if len(buf) - pos < 2 and buf[pos:] in (b"", b"\r"):
+            return None
+        raise HTTPParseError(400, "chunk data is not followed by CRLF")
+
+    def _trailer_line(self, buf: bytearray, pos: int) -> int | None:
+        """Read a trailer field line, or the blank line that ends the body."""
+        taken = self._take_line(buf, pos, self._trailer_size, 431, "the trailer section")
+        if taken is None:
+            return None
+        line, end = taken
+        if line:
+            self._trailers.append(_parse_field(line, "trailer"))
+            self._trailer_size += end - pos
+        else:
+            self.done = True
+        return end
+
+    def _take_line(
+        self, buf: bytearray, pos: int, counted: int, status: int, what: str
+    ) -> tuple[bytes, int] | None:
+        """
+        Take the line that starts at C{pos} once its LF has arrived.
+
+        @param counted: bytes already counted against C{max_header_size}
+            before this line.
+        @param status: the status for a line too long.
+        @param what: what the line is part of, for errors.
+        @return: the line (without CRLF or LF) and where the next one
+            starts, or C{None} while it is incomplete.
+        @raise HTTPParseError: C{status} when the line, with its LF, is or
+            will be longer than C{max_header_size} less C{counted}; 400 for
+            a bare CR or a control character in it.
+        """
+        lf = buf.find(b"\n", pos + self._scanned)
+        least_end = len(buf) + 1 if lf < 0 else lf + 1
+        if counted + least_end - pos > self._max_header_size:
+            raise HTTPParseError(status, f"{what} exceeds {self._max_header_size} bytes")
+        if lf < 0:
+            self._scanned = len(buf) - pos
+            return None
+        self._scanned = 0
+        [line] = _split_lines(bytes(buf[pos:lf + 1]), what)
+        return line, lf + 1
+
+
+def _chunk_size(line: bytes) -> int:
+    """
+    The size in a chunk-size line; its extensions are checked and ignored.
+
+    @param line: the line, from L{_split_lines}.
+    @raise HTTPParseError: 400 for a line that is not hex digits and
+        well-formed extensions, or more than 16 hex digits.
+    """
+    size_line = _CHUNK_SIZE_LINE.fullmatch(line)
+    if size_line is None:
+        raise HTTPParseError(400, f"malformed chunk-size line {line[:100]!r}")
+    digits = size_line.group(1)
+    if len(digits) > _MAX_CHUNK_SIZE_DIGITS:
+        raise HTTPParseError(
+            400, f"a chunk-size of more than {_MAX_CHUNK_SIZE_DIGITS} hex digits"
+        )
+    return int(digits, 16)
 
 
 def _check_field(text: str, what: str) -> bytes:

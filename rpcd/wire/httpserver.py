@@ -25,8 +25,8 @@ the order they came, however long each call takes.
                          (HEAD too).
     anything else        404 C{404 page not found}, as Go's mux answers.
 
-A request the parser refuses gets its status (400, 411, 413, 431, 501,
-505) with the reason in plain text, after the answers to the requests
+A request the parser refuses gets its status (400, 413, 431, 501, 505)
+with the reason in plain text, after the answers to the requests
 before it, and the connection is closed with the reason logged.
 
 The daemon's handshake timeout (C{limits.handshake_timeout}) covers each
