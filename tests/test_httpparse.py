@@ -19,6 +19,7 @@ from rpcd.wire.httpparse import (
     format_response,
     go_must_connect_response,
     http_date,
+    max_chunks,
 )
 
 # What Go 1.19's rpc.DialHTTP writes (net/rpc/client.go, DialHTTPPath).
@@ -544,6 +545,21 @@ class ChunkedRefusalTests(SynchronousTestCase):
         """
         for line in [b"g", b"", b" 5", b"5 ", b"-5", b"+5", b"0x5", b"5.0", b"\xd9\xa1"]:
             self.assertRefused(line + b"\r\nhello\r\n0\r\n\r\n", 400, "chunk-size line")
+
+    def test_too_many_chunks(self) -> None:
+        """
+        A body of more chunks than L{max_chunks} allows for the body limit
+        is refused at the first chunk too many, however small the chunks;
+        exactly that many is accepted.
+        """
+        limit = max_chunks(4096)
+        self.assertEqual(limit, 1024 + 16)
+        self.assertRefused(b"1\r\nx\r\n" * (limit + 1), 400, f"more than {limit} chunks",
+                           max_body_size=4096)
+        parser = HTTPRequestParser(max_body_size=4096)
+        parser.feed(CHUNKED_HEAD + b"1\r\nx\r\n" * (limit - 1) + b"0\r\n\r\n")
+        [request] = list(parser.requests())
+        self.assertEqual(request.body, b"x" * (limit - 1))
 
     def test_chunk_size_too_many_digits(self) -> None:
         """

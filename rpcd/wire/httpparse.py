@@ -30,8 +30,8 @@ Rules, and the status each refusal carries (L{HTTPParseError.status}):
     smuggling) or in an HTTP/1.0 request, C{chunked} applied twice; in a
     chunked body, a chunk-size that is not hex or has more than 16 digits,
     a malformed chunk extension, a chunk-size line longer than
-    C{max_header_size}, chunk data not followed by CRLF, a malformed
-    trailer field line.
+    C{max_header_size}, more chunks than L{max_chunks} allows, chunk data
+    not followed by CRLF, a malformed trailer field line.
   - 413: a body above C{max_body_size}, refused before any of its bytes is
     buffered: from the C{Content-Length} in the head, or, for a chunked
     body, from the chunk-size line that would take it past the limit,
@@ -84,6 +84,7 @@ __all__ = [
     "format_response",
     "go_must_connect_response",
     "http_date",
+    "max_chunks",
 ]
 
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
@@ -599,6 +600,7 @@ class _ChunkedBody:
         """
         self._max_body_size = max_body_size
         self._max_header_size = max_header_size
+        self._chunks_left = max_chunks(max_body_size)
         self._body = bytearray()
         self._trailers: list[tuple[str, str]] = []
         self._trailer_size = 0  # bytes of the trailer lines before the current one
@@ -635,6 +637,16 @@ class _ChunkedBody:
         if taken is None:
             return None
         line, end = taken
+        self._chunks_left -= 1
+        if self._chunks_left < 0:
+            # Each chunk costs microseconds of framing work whatever its
+            # size: a body of one-byte chunks would cost far more CPU than
+            # its bytes are worth.
+            raise HTTPParseError(
+                400,
+                f"a chunked body of more than {max_chunks(self._max_body_size)} chunks: "
+                "send larger chunks, or Content-Length",
+            )
         size = _chunk_size(line)
         if size == 0:
             self._step = self._trailer_line
@@ -711,6 +723,17 @@ class _ChunkedBody:
         self._scanned = 0
         [line] = _split_lines(bytes(buf[pos:lf + 1]), what)
         return line, lf + 1
+
+
+def max_chunks(max_body_size: int) -> int:
+    """
+    The most chunks (the last, empty one included) a chunked body may have:
+    1024, plus one for every 256 bytes the body limit allows (17,408 for
+    the default 4 MiB).
+
+    @param max_body_size: the body limit.
+    """
+    return 1024 + max_body_size // 256
 
 
 def _chunk_size(line: bytes) -> int:
