@@ -62,7 +62,7 @@ rpcd_mtls_server_parser = _RPCDTLSServerParser("mtls", True)
 class _RPCDTLSClientParser:
     """
     Parse C{rpcd-tls:} client endpoint descriptions (rpcd's clients send
-    C{tls:} strings here, see L{rpcd.endpoints.client_from_string}).
+    C{tls:} strings here, see L{rpcd.client.client_from_string}).
 
     @ivar prefix: the endpoint type this parser handles.
     """
