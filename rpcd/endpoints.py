@@ -39,10 +39,10 @@ programmatic clients use L{client_tls_options} with C{wrapClientTLS}.
 
 rpcd's clients (the library's C{connect}, the C{rpcd} command, the daemon's
 C{connect = [...]}) read a C{tls:} client string with
-L{rpcd.client.client_from_string}:
-the same syntax and options as Twisted's (C{host}, C{port}, C{timeout},
-C{bindAddress}, C{certificate}, C{privateKey}, C{trustRoots}, C{endpoint}),
-parsed by the C{rpcd-tls:} client parser of the drop-in, which also refuses
+L{rpcd.client.client_from_string}: the same syntax and options as Twisted's
+(C{host}, C{port}, C{timeout}, C{bindAddress}, C{certificate},
+C{privateKey}, C{trustRoots}, C{endpoint}), parsed by the C{rpcd-tls:}
+client parser of the drop-in (L{parse_tls_client}), which also refuses
 anything older than TLS 1.2, refuses a C{trustRoots} that holds no
 certificate (Twisted's would silently trust nothing), and builds its
 connections with L{WatchedClientOptions}.
