@@ -296,19 +296,10 @@ class ServerStream:
     async def _send_all(self, produced: Any, convert: Callable[[Any], Any]) -> None:
         if isinstance(produced, (Deferred, Coroutine)):
             produced = await produced
-        streams = self.streams
-        send = streams.send
-        call_id = self.call_id
         if hasattr(produced, "__anext__"):
             try:
                 async for item in produced:
-                    try:
-                        body = _packb([MESSAGE, call_id, convert(item)])
-                    except _Mismatch as e:
-                        raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
-                    send(pack_length(len(body)) + body)
-                    self.credit -= 1
-                    if self.credit <= 0 or streams.paused:
+                    if self._send_message(item, convert):
                         await self._writable()
             finally:
                 aclose = getattr(produced, "aclose", None)
@@ -318,18 +309,28 @@ class ServerStream:
             iterator = iter(produced)
             try:
                 for item in iterator:
-                    try:
-                        body = _packb([MESSAGE, call_id, convert(item)])
-                    except _Mismatch as e:
-                        raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
-                    send(pack_length(len(body)) + body)
-                    self.credit -= 1
-                    if self.credit <= 0 or streams.paused:
+                    if self._send_message(item, convert):
                         await self._writable()
             finally:
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     close()
+
+    def _send_message(self, item: Any, convert: Callable[[Any], Any]) -> bool:
+        """
+        Send one message of the handler's stream, spending a credit.
+
+        @return: whether to wait for L{_writable} before the next one (no
+            credit left, or the connection's writes are paused).
+        @raise InvalidArgument: the item does not fit the message type.
+        """
+        try:
+            body = _packb([MESSAGE, self.call_id, convert(item)])
+        except _Mismatch as e:
+            raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
+        self.streams.send(pack_length(len(body)) + body)
+        self.credit -= 1
+        return self.credit <= 0 or self.streams.paused
 
     def _writable(self) -> Deferred[None]:
         """
