@@ -412,13 +412,16 @@ class LoginRateLimiter:
     def forgive(self, peer_host: Hashable, counted: Failures) -> None:
         """
         Take back one failure counted by L{record_failure} (the attempt
-        succeeded, or never ran), if its window is still the current one.
+        succeeded, or never ran), if its window is still the current one; a
+        key left with no failures is forgotten.
 
         @param peer_host: the key given to L{record_failure}.
         @param counted: what L{record_failure} returned.
         """
-        if self._hosts.get(peer_host) is counted and counted.count > 0:
+        if self._hosts.get(peer_host) is counted:
             counted.count -= 1
+            if counted.count <= 0:
+                del self._hosts[peer_host]
 
     def record_success(self, peer_host: Hashable) -> None:
         """
