@@ -578,3 +578,79 @@ class HelloThrottleTests(SynchronousTestCase):
         f = self.failureResultOf(d)
         self.assertIn("auth failed: the password is not valid Unicode", str(f.value))
         self.assertEqual(self.threads.pending, [])
+
+
+_AUTH = """
+[server]
+listen = ["tcp:0:interface=127.0.0.1"]
+[auth]
+{keys}
+[auth.users]
+alice = "{hash}"
+[services.HelloService]
+"""
+
+
+class AuthConfigTests(SynchronousTestCase):
+    """
+    The C{[auth]} keys, and the daemon's hashing pool service.
+    """
+
+    def parse(self, keys: str = "") -> AuthConfig:
+        from rpcd import config
+        return config.parse(_AUTH.format(keys=keys, hash=ALICE), "x.toml").auth
+
+    def test_defaults(self) -> None:
+        """
+        Without the new keys, the per-user limit is the per-host one and the
+        pool has 2 threads and 64 waiting places.
+        """
+        auth_config = self.parse("max_failed_logins = 7")
+        self.assertEqual((auth_config.max_failed_logins, auth_config.max_failed_logins_per_user,
+                          auth_config.login_threads, auth_config.login_queue), (7, 7, 2, 64))
+
+    def test_keys(self) -> None:
+        """
+        Each key is read.
+        """
+        auth_config = self.parse("max_failed_logins = 20\nmax_failed_logins_per_user = 4\n"
+                                 "login_threads = 3\nlogin_queue = 0\nfailed_login_window = 30")
+        self.assertEqual((auth_config.max_failed_logins, auth_config.max_failed_logins_per_user,
+                          auth_config.login_threads, auth_config.login_queue,
+                          auth_config.failed_login_window), (20, 4, 3, 0, 30.0))
+
+    def test_bad_values(self) -> None:
+        """
+        Out-of-range or mistyped values are refused, naming the key.
+        """
+        from rpcd.config import ConfigError
+        for keys, words in [("max_failed_logins_per_user = 0", "auth.max_failed_logins_per_user: must be positive"),
+                            ("login_threads = 0", "auth.login_threads: must be between 1 and 256"),
+                            ("login_queue = -1", "auth.login_queue: must be between 0 and 100000"),
+                            ("login_queue = 'many'", "auth.login_queue: must be an integer")]:
+            e = self.assertRaises(ConfigError, self.parse, keys)
+            self.assertIn(words, str(e))
+
+    def test_daemon_runs_pool(self) -> None:
+        """
+        A daemon with users starts its hashing pool before its listeners and
+        stops it with them; one without users has none.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from rpcd import config
+        from rpcd.daemon import make_service
+        memory = MemoryReactor()
+        top = make_service(config.parse(_AUTH.format(keys="login_threads = 3", hash=ALICE), "x.toml"),
+                           memory)
+        pool = top.rpc_server.authenticator.pool
+        self.assertIs(list(top)[0], pool)
+        self.assertEqual(pool.limit, 3 + 64)
+        top.privilegedStartService()
+        top.startService()
+        self.assertTrue(pool.running)
+        top.stopService()
+        self.assertFalse(pool.running)
+        self.assertRaises(RuntimeError, pool.submit, lambda: None)
+        bare = make_service(config.parse("[server]\nlisten = ['tcp:0']\n[services.Arith]\n", "y.toml"), memory)
+        self.assertEqual([s for s in bare if isinstance(s, HashingPool)], [])
