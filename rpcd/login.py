@@ -152,8 +152,9 @@ class Authenticator:
         @param user: the user name, as the peer sent it (anything).
         @param password: the password, likewise.
         @return: a Deferred firing with whether they matched, once the KDF
-            has run; it is not cancellable (the thread runs on) and fails
-            only if the KDF raised.
+            has run; it fails only if the KDF raised (the attempt stays
+            counted).  Cancelling it fails it at once, but the check still
+            runs and holds its place in the pool.
         @raise ResourceExhausted: a throttling limit is reached, or the pool
             is full (then the attempt is not counted).
         @raise Unauthenticated: the credentials are malformed (see
