@@ -16,6 +16,7 @@ L{rpcd.session.Session.login}.)
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,29 @@ from rpcd.auth import Failures, LoginRateLimiter, UserStore, credentials_problem
 from rpcd.config import AuthConfig
 from rpcd.errors import ResourceExhausted, Unauthenticated
 from rpcd.hashpool import HashingPool, PoolFull
+
+
+def host_key(host: str) -> str:
+    """
+    What failures from a peer host are counted under.
+
+    An IPv6 peer usually has a whole /64 to pick addresses from, so IPv6
+    hosts count by their /64 (an IPv4-mapped address by its IPv4 address).
+
+    @param host: the peer's host, as L{rpcd.session.describe_address} gives
+        it.
+    @return: C{host} itself for IPv4 and anything that is not an IP
+        address, else the IPv6 /64 network, e.g. C{2001:db8:1:2::/64}.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return host
 
 
 @dataclass
@@ -73,12 +97,14 @@ class LoginThrottle:
         Begin an attempt: refuse it if either limit is reached, else count it
         as a failure now.
 
-        @param host: the peer's host.
+        @param host: the peer's host (an IPv6 host counts by its /64, see
+            L{host_key}).
         @param user: the user name, or None if it is malformed.
         @return: the counted attempt, for L{succeeded} or L{not_run}.
         @raise ResourceExhausted: a limit is reached; the message says which
             and how long to wait.
         """
+        host = host_key(host)
         wait = self.hosts.check(host)
         if wait is not None:
             raise ResourceExhausted(f"too many failed logins from {host}; "
@@ -179,4 +205,4 @@ class Authenticator:
         return d.addCallback(record)
 
 
-__all__ = ["Attempt", "Authenticator", "LoginThrottle"]
+__all__ = ["Attempt", "Authenticator", "LoginThrottle", "host_key"]

@@ -20,7 +20,7 @@ from rpcd.config import AuthConfig
 from rpcd.errors import ResourceExhausted, Unauthenticated
 from rpcd.examples.hello import HelloService
 from rpcd.hashpool import HashingPool, PoolFull
-from rpcd.login import Authenticator, LoginThrottle
+from rpcd.login import Authenticator, LoginThrottle, host_key
 from rpcd.service import ServiceRegistry
 from rpcd.session import Session
 from rpcd.testing import MemoryConnection
@@ -316,6 +316,28 @@ class ThrottleTests(SynchronousTestCase):
             self.throttle.start("10.0.0.1", None)
         self.assertEqual(len(self.throttle.users), 0)
         self.assertRaises(ResourceExhausted, self.throttle.start, "10.0.0.1", "alice")
+
+    def test_ipv6_by_prefix(self) -> None:
+        """
+        IPv6 peers count by their /64, so changing the address within it
+        does not escape the limit; another /64 is another host.
+        """
+        for n in range(5):
+            self.throttle.start(f"2001:db8:1:2::{n + 1:x}", f"u{n}")
+        e = self.assertRaises(ResourceExhausted, self.throttle.start, "2001:db8:1:2:ffff::9", "v")
+        self.assertIn("too many failed logins from 2001:db8:1:2::/64;", e.message)
+        self.throttle.start("2001:db8:1:3::1", "v")
+
+    def test_host_key(self) -> None:
+        """
+        IPv4 addresses and non-IP hosts are their own key, IPv4-mapped IPv6
+        addresses count as IPv4.
+        """
+        self.assertEqual(host_key("10.0.0.1"), "10.0.0.1")
+        self.assertEqual(host_key("unix"), "unix")
+        self.assertEqual(host_key("::ffff:10.0.0.1"), "10.0.0.1")
+        self.assertEqual(host_key("fe80::1%eth0"), "fe80::/64")
+        self.assertEqual(host_key("::1"), "::/64")
 
     def test_window_ends(self) -> None:
         """
