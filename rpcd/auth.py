@@ -1,6 +1,7 @@
 """
-Password authentication: scrypt hashes, a user store that checks passwords
-off the reactor thread, and a per-host limit on failed logins.
+Password authentication: scrypt hashes, the checks credentials from the wire
+must pass before any KDF runs, a user store that checks passwords off the
+reactor thread, and a keyed limit on failed logins.
 
 Stored hashes describe themselves, so the cost can be raised later without
 breaking old entries::
@@ -20,14 +21,14 @@ import getpass
 import hmac
 import os
 import sys
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
@@ -44,6 +45,11 @@ HASH_BYTES = 32
 # Refuse parameters that would make verifying one password a denial of
 # service (scrypt needs 128 * n * r * p bytes of memory).
 _MAX_MEMORY = 256 * 1024 * 1024
+
+#: The longest user name and password accepted, in characters; longer ones
+#: are refused before any KDF runs.
+MAX_USER_LENGTH = 256
+MAX_PASSWORD_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -190,14 +196,46 @@ def verify_password(stored: str, password: str) -> bool:
     return True
 
 
-def _dummy_hash() -> str:
+def credentials_problem(user: object, password: object) -> str | None:
     """
-    @return: a hash of a random password with the default cost, which
-        unknown users are checked against so that they take as long.
+    Say what is wrong with credentials from the wire, before any work is
+    done for them.
+
+    @param user: the user name offered (anything a peer can send).
+    @param password: the password offered.
+    @return: None if both are strings of sane length that encode as UTF-8,
+        else a short reason naming the field (never the value).
     """
-    return PasswordHash(
-        DEFAULT_N, DEFAULT_R, DEFAULT_P, os.urandom(SALT_BYTES), os.urandom(HASH_BYTES)
-    ).format()
+    for what, value, limit in (("user name", user, MAX_USER_LENGTH),
+                               ("password", password, MAX_PASSWORD_LENGTH)):
+        if value is None:
+            return f"no {what} given"
+        if not isinstance(value, str):
+            return f"the {what} must be a string, not {type(value).__name__}"
+        if len(value) > limit:
+            return f"the {what} is longer than {limit} characters"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"the {what} is not valid Unicode (it has a lone surrogate)"
+    return None
+
+
+def _dummy_hash(users: Mapping[str, str] = {}) -> str:
+    """
+    A hash of a random password that unknown users are checked against, so
+    that they take as long as known ones.
+
+    @param users: the known users' hashes; the dummy uses the cost most of
+        them use (the highest among equally common ones), or the default
+        cost when there are none.
+    @return: the hash.
+    """
+    costs = Counter((h.n, h.r, h.p) for h in map(PasswordHash.parse, users.values()))
+    n, r, p = (DEFAULT_N, DEFAULT_R, DEFAULT_P)
+    if costs:
+        n, r, p = max(costs, key=lambda cost: (costs[cost], cost[0] * cost[1] * cost[2]))
+    return PasswordHash(n, r, p, os.urandom(SALT_BYTES), os.urandom(HASH_BYTES)).format()
 
 
 class UserStore:
@@ -205,7 +243,8 @@ class UserStore:
     Users and their password hashes; checks passwords in a thread pool.
 
     An unknown user costs the same scrypt work as a known one (against a
-    random hash), so response time does not reveal which user names exist.
+    random hash with the parameters the known users' hashes use), so
+    response time does not reveal which user names exist.
     """
 
     def __init__(
@@ -214,13 +253,17 @@ class UserStore:
         reactor: Any,
         threadpool: Any | None = None,
         verify: Callable[[str, str], bool] = verify_password,
+        run: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
     ) -> None:
         """
         @param users: user name to stored hash; every hash is parsed now.
         @param reactor: the reactor, which the thread pool reports back to.
         @param threadpool: where scrypt runs; default C{reactor}'s own
-            (C{reactor.getThreadPool()}).
+            (C{reactor.getThreadPool()}).  Ignored when C{run} is given.
         @param verify: the password check, replaceable in tests.
+        @param run: runs a blocking check off the reactor thread and returns
+            a Deferred of its result (L{rpcd.hashpool.HashingPool.submit});
+            it may raise to refuse the work.
         @raise ValueError: a malformed hash, naming the user.
         """
         for user, stored in users.items():
@@ -232,7 +275,8 @@ class UserStore:
         self._reactor = reactor
         self._threadpool = threadpool
         self._verify = verify
-        self._dummy = _dummy_hash()
+        self._run = run
+        self._dummy = _dummy_hash(users)
 
     def authenticate(self, user: str, password: str) -> Deferred[bool]:
         """
@@ -242,8 +286,13 @@ class UserStore:
         @param password: the password offered.
         @return: a Deferred that fires with C{True} if C{user} exists and
             C{password} is right, C{False} otherwise (after the same scrypt
-            work either way); it fails only if the thread pool does.
+            work either way; malformed credentials, see
+            L{credentials_problem}, are C{False} at once with no work); it
+            fails only if the thread pool does.
+        @raise Exception: whatever C{run} raises to refuse the work.
         """
+        if credentials_problem(user, password) is not None:
+            return succeed(False)
         stored = self._users.get(user)
         known = stored is not None
         check = self._dummy if stored is None else stored
@@ -252,14 +301,17 @@ class UserStore:
             matched = self._verify(check, password)
             return matched and known
 
+        if self._run is not None:
+            return self._run(verify)
         pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
         return deferToThreadPool(self._reactor, pool, verify)
 
 
 @dataclass
-class _Failures:
+class Failures:
     """
-    Failed login attempts from one host within the current window.
+    Failed login attempts under one key (a host, or a host and a user)
+    within the current window.
 
     @ivar count: failures since C{window_start}.
     @ivar window_start: when the first of them happened.
@@ -271,13 +323,16 @@ class _Failures:
 
 class LoginRateLimiter:
     """
-    Limits failed login attempts per peer host.
+    Limits failed login attempts per key: a peer host, or any other hashable
+    (L{rpcd.login.LoginThrottle} also keys by host and user).
 
-    A host may fail C{max_attempts} times within C{per_seconds} of its first
-    failure; further attempts must wait until that window ends.  A success
-    forgets the host.  At most C{max_hosts} hosts are tracked; beyond that
-    the one whose window started earliest is forgotten, and entries whose
-    window ended are dropped as the limiter is used.
+    A key may fail C{max_attempts} times within C{per_seconds} of its first
+    failure; further attempts must wait until that window ends.  An attempt
+    may be counted as a failure when it starts (L{record_failure}) and
+    forgiven if it turns out to succeed (L{forgive}); L{record_success}
+    forgets the key altogether.  At most C{max_hosts} keys are tracked;
+    beyond that the one whose window started earliest is forgotten, and
+    entries whose window ended are dropped as the limiter is used.
     """
 
     def __init__(
@@ -291,7 +346,7 @@ class LoginRateLimiter:
         @param clock: the time source (the reactor, or a C{Clock} in tests).
         @param max_attempts: failures allowed per window; at least 1.
         @param per_seconds: the window's length.
-        @param max_hosts: how many hosts to remember at most; at least 1.
+        @param max_hosts: how many keys to remember at most; at least 1.
         @raise ValueError: a limit out of range.
         """
         if max_attempts < 1 or max_hosts < 1 or per_seconds <= 0:
@@ -300,19 +355,19 @@ class LoginRateLimiter:
         self._max_attempts = max_attempts
         self._per_seconds = per_seconds
         self._max_hosts = max_hosts
-        # Insertion order is window-start order: a host is (re)inserted when
+        # Insertion order is window-start order: a key is (re)inserted when
         # its window starts.
-        self._hosts: OrderedDict[str, _Failures] = OrderedDict()
+        self._hosts: OrderedDict[Hashable, Failures] = OrderedDict()
 
     def __len__(self) -> int:
         """
-        @return: how many hosts are tracked now.
+        @return: how many keys are tracked now.
         """
         return len(self._hosts)
 
     def _expire(self, now: float) -> None:
         """
-        Drop hosts whose window has ended.
+        Drop keys whose window has ended.
         """
         while self._hosts:
             host, failures = next(iter(self._hosts.items()))
@@ -320,11 +375,12 @@ class LoginRateLimiter:
                 break
             del self._hosts[host]
 
-    def check(self, peer_host: str) -> float | None:
+    def check(self, peer_host: Hashable) -> float | None:
         """
         May C{peer_host} try to log in now?
 
-        @param peer_host: the peer's address, without the port.
+        @param peer_host: the peer's address, without the port (or another
+            key).
         @return: L{None} if it may, else how many seconds it must wait.
         """
         now = self._clock.seconds()
@@ -334,11 +390,13 @@ class LoginRateLimiter:
             return None
         return failures.window_start + self._per_seconds - now
 
-    def record_failure(self, peer_host: str) -> None:
+    def record_failure(self, peer_host: Hashable) -> Failures:
         """
         Count a failed login from C{peer_host}.
 
-        @param peer_host: the peer's address, without the port.
+        @param peer_host: the peer's address, without the port (or another
+            key).
+        @return: the entry counted in, which L{forgive} takes.
         """
         now = self._clock.seconds()
         self._expire(now)
@@ -346,15 +404,31 @@ class LoginRateLimiter:
         if failures is None:
             while len(self._hosts) >= self._max_hosts:
                 self._hosts.popitem(last=False)
-            self._hosts[peer_host] = _Failures(1, now)
+            failures = self._hosts[peer_host] = Failures(1, now)
         else:
             failures.count += 1
+        return failures
 
-    def record_success(self, peer_host: str) -> None:
+    def forgive(self, peer_host: Hashable, counted: Failures) -> None:
+        """
+        Take back one failure counted by L{record_failure} (the attempt
+        succeeded, or never ran), if its window is still the current one; a
+        key left with no failures is forgotten.
+
+        @param peer_host: the key given to L{record_failure}.
+        @param counted: what L{record_failure} returned.
+        """
+        if self._hosts.get(peer_host) is counted:
+            counted.count -= 1
+            if counted.count <= 0:
+                del self._hosts[peer_host]
+
+    def record_success(self, peer_host: Hashable) -> None:
         """
         Forget C{peer_host}'s failures after it logged in.
 
-        @param peer_host: the peer's address, without the port.
+        @param peer_host: the peer's address, without the port (or another
+            key).
         """
         self._hosts.pop(peer_host, None)
 

@@ -82,11 +82,19 @@ class AuthConfig:
     @ivar users: user name to salted password hash (C{rpcd hash-password}).
     @ivar max_failed_logins: failed logins per peer host per window.
     @ivar failed_login_window: the window, in seconds.
+    @ivar max_failed_logins_per_user: failed logins against one user from
+        one peer host per window.
+    @ivar login_threads: threads that run the password KDF.
+    @ivar login_queue: password checks that may wait for those threads;
+        more logins are refused with RESOURCE_EXHAUSTED.
     """
 
     users: Mapping[str, str] = dataclasses.field(default_factory=dict)
     max_failed_logins: int = 5
     failed_login_window: float = 60.0
+    max_failed_logins_per_user: int = 5
+    login_threads: int = 2
+    login_queue: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +303,8 @@ def _limits(reader: _Reader, table: Mapping[str, Any]) -> Limits:
 
 
 def _auth(reader: _Reader, table: Mapping[str, Any]) -> AuthConfig:
-    reader.known(table, "auth", {"users", "max_failed_logins", "failed_login_window"})
+    reader.known(table, "auth", {"users", "max_failed_logins", "failed_login_window",
+                                 "max_failed_logins_per_user", "login_threads", "login_queue"})
     from rpcd.auth import PasswordHash
     users = reader.table(table, "users")
     for user, stored in users.items():
@@ -310,7 +319,16 @@ def _auth(reader: _Reader, table: Mapping[str, Any]) -> AuthConfig:
     window = reader.value(table, "auth", "failed_login_window", (int, float), 60.0)
     if attempts < 1 or window <= 0:
         raise reader.fail("auth", "max_failed_logins and failed_login_window must be positive")
-    return AuthConfig(dict(users), attempts, float(window))
+    per_user = reader.value(table, "auth", "max_failed_logins_per_user", int, attempts)
+    if per_user < 1:
+        raise reader.fail("auth.max_failed_logins_per_user", f"must be positive, got {per_user}")
+    threads = reader.value(table, "auth", "login_threads", int, 2)
+    if not 1 <= threads <= 256:
+        raise reader.fail("auth.login_threads", f"must be between 1 and 256, got {threads}")
+    queue = reader.value(table, "auth", "login_queue", int, 64)
+    if not 0 <= queue <= 100_000:
+        raise reader.fail("auth.login_queue", f"must be between 0 and 100000, got {queue}")
+    return AuthConfig(dict(users), attempts, float(window), per_user, threads, queue)
 
 
 def _discovery(reader: _Reader, value: Any) -> DiscoveryConfig:

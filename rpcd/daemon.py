@@ -111,8 +111,9 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
 
 def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> MultiService:
     """
-    Everything a daemon runs: a listener per endpoint, a dialler per reverse
-    connection, and its registration in etcd (started last, stopped first).
+    Everything a daemon runs: the login hashing pool (when there are users),
+    a listener per endpoint, a dialler per reverse connection, and its
+    registration in etcd (started last, stopped first).
 
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
@@ -124,6 +125,10 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
     server = make_server(config, registry, reactor)
     top = MultiService()
     top.rpc_server = server  # type: ignore[attr-defined]
+    if server.authenticator is not None:
+        # First in, so it runs before any listener accepts and is stopped
+        # (its threads joined) after they have all stopped.
+        server.authenticator.pool.setServiceParent(top)
     names = ", ".join(s.name for s in registry.services())
     listeners = []
     for item in config.listen:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rpcd.errors import ResourceExhausted, Unauthenticated
 
@@ -55,6 +57,7 @@ class Session:
         self._authenticator = authenticator
         self._bound: dict[str, BoundMethod] | None = None
         self._on_close: list[Callable[[], None]] = []
+        self._login_running = False
         self.closed = False
 
     def lookup(self, name: str) -> BoundMethod | None:
@@ -73,25 +76,44 @@ class Session:
             self._bound = self.registry.bind_connection(self)
         return self._bound.get(name)
 
-    async def login(self, user: str, password: str) -> None:
+    async def login(self, user: object, password: object) -> None:
         """
         Check a user's password and mark this connection logged in.
 
-        @param user: the user name.
-        @param password: the password.
-        @raise Unauthenticated: wrong user or password ("auth failed").
-        @raise ResourceExhausted: too many failed attempts from this host.
+        One login at a time per connection: its check runs to the end even
+        if the call is cancelled, and another login on this connection is
+        refused until then.
+
+        @param user: the user name, as the peer sent it.
+        @param password: the password, as the peer sent it.
+        @raise Unauthenticated: wrong user or password ("auth failed"), or
+            malformed credentials ("auth failed: " and what is wrong).
+        @raise ResourceExhausted: a login is already being checked on this
+            connection, too many failed attempts from this host (or against
+            this user from it), or too many logins are being checked.
         """
         if self._authenticator is None:
             raise Unauthenticated("auth failed: this daemon has no users configured")
-        wait = self._authenticator.retry_after(self.peer_host)
-        if wait is not None:
-            raise ResourceExhausted(f"too many failed logins from {self.peer_host}; "
-                                    f"try again in {wait:.0f} s")
-        ok = await self._authenticator.authenticate(self.peer_host, user, password)
+        if self._login_running:
+            raise ResourceExhausted("a login is already being checked on this connection; "
+                                    "wait for its answer before sending another")
+        try:
+            checked = self._authenticator.login(self.peer_host, user, password)
+        except Unauthenticated as e:
+            log.info("refused a malformed login from {peer}: {why}", peer=self.peer, why=e.message)
+            raise
+        self._login_running = True
+
+        def done(result: object) -> object:
+            self._login_running = False
+            return result
+        ok = await _shielded(checked.addBoth(done))
         if not ok:
             log.info("failed login for {user!r} from {peer}", user=user, peer=self.peer)
             raise Unauthenticated("auth failed")
+        if self.closed:
+            return
+        assert isinstance(user, str)  # the check matched it
         log.info("{peer} logged in as {user!r}", peer=self.peer, user=user)
         self.user = user
 
@@ -123,6 +145,29 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.protocol} {self.peer} user={self.user!r}>"
+
+
+def _shielded(d: Deferred[Any]) -> Deferred[Any]:
+    """
+    A Deferred with C{d}'s result whose cancellation leaves C{d} alone.
+
+    @param d: a Deferred that must run to its end (a password check, whose
+        end frees the connection's login slot).
+    @return: the new Deferred.
+    """
+    waiter: Deferred[Any] = Deferred()
+
+    def forward(result: object) -> None:
+        if waiter.called:
+            if isinstance(result, Failure):
+                log.failure("a cancelled login's check failed", result)
+            return
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
+    d.addBoth(forward)
+    return waiter
 
 
 def describe_address(address: Any) -> tuple[str, str]:

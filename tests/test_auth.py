@@ -186,7 +186,7 @@ class UserStoreTests(SynchronousTestCase):
     def test_unknown_user_runs_kdf(self) -> None:
         """
         An unknown user is refused only after a KDF run in the pool against
-        a hash with the default cost, like a known user.
+        a hash with the known users' cost, like a known user.
         """
         d = self.store().authenticate("mallory", "wonderland")
         self.assertNoResult(d)
@@ -195,8 +195,24 @@ class UserStoreTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d), False)
         self.assertEqual(len(self.calls), 1)
         dummy = auth.PasswordHash.parse(self.calls[0][0])
-        self.assertEqual((dummy.n, dummy.r, dummy.p), (auth.DEFAULT_N, auth.DEFAULT_R, auth.DEFAULT_P))
+        self.assertEqual((dummy.n, dummy.r, dummy.p), (FAST["n"], FAST["r"], FAST["p"]))
         self.assertEqual(self.calls[0][1], "wonderland")
+
+    def test_dummy_cost(self) -> None:
+        """
+        Unknown users are checked at the cost most known users have (the
+        higher one on a tie), or the default cost when there are none.
+        """
+        def cost(users: dict[str, str]) -> tuple[int, int, int]:
+            parsed = auth.PasswordHash.parse(auth._dummy_hash(users))
+            return parsed.n, parsed.r, parsed.p
+
+        cheap = auth.hash_password("a", n=2**10, r=8, p=1)
+        other = auth.hash_password("b", n=2**12, r=4, p=1)
+        self.assertEqual(cost({}), (auth.DEFAULT_N, auth.DEFAULT_R, auth.DEFAULT_P))
+        self.assertEqual(cost({"a": cheap, "b": cheap, "c": other}), (2**10, 8, 1))
+        self.assertEqual(cost({"a": cheap, "c": other}), (2**12, 4, 1))
+        self.assertEqual(cost({"c": other}), (2**12, 4, 1))
 
     def test_unknown_user_never_true(self) -> None:
         """

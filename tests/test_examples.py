@@ -21,10 +21,9 @@ class FakeAuthenticator:
     def __init__(self) -> None:
         self.failures: dict[str, int] = {}
 
-    def retry_after(self, host: str) -> float | None:
-        return 30.0 if self.failures.get(host, 0) >= 3 else None
-
-    def authenticate(self, host: str, user: str, password: str):  # type: ignore[no-untyped-def]
+    def login(self, host: str, user: object, password: object):  # type: ignore[no-untyped-def]
+        if self.failures.get(host, 0) >= 3:
+            raise ResourceExhausted("too many failed logins from " + host)
         ok = (user, password) == ("user", "password")
         if not ok:
             self.failures[host] = self.failures.get(host, 0) + 1

@@ -22,11 +22,19 @@ class HelloService:
 
     @exposed
     async def Login(self, request: str) -> str:
-        """Log this connection in with "user:password"."""
+        """
+        Log this connection in with "user:password".
+
+        A request without ":" is a login with no password: refused and
+        counted as a failed login like any other malformed credentials.
+        """
         user, sep, password = request.partition(":")
-        if not sep:
-            raise Unauthenticated("auth failed: send \"user:password\"")
-        await self.session.login(user, password)
+        try:
+            await self.session.login(user, password if sep else None)
+        except Unauthenticated as e:
+            if sep or "no password" not in e.message:
+                raise
+            raise Unauthenticated("auth failed: send \"user:password\"") from None
         return ""
 
     @exposed
