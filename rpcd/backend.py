@@ -114,6 +114,7 @@ class Backend:
         self._checks: LoopingCall | None = None
         self._checking: Deferred[Any] | None = None
         self._cooling: IDelayedCall | None = None
+        self._check_failed_here = False
 
     # -- state
 
@@ -141,6 +142,18 @@ class Backend:
         return self.state == READY
 
     @property
+    def hopeless(self) -> bool:
+        """
+        @return: whether it is not usable and will not become usable
+            without a retry: a connection attempt or health check has
+            failed, or its circuit is open.
+        """
+        state = self.state
+        if state == UNHEALTHY:
+            return self._check_failed_here
+        return state == CIRCUIT_OPEN or (state == CONNECTING and self.failed_once)
+
+    @property
     def outstanding(self) -> int:
         """
         @return: calls pending on its connection.
@@ -154,6 +167,8 @@ class Backend:
         state = self.state
         if state in (CONNECTING, UNHEALTHY) and self.last_error:
             return f"{self.name} {state} ({self.last_error})"
+        if state == CIRCUIT_OPEN and self.breaker is not None:
+            return f"{self.name} {state} ({self.breaker.failures} failures in a row)"
         return f"{self.name} {state}"
 
     # -- calls
@@ -259,6 +274,7 @@ class Backend:
         if self.breaker is not None:
             self.breaker.expire()
         self.healthy = self.health is None
+        self._check_failed_here = False
         self.last_error = None if self.healthy else "first health check pending"
         client.channel.closed_d.addBoth(lambda _: self._lost(client))
         if self.client is not client:
@@ -314,12 +330,15 @@ class Backend:
         if self.client is None:
             return
         if not healthy:
-            self.failed_once = True
+            self.failed_once = self._check_failed_here = True
         changed = healthy != self.healthy
         self.healthy = healthy
         self.last_error = why
         if changed:
             log.info("{endpoint}: {state}", endpoint=self.name, state=self.describe())
+        if changed or not healthy:
+            # A failed first check changes no state, but it may leave no
+            # endpoint that can become usable: those waiting must hear of it.
             self.on_change(self)
 
     def _stop_checks(self) -> None:

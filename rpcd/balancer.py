@@ -164,9 +164,10 @@ class Balancer:
         @param at_least: how many endpoints must be usable.
         @return: a Deferred firing with this balancer once C{at_least}
             endpoints are usable; it fails with L{Unavailable} (naming each
-            endpoint's state) when none is usable and every endpoint has
-            failed to connect or failed its health check, or when C{timeout}
-            passes.
+            endpoint's state and why) at once when none is usable and none
+            can become usable without a retry (every endpoint has failed to
+            connect, failed its health check or has its circuit open), or
+            when C{timeout} passes.
         """
         d: Deferred[Balancer] = Deferred(self._forget_waiter)
         self._waiters.append((d, at_least))
@@ -187,7 +188,7 @@ class Balancer:
         if not self._waiters:
             return
         usable = sum(b.usable for b in self.backends)
-        hopeless = not usable and self.backends and all(b.failed_once for b in self.backends)
+        hopeless = not usable and self.backends and all(b.hopeless for b in self.backends)
         waiters, self._waiters = self._waiters, []
         for d, at_least in waiters:
             if usable >= at_least:

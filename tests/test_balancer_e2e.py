@@ -97,12 +97,24 @@ class BalancerE2ETests(TestCase):
         await start_daemon(self, "b", ports["b"], who=False)
         health = HealthCheck(interval=0.2, service="Who")
         with self.assertRaises(Unavailable) as cm:
-            await connect_balanced([f"tcp:127.0.0.1:{ports['b']}"], reactor=reactor, health=health)
+            # The first failed check ends the wait, not the (test-outliving) connect timeout.
+            await connect_balanced([f"tcp:127.0.0.1:{ports['b']}"], reactor=reactor, health=health,
+                                   connect_timeout=3600)
         self.assertIn("unhealthy (health check answered 'SERVICE_UNKNOWN')", cm.exception.message)
         balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "ab"],
                                           reactor=reactor, retry=RETRY, health=health)
         self.addCleanup(balancer.close)
         self.assertEqual(await names(balancer, 10), ["a"] * 10)
+
+    async def test_fails_fast_when_everything_refuses(self) -> None:
+        """With nothing listening on any endpoint, connect_balanced fails as soon as each refused, naming why, not after its connect timeout."""
+        ports = [free_port() for _ in range(3)]
+        with self.assertRaises(Unavailable) as cm:
+            await connect_balanced([f"tcp:127.0.0.1:{p}" for p in ports], reactor=reactor,
+                                   connect_timeout=3600)
+        for port in ports:
+            self.assertIn(f"tcp:127.0.0.1:{port} connecting (Connection was refused",
+                          cm.exception.message)
 
     async def test_cli_retries(self) -> None:
         """C{rpcd call --retries N} retries UNAVAILABLE answers; without it the first one is the result."""
