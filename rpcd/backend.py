@@ -190,18 +190,38 @@ class Backend:
             return client.call(method, args, timeout=timeout, metadata=metadata)
         breaker.begin()
         d = client.call(method, args, timeout=timeout, metadata=metadata)
+        return d.addBoth(self._record, breaker)
 
-        def record(result: Any) -> Any:
-            before = breaker.state
-            breaker.record(result.value if isinstance(result, Failure) else None)
-            if breaker.state != before:
-                log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
-                         endpoint=self.name, state=breaker.state, failures=breaker.failures)
-                if breaker.state == OPEN:
-                    self._cool_down(breaker.policy.reset_timeout)
-                self.on_change(self)
-            return result
-        return d.addBoth(record)
+    def stream(self, method: str, args: Any, timeout: float | None,
+               metadata: dict[str, Any] | None, window: int | None) -> Any:
+        """
+        Open a streaming call on this endpoint's connection, recording how
+        it ends on the breaker.
+
+        @return: the L{rpcd.client_streams.ClientStream}.
+        @raise Unavailable: not connected.
+        """
+        client = self.client
+        if client is None:
+            raise Unavailable(f"{self.name} is not connected")
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.begin()
+        stream = client.stream(method, args, timeout=timeout, metadata=metadata, window=window)
+        if breaker is not None:
+            stream.result().addBoth(self._record, breaker).addErrback(lambda f: None)
+        return stream
+
+    def _record(self, result: Any, breaker: CircuitBreaker) -> Any:
+        before = breaker.state
+        breaker.record(result.value if isinstance(result, Failure) else None)
+        if breaker.state != before:
+            log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
+                     endpoint=self.name, state=breaker.state, failures=breaker.failures)
+            if breaker.state == OPEN:
+                self._cool_down(breaker.policy.reset_timeout)
+            self.on_change(self)
+        return result
 
     def _cool_down(self, seconds: float) -> None:
         # Say when the circuit turns half-open, for those awaiting a usable endpoint.

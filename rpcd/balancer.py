@@ -46,6 +46,7 @@ from rpcd.errors import Unavailable
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
+from rpcd.retry_streams import RetryingStream
 
 log = Logger()
 
@@ -247,6 +248,40 @@ class Balancer:
             tried.append(backend)
             return backend.call(method, args, remaining, metadata)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng, what=method)
+
+    def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None, window: int | None = None,
+               retry: RetryPolicy | None = _DEFAULT) -> RetryingStream:
+        """
+        Open a streaming call (server, client or bidirectional) on one of
+        the endpoints, picked as for L{call}; it stays on that endpoint, and
+        is opened again on another by the retry policy while the server has
+        sent nothing back (see L{rpcd.retry_streams}).
+
+        @param method: C{Service.Method}.
+        @param args: the request of a server-streaming method; None for
+            client- and bidirectional-streaming methods.
+        @param timeout: seconds the whole stream may take, across attempts
+            (C{default_timeout} when None).
+        @param metadata: key/value metadata for the server.
+        @param window: messages the server may send ahead of the application.
+        @param retry: a L{RetryPolicy} instead of the balancer's; None for
+            a single attempt.
+        @return: a L{RetryingStream}: C{async for} its messages, C{send},
+            C{close_send}, C{cancel}, C{result}, as a
+            L{rpcd.client_streams.ClientStream}.  With no usable endpoint
+            it has failed already with L{Unavailable}.
+        """
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
+        if timeout is None:
+            timeout = self.default_timeout
+        tried: list[Backend] = []
+
+        def attempt(remaining: float | None) -> Any:
+            backend = self.pick(exclude=tried)
+            tried.append(backend)
+            return backend.stream(method, args, remaining, metadata, window)
+        return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout)
 
     def close(self) -> Deferred[None]:
         """

@@ -201,6 +201,32 @@ class RetryingClient:
         return retrying_call(attempt, retry or self.policy, self.clock, timeout=timeout,
                              rng=self.rng, what=method)
 
+    def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None, window: int | None = None,
+               retry: RetryPolicy | None = None) -> Any:
+        """
+        Open a streaming call on the target, opened again by the policy
+        while the server has sent nothing back (see L{rpcd.retry_streams}).
+
+        @param method: C{Service.Method}.
+        @param args: the request of a server-streaming method, else None.
+        @param timeout: seconds the whole stream may take, across attempts
+            (the target's C{default_timeout} when None).
+        @param metadata: key/value metadata for the server.
+        @param window: messages the server may send ahead of the application.
+        @param retry: a policy for this stream instead of the client's.
+        @return: a L{rpcd.retry_streams.RetryingStream}.
+        """
+        from rpcd.retry_streams import RetryingStream
+        if timeout is None:
+            timeout = getattr(self.target, "default_timeout", None)
+
+        def attempt(remaining: float | None) -> Any:
+            return self.target.stream(method, args, timeout=remaining, metadata=metadata,
+                                      window=window)
+        return RetryingStream(attempt, retry or self.policy, self.clock, method=method,
+                              timeout=timeout)
+
     def close(self) -> Deferred[None]:
         """
         Close the target.

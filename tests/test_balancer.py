@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, AsyncIterator
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -67,6 +67,29 @@ class Who:
         d: Deferred[str] = Deferred()
         self.node.held.append(d)
         return d
+
+    @exposed
+    async def Count(self, n: int) -> AsyncIterator[str]:
+        """Stream the node's name n times."""
+        self.node.calls += 1
+        for _ in range(n):
+            yield self.node.name
+
+    @exposed
+    async def Gate(self, values: AsyncIterator[Any]) -> AsyncIterator[str]:
+        """Once the test fires the held Deferred, echo each value with the node's name."""
+        self.node.calls += 1
+        d: Deferred[str] = Deferred()
+        self.node.held.append(d)
+        await d
+        async for value in values:
+            yield f"{self.node.name}:{value}"
+
+    @exposed
+    async def Total(self, values: AsyncIterator[int]) -> str:
+        """Answer the node's name and the sum of the values."""
+        self.node.calls += 1
+        return f"{self.node.name}:{sum([v async for v in values])}"
 
     @exposed
     def Fail(self, code: int) -> None:

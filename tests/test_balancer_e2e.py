@@ -106,6 +106,30 @@ class BalancerE2ETests(TestCase):
         self.addCleanup(balancer.close)
         self.assertEqual(await names(balancer, 10), ["a"] * 10)
 
+    async def test_stream_survives_an_unrelated_stop(self) -> None:
+        """A bidirectional stream through the balancer keeps going on its daemon while another daemon stops."""
+        ports = {name: free_port() for name in "abc"}
+        daemons = {name: await start_daemon(self, name, port) for name, port in ports.items()}
+        balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "abc"],
+                                          reactor=reactor, health=HEALTH, retry=RETRY,
+                                          default_timeout=30)
+        self.addCleanup(balancer.close)
+        await balancer.when_ready(10, at_least=3)
+        stream = balancer.stream("Who.Echo")
+        await stream.send(1)
+        first = await stream.__anext__()
+        pinned = first.split(":")[0]
+        other = next(n for n in "abc" if n != pinned)
+        await daemons[other].stop()
+        self.assertIn(await balancer.Who.Name(), set("abc") - {other})
+        for n in (2, 3):
+            await stream.send(n)
+        stream.close_send()
+        rest = [message async for message in stream]
+        self.assertEqual([first, *rest], [f"{pinned}:{n}" for n in (1, 2, 3)])
+        self.assertIsNone(await stream.result())
+        self.assertEqual(stream.attempts, 1)
+
     async def test_fails_fast_when_everything_refuses(self) -> None:
         """With nothing listening on any endpoint, connect_balanced fails as soon as each refused, naming why, not after its connect timeout."""
         ports = [free_port() for _ in range(3)]

@@ -5,6 +5,8 @@ end-to-end tests: C{[services.Who.options] name = "a"}.
 
 from __future__ import annotations
 
+from typing import Any, AsyncIterator
+
 from rpcd.errors import Unavailable
 from rpcd.service import exposed
 
@@ -31,3 +33,9 @@ class Who:
         if self.flaky_calls % 3:
             raise Unavailable(f"{self.name} is flaky (call {self.flaky_calls})")
         return self.name
+
+    @exposed
+    async def Echo(self, values: AsyncIterator[Any]) -> AsyncIterator[str]:
+        """Answer each value with this daemon's name and the value."""
+        async for value in values:
+            yield f"{self.name}:{value}"
