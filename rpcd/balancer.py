@@ -20,7 +20,11 @@ For each call: picks a usable endpoint by the policy (L{rpcd.pickers}:
 C{round_robin}, C{random}, C{least_outstanding}, C{weighted}) and, when the
 call fails with a code the L{rpcd.retry.RetryPolicy} retries (C{UNAVAILABLE},
 a lost connection included, and C{RESOURCE_EXHAUSTED} by default), retries
-it after a backoff, on an endpoint it has not tried yet when there is one.
+it after a backoff, on an endpoint it has not tried yet when there is one,
+while the balancer's retry budget allows (L{rpcd.retry.RetryBudget}: when
+most calls fail, they stop being retried).  Calls marked C{idempotent} can
+be hedged instead (L{rpcd.hedging}).  Streams (L{Balancer.stream}) are
+pinned to one endpoint (L{rpcd.retry_streams}).
 With no usable endpoint a call fails with L{rpcd.errors.Unavailable}
 naming every endpoint's state (after its retries).
 
@@ -45,7 +49,8 @@ from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, ResolverError, StaticResolver
-from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
+from rpcd.hedging import HedgingPolicy, hedged_call
+from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
 
 log = Logger()
@@ -68,7 +73,9 @@ class Balancer:
                  breaker: BreakerPolicy | None = BreakerPolicy(),
                  reconnect: Callable[[int], float] | None = None,
                  default_timeout: float | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 retry_throttle: RetryThrottle | None = RetryThrottle(),
+                 hedging: HedgingPolicy | None = None) -> None:
         """
         Most code calls L{connect_balanced} instead.
 
@@ -82,6 +89,10 @@ class Balancer:
         @param reconnect: the reconnect backoff (see L{rpcd.backend.Backend}).
         @param default_timeout: for calls that give none.
         @param rng: the source of jitter.
+        @param retry_throttle: the size of the balancer's L{RetryBudget},
+            shared by its calls and streams; None for no budget.
+        @param hedging: how calls marked idempotent are hedged; None: they
+            are not.
         """
         self.clock = clock
         self._connect = connect
@@ -92,6 +103,8 @@ class Balancer:
         self.reconnect = reconnect
         self.default_timeout = default_timeout
         self.rng = rng
+        self.budget = RetryBudget(retry_throttle) if retry_throttle is not None else None
+        self.hedging = hedging
         self.backends: list[Backend] = []
         self._running = False
         self._waiters: list[tuple[Deferred[Balancer], int]] = []
@@ -223,7 +236,8 @@ class Balancer:
         return self.picker.pick(fresh or usable)
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
-             metadata: dict[str, Any] | None = None, retry: RetryPolicy | None = _DEFAULT) -> Deferred[Any]:
+             metadata: dict[str, Any] | None = None, retry: RetryPolicy | None = _DEFAULT,
+             idempotent: bool = False) -> Deferred[Any]:
         """
         Call a remote method on one of the endpoints.
 
@@ -234,6 +248,9 @@ class Balancer:
         @param metadata: key/value metadata for the server.
         @param retry: a L{RetryPolicy} for this call instead of the
             balancer's; None for a single attempt.
+        @param idempotent: the call may run more than once: with a
+            L{HedgingPolicy}, it is hedged (L{rpcd.hedging}) instead of
+            retried.
         @return: a Deferred firing with the result, or failing with the last
             attempt's L{rpcd.errors.RPCError} (L{Unavailable} when no
             endpoint is usable).  Cancelling it cancels the call.
@@ -247,7 +264,10 @@ class Balancer:
             backend = self.pick(exclude=tried)
             tried.append(backend)
             return backend.call(method, args, remaining, metadata)
-        return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng, what=method)
+        if idempotent and self.hedging is not None:
+            return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
+        return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
+                             what=method, budget=self.budget)
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
                metadata: dict[str, Any] | None = None, window: int | None = None,
@@ -281,7 +301,8 @@ class Balancer:
             backend = self.pick(exclude=tried)
             tried.append(backend)
             return backend.stream(method, args, remaining, metadata, window)
-        return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout)
+        return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout,
+                              budget=self.budget)
 
     def close(self) -> Deferred[None]:
         """
@@ -314,7 +335,9 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
                      reconnect: Callable[[int], float] | None = None,
                      default_timeout: float | None = None, connect_timeout: float | None = 30.0,
                      resolve_interval: float | None = None,
-                     rng: random.Random | None = None) -> Deferred[Balancer]:
+                     rng: random.Random | None = None,
+                     retry_throttle: RetryThrottle | None = RetryThrottle(),
+                     hedging: HedgingPolicy | None = None) -> Deferred[Balancer]:
     """
     Connect to several servers and balance calls over them.
 
@@ -341,6 +364,12 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
     @param resolve_interval: with a resolver, seconds between resolutions
         (None: resolve once).
     @param rng: the source of randomness (jitter, the random policy).
+    @param retry_throttle: the size of the retry budget (gRFC A6 retry
+        throttling: 100 tokens, 0.1 back per success by default): retries
+        and hedges stop while more than half of it is spent; None: no
+        budget.
+    @param hedging: a L{HedgingPolicy} for calls made with
+        C{idempotent=True}; None: those are retried like others.
     @return: a Deferred firing with a L{Balancer} once one endpoint is
         usable; it fails with L{Unavailable} when every endpoint failed (or
         none became usable within C{connect_timeout}), or C{ValueError} for
@@ -366,7 +395,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
 
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,
-                        default_timeout=default_timeout, rng=rng)
+                        default_timeout=default_timeout, rng=rng,
+                        retry_throttle=retry_throttle, hedging=hedging)
     balancer.start(resolver, resolve_interval)
     ready = balancer.when_ready(connect_timeout)
 

@@ -22,7 +22,7 @@ stream has not tried when one is usable.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -30,6 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.errors import Code, RPCError, _code_name
+
+if TYPE_CHECKING:
+    from rpcd.retry import RetryBudget
 
 log = Logger()
 
@@ -49,8 +52,7 @@ class RetryingStream:
 
     def __init__(self, open_attempt: Callable[[float | None], Any], policy: Any,
                  clock: IReactorTime, *, method: str, timeout: float | None = None,
-                 may_retry: Callable[[], bool] = lambda: True,
-                 on_outcome: Callable[[BaseException | None], None] = lambda error: None) -> None:
+                 budget: RetryBudget | None = None) -> None:
         """
         @param open_attempt: opens one attempt given the seconds left before
             the deadline (None: none): returns a C{ClientStream}, or raises
@@ -59,9 +61,8 @@ class RetryingStream:
         @param clock: for the deadline.
         @param method: names the stream in errors and logs.
         @param timeout: seconds the whole stream may take, across attempts.
-        @param may_retry: asked before each new attempt (a retry budget).
-        @param on_outcome: told how each attempt ended (None: it got an
-            answer), for a retry budget.
+        @param budget: the L{rpcd.retry.RetryBudget} each attempt's outcome
+            is recorded in, and that must allow each new attempt; or None.
         """
         self.method = method
         self.attempts = 0
@@ -69,8 +70,7 @@ class RetryingStream:
         self._policy = policy
         self._clock = clock
         self._deadline = None if timeout is None else clock.seconds() + timeout
-        self._may_retry = may_retry
-        self._on_outcome = on_outcome
+        self._budget = budget
         self._inner: Any = None
         self._judged: Any = None
         self._received = False
@@ -104,12 +104,14 @@ class RetryingStream:
         inner.result().addBoth(self._attempt_ended, inner)
 
     def _should_retry(self, error: BaseException) -> bool:
-        self._on_outcome(error)
+        budget = self._budget
+        if budget is not None:
+            budget.record(error, self._policy)
         if (self._cancelled or self._received or self._sent is None
                 or self.attempts >= self._policy.max_attempts
                 or not self._policy.retryable(error)
                 or (self._deadline is not None and self._clock.seconds() >= self._deadline)
-                or not self._may_retry()):
+                or (budget is not None and not budget.allows())):
             return False
         log.info("opening {method} again after {code}: {error} (attempt {attempt} of {attempts})",
                  method=self.method, code=_code_name(getattr(error, "code", Code.UNKNOWN)),
@@ -138,8 +140,8 @@ class RetryingStream:
         if isinstance(outcome, Failure):
             if self._retried(inner, outcome):
                 return
-        else:
-            self._on_outcome(None)
+        elif self._budget is not None:
+            self._budget.record(None, self._policy)
         self._end(outcome)
 
     def _end(self, outcome: Any) -> None:
