@@ -29,7 +29,9 @@ With no usable endpoint a call fails with L{rpcd.errors.Unavailable}
 naming every endpoint's state (after its retries).
 
 The endpoints come from a list or from an L{rpcd.resolver.IResolver}
-(asked again every C{resolve_interval} seconds).
+(asked again every C{resolve_interval} seconds; watched, when it is an
+L{rpcd.resolver.IWatchingResolver} such as
+L{rpcd.discovery.EtcdResolver}).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -48,7 +50,7 @@ from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
 from rpcd.pickers import make_picker
-from rpcd.resolver import IResolver, ResolverError, StaticResolver
+from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
@@ -109,6 +111,7 @@ class Balancer:
         self._running = False
         self._waiters: list[tuple[Deferred[Balancer], int]] = []
         self._resolving: LoopingCall | None = None
+        self._watching: Deferred[None] | None = None
 
     # -- endpoints
 
@@ -140,13 +143,18 @@ class Balancer:
         Start connecting to the endpoints.
 
         @param resolver: asked for the endpoints now, and again every
-            C{resolve_interval} seconds if that is given.
+            C{resolve_interval} seconds if that is given; an
+            L{IWatchingResolver} is watched instead of asked once.
         @param resolve_interval: seconds between resolutions.
         """
         self._running = True
+        if IWatchingResolver.providedBy(resolver):
+            self._watching = resolver.watch(self._resolved)
+            self._watching.addErrback(self._watch_ended)
         if resolver is not None:
             if resolve_interval is None:
-                self._resolve(resolver)
+                if self._watching is None:
+                    self._resolve(resolver)
             else:
                 self._resolving = LoopingCall(self._resolve, resolver)
                 self._resolving.clock = self.clock
@@ -154,12 +162,18 @@ class Balancer:
         for backend in self.backends:
             backend.start()
 
+    def _resolved(self, endpoints: list[Any]) -> None:
+        if not endpoints and self.backends:
+            log.warn("the resolver found no endpoints; keeping {count}", count=len(self.backends))
+        elif self._running:
+            self.set_endpoints(endpoints)
+
+    def _watch_ended(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            log.failure("watching the resolver stopped", failure)
+
     def _resolve(self, resolver: IResolver) -> Deferred[None]:
-        def resolved(endpoints: list[Any]) -> None:
-            if not endpoints and self.backends:
-                log.warn("the resolver found no endpoints; keeping {count}", count=len(self.backends))
-            elif self._running:
-                self.set_endpoints(endpoints)
+        resolved = self._resolved
 
         def failed(failure: Failure) -> None:
             if failure.check(ResolverError):
@@ -314,6 +328,9 @@ class Balancer:
         self._running = False
         if self._resolving is not None and self._resolving.running:
             self._resolving.stop()
+        if self._watching is not None:
+            watching, self._watching = self._watching, None
+            watching.cancel()
         waiters, self._waiters = self._waiters, []
         for d, _ in waiters:
             d.cancel()
@@ -362,7 +379,7 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         handshake) may take, and the longest this waits for a first usable
         endpoint; None waits forever.
     @param resolve_interval: with a resolver, seconds between resolutions
-        (None: resolve once).
+        (None: resolve once, or only watch a watching resolver).
     @param rng: the source of randomness (jitter, the random policy).
     @param retry_throttle: the size of the retry budget (gRFC A6 retry
         throttling: 100 tokens, 0.1 back per success by default): retries
