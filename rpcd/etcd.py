@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFailed,
@@ -310,6 +310,12 @@ class EtcdClient:
         return _Watch(self, body, on_message).done
 
 
+def _error(failure: Failure) -> BaseException:
+    error = failure.value
+    assert error is not None  # a Failure always holds its exception
+    return error
+
+
 def _key(kv: dict[str, Any]) -> str:
     return base64.b64decode(kv.get("key", "")).decode("utf-8", "replace")
 
@@ -347,8 +353,8 @@ class _Watch(Protocol):
         self._cancelled = True  # done fails with CancelledError, nothing else
         if not self._asking.called:
             self._asking.cancel()
-        elif self.transport is not None:
-            self.transport.stopProducing()
+        else:
+            self._stop_body()
 
     def _failed(self, failure: Failure) -> None:
         if self.done.called or self._cancelled:
@@ -356,7 +362,7 @@ class _Watch(Protocol):
         if failure.check(EtcdError):
             self.done.errback(failure)
         else:
-            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(failure.value)}"))
+            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(_error(failure))}"))
 
     def _answered(self, response: Any) -> Any:
         if self.done.called or self._cancelled:
@@ -397,8 +403,13 @@ class _Watch(Protocol):
 
     def _stop(self, error: Exception) -> None:
         self.done.errback(error)
+        self._stop_body()
+
+    def _stop_body(self) -> None:
+        # deliverBody's transport is a producer (IPushProducer): stopping it
+        # drops the connection.
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         if self.done.called or self._cancelled:
@@ -406,7 +417,7 @@ class _Watch(Protocol):
         if reason.check(ResponseDone):
             self.done.callback(None)
         else:
-            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(reason.value)}"))
+            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(_error(reason))}"))
 
 
 __all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "LeaseNotFound", "b64", "event_key",
