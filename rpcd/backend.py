@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -61,6 +61,55 @@ def default_reconnect_policy() -> Callable[[int], float]:
         1 s of jitter.
     """
     return backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=1.5)
+
+
+class ParsedEndpoints:
+    """
+    Endpoint strings parsed once each, for a balancer's reconnects: a C{tls:}
+    string reads its certificate, key and trust files once, in a thread
+    (not in the reactor thread), and every later connection reuses the
+    endpoint, its TLS options and so the TLS context they build.  A parse
+    that fails (a file not there yet) is tried again on the next attempt.
+    Files changed later (a renewed certificate) are read by a new balancer.
+    """
+
+    def __init__(self, reactor: Any,
+                 in_thread: Callable[..., Deferred[Any]] | None = None) -> None:
+        """
+        @param reactor: given to the endpoint parser.
+        @param in_thread: runs a function in a thread and returns a Deferred
+            of its result (C{deferToThread} by default).
+        """
+        self.reactor = reactor
+        self._in_thread = in_thread
+        self.parsed: dict[str, Any] = {}
+
+    def get(self, endpoint: Any) -> Deferred[Any]:
+        """
+        @param endpoint: an endpoint string or object.
+        @return: a Deferred firing with the endpoint object (at once when
+            known or not C{tls:}); failing with C{ValueError} or C{OSError}
+            as the parser does.
+        """
+        from rpcd.client import client_from_string, parse_endpoint
+        if not isinstance(endpoint, str):
+            return succeed(endpoint)
+        known = self.parsed.get(endpoint)
+        if known is not None:
+            return succeed(known)
+        if endpoint.startswith("tls:"):
+            run = self._in_thread
+            if run is None:
+                from twisted.internet.threads import deferToThread
+                run = deferToThread
+            d = run(parse_endpoint, endpoint, client_from_string, self.reactor)
+        else:
+            d = maybeDeferred(parse_endpoint, endpoint, client_from_string, self.reactor)
+
+        def parsed(result: Any) -> Any:
+            self.parsed[endpoint] = result
+            return result
+        return d.addCallback(parsed)
 
 
 class Backend:

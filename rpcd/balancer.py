@@ -45,7 +45,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.backend import Backend, HealthCheck
+from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
@@ -407,8 +407,11 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         d.errback(e)
         return d
 
+    parsed = ParsedEndpoints(reactor)
+
     def connect_one(endpoint: Any) -> Deferred[Any]:
-        return connect(endpoint, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
+        return parsed.get(endpoint).addCallback(
+            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
 
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,
