@@ -111,6 +111,15 @@ class ParsedEndpoints:
             return result
         return d.addCallback(parsed)
 
+    def forget(self, endpoint: Any) -> None:
+        """
+        Drop what was parsed for an endpoint no longer used.
+
+        @param endpoint: the endpoint string (or object: nothing to drop).
+        """
+        if isinstance(endpoint, str):
+            self.parsed.pop(endpoint, None)
+
 
 class Backend:
     """

@@ -67,6 +67,9 @@ class Balancer:
     @ivar backends: one L{rpcd.backend.Backend} per endpoint, in order.
     @ivar retry: the retry policy calls use unless they give their own.
     @ivar default_timeout: applied to calls that give no timeout.
+    @ivar budget: the L{RetryBudget} of its calls and streams, or None.
+    @ivar parsed: the endpoint strings parsed for its connections (set by
+        L{connect_balanced}), or None.
     """
 
     def __init__(self, clock: IReactorTime, connect: Callable[[Any], Deferred[Any]], *,
@@ -107,6 +110,7 @@ class Balancer:
         self.rng = rng
         self.budget = RetryBudget(retry_throttle) if retry_throttle is not None else None
         self.hedging = hedging
+        self.parsed: ParsedEndpoints | None = None
         self.backends: list[Backend] = []
         self._running = False
         self._waiters: list[tuple[Deferred[Balancer], int]] = []
@@ -129,6 +133,8 @@ class Balancer:
             if backend.key not in wanted:
                 log.info("{endpoint}: removed", endpoint=backend.name)
                 backend.stop()
+                if self.parsed is not None:
+                    self.parsed.forget(backend.key)
         self.backends = [current.get(key) or self._backend(key) for key in wanted]
         if self._running:
             for backend in self.backends:
@@ -417,6 +423,7 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
                         health=health, breaker=breaker, reconnect=reconnect,
                         default_timeout=default_timeout, rng=rng,
                         retry_throttle=retry_throttle, hedging=hedging)
+    balancer.parsed = parsed
     balancer.start(resolver, resolve_interval)
     ready = balancer.when_ready(connect_timeout)
 

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rpcd import certs
 from rpcd.backend import ParsedEndpoints
-from rpcd.balancer import connect_balanced
+from rpcd.balancer import Balancer, connect_balanced
+from rpcd.pickers import make_picker
 from tests.daemon import Daemon, temp_dir
 from tests.test_balancer_e2e import free_port
 from tests.test_discovery_e2e import poll
@@ -66,6 +67,20 @@ class ParsedEndpointsTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(parsed.get(marker)), marker)
         self.failureResultOf(parsed.get("nonsense:1"), ValueError)
         self.assertEqual(self.threaded, [])
+
+    def test_balancer_forgets_removed_endpoints(self) -> None:
+        """Endpoints the balancer no longer uses are dropped from its parsed endpoints."""
+        clock = MemoryReactorClock()
+        parsed = ParsedEndpoints(clock, self.in_thread)
+        balancer = Balancer(clock, lambda key: parsed.get(key).addCallback(lambda _: Deferred()),
+                            picker=make_picker("round_robin"))
+        balancer.parsed = parsed
+        balancer.set_endpoints(["tcp:127.0.0.1:1", "tcp:127.0.0.1:2"])
+        balancer.start()
+        self.assertEqual(sorted(parsed.parsed), ["tcp:127.0.0.1:1", "tcp:127.0.0.1:2"])
+        balancer.set_endpoints(["tcp:127.0.0.1:2"])
+        self.assertEqual(sorted(parsed.parsed), ["tcp:127.0.0.1:2"])
+        balancer.close()
 
 
 class ReconnectTLSE2ETests(TestCase):
