@@ -217,7 +217,9 @@ class RetryingStream:
                 self._sent = None
 
         def failed(failure: Failure) -> Any:
-            if self._inner is not inner and not self._ended:
+            # The attempt's end fails its pending sends before its result:
+            # decide on a new attempt here too.
+            if not self._ended and self._retried(inner, failure):
                 return None  # sent again on the new attempt
             return failure
         return inner.send(value).addErrback(failed)

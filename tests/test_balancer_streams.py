@@ -73,6 +73,29 @@ class BalancedStreamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(messages), ["b:1", "b:2"])
         self.assertIsNone(self.successResultOf(stream.result()))
 
+    def test_pending_send_retried(self) -> None:
+        """A send still waiting for credit when its endpoint goes away is sent again on the new attempt, and succeeds."""
+        cluster = Cluster(self, "a", "b")
+        balancer = cluster.connect()
+        a, b = cluster.nodes
+        stream = balancer.stream("Who.Gate", window=1)
+        first = stream.send(1)
+        cluster.flush()
+        inner = stream._inner
+        inner._send_credit = 0  # as if the server had not granted credit yet
+        waiting = stream.send(2)
+        self.assertNoResult(waiting)
+        a.kill()
+        cluster.flush()
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(waiting))
+        stream.close_send()
+        messages = Deferred.fromCoroutine(collect(stream))
+        cluster.flush()
+        b.held[0].callback("go")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(messages), ["b:1", "b:2"])
+
     def test_not_retried_after_an_answer(self) -> None:
         """A stream that has received a message fails with the loss of its endpoint, and is not opened again."""
         cluster = Cluster(self, "a", "b")
