@@ -11,10 +11,12 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from rpcd.backend import READY, HealthCheck
 from rpcd.balancer import Balancer, connect_balanced
+from rpcd.client import connect
 from rpcd.errors import Unavailable
 from rpcd.retry import RetryPolicy
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
@@ -129,6 +131,31 @@ class BalancerE2ETests(TestCase):
         self.assertEqual([first, *rest], [f"{pinned}:{n}" for n in (1, 2, 3)])
         self.assertIsNone(await stream.result())
         self.assertEqual(stream.attempts, 1)
+
+    async def test_retry_budget_when_everything_fails(self) -> None:
+        """With every daemon answering UNAVAILABLE, the default retry budget keeps the calls the daemons see below 1.2 per caller call (5 attempts each without it)."""
+        ports = {name: free_port() for name in "abc"}
+        for name, port in ports.items():
+            await start_daemon(self, name, port)
+        endpoints = [f"tcp:127.0.0.1:{ports[n]}" for n in "abc"]
+        balancer = await connect_balanced(endpoints, reactor=reactor, health=HEALTH, retry=RETRY,
+                                          breaker=None, default_timeout=10)
+        self.addCleanup(balancer.close)
+        callers = 600
+
+        def unavailable(failure: Failure) -> str:
+            failure.trap(Unavailable)
+            return "unavailable"
+        for _ in range(callers // 30):
+            results = await gatherResults([balancer.Who.Down().addErrback(unavailable)
+                                           for _ in range(30)])
+            self.assertEqual(results, ["unavailable"] * 30)
+        clients = [await connect(e, reactor=reactor) for e in endpoints]
+        for client in clients:
+            self.addCleanup(client.close)
+        sent = sum([await client.call("Who.DownCalls") for client in clients])
+        self.assertGreater(sent, callers)
+        self.assertLess(sent / callers, 1.2)
 
     async def test_fails_fast_when_everything_refuses(self) -> None:
         """With nothing listening on any endpoint, connect_balanced fails as soon as each refused, naming why, not after its connect timeout."""

@@ -20,6 +20,7 @@ class Who:
         """
         self.name = name
         self.flaky_calls = 0
+        self.down_calls = 0
 
     @exposed
     def Name(self) -> str:
@@ -39,3 +40,14 @@ class Who:
         """Answer each value with this daemon's name and the value."""
         async for value in values:
             yield f"{self.name}:{value}"
+
+    @exposed
+    def Down(self) -> str:
+        """Always fail with UNAVAILABLE, counting the calls."""
+        self.down_calls += 1
+        raise Unavailable(f"{self.name} is down")
+
+    @exposed
+    def DownCalls(self) -> int:
+        """Return how many calls Down has had."""
+        return self.down_calls
