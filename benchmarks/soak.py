@@ -225,7 +225,7 @@ async def report(reactor: Any, daemons: list[tuple[DaemonProcess, str]], stats: 
         streams = sum(n for k, n in stats.ok.items() if k != "call")
         print(f"{minute:>3} {stats.ok['call']:>8} {streams:>8} {stats.cancelled:>8} "
               f"{sum(stats.failed.values()):>7} {stats.restarts:>8} {rss_kib():>8} KiB  "
-              + " ".join(str(rss_kib(d.pid)) for d, _ in daemons), flush=True)
+              + " ".join(str(rss_kib(d.pid) or "down") for d, _ in daemons), flush=True)
 
 
 async def main(reactor: Any, options: argparse.Namespace) -> None:

@@ -254,7 +254,8 @@ class Backend:
                metadata: dict[str, Any] | None, window: int | None) -> Any:
         """
         Open a streaming call on this endpoint's connection, recording how
-        it ends on the breaker.
+        it ends on the breaker.  A stream is never a half-open circuit's
+        trial call: it may run for long, and the trial would wait for it.
 
         @return: the L{rpcd.client_streams.ClientStream}.
         @raise Unavailable: not connected.
@@ -263,8 +264,6 @@ class Backend:
         if client is None:
             raise Unavailable(f"{self.name} is not connected")
         breaker = self.breaker
-        if breaker is not None:
-            breaker.begin()
         stream = client.stream(method, args, timeout=timeout, metadata=metadata, window=window)
         if breaker is not None:
             stream.result().addBoth(self._record, breaker).addErrback(lambda f: None)

@@ -49,9 +49,9 @@ from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
+from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
-from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
 

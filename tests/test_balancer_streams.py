@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.breaker import BreakerPolicy
-from rpcd.errors import Cancelled, ConnectionLost, Unavailable
+from rpcd.errors import Cancelled, Code, ConnectionLost, Unavailable
 from rpcd.retry import RetryingClient, RetryPolicy
 from rpcd.retry_streams import REPLAY_LIMIT
 from tests.test_balancer import Cluster
@@ -157,6 +157,25 @@ class BalancedStreamTests(SynchronousTestCase):
         done = [self.run_(cluster, collect(balancer.stream("Who.Count", 1))) for _ in "ab"]
         self.assertEqual(sorted(self.successResultOf(d)[0] for d in done), ["a", "b"])
         self.assertEqual(backend.breaker.failures, 0)
+
+    def test_stream_is_not_the_trial(self) -> None:
+        """A stream opened on a half-open circuit does not hold its trial slot: a call can still be the trial."""
+        cluster = Cluster(self, "a")
+        balancer = cluster.connect(retry=None, breaker=BreakerPolicy(failure_threshold=1,
+                                                                     reset_timeout=5))
+        backend = balancer.backends[0]
+        failed = balancer.call("Who.Fail", int(Code.UNAVAILABLE))
+        cluster.flush()
+        self.failureResultOf(failed, Unavailable)
+        cluster.advance(5)
+        self.assertEqual(backend.breaker.state, "half-open")
+        stream = balancer.stream("Who.Gate")
+        self.assertTrue(backend.breaker.allows())
+        d = balancer.Who.Name()
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "a")
+        self.assertEqual(backend.breaker.state, "closed")
+        stream.cancel()
 
     def test_cancel(self) -> None:
         """Cancelling a balanced stream fails it with Cancelled and opens no other attempt."""
