@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -61,6 +61,64 @@ def default_reconnect_policy() -> Callable[[int], float]:
         1 s of jitter.
     """
     return backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=1.5)
+
+
+class ParsedEndpoints:
+    """
+    Endpoint strings parsed once each, for a balancer's reconnects: a C{tls:}
+    string reads its certificate, key and trust files once, in a thread
+    (not in the reactor thread), and every later connection reuses the
+    endpoint, its TLS options and so the TLS context they build.  A parse
+    that fails (a file not there yet) is tried again on the next attempt.
+    Files changed later (a renewed certificate) are read by a new balancer.
+    """
+
+    def __init__(self, reactor: Any,
+                 in_thread: Callable[..., Deferred[Any]] | None = None) -> None:
+        """
+        @param reactor: given to the endpoint parser.
+        @param in_thread: runs a function in a thread and returns a Deferred
+            of its result (C{deferToThread} by default).
+        """
+        self.reactor = reactor
+        self._in_thread = in_thread
+        self.parsed: dict[str, Any] = {}
+
+    def get(self, endpoint: Any) -> Deferred[Any]:
+        """
+        @param endpoint: an endpoint string or object.
+        @return: a Deferred firing with the endpoint object (at once when
+            known or not C{tls:}); failing with C{ValueError} or C{OSError}
+            as the parser does.
+        """
+        from rpcd.client import client_from_string, parse_endpoint
+        if not isinstance(endpoint, str):
+            return succeed(endpoint)
+        known = self.parsed.get(endpoint)
+        if known is not None:
+            return succeed(known)
+        if endpoint.startswith("tls:"):
+            run = self._in_thread
+            if run is None:
+                from twisted.internet.threads import deferToThread
+                run = deferToThread
+            d = run(parse_endpoint, endpoint, client_from_string, self.reactor)
+        else:
+            d = maybeDeferred(parse_endpoint, endpoint, client_from_string, self.reactor)
+
+        def parsed(result: Any) -> Any:
+            self.parsed[endpoint] = result
+            return result
+        return d.addCallback(parsed)
+
+    def forget(self, endpoint: Any) -> None:
+        """
+        Drop what was parsed for an endpoint no longer used.
+
+        @param endpoint: the endpoint string (or object: nothing to drop).
+        """
+        if isinstance(endpoint, str):
+            self.parsed.pop(endpoint, None)
 
 
 class Backend:
@@ -114,6 +172,7 @@ class Backend:
         self._checks: LoopingCall | None = None
         self._checking: Deferred[Any] | None = None
         self._cooling: IDelayedCall | None = None
+        self._check_failed_here = False
 
     # -- state
 
@@ -141,6 +200,18 @@ class Backend:
         return self.state == READY
 
     @property
+    def hopeless(self) -> bool:
+        """
+        @return: whether it is not usable and will not become usable
+            without a retry: a connection attempt or health check has
+            failed, or its circuit is open.
+        """
+        state = self.state
+        if state == UNHEALTHY:
+            return self._check_failed_here
+        return state == CIRCUIT_OPEN or (state == CONNECTING and self.failed_once)
+
+    @property
     def outstanding(self) -> int:
         """
         @return: calls pending on its connection.
@@ -154,6 +225,8 @@ class Backend:
         state = self.state
         if state in (CONNECTING, UNHEALTHY) and self.last_error:
             return f"{self.name} {state} ({self.last_error})"
+        if state == CIRCUIT_OPEN and self.breaker is not None:
+            return f"{self.name} {state} ({self.breaker.failures} failures in a row)"
         return f"{self.name} {state}"
 
     # -- calls
@@ -175,18 +248,37 @@ class Backend:
             return client.call(method, args, timeout=timeout, metadata=metadata)
         breaker.begin()
         d = client.call(method, args, timeout=timeout, metadata=metadata)
+        return d.addBoth(self._record, breaker)
 
-        def record(result: Any) -> Any:
-            before = breaker.state
-            breaker.record(result.value if isinstance(result, Failure) else None)
-            if breaker.state != before:
-                log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
-                         endpoint=self.name, state=breaker.state, failures=breaker.failures)
-                if breaker.state == OPEN:
-                    self._cool_down(breaker.policy.reset_timeout)
-                self.on_change(self)
-            return result
-        return d.addBoth(record)
+    def stream(self, method: str, args: Any, timeout: float | None,
+               metadata: dict[str, Any] | None, window: int | None) -> Any:
+        """
+        Open a streaming call on this endpoint's connection, recording how
+        it ends on the breaker.  A stream is never a half-open circuit's
+        trial call: it may run for long, and the trial would wait for it.
+
+        @return: the L{rpcd.client_streams.ClientStream}.
+        @raise Unavailable: not connected.
+        """
+        client = self.client
+        if client is None:
+            raise Unavailable(f"{self.name} is not connected")
+        breaker = self.breaker
+        stream = client.stream(method, args, timeout=timeout, metadata=metadata, window=window)
+        if breaker is not None:
+            stream.result().addBoth(self._record, breaker).addErrback(lambda f: None)
+        return stream
+
+    def _record(self, result: Any, breaker: CircuitBreaker) -> Any:
+        before = breaker.state
+        breaker.record(result.value if isinstance(result, Failure) else None)
+        if breaker.state != before:
+            log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
+                     endpoint=self.name, state=breaker.state, failures=breaker.failures)
+            if breaker.state == OPEN:
+                self._cool_down(breaker.policy.reset_timeout)
+            self.on_change(self)
+        return result
 
     def _cool_down(self, seconds: float) -> None:
         # Say when the circuit turns half-open, for those awaiting a usable endpoint.
@@ -259,6 +351,7 @@ class Backend:
         if self.breaker is not None:
             self.breaker.expire()
         self.healthy = self.health is None
+        self._check_failed_here = False
         self.last_error = None if self.healthy else "first health check pending"
         client.channel.closed_d.addBoth(lambda _: self._lost(client))
         if self.client is not client:
@@ -314,12 +407,15 @@ class Backend:
         if self.client is None:
             return
         if not healthy:
-            self.failed_once = True
+            self.failed_once = self._check_failed_here = True
         changed = healthy != self.healthy
         self.healthy = healthy
         self.last_error = why
         if changed:
             log.info("{endpoint}: {state}", endpoint=self.name, state=self.describe())
+        if changed or not healthy:
+            # A failed first check changes no state, but it may leave no
+            # endpoint that can become usable: those waiting must hear of it.
             self.on_change(self)
 
     def _stop_checks(self) -> None:

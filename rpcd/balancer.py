@@ -20,12 +20,18 @@ For each call: picks a usable endpoint by the policy (L{rpcd.pickers}:
 C{round_robin}, C{random}, C{least_outstanding}, C{weighted}) and, when the
 call fails with a code the L{rpcd.retry.RetryPolicy} retries (C{UNAVAILABLE},
 a lost connection included, and C{RESOURCE_EXHAUSTED} by default), retries
-it after a backoff, on an endpoint it has not tried yet when there is one.
+it after a backoff, on an endpoint it has not tried yet when there is one,
+while the balancer's retry budget allows (L{rpcd.retry.RetryBudget}: when
+most calls fail, they stop being retried).  Calls marked C{idempotent} can
+be hedged instead (L{rpcd.hedging}).  Streams (L{Balancer.stream}) are
+pinned to one endpoint (L{rpcd.retry_streams}).
 With no usable endpoint a call fails with L{rpcd.errors.Unavailable}
 naming every endpoint's state (after its retries).
 
 The endpoints come from a list or from an L{rpcd.resolver.IResolver}
-(asked again every C{resolve_interval} seconds).
+(asked again every C{resolve_interval} seconds; watched, when it is an
+L{rpcd.resolver.IWatchingResolver} such as
+L{rpcd.discovery.EtcdResolver}).
 """
 
 from __future__ import annotations
@@ -33,19 +39,21 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.backend import Backend, HealthCheck
+from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.errors import Unavailable
+from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.pickers import make_picker
-from rpcd.resolver import IResolver, ResolverError, StaticResolver
-from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
+from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
+from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
+from rpcd.retry_streams import RetryingStream
 
 log = Logger()
 
@@ -59,6 +67,9 @@ class Balancer:
     @ivar backends: one L{rpcd.backend.Backend} per endpoint, in order.
     @ivar retry: the retry policy calls use unless they give their own.
     @ivar default_timeout: applied to calls that give no timeout.
+    @ivar budget: the L{RetryBudget} of its calls and streams, or None.
+    @ivar parsed: the endpoint strings parsed for its connections (set by
+        L{connect_balanced}), or None.
     """
 
     def __init__(self, clock: IReactorTime, connect: Callable[[Any], Deferred[Any]], *,
@@ -67,7 +78,9 @@ class Balancer:
                  breaker: BreakerPolicy | None = BreakerPolicy(),
                  reconnect: Callable[[int], float] | None = None,
                  default_timeout: float | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 retry_throttle: RetryThrottle | None = RetryThrottle(),
+                 hedging: HedgingPolicy | None = None) -> None:
         """
         Most code calls L{connect_balanced} instead.
 
@@ -81,6 +94,10 @@ class Balancer:
         @param reconnect: the reconnect backoff (see L{rpcd.backend.Backend}).
         @param default_timeout: for calls that give none.
         @param rng: the source of jitter.
+        @param retry_throttle: the size of the balancer's L{RetryBudget},
+            shared by its calls and streams; None for no budget.
+        @param hedging: how calls marked idempotent are hedged; None: they
+            are not.
         """
         self.clock = clock
         self._connect = connect
@@ -91,10 +108,14 @@ class Balancer:
         self.reconnect = reconnect
         self.default_timeout = default_timeout
         self.rng = rng
+        self.budget = RetryBudget(retry_throttle) if retry_throttle is not None else None
+        self.hedging = hedging
+        self.parsed: ParsedEndpoints | None = None
         self.backends: list[Backend] = []
         self._running = False
         self._waiters: list[tuple[Deferred[Balancer], int]] = []
         self._resolving: LoopingCall | None = None
+        self._watching: Deferred[None] | None = None
 
     # -- endpoints
 
@@ -112,6 +133,8 @@ class Balancer:
             if backend.key not in wanted:
                 log.info("{endpoint}: removed", endpoint=backend.name)
                 backend.stop()
+                if self.parsed is not None:
+                    self.parsed.forget(backend.key)
         self.backends = [current.get(key) or self._backend(key) for key in wanted]
         if self._running:
             for backend in self.backends:
@@ -126,13 +149,18 @@ class Balancer:
         Start connecting to the endpoints.
 
         @param resolver: asked for the endpoints now, and again every
-            C{resolve_interval} seconds if that is given.
+            C{resolve_interval} seconds if that is given; an
+            L{IWatchingResolver} is watched instead of asked once.
         @param resolve_interval: seconds between resolutions.
         """
         self._running = True
+        if IWatchingResolver.providedBy(resolver):
+            self._watching = resolver.watch(self._resolved)
+            self._watching.addErrback(self._watch_ended)
         if resolver is not None:
             if resolve_interval is None:
-                self._resolve(resolver)
+                if self._watching is None:
+                    self._resolve(resolver)
             else:
                 self._resolving = LoopingCall(self._resolve, resolver)
                 self._resolving.clock = self.clock
@@ -140,12 +168,18 @@ class Balancer:
         for backend in self.backends:
             backend.start()
 
+    def _resolved(self, endpoints: list[Any]) -> None:
+        if not endpoints and self.backends:
+            log.warn("the resolver found no endpoints; keeping {count}", count=len(self.backends))
+        elif self._running:
+            self.set_endpoints(endpoints)
+
+    def _watch_ended(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            log.failure("watching the resolver stopped", failure)
+
     def _resolve(self, resolver: IResolver) -> Deferred[None]:
-        def resolved(endpoints: list[Any]) -> None:
-            if not endpoints and self.backends:
-                log.warn("the resolver found no endpoints; keeping {count}", count=len(self.backends))
-            elif self._running:
-                self.set_endpoints(endpoints)
+        resolved = self._resolved
 
         def failed(failure: Failure) -> None:
             if failure.check(ResolverError):
@@ -164,9 +198,10 @@ class Balancer:
         @param at_least: how many endpoints must be usable.
         @return: a Deferred firing with this balancer once C{at_least}
             endpoints are usable; it fails with L{Unavailable} (naming each
-            endpoint's state) when none is usable and every endpoint has
-            failed to connect or failed its health check, or when C{timeout}
-            passes.
+            endpoint's state and why) at once when none is usable and none
+            can become usable without a retry (every endpoint has failed to
+            connect, failed its health check or has its circuit open), or
+            when C{timeout} passes.
         """
         d: Deferred[Balancer] = Deferred(self._forget_waiter)
         self._waiters.append((d, at_least))
@@ -187,7 +222,7 @@ class Balancer:
         if not self._waiters:
             return
         usable = sum(b.usable for b in self.backends)
-        hopeless = not usable and self.backends and all(b.failed_once for b in self.backends)
+        hopeless = not usable and self.backends and all(b.hopeless for b in self.backends)
         waiters, self._waiters = self._waiters, []
         for d, at_least in waiters:
             if usable >= at_least:
@@ -221,7 +256,8 @@ class Balancer:
         return self.picker.pick(fresh or usable)
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
-             metadata: dict[str, Any] | None = None, retry: RetryPolicy | None = _DEFAULT) -> Deferred[Any]:
+             metadata: dict[str, Any] | None = None, retry: RetryPolicy | None = _DEFAULT,
+             idempotent: bool = False) -> Deferred[Any]:
         """
         Call a remote method on one of the endpoints.
 
@@ -232,6 +268,9 @@ class Balancer:
         @param metadata: key/value metadata for the server.
         @param retry: a L{RetryPolicy} for this call instead of the
             balancer's; None for a single attempt.
+        @param idempotent: the call may run more than once: with a
+            L{HedgingPolicy}, it is hedged (L{rpcd.hedging}) instead of
+            retried.
         @return: a Deferred firing with the result, or failing with the last
             attempt's L{rpcd.errors.RPCError} (L{Unavailable} when no
             endpoint is usable).  Cancelling it cancels the call.
@@ -245,7 +284,45 @@ class Balancer:
             backend = self.pick(exclude=tried)
             tried.append(backend)
             return backend.call(method, args, remaining, metadata)
-        return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng, what=method)
+        if idempotent and self.hedging is not None:
+            return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
+        return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
+                             what=method, budget=self.budget)
+
+    def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None, window: int | None = None,
+               retry: RetryPolicy | None = _DEFAULT) -> RetryingStream:
+        """
+        Open a streaming call (server, client or bidirectional) on one of
+        the endpoints, picked as for L{call}; it stays on that endpoint, and
+        is opened again on another by the retry policy while the server has
+        sent nothing back (see L{rpcd.retry_streams}).
+
+        @param method: C{Service.Method}.
+        @param args: the request of a server-streaming method; None for
+            client- and bidirectional-streaming methods.
+        @param timeout: seconds the whole stream may take, across attempts
+            (C{default_timeout} when None).
+        @param metadata: key/value metadata for the server.
+        @param window: messages the server may send ahead of the application.
+        @param retry: a L{RetryPolicy} instead of the balancer's; None for
+            a single attempt.
+        @return: a L{RetryingStream}: C{async for} its messages, C{send},
+            C{close_send}, C{cancel}, C{result}, as a
+            L{rpcd.client_streams.ClientStream}.  With no usable endpoint
+            it has failed already with L{Unavailable}.
+        """
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
+        if timeout is None:
+            timeout = self.default_timeout
+        tried: list[Backend] = []
+
+        def attempt(remaining: float | None) -> Any:
+            backend = self.pick(exclude=tried)
+            tried.append(backend)
+            return backend.stream(method, args, remaining, metadata, window)
+        return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout,
+                              budget=self.budget)
 
     def close(self) -> Deferred[None]:
         """
@@ -257,6 +334,9 @@ class Balancer:
         self._running = False
         if self._resolving is not None and self._resolving.running:
             self._resolving.stop()
+        if self._watching is not None:
+            watching, self._watching = self._watching, None
+            watching.cancel()
         waiters, self._waiters = self._waiters, []
         for d, _ in waiters:
             d.cancel()
@@ -278,7 +358,9 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
                      reconnect: Callable[[int], float] | None = None,
                      default_timeout: float | None = None, connect_timeout: float | None = 30.0,
                      resolve_interval: float | None = None,
-                     rng: random.Random | None = None) -> Deferred[Balancer]:
+                     rng: random.Random | None = None,
+                     retry_throttle: RetryThrottle | None = RetryThrottle(),
+                     hedging: HedgingPolicy | None = None) -> Deferred[Balancer]:
     """
     Connect to several servers and balance calls over them.
 
@@ -303,8 +385,14 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         handshake) may take, and the longest this waits for a first usable
         endpoint; None waits forever.
     @param resolve_interval: with a resolver, seconds between resolutions
-        (None: resolve once).
+        (None: resolve once, or only watch a watching resolver).
     @param rng: the source of randomness (jitter, the random policy).
+    @param retry_throttle: the size of the retry budget (gRFC A6 retry
+        throttling: 100 tokens, 0.1 back per success by default): retries
+        and hedges stop while more than half of it is spent; None: no
+        budget.
+    @param hedging: a L{HedgingPolicy} for calls made with
+        C{idempotent=True}; None: those are retried like others.
     @return: a Deferred firing with a L{Balancer} once one endpoint is
         usable; it fails with L{Unavailable} when every endpoint failed (or
         none became usable within C{connect_timeout}), or C{ValueError} for
@@ -325,12 +413,17 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         d.errback(e)
         return d
 
+    parsed = ParsedEndpoints(reactor)
+
     def connect_one(endpoint: Any) -> Deferred[Any]:
-        return connect(endpoint, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
+        return parsed.get(endpoint).addCallback(
+            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
 
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,
-                        default_timeout=default_timeout, rng=rng)
+                        default_timeout=default_timeout, rng=rng,
+                        retry_throttle=retry_throttle, hedging=hedging)
+    balancer.parsed = parsed
     balancer.start(resolver, resolve_interval)
     ready = balancer.when_ready(connect_timeout)
 

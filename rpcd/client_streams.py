@@ -428,8 +428,8 @@ class ClientStream:
         else:
             self._value = outcome
         for _, d in self._sends:
-            d.errback(self._error or RPCError(f"{self.method}: the stream has ended",
-                                              code=Code.FAILED_PRECONDITION))
+            _fail_quietly(d, self._error or RPCError(f"{self.method}: the stream has ended",
+                                                     code=Code.FAILED_PRECONDITION))
         self._sends.clear()
         waiting = self._waiting
         if waiting is not None and not self._queue:
@@ -441,6 +441,19 @@ class ClientStream:
 
     def __repr__(self) -> str:
         return f"<ClientStream {self.call_id} {self.method}>"
+
+
+def _fail_quietly(d: Deferred[None], error: BaseException) -> None:
+    """
+    Fail a send's Deferred with the stream's error without the "Unhandled
+    error in Deferred" log when nobody waits on it: the stream's result and
+    iteration report that error already.  A caller who awaits it later still
+    gets the failure.
+    """
+    d.errback(error)
+    info = getattr(d, "_debugInfo", None)  # Twisted's record for that log line
+    if info is not None:
+        info.failResult = None
 
 
 def _stop_timer(result: Any, timer: Any) -> Any:

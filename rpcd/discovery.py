@@ -17,11 +17,12 @@ stops cleanly revokes its lease, and its keys vanish at once.
 A client balances over every daemon serving C{Arith}::
 
     resolver = EtcdResolver("http://127.0.0.1:2379", "Arith", reactor=reactor)
-    balancer = await connect_balanced(resolver, resolve_interval=5, reactor=reactor)
+    balancer = await connect_balanced(resolver, reactor=reactor)   # watches etcd
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -35,8 +36,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.etcd import EtcdClient, EtcdError, LeaseNotFound
-from rpcd.resolver import IResolver, ResolverError
+from rpcd.etcd import EtcdClient, EtcdError, LeaseNotFound, event_key
+from rpcd.resolver import IWatchingResolver, ResolverError
 
 log = Logger()
 
@@ -246,54 +247,161 @@ def registration(config: Any, services: Sequence[str], listeners: Sequence[Any],
     return Registration(client, services, advertise, prefix=config.prefix, ttl=config.ttl)
 
 
-@implementer(IResolver)
+@implementer(IWatchingResolver)
 class EtcdResolver:
     """
     Finds the daemons that serve a service in etcd, as registered by
-    L{Registration}: an L{IResolver} for L{rpcd.balancer.connect_balanced}.
+    L{Registration}: an L{IWatchingResolver} for
+    L{rpcd.balancer.connect_balanced}.
 
-    It reads the keys on each L{resolve} (the balancer asks every
-    C{resolve_interval} seconds); it does not watch them.
+    L{watch} (what a balancer uses) reads the keys once, then follows etcd's
+    watch stream from the revision it read, so a daemon that registers or
+    leaves is seen as soon as etcd knows.  When the stream breaks it watches
+    again, after a backoff, from the last revision it saw: no change is
+    missed (if that revision was compacted away, it reads the keys again).
+    While etcd is unreachable the last known endpoints stay: L{resolve}
+    answers them (logging a warning), and a watch reports nothing new.
     """
 
     def __init__(self, etcd: str | EtcdClient, service: str, *, prefix: str = DEFAULT_PREFIX,
-                 reactor: Any = None, timeout: float = 5.0) -> None:
+                 reactor: Any = None, timeout: float = 5.0,
+                 backoff: Callable[[int], float] | None = None) -> None:
         """
         @param etcd: the URL of etcd's client endpoint (its JSON gateway),
             e.g. C{http://127.0.0.1:2379}, or an L{EtcdClient}.
         @param service: the service name, as in C{Service.Method}.
         @param prefix: the registry's key prefix, as the daemons' config has it.
         @param reactor: the reactor (the global one by default).
-        @param timeout: seconds a lookup may take.
+        @param timeout: seconds a lookup (or a watch's first answer) may take.
+        @param backoff: failures in a row (1 for the first) to seconds before
+            watching again (0.5 s growing by 1.5 to 10 s, plus up to 1 s of
+            jitter, by default).
         """
         self.client = etcd if isinstance(etcd, EtcdClient) else EtcdClient(
             etcd, reactor=reactor, timeout=timeout)
         self.service = service
         self.prefix = prefix
+        self.backoff = backoff or backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=1.5)
+        self.known: list[str] | None = None
+
+    @property
+    def _keys(self) -> str:
+        return f"{self.prefix}{self.service}/"
+
+    def _endpoint(self, key: str, value: bytes) -> str | None:
+        try:
+            endpoint = json.loads(value)["endpoint"]
+            if not isinstance(endpoint, str):
+                raise TypeError(endpoint)
+        except (ValueError, KeyError, TypeError):
+            log.warn("etcd key {key}: not a service registration: {value!r}",
+                     key=key, value=value[:200])
+            return None
+        return endpoint
+
+    def _found(self, by_key: dict[str, str]) -> list[str]:
+        self.known = list(dict.fromkeys(by_key[key] for key in sorted(by_key)))
+        return list(self.known)
+
+    def _read(self, found: list[tuple[str, bytes]]) -> dict[str, str]:
+        by_key = {}
+        for key, value in found:
+            endpoint = self._endpoint(key, value)
+            if endpoint is not None:
+                by_key[key] = endpoint
+        return by_key
 
     def resolve(self) -> Deferred[list[str]]:
         """
         @return: a Deferred firing with the advertised endpoint strings of
             the daemons registered for the service now (possibly none), in
-            key order; failing with L{ResolverError} when etcd cannot be
-            asked.
+            key order; when etcd cannot be asked, with the last endpoints
+            known (a warning says so), or failing with L{ResolverError} when
+            none are known yet.
         """
-        def endpoints(found: list[tuple[str, bytes]]) -> list[str]:
-            result: list[str] = []
-            for key, value in found:
-                try:
-                    endpoint = json.loads(value)["endpoint"]
-                    if not isinstance(endpoint, str):
-                        raise TypeError(endpoint)
-                except (ValueError, KeyError, TypeError):
-                    log.warn("etcd key {key}: not a service registration: {value!r}",
-                             key=key, value=value[:200])
-                    continue
-                if endpoint not in result:
-                    result.append(endpoint)
-            return result
-
-        def failed(failure: Failure) -> Failure:
+        def failed(failure: Failure) -> Any:
             failure.trap(EtcdError)
+            if self.known is not None:
+                log.warn("finding {service} in etcd: {error}; keeping the last {count} "
+                         "known endpoints", service=self.service, error=failure.getErrorMessage(),
+                         count=len(self.known))
+                return list(self.known)
             return Failure(ResolverError(f"finding {self.service} in etcd: {failure.getErrorMessage()}"))
-        return self.client.get_prefix(f"{self.prefix}{self.service}/").addCallbacks(endpoints, failed)
+        return self.client.get_prefix(self._keys).addCallback(self._read).addCallbacks(
+            self._found, failed)
+
+    def watch(self, on_change: Callable[[list[Any]], None]) -> Deferred[None]:
+        """
+        Report the endpoints now and after each change in etcd, until
+        cancelled; see the class docstring.
+
+        @param on_change: called with the endpoint strings.
+        @return: a Deferred to cancel to stop watching.
+        """
+        return Deferred.fromCoroutine(self._watch(on_change))
+
+    async def _watch(self, on_change: Callable[[list[Any]], None]) -> None:
+        revision: int | None = None
+        by_key: dict[str, str] = {}
+        failures = 0
+        while True:
+            heard = compacted = went_back = False
+            watching: Deferred[None] | None = None
+
+            def message(result: dict[str, Any]) -> None:
+                nonlocal revision, heard, compacted, went_back
+                heard = True
+                if result.get("compact_revision") and result.get("canceled"):
+                    compacted = True
+                    return
+                now = int(result.get("header", {}).get("revision", 0) or 0)
+                if result.get("created") and revision is not None and 0 < now < revision:
+                    # A new etcd (its data lost): revisions started again.
+                    went_back = True
+                    if watching is not None:
+                        watching.cancel()
+                    return
+                events = result.get("events") or []
+                for event in events:
+                    key = event_key(event)
+                    kv = event.get("kv", {})
+                    endpoint = None if event.get("type") == "DELETE" else self._endpoint(
+                        key, base64.b64decode(kv.get("value", "")))
+                    if endpoint is None:
+                        by_key.pop(key, None)
+                    else:
+                        by_key[key] = endpoint
+                    revision = max(revision or 0, int(kv.get("mod_revision", 0)))
+                if events:
+                    on_change(self._found(by_key))
+            try:
+                if revision is None:
+                    found, revision = await self.client.get_prefix_at(self._keys)
+                    by_key = self._read(found)
+                    on_change(self._found(by_key))
+                watching = self.client.watch_prefix(self._keys, revision + 1, message)
+                if went_back:
+                    watching.cancel()
+                await watching
+                why = "etcd ended the watch"
+            except CancelledError:
+                if not went_back:
+                    raise
+                why = f"etcd is back at revision {revision} or below (its data was lost)"
+            except EtcdError as e:
+                why = str(e)
+            if compacted or went_back:
+                log.info("watching {service} in etcd: revision {revision} is gone; "
+                         "reading the keys again", service=self.service, revision=revision)
+                revision = None
+            failures = 1 if heard else failures + 1
+            delay = self.backoff(failures)
+            if revision is None:
+                log.warn("watching {service} in etcd: {why}; trying again in {delay:.1f} s",
+                         service=self.service, why=why, delay=delay)
+            else:
+                log.warn("watching {service} in etcd: {why}; watching again in {delay:.1f} s "
+                         "from revision {revision}, keeping {count} known endpoints",
+                         service=self.service, why=why, delay=delay, revision=revision + 1,
+                         count=len(self.known or ()))
+            await deferLater(self.client.clock, delay)

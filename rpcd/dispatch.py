@@ -261,8 +261,12 @@ class Dispatcher:
                 del running[key]
             if timer is not None and timer.active():
                 timer.cancel()
+            # Forgotten however the handler ends: one that swallows its
+            # cancellation must not leave its mark behind.
+            expired = ("deadline", key) in self._cancelled
+            self._cancelled.discard(("deadline", key))
             if isinstance(outcome, Failure):
-                return self._failed(name, key, timeout, outcome)
+                return self._failed(name, expired, timeout, outcome)
             return self._convert(name, method, outcome)
 
         d.addBoth(finished)
@@ -272,12 +276,11 @@ class Dispatcher:
         self._cancelled.add(("deadline", key))
         d.cancel()
 
-    def _failed(self, name: str, key: Any, timeout: float | None, failure: Failure) -> None:
+    def _failed(self, name: str, expired: bool, timeout: float | None, failure: Failure) -> None:
         error = failure.value
         assert error is not None  # a Failure always holds its exception
         if isinstance(error, CancelledError):
-            if ("deadline", key) in self._cancelled:
-                self._cancelled.discard(("deadline", key))
+            if expired:
                 raise DeadlineExceeded(f"{name} did not finish within its deadline of {timeout:g} s")
             raise Cancelled(f"{name} was cancelled")
         if isinstance(error, RPCError):

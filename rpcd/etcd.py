@@ -11,6 +11,12 @@ ids, TTLs, revisions) are decimal strings::
     POST /v3/kv/range         {"key": b64, "range_end": b64} -> {"kvs": [{"key", "value", ...}]}
     POST /v3/lease/keepalive  {"ID": "7587..."}              -> {"result": {"ID", "TTL"}}  (no TTL: gone)
     POST /v3/lease/revoke     {"ID": "7587..."}
+    POST /v3/watch            {"create_request": {"key", "range_end", "start_revision"}}
+                              -> one JSON object a line, as long as the watch runs:
+                                 {"result": {"created": true}}, then
+                                 {"result": {"events": [{"type": "DELETE"?, "kv": {...}}]}}
+                                 ({"result": {"canceled": true, "compact_revision": N}}
+                                 when start_revision was compacted away)
 
 Errors come back as a non-200 status with C{{"error", "message", "code"}}
 (C{code} is the gRPC status code).
@@ -20,19 +26,21 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFailed,
-                                ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory,
-                                readBody)
+                                ResponseDone, ResponseFailed, ResponseNeverReceived,
+                                _HTTP11ClientFactory, readBody)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
 _NOT_FOUND = 5     # gRPC NOT_FOUND: etcd's "requested lease not found"
+MAX_WATCH_LINE = 4 * 1024 * 1024  # the longest watch message accepted
 _UNAVAILABLE = 14  # gRPC UNAVAILABLE: no leader, shutting down
 
 
@@ -258,14 +266,159 @@ class EtcdClient:
         @return: a Deferred firing with C{(key, value)} pairs in key order;
             failing as L{request} does.
         """
+        return self.get_prefix_at(prefix).addCallback(lambda found: found[0])
+
+    def get_prefix_at(self, prefix: str) -> Deferred[tuple[list[tuple[str, bytes]], int]]:
+        """
+        Read every key starting with a prefix, and the revision read.
+
+        @param prefix: the prefix.
+        @return: a Deferred firing with C{(pairs, revision)}: C{(key, value)}
+            pairs in key order, and the store's revision they are from (a
+            watch from C{revision + 1} misses no later change); failing as
+            L{request} does.
+        """
         raw = prefix.encode("utf-8")
 
-        def found(answer: dict[str, Any]) -> list[tuple[str, bytes]]:
-            return [(base64.b64decode(kv.get("key", "")).decode("utf-8", "replace"),
-                     base64.b64decode(kv.get("value", "")))
-                    for kv in answer.get("kvs", [])]
+        def found(answer: dict[str, Any]) -> tuple[list[tuple[str, bytes]], int]:
+            pairs = [(_key(kv), base64.b64decode(kv.get("value", "")))
+                     for kv in answer.get("kvs", [])]
+            return pairs, int(answer.get("header", {}).get("revision", 0))
         return self.request("/v3/kv/range", {"key": b64(raw), "range_end": b64(prefix_end(raw))}
                             ).addCallback(found)
 
+    def watch_prefix(self, prefix: str, start_revision: int,
+                     on_message: Callable[[dict[str, Any]], None]) -> Deferred[None]:
+        """
+        Watch every key starting with a prefix, from a revision on.
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "LeaseNotFound", "b64", "prefix_end"]
+        @param prefix: the prefix.
+        @param start_revision: the first revision to report (earlier ones
+            that were compacted away end the watch with a message holding
+            C{compact_revision}).
+        @param on_message: called with each message's C{result} (with
+            C{events}, each C{{"type": "DELETE"?, "kv": {...}}}; or
+            C{created}, C{canceled}, C{compact_revision}).
+        @return: a Deferred firing with None when etcd ends the watch; failing
+            with L{EtcdUnavailable} when etcd cannot be reached, does not
+            answer within C{timeout}, or the connection is cut, L{EtcdError}
+            when it refuses.  Cancelling it ends the watch.
+        """
+        raw = prefix.encode("utf-8")
+        body = {"create_request": {"key": b64(raw), "range_end": b64(prefix_end(raw)),
+                                   "start_revision": str(start_revision)}}
+        return _Watch(self, body, on_message).done
+
+
+def _error(failure: Failure) -> BaseException:
+    error = failure.value
+    assert error is not None  # a Failure always holds its exception
+    return error
+
+
+def _key(kv: dict[str, Any]) -> str:
+    return base64.b64decode(kv.get("key", "")).decode("utf-8", "replace")
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """
+    @param event: one of a watch message's C{events}.
+    @return: the key it is about.
+    """
+    return _key(event.get("kv", {}))
+
+
+class _Watch(Protocol):
+    """One watch request: its response body, read a line at a time."""
+
+    def __init__(self, client: EtcdClient, body: dict[str, Any],
+                 on_message: Callable[[dict[str, Any]], None]) -> None:
+        self.where = f"{client.url}/v3/watch"
+        self.on_message = on_message
+        self.buffer = b""
+        self._cancelled = False
+        self.done: Deferred[None] = Deferred(self._cancel)
+        self._asking = client.agent.request(
+            b"POST", self.where.encode("utf-8"), Headers({"content-type": ["application/json"]}),
+            _Body(json.dumps(body).encode("utf-8")))
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            if isinstance(result, Failure) and result.check(CancelledError) and not self._cancelled:
+                return Failure(EtcdUnavailable(f"{self.where}: no answer within {timeout:g} s"))
+            return result
+        self._asking.addTimeout(client.timeout, client.clock, timed_out)
+        self._asking.addCallbacks(self._answered, self._failed)
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        self._cancelled = True  # done fails with CancelledError, nothing else
+        if not self._asking.called:
+            self._asking.cancel()
+        else:
+            self._stop_body()
+
+    def _failed(self, failure: Failure) -> None:
+        if self.done.called or self._cancelled:
+            return
+        if failure.check(EtcdError):
+            self.done.errback(failure)
+        else:
+            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(_error(failure))}"))
+
+    def _answered(self, response: Any) -> Any:
+        if self.done.called or self._cancelled:
+            response.deliverBody(Protocol())
+            return None
+        if response.code != 200:
+            def refused(data: bytes) -> None:
+                raise EtcdError(f"{self.where}: HTTP {response.code}: {data[:200]!r}")
+            return readBody(response).addCallback(refused).addErrback(self._failed)
+        response.deliverBody(self)
+        return None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer and not self.done.called:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.strip():
+                self._line(line)
+        if len(self.buffer) > MAX_WATCH_LINE and not self.done.called:
+            self._stop(EtcdError(f"{self.where}: a watch message longer than "
+                                 f"{MAX_WATCH_LINE} bytes"))
+
+    def _line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            self._stop(EtcdError(f"{self.where}: not a JSON object: {line[:200]!r}"))
+            return
+        error = message.get("error")
+        if isinstance(error, dict):
+            self._stop(EtcdError(f"{self.where}: {error.get('message')}", error.get("grpc_code")))
+            return
+        result = message.get("result", message)
+        if isinstance(result, dict):
+            self.on_message(result)
+
+    def _stop(self, error: Exception) -> None:
+        self.done.errback(error)
+        self._stop_body()
+
+    def _stop_body(self) -> None:
+        # deliverBody's transport is a producer (IPushProducer): stopping it
+        # drops the connection.
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self.done.called or self._cancelled:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(EtcdUnavailable(f"{self.where}: {_describe(_error(reason))}"))
+
+
+__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "LeaseNotFound", "b64", "event_key",
+           "prefix_end"]

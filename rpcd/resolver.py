@@ -13,7 +13,7 @@ connects to endpoints that appear and drops those that went away::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
@@ -40,6 +40,25 @@ class IResolver(Interface):
             failure it can put in words); the balancer then keeps the
             endpoints it had and logs the failure, as it does for an empty
             list.
+        """
+
+
+class IWatchingResolver(IResolver):
+    """
+    A resolver that also tells of changes as they happen: a balancer given
+    one watches it instead of resolving once (and still asks it every
+    C{resolve_interval} seconds if that is given).
+    """
+
+    def watch(on_change: Callable[[list[Any]], None]) -> Deferred[None]:
+        """
+        Report the endpoints now and on every change, until cancelled.
+
+        @param on_change: called with the whole list of endpoints, first as
+            soon as they are known, then after each change.
+        @return: a Deferred that runs the watch: it fires only when the
+            watch ends; cancel it to stop watching.  The resolver deals with
+            its source's failures itself (it reports nothing new meanwhile).
         """
 
 

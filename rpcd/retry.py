@@ -107,9 +107,70 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 """Every call gets one attempt."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryThrottle:
+    """
+    The size of a L{RetryBudget} (gRPC's C{retryThrottling}, gRFC A6).
+
+    @ivar max_tokens: the tokens in a full bucket; retries stop while the
+        bucket holds half of it or less.
+    @ivar token_ratio: the tokens a successful call puts back (a failed
+        attempt takes one).
+    """
+
+    max_tokens: float = 100.0
+    token_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.max_tokens > 0:
+            raise ValueError(f"max_tokens must be positive, not {self.max_tokens}")
+        if not self.token_ratio > 0:
+            raise ValueError(f"token_ratio must be positive, not {self.token_ratio}")
+
+
+class RetryBudget:
+    """
+    A token bucket shared by the calls of one client (gRFC A6 retry
+    throttling): each attempt that fails with a retryable code takes a
+    token, each successful call puts back C{token_ratio}; no call is retried
+    (or hedged) while the bucket holds half its size or less.  When every
+    endpoint fails, calls soon stop being retried, and the load a failing
+    cluster sees stays close to one attempt per call.
+
+    @ivar tokens: the tokens in the bucket now.
+    """
+
+    def __init__(self, throttle: RetryThrottle = RetryThrottle()) -> None:
+        """
+        @param throttle: the bucket's size and refill.
+        """
+        self.throttle = throttle
+        self.tokens = throttle.max_tokens
+
+    def allows(self) -> bool:
+        """
+        @return: whether a retry may be sent now.
+        """
+        return self.tokens > self.throttle.max_tokens / 2
+
+    def record(self, error: BaseException | None, policy: RetryPolicy) -> None:
+        """
+        Account for one attempt's outcome.
+
+        @param error: None for success, else what the attempt failed with
+            (only codes the policy retries take a token).
+        @param policy: the call's retry policy.
+        """
+        if error is None:
+            self.tokens = min(self.tokens + self.throttle.token_ratio, self.throttle.max_tokens)
+        elif policy.retryable(error):
+            self.tokens = max(self.tokens - 1, 0.0)
+
+
 async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy: RetryPolicy,
                           clock: IReactorTime, *, timeout: float | None = None,
-                          rng: random.Random | None = None, what: str = "the call") -> T:
+                          rng: random.Random | None = None, what: str = "the call",
+                          budget: RetryBudget | None = None) -> T:
     """
     Make attempts until one succeeds, fails with an error the policy does not
     retry, the attempts run out, or the deadline leaves no time for another.
@@ -121,6 +182,8 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
     @param timeout: the overall deadline in seconds from now, or None.
     @param rng: the source of jitter.
     @param what: names the call in log events.
+    @param budget: a L{RetryBudget} each attempt's outcome is recorded in;
+        no retry is made while it does not allow one.
     @return: the first successful attempt's result; raises the last
         attempt's error otherwise (C{CancelledError} if the caller cancelled).
     """
@@ -130,23 +193,34 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
         tries += 1
         remaining = None if deadline is None else deadline - clock.seconds()
         try:
-            return await maybeDeferred(attempt, remaining)
+            result = await maybeDeferred(attempt, remaining)
         except Exception as error:
+            if budget is not None:
+                budget.record(error, policy)
             if tries >= policy.max_attempts or not policy.retryable(error):
                 raise
             delay = policy.backoff(tries, rng)
             if deadline is not None and clock.seconds() + delay >= deadline:
                 raise
+            if budget is not None and not budget.allows():
+                log.info("not retrying {what} after {error}: the retry budget is spent "
+                         "({tokens:.1f} tokens)", what=what, error=error, tokens=budget.tokens)
+                raise
             log.info("retrying {what} in {delay:.3f} s after {code}: {error} "
                      "(attempt {attempt} of {attempts})", what=what, delay=delay,
                      code=_code_name(getattr(error, "code", Code.UNKNOWN)), error=error,
                      attempt=tries + 1, attempts=policy.max_attempts)
+        else:
+            if budget is not None:
+                budget.record(None, policy)
+            return result
         await deferLater(clock, delay)
 
 
 def retrying_call(attempt: Callable[[float | None], Deferred[T]], policy: RetryPolicy,
                   clock: IReactorTime, *, timeout: float | None = None,
-                  rng: random.Random | None = None, what: str = "the call") -> Deferred[T]:
+                  rng: random.Random | None = None, what: str = "the call",
+                  budget: RetryBudget | None = None) -> Deferred[T]:
     """
     L{call_with_retry} as a Deferred.
 
@@ -155,7 +229,7 @@ def retrying_call(attempt: Callable[[float | None], Deferred[T]], policy: RetryP
         attempt in flight (or the wait before the next one).
     """
     return Deferred.fromCoroutine(call_with_retry(attempt, policy, clock, timeout=timeout,
-                                                  rng=rng, what=what))
+                                                  rng=rng, what=what, budget=budget))
 
 
 class RetryingClient:
@@ -165,18 +239,22 @@ class RetryingClient:
     """
 
     def __init__(self, target: Any, policy: RetryPolicy, clock: IReactorTime, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 throttle: RetryThrottle | None = None) -> None:
         """
         @param target: has C{call(method, args, timeout=, metadata=)}
             returning a Deferred, and maybe a C{default_timeout}.
         @param policy: the L{RetryPolicy}.
         @param clock: for backoff and deadlines (the reactor, or a C{Clock}).
         @param rng: the source of jitter.
+        @param throttle: the size of this client's L{RetryBudget}; None for
+            no budget.
         """
         self.target = target
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        self.budget = RetryBudget(throttle) if throttle is not None else None
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None,
@@ -199,7 +277,33 @@ class RetryingClient:
         def attempt(remaining: float | None) -> Deferred[Any]:
             return self.target.call(method, args, timeout=remaining, metadata=metadata)
         return retrying_call(attempt, retry or self.policy, self.clock, timeout=timeout,
-                             rng=self.rng, what=method)
+                             rng=self.rng, what=method, budget=self.budget)
+
+    def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None, window: int | None = None,
+               retry: RetryPolicy | None = None) -> Any:
+        """
+        Open a streaming call on the target, opened again by the policy
+        while the server has sent nothing back (see L{rpcd.retry_streams}).
+
+        @param method: C{Service.Method}.
+        @param args: the request of a server-streaming method, else None.
+        @param timeout: seconds the whole stream may take, across attempts
+            (the target's C{default_timeout} when None).
+        @param metadata: key/value metadata for the server.
+        @param window: messages the server may send ahead of the application.
+        @param retry: a policy for this stream instead of the client's.
+        @return: a L{rpcd.retry_streams.RetryingStream}.
+        """
+        from rpcd.retry_streams import RetryingStream
+        if timeout is None:
+            timeout = getattr(self.target, "default_timeout", None)
+
+        def attempt(remaining: float | None) -> Any:
+            return self.target.stream(method, args, timeout=remaining, metadata=metadata,
+                                      window=window)
+        return RetryingStream(attempt, retry or self.policy, self.clock, method=method,
+                              timeout=timeout, budget=self.budget)
 
     def close(self) -> Deferred[None]:
         """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, AsyncIterator
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -43,7 +43,9 @@ class Health:
     def Check(self, service: str = "") -> Any:
         """Answer the node's status."""
         if self.node.status is None:
-            return Deferred()
+            d: Deferred[str] = Deferred()
+            self.node.checks.append(d)
+            return d
         return self.node.status
 
 
@@ -67,6 +69,29 @@ class Who:
         return d
 
     @exposed
+    async def Count(self, n: int) -> AsyncIterator[str]:
+        """Stream the node's name n times."""
+        self.node.calls += 1
+        for _ in range(n):
+            yield self.node.name
+
+    @exposed
+    async def Gate(self, values: AsyncIterator[Any]) -> AsyncIterator[str]:
+        """Once the test fires the held Deferred, echo each value with the node's name."""
+        self.node.calls += 1
+        d: Deferred[str] = Deferred()
+        self.node.held.append(d)
+        await d
+        async for value in values:
+            yield f"{self.node.name}:{value}"
+
+    @exposed
+    async def Total(self, values: AsyncIterator[int]) -> str:
+        """Answer the node's name and the sum of the values."""
+        self.node.calls += 1
+        return f"{self.node.name}:{sum([v async for v in values])}"
+
+    @exposed
     def Fail(self, code: int) -> None:
         """Fail with the given code."""
         self.node.calls += 1
@@ -82,6 +107,7 @@ class Node:
         self.status: str | None = "SERVING"
         self.calls = 0
         self.held: list[Deferred[str]] = []
+        self.checks: list[Deferred[str]] = []
         self.up = True
         self.pumps: list[iosim.IOPump] = []
         registry = ServiceRegistry()
@@ -405,11 +431,40 @@ class BalancerTests(SynchronousTestCase):
         self.assertIn("a connecting (Connection was refused", message)
         self.assertEqual(cluster.clock.getDelayedCalls(), [])
 
+    def test_connect_fails_at_first_failed_health_check(self) -> None:
+        """connect_balanced fails as soon as every endpoint's first health check failed, with the answer, long before connect_timeout."""
+        cluster = Cluster(self, "a", "b")
+        for node in cluster.nodes:
+            node.status = "NOT_SERVING"
+        d = connect_balanced(cluster.nodes, reactor=cluster.clock, connect_timeout=3600)
+        cluster.flush()
+        message = self.failureResultOf(d, Unavailable).value.message
+        self.assertIn("a unhealthy (health check answered 'NOT_SERVING')", message)
+        self.assertIn("b unhealthy (health check answered 'NOT_SERVING')", message)
+        self.assertEqual(cluster.clock.seconds(), 0)
+        self.assertEqual(cluster.clock.getDelayedCalls(), [])
+
+    def test_when_ready_waits_for_a_pending_check(self) -> None:
+        """when_ready keeps waiting while one endpoint's first health check is pending, though the other's failed."""
+        cluster = Cluster(self, "a", "b")
+        cluster.nodes[0].status = "NOT_SERVING"
+        cluster.nodes[1].status = None
+        d = connect_balanced(cluster.nodes, reactor=cluster.clock,
+                             health=HealthCheck(interval=10, timeout=10))
+        cluster.advance(5)
+        self.assertNoResult(d)
+        cluster.nodes[1].checks[0].callback("SERVING")
+        cluster.flush()
+        balancer = self.successResultOf(d)
+        self.addCleanup(balancer.close)
+        self.assertEqual([b.state for b in balancer.backends], [UNHEALTHY, READY])
+
     def test_connect_timeout(self) -> None:
         """connect_balanced fails after connect_timeout when no endpoint becomes usable."""
         cluster = Cluster(self, "a")
         cluster.nodes[0].status = None
-        d = connect_balanced(cluster.nodes, reactor=cluster.clock, connect_timeout=3)
+        d = connect_balanced(cluster.nodes, reactor=cluster.clock, connect_timeout=3,
+                             health=HealthCheck(interval=10, timeout=10))
         cluster.flush()
         cluster.advance(2)
         self.assertNoResult(d)
@@ -419,7 +474,7 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual(cluster.clock.getDelayedCalls(), [])
 
     def test_circuit_breaker(self) -> None:
-        """Failures in a row open an endpoint's circuit; after the cool-down (which wakes those waiting for an endpoint) a successful trial closes it."""
+        """Failures in a row open an endpoint's circuit (when_ready then fails at once, saying so); after the cool-down (which wakes those waiting for more endpoints) a successful trial closes it."""
         cluster = Cluster(self, "a", "b")
         balancer = cluster.connect(retry=None, breaker=BreakerPolicy(failure_threshold=2, reset_timeout=10))
         calls = [balancer.call("Who.Fail", int(Code.UNAVAILABLE)) for _ in range(4)]
@@ -429,8 +484,12 @@ class BalancerTests(SynchronousTestCase):
         self.assertEqual([b.state for b in balancer.backends], [CIRCUIT_OPEN] * 2)
         self.assertEqual(balancer.backends[0].breaker.failures, 2)
         self.failureResultOf(balancer.Who.Name(), Unavailable)
-        ready = balancer.when_ready()
-        cluster.advance(9.9)
+        message = self.failureResultOf(balancer.when_ready(), Unavailable).value.message
+        self.assertIn("a circuit open (2 failures in a row)", message)
+        cluster.advance(5)
+        balancer.backends[1].breaker.succeeded()
+        ready = balancer.when_ready(at_least=2)
+        cluster.advance(4.9)
         self.assertNoResult(ready)
         cluster.advance(0.1)
         self.assertIs(self.successResultOf(ready), balancer)

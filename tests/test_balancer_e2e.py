@@ -11,10 +11,12 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from rpcd.backend import READY, HealthCheck
 from rpcd.balancer import Balancer, connect_balanced
+from rpcd.client import connect
 from rpcd.errors import Unavailable
 from rpcd.retry import RetryPolicy
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
@@ -97,12 +99,73 @@ class BalancerE2ETests(TestCase):
         await start_daemon(self, "b", ports["b"], who=False)
         health = HealthCheck(interval=0.2, service="Who")
         with self.assertRaises(Unavailable) as cm:
-            await connect_balanced([f"tcp:127.0.0.1:{ports['b']}"], reactor=reactor, health=health)
+            # The first failed check ends the wait, not the (test-outliving) connect timeout.
+            await connect_balanced([f"tcp:127.0.0.1:{ports['b']}"], reactor=reactor, health=health,
+                                   connect_timeout=3600)
         self.assertIn("unhealthy (health check answered 'SERVICE_UNKNOWN')", cm.exception.message)
         balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "ab"],
                                           reactor=reactor, retry=RETRY, health=health)
         self.addCleanup(balancer.close)
         self.assertEqual(await names(balancer, 10), ["a"] * 10)
+
+    async def test_stream_survives_an_unrelated_stop(self) -> None:
+        """A bidirectional stream through the balancer keeps going on its daemon while another daemon stops."""
+        ports = {name: free_port() for name in "abc"}
+        daemons = {name: await start_daemon(self, name, port) for name, port in ports.items()}
+        balancer = await connect_balanced([f"tcp:127.0.0.1:{ports[n]}" for n in "abc"],
+                                          reactor=reactor, health=HEALTH, retry=RETRY,
+                                          default_timeout=30)
+        self.addCleanup(balancer.close)
+        await balancer.when_ready(10, at_least=3)
+        stream = balancer.stream("Who.Echo")
+        await stream.send(1)
+        first = await stream.__anext__()
+        pinned = first.split(":")[0]
+        other = next(n for n in "abc" if n != pinned)
+        await daemons[other].stop()
+        self.assertIn(await balancer.Who.Name(), set("abc") - {other})
+        for n in (2, 3):
+            await stream.send(n)
+        stream.close_send()
+        rest = [message async for message in stream]
+        self.assertEqual([first, *rest], [f"{pinned}:{n}" for n in (1, 2, 3)])
+        self.assertIsNone(await stream.result())
+        self.assertEqual(stream.attempts, 1)
+
+    async def test_retry_budget_when_everything_fails(self) -> None:
+        """With every daemon answering UNAVAILABLE, the default retry budget keeps the calls the daemons see below 1.2 per caller call (5 attempts each without it)."""
+        ports = {name: free_port() for name in "abc"}
+        for name, port in ports.items():
+            await start_daemon(self, name, port)
+        endpoints = [f"tcp:127.0.0.1:{ports[n]}" for n in "abc"]
+        balancer = await connect_balanced(endpoints, reactor=reactor, health=HEALTH, retry=RETRY,
+                                          breaker=None, default_timeout=10)
+        self.addCleanup(balancer.close)
+        callers = 600
+
+        def unavailable(failure: Failure) -> str:
+            failure.trap(Unavailable)
+            return "unavailable"
+        for _ in range(callers // 30):
+            results = await gatherResults([balancer.Who.Down().addErrback(unavailable)
+                                           for _ in range(30)])
+            self.assertEqual(results, ["unavailable"] * 30)
+        clients = [await connect(e, reactor=reactor) for e in endpoints]
+        for client in clients:
+            self.addCleanup(client.close)
+        sent = sum([await client.call("Who.DownCalls") for client in clients])
+        self.assertGreater(sent, callers)
+        self.assertLess(sent / callers, 1.2)
+
+    async def test_fails_fast_when_everything_refuses(self) -> None:
+        """With nothing listening on any endpoint, connect_balanced fails as soon as each refused, naming why, not after its connect timeout."""
+        ports = [free_port() for _ in range(3)]
+        with self.assertRaises(Unavailable) as cm:
+            await connect_balanced([f"tcp:127.0.0.1:{p}" for p in ports], reactor=reactor,
+                                   connect_timeout=3600)
+        for port in ports:
+            self.assertIn(f"tcp:127.0.0.1:{port} connecting (Connection was refused",
+                          cm.exception.message)
 
     async def test_cli_retries(self) -> None:
         """C{rpcd call --retries N} retries UNAVAILABLE answers; without it the first one is the result."""

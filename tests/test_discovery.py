@@ -11,7 +11,7 @@ import json
 from typing import Any, Sequence
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -27,7 +27,7 @@ from rpcd.daemon import make_service
 from rpcd.discovery import EtcdResolver, Registration, service_key, service_value
 from rpcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound, prefix_end
 from rpcd.pickers import make_picker
-from rpcd.resolver import IResolver, ResolverError
+from rpcd.resolver import IResolver, IWatchingResolver, ResolverError
 from tests.fake_etcd import FakeEtcd, FakeResponse
 
 URL = "http://etcd.test:2379"
@@ -371,12 +371,185 @@ class ResolverTests(SynchronousTestCase):
         """A balancer whose resolver fails with ResolverError logs one warning without a traceback."""
         clock, etcd, client = setup()
         etcd.down = True
+        resolver = EtcdResolver(client, "Who")
+
+        @implementer(IResolver)
+        class Polled:
+            def resolve(self) -> Deferred[list[Any]]:
+                return resolver.resolve()
         balancer = Balancer(clock, lambda endpoint: Deferred(), picker=make_picker("round_robin"))
         with capturedLogs() as events:
-            balancer.start(EtcdResolver(client, "Who"))
+            balancer.start(Polled())
         [warning] = messages(events, LogLevel.warn)
         self.assertTrue(warning.startswith("resolving endpoints failed: finding Who in etcd: "), warning)
         self.assertFalse([e for e in events if e.get("log_failure")])
+
+    def test_resolve_keeps_the_last_known(self) -> None:
+        """Once it has found endpoints, the resolver answers them again while etcd is down, with a warning."""
+        clock, etcd, client = setup()
+        self.successResultOf(client.put("/rpcd/services/Who/a", b'{"endpoint": "tcp:a:1"}'))
+        resolver = EtcdResolver(client, "Who")
+        self.assertEqual(self.successResultOf(resolver.resolve()), ["tcp:a:1"])
+        etcd.down = True
+        with capturedLogs() as events:
+            self.assertEqual(self.successResultOf(resolver.resolve()), ["tcp:a:1"])
+        [warning] = messages(events, LogLevel.warn)
+        self.assertIn("keeping the last 1 known endpoints", warning)
+
+
+def register(client: EtcdClient, name: str) -> None:
+    """Put a registration for C{tcp:NAME:1} under Who."""
+    client.put(f"/rpcd/services/Who/tcp:{name}:1",
+               json.dumps({"endpoint": f"tcp:{name}:1"}).encode())
+
+
+def unregister(client: EtcdClient, name: str, etcd: FakeEtcd) -> None:
+    """Delete a registration, as a revoked lease does."""
+    key = f"/rpcd/services/Who/tcp:{name}:1".encode()
+    del etcd.keys[key]
+    etcd._changed(key, None)
+
+
+class WatchTests(SynchronousTestCase):
+    """EtcdResolver.watch, and a balancer watching it."""
+
+    def watch(self, client: EtcdClient, **kwargs: Any) -> tuple[EtcdResolver, list[list[str]], Deferred[None]]:
+        resolver = EtcdResolver(client, "Who", backoff=lambda n: 1.0, **kwargs)
+        seen: list[list[str]] = []
+        d = resolver.watch(seen.append)
+        d.addErrback(lambda f: f.trap(CancelledError))
+        self.addCleanup(d.cancel)
+        return resolver, seen, d
+
+    def test_interface(self) -> None:
+        """EtcdResolver is an IWatchingResolver."""
+        clock, etcd, client = setup()
+        verifyObject(IWatchingResolver, EtcdResolver(client, "Who"))
+
+    def test_changes_as_they_happen(self) -> None:
+        """The watch reports the endpoints, then each registration and removal as etcd makes it, with no clock advance."""
+        clock, etcd, client = setup()
+        register(client, "a")
+        resolver, seen, d = self.watch(client)
+        register(client, "b")
+        unregister(client, "a", etcd)
+        self.assertEqual(seen, [["tcp:a:1"], ["tcp:a:1", "tcp:b:1"], ["tcp:b:1"]])
+        self.assertEqual(clock.seconds(), 0)
+        self.assertEqual(etcd.paths(), ["/v3/kv/put", "/v3/kv/range", "/v3/watch",
+                                        "/v3/kv/put"])
+        self.assertEqual(etcd.requests[2][1]["create_request"]["start_revision"], "3")
+
+    def test_no_change_missed_across_a_reconnect(self) -> None:
+        """When the watch stream breaks, changes made meanwhile are reported after it watches again from the last revision it saw, without reading the keys again."""
+        clock, etcd, client = setup()
+        register(client, "a")
+        resolver, seen, d = self.watch(client)
+        register(client, "b")
+        with capturedLogs() as events:
+            etcd.cut_watches()
+        [warning] = messages(events, LogLevel.warn)
+        self.assertIn("watching again in 1.0 s from revision 4, keeping 2 known endpoints", warning)
+        register(client, "c")
+        unregister(client, "a", etcd)
+        self.assertEqual(seen[-1], ["tcp:a:1", "tcp:b:1"])
+        clock.advance(1)
+        self.assertEqual(seen[-1], ["tcp:b:1", "tcp:c:1"])
+        self.assertEqual(etcd.paths().count("/v3/kv/range"), 1)
+        self.assertEqual(etcd.requests[-1], ("/v3/watch", {"create_request": {
+            "key": base64.b64encode(b"/rpcd/services/Who/").decode(),
+            "range_end": base64.b64encode(b"/rpcd/services/Who0").decode(),
+            "start_revision": "4"}}))
+
+    def test_compacted_revision_reads_again(self) -> None:
+        """When the revision to watch from was compacted away, the resolver reads the keys again."""
+        clock, etcd, client = setup()
+        register(client, "a")
+        resolver, seen, d = self.watch(client)
+        etcd.cut_watches()
+        register(client, "b")
+        register(client, "c")
+        etcd.compact()
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(seen[-1], ["tcp:a:1", "tcp:b:1", "tcp:c:1"])
+        self.assertEqual(etcd.paths().count("/v3/kv/range"), 2)
+        register(client, "d")
+        self.assertEqual(seen[-1], ["tcp:a:1", "tcp:b:1", "tcp:c:1", "tcp:d:1"])
+
+    def test_etcd_that_lost_its_data(self) -> None:
+        """A watch answered by an etcd whose revisions started again (its data lost) reads the keys again."""
+        clock, etcd, client = setup()
+        for name in "abc":
+            register(client, name)
+        resolver, seen, d = self.watch(client)
+        etcd.cut_watches()
+        etcd.restart()
+        register(client, "d")
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(seen[-1], ["tcp:d:1"])
+        self.assertEqual(etcd.paths().count("/v3/kv/range"), 2)
+        register(client, "e")
+        self.assertEqual(seen[-1], ["tcp:d:1", "tcp:e:1"])
+
+    def test_etcd_away_keeps_the_endpoints(self) -> None:
+        """While etcd is down the watch reports nothing, retries with backoff, and the resolver answers the last known endpoints; it catches up when etcd is back."""
+        clock, etcd, client = setup()
+        register(client, "a")
+        resolver, seen, d = self.watch(client)
+        etcd.down = True
+        etcd.cut_watches()
+        with capturedLogs() as events:
+            clock.advance(1)
+            clock.advance(1)
+        self.assertEqual(len(messages(events, LogLevel.warn)), 2)
+        self.assertEqual(seen, [["tcp:a:1"]])
+        self.assertEqual(self.successResultOf(resolver.resolve()), ["tcp:a:1"])
+        etcd.down = False
+        register(client, "b")
+        clock.advance(1)
+        self.assertEqual(seen[-1], ["tcp:a:1", "tcp:b:1"])
+
+    def test_cancel_stops(self) -> None:
+        """Cancelling the watch ends its stream and leaves no timer."""
+        clock, etcd, client = setup()
+        resolver, seen, d = self.watch(client)
+        [(_, _, response)] = etcd.watches
+        d.cancel()
+        self.assertTrue(response.ended)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_bad_stream(self) -> None:
+        """A watch stream line that is not JSON ends the watch with EtcdError naming the URL."""
+        clock, etcd, client = setup()
+        seen: list[Any] = []
+        d = client.watch_prefix("/p/", 1, seen.append)
+        [(_, _, response)] = etcd.watches
+        response.protocol.dataReceived(b"nope\n")
+        failure = self.failureResultOf(d, EtcdError)
+        self.assertIn(f"{URL}/v3/watch: not a JSON object", str(failure.value))
+        self.assertEqual(seen, [{"header": etcd._header(), "created": True}])
+
+    def test_refused_watch(self) -> None:
+        """A watch answered with an error status fails with EtcdError."""
+        client = EtcdClient(URL, reactor=Clock(), agent=OneAnswer(404, b"no"))
+        self.failureResultOf(client.watch_prefix("/p/", 1, lambda m: None), EtcdError)
+
+    def test_balancer_follows_the_watch(self) -> None:
+        """A balancer given an EtcdResolver and no resolve interval follows registrations as etcd reports them, and stops watching on close."""
+        clock, etcd, client = setup()
+        register(client, "a")
+        balancer = Balancer(clock, lambda endpoint: Deferred(), picker=make_picker("round_robin"))
+        balancer.start(EtcdResolver(client, "Who"))
+        self.assertEqual([b.key for b in balancer.backends], ["tcp:a:1"])
+        register(client, "b")
+        self.assertEqual([b.key for b in balancer.backends], ["tcp:a:1", "tcp:b:1"])
+        unregister(client, "a", etcd)
+        self.assertEqual([b.key for b in balancer.backends], ["tcp:b:1"])
+        self.assertEqual(etcd.paths().count("/v3/kv/range"), 1)
+        [(_, _, response)] = etcd.watches
+        balancer.close()
+        self.assertTrue(response.ended)
 
 
 DISCOVERY = """

@@ -13,7 +13,7 @@ import signal
 import socket
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
@@ -72,6 +72,18 @@ async def start_etcd(test: TestCase, client_port: int | None = None) -> str:
 
     @return: its client URL, once C{/health} says it is healthy.
     """
+    url, _ = await run_etcd(test, client_port)
+    return url
+
+
+async def run_etcd(test: TestCase, client_port: int | None = None
+                   ) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """
+    L{start_etcd}, also giving a function that stops it (and waits for it
+    to exit) before the cleanup does.
+
+    @return: its client URL and that function.
+    """
     etcd = require_tool("etcd", "to test service discovery")
     client_port = client_port or free_port()
     peer_port = free_port()
@@ -96,7 +108,7 @@ async def start_etcd(test: TestCase, client_port: int | None = None) -> str:
         response = await agent.request(b"GET", f"{url}/health".encode())
         return b'"health":"true"' in await readBody(response)
     await poll("healthy etcd", healthy, 20)
-    return url
+    return url, stop
 
 
 async def start_daemon(test: TestCase, name: str, etcd: str, ttl: int = 10) -> Daemon:
@@ -152,6 +164,43 @@ class DiscoveryE2ETests(TestCase):
         self.assertNotIn("Starting factory _HTTP11ClientFactory", a.output)  # quiet renewals
         self.assertEqual(set(await gatherResults([balancer.Who.Name() for _ in range(20)])), {"b"})
         await poll("the balancer dropping a", lambda: len(balancer.backends) == 1, 10)
+
+    async def test_watch_sees_a_daemon_join_and_leave(self) -> None:
+        """A balancer over an EtcdResolver, with no resolve interval (it never polls), calls a daemon that registers after it started, and drops one that stops: only etcd's watch stream can have told it."""
+        url = await start_etcd(self)
+        a = await start_daemon(self, "a", url)
+        resolver = EtcdResolver(url, "Who", reactor=reactor)
+        await resolved(resolver, [endpoint(a)])
+        balancer = await connect_balanced(resolver, reactor=reactor, health=HEALTH, retry=RETRY,
+                                          default_timeout=10)
+        self.addCleanup(balancer.close)
+        self.assertEqual(await balancer.Who.Name(), "a")
+        b = await start_daemon(self, "b", url)
+        await balancer.when_ready(30, at_least=2)
+        self.assertEqual(Counter(await gatherResults([balancer.Who.Name() for _ in range(20)])),
+                         {"a": 10, "b": 10})
+        await a.stop()
+        await poll("the balancer dropping a",
+                   lambda: [x.key for x in balancer.backends] == [endpoint(b)], 30)
+        self.assertEqual(set(await gatherResults([balancer.Who.Name() for _ in range(5)])), {"b"})
+
+    async def test_watch_survives_an_etcd_restart(self) -> None:
+        """While etcd is down the balancer keeps its endpoints and the resolver answers them; once etcd is back (its data lost) the watch reads the keys again and sees a daemon that joins."""
+        url, stop_etcd = await run_etcd(self)
+        port = int(url.rsplit(":", 1)[1])
+        a = await start_daemon(self, "a", url, ttl=2)
+        resolver = EtcdResolver(url, "Who", reactor=reactor, backoff=lambda n: 0.2)
+        await resolved(resolver, [endpoint(a)])
+        balancer = await connect_balanced(resolver, reactor=reactor, health=HEALTH, retry=RETRY,
+                                          default_timeout=10)
+        self.addCleanup(balancer.close)
+        await stop_etcd()
+        self.assertEqual(await resolver.resolve(), [endpoint(a)])
+        self.assertEqual(await balancer.Who.Name(), "a")
+        await start_etcd(self, port)
+        b = await start_daemon(self, "b", url, ttl=2)
+        await balancer.when_ready(60, at_least=2)
+        self.assertEqual(sorted(x.key for x in balancer.backends), sorted([endpoint(a), endpoint(b)]))
 
     async def test_killed_daemon_leaves_after_ttl(self) -> None:
         """A daemon killed with SIGKILL cannot revoke; its keys vanish when its 2 s lease expires."""

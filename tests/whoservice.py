@@ -5,6 +5,8 @@ end-to-end tests: C{[services.Who.options] name = "a"}.
 
 from __future__ import annotations
 
+from typing import Any, AsyncIterator
+
 from rpcd.errors import Unavailable
 from rpcd.service import exposed
 
@@ -18,6 +20,7 @@ class Who:
         """
         self.name = name
         self.flaky_calls = 0
+        self.down_calls = 0
 
     @exposed
     def Name(self) -> str:
@@ -31,3 +34,20 @@ class Who:
         if self.flaky_calls % 3:
             raise Unavailable(f"{self.name} is flaky (call {self.flaky_calls})")
         return self.name
+
+    @exposed
+    async def Echo(self, values: AsyncIterator[Any]) -> AsyncIterator[str]:
+        """Answer each value with this daemon's name and the value."""
+        async for value in values:
+            yield f"{self.name}:{value}"
+
+    @exposed
+    def Down(self) -> str:
+        """Always fail with UNAVAILABLE, counting the calls."""
+        self.down_calls += 1
+        raise Unavailable(f"{self.name} is down")
+
+    @exposed
+    def DownCalls(self) -> int:
+        """Return how many calls Down has had."""
+        return self.down_calls

@@ -25,6 +25,7 @@ C{CONNECT /_goRPC_}.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -65,7 +66,7 @@ class _MethodTypes:
     """
     The Go types of one method, worked out once per L{MethodSpec}.
 
-    @ivar spec: the method.
+    @ivar spec: a weak reference to the method.
     @ivar arg: what to decode the argument into: a L{GoType}, None (by its
         wire type) or L{DISCARD} (the method takes no argument).
     @ivar result: the reply's L{GoType}, or None to guess it per value.
@@ -76,7 +77,7 @@ class _MethodTypes:
     __slots__ = ("spec", "arg", "result", "adapt")
 
     def __init__(self, spec: MethodSpec) -> None:
-        self.spec = spec
+        self.spec = weakref.ref(spec)
         hint = spec.arg_hint
         if hint is None:
             self.arg: Any = DISCARD
@@ -111,8 +112,10 @@ def method_types(spec: MethodSpec) -> _MethodTypes:
     @return: its L{_MethodTypes}, cached.
     """
     types = _TYPES.get(id(spec))
-    if types is None or types.spec is not spec:
+    if types is None or types.spec() is not spec:
         types = _TYPES[id(spec)] = _MethodTypes(spec)
+        # The entry goes with its spec (a per-connection service's, say).
+        weakref.finalize(spec, _TYPES.pop, id(spec), None)
     return types
 
 
