@@ -241,21 +241,20 @@ class WatchedServerOptions:
     """
 
     def __init__(self, options: CertificateOptions) -> None:
+        """
+        @param options: the TLS policy, not used for any connection yet
+            (OpenSSL fixes a context once a connection is made from it).
+        """
         self.options = options
-        self._alpn_context: SSL.Context | None = None
+        # Every connection shares this context: set its ALPN choice first.
+        options.getContext().set_alpn_select_callback(select_alpn)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
         @return: a server connection made by C{options}, watched with
             L{rpcd.tlsinfo.watch_verification}.
         """
-        connection = self.options.serverConnectionForTLS(tlsProtocol)
-        context = connection.get_context()
-        if context is not self._alpn_context:
-            # The context is shared by every connection: set it up once.
-            context.set_alpn_select_callback(select_alpn)
-            self._alpn_context = context
-        return watch_verification(tlsProtocol, connection)
+        return watch_verification(tlsProtocol, self.options.serverConnectionForTLS(tlsProtocol))
 
 
 @implementer(IOpenSSLClientConnectionCreator)
