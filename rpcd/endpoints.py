@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -103,6 +103,9 @@ from zope.interface import implementer
 
 from rpcd.tlsinfo import watch_verification
 
+if TYPE_CHECKING:
+    from OpenSSL.SSL import _NoOverlappingProtocols
+
 #: The oldest TLS version rpcd accepts, on both sides.
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
 
@@ -115,7 +118,7 @@ MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
 ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
 
 
-def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:
     """
     The server's ALPN choice (an OpenSSL ALPN select callback).
 

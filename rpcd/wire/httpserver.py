@@ -191,6 +191,7 @@ class HTTPServerProtocol(Protocol):
         self._reading = True
         self._local_host: str | None = None
         self._check_hosts = True
+        self._host_ok: str | None = None  # the last Host value found allowed
         self._head_timed = True  # the sniffer's deadline runs for the first request
 
     def connectionMade(self) -> None:
@@ -293,10 +294,11 @@ class HTTPServerProtocol(Protocol):
         reading = not self.write_full and len(self._queue) < self.config.max_pipelined
         if reading != self._reading:
             self._reading = reading
+            reader = cast(IPushProducer, self.transport)
             if reading:
-                self.transport.resumeProducing()
+                reader.resumeProducing()
             else:
-                self.transport.pauseProducing()
+                reader.pauseProducing()
 
     def write_blocked(self, full: bool) -> None:
         """
@@ -366,15 +368,17 @@ class HTTPServerProtocol(Protocol):
         @return: whether the request may go on.
         """
         host = request.headers.get("host")
-        if host is not None and self._check_hosts and \
-                not self.policy.host_allowed(host, self._local_host):
-            log.info("refused a request from {peer} for Host {host!r} (not in [http] "
-                     "allowed_hosts)", peer=self.session.peer, host=host[:200])
-            self._respond(request, 421, [_TEXT], (
-                f"421 misdirected request: Host {_quote(host)} is not a name of this daemon; "
-                f"to serve it, add it to [http] allowed_hosts in rpcd's config\n"
-            ).encode("utf-8"))
-            return False
+        if host is not None and self._check_hosts and host != self._host_ok:
+            if self.policy.host_allowed(host, self._local_host):
+                self._host_ok = host  # clients send the same Host each time
+            else:
+                log.info("refused a request from {peer} for Host {host!r} (not in [http] "
+                         "allowed_hosts)", peer=self.session.peer, host=host[:200])
+                self._respond(request, 421, [_TEXT], (
+                    f"421 misdirected request: Host {_quote(host)} is not a name of this "
+                    f"daemon; to serve it, add it to [http] allowed_hosts in rpcd's config\n"
+                ).encode("utf-8"))
+                return False
         origin = request.headers.get("origin")
         if origin is None or request.method in ("GET", "HEAD"):
             return True
@@ -533,7 +537,7 @@ class HTTPServerProtocol(Protocol):
         consumer.unregisterProducer()
         if not self._reading:
             self._reading = True
-            self.transport.resumeProducing()
+            cast(IPushProducer, self.transport).resumeProducing()
         self.tunnel = take_over(make, self.server, self.transport, leftover)
         if not self._lost:
             try:  # the tunnel did not register a producer of its own
