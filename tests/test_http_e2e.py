@@ -1,7 +1,7 @@
 """
 End-to-end HTTP safety against the real daemon on loopback: curl refused for
 a foreign C{Host} or C{Origin}, one session per request on a kept-alive
-connection, the filtered and switchable C{/debug/rpc}, the bound on pipelined
+connection and HTTP Basic logins, the filtered and switchable C{/debug/rpc}, the bound on pipelined
 requests (RSS stays flat while a raw socket pipelines without reading),
 half-close, and curl over HTTPS (ALPN) to C{rpcd-tls:} and C{mtls:} listeners.
 """
@@ -95,6 +95,18 @@ class SessionTests(TestCase):
         login, first_connects, hello, reused = out.strip().split("\n")
         self.assertEqual((json.loads(login)["result"], first_connects, reused), ("", "1", "0"))
         self.assertEqual(json.loads(hello)["error"]["message"], "please login")
+
+    async def test_basic_auth(self) -> None:
+        """curl -u logs its own request in (HelloService.Hello answers); a wrong password gets 401."""
+        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        url = f"http://127.0.0.1:{daemon.port}/rpc"
+        hello = await curl(self, "-u", "user:password", *post(rpc("HelloService.Hello", "x")), url)
+        self.assertRegex(json.loads(hello)["result"], r"^hello:x, from127\.0\.0\.1:\d+$")
+        refused = await curl(self, "--include", "-u", "user:wrong",
+                             *post(rpc("HelloService.Hello", "x")), url)
+        self.assertRegex(refused, r"^HTTP/1\.1 401 Unauthorized\r\n")
+        self.assertIn('WWW-Authenticate: Basic realm="rpcd"', refused)
+        self.assertTrue(refused.endswith("401 auth failed\n"), refused)
 
 
 class DebugPageTests(TestCase):

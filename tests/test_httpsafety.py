@@ -7,6 +7,7 @@ write buffer bounds, half-close, and ALPN on rpcd's TLS listeners.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.address import IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.ssl import CertificateOptions, trustRootFromCertificates
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -103,6 +104,26 @@ class Identity:
     ip_addresses: tuple[str, ...] = ()
 
 
+class Passwords:
+    """An authenticator with one user, alice, password "pw", that counts failures."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.cancelled = False
+        self.pending: Deferred[bool] = Deferred()
+
+    def retry_after(self, host: str) -> float | None:
+        return 30.0 if self.failures >= 3 else None
+
+    def authenticate(self, host: str, user: str, password: str) -> Deferred[bool]:
+        ok = (user, password) == ("alice", "pw")
+        self.failures += not ok
+        if password == "slow":
+            self.pending = Deferred(lambda d: setattr(self, "cancelled", True))
+            return self.pending
+        return succeed(ok)
+
+
 def make_server(http: HTTPConfig = HTTPConfig(), limits: Limits = Limits()) -> tuple[RPCServer, Waiter, Door]:
     """
     A server with C{Waiter}, C{Door}, C{Secret} (login) and C{Vault}
@@ -115,7 +136,7 @@ def make_server(http: HTTPConfig = HTTPConfig(), limits: Limits = Limits()) -> t
     registry.add(Secret(), access=Access(require_login=True))
     registry.add(Vault(), access=Access(require_identity=("alice",)))
     registry.add(Introspection(registry))
-    server = RPCServer(registry, Clock(), limits)
+    server = RPCServer(registry, Clock(), limits, Passwords())
     server.http = http  # type: ignore[attr-defined]
     return server, waiter, door
 
@@ -375,6 +396,60 @@ class SessionTests(SynchronousTestCase):
         protocol.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(door.closed, ["c", "c"])
         self.assertEqual(waiter.cancelled, [2])
+
+
+class AuthorizationTests(SynchronousTestCase):
+    """HTTP Basic credentials log one request's session in."""
+
+    def basic(self, credentials: str) -> str:
+        return f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+
+    def test_basic_login(self) -> None:
+        """With good credentials the request's calls run logged in; the next request is not."""
+        server, _, _ = make_server()
+        protocol, transport = connect(server)
+        protocol.dataReceived(call("Secret.Get", headers=self.basic("alice:pw"))
+                              + call("Secret.Get", id=2))
+        (status, _, body), (_, _, second) = responses(transport.value())
+        self.assertEqual((status, result(body)), (200, "alice"))
+        self.assertEqual(result(second), ("error", "Secret requires a login on this connection"))
+
+    def test_refused(self) -> None:
+        """Wrong or malformed credentials get 401 with a Basic challenge, then 429 once throttled; no call runs."""
+        server, waiter, _ = make_server()
+        protocol, transport = connect(server)
+        for header in (self.basic("alice:nope"), "Authorization: Bearer x\r\n",
+                       "Authorization: Basic %%%\r\n", self.basic("alice"),
+                       self.basic("bob:x"), self.basic("alice:x"), self.basic("alice:pw")):
+            protocol.dataReceived(call("Waiter.Later", 1, headers=header))
+        answers = responses(transport.value())
+        self.assertEqual([status for status, _, _ in answers], [401] * 6 + [429])
+        self.assertEqual(answers[0][1]["www-authenticate"], 'Basic realm="rpcd", charset="UTF-8"')
+        self.assertEqual(answers[0][2], b"401 auth failed\n")
+        self.assertIn(b"try again in 30 s", answers[6][2])
+        self.assertEqual(waiter.waiting, [])
+        self.assertFalse(transport.disconnecting)
+
+    def test_order_kept(self) -> None:
+        """A request waiting for its password check holds the answers behind it, in order."""
+        server, _, _ = make_server()
+        passwords = server.authenticator
+        protocol, transport = connect(server)
+        protocol.dataReceived(call("Secret.Get", headers=self.basic("alice:slow"))
+                              + call("Waiter.Now", 2, id=2))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(protocol.busy())
+        passwords.pending.callback(True)
+        self.assertEqual([result(b) for _, _, b in responses(transport.value())], ["alice", 2])
+        self.assertFalse(protocol.busy())
+
+    def test_lost_cancels(self) -> None:
+        """Losing the connection cancels a password check still running."""
+        server, _, _ = make_server()
+        protocol, transport = connect(server)
+        protocol.dataReceived(call("Secret.Get", headers=self.basic("alice:slow")))
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        self.assertTrue(server.authenticator.cancelled)
 
 
 class ListingTests(SynchronousTestCase):

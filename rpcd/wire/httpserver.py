@@ -38,8 +38,10 @@ something from another origin not in C{allowed_origins} gets 403, each
 with a body naming the value and the key to set; C{/debug/rpc} answers 404
 with C{debug_page = false}.  B{Each request is its own session}: a login
 (C{HelloService.Login}) lasts for the request that made it, so that it
-never rides a keep-alive connection a proxy shares among users; the debug
-page lists only the services the request may call.
+never rides a keep-alive connection a proxy shares among users; a POST may
+log its own session in with HTTP Basic credentials (C{Authorization: Basic},
+401 or 429 if they fail); the debug page lists only the services the
+request may call.
 
 Bounds: at most C{[http] max_pipelined} requests are read ahead of the
 responses written; later bytes wait unread (the socket stops being read)
@@ -55,12 +57,13 @@ byte, must be complete (head and body) within it.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -70,6 +73,7 @@ from zope.interface import implementer
 from rpcd.backpressure import ReadThrottle, set_write_cap
 from rpcd.config import HTTPConfig
 from rpcd.dispatch import Dispatcher
+from rpcd.errors import ResourceExhausted, RPCError
 from rpcd.session import Session
 from rpcd.wire import sniff
 from rpcd.wire.httporigin import OriginPolicy
@@ -102,6 +106,7 @@ JSON_TYPES = frozenset({"application/json", "application/json-rpc", "application
 
 _NOT_FOUND_BODY = b"404 page not found\n"
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
+_CHALLENGE = ("WWW-Authenticate", 'Basic realm="rpcd", charset="UTF-8"')
 
 # Bytes handed to the parser at a time: what it has parsed but not started
 # (while the pipeline is full) is at most this much input.
@@ -179,6 +184,7 @@ class HTTPServerProtocol(Protocol):
         self.tunnel: Protocol | None = None
         self.write_full = False
         self._calls: set[Dispatcher] = set()  # per-request dispatchers with calls running
+        self._logins: set[Deferred[None]] = set()  # Authorization checks running
         self._queue: deque[_Slot] = deque()
         self._held = bytearray()  # received, not yet given to the parser
         self._connect: HTTPRequest | None = None  # a CONNECT waiting for earlier answers
@@ -423,21 +429,84 @@ class HTTPServerProtocol(Protocol):
         payload = parse_request(request.body, limits.max_frame_bytes)
         dispatcher = Dispatcher(self._request_session(), self.server.clock,
                                 limits.max_calls_per_connection)
+        authorization = request.headers.get("authorization")
+        if authorization is None:
+            self._run(request, payload, dispatcher, None)
+            return
+        credentials = basic_credentials(authorization)
+        if credentials is None:
+            dispatcher.session.close()
+            self._respond(request, 401, [_TEXT, _CHALLENGE],
+                          b"401 unauthorized: send Authorization: Basic base64(user:password)\n")
+            return
+        slot = _Slot()
+        self._queue.append(slot)
+        self._calls.add(dispatcher)
+        login = Deferred.fromCoroutine(dispatcher.session.login(*credentials))
+        self._logins.add(login)
+        login.addBoth(self._logged_in, login, slot, request, payload, dispatcher)
+
+    def _logged_in(self, outcome: object, login: Deferred[None], slot: _Slot,
+                   request: HTTPRequest, payload: Any, dispatcher: Dispatcher) -> None:
+        """
+        The request's C{Authorization} was checked: run its calls, or
+        answer 401 (429 when too many logins failed).
+        """
+        self._logins.discard(login)
+        if not isinstance(outcome, Failure):
+            if not self._lost:
+                self._run(request, payload, dispatcher, slot)
+            return
+        self._calls.discard(dispatcher)
+        dispatcher.session.close()
+        error = outcome.value
+        if isinstance(error, ResourceExhausted):
+            status, headers = 429, [_TEXT]
+        elif isinstance(error, RPCError):
+            status, headers = 401, [_TEXT, _CHALLENGE]
+        elif isinstance(error, CancelledError):
+            return  # the connection was lost
+        else:
+            log.failure("checking the Authorization of {peer} failed", outcome,
+                        peer=self.session.peer)
+            status, headers, error = 500, [_TEXT], RPCError("internal error")
+        message = getattr(error, "message", str(error))
+        self._fill(slot, request, self._format(request, status, headers,
+                                               f"{status} {message}\n".encode("utf-8")))
+
+    def _run(self, request: HTTPRequest, payload: Any, dispatcher: Dispatcher,
+             slot: _Slot | None) -> None:
+        """
+        Run a request's calls in its session and queue its response (in
+        C{slot} if it has one already).
+        """
         reply = answer_payload(dispatcher, payload)
         if isinstance(reply, Deferred):
-            slot = _Slot()
-            self._queue.append(slot)
+            if slot is None:
+                slot = _Slot()
+                self._queue.append(slot)
             self._calls.add(dispatcher)
             reply.addCallback(self._rpc_later, slot, request, dispatcher)
             return
+        self._calls.discard(dispatcher)
         dispatcher.session.close()
-        self._queue.append(_Slot(self._rpc_response(request, reply), not request.keep_alive))
+        data = self._rpc_response(request, reply)
+        if slot is None:
+            self._queue.append(_Slot(data, not request.keep_alive))
+        else:
+            self._fill(slot, request, data)
 
     def _rpc_later(self, reply: bytes | None, slot: _Slot, request: HTTPRequest,
                    dispatcher: Dispatcher) -> None:
         self._calls.discard(dispatcher)
         dispatcher.session.close()
-        slot.data = self._rpc_response(request, reply)
+        self._fill(slot, request, self._rpc_response(request, reply))
+
+    def _fill(self, slot: _Slot, request: HTTPRequest, data: bytes) -> None:
+        """
+        A response that was waiting is ready: write what can be written.
+        """
+        slot.data = data
         slot.close = not request.keep_alive
         self._pump()
 
@@ -566,6 +635,9 @@ class HTTPServerProtocol(Protocol):
         self._lost = True
         self._queue.clear()
         self._held.clear()
+        logins, self._logins = self._logins, set()
+        for login in logins:
+            login.cancel()
         calls, self._calls = self._calls, set()
         for dispatcher in calls:
             dispatcher.close()
@@ -577,6 +649,25 @@ class HTTPServerProtocol(Protocol):
 def _quote(value: str) -> str:
     """A header value for a message: quoted, escaped, at most 200 characters."""
     return ascii(value[:200])
+
+
+def basic_credentials(authorization: str) -> tuple[str, str] | None:
+    """
+    Read HTTP Basic credentials (RFC 7617).
+
+    @param authorization: an C{Authorization} header value.
+    @return: C{(user, password)}, or None if the value is not
+        C{Basic base64(user:password)} with UTF-8 text.
+    """
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, colon, password = text.partition(":")
+    return (user, password) if colon else None
 
 
 def _cors(origin: str) -> list[tuple[str, str]]:
