@@ -327,6 +327,19 @@ class HTTPRequestParser:
         if self._error is not None:
             raise self._error
 
+    def next_request(self) -> HTTPRequest | None:
+        """
+        Take the next completed request, as L{requests} yields them.
+
+        @return: the request, or None if none is complete yet.
+        @raise HTTPParseError: the next thing in the stream is an error.
+        """
+        if self._ready:
+            return self._ready.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
     @property
     def has_requests(self) -> bool:
         """
@@ -449,9 +462,10 @@ class HTTPRequestParser:
                 raise HTTPParseError(400, "an HTTP/1.1 request needs exactly one Host header")
         else:
             keep_alive = "keep-alive" in connection and "close" not in connection
-        for name in _SINGLE_FIELDS:
-            if len(headers.get_all(name)) > 1:
-                raise HTTPParseError(400, f"more than one {_SINGLE_FIELDS[name]} header")
+        index = headers._index
+        for name, shown in _SINGLE_FIELDS.items():
+            if len(index.get(name, ())) > 1:
+                raise HTTPParseError(400, f"more than one {shown} header")
         return HTTPRequest(
             method.decode("ascii"),
             target.decode("ascii"),

@@ -265,7 +265,7 @@ class HTTPServerProtocol(Protocol):
                     continue
                 if self.write_full:
                     break
-                request = next(parser.requests(), None)
+                request = parser.next_request()
                 if request is None:
                     if not self._held or parser.finished:
                         break
