@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd import certs
 from rpcd.builtin import Introspection
-from rpcd.config import HTTPConfig, parse, ConfigError
+from rpcd.config import ConfigError, HTTPConfig, parse
 from rpcd.context import CallContext
 from rpcd.endpoints import ALPN_PROTOCOLS, WatchedServerOptions, load_certificates, select_alpn, \
     server_tls_options
@@ -32,7 +32,7 @@ from rpcd.service import ServiceRegistry, exposed
 from rpcd.wire.httporigin import OriginPolicy, check_host_pattern, check_origin_pattern, split_host
 from rpcd.wire.httpserver import HTTPServerProtocol
 from tests.test_httpwire import responses
-from tests.test_tlsinfo import Peer, handshake
+from tests.test_tlsinfo import handshake
 
 
 class Waiter:
