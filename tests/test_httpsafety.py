@@ -402,6 +402,7 @@ class AuthorizationTests(SynchronousTestCase):
     """HTTP Basic credentials log one request's session in."""
 
     def basic(self, credentials: str) -> str:
+        """An Authorization header line with Basic credentials."""
         return f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
 
     def test_basic_login(self) -> None:
@@ -456,6 +457,7 @@ class ListingTests(SynchronousTestCase):
     """The debug page and Introspection.List show what the caller may call."""
 
     def page(self, server: RPCServer, identity: Any = None) -> str:
+        """The debug page as a client with this certificate identity gets it."""
         protocol, transport = connect(server)
         protocol.session.tls_identity = identity
         protocol.dataReceived(request("GET", "/debug/rpc"))
@@ -555,6 +557,7 @@ class ALPNTests(SynchronousTestCase):
             server_tls_options(self.dir / "server.pem", self.dir / "server.key"))
 
     def client(self, protocols: list[bytes] | None) -> CertificateOptions:
+        """Client options trusting the test CA, offering these ALPN protocols."""
         roots = trustRootFromCertificates(load_certificates(self.dir / "ca.pem"))
         return CertificateOptions(trustRoot=roots, acceptableProtocols=protocols)
 
