@@ -62,7 +62,7 @@ def requests(mode: str, batch: int) -> bytes:
         return b"\n".join(calls) + b"\n"
     if mode == "batch":
         return b"[" + b",".join(calls) + b"]"
-    return b"".join(b"POST /rpc HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    return b"".join(b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in calls)
 
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from rpcd.context import CallContext
 from rpcd.service import ServiceRegistry, exposed
 
 
 class Introspection:
-    """Lists the daemon's methods (what C{rpcd list} prints)."""
+    """
+    Lists the daemon's methods (what C{rpcd list} prints): those the caller
+    may call, so that a service that requires a login is listed once logged
+    in, and one that requires a certificate identity to a client that has it.
+    """
 
     def __init__(self, registry: ServiceRegistry) -> None:
         """
@@ -19,9 +24,9 @@ class Introspection:
         self.registry = registry
 
     @exposed
-    def List(self) -> list:
-        """Return every Service.Method with its signature and first doc line."""
-        return [dataclasses.asdict(info) for info in self.registry.listing()]
+    def List(self, ctx: CallContext) -> list:
+        """Return every Service.Method the caller may call, with signature and first doc line."""
+        return [dataclasses.asdict(info) for info in self.registry.listing(ctx.session)]
 
 
 class Health:

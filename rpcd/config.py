@@ -98,6 +98,28 @@ class AuthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HTTPConfig:
+    """
+    What the HTTP wire protocol accepts (L{rpcd.wire.httporigin}).
+
+    @ivar allowed_hosts: C{Host} values served besides the loopback names
+        and the address the connection reached: C{name} (any port),
+        C{name:port}, C{.example.com} (any subdomain), or C{*} (any Host).
+    @ivar allowed_origins: the browser origins (C{https://app.example})
+        whose cross-origin requests are served, or C{*} for any; a request
+        with another C{Origin} header is refused.
+    @ivar debug_page: serve C{GET /debug/rpc}.
+    @ivar max_pipelined: requests read from one connection whose responses
+        are not yet written; later ones wait unread.
+    """
+
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    debug_page: bool = True
+    max_pipelined: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class DiscoveryConfig:
     """
     Registering the daemon's services in etcd (L{rpcd.discovery}).
@@ -130,6 +152,7 @@ class Config:
     auth: AuthConfig
     services: tuple[ServiceConfig, ...]
     discovery: DiscoveryConfig | None = None
+    http: HTTPConfig = HTTPConfig()
 
 
 def default_text() -> str:
@@ -174,7 +197,7 @@ def parse(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     reader = _Reader(source)
-    reader.known(data, "", {"server", "limits", "auth", "services", "discovery"})
+    reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery"})
     server = reader.table(data, "server")
     reader.known(server, "server", {"listen", "connect"})
     listen = tuple(_listen(reader, item, i) for i, item in
@@ -185,6 +208,7 @@ def parse(text: str, source: str) -> Config:
         source=source, listen=listen, connect=connect,
         limits=_limits(reader, reader.table(data, "limits")),
         auth=_auth(reader, reader.table(data, "auth")),
+        http=_http(reader, reader.table(data, "http")),
         services=_services(reader, reader.table(data, "services")),
         discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
     )
@@ -329,6 +353,30 @@ def _auth(reader: _Reader, table: Mapping[str, Any]) -> AuthConfig:
     if not 0 <= queue <= 100_000:
         raise reader.fail("auth.login_queue", f"must be between 0 and 100000, got {queue}")
     return AuthConfig(dict(users), attempts, float(window), per_user, threads, queue)
+
+
+def _http(reader: _Reader, table: Mapping[str, Any]) -> HTTPConfig:
+    from rpcd.wire.httporigin import check_host_pattern, check_origin_pattern
+    reader.known(table, "http", {"allowed_hosts", "allowed_origins", "debug_page", "max_pipelined"})
+    checked: dict[str, tuple[str, ...]] = {}
+    for key, check in (("allowed_hosts", check_host_pattern),
+                       ("allowed_origins", check_origin_pattern)):
+        items = reader.list(table, "http", key, [])
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise reader.fail(f"http.{key}[{i}]", f"must be a string, not {_kind(item)}")
+            try:
+                check(item)
+            except ValueError as e:
+                raise reader.fail(f"http.{key}[{i}]", str(e)) from None
+        checked[key] = tuple(item.lower() for item in items)
+    depth = reader.value(table, "http", "max_pipelined", int, HTTPConfig.max_pipelined)
+    if not 1 <= depth <= 10000:
+        raise reader.fail("http.max_pipelined", f"must be between 1 and 10000, got {depth}")
+    return HTTPConfig(
+        allowed_hosts=checked["allowed_hosts"], allowed_origins=checked["allowed_origins"],
+        debug_page=reader.value(table, "http", "debug_page", bool, True), max_pipelined=depth,
+    )
 
 
 def _discovery(reader: _Reader, value: Any) -> DiscoveryConfig:

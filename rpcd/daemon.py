@@ -106,7 +106,9 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
     if config.auth.users:
         from rpcd.login import Authenticator
         authenticator = Authenticator(config.auth, reactor)
-    return RPCServer(registry, reactor, config.limits, authenticator)
+    server = RPCServer(registry, reactor, config.limits, authenticator)
+    server.http = config.http  # type: ignore[attr-defined]  # read by rpcd.wire.httpserver
+    return server
 
 
 def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> MultiService:

@@ -21,6 +21,9 @@ hold several certificates); the handshake fails without one.  Both refuse
 anything older than TLS 1.2 and use Twisted's default ciphers.  C{certKey}
 may hold the key too, in which case C{privateKey} may be left out.  An IPv6
 C{interface} (escape its colons: C{interface=\\:\\:1}) listens on IPv6.
+Both offer the application protocols in L{ALPN_PROTOCOLS} (C{http/1.1}) to
+clients that ask for one over ALPN, as curl and browsers do; clients that
+do not ask (rpcd's native and gob clients, Go) are served as before.
 
 Why C{rpcd-tls:} and not C{tls:}: Twisted 26 registers a C{tls:} server
 parser of its own (C{tls:DIRECTORY:port=443}); two plugins with one prefix
@@ -61,7 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -100,8 +103,39 @@ from zope.interface import implementer
 
 from rpcd.tlsinfo import watch_verification
 
+if TYPE_CHECKING:
+    from OpenSSL.SSL import _NoOverlappingProtocols
+
 #: The oldest TLS version rpcd accepts, on both sides.
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
+
+#: The application protocols rpcd's TLS listeners offer over ALPN, most
+#: preferred first.  The one a client also offers is chosen; a client that
+#: offers none of them (or no ALPN at all: rpcd's native and gob clients, Go's
+#: net/rpc) still connects, with no protocol negotiated, and the first bytes
+#: decide the wire protocol as on any listener.  Add C{b"h2"} here, in front,
+#: once HTTP/2 is served.
+ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+
+
+def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:
+    """
+    The server's ALPN choice (an OpenSSL ALPN select callback).
+
+    Twisted's own callback answers an empty protocol when nothing overlaps,
+    which OpenSSL turns into a fatal C{internal_error} alert, so that any
+    client offering ALPN (curl, browsers) would be refused; this one lets
+    the handshake go on without a protocol instead.
+
+    @param connection: the TLS connection being negotiated.
+    @param offered: the protocols the client offered, in its order.
+    @return: the first of L{ALPN_PROTOCOLS} the client offered, or
+        C{OpenSSL.SSL.NO_OVERLAPPING_PROTOCOLS}.
+    """
+    for protocol in ALPN_PROTOCOLS:
+        if protocol in offered:
+            return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def load_certificates(path: Path | str) -> list[Certificate]:
@@ -194,6 +228,7 @@ def server_tls_options(
         privateKey=server.privateKey.original,
         certificate=server.original,
         raiseMinimumTo=MINIMUM_TLS_VERSION,
+        acceptableProtocols=list(ALPN_PROTOCOLS),
         **options,
     )
 
@@ -202,13 +237,20 @@ def server_tls_options(
 class WatchedServerOptions:
     """
     Server TLS options whose connections note why a client certificate was
-    rejected, for L{rpcd.tlsinfo.describe_tls_failure}.
+    rejected, for L{rpcd.tlsinfo.describe_tls_failure}, and choose the
+    application protocol with L{select_alpn}.
 
     @ivar options: the TLS policy itself.
     """
 
     def __init__(self, options: CertificateOptions) -> None:
+        """
+        @param options: the TLS policy, not used for any connection yet
+            (OpenSSL fixes a context once a connection is made from it).
+        """
         self.options = options
+        # Every connection shares this context: set its ALPN choice first.
+        options.getContext().set_alpn_select_callback(select_alpn)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """

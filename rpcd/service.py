@@ -604,12 +604,42 @@ class ServiceRegistry:
         """
         return [self._specs[n] for n in sorted(self._specs)]
 
-    def listing(self) -> list[MethodInfo]:
+    def may_call(self, service_name: str, session: Any) -> bool:
         """
-        @return: every method, C{Service.Method} with signature and doc line.
+        Whether a session passes a service's access policy (its
+        C{require_login} and C{require_identity}), so that listings show a
+        caller only what it may call.
+
+        @param service_name: a registered service's name.
+        @param session: the caller's L{rpcd.session.Session}.
+        @return: whether C{session} may call the service's methods now.
         """
+        guard = self._guards.get(service_name)
+        if guard is None:
+            return service_name in self._specs
+        from rpcd.errors import RPCError
+        try:
+            guard(session)
+        except RPCError:
+            return False
+        return True
+
+    def services_for(self, session: Any) -> list[ServiceSpec]:
+        """
+        @param session: the caller's session.
+        @return: the services it may call (L{may_call}), in name order.
+        """
+        return [spec for spec in self.services() if self.may_call(spec.name, session)]
+
+    def listing(self, session: Any = None) -> list[MethodInfo]:
+        """
+        @param session: list only what this session may call (L{may_call});
+            None lists every method.
+        @return: the methods, C{Service.Method} with signature and doc line.
+        """
+        specs = self.services() if session is None else self.services_for(session)
         return [MethodInfo(f"{s.name}.{m.name}", f"{s.name}.{m.signature}", m.doc, m.kind.value)
-                for s in self.services() for m in sorted(s.methods.values(), key=lambda m: m.name)]
+                for s in specs for m in sorted(s.methods.values(), key=lambda m: m.name)]
 
 
 def access_guard(service_name: str, access: Any) -> Callable[[Any], None] | None:

@@ -308,6 +308,17 @@ class RefusalTests(SynchronousTestCase):
         self.assertRefused(b"GET / HTTP/1.1\r\n\r\n", 400, "Host")
         self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "Host")
 
+    def test_single_fields(self) -> None:
+        """
+        Two Host, Content-Type or Origin headers are refused, in HTTP/1.0 too.
+        """
+        for name in ("Host", "Content-Type", "Origin"):
+            for version in (b"HTTP/1.0", b"HTTP/1.1"):
+                host = b"" if name == "Host" else b"Host: a\r\n"
+                data = (b"POST /rpc " + version + b"\r\n" + host
+                        + (name.encode() + b": x\r\n") * 2 + b"\r\n")
+                self.assertRefused(data, 400, f"{name} header")
+
     def test_transfer_encoding(self) -> None:
         """
         Transfer codings other than chunked alone get 501; chunked twice gets 400.

@@ -28,14 +28,14 @@ from tests.test_jsonwire import SPEC_EXAMPLES, without_data
 def post(body: bytes, *, version: str = "HTTP/1.1", content_type: str = "application/json",
          extra: str = "", target: str = "/rpc") -> bytes:
     """A POST request to /rpc carrying a body."""
-    head = (f"POST {target} {version}\r\nHost: rpcd\r\nContent-Type: {content_type}\r\n"
+    head = (f"POST {target} {version}\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n")
     return head.encode("latin-1") + body
 
 
 def get(target: str, *, version: str = "HTTP/1.1", method: str = "GET", extra: str = "") -> bytes:
     """A bodiless request."""
-    return f"{method} {target} {version}\r\nHost: rpcd\r\n{extra}\r\n".encode("latin-1")
+    return f"{method} {target} {version}\r\nHost: localhost\r\n{extra}\r\n".encode("latin-1")
 
 
 def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -169,7 +169,7 @@ class RPCTests(SynchronousTestCase):
 
     def test_chunked_body(self) -> None:
         """A chunked body, sent in pieces after 100 Continue, is decoded and answered; the connection stays open."""
-        head = (b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+        head = (b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
         self.protocol.dataReceived(head)
         self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -186,7 +186,7 @@ class RPCTests(SynchronousTestCase):
         server, _, _ = make_server(limits=Limits(max_frame_bytes=100))
         protocol, transport = connect_protocol(server)
         with capturedLogs():
-            protocol.dataReceived(b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+            protocol.dataReceived(b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                                   b"Transfer-Encoding: chunked\r\n\r\n65\r\n")
         ((status, headers, body),) = responses(transport.value())
         self.assertEqual((status, headers["connection"]), (413, "close"))
@@ -327,7 +327,7 @@ class GoConnectTests(SynchronousTestCase):
     def test_must_connect(self) -> None:
         """Any other method on /_goRPC_ gets Go's 405 must CONNECT, byte for byte."""
         protocol, transport = connect_protocol(self.server)
-        protocol.dataReceived(b"GET /_goRPC_ HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.dataReceived(b"GET /_goRPC_ HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertEqual(transport.value(),
                          b"HTTP/1.1 405 Method Not Allowed\r\n"
                          b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -338,7 +338,7 @@ class GoConnectTests(SynchronousTestCase):
     def test_connect_elsewhere(self) -> None:
         """CONNECT to another path is a 404 and the connection closes."""
         protocol, transport = connect_protocol(self.server)
-        protocol.dataReceived(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\nxyz")
+        protocol.dataReceived(b"CONNECT example.com:443 HTTP/1.1\r\nHost: localhost\r\n\r\nxyz")
         ((status, _, _),) = responses(transport.value())
         self.assertEqual(status, 404)
         self.assertTrue(transport.disconnecting)

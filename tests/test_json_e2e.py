@@ -225,7 +225,7 @@ class ChunkedHTTPTests(TestCase):
 
 # A chunked JSON-RPC call, head and body, as the writes that send it.
 _CHUNKED_WRITES = [
-    b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+    b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
     b"11\r\n{\"jsonrpc\":\"2.0\",",
     b"\r\n22;note=\"second chunk\"\r\n\"method\":\"Arith.Multip",
@@ -235,7 +235,7 @@ _CHUNKED_WRITES = [
 ]
 # A second chunked call, pipelined on the same connection, which it closes.
 _CHUNKED_SECOND = (
-    b"POST /rpc HTTP/1.1\r\nHost: rpcd\r\nContent-Type: application/json\r\n"
+    b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     b"3c\r\n{\"jsonrpc\":\"2.0\",\"method\":\"Cal.Square\",\"params\":[12],\"id\":2}\r\n0\r\n\r\n"
 )
@@ -399,9 +399,9 @@ _SAMPLES = [
     b'{"jsonrpc":"2.0","method":"Cal.Square","params":[12],"id":1}',
     b'[{"jsonrpc":"2.0","method":"Cal.Square","params":[1],"id":"a"},'
     b'{"jsonrpc":"2.0","method":"Arith.Multiply","params":{"A":1,"B":2}}]',
-    b'POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n'
+    b'POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n'
     b'{"jsonrpc":"2.0","method":"Cal.Square","params":[12],"id":1}',
-    b"GET /debug/rpc HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /debug/rpc HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"CONNECT /_goRPC_ HTTP/1.0\n\n",
     b"GET /_goRPC_ HTTP/1.0\r\n\r\n",
 ]

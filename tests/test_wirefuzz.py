@@ -25,13 +25,13 @@ JSON_SAMPLES = [
     b'{"jsonrpc":"2.0","method":"Odd.NaN","id":null}',
 ]
 HTTP_SAMPLES = [
-    b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 61\r\n\r\n"
+    b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 61\r\n\r\n"
     b'{"jsonrpc":"2.0","method":"Math.subtract","params":[42,23],"id":1}',
-    b"GET /debug/rpc HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /debug/rpc HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"GET /_goRPC_ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-    b"POST /rpc HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+    b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
     b"Content-Length: 2\r\n\r\n[]",
-    b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
     b'\r\n1f;x=y\r\n{"jsonrpc":"2.0","method":"Math\r\n23\r\n.subtract","params":[42,23],"id":1}'
     b"\r\n0\r\nX-T: 1\r\n\r\n",
 ]

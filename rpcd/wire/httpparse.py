@@ -25,7 +25,9 @@ Rules, and the status each refusal carries (L{HTTPParseError.status}):
     control character in the head (HTAB allowed in header values), a
     whitespace before a header's colon, obs-fold (a header line starting
     with SP or HTAB), a C{Content-Length} that is not all digits or appears
-    more than once, an HTTP/1.1 request without exactly one C{Host};
+    more than once, an HTTP/1.1 request without exactly one C{Host}, more
+    than one C{Host}, C{Content-Type} or C{Origin} in any request (each
+    copy could be read differently by a proxy and by rpcd);
     C{Transfer-Encoding} together with C{Content-Length} (request
     smuggling) or in an HTTP/1.0 request, C{chunked} applied twice; in a
     chunked body, a chunk-size that is not hex or has more than 16 digits,
@@ -102,11 +104,15 @@ REASONS = {
     200: "OK",
     204: "No Content",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    421: "Misdirected Request",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -131,6 +137,8 @@ _CHUNK_EXTENSIONS = (
 )
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)" + _CHUNK_EXTENSIONS)
 _MAX_CHUNK_SIZE_DIGITS = 16
+# Fields a request may carry at most once (Content-Length has its own check).
+_SINGLE_FIELDS = {"host": "Host", "content-type": "Content-Type", "origin": "Origin"}
 
 
 class HTTPParseError(ValueError):
@@ -319,6 +327,26 @@ class HTTPRequestParser:
         if self._error is not None:
             raise self._error
 
+    def next_request(self) -> HTTPRequest | None:
+        """
+        Take the next completed request, as L{requests} yields them.
+
+        @return: the request, or None if none is complete yet.
+        @raise HTTPParseError: the next thing in the stream is an error.
+        """
+        if self._ready:
+            return self._ready.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    @property
+    def has_requests(self) -> bool:
+        """
+        Whether complete requests wait to be taken from L{requests}.
+        """
+        return bool(self._ready)
+
     def take_continue(self) -> bool:
         """
         Whether to send L{CONTINUE_RESPONSE} now: true once per request
@@ -434,6 +462,10 @@ class HTTPRequestParser:
                 raise HTTPParseError(400, "an HTTP/1.1 request needs exactly one Host header")
         else:
             keep_alive = "keep-alive" in connection and "close" not in connection
+        index = headers._index
+        for name, shown in _SINGLE_FIELDS.items():
+            if len(index.get(name, ())) > 1:
+                raise HTTPParseError(400, f"more than one {shown} header")
         return HTTPRequest(
             method.decode("ascii"),
             target.decode("ascii"),

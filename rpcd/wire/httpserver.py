@@ -25,9 +25,30 @@ the order they came, however long each call takes.
                          (HEAD too).
     anything else        404 C{404 page not found}, as Go's mux answers.
 
+    OPTIONS /rpc         a CORS preflight from an allowed cross origin: 204
+                         with the C{Access-Control-Allow-*} headers.
+
 A request the parser refuses gets its status (400, 413, 431, 501, 505)
 with the reason in plain text, after the answers to the requests
 before it, and the connection is closed with the reason logged.
+
+Origin safety (L{rpcd.wire.httporigin}, C{[http]} in the config): a request
+whose C{Host} is not a name of this daemon gets 421, one that changes
+something from another origin not in C{allowed_origins} gets 403, each
+with a body naming the value and the key to set; C{/debug/rpc} answers 404
+with C{debug_page = false}.  B{Each request is its own session}: a login
+(C{HelloService.Login}) lasts for the request that made it, so that it
+never rides a keep-alive connection a proxy shares among users; a POST may
+log its own session in with HTTP Basic credentials (C{Authorization: Basic},
+401 or 429 if they fail); the debug page lists only the services the
+request may call.
+
+Bounds: at most C{[http] max_pipelined} requests are read ahead of the
+responses written; later bytes wait unread (the socket stops being read)
+until earlier responses are written.  While more than
+C{limits.write_buffer_bytes} wait to be sent, no new request is started.
+When the peer shuts down its sending side (half-close), the requests read
+before it are answered, then the connection is closed.
 
 The daemon's handshake timeout (C{limits.handshake_timeout}) covers each
 request as it arrives: the first request, and each later one from its first
@@ -36,18 +57,26 @@ byte, must be complete (head and body) within it.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from rpcd.backpressure import ReadThrottle, set_write_cap
+from rpcd.config import HTTPConfig
 from rpcd.dispatch import Dispatcher
+from rpcd.errors import ResourceExhausted, RPCError
+from rpcd.session import Session
 from rpcd.wire import sniff
+from rpcd.wire.httporigin import OriginPolicy
 from rpcd.wire.httpparse import (
     CONTINUE_RESPONSE,
     GO_CONNECTED_RESPONSE,
@@ -76,6 +105,22 @@ DEBUG_PATH = "/debug/rpc"
 JSON_TYPES = frozenset({"application/json", "application/json-rpc", "application/jsonrequest"})
 
 _NOT_FOUND_BODY = b"404 page not found\n"
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
+_CHALLENGE = ("WWW-Authenticate", 'Basic realm="rpcd", charset="UTF-8"')
+
+# Bytes handed to the parser at a time: what it has parsed but not started
+# (while the pipeline is full) is at most this much input.
+_FEED_BYTES = 16384
+
+
+def http_config(server: RPCServer) -> HTTPConfig:
+    """
+    @param server: the shared server state.
+    @return: its C{[http]} settings (C{server.http}, set by
+        L{rpcd.daemon.make_server}), or the defaults.
+    """
+    config = getattr(server, "http", None)
+    return config if isinstance(config, HTTPConfig) else HTTPConfig()
 
 
 class _Slot:
@@ -88,13 +133,38 @@ class _Slot:
         self.close = close
 
 
+@implementer(IPushProducer)
+class _WriteWatch:
+    """
+    The producer an HTTP connection registers with its transport: the
+    transport pauses it while more than C{limits.write_buffer_bytes} wait
+    to be sent, and resumes it once they have drained.
+    """
+
+    def __init__(self, protocol: HTTPServerProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol.write_blocked(True)
+
+    def resumeProducing(self) -> None:
+        self.protocol.write_blocked(False)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
 class HTTPServerProtocol(Protocol):
     """
     Serves one HTTP connection.
 
-    @ivar dispatcher: runs this connection's JSON-RPC calls.
+    @ivar session: the connection's session (peer, TLS identity); calls
+        never run in it: each request gets a fresh copy.
     @ivar tunnel: after C{CONNECT /_goRPC_}, the gob protocol that owns the
         connection; bytes go to it from then on.
+    @ivar write_full: whether more than C{limits.write_buffer_bytes} wait
+        to be sent (no request is started then).
     """
 
     transport: ITCPTransport
@@ -107,20 +177,42 @@ class HTTPServerProtocol(Protocol):
         @param server: what every connection shares (registry, limits, clock).
         """
         self.server = server
+        config = http_config(server)
+        self.config = config
+        self.policy = OriginPolicy(config.allowed_hosts, config.allowed_origins)
         self.parser = HTTPRequestParser(max_body_size=server.limits.max_frame_bytes)
-        self.dispatcher: Dispatcher | None = None
         self.tunnel: Protocol | None = None
+        self.write_full = False
+        self._calls: set[Dispatcher] = set()  # per-request dispatchers with calls running
+        self._logins: set[Deferred[None]] = set()  # Authorization checks running
         self._queue: deque[_Slot] = deque()
+        self._held = bytearray()  # received, not yet given to the parser
         self._connect: HTTPRequest | None = None  # a CONNECT waiting for earlier answers
         self._connect_buffer = bytearray()
         self._closing = False
         self._lost = False
+        self._read_closed = False
+        self._failed = False  # a parse error was answered: nothing more is read
+        self._pumping = False
+        self._reading = True
+        self._local_host: str | None = None
+        self._check_hosts = True
+        self._host_ok: str | None = None  # the last Host value found allowed
         self._head_timed = True  # the sniffer's deadline runs for the first request
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
-        self.dispatcher = Dispatcher(self.session, self.server.clock,
-                                     self.server.limits.max_calls_per_connection)
+        local = self.transport.getHost()
+        if isinstance(local, (IPv4Address, IPv6Address)):
+            self._local_host = local.host
+        else:
+            self._check_hosts = False  # a Unix socket: no web page can reach it
+        try:
+            cast(IConsumer, self.transport).registerProducer(_WriteWatch(self), True)
+        except RuntimeError:
+            pass  # someone else watches the write buffer
+        else:
+            set_write_cap(self.transport, self.server.limits.write_buffer_bytes)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -129,85 +221,303 @@ class HTTPServerProtocol(Protocol):
         if self._connect is not None:
             self._buffer_for_tunnel(data)
             return
-        parser = self.parser
-        if self._closing or parser.finished:
+        if self._closing or self.parser.finished:
             return
-        parser.feed(data)
-        complete = False
+        self._held += data
+        limit = self.server.limits.max_frame_bytes + 65536
+        if len(self._held) > limit:
+            # The transport kept delivering although reading was paused.
+            log.info("closing {peer}: more than {limit} bytes of pipelined requests sent "
+                     "while earlier ones wait for their answers", peer=self.session.peer,
+                     limit=limit)
+            self._abandon()
+            return
+        if self._pump() is None and not self._head_timed and not self.write_full and \
+                len(self._queue) < self.config.max_pipelined and data.strip(b"\r\n"):
+            self._head_timed = True  # a new request began: it must end in time
+            self.server.expect_preamble(self)
+
+    def _pump(self) -> bool | None:
+        """
+        Start the requests that may start: those parsed, then those in the
+        held bytes, fed to the parser a slice at a time, until the pipeline
+        is full or the write buffer is; then write what is ready.
+
+        @return: whether a request completed (None if none did).
+        """
+        if self._pumping:
+            return None  # the loop running further up the stack sees the change
+        self._pumping = True
         try:
-            for request in parser.requests():
-                complete = True
-                self._handle(request)
-                if self._closing or self._connect is not None:
+            return self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> bool | None:
+        parser = self.parser
+        completed = None
+        try:
+            while not (self._closing or self._lost or self._failed or self._connect is not None):
+                if len(self._queue) >= self.config.max_pipelined:
+                    self._flush()
+                    if len(self._queue) >= self.config.max_pipelined:
+                        break
+                    continue
+                if self.write_full:
                     break
+                request = parser.next_request()
+                if request is None:
+                    if not self._held or parser.finished:
+                        break
+                    chunk = bytes(self._held[:_FEED_BYTES])
+                    del self._held[:_FEED_BYTES]
+                    parser.feed(chunk)
+                    continue
+                completed = True
+                self._handle(request)
         except HTTPParseError as e:
             log.info("closing {peer}: HTTP {status}: {detail}", peer=self.session.peer,
                      status=e.status, detail=e.detail)
+            self._failed = True
             self._queue.append(_Slot(error_response(e), close=True))
-        if complete:
+        if parser.finished:
+            self._held.clear()
+        if completed:
             self._head_timed = False
             self.server.preamble_done(self)
-        elif not self._head_timed and data.strip(b"\r\n"):
-            self._head_timed = True
-            self.server.expect_preamble(self)
         if not self._queue and not self._closing and parser.take_continue():
             self.transport.write(CONTINUE_RESPONSE)
         self._flush()
+        self._set_reading()
+        return completed
+
+    def _set_reading(self) -> None:
+        """
+        Read from the socket only while requests may be started.
+        """
+        if self._lost or self.tunnel is not None:
+            return
+        reading = not self.write_full and len(self._queue) < self.config.max_pipelined
+        if reading != self._reading:
+            self._reading = reading
+            reader = cast(IPushProducer, self.transport)
+            if reading:
+                reader.resumeProducing()
+            else:
+                reader.pauseProducing()
+
+    def write_blocked(self, full: bool) -> None:
+        """
+        The transport's write buffer went over the cap (C{full}) or drained.
+
+        @param full: whether it is over C{limits.write_buffer_bytes} now.
+        """
+        if full == self.write_full:
+            return
+        self.write_full = full
+        if full:
+            self._set_reading()
+        elif self.tunnel is None:
+            self._pump()
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer will send nothing more (it shut down its sending side):
+        answer the requests read before, then close.
+        """
+        self._read_closed = True
+        if self.tunnel is not None:
+            tunnel_half_close = getattr(self.tunnel, "readConnectionLost", None)
+            if tunnel_half_close is not None:
+                tunnel_half_close()
+            else:
+                self.transport.loseConnection()
+            return
+        self._pump()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def _handle(self, request: HTTPRequest) -> None:
         path = request.target.partition("?")[0]
+        if not self._allowed(request):
+            return
         if path == RPC_PATH:
             self._rpc(request)
         elif path == GO_RPC_PATH:
             if request.method == "CONNECT":
                 self._connect = request
+                self._buffer_for_tunnel(bytes(self._held))
+                self._held.clear()
             else:
                 self._answer(go_must_connect_response(request, self._date()),
                              close=not request.keep_alive)
+        elif path == DEBUG_PATH and not self.config.debug_page:
+            self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
         elif path == DEBUG_PATH and request.method in ("GET", "HEAD"):
+            session = self._request_session()
+            page = debug_page(self.server.registry, session)
+            session.close()
             self._respond(request, 200, [("Content-Type", "text/html; charset=utf-8")],
-                          debug_page(self.server.registry).encode("utf-8"))
+                          page.encode("utf-8"))
         elif path == DEBUG_PATH:
-            self._respond(request, 405, [("Allow", "GET, HEAD"),
-                                         ("Content-Type", "text/plain; charset=utf-8")],
+            self._respond(request, 405, [("Allow", "GET, HEAD"), _TEXT],
                           b"405 method not allowed: use GET\n")
         else:
-            self._respond(request, 404, [("Content-Type", "text/plain; charset=utf-8")],
-                          _NOT_FOUND_BODY)
+            self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
+
+    def _allowed(self, request: HTTPRequest) -> bool:
+        """
+        Check the request's C{Host} and C{Origin}; answer 421 or 403 if
+        they are refused.
+
+        @return: whether the request may go on.
+        """
+        host = request.headers.get("host")
+        if host is not None and self._check_hosts and host != self._host_ok:
+            if self.policy.host_allowed(host, self._local_host):
+                self._host_ok = host  # clients send the same Host each time
+            else:
+                log.info("refused a request from {peer} for Host {host!r} (not in [http] "
+                         "allowed_hosts)", peer=self.session.peer, host=host[:200])
+                self._respond(request, 421, [_TEXT], (
+                    f"421 misdirected request: Host {_quote(host)} is not a name of this "
+                    f"daemon; to serve it, add it to [http] allowed_hosts in rpcd's config\n"
+                ).encode("utf-8"))
+                return False
+        origin = request.headers.get("origin")
+        if origin is None or request.method in ("GET", "HEAD"):
+            return True
+        allowed, cross = self.policy.origin_allowed(origin, host)
+        if not allowed:
+            log.info("refused a {method} from {peer} with Origin {origin!r} (not in [http] "
+                     "allowed_origins)", method=request.method, peer=self.session.peer,
+                     origin=origin[:200])
+            self._respond(request, 403, [_TEXT], (
+                f"403 forbidden: requests from Origin {_quote(origin)} are refused; "
+                f"to allow them, add it to [http] allowed_origins in rpcd's config\n"
+            ).encode("utf-8"))
+            return False
+        if cross and request.method == "OPTIONS" and request.target.partition("?")[0] == RPC_PATH:
+            self._respond(request, 204, [*_cors(origin), ("Access-Control-Allow-Methods", "POST"),
+                                         ("Access-Control-Allow-Headers", "Content-Type"),
+                                         ("Access-Control-Max-Age", "600")], b"")
+            return False
+        return True
+
+    def _request_session(self) -> Session:
+        """
+        @return: a fresh session for one request: the connection's peer and
+            TLS identity, no login.
+        """
+        base = self.session
+        return Session(self.server.registry, base.peer, base.peer_host,
+                       self.server.authenticator, base.tls_identity, base.protocol)
 
     def _rpc(self, request: HTTPRequest) -> None:
         if request.method != "POST":
-            self._respond(request, 405, [("Allow", "POST"),
-                                         ("Content-Type", "text/plain; charset=utf-8")],
+            self._respond(request, 405, [("Allow", "POST"), _TEXT],
                           b"405 method not allowed: POST a JSON-RPC 2.0 request\n")
             return
         media = (request.headers.get("content-type") or "").partition(";")[0].strip().lower()
         if media not in JSON_TYPES:
-            self._respond(request, 415, [("Content-Type", "text/plain; charset=utf-8")],
+            self._respond(request, 415, [_TEXT],
                           b"415 unsupported media type: POST /rpc needs "
                           b"Content-Type: application/json\n")
             return
         limits = self.server.limits
         payload = parse_request(request.body, limits.max_frame_bytes)
-        dispatcher = self.dispatcher
-        assert dispatcher is not None  # set by connectionMade, before any request
+        dispatcher = Dispatcher(self._request_session(), self.server.clock,
+                                limits.max_calls_per_connection)
+        authorization = request.headers.get("authorization")
+        if authorization is None:
+            self._run(request, payload, dispatcher, None)
+            return
+        credentials = basic_credentials(authorization)
+        if credentials is None:
+            dispatcher.session.close()
+            self._respond(request, 401, [_TEXT, _CHALLENGE],
+                          b"401 unauthorized: send Authorization: Basic base64(user:password)\n")
+            return
+        slot = _Slot()
+        self._queue.append(slot)
+        self._calls.add(dispatcher)
+        login = Deferred.fromCoroutine(dispatcher.session.login(*credentials))
+        self._logins.add(login)
+        login.addBoth(self._logged_in, login, slot, request, payload, dispatcher)
+
+    def _logged_in(self, outcome: object, login: Deferred[None], slot: _Slot,
+                   request: HTTPRequest, payload: Any, dispatcher: Dispatcher) -> None:
+        """
+        The request's C{Authorization} was checked: run its calls, or
+        answer 401 (429 when too many logins failed).
+        """
+        self._logins.discard(login)
+        if not isinstance(outcome, Failure):
+            if not self._lost:
+                self._run(request, payload, dispatcher, slot)
+            return
+        self._calls.discard(dispatcher)
+        dispatcher.session.close()
+        error = outcome.value
+        if isinstance(error, ResourceExhausted):
+            status, headers = 429, [_TEXT]
+        elif isinstance(error, RPCError):
+            status, headers = 401, [_TEXT, _CHALLENGE]
+        elif isinstance(error, CancelledError):
+            return  # the connection was lost
+        else:
+            log.failure("checking the Authorization of {peer} failed", outcome,
+                        peer=self.session.peer)
+            status, headers, error = 500, [_TEXT], RPCError("internal error")
+        message = getattr(error, "message", str(error))
+        self._fill(slot, request, self._format(request, status, headers,
+                                               f"{status} {message}\n".encode("utf-8")))
+
+    def _run(self, request: HTTPRequest, payload: Any, dispatcher: Dispatcher,
+             slot: _Slot | None) -> None:
+        """
+        Run a request's calls in its session and queue its response (in
+        C{slot} if it has one already).
+        """
         reply = answer_payload(dispatcher, payload)
         if isinstance(reply, Deferred):
-            slot = _Slot()
-            self._queue.append(slot)
-            reply.addCallback(self._rpc_later, slot, request)
+            if slot is None:
+                slot = _Slot()
+                self._queue.append(slot)
+            self._calls.add(dispatcher)
+            reply.addCallback(self._rpc_later, slot, request, dispatcher)
             return
-        self._queue.append(_Slot(self._rpc_response(request, reply), not request.keep_alive))
+        self._calls.discard(dispatcher)
+        dispatcher.session.close()
+        data = self._rpc_response(request, reply)
+        if slot is None:
+            self._queue.append(_Slot(data, not request.keep_alive))
+        else:
+            self._fill(slot, request, data)
 
-    def _rpc_later(self, reply: bytes | None, slot: _Slot, request: HTTPRequest) -> None:
-        slot.data = self._rpc_response(request, reply)
+    def _rpc_later(self, reply: bytes | None, slot: _Slot, request: HTTPRequest,
+                   dispatcher: Dispatcher) -> None:
+        self._calls.discard(dispatcher)
+        dispatcher.session.close()
+        self._fill(slot, request, self._rpc_response(request, reply))
+
+    def _fill(self, slot: _Slot, request: HTTPRequest, data: bytes) -> None:
+        """
+        A response that was waiting is ready: write what can be written.
+        """
+        slot.data = data
         slot.close = not request.keep_alive
-        self._flush()
+        self._pump()
 
     def _rpc_response(self, request: HTTPRequest, reply: bytes | None) -> bytes:
+        headers = []
+        origin = request.headers.get("origin")
+        if origin is not None and self.policy.origin_allowed(origin, request.headers.get("host"))[1]:
+            headers = _cors(origin)
         if reply is None:
-            return self._format(request, 204, [], b"")
-        return self._format(request, 200, [("Content-Type", "application/json")], reply)
+            return self._format(request, 204, headers, b"")
+        return self._format(request, 200, [("Content-Type", "application/json"), *headers], reply)
 
     def _respond(self, request: HTTPRequest, status: int, headers: list[tuple[str, str]],
                  body: bytes) -> None:
@@ -234,10 +544,11 @@ class HTTPServerProtocol(Protocol):
     def _flush(self) -> None:
         """
         Write the responses that are ready, in request order; close after
-        one that ends the connection; open a waiting C{CONNECT} tunnel once
+        one that ends the connection, or once everything read before a
+        half-close is answered; open a waiting C{CONNECT} tunnel once
         everything before it is answered.
         """
-        if self._lost:
+        if self._lost or self._closing:
             return
         queue = self._queue
         out: list[bytes] = []
@@ -251,12 +562,23 @@ class HTTPServerProtocol(Protocol):
                 break
         if out:
             self.transport.write(b"".join(out))
+        if not close and self._read_closed and not queue and self._connect is None and \
+                (self.parser.finished or not (self._held or self.parser.has_requests)):
+            close = True
         if close:
             self._closing = True
             self._connect = None
+            self._held.clear()
             self.transport.loseConnection()
         elif not queue and self._connect is not None:
             self._open_tunnel()
+
+    def _abandon(self) -> None:
+        self._closing = True
+        self._connect = None
+        self._held.clear()
+        self._connect_buffer = bytearray()
+        self.transport.loseConnection()
 
     def _buffer_for_tunnel(self, data: bytes) -> None:
         self._connect_buffer += data
@@ -264,10 +586,7 @@ class HTTPServerProtocol(Protocol):
         if len(self._connect_buffer) > limit:
             log.info("closing {peer}: more than {limit} bytes sent after CONNECT before "
                      "the earlier requests were answered", peer=self.session.peer, limit=limit)
-            self._connect = None
-            self._closing = True
-            self._connect_buffer = bytearray()
-            self.transport.loseConnection()
+            self._abandon()
 
     def _open_tunnel(self) -> None:
         request, self._connect = self._connect, None
@@ -278,12 +597,24 @@ class HTTPServerProtocol(Protocol):
         if make is None:
             self._closing = True
             self.transport.write(format_response(
-                501, None, [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")],
+                501, None, [_TEXT, ("Connection", "close")],
                 b"Go's net/rpc (gob) is not available in this build\n", "HTTP/1.0"))
             self.transport.loseConnection()
             return
         self.transport.write(GO_CONNECTED_RESPONSE)
+        consumer = cast(IConsumer, self.transport)
+        consumer.unregisterProducer()
+        if not self._reading:
+            self._reading = True
+            cast(IPushProducer, self.transport).resumeProducing()
         self.tunnel = take_over(make, self.server, self.transport, leftover)
+        if not self._lost:
+            try:  # the tunnel did not register a producer of its own
+                consumer.registerProducer(ReadThrottle(self.transport, self.session.peer), True)
+            except RuntimeError:
+                pass
+        if self._read_closed:
+            self.readConnectionLost()
 
     def busy(self) -> bool:
         """
@@ -298,15 +629,50 @@ class HTTPServerProtocol(Protocol):
                 return bool(busy())
             dispatcher = getattr(tunnel, "dispatcher", None)
             return bool(dispatcher is not None and dispatcher.running)
-        return bool(self._queue) or bool(self.dispatcher is not None and self.dispatcher.running)
+        return bool(self._queue) or bool(self._calls)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._queue.clear()
-        if self.dispatcher is not None:
-            self.dispatcher.close()
+        self._held.clear()
+        logins, self._logins = self._logins, set()
+        for login in logins:
+            login.cancel()
+        calls, self._calls = self._calls, set()
+        for dispatcher in calls:
+            dispatcher.close()
+        self.session.close()
         if self.tunnel is not None:
             self.tunnel.connectionLost(reason)
+
+
+def _quote(value: str) -> str:
+    """A header value for a message: quoted, escaped, at most 200 characters."""
+    return ascii(value[:200])
+
+
+def basic_credentials(authorization: str) -> tuple[str, str] | None:
+    """
+    Read HTTP Basic credentials (RFC 7617).
+
+    @param authorization: an C{Authorization} header value.
+    @return: C{(user, password)}, or None if the value is not
+        C{Basic base64(user:password)} with UTF-8 text.
+    """
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, colon, password = text.partition(":")
+    return (user, password) if colon else None
+
+
+def _cors(origin: str) -> list[tuple[str, str]]:
+    """The headers that let a browser read an answer to an allowed cross origin."""
+    return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
 
 
 _last_date: tuple[int, str] = (-1, "")
@@ -364,7 +730,7 @@ _PAGE_TAIL = """</body>
 """
 
 
-def debug_page(registry: ServiceRegistry) -> str:
+def debug_page(registry: ServiceRegistry, session: Session | None = None) -> str:
     """
     The C{/debug/rpc} page, after Go's C{net/rpc/debug.go}: for each service
     a table of its methods with their signatures, first doc lines and how
@@ -372,11 +738,13 @@ def debug_page(registry: ServiceRegistry) -> str:
     text is HTML-escaped.
 
     @param registry: the daemon's services.
+    @param session: list only the services this session may call (see
+        L{rpcd.service.ServiceRegistry.may_call}); None lists them all.
     @return: the HTML text.
     """
     counts = registry.call_counts
     out = [_PAGE_HEAD]
-    for spec in registry.services():
+    for spec in registry.services() if session is None else registry.services_for(session):
         name = html.escape(spec.name)
         out.append(f"<hr>\nService {name}\n<hr>\n<table>\n"
                    "<tr><th align=center>Method</th><th align=center>Calls</th>"
