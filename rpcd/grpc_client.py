@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: Seconds a closing connection waits for the server to close its side.
+CLOSE_GRACE = 2.0
+
 
 class _Call:
     """
@@ -378,6 +381,22 @@ class GRPCClientChannel(ClientChannel):
         if self.h2 is not None and call.stream_id is not None:
             self.h2.consumed(call.stream_id, size)
             self._write()
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connection: GOAWAY, then close (TLS's close_notify
+        included); calls still pending fail with L{rpcd.errors.ConnectionLost}.
+        A peer that leaves the connection open is cut off after
+        L{CLOSE_GRACE} seconds.
+
+        @return: a Deferred firing when it is closed.
+        """
+        if self.transport is not None and self.lost_reason is None and self.h2 is not None:
+            self.h2.conn.close_connection()
+            self._write()
+            timer = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+            self.closed_d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return super().close()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.waiting.clear()

@@ -227,9 +227,24 @@ async def start_go_server(test: TestCase, binary: str, cwd: str) -> tuple[int, _
     @param cwd: its working directory (where its C{certs/} are).
     @return: the port it listens on, and its output.
     """
+    return await start_listening(test, [binary], cwd, {"GRPC_GO_LOG_SEVERITY_LEVEL": "warning"})
+
+
+async def start_listening(test: TestCase, argv: list[str], cwd: str | None = None,
+                          env: dict[str, str] | None = None) -> tuple[int, _Output]:
+    """
+    Start a server process that prints C{listening on HOST:PORT}, stopped
+    (SIGKILL) in the test's cleanup.
+
+    @param test: the test.
+    @param argv: the program and its arguments.
+    @param cwd: its working directory.
+    @param env: extra environment variables.
+    @return: the port it listens on, and its output.
+    """
     output = _Output()
-    env = {**environment(), "GRPC_GO_LOG_SEVERITY_LEVEL": "warning"}
-    process = reactor.spawnProcess(output, binary, [binary], env=env, path=cwd)
+    process = reactor.spawnProcess(output, argv[0], argv, env={**environment(), **(env or {})},
+                                   path=cwd)
 
     async def stop() -> None:
         if output.running:
@@ -237,5 +252,5 @@ async def start_go_server(test: TestCase, binary: str, cwd: str) -> tuple[int, _
         await output.ended
     test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
     found = await output.wait_for(re.compile(r"listening on [\d.]+:(\d+)").search,
-                                  "the Go server's port", 60)
+                                  f"{argv[0]}'s port", 60)
     return int(found.group(1)), output

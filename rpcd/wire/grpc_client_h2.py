@@ -136,8 +136,12 @@ class GRPCClientConnection:
         @param window: the receive window per stream (see the module doc).
         @param max_header_list_size: the largest header block accepted.
         """
+        # h2's inbound header validation refuses values with surrounding
+        # whitespace (RFC 9113 8.2.1), which gRPC servers send in
+        # grpc-message ("failed: " when the text is empty): read headers as
+        # they come; what this layer uses of them is checked here.
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
+            client_side=True, header_encoding=None, validate_inbound_headers=False))
         self.scheme = scheme.encode("ascii")
         self.authority = authority.encode("idna")
         self.max_message_size = max_message_size
