@@ -16,7 +16,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.daemon import _Output, run, temp_dir
+from rpcd.client import connect
+from rpcd.errors import ConnectionLost
+from tests.daemon import _Output, rpcd_command, run, temp_dir
 from tests.gogrpc import SEED_003, Seed003Certs, grpc_go_program, start_go_server
 
 SEED_CLIENT_OUTPUT = [
@@ -109,3 +111,103 @@ class SeedGoProgramTests(TestCase):
         code, lines = await self.seed_client(port, pki.client_dir())
         await self.assert_handshake_fails(
             lines, code, r"x509: certificate is valid for wrong\.example, not server\.razeen\.me")
+
+
+def seed_endpoint(pki: Seed003Certs, port: int, client: str | None = "client",
+                  roots: str = "ca.pem") -> str:
+    """
+    @return: a C{tls:} client string for seed 003's server: the name
+        C{server.razeen.me} checked, the connection made to 127.0.0.1.
+    """
+    endpoint = (f"tls:host={Seed003Certs.SERVER_NAME}:port={port}"
+                f":endpoint=tcp\\:127.0.0.1\\:{port}:trustRoots={_escape(str(pki.path(roots)))}")
+    if client is not None:
+        endpoint += (f":certificate={_escape(str(pki.path(client + '.pem')))}"
+                     f":privateKey={_escape(str(pki.path(client + '.key')))}")
+    return endpoint
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class RPCDClientTests(TestCase):
+    """rpcd's gRPC client (library and command) against seed 003's Go server, over mutual TLS."""
+
+    timeout = 180
+
+    async def seed_server(self, **layout: str) -> tuple[Seed003Certs, int, _Output]:
+        pki = Seed003Certs(Path(temp_dir(self)))
+        server = await grpc_go_program(self, "seeds/003_server", SEED_003)
+        port, output = await start_go_server(self, server, pki.server_dir(**layout))
+        return pki, port, output
+
+    async def test_four_calls(self) -> None:
+        """The library makes the seed client's calls and gets the seed server's answers."""
+        pki, port, output = await self.seed_server()
+        client = await connect(seed_endpoint(pki, port), codec="grpc", proto=str(SEED_003.path))
+        self.addCleanup(client.close)
+        self.assertEqual(await client.HelloWorldService.SayHelloWorld(
+            greeting="Hello Server 1 !!", infos={"hello": "world"}), {"reply": "Hello World !!"})
+        listed = client.stream("helloworld.HelloWorldService.ListHello", {"greeting": "rpcd"},
+                               timeout=60)
+        self.assertEqual([m async for m in listed],
+                         [{"reply": f"ListHello Reply rpcd {i}"} for i in (1, 2, 3)])
+        more = client.stream("HelloWorldService.SayMoreHello")
+        for i in range(3):
+            await more.send({"greeting": f"rpcd more {i}"})
+        more.close_send()
+        self.assertEqual(await more.result(), {"reply": "SayMoreHello Recv Muti Greeting"})
+        chat = client.stream("/helloworld.HelloWorldService/SayHelloChat", timeout=60)
+        for i in range(3):
+            await chat.send({"greeting": f"rpcd chat {i}"})
+        self.assertEqual([m async for m in chat],
+                         [{"greeting": f"SayHelloChat Server Say Hello {i}"} for i in (1, 2, 3)])
+        server_lines = log_lines(output.text)
+        for line in ("Client Greeting:Hello Server 1 !!", "Client Info:map[hello:world]",
+                     "Client Say: rpcd", "SayMoreHello Client Say: rpcd more 2"):
+            self.assertIn(line, server_lines)
+        await output.wait_for(lambda text: "SayHelloChat Client Say: rpcd chat 2" in text or None,
+                              "the server's log of the chat", 30)
+
+    async def test_rpcd_command(self) -> None:
+        """rpcd call and rpcd stream --codec grpc call the seed's server over mutual TLS."""
+        pki, port, _ = await self.seed_server()
+        endpoint = seed_endpoint(pki, port)
+        grpc = ("--codec", "grpc", "--proto", str(SEED_003.path))
+        code, out, err = await run(self, rpcd_command(
+            "call", *grpc, endpoint, "HelloWorldService.SayHelloWorld",
+            '{"greeting": "Hello Server 1 !!", "infos": {"hello": "world"}}'))
+        self.assertEqual((code, out), (0, '{"reply": "Hello World !!"}\n'), err)
+        code, out, err = await run(self, rpcd_command(
+            "stream", *grpc, endpoint, "HelloWorldService.ListHello", '{"greeting": "cli"}'))
+        self.assertEqual((code, out.splitlines()),
+                         (0, [f'{{"reply": "ListHello Reply cli {i}"}}' for i in (1, 2, 3)]), err)
+        code, out, err = await run(self, rpcd_command(
+            "stream", *grpc, "--stdin", endpoint, "HelloWorldService.SayMoreHello"),
+            stdin=b'{"greeting": "a"}\n{"greeting": "b"}\n')
+        self.assertEqual((code, out), (0, '{"reply": "SayMoreHello Recv Muti Greeting"}\n'), err)
+
+    async def test_no_client_certificate(self) -> None:
+        """Without a client certificate the connection fails, and the Go server says it got none."""
+        pki, port, output = await self.seed_server()
+        with self.assertRaises(ConnectionLost):
+            await connect(seed_endpoint(pki, port, client=None), codec="grpc",
+                          proto=str(SEED_003.path))
+        await output.wait_for(re.compile(r"tls: client didn't provide a certificate").search,
+                              "the server's reason", 30)
+
+    async def test_unknown_authority_and_name_mismatch(self) -> None:
+        """rpcd's client refuses a server certificate from an unknown CA, or for another name, saying so."""
+        pki, port, _ = await self.seed_server(cert="wrong")
+        code, out, err = await run(self, rpcd_command(
+            "call", "--codec", "grpc", "--proto", str(SEED_003.path), seed_endpoint(pki, port),
+            "HelloWorldService.SayHelloWorld", "{}"))
+        self.assertEqual(code, 2, out + err)
+        self.assertIn("the server's certificate is not valid for 'server.razeen.me', the name you "
+                      "connected to; it is for: wrong.example", err)
+        code, out, err = await run(self, rpcd_command(
+            "call", "--codec", "grpc", "--proto", str(SEED_003.path),
+            seed_endpoint(pki, port, roots="foreign-ca.pem"), "HelloWorldService.SayHelloWorld", "{}"))
+        self.assertEqual(code, 2, out + err)
+        self.assertIn("the server's certificate is not signed by a CA you trust", err)
