@@ -232,7 +232,7 @@ class Client:
             timeout = self.default_timeout
         own = getattr(self.channel, "open_stream", None)
         if own is not None:
-            return own(method, args, timeout=timeout, metadata=metadata,  # type: ignore[no-any-return]
+            return own(method, args, timeout=timeout, metadata=metadata,
                        window=window)
         return open_stream(self.channel, method, args, timeout=timeout,  # type: ignore[arg-type]
                            metadata=metadata, window=window)

@@ -120,15 +120,16 @@ class GRPCClientChannel(ClientChannel):
 
     def connectionMade(self) -> None:
         tls = ISSLTransport.providedBy(self.transport)
-        if tls:
+        handle: Any = self.transport.getHandle() if tls else None  # type: ignore[attr-defined]
+        if handle is not None:
             # Before the handshake starts (TLSMemoryBIOProtocol connects the
             # application first): offer HTTP/2.
-            self.transport.getHandle().set_alpn_protos([b"h2"])
+            handle.set_alpn_protos([b"h2"])
         super().connectionMade()
         peer = self.transport.getPeer()
         authority = f"{getattr(peer, 'host', 'localhost')}:{getattr(peer, 'port', '')}".rstrip(":")
-        if tls:
-            name = self.transport.getHandle().get_servername()
+        if handle is not None:
+            name = handle.get_servername()
             if name:
                 authority = f"{name.decode('idna')}:{getattr(peer, 'port', 443)}"
         self.h2 = GRPCClientConnection(scheme="https" if tls else "http", authority=authority,
@@ -395,7 +396,12 @@ class GRPCClientChannel(ClientChannel):
             self.h2.conn.close_connection()
             self._write()
             timer = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
-            self.closed_d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+            def stop_timer(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+            self.closed_d.addBoth(stop_timer)
         return super().close()
 
     def connectionLost(self, reason: Any = None) -> None:

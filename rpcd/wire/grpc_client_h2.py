@@ -46,7 +46,7 @@ DEFAULT_WINDOW = 1 << 20
 
 USER_AGENT = b"rpcd-grpc-client/0.1"
 
-_RESET_CODES = {
+_RESET_CODES: dict[int, int] = {
     ErrorCodes.CANCEL: Code.CANCELLED,
     ErrorCodes.REFUSED_STREAM: Code.UNAVAILABLE,
     ErrorCodes.ENHANCE_YOUR_CALM: Code.RESOURCE_EXHAUSTED,
@@ -325,7 +325,7 @@ class GRPCClientConnection:
                             why, out)
         elif isinstance(event, h2.events.StreamReset):
             if event.stream_id in self.streams:
-                code = _RESET_CODES.get(event.error_code, Code.INTERNAL)
+                code = _RESET_CODES.get(int(event.error_code or 0), Code.INTERNAL)
                 self._close(event.stream_id, code, f"the server reset the stream "
                                                    f"({_error_name(event.error_code)})", out)
         elif isinstance(event, h2.events.WindowUpdated):
