@@ -355,3 +355,17 @@ class ChannelTests(SynchronousTestCase):
         server.respond(server.requests()[0].stream_id, self.reply(text="a,b"))
         self.assertEqual(self.successResultOf(stream.result()), {"text": "a,b"})
         self.failureResultOf(stream.send({}), RPCError)
+
+    def test_server_ends_before_client(self) -> None:
+        """A server that answers before the client half-closed frees the stream: the next call gets it."""
+        server = self.server({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+        stream = self.channel.open_stream("Echo.Collect")
+        self.successResultOf(stream.send({"text": "a"}))
+        server.pump()
+        server.respond(server.requests()[0].stream_id, self.reply(text="early"))
+        self.assertEqual(self.successResultOf(stream.result()), {"text": "early"})
+        d = self.channel.call("Echo.Unary", {})
+        server.pump()
+        self.assertEqual(len(server.requests()), 2)
+        server.respond(server.requests()[1].stream_id, self.reply(text="next"))
+        self.assertEqual(self.successResultOf(d), {"text": "next"})

@@ -175,9 +175,10 @@ class GRPCClientConnection:
         @return: whether a call can start now (the server's stream limit
             allows one more, and it has not sent GOAWAY).
         """
-        conn = self.conn
+        # Our own count of open calls: h2's open_outbound_streams walks
+        # every stream it still holds, closed ones included.
         return (not self.terminated
-                and conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams)
+                and len(self.streams) < self.conn.remote_settings.max_concurrent_streams)
 
     def start_call(self, path: str, metadata: list[tuple[bytes, bytes]],
                    timeout: float | None) -> int:
@@ -415,6 +416,13 @@ class GRPCClientConnection:
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
+        if not stream.end_sent:
+            # The server is done before our side: stop sending, and close
+            # the stream here too (so that it counts as closed).
+            try:
+                self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+            except h2.exceptions.StreamClosedError:
+                pass
         if stream.owed:
             try:
                 self.conn.acknowledge_received_data(stream.owed, stream_id)
