@@ -99,6 +99,8 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
         return EXIT_USAGE
     if args.stdin:
         _LineReader(reactor, stream).start()
+    elif args.codec == "grpc":
+        stream.close_send()  # A client stream with no requests (the native codec's stays open).
     try:
         async for message in stream:
             sys.stdout.write(dumps(message) + "\n")

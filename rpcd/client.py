@@ -126,12 +126,12 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
     @param default_timeout: a timeout applied to calls that give none.
     @param connect_timeout: seconds to wait for the connection and its
         handshake (TLS, the server's preface); None waits forever.
+    @param proto: for codec C{grpc}: the server's C{.proto} file (a path, a
+        list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes, or
         C{ValueError} for a bad endpoint string, codec or C{proto}.
-    @param proto: for codec C{grpc}: the server's C{.proto} file (a path, a
-        list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
     """
     reactor = _reactor(reactor)
     where = _endpoint_text(endpoint)

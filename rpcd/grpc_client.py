@@ -185,12 +185,12 @@ class GRPCClientChannel(ClientChannel):
 
     def _start(self, call: _Call, start: Callable[[], None]) -> None:
         assert self.h2 is not None
+        if self.h2.terminated:
+            raise RPCError(f"{self.peer_name} is going away (GOAWAY): no new calls",
+                           code=Code.UNAVAILABLE)
         self.calls[call.call_id] = call
         if self.h2.can_start() and not self.waiting:
             start()
-        elif self.h2.terminated:
-            raise RPCError(f"{self.peer_name} is going away (GOAWAY): no new calls",
-                           code=Code.UNAVAILABLE)
         else:
             self.waiting.append((call, start))
 
