@@ -19,16 +19,16 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, fail, succeed
 
-from rpcd.errors import Cancelled, Code, DeadlineExceeded, RPCError
+from rpcd.client_streams import StreamEnd
+from rpcd.errors import Code, DeadlineExceeded, RPCError
 
 if TYPE_CHECKING:
     from rpcd.grpc_client import GRPCClientChannel, _Call
 
 
-class GRPCStream:
+class GRPCStream(StreamEnd):
     """
     One streaming gRPC call, from the caller's side.
 
@@ -206,47 +206,11 @@ class GRPCStream:
         self.done.errback(DeadlineExceeded(f"{self.method} did not end within {timeout:g} s "
                                            f"(cancelled on {self._channel.peer_name})"))
 
-    def result(self) -> Deferred[Any]:
-        """
-        @return: a Deferred firing with the final value (the response of a
-            client-streaming call, else None) once the call ended, or
-            failing with its L{RPCError}.
-        """
-        d: Deferred[Any] = Deferred()
-        self._result_waiters.append(d)
-        if self._ended:
-            self._fire_results()
-        return d
-
-    def _fire_results(self) -> None:
-        waiters, self._result_waiters = self._result_waiters, []
-        for d in waiters:
-            if self._error is not None:
-                d.errback(self._error)
-            else:
-                d.callback(self._value)
-
     def _finished(self, outcome: Any) -> None:
-        self._ended = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        if isinstance(outcome, Failure):
-            error = outcome.value
-            if isinstance(error, CancelledError):
-                error = Cancelled(f"{self.method} was cancelled")
-                self._queue.clear()
-            self._error = error
-        else:
-            self._value = outcome
-        sends, self._sends = self._sends, deque()
-        for d in sends:
-            d.errback(self._error or RPCError(f"{self.method}: the stream has ended",
-                                              code=Code.FAILED_PRECONDITION))
-        waiting = self._waiting
-        if waiting is not None and not self._queue:
-            self._waiting = None
-            waiting.errback(self._error or StopAsyncIteration())
-        self._fire_results()
+        sends, self._sends = list(self._sends), deque()
+        self.settle(outcome, sends)
 
     def __repr__(self) -> str:
         return f"<GRPCStream {self.method}>"
