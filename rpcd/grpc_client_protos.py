@@ -142,7 +142,7 @@ class ProtoSet:
             # Fast path: field names and values the message class takes as
             # they are (its constructor refuses JSON names, base64 text for
             # bytes, int64 as text, timestamps as text: those go the JSON way).
-            return cls(**value).SerializeToString()  # type: ignore[no-any-return]
+            return cls(**value).SerializeToString()
         except (TypeError, ValueError):
             pass
         message = cls()
@@ -150,7 +150,7 @@ class ProtoSet:
             json_format.ParseDict(value, message, descriptor_pool=self.pool)
         except json_format.ParseError as e:
             raise InvalidArgument(f"{method.name}: bad {cls.DESCRIPTOR.full_name}: {e}") from None
-        return message.SerializeToString()  # type: ignore[no-any-return]
+        return message.SerializeToString()
 
     def to_json(self, message: Message) -> dict[str, Any]:
         """
