@@ -21,13 +21,10 @@ from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, Code, ConnectionLost, DeadlineExceeded, NotFound, RPCError
 from tests.daemon import ROOT, _Output, rpcd_command, run, temp_dir
 from tests.gogrpc import start_listening
+from tests.test_tls_e2e import _escape
 
 ECHO_PROTO = str(ROOT / "tests" / "protos" / "echo.proto")
 SERVER = str(ROOT / "tests" / "grpcio_echo_server.py")
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 class GRPCIOServerTests(TestCase):

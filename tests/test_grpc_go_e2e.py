@@ -20,6 +20,7 @@ from rpcd.client import connect
 from rpcd.errors import ConnectionLost
 from tests.daemon import _Output, rpcd_command, run, temp_dir
 from tests.gogrpc import SEED_003, Seed003Certs, grpc_go_program, start_go_server
+from tests.test_tls_e2e import _escape
 
 SEED_CLIENT_OUTPUT = [
     r'Resp1:reply:\s*"Hello World !!"',
@@ -125,10 +126,6 @@ def seed_endpoint(pki: Seed003Certs, port: int, client: str | None = "client",
         endpoint += (f":certificate={_escape(str(pki.path(client + '.pem')))}"
                      f":privateKey={_escape(str(pki.path(client + '.key')))}")
     return endpoint
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 class RPCDClientTests(TestCase):
