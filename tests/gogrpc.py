@@ -29,11 +29,11 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from tests.daemon import ROOT, _Output, environment, run
-from tests.tools import REQUIRE_ENV, require_tool
+from tests.tools import require_directory, require_tool
 
 GO_SOURCES = ROOT / "tests" / "go"
 GOCODE = Path("/usr/share/gocode")
@@ -72,12 +72,8 @@ def _require_go_packages() -> None:
                             ("golang-google-protobuf-dev", "google.golang.org/protobuf"),
                             ("golang-github-golang-protobuf-1-5-dev",
                              "github.com/golang/protobuf/proto")):
-        if not (GOCODE / "src" / needed).is_dir():
-            reason = (f"{GOCODE / 'src' / needed} is missing (apt-get install {package}; "
-                      f"all of: {APT_PACKAGES})")
-            if os.environ.get(REQUIRE_ENV) == "1":
-                raise AssertionError(f"{reason}, and {REQUIRE_ENV}=1 forbids skipping")
-            raise SkipTest(reason)
+        require_directory(GOCODE / "src" / needed, package,
+                          f"to build the Go gRPC programs; all of: {APT_PACKAGES}")
 
 
 def go_grpc_environment(gopath: str) -> dict[str, str]:
