@@ -6,7 +6,9 @@ expects (C{ServerName: "server.razeen.me"}):
   - the seed's client against the seed's server: the four calls, and the
     seed's failure cases with the errors the Go client prints (which proves
     the build and the certificates);
-  - rpcd's client (library and C{rpcd} command) against the seed's server.
+  - rpcd's client (library and C{rpcd} command) against the seed's server;
+  - the seed's client against C{twistd rpcd} (skipped until rpcd serves gRPC
+    and ships the seed's service).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from rpcd.client import connect
 from rpcd.errors import ConnectionLost
-from tests.daemon import _Output, rpcd_command, run, temp_dir
+from tests.daemon import Daemon, _Output, rpcd_command, run, temp_dir
 from tests.gogrpc import SEED_003, Seed003Certs, grpc_go_program, start_go_server
 from tests.test_tls_e2e import _escape
 
@@ -208,3 +210,36 @@ class RPCDClientTests(TestCase):
             seed_endpoint(pki, port, roots="foreign-ca.pem"), "HelloWorldService.SayHelloWorld", "{}"))
         self.assertEqual(code, 2, out + err)
         self.assertIn("the server's certificate is not signed by a CA you trust", err)
+
+
+class SeedClientAgainstRPCDTests(TestCase):
+    """
+    Seed 003's Go client, unchanged, against C{twistd rpcd} over mutual TLS.
+
+    Skipped until rpcd serves the C{grpc} protocol and ships seed 003's
+    service as a plugin named C{HelloWorldService} (the gRPC server's
+    branch); on merging, check that name and the example's answers against
+    L{SEED_CLIENT_OUTPUT} (the seed's Go server's, C{tests/go/seeds/003_server}).
+    """
+
+    timeout = 180
+
+    async def test_four_calls(self) -> None:
+        """The seed's Go client makes its five calls against the daemon's mtls: port and prints the seed's replies."""
+        from rpcd.daemon import service_plugins
+        from tests.test_go_e2e import require_protocol
+        require_protocol("grpc", "for seed 003's Go gRPC client")
+        if "HelloWorldService" not in service_plugins():
+            raise SkipTest("no HelloWorldService plugin (seed 003's example service) yet")
+        pki = Seed003Certs(Path(temp_dir(self)))
+        listen = (f"mtls:0:interface=127.0.0.1:certKey={_escape(str(pki.path('server.pem')))}"
+                  f":privateKey={_escape(str(pki.path('server.key')))}"
+                  f":caCerts={_escape(str(pki.path('ca.pem')))}")
+        daemon = await Daemon.start(self, "--listen", listen, "--service", "HelloWorldService")
+        client = await grpc_go_program(self, "seeds/003_client", SEED_003)
+        code, out, err = await run(self, [client, f"localhost:{daemon.port}"], cwd=pki.client_dir())
+        lines = log_lines(out + err)
+        self.assertEqual(code, 0, lines)
+        self.assertEqual(len(lines), len(SEED_CLIENT_OUTPUT), lines)
+        for pattern, line in zip(SEED_CLIENT_OUTPUT, lines):
+            self.assertRegex(line, "^" + pattern + "$")
