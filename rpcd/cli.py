@@ -94,13 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--codec", default="native",
-                        help="wire protocol: native (default), gob, gob-http, jsonrpc, jsonrpc2")
+    add_codec_options(parser)
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for the answer (default 30)")
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
                              "(a reverse connection) and call over it")
+
+
+def add_codec_options(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{--codec} and C{--proto} (for C{call}, C{stream} and C{list}).
+    """
+    parser.add_argument("--codec", default="native",
+                        help="wire protocol: native (default), gob, gob-http, jsonrpc, jsonrpc2, "
+                             "grpc (with --proto)")
+    parser.add_argument("--proto", action="append", metavar="FILE",
+                        help="for --codec grpc: the server's .proto file (repeatable); "
+                             "METHOD is [package.]Service.Method, arguments and results use "
+                             "protobuf's JSON mapping")
+
+
+def check_codec_options(args: argparse.Namespace) -> str | None:
+    """
+    @return: what is wrong with C{--codec}/C{--proto}/C{--accept}/C{--retries}
+        together, or None.
+    """
+    if args.codec == "grpc":
+        if not args.proto:
+            return "--codec grpc needs the server's .proto file: --proto FILE"
+        if getattr(args, "accept", False) or getattr(args, "retries", 0):
+            return "--codec grpc does not work with --accept or --retries"
+    elif args.proto:
+        return "--proto is for --codec grpc"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -122,6 +149,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
+    problem = check_codec_options(args)
+    if problem is not None:
+        print(f"rpcd: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "list" and args.codec == "grpc":
+        return _list_proto(args)
     if args.command == "call":
         try:
             value = parse_argument(args.argument)
@@ -130,6 +163,20 @@ def run(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return _remote(args, args.method, value, _print_result)
     return _remote(args, "Introspection.List", None, _print_listing)
+
+
+def _list_proto(args: argparse.Namespace) -> int:
+    # A gRPC server need not list its methods: list the .proto's.
+    from rpcd.grpc_client_protos import load_protos
+    try:
+        protos = load_protos(args.proto)
+    except ValueError as e:
+        print(f"rpcd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, method in sorted(protos.methods.items()):
+        print(f"{name}({method.request_class.DESCRIPTOR.full_name}) -> "
+              f"{method.response_class.DESCRIPTOR.full_name}  {method.kind}")
+    return EXIT_OK
 
 
 def _print_result(result: Any) -> None:
@@ -161,7 +208,8 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
                 client = await _retrying(args, reactor)
             else:
                 client = await client_module.connect(args.endpoint, codec=args.codec,
-                                                     reactor=reactor, connect_timeout=args.timeout)
+                                                     reactor=reactor, connect_timeout=args.timeout,
+                                                     proto=args.proto)
         except Exception as e:
             print(f"rpcd: cannot connect to {args.endpoint}: {_describe(e)}", file=sys.stderr)
             status[0] = EXIT_USAGE

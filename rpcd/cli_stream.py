@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
                              "(a reverse connection) and stream over it")
+    from rpcd.cli import add_codec_options
+    add_codec_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -51,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from rpcd.cli import parse_argument
+    from rpcd.cli import check_codec_options, parse_argument
+    problem = check_codec_options(args)
+    if problem is not None:
+        print(f"rpcd: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         value = parse_argument(args.argument)
     except ValueError as e:
@@ -80,7 +86,8 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
             from rpcd.reverse import accept_one
             client = await accept_one(args.endpoint, reactor=reactor, timeout=args.timeout)
         else:
-            client = await client_module.connect(args.endpoint, reactor=reactor)
+            client = await client_module.connect(args.endpoint, reactor=reactor, codec=args.codec,
+                                                 proto=args.proto)
     except Exception as e:
         print(f"rpcd: cannot connect to {args.endpoint}: {_describe(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -92,6 +99,8 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
         return EXIT_USAGE
     if args.stdin:
         _LineReader(reactor, stream).start()
+    elif args.codec == "grpc":
+        stream.close_send()  # A client stream with no requests (the native codec's stays open).
     try:
         async for message in stream:
             sys.stdout.write(dumps(message) + "\n")

@@ -22,7 +22,7 @@ import importlib
 import threading
 from typing import TYPE_CHECKING, Any, Callable, cast
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
@@ -43,6 +43,7 @@ CLIENT_CODECS: dict[str, str] = {
     "gob-http": "rpcd.wire.gobclient:GobHTTPClientChannel",
     "jsonrpc": "rpcd.wire.jsonclient:JSONRPCClientChannel",
     "jsonrpc2": "rpcd.wire.jsonclient:JSONRPC2ClientChannel",
+    "grpc": "rpcd.grpc_client:GRPCClientChannel",
 }
 
 
@@ -111,7 +112,7 @@ class _ChannelFactory(Factory):
 
 def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
             reactor: Any = None, default_timeout: float | None = None,
-            connect_timeout: float | None = 30.0) -> Deferred[Client]:
+            connect_timeout: float | None = 30.0, proto: Any = None) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -119,15 +120,18 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         C{unix:/run/rpcd.sock}, C{tls:host=localhost:port=1234:trustRoots=DIR})
         or an endpoint object.
     @param codec: the wire protocol: C{native} (rpcd's own), and where
-        installed C{gob}, C{gob-http}, C{jsonrpc} (Go's net/rpc), C{jsonrpc2}.
+        installed C{gob}, C{gob-http}, C{jsonrpc} (Go's net/rpc), C{jsonrpc2},
+        C{grpc} (any gRPC server; see L{rpcd.grpc_client}).
     @param reactor: the reactor (the global one by default).
     @param default_timeout: a timeout applied to calls that give none.
     @param connect_timeout: seconds to wait for the connection and its
         handshake (TLS, the server's preface); None waits forever.
+    @param proto: for codec C{grpc}: the server's C{.proto} file (a path, a
+        list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes, or
-        C{ValueError} for a bad endpoint string or codec.
+        C{ValueError} for a bad endpoint string, codec or C{proto}.
     """
     reactor = _reactor(reactor)
     where = _endpoint_text(endpoint)
@@ -136,7 +140,15 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, client_from_string, reactor)
     except ValueError as e:
         return fail(e)
-    connecting = client_endpoint.connect(_ChannelFactory(lambda: cls(reactor)))
+    # A codec may prepare what all its connections share (gRPC: the .proto).
+    prepare = getattr(cls, "prepare", None)
+    if prepare is not None:
+        made: Deferred[Callable[[], ClientChannel]] = prepare(reactor, proto=proto)
+    elif proto is not None:
+        return fail(ValueError(f"proto= is for the grpc codec, not {codec}"))
+    else:
+        made = succeed(lambda: cls(reactor))
+    connecting = made.addCallback(lambda make: client_endpoint.connect(_ChannelFactory(make)))
     handshaken = connecting.addCallback(_handshake_done)
     if connect_timeout is not None:
         handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
@@ -201,8 +213,8 @@ class Client:
                metadata: dict[str, Any] | None = None,
                window: int | None = None) -> ClientStream:
         """
-        Open a streaming call (native codec only); see
-        L{rpcd.client_streams}.
+        Open a streaming call (native and grpc codecs); see
+        L{rpcd.client_streams} and L{rpcd.grpc_client_streams}.
 
         @param method: C{Service.Method}.
         @param args: the request of a server-streaming method; None for
@@ -218,6 +230,10 @@ class Client:
         from rpcd.client_streams import open_stream
         if timeout is None:
             timeout = self.default_timeout
+        own = getattr(self.channel, "open_stream", None)
+        if own is not None:
+            return own(method, args, timeout=timeout, metadata=metadata,
+                       window=window)
         return open_stream(self.channel, method, args, timeout=timeout,  # type: ignore[arg-type]
                            metadata=metadata, window=window)
 
@@ -302,10 +318,11 @@ class BlockingClient:
     """
 
     def __init__(self, endpoint: str, *, codec: str = "native",
-                 timeout: float | None = 30.0) -> None:
+                 timeout: float | None = 30.0, proto: Any = None) -> None:
         """
         @param endpoint: a client endpoint string.
         @param codec: the wire protocol (see L{connect}).
+        @param proto: the C{.proto} file(s) for codec C{grpc}.
         @param timeout: the default timeout per call, in seconds.
         @raise Exception: the connection error, raised from the constructor.
         """
@@ -318,7 +335,8 @@ class BlockingClient:
         # a Deferred: it solves R as Never.  The call is right at runtime.
         self._client: Client = self._blocking(
             reactor,
-            lambda: connect(endpoint, codec=codec, reactor=reactor, default_timeout=timeout),  # type: ignore[arg-type]
+            lambda: connect(endpoint, codec=codec, reactor=reactor, default_timeout=timeout,
+                            proto=proto),  # type: ignore[arg-type]
         )
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,

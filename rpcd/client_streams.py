@@ -185,8 +185,75 @@ class ClientStreams:
         self.streams.clear()
 
 
+class StreamEnd:
+    """
+    How a client stream of any codec ends (L{ClientStream} here,
+    L{rpcd.grpc_client_streams.GRPCStream}): its final value or error,
+    L{result}, and what waits on it.  Subclasses set the attributes in
+    their constructor.
+    """
+
+    method: str
+    _ended: bool
+    _error: BaseException | None
+    _value: Any
+    _result_waiters: list[Deferred[Any]]
+    _queue: deque[Any]
+    _waiting: Deferred[Any] | None
+
+    def result(self) -> Deferred[Any]:
+        """
+        @return: a Deferred firing with the stream's final value (None for a
+            server stream) once the server has ended it (messages not yet
+            taken stay available to iteration), or failing with its
+            L{RPCError}: the server's error, L{Cancelled},
+            L{DeadlineExceeded}, L{ConnectionLost}.
+        """
+        d: Deferred[Any] = Deferred()
+        self._result_waiters.append(d)
+        if self._ended:
+            self._fire_results()
+        return d
+
+    def _fire_results(self) -> None:
+        waiters, self._result_waiters = self._result_waiters, []
+        for d in waiters:
+            if self._error is not None:
+                d.errback(self._error)
+            else:
+                d.callback(self._value)
+
+    def settle(self, outcome: Any, sends: list[Deferred[None]]) -> None:
+        """
+        The stream ended: keep its value or error (a cancellation becomes
+        L{Cancelled}, and drops the messages not taken), fail the sends
+        still waiting, end the iteration waiting (once the messages queued
+        are taken) and fire L{result}'s waiters.
+
+        @param outcome: the final value, or a L{Failure}.
+        @param sends: the Deferreds of sends not yet written.
+        """
+        self._ended = True
+        if isinstance(outcome, Failure):
+            error = outcome.value
+            if isinstance(error, CancelledError):
+                error = Cancelled(f"{self.method} was cancelled")
+                self._queue.clear()
+            self._error = error
+        else:
+            self._value = outcome
+        for d in sends:
+            _fail_quietly(d, self._error or RPCError(f"{self.method}: the stream has ended",
+                                                     code=Code.FAILED_PRECONDITION))
+        waiting = self._waiting
+        if waiting is not None and not self._queue:
+            self._waiting = None
+            waiting.errback(self._error or StopAsyncIteration())
+        self._fire_results()
+
+
 @implementer(IPushProducer)
-class ClientStream:
+class ClientStream(StreamEnd):
     """
     One streaming call, from the caller's side.
 
@@ -383,28 +450,6 @@ class ClientStream:
         if not self._done.called:
             self._done.cancel()
 
-    def result(self) -> Deferred[Any]:
-        """
-        @return: a Deferred firing with the stream's final value (None for a
-            server stream) once the server has ended it (messages not yet
-            taken stay available to iteration), or failing with its
-            L{RPCError}: the server's error, L{Cancelled},
-            L{DeadlineExceeded}, L{ConnectionLost}.
-        """
-        d: Deferred[Any] = Deferred()
-        self._result_waiters.append(d)
-        if self._ended:
-            self._fire_results()
-        return d
-
-    def _fire_results(self) -> None:
-        waiters, self._result_waiters = self._result_waiters, []
-        for d in waiters:
-            if self._error is not None:
-                d.errback(self._error)
-            else:
-                d.callback(self._value)
-
     def _cancelled(self, d: Deferred[Any]) -> None:
         if self._channel.pending.pop(self.call_id, None) is not None:
             self._channel.send_cancel(self.call_id)
@@ -417,25 +462,10 @@ class ClientStream:
                                             f"(cancelled on {self._channel.peer_name})"))
 
     def _finished(self, outcome: Any) -> None:
-        self._ended = True
         self._streams.forget(self)
-        if isinstance(outcome, Failure):
-            error = outcome.value
-            if isinstance(error, CancelledError):
-                error = Cancelled(f"{self.method} was cancelled")
-                self._queue.clear()
-            self._error = error
-        else:
-            self._value = outcome
-        for _, d in self._sends:
-            _fail_quietly(d, self._error or RPCError(f"{self.method}: the stream has ended",
-                                                     code=Code.FAILED_PRECONDITION))
+        sends = [d for _, d in self._sends]
         self._sends.clear()
-        waiting = self._waiting
-        if waiting is not None and not self._queue:
-            self._waiting = None
-            waiting.errback(self._error or StopAsyncIteration())
-        self._fire_results()
+        self.settle(outcome, sends)
         if self._consumer is not None:
             self._deliver_queued()
 

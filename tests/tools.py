@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import NoReturn
 
 from twisted.trial.unittest import SkipTest
 
@@ -29,7 +31,26 @@ def require_tool(name: str, why: str = "") -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name!r} is not on PATH" + (f" (needed {why})" if why else "")
+    missing(f"{name!r} is not on PATH" + (f" (needed {why})" if why else ""))
+
+
+def require_directory(path: Path, package: str, why: str = "") -> None:
+    """
+    Skip the calling test unless a directory a package installs exists.
+
+    @param path: the directory (e.g. Go sources under C{/usr/share/gocode}).
+    @param package: what installs it (named in the reason).
+    @param why: what the test needs it for.
+    @raise SkipTest: or C{AssertionError}, as L{require_tool}.
+    """
+    if not path.is_dir():
+        missing(f"{path} is missing (apt-get install {package})" + (f" (needed {why})" if why else ""))
+
+
+def missing(reason: str) -> NoReturn:
+    """
+    Skip the calling test for C{reason}, or fail under C{RPCD_REQUIRE_TOOLS=1}.
+    """
     if os.environ.get(REQUIRE_ENV) == "1":
         raise AssertionError(f"{reason}, and {REQUIRE_ENV}=1 forbids skipping")
     raise SkipTest(reason)

@@ -1,0 +1,289 @@
+"""
+gRPC beside gRPC: rpcd's gRPC server and grpcio's own (asyncio) server, in one
+run, with the same clients.
+
+    python benchmarks/bench_grpc.py                 # every row, 3 s each
+    python benchmarks/bench_grpc.py --dur 5 --count 200000
+
+The service is the anchors harness's C{arith.proto}
+(C{/work/shared/anchors/py/arith.proto}): unary C{anchors.Arith/Multiply}
+and server-streaming C{anchors.Arith/Stream}.  Servers:
+
+  - C{grpcio}: the anchors' C{py/grpc_server.py --mode aio} (C{grpc.aio.server}).
+  - C{rpcd}: C{twistd -n rpcd} serving L{Arith} below over gRPC on its
+    port.  Skipped, saying so, while rpcd serves no C{grpc} protocol
+    (C{rpcd.server.SERVER_PROTOCOLS}).
+
+Clients, each against each server:
+
+  - C{grpcio aio x64}: the anchors' C{py/grpc_client.py --mode aio
+    --inflight 64} (64 calls in flight on one channel), and C{--mode
+    aiostream} for one stream of C{--count} messages;
+  - C{rpcd client x64}: rpcd's own gRPC client (this process, Twisted), 64
+    calls in flight on one connection, and one stream.
+
+For each row: calls/s (messages/s for streams), and the server's CPU (utime +
+stime from /proc/PID/stat, all threads) over the measured window per call or
+message.  The machine is shared: read ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHORS_PY = Path("/work/shared/anchors/py")
+PROTO = ANCHORS_PY / "arith.proto"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Arith:
+    """
+    C{anchors.Arith} as an rpcd service (loaded by the daemon from this
+    file, with the generated C{arith_pb2} on its path).
+    """
+
+    from rpcd.service import exposed as _exposed
+
+    @_exposed
+    def Multiply(self, request: Any) -> Any:
+        """Reply(result=a*b)."""
+        import arith_pb2
+        return arith_pb2.Reply(result=request.a * request.b)
+
+    @_exposed
+    async def Stream(self, request: Any) -> AsyncIterator[Any]:
+        """Reply(result=i) for i in 0..count-1."""
+        import arith_pb2
+        reply = arith_pb2.Reply
+        for i in range(request.count):
+            yield reply(result=i)
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    @return: a process's user + system CPU seconds so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def generate_stubs(work: Path) -> Path:
+    """
+    @return: a directory with C{arith_pb2.py} and C{arith_pb2_grpc.py}.
+    """
+    from grpc_tools import protoc
+    gen = work / "gen"
+    gen.mkdir(parents=True, exist_ok=True)
+    include = Path(protoc.__file__).parent / "_proto"
+    if protoc.main(["protoc", f"-I{PROTO.parent}", f"-I{include}", f"--python_out={gen}",
+                    f"--grpc_python_out={gen}", str(PROTO)]) != 0:
+        raise SystemExit(f"protoc failed on {PROTO}")
+    return gen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(process: subprocess.Popen[bytes], pattern: bytes, what: str) -> re.Match[bytes]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    output = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output += line
+        found = re.search(pattern, line)
+        if found:
+            return found
+    process.kill()
+    raise SystemExit(f"{what} did not start:\n{output.decode(errors='replace')}")
+
+
+def start_grpcio(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ANCHORS_PY / "grpc_server.py"), "--mode", "aio",
+                                "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(process, rb"grpc aio server on", "grpcio's aio server")
+    return process, port
+
+
+def rpcd_serves_grpc() -> bool:
+    sys.path.insert(0, str(ROOT))
+    from rpcd.server import SERVER_PROTOCOLS
+    return "grpc" in SERVER_PROTOCOLS
+
+
+def start_rpcd(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    config = work / "bench.toml"
+    config.write_text('[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n\n'
+                      '[services.Arith]\nclass = "bench_grpc:Arith"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "rpcd", "--config", str(config)],
+        cwd=str(work), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    found = wait_for(process, rb"rpcd listening on 127\.0\.0\.1:(\d+)", "twistd rpcd")
+    return process, int(found.group(1))
+
+
+def grpcio_client(env: dict[str, str], port: int, pid: int, args: argparse.Namespace,
+                  mode: str) -> dict[str, Any]:
+    argv = [sys.executable, str(ANCHORS_PY / "grpc_client.py"), "--port", str(port),
+            "--server-pid", str(pid), "--mode", mode, "--dur", str(args.dur),
+            "--warmup", str(args.warmup)]
+    argv += ["--count", str(args.count)] if mode == "aiostream" else ["--inflight", "64"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=args.dur + args.warmup + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"rate": result["rate"], "count": result["calls"], "server_cpu_s": result["server_cpu_s"],
+            "errors": result["errors"]}
+
+
+def rpcd_client(port: int, pid: int, args: argparse.Namespace, stream: bool) -> dict[str, Any]:
+    """
+    Run rpcd's gRPC client in a child process (a reactor per run).
+    """
+    argv = [sys.executable, __file__, "--rpcd-client", str(port), "--server-pid", str(pid),
+            "--dur", str(args.dur), "--warmup", str(args.warmup), "--count", str(args.count)]
+    if stream:
+        argv.append("--stream")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=args.dur + args.warmup + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def run_rpcd_client(args: argparse.Namespace) -> None:
+    """
+    The child: 64 calls in flight (or one stream) with rpcd's gRPC client;
+    prints one JSON line.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater, react
+
+    from rpcd.client import connect
+
+    result: dict[str, Any] = {}
+
+    async def main(reactor: Any) -> None:
+        client = await connect(f"tcp:127.0.0.1:{args.rpcd_client}", codec="grpc", proto=str(PROTO))
+        if args.stream:
+            warm = client.stream("Arith.Stream", {"count": 10000})
+            async for _ in warm:
+                pass
+            cpu0, t0 = cpu_seconds(args.server_pid), time.perf_counter()
+            count = 0
+            async for _ in client.stream("Arith.Stream", {"count": args.count}):
+                count += 1
+            secs = time.perf_counter() - t0
+            result.update(rate=count / secs, count=count,
+                          server_cpu_s=cpu_seconds(args.server_pid) - cpu0, errors=0)
+        else:
+            state = {"measure": False, "stop": False, "calls": 0, "errors": 0}
+
+            async def worker(seed: int) -> None:
+                i = 0
+                while not state["stop"]:
+                    a = (seed + i) % 1000
+                    i += 1
+                    try:
+                        reply = await client.call("Arith.Multiply", {"a": a, "b": 7})
+                    except Exception:
+                        state["errors"] += 1
+                        continue
+                    if int(reply.get("result", 0)) != a * 7:
+                        state["errors"] += 1
+                    elif state["measure"]:
+                        state["calls"] += 1
+            workers = [Deferred.fromCoroutine(worker(k * 13)) for k in range(64)]
+            await deferLater(reactor, args.warmup, lambda: None)
+            cpu0, t0 = cpu_seconds(args.server_pid), time.perf_counter()
+            state["measure"] = True
+            await deferLater(reactor, args.dur, lambda: None)
+            state["measure"] = False
+            secs = time.perf_counter() - t0
+            cpu = cpu_seconds(args.server_pid) - cpu0
+            state["stop"] = True
+            for d in workers:
+                await d
+            result.update(rate=state["calls"] / secs, count=state["calls"], server_cpu_s=cpu,
+                          errors=state["errors"])
+        await client.close()
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor)), [])
+    except SystemExit:
+        pass
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dur", type=float, default=3.0, help="measured seconds per unary row")
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--count", type=int, default=100_000, help="messages per stream")
+    parser.add_argument("--rpcd-client", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rpcd_client:
+        run_rpcd_client(args)
+        return
+    work = Path(tempfile.mkdtemp(prefix="rpcd-bench-grpc-"))
+    gen = generate_stubs(work)
+    env = {**os.environ, "ANCHORS_WORK": str(work), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), str(gen),
+                                          os.environ.get("PYTHONPATH", "")])}
+    servers: list[tuple[str, Any]] = [("grpcio aio", start_grpcio)]
+    if rpcd_serves_grpc():
+        servers.insert(0, ("rpcd", lambda env: start_rpcd(work, env)))
+    else:
+        print("rpcd row skipped: rpcd serves no 'grpc' protocol yet "
+              "(rpcd.server.SERVER_PROTOCOLS); measuring grpcio's server only", file=sys.stderr)
+    rows = []
+    for name, start in servers:
+        process, port = start(env)
+        try:
+            for client, run in (
+                    ("grpcio aio x64", lambda: grpcio_client(env, port, process.pid, args, "aio")),
+                    ("rpcd client x64", lambda: rpcd_client(port, process.pid, args, False)),
+                    ("grpcio aio stream", lambda: grpcio_client(env, port, process.pid, args,
+                                                                "aiostream")),
+                    ("rpcd client stream", lambda: rpcd_client(port, process.pid, args, True))):
+                result = run()
+                unit = "msg" if "stream" in client else "call"
+                per = result["server_cpu_s"] / result["count"] * 1e6 if result["count"] else 0.0
+                rows.append((name, client, result["rate"], unit, per, result["errors"]))
+                print(f"{name:12} {client:20} {result['rate']:>10.0f} {unit}s/s "
+                      f"{per:>8.1f} us server CPU/{unit}  errors {result['errors']}", flush=True)
+        finally:
+            process.kill()
+            process.wait()
+    print()
+    print(f"{'server':12} {'client':20} {'rate/s':>10}      {'server CPU us':>13}")
+    for name, client, rate, unit, per, errors in rows:
+        print(f"{name:12} {client:20} {rate:>10.0f} {unit + 's':5} {per:>13.1f}"
+              + (f"  ({errors} errors)" if errors else ""))
+
+
+if __name__ == "__main__":
+    main()
