@@ -194,6 +194,9 @@ def server_tls_options(
         privateKey=server.privateKey.original,
         certificate=server.original,
         raiseMinimumTo=MINIMUM_TLS_VERSION,
+        # ALPN: http/1.1 first, so that clients offering both (curl) keep
+        # HTTP/1.1 for JSON-RPC; gRPC clients offer only h2.
+        acceptableProtocols=[b"http/1.1", b"h2"],
         **options,
     )
 

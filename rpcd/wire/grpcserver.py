@@ -1,0 +1,786 @@
+"""
+The server side of gRPC: HTTP/2 (from C{h2}, sans-IO) on a connection the
+sniffer handed over after the HTTP/2 client preface (or ALPN C{h2} on TLS).
+
+Each HTTP/2 stream is one call, routed by its C{:path}
+(C{/package.Service/Method}, see L{rpcd.protos.routes}) to an rpcd method
+and run by the connection's L{rpcd.dispatch.Dispatcher} like a native
+stream: it counts against C{max_calls_per_connection}; RST_STREAM, the
+C{grpc-timeout} deadline and the end of the connection cancel it.
+
+Memory stays bounded both ways:
+  - in: a message's length is checked against C{limits.max_frame_bytes}
+    before it is buffered; the HTTP/2 window of a streaming call is opened
+    again only for messages its handler has taken (one may wait queued), so
+    a slow handler stops the caller;
+  - out: a handler's messages wait for the caller's HTTP/2 window, and the
+    handler's stream is not iterated further until they have gone.
+
+Abuse is answered with GOAWAY: more than L{MAX_RESETS} RST_STREAMs from the
+peer within L{RESET_WINDOW} seconds (the HTTP/2 Rapid Reset attack), or
+pings more often than every L{MIN_PING_INTERVAL} seconds with nothing sent
+in between, more than L{MAX_PING_STRIKES} times (C{too_many_pings}), both
+with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
+(C{min(max_calls_per_connection, 1000)}) are a protocol error (h2's).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import any_pb2, json_format, struct_pb2
+from google.protobuf.message import DecodeError, Message
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.settings import SettingCodes, Settings
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.dispatch import Dispatcher, error_fields
+from rpcd.errors import Code, Internal, RPCError
+from rpcd.protos import GrpcMethod, routes
+from rpcd.service import Kind
+from rpcd.wire.grpcmsg import (
+    ACCEPT_ENCODING,
+    ENCODINGS,
+    MessageError,
+    MessageReader,
+    decode_metadata,
+    encode_message,
+    encode_metadata,
+    encode_status,
+    is_grpc_content_type,
+    parse_timeout,
+    status_headers,
+)
+
+if TYPE_CHECKING:
+    from rpcd.context import CallContext
+    from rpcd.server import RPCServer
+    from rpcd.service import BoundMethod
+
+log = Logger()
+
+MAX_RESETS = 200
+"""RST_STREAMs a peer may send within L{RESET_WINDOW} seconds."""
+RESET_WINDOW = 10.0
+
+MIN_PING_INTERVAL = 10.0
+"""Seconds between a peer's pings, unless rpcd sent something in between."""
+MAX_PING_STRIKES = 2
+"""Pings allowed too soon before the connection is closed."""
+
+MAX_HEADER_LIST = 16384
+"""SETTINGS_MAX_HEADER_LIST_SIZE: the request headers' size, decoded."""
+
+CONNECTION_WINDOW = 1 << 20
+"""The connection-level receive window opened at once (streams keep 64 KiB)."""
+
+COMPRESS_FROM = 1024
+"""Reply messages this long or longer are gzipped when the caller used gzip."""
+
+_STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
+_STREAMING_OUT = (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
+
+
+class GrpcDispatcher(Dispatcher):
+    """
+    The connection's dispatcher; a method's result stays a message (it is
+    serialized by L{GrpcCall}, not turned into plain data).
+    """
+
+    def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
+        return result
+
+
+class GrpcServerProtocol(Protocol):
+    """
+    Serves gRPC on one HTTP/2 connection.
+
+    @ivar calls: HTTP/2 stream id to L{GrpcCall}, for calls not yet ended.
+    @ivar dispatcher: runs the calls.
+    """
+
+    transport: ITCPTransport
+
+    protocol_name = "grpc"
+
+    def __init__(self, server: RPCServer) -> None:
+        self.server = server
+        self.clock = server.clock
+        limits = server.limits
+        self.max_message = limits.max_frame_bytes
+        self.max_streams = max(1, min(limits.max_calls_per_connection, 1000))
+        self.calls: dict[int, GrpcCall] = {}
+        self.dispatcher: GrpcDispatcher | None = None
+        self.routes: dict[str, GrpcMethod] = {}
+        self._resets: deque[float] = deque(maxlen=MAX_RESETS + 1)
+        self._last_ping: float | None = None
+        self._ping_strikes = 0
+        self._in_read = False
+        self._lost = False
+        self._closing = False
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+
+    def connectionMade(self) -> None:
+        self.session = self.server.new_session(self.transport, self.protocol_name)
+        self.dispatcher = GrpcDispatcher(self.session, self.clock,
+                                         self.server.limits.max_calls_per_connection)
+        self.routes = routes(self.server.registry)
+        conn = self.conn
+        conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW)
+        self.flush()
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lost or self._closing:
+            return
+        self._in_read = True
+        try:
+            try:
+                events = self.conn.receive_data(data)
+            except H2ProtocolError as e:
+                log.info("closing {peer}: HTTP/2 protocol error: {error}",
+                         peer=self.session.peer, error=e)
+                self.flush()  # h2 queued the GOAWAY
+                self._closing = True
+                self.transport.loseConnection()
+                return
+            for event in events:
+                if self._closing:
+                    break
+                self._event(event)
+        finally:
+            self._in_read = False
+        self.flush()
+
+    def _event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is DataReceived:
+            self._data(event.stream_id, event.data, event.flow_controlled_length)
+            if event.stream_ended is not None:
+                self._ended(event.stream_id)
+        elif kind is RequestReceived:
+            self._request(event.stream_id, event.headers)
+            if event.stream_ended is not None:
+                self._ended(event.stream_id)
+        elif kind is StreamEnded:
+            self._ended(event.stream_id)
+        elif kind is WindowUpdated:
+            self._window_opened(event.stream_id)
+        elif kind is StreamReset:
+            self._reset(event.stream_id)
+        elif kind is PingReceived:
+            self._ping()
+        elif kind is ConnectionTerminated:
+            self._closing = True
+            self._close_when_idle()
+
+    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        fields: dict[bytes, bytes] = {}
+        for key, value in headers:
+            fields.setdefault(key, value)
+        if fields.get(b":method") != b"POST":
+            self._http_error(stream_id, 405, "gRPC calls are POST requests")
+            return
+        content_type = fields.get(b"content-type", b"").decode("latin-1")
+        if not is_grpc_content_type(content_type):
+            self._http_error(stream_id, 415, f"content-type {content_type!r} is not application/grpc")
+            return
+        path = fields.get(b":path", b"").decode("latin-1")
+        route = self.routes.get(path)
+        encoding = fields.get(b"grpc-encoding", b"identity").decode("latin-1")
+        accepted = fields.get(b"grpc-accept-encoding", b"").decode("latin-1")
+        call = GrpcCall(self, stream_id, route, path)
+        self.calls[stream_id] = call
+        if route is None:
+            call.finish(Code.UNIMPLEMENTED, self._unknown(path))
+            return
+        if encoding not in ENCODINGS:
+            call.finish(Code.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported "
+                        f"(rpcd accepts {ACCEPT_ENCODING})")
+            return
+        call.reader = MessageReader(self.max_message, encoding)
+        call.compress = encoding == "gzip" and "gzip" in accepted
+        try:
+            timeout = fields.get(b"grpc-timeout")
+            call.timeout = parse_timeout(timeout.decode("latin-1")) if timeout else None
+            call.metadata = decode_metadata(headers)
+        except ValueError as e:
+            call.finish(Code.INVALID_ARGUMENT, str(e))
+            return
+        if route.kind in _STREAMING_IN:
+            call.inbox = GrpcMessages(call)
+            call.start()
+
+    def _unknown(self, path: str) -> str:
+        service, _, method = path.lstrip("/").partition("/")
+        if not method:
+            return f"malformed method name {path!r} (want /package.Service/Method)"
+        if any(p.startswith(f"/{service}/") for p in self.routes):
+            return f"unknown method {method} for service {service}"
+        return f"unknown service {service}"
+
+    def _http_error(self, stream_id: int, status: int, why: str) -> None:
+        self.conn.send_headers(stream_id, [(":status", str(status)),
+                                           ("content-type", "text/plain; charset=utf-8")])
+        self.conn.send_data(stream_id, why.encode() + b"\n", end_stream=True)
+
+    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is None or call.reader is None or call.done:
+            self.conn.acknowledge_received_data(flow_length, stream_id)
+            return
+        try:
+            for payload in call.reader.feed(data):
+                call.message_received(payload)
+                if call.done:
+                    break
+        except MessageError as e:
+            call.finish(e.code, str(e))
+        inbox = call.inbox
+        if call.done or inbox is None or inbox.queued() <= 1:
+            self.conn.acknowledge_received_data(flow_length, stream_id)
+        else:
+            call.unacknowledged += flow_length
+
+    def acknowledge(self, call: GrpcCall) -> None:
+        """
+        A streaming call's handler took a message: open the window for what
+        was held back.
+        """
+        n, call.unacknowledged = call.unacknowledged, 0
+        if n and not self._lost and not call.done:
+            self.conn.acknowledge_received_data(n, call.stream_id)
+            self.flush()
+
+    def _ended(self, stream_id: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is None or call.done:
+            return
+        call.half_closed = True
+        if call.inbox is not None:
+            call.inbox.end()
+        elif call.request is None and call.reader is not None:
+            call.finish(Code.INTERNAL, "grpc: the request ended without a message "
+                        f"({call.route.name if call.route else call.path} takes one)")
+
+    def _reset(self, stream_id: int) -> None:
+        now = self.clock.seconds()
+        resets = self._resets
+        resets.append(now)
+        if len(resets) > MAX_RESETS and now - resets[0] < RESET_WINDOW:
+            self.go_away(ErrorCodes.ENHANCE_YOUR_CALM, b"too many stream resets",
+                         f"more than {MAX_RESETS} RST_STREAM in {RESET_WINDOW:g} s (Rapid Reset)")
+            return
+        call = self.calls.pop(stream_id, None)
+        if call is not None:
+            call.cancelled()
+
+    def _ping(self) -> None:
+        now = self.clock.seconds()
+        last, self._last_ping = self._last_ping, now
+        if last is not None and now - last < MIN_PING_INTERVAL:
+            self._ping_strikes += 1
+            if self._ping_strikes > MAX_PING_STRIKES:
+                self.go_away(ErrorCodes.ENHANCE_YOUR_CALM, b"too_many_pings",
+                             f"pings more often than every {MIN_PING_INTERVAL:g} s")
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            call = self.calls.get(stream_id)
+            if call is not None:
+                call.pump()
+            return
+        for call in list(self.calls.values()):
+            if call.out or call.trailers is not None:
+                call.pump()
+
+    # Writing.
+
+    def sent_something(self) -> None:
+        """
+        Headers or data went out: the peer's next ping is not a strike.
+        """
+        self._ping_strikes = 0
+        self._last_ping = None
+
+    def flush(self) -> None:
+        """
+        Write what h2 has queued (at the end of a read, or at once outside
+        one).
+        """
+        if self._in_read or self._lost:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def forget(self, call: GrpcCall) -> None:
+        """
+        A call sent its trailers.
+        """
+        if self.calls.get(call.stream_id) is call:
+            del self.calls[call.stream_id]
+        if self._closing:
+            self._close_when_idle()
+
+    def go_away(self, code: int = ErrorCodes.NO_ERROR, data: bytes | None = None,
+                why: str | None = None) -> None:
+        """
+        Send GOAWAY and close the connection (running handlers are cancelled
+        when it is gone).
+
+        @param code: the HTTP/2 error code.
+        @param data: GOAWAY's debug data.
+        @param why: logged with the peer's address.
+        """
+        if self._closing and self._lost:
+            return
+        if why:
+            log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
+        self._closing = True
+        self.conn.close_connection(code, data)
+        self._in_read = False
+        self.flush()
+        self.transport.loseConnection()
+
+    def drain(self) -> None:
+        """
+        Stop taking new calls (GOAWAY with the last stream id seen) and close
+        once the calls running have ended.
+        """
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self.conn.close_connection(ErrorCodes.NO_ERROR)
+        self.flush()
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if not self.calls and not self._lost:
+            self.transport.loseConnection()
+
+    def busy(self) -> bool:
+        """
+        @return: whether calls are open (the connection is not idle).
+        """
+        return bool(self.calls)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.done = True
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+
+
+class GrpcCall:
+    """
+    One gRPC call (an HTTP/2 stream).
+
+    @ivar route: where it goes, or None for an unknown path.
+    @ivar reader: splits its DATA into messages.
+    @ivar inbox: the caller's messages, for client and bidirectional
+        streaming methods.
+    @ivar request: the one request message of a unary or server-streaming
+        call, once it arrived.
+    @ivar out: reply bytes waiting for the caller's window.
+    @ivar trailers: the trailers, once the call ended, until they are sent.
+    @ivar done: the trailers are queued (or the stream was reset).
+    """
+
+    def __init__(self, protocol: GrpcServerProtocol, stream_id: int,
+                 route: GrpcMethod | None, path: str) -> None:
+        self.protocol = protocol
+        self.conn = protocol.conn
+        self.stream_id = stream_id
+        self.route = route
+        self.path = path
+        self.reader: MessageReader | None = None
+        self.inbox: GrpcMessages | None = None
+        self.request: Message | None = None
+        self.timeout: float | None = None
+        self.metadata: dict[str, Any] = {}
+        self.compress = False
+        self.context: CallContext | None = None
+        self.started = False
+        self.half_closed = False
+        self.headers_sent = False
+        self.done = False
+        self.unacknowledged = 0
+        self.out = bytearray()
+        self.trailers: list[tuple[str, str]] | None = None
+        self._waiting: Deferred[None] | None = None
+
+    # Requests.
+
+    def message_received(self, payload: bytes) -> None:
+        """
+        A whole request message arrived.
+
+        @param payload: its bytes, decompressed.
+        """
+        route = self.route
+        assert route is not None  # no reader is made for an unknown path
+        try:
+            message = route.input.FromString(payload)
+        except DecodeError as e:
+            self.finish(Code.INTERNAL, f"grpc: cannot parse the request as "
+                        f"{route.input.DESCRIPTOR.full_name}: {e}")
+            return
+        if self.inbox is not None:
+            self.inbox.put(message)
+        elif self.request is None:
+            self.request = message
+            self.start()
+        else:
+            self.finish(Code.INTERNAL, f"grpc: {route.name} takes one request message, "
+                        "got more")
+
+    def start(self) -> None:
+        """
+        Run the handler.
+        """
+        route = self.route
+        dispatcher = self.protocol.dispatcher
+        assert route is not None and dispatcher is not None
+        self.started = True
+        try:
+            d = dispatcher.open_stream(route.name, self.stream_id, self._run,
+                                       timeout=self.timeout, metadata=self.metadata)
+        except RPCError as e:
+            self.finish(e.code, e.message, e.details)
+            return
+        d.addCallbacks(self._ended, self._failed)
+
+    def _run(self, method: BoundMethod, context: CallContext | None) -> Deferred:
+        self.context = context
+        route = self.route
+        assert route is not None
+        if method.spec.kind is not route.kind:
+            raise Internal(f"{route.name} is {method.spec.kind.value} in rpcd but "
+                           f"{route.kind.value} in the proto")
+        if self.inbox is not None:
+            result = method.invoke_stream(None, context, self.inbox)
+        else:
+            result = method.invoke(self.request, context)
+        if route.kind in _STREAMING_OUT:
+            return Deferred.fromCoroutine(self._send_all(result))
+        if isinstance(result, Deferred):
+            return result
+        if isinstance(result, Coroutine):
+            return Deferred.fromCoroutine(result)
+        return succeed(result)
+
+    async def _send_all(self, produced: Any) -> None:
+        if isinstance(produced, (Deferred, Coroutine)):
+            produced = await produced
+        if hasattr(produced, "__anext__"):
+            try:
+                async for item in produced:
+                    if self.send(item):
+                        await self._writable()
+            finally:
+                aclose = getattr(produced, "aclose", None)
+                if aclose is not None and not getattr(produced, "ag_running", False):
+                    await aclose()
+        else:
+            iterator = iter(produced)
+            try:
+                for item in iterator:
+                    if self.send(item):
+                        await self._writable()
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+
+    # Replies.
+
+    def _serialize(self, item: Any) -> bytes:
+        route = self.route
+        assert route is not None
+        output = route.output
+        if not isinstance(item, output):
+            if isinstance(item, Mapping):
+                try:
+                    item = json_format.ParseDict(item, output())
+                except json_format.ParseError as e:
+                    raise Internal(f"{route.name} replied with a mapping that is not a "
+                                   f"{output.DESCRIPTOR.full_name}: {e}") from None
+            else:
+                raise Internal(f"{route.name} replied with a {type(item).__name__}, "
+                               f"not a {output.DESCRIPTOR.full_name}")
+        return item.SerializeToString()
+
+    def send(self, item: Any) -> bool:
+        """
+        Send one reply message.
+
+        @param item: a message of the method's output type (or a mapping in
+            its JSON form).
+        @return: whether to wait for L{_writable} before the next one.
+        @raise Internal: the item is not such a message.
+        """
+        payload = self._serialize(item)
+        if self.done:
+            return False
+        if not self.headers_sent:
+            self._send_headers()
+        self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
+        self.pump()
+        return bool(self.out)
+
+    def _send_headers(self) -> None:
+        self.headers_sent = True
+        headers = [(":status", "200"), ("content-type", "application/grpc"),
+                   ("grpc-accept-encoding", ACCEPT_ENCODING)]
+        if self.compress:
+            headers.append(("grpc-encoding", "gzip"))
+        headers.extend(self._reply_metadata())
+        self.conn.send_headers(self.stream_id, headers)
+        self.protocol.sent_something()
+
+    def _reply_metadata(self) -> list[tuple[str, str]]:
+        context = self.context
+        if context is None or not context.reply_metadata:
+            return []
+        metadata, context.reply_metadata = context.reply_metadata, {}
+        try:
+            return encode_metadata(metadata)
+        except ValueError as e:
+            log.error("{method}: reply metadata not sent: {why}", method=self.path, why=e)
+            return []
+
+    def pump(self) -> None:
+        """
+        Send what the caller's window allows, then the trailers once
+        everything before them is out; wake a handler waiting to send.
+        """
+        if self.protocol._lost:
+            return
+        conn = self.conn
+        out = self.out
+        sid = self.stream_id
+        try:
+            while out:
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size,
+                           len(out))
+                if room <= 0:
+                    break
+                conn.send_data(sid, bytes(out[:room]))
+                del out[:room]
+            if not out and self.trailers is not None:
+                trailers, self.trailers = self.trailers, None
+                conn.send_headers(sid, trailers, end_stream=True)
+                if not self.half_closed:
+                    conn.reset_stream(sid, ErrorCodes.NO_ERROR)
+                self.protocol.forget(self)
+        except H2ProtocolError:
+            # The stream closed under us (the caller reset it).
+            self.out.clear()
+            self.trailers = None
+            self.protocol.forget(self)
+        self.protocol.sent_something()
+        self.protocol.flush()
+        waiting = self._waiting
+        if waiting is not None and not out:
+            self._waiting = None
+            waiting.callback(None)
+
+    def _writable(self) -> Deferred[None]:
+        if not self.out or self.done:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._forget_wait)
+        self._waiting = d
+        return d
+
+    def _forget_wait(self, d: Deferred[None]) -> None:
+        if self._waiting is d:
+            self._waiting = None
+
+    def _ended(self, value: Any) -> None:
+        route = self.route
+        assert route is not None
+        if self.done:
+            return
+        if route.kind not in _STREAMING_OUT:
+            try:
+                self.send(value)
+            except RPCError as e:
+                log.error("{method}: {why}", method=route.name, why=e.message)
+                self.finish(e.code, e.message)
+                return
+        self.finish(Code.OK)
+
+    def _failed(self, failure: Failure) -> None:
+        error = failure.value
+        assert error is not None
+        code, message, details = error_fields(error)
+        self.finish(code, message, details)
+
+    def finish(self, code: int, message: str = "", details: Any = None) -> None:
+        """
+        End the call with a status (trailers after any queued reply, or a
+        trailers-only response when nothing was sent).
+
+        @param code: the status code.
+        @param message: for C{grpc-message}.
+        @param details: the error's details (see L{status_details}).
+        """
+        if self.done:
+            return
+        self.done = True
+        if self.inbox is not None:
+            self.inbox.end()
+        if self.started and code != Code.OK:
+            dispatcher = self.protocol.dispatcher
+            if dispatcher is not None:
+                dispatcher.cancel(self.stream_id)
+        status = status_headers(code, message, status_details(code, message, details))
+        if not self.headers_sent:
+            self.headers_sent = True
+            headers = [(":status", "200"), ("content-type", "application/grpc"),
+                       ("grpc-accept-encoding", ACCEPT_ENCODING)]
+            self.trailers = headers + self._reply_metadata() + status
+        else:
+            self.trailers = self._reply_metadata() + status
+        self.pump()
+
+    def cancelled(self) -> None:
+        """
+        The caller reset the stream: cancel the handler.
+        """
+        if self.done:
+            return
+        self.done = True
+        self.out.clear()
+        if self.inbox is not None:
+            self.inbox.end()
+        dispatcher = self.protocol.dispatcher
+        if self.started and dispatcher is not None:
+            dispatcher.cancel(self.stream_id)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+
+def status_details(code: int, message: str, details: Any) -> bytes | None:
+    """
+    The C{grpc-status-details-bin} for an error's details: a
+    C{google.rpc.Status} whose details are the message(s) given, each packed
+    in an C{Any}, or plain data as a C{google.protobuf.Value}.
+
+    @return: the serialized Status, or None without details.
+    """
+    if details is None or code == Code.OK:
+        return None
+    items = details if isinstance(details, (list, tuple)) and details and all(
+        isinstance(d, Message) for d in details) else [details]
+    packed: list[tuple[str, bytes]] = []
+    for item in items:
+        if not isinstance(item, Message):
+            try:
+                item = json_format.ParseDict(item, struct_pb2.Value())
+            except (json_format.ParseError, TypeError, ValueError):
+                item = struct_pb2.Value(string_value=repr(item))
+        holder = any_pb2.Any()
+        holder.Pack(item)
+        packed.append((holder.type_url, holder.value))
+    return encode_status(code, message, packed)
+
+
+class GrpcMessages:
+    """
+    The caller's messages on a client- or bidirectional-streaming call, as
+    the handler sees them: an async iterator of request messages that ends
+    when the caller half-closes.  Taking a message opens the caller's window
+    for what was held back.
+    """
+
+    def __init__(self, call: GrpcCall) -> None:
+        self._call = call
+        self._queue: deque[Message] = deque()
+        self._ended = False
+        self._waiting: Deferred[Any] | None = None
+
+    def queued(self) -> int:
+        """
+        @return: messages waiting for the handler.
+        """
+        return len(self._queue)
+
+    def __aiter__(self) -> GrpcMessages:
+        return self
+
+    def __anext__(self) -> Deferred[Any]:
+        """
+        @return: a Deferred firing with the next message, or failing with
+            C{StopAsyncIteration} after the caller half-closed.
+        """
+        if self._queue:
+            message = self._queue.popleft()
+            self._took()
+            return succeed(message)
+        if self._ended:
+            return fail(StopAsyncIteration())
+        d: Deferred[Any] = Deferred(self._forget_wait)
+        self._waiting = d
+        return d
+
+    def _forget_wait(self, d: Deferred[Any]) -> None:
+        if self._waiting is d:
+            self._waiting = None
+
+    def _took(self) -> None:
+        if self._call.unacknowledged and len(self._queue) <= 1:
+            self._call.protocol.acknowledge(self._call)
+
+    def put(self, message: Message) -> None:
+        """
+        A message arrived.
+        """
+        if self._ended:
+            return
+        d = self._waiting
+        if d is None:
+            self._queue.append(message)
+            return
+        self._waiting = None
+        d.callback(message)
+
+    def end(self) -> None:
+        """
+        The caller half-closed (or the call is over): iteration ends after
+        the queued messages.
+        """
+        self._ended = True
+        d = self._waiting
+        if d is not None:
+            self._waiting = None
+            d.errback(StopAsyncIteration())
