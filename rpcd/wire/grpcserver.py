@@ -46,6 +46,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -165,9 +166,9 @@ class GrpcServerProtocol(Protocol):
             except H2ProtocolError as e:
                 log.info("closing {peer}: HTTP/2 protocol error: {error}",
                          peer=self.session.peer, error=e)
-                self.flush()  # h2 queued the GOAWAY
-                self._closing = True
-                self.transport.loseConnection()
+                self._in_read = False
+                self.go_away(getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR) or
+                             ErrorCodes.PROTOCOL_ERROR)
                 return
             for event in events:
                 if self._closing:
@@ -200,6 +201,9 @@ class GrpcServerProtocol(Protocol):
             self._close_when_idle()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self._closing:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         fields: dict[bytes, bytes] = {}
         for key, value in headers:
             fields.setdefault(key, value)
@@ -358,12 +362,15 @@ class GrpcServerProtocol(Protocol):
         @param data: GOAWAY's debug data.
         @param why: logged with the peer's address.
         """
-        if self._closing and self._lost:
+        if self._lost:
             return
         if why:
             log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
         self._closing = True
-        self.conn.close_connection(code, data)
+        try:
+            self.conn.close_connection(code, data)
+        except H2ProtocolError:
+            pass  # h2 closed the connection already
         self._in_read = False
         self.flush()
         self.transport.loseConnection()
@@ -376,8 +383,13 @@ class GrpcServerProtocol(Protocol):
         if self._closing or self._lost:
             return
         self._closing = True
-        self.conn.close_connection(ErrorCodes.NO_ERROR)
+        # h2's close_connection() would stop the running calls' replies too:
+        # the GOAWAY frame goes out beside h2's state (hyperframe builds it).
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = ErrorCodes.NO_ERROR
         self.flush()
+        self.transport.write(goaway.serialize())
         self._close_when_idle()
 
     def _close_when_idle(self) -> None:
