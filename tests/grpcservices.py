@@ -46,6 +46,7 @@ class Probe:
         """Wait until woken or cancelled; log the cancellation."""
         d: Deferred[None] = Deferred()
         self.waiting.append(d)
+        log.info("Probe.Wait waiting ({text})", text=request.text)
         try:
             await d
         except CancelledError:
