@@ -37,7 +37,7 @@ class GrpcHealth:
         @param registry: the daemon's services.
         """
         self.registry = registry
-        self._statuses: dict[str, int] = {}
+        self._statuses: dict[str, Any] = {}
         self._watchers: dict[str, list[Deferred[None]]] = {}
 
     def _names(self) -> set[str]:
@@ -49,7 +49,7 @@ class GrpcHealth:
                 names.add(descriptor.full_name)
         return names
 
-    def status(self, service: str) -> int | None:
+    def status(self, service: str) -> Any:
         """
         @param service: a gRPC full service name, an rpcd service name, or
             C{""} for the whole server.
