@@ -392,6 +392,22 @@ class StreamTests(SynchronousTestCase):
             pair.pump()
         self.assertEqual(len(pair.replies[sid].messages()), 100)
 
+    def test_full_write_buffer_stops_the_handler(self) -> None:
+        """While the transport's write buffer is full a server stream waits; it goes on when it drains."""
+        pair = H2Pair()
+        sid = pair.open("/rpcdtest.Probe/Echo")  # registers the connection's producer
+        pair.send(sid, pb.Req(), end=True)
+        gate = pair.transport.producer
+        self.assertIs(gate, pair.protocol.gate)
+        gate.pauseProducing()
+        sid = pair.open("/rpcdtest.Probe/Count")
+        pair.send(sid, pb.Req(count=50), end=True)
+        self.assertEqual(len(pair.replies[sid].messages()), 1)
+        gate.resumeProducing()
+        pair.pump()
+        self.assertEqual(len(pair.replies[sid].messages()), 50)
+        self.assertEqual(pair.replies[sid].status, 0)
+
     def test_reader_keeps_the_window_open(self) -> None:
         """A handler that takes messages as they come keeps the caller's window open."""
         pair = H2Pair()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import DecodeError, Message
@@ -48,10 +48,11 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, Internal, RPCError
@@ -100,6 +101,47 @@ _STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
 _STREAMING_OUT = (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
 
 
+@implementer(IPushProducer)
+class WriteGate:
+    """
+    The connection's push producer: while the transport's write buffer is
+    full, handlers' streams wait (and reading stops, through the read
+    throttle this takes the producer slot over from, as
+    L{rpcd.streams.ServerStreams} does).
+
+    @ivar paused: whether the transport asked us to stop writing.
+    """
+
+    def __init__(self, protocol: GrpcServerProtocol) -> None:
+        self.protocol = protocol
+        self.paused = False
+        self._previous: Any = None
+        transport = cast(IConsumer, protocol.transport)
+        previous = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
+        previous = getattr(previous, "_producer", None) or previous
+        if previous is not None:
+            self._previous = previous
+            self.paused = bool(getattr(previous, "paused", False))
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._previous is not None:
+            self._previous.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._previous is not None:
+            self._previous.resumeProducing()
+        for call in list(self.protocol.calls.values()):
+            call.wake()
+
+    def stopProducing(self) -> None:
+        if self._previous is not None:
+            self._previous.stopProducing()
+
+
 class GrpcDispatcher(Dispatcher):
     """
     The connection's dispatcher; a method's result stays a message (it is
@@ -131,6 +173,7 @@ class GrpcServerProtocol(Protocol):
         self.calls: dict[int, GrpcCall] = {}
         self.dispatcher: GrpcDispatcher | None = None
         self.routes: dict[str, GrpcMethod] = {}
+        self.gate: WriteGate | None = None
         self._resets: deque[float] = deque(maxlen=MAX_RESETS + 1)
         self._last_ping: float | None = None
         self._ping_strikes = 0
@@ -220,6 +263,8 @@ class GrpcServerProtocol(Protocol):
         accepted = fields.get(b"grpc-accept-encoding", b"").decode("latin-1")
         call = GrpcCall(self, stream_id, route, path)
         self.calls[stream_id] = call
+        if self.gate is None:
+            self.gate = WriteGate(self)
         if route is None:
             call.finish(Code.UNIMPLEMENTED, self._unknown(path))
             return
@@ -402,6 +447,13 @@ class GrpcServerProtocol(Protocol):
         """
         return bool(self.calls)
 
+    @property
+    def paused(self) -> bool:
+        """
+        @return: whether the transport's write buffer is full.
+        """
+        return self.gate is not None and self.gate.paused
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         calls, self.calls = self.calls, {}
@@ -566,7 +618,7 @@ class GrpcCall:
             self._send_headers()
         self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
         self.pump()
-        return bool(self.out)
+        return bool(self.out) or self.protocol.paused
 
     def _send_headers(self) -> None:
         self.headers_sent = True
@@ -620,13 +672,20 @@ class GrpcCall:
             self.protocol.forget(self)
         self.protocol.sent_something()
         self.protocol.flush()
+        self.wake()
+
+    def wake(self) -> None:
+        """
+        Let a handler waiting to send go on, once its replies are out and
+        the transport takes writes.
+        """
         waiting = self._waiting
-        if waiting is not None and not out:
+        if waiting is not None and ((not self.out and not self.protocol.paused) or self.done):
             self._waiting = None
             waiting.callback(None)
 
     def _writable(self) -> Deferred[None]:
-        if not self.out or self.done:
+        if (not self.out and not self.protocol.paused) or self.done:
             return succeed(None)
         d: Deferred[None] = Deferred(self._forget_wait)
         self._waiting = d
