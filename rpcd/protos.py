@@ -374,6 +374,122 @@ def message_to_dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
+def message_to_plain(message: Message) -> dict[str, Any]:
+    """
+    A message as rpcd's plain data for methods that take mappings: fields
+    set, by their proto names; bytes stay bytes, enums are ints, nested
+    messages and maps are dicts, repeated fields lists.
+
+    @param message: a message.
+    @return: the mapping.
+    """
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        message_type = field.message_type
+        if message_type is not None and message_type.GetOptions().map_entry:
+            item = message_type.fields_by_name["value"]
+            if item.message_type is not None:
+                out[field.name] = {k: message_to_plain(v) for k, v in value.items()}
+            else:
+                out[field.name] = dict(value)
+        elif field.is_repeated:
+            out[field.name] = [message_to_plain(v) for v in value] if message_type else list(value)
+        else:
+            out[field.name] = message_to_plain(value) if message_type else value
+    return out
+
+
+def plain_to_message(value: Mapping[str, Any], cls: type[Message]) -> Message:
+    """
+    Build a message from plain data (the inverse of L{message_to_plain}):
+    keys are proto or JSON field names; bytes fields take bytes (or base64
+    text), integer fields take ints (or their text).
+
+    @param value: the mapping.
+    @param cls: the message class.
+    @return: the message.
+    @raise ValueError: an unknown field or a value of the wrong type; the
+        message names the field.
+    """
+    message = cls()
+    _fill(message, value, cls.DESCRIPTOR.full_name)
+    return message
+
+
+def _fill(message: Message, value: Mapping[str, Any], where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+    descriptor = message.DESCRIPTOR
+    for key, item in value.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is None:
+            raise ValueError(f"{where}: {descriptor.full_name} has no field {key!r}")
+        if item is None:
+            continue
+        path = f"{where}.{field.name}"
+        target = getattr(message, field.name)
+        message_type = field.message_type
+        try:
+            if message_type is not None and message_type.GetOptions().map_entry:
+                item_field = message_type.fields_by_name["value"]
+                for k, v in item.items():
+                    if item_field.message_type is not None:
+                        _fill(target[k], v, f"{path}[{k!r}]")
+                    else:
+                        target[k] = _scalar(item_field, v)
+            elif field.is_repeated:
+                for v in item:
+                    if message_type is not None:
+                        _fill(target.add(), v, f"{path}[]")
+                    else:
+                        target.append(_scalar(field, v))
+            elif message_type is not None:
+                _fill(target, item, path)
+            else:
+                setattr(message, field.name, _scalar(field, item))
+        except (TypeError, ValueError) as e:
+            if str(e).startswith(where):
+                raise
+            raise ValueError(f"{path}: {e}") from None
+
+
+def _scalar(field: Any, value: Any) -> Any:
+    if field.type == field.TYPE_BYTES and isinstance(value, str):
+        import base64
+        return base64.b64decode(value)
+    if isinstance(value, str) and field.cpp_type in (field.CPPTYPE_INT32, field.CPPTYPE_INT64,
+                                                     field.CPPTYPE_UINT32, field.CPPTYPE_UINT64):
+        return int(value)
+    return value
+
+
+def wants_plain(method: Any) -> bool:
+    """
+    Whether a bound method takes plain data (mappings) rather than message
+    objects for its request messages: its parameter (or stream item) hint
+    is not a message class.
+
+    @param method: an L{rpcd.service.BoundMethod}.
+    """
+    spec = method.spec
+    cached = _plain_cache.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    if spec.stream_param is not None:
+        import typing
+        hints = typing.get_type_hints(method.function)
+        args = typing.get_args(hints.get(spec.stream_param))
+        hint = args[0] if args else Any
+    else:
+        hint = spec.arg_hint
+    plain = not (isinstance(hint, type) and issubclass(hint, Message))
+    _plain_cache[id(spec)] = (spec, plain)
+    return plain
+
+
+_plain_cache: dict[int, tuple[Any, bool]] = {}
+
+
 __all__ = ["ProtoError", "load_proto", "find_service", "grpc_service", "service_descriptor",
            "GrpcMethod", "routes", "grpc_services", "message_converter", "message_to_dict",
-           "module_namespace"]
+           "module_namespace", "message_to_plain", "plain_to_message", "wants_plain"]

@@ -239,3 +239,83 @@ class GrpcTLSTests(TestCase):
         self.assertEqual(reply.text, "over tls")
 
 
+
+
+INTEROP_CONFIG = """
+[server]
+listen = ["tcp:0:interface=127.0.0.1"]
+[services.TestService]
+class = "rpcd.examples.interop_grpc:GrpcTestService"
+"""
+
+
+class InteropTests(TestCase):
+    """gRPC's interop test cases, with grpcio's client, against rpcd's TestService."""
+
+    timeout = 60
+
+    async def test_interop_cases(self) -> None:
+        """empty_unary, large_unary, client/server streaming, ping_pong, empty_stream, status, unimplemented, timeout."""
+        from rpcd.examples.protos import grpc_testing_pb2 as t
+        path = Path(temp_dir(self)) / "rpcd.toml"
+        path.write_text(INTEROP_CONFIG)
+        daemon = await Daemon.start(self, "--config", str(path))
+        channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
+        self.addCleanup(channel.close)
+
+        def method(kind: str, name: str, request: Any, response: Any) -> Any:
+            return getattr(channel, kind)(f"/grpc.testing.TestService/{name}",
+                                          request_serializer=request.SerializeToString,
+                                          response_deserializer=response.FromString)
+
+        def cases() -> dict[str, Any]:
+            got: dict[str, Any] = {}
+            got["empty_unary"] = method("unary_unary", "EmptyCall", t.Empty, t.Empty)(t.Empty(), timeout=30)
+            large = method("unary_unary", "UnaryCall", t.SimpleRequest, t.SimpleResponse)(
+                t.SimpleRequest(response_size=314159, payload=t.Payload(body=bytes(271828))), timeout=30)
+            got["large_unary"] = len(large.payload.body)
+            got["client_streaming"] = method(
+                "stream_unary", "StreamingInputCall", t.StreamingInputCallRequest,
+                t.StreamingInputCallResponse)(iter([t.StreamingInputCallRequest(payload=t.Payload(body=bytes(n)))
+                                                    for n in (27182, 8, 1828, 45904)]),
+                                              timeout=30).aggregated_payload_size
+            got["server_streaming"] = [len(r.payload.body) for r in method(
+                "unary_stream", "StreamingOutputCall", t.StreamingOutputCallRequest,
+                t.StreamingOutputCallResponse)(t.StreamingOutputCallRequest(response_parameters=[
+                    t.ResponseParameters(size=n) for n in (31415, 9, 2653, 58979)]), timeout=30)]
+            duplex = method("stream_stream", "FullDuplexCall", t.StreamingOutputCallRequest,
+                            t.StreamingOutputCallResponse)
+            got["ping_pong"] = [len(r.payload.body) for r in duplex(iter([
+                t.StreamingOutputCallRequest(response_parameters=[t.ResponseParameters(size=s)],
+                                             payload=t.Payload(body=bytes(p)))
+                for s, p in ((31415, 27182), (9, 8), (2653, 1828), (58979, 45904))]), timeout=30)]
+            got["empty_stream"] = list(duplex(iter([]), timeout=30))
+            try:
+                method("unary_unary", "UnaryCall", t.SimpleRequest, t.SimpleResponse)(
+                    t.SimpleRequest(response_status=t.EchoStatus(code=2, message="test status message")),
+                    timeout=30)
+            except grpc.RpcError as e:
+                got["status_code_and_message"] = (e.code(), e.details())
+            try:
+                method("unary_unary", "UnimplementedCall", t.Empty, t.Empty)(t.Empty(), timeout=30)
+            except grpc.RpcError as e:
+                got["unimplemented_method"] = e.code()
+            try:
+                list(duplex(iter([t.StreamingOutputCallRequest(response_parameters=[
+                    t.ResponseParameters(size=1, interval_us=5_000_000)])]), timeout=0.2))
+            except grpc.RpcError as e:
+                got["timeout_on_sleeping_server"] = e.code()
+            return got
+
+        got = await in_thread(cases)
+        self.assertEqual(got, {
+            "empty_unary": t.Empty(),
+            "large_unary": 314159,
+            "client_streaming": 74922,
+            "server_streaming": [31415, 9, 2653, 58979],
+            "ping_pong": [31415, 9, 2653, 58979],
+            "empty_stream": [],
+            "status_code_and_message": (grpc.StatusCode.UNKNOWN, "test status message"),
+            "unimplemented_method": grpc.StatusCode.UNIMPLEMENTED,
+            "timeout_on_sleeping_server": grpc.StatusCode.DEADLINE_EXCEEDED,
+        })

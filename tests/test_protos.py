@@ -138,3 +138,39 @@ class ConvertTests(SynchronousTestCase):
         convert = result_converter(pb.Rep)
         self.assertEqual(convert(pb.Rep(text="t", n=2, blob=b"\1")), {"text": "t", "n": 2, "blob": "AQ=="})
         self.assertEqual(convert(pb.Rep()), {})
+
+
+class PlainTests(SynchronousTestCase):
+    """Messages as plain mappings, for methods that take and return mappings."""
+
+    def test_round_trip(self) -> None:
+        """Nested, repeated and bytes fields become dicts, lists and bytes, and back."""
+        from rpcd.examples.protos import grpc_testing_pb2 as t
+        message = t.StreamingOutputCallRequest(
+            response_parameters=[t.ResponseParameters(size=3), t.ResponseParameters(interval_us=9)],
+            payload=t.Payload(body=b"\0\1"))
+        plain = protos.message_to_plain(message)
+        self.assertEqual(plain, {"response_parameters": [{"size": 3}, {"interval_us": 9}],
+                                 "payload": {"body": b"\0\1"}})
+        self.assertEqual(protos.plain_to_message(plain, t.StreamingOutputCallRequest), message)
+
+    def test_maps_and_json_names(self) -> None:
+        """Map fields are dicts; JSON names, base64 text and integer text are accepted too."""
+        request = hello_world_pb2.HelloWorldRequest(greeting="g", infos={"a": "b"})
+        self.assertEqual(protos.message_to_plain(request), {"greeting": "g", "infos": {"a": "b"}})
+        built = protos.plain_to_message({"infos": {"a": "b"}, "greeting": "g"},
+                                        hello_world_pb2.HelloWorldRequest)
+        self.assertEqual(built, request)
+        self.assertEqual(protos.plain_to_message({"failCode": "4", "blob": "AQ=="}, pb.Req),
+                         pb.Req(fail_code=4, blob=b"\1"))
+
+    def test_errors_name_the_field(self) -> None:
+        """An unknown field or a wrong type is refused with the path to it."""
+        from rpcd.examples.protos import grpc_testing_pb2 as t
+        with self.assertRaises(ValueError) as caught:
+            protos.plain_to_message({"payload": {"bdy": 1}}, t.SimpleResponse)
+        self.assertIn("grpc.testing.SimpleResponse.payload: grpc.testing.Payload has no field 'bdy'",
+                      str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            protos.plain_to_message({"payload": {"body": 1}}, t.SimpleResponse)
+        self.assertIn("grpc.testing.SimpleResponse.payload.body", str(caught.exception))

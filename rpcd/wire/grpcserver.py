@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import DecodeError, Message
@@ -56,7 +56,7 @@ from zope.interface import implementer
 
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, Internal, RPCError
-from rpcd.protos import GrpcMethod, routes
+from rpcd.protos import GrpcMethod, message_to_plain, plain_to_message, routes, wants_plain
 from rpcd.service import Kind
 from rpcd.wire.grpcmsg import (
     ACCEPT_ENCODING,
@@ -549,10 +549,14 @@ class GrpcCall:
         if method.spec.kind is not route.kind:
             raise Internal(f"{route.name} is {method.spec.kind.value} in rpcd but "
                            f"{route.kind.value} in the proto")
+        plain = wants_plain(method)
         if self.inbox is not None:
+            if plain:
+                self.inbox.convert = message_to_plain
             result = method.invoke_stream(None, context, self.inbox)
         else:
-            result = method.invoke(self.request, context)
+            result = method.invoke(message_to_plain(self.request) if plain else self.request,
+                                   context)
         if route.kind in _STREAMING_OUT:
             return Deferred.fromCoroutine(self._send_all(result))
         if isinstance(result, Deferred):
@@ -593,8 +597,8 @@ class GrpcCall:
         if not isinstance(item, output):
             if isinstance(item, Mapping):
                 try:
-                    item = json_format.ParseDict(item, output())
-                except json_format.ParseError as e:
+                    item = plain_to_message(item, output)
+                except ValueError as e:
                     raise Internal(f"{route.name} replied with a mapping that is not a "
                                    f"{output.DESCRIPTOR.full_name}: {e}") from None
             else:
@@ -796,7 +800,8 @@ class GrpcMessages:
 
     def __init__(self, call: GrpcCall) -> None:
         self._call = call
-        self._queue: deque[Message] = deque()
+        self.convert: Callable[[Message], Any] | None = None
+        self._queue: deque[Any] = deque()
         self._ended = False
         self._waiting: Deferred[Any] | None = None
 
@@ -834,10 +839,13 @@ class GrpcMessages:
 
     def put(self, message: Message) -> None:
         """
-        A message arrived.
+        A message arrived (given to the handler as plain data when it takes
+        mappings, see L{rpcd.protos.wants_plain}).
         """
         if self._ended:
             return
+        if self.convert is not None:
+            message = self.convert(message)
         d = self._waiting
         if d is None:
             self._queue.append(message)
