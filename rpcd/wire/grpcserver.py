@@ -180,7 +180,11 @@ class GrpcServerProtocol(Protocol):
         self._in_read = False
         self._lost = False
         self._closing = False
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # Requests' headers are validated by h2; rpcd's own replies are built
+        # well-formed (metadata checked by encode_metadata), so h2 skips them.
+        self.conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
