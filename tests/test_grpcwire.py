@@ -83,8 +83,8 @@ class H2Pair:
     talking to it.
     """
 
-    def __init__(self, limits: Limits = Limits(), auto_ack: bool = True) -> None:
-        self.clock = Clock()
+    def __init__(self, limits: Limits = Limits(), auto_ack: bool = True, clock: Any = None) -> None:
+        self.clock = clock or Clock()
         registry = ServiceRegistry()
         self.probe = Probe()
         registry.add(self.probe)
@@ -522,6 +522,17 @@ class ConnectionTests(SynchronousTestCase):
         self.assertIn(b"grpc-status=0;", _headers_text(pair))
         self.assertTrue(pair.transport.disconnecting)
         self.assertEqual(reply.headers, {})
+
+    def test_shutdown_says_goaway(self) -> None:
+        """When the reactor shuts down, each connection sends GOAWAY NO_ERROR and stops taking calls."""
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        pair = H2Pair(clock=reactor)
+        [(trigger, args, kwargs)] = reactor.triggers["before"]["shutdown"]
+        trigger(*args, **kwargs)
+        frame, _ = Frame.parse_frame_header(memoryview(pair.transport.value()[:9]))
+        self.assertIsInstance(frame, GoAwayFrame)
+        self.assertTrue(pair.transport.disconnecting)  # no calls were running
 
     def test_protocol_error(self) -> None:
         """Bytes that are not HTTP/2 end the connection with GOAWAY PROTOCOL_ERROR."""

@@ -178,6 +178,7 @@ class GrpcServerProtocol(Protocol):
         self._last_ping: float | None = None
         self._ping_strikes = 0
         self._in_read = False
+        self._shutdown_trigger: Any = None
         self._lost = False
         self._closing = False
         # Requests' headers are validated by h2; rpcd's own replies are built
@@ -191,6 +192,9 @@ class GrpcServerProtocol(Protocol):
         self.dispatcher = GrpcDispatcher(self.session, self.clock,
                                          self.server.limits.max_calls_per_connection)
         self.routes = routes(self.server.registry)
+        add_trigger = getattr(self.clock, "addSystemEventTrigger", None)
+        if add_trigger is not None:  # the reactor: a daemon shutting down says GOAWAY
+            self._shutdown_trigger = add_trigger("before", "shutdown", self.shutting_down)
         conn = self.conn
         conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
@@ -441,6 +445,15 @@ class GrpcServerProtocol(Protocol):
         self.transport.write(goaway.serialize())
         self._close_when_idle()
 
+    def shutting_down(self) -> None:
+        """
+        The daemon is stopping: tell the peer with GOAWAY (NO_ERROR) that no
+        more calls are taken, so that its next call goes elsewhere or waits
+        for a new connection instead of failing on a dropped one.
+        """
+        self._shutdown_trigger = None
+        self.drain()
+
     def _close_when_idle(self) -> None:
         if not self.calls and not self._lost:
             self.transport.loseConnection()
@@ -460,6 +473,9 @@ class GrpcServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        trigger, self._shutdown_trigger = self._shutdown_trigger, None
+        if trigger is not None:
+            getattr(self.clock, "removeSystemEventTrigger")(trigger)
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call.done = True
