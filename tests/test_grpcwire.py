@@ -20,9 +20,12 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.examples.helloworld import HelloWorldService
@@ -35,6 +38,7 @@ from rpcd.wire import grpcserver
 from rpcd.wire.grpcmsg import MessageReader, encode_message
 from rpcd.wire.grpcserver import GrpcServerProtocol
 from tests.grpcservices import Probe, pb
+from tests import test_wirefuzz as wirefuzz
 
 
 def _headers_text(pair: H2Pair) -> bytes:
@@ -595,3 +599,48 @@ class StandardServiceTests(SynchronousTestCase):
                  for f in files.file_descriptor_response.file_descriptor_proto]
         self.assertEqual(names, ["grpc_probe.proto", "google/protobuf/any.proto"])
         self.assertEqual(missing.error_response.error_code, 5)
+
+
+def _client_bytes() -> list[bytes]:
+    """What an h2 client sends for a few calls: the samples to mutate."""
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    samples = [client.data_to_send()]
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", "t"),
+               ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "5S"),
+               ("x-meta-bin", "AAE")]
+    for path, body in (("/rpcdtest.Probe/Echo", pb.Req(text="x").SerializeToString()),
+                       ("/rpcdtest.Probe/Chat", pb.Req(text="y").SerializeToString()),
+                       ("/rpcdtest.Probe/Count", pb.Req(count=3).SerializeToString())):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, [(":path", path), *headers])
+        client.send_data(sid, encode_message(body) + encode_message(body, compress=True),
+                         end_stream=True)
+        samples.append(client.data_to_send())
+    client.reset_stream(3)
+    client.ping(b"01234567")
+    samples.append(client.data_to_send())
+    return samples
+
+
+class FuzzTests(SynchronousTestCase):
+    """Mutated HTTP/2 input never makes the gRPC protocol raise or log a failure."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.one_of(wirefuzz.mutated(_client_bytes()),
+                     wirefuzz.mutated(_client_bytes()[1:]).map(lambda d: _client_bytes()[0] + d),
+                     st.binary(max_size=300)),
+           st.lists(st.integers(0, 10_000), max_size=8))
+    def test_mutated(self, data: bytes, cuts: list[int]) -> None:
+        """Whatever arrives, the protocol answers or closes with GOAWAY; no exception, no logged failure."""
+        pair = H2Pair(Limits(max_frame_bytes=4096))
+        protocol = pair.protocol
+        with capturedLogs() as events:
+            for chunk in wirefuzz.chunks(data, cuts):
+                if pair.transport.disconnecting:
+                    break
+                protocol.dataReceived(chunk)
+            pair.clock.advance(10)
+            protocol.connectionLost()
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(failures, [], [e["log_failure"].getTraceback() for e in failures])

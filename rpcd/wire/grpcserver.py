@@ -55,7 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.dispatch import Dispatcher, error_fields
-from rpcd.errors import Code, Internal, RPCError
+from rpcd.errors import Cancelled, Code, Internal, RPCError
 from rpcd.protos import GrpcMethod, message_to_plain, plain_to_message, routes, wants_plain
 from rpcd.service import Kind
 from rpcd.wire.grpcmsg import (
@@ -253,7 +253,7 @@ class GrpcServerProtocol(Protocol):
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self._closing:
-            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.on_stream(self.conn.reset_stream, stream_id, ErrorCodes.REFUSED_STREAM)
             return
         fields: dict[bytes, bytes] = {}
         for key, value in headers:
@@ -302,14 +302,27 @@ class GrpcServerProtocol(Protocol):
         return f"unknown service {service}"
 
     def _http_error(self, stream_id: int, status: int, why: str) -> None:
-        self.conn.send_headers(stream_id, [(":status", str(status)),
-                                           ("content-type", "text/plain; charset=utf-8")])
-        self.conn.send_data(stream_id, why.encode() + b"\n", end_stream=True)
+        if self.on_stream(self.conn.send_headers, stream_id, [
+                (":status", str(status)), ("content-type", "text/plain; charset=utf-8")]):
+            self.on_stream(self.conn.send_data, stream_id, why.encode() + b"\n", end_stream=True)
+
+    def on_stream(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """
+        Do an h2 operation on a stream that may have closed under us (the
+        peer reset it, or h2 closed it over a stream error).
+
+        @return: whether it was done.
+        """
+        try:
+            operation(*args, **kwargs)
+        except H2ProtocolError:
+            return False
+        return True
 
     def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
         call = self.calls.get(stream_id)
         if call is None or call.reader is None or call.done:
-            self.conn.acknowledge_received_data(flow_length, stream_id)
+            self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
             return
         try:
             for payload in call.reader.feed(data):
@@ -320,7 +333,7 @@ class GrpcServerProtocol(Protocol):
             call.finish(e.code, str(e))
         inbox = call.inbox
         if call.done or inbox is None or inbox.queued() <= 1:
-            self.conn.acknowledge_received_data(flow_length, stream_id)
+            self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
         else:
             call.unacknowledged += flow_length
 
@@ -331,7 +344,7 @@ class GrpcServerProtocol(Protocol):
         """
         n, call.unacknowledged = call.unacknowledged, 0
         if n and not self._lost and not call.done:
-            self.conn.acknowledge_received_data(n, call.stream_id)
+            self.on_stream(self.conn.acknowledge_received_data, n, call.stream_id)
             self.flush()
 
     def _ended(self, stream_id: int) -> None:
@@ -637,9 +650,11 @@ class GrpcCall:
         """
         payload = self._serialize(item)
         if self.done:
-            return False
+            raise Cancelled(f"{self.path}: the call is over (reset or ended)")
         if not self.headers_sent:
             self._send_headers()
+            if self.done:
+                raise Cancelled(f"{self.path}: the stream was closed")
         self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
         self.pump()
         return bool(self.out) or self.protocol.paused
@@ -651,8 +666,10 @@ class GrpcCall:
         if self.compress:
             headers.append(("grpc-encoding", "gzip"))
         headers.extend(self._reply_metadata())
-        self.conn.send_headers(self.stream_id, headers)
-        self.protocol.sent_something()
+        if self.protocol.on_stream(self.conn.send_headers, self.stream_id, headers):
+            self.protocol.sent_something()
+        else:
+            self._gone()
 
     def _reply_metadata(self) -> list[tuple[str, str]]:
         context = self.context
@@ -690,10 +707,7 @@ class GrpcCall:
                     conn.reset_stream(sid, ErrorCodes.NO_ERROR)
                 self.protocol.forget(self)
         except H2ProtocolError:
-            # The stream closed under us (the caller reset it).
-            self.out.clear()
-            self.trailers = None
-            self.protocol.forget(self)
+            self._gone()
         self.protocol.sent_something()
         self.protocol.flush()
         self.wake()
@@ -766,6 +780,22 @@ class GrpcCall:
         else:
             self.trailers = self._reply_metadata() + status
         self.pump()
+
+    def _gone(self) -> None:
+        """
+        The stream closed under us (the caller reset it, or h2 did over a
+        stream error): nothing more is sent; a handler still sending gets
+        L{Cancelled} from its next L{send}.
+        """
+        self.done = True
+        self.out.clear()
+        self.trailers = None
+        if self.inbox is not None:
+            self.inbox.end()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+        self.protocol.forget(self)
 
     def cancelled(self) -> None:
         """
