@@ -439,14 +439,40 @@ class StreamTests(SynchronousTestCase):
         self.assertLess(sent, 70)  # the 64 KiB stream window, not more
         self.assertEqual(inbox.queued(), sent)
         self.assertGreater(call.unacknowledged, 60000)
-        # The handler reads again: the window reopens and the rest gets through.
-        assert waiting is not None
-        inbox._waiting = waiting
-        waiting.callback(inbox._queue.popleft())
+        # The messages are taken: the window reopens.
         while inbox.queued():
             inbox.__anext__()
         pair.pump()
+        self.assertEqual(pair.protocol.held_bytes, 0)
         self.assertGreater(pair.client.local_flow_control_window(sid), 60000)
+        # The handler, given back its wait, sees the end of the stream.
+        assert waiting is not None
+        inbox._waiting = waiting
+        pair.send(sid, end=True)
+        self.assertEqual(pair.replies[sid].status, 0)
+
+    def test_partial_messages_bounded_per_connection(self) -> None:
+        """Partial messages on many streams hold at most about twice the maximum message per connection."""
+        pair = H2Pair(Limits(max_frame_bytes=1000))
+        before = pair.client.outbound_flow_control_window
+        sids = []
+        for _ in range(20):
+            sid = pair.open("/rpcdtest.Probe/Echo")
+            pair.client.send_data(sid, b"\0" + (900).to_bytes(4, "big") + b"p" * 500)
+            pair.pump()
+            sids.append(sid)
+        # Beyond the budget (2 x 1000) nothing is acknowledged: the caller can
+        # send no more than its connection window on top.
+        held = pair.protocol.held_bytes
+        withheld = sum(c.unacknowledged for c in pair.protocol.calls.values())
+        self.assertEqual(held, 20 * 500)
+        self.assertGreaterEqual(withheld, held - (2000 + 505))
+        self.assertLessEqual(pair.client.outbound_flow_control_window, before - withheld)
+        for sid in sids:
+            pair.client.reset_stream(sid, ErrorCodes.CANCEL)
+        pair.pump()
+        self.assertEqual(pair.protocol.held_bytes, 0)
+        self.assertEqual(pair.call("/rpcdtest.Probe/Echo", pb.Req(text="after")).status, 0)
 
 
 class ConnectionTests(SynchronousTestCase):

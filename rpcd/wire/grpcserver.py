@@ -12,7 +12,10 @@ Memory stays bounded both ways:
   - in: a message's length is checked against C{limits.max_frame_bytes}
     before it is buffered; the HTTP/2 window of a streaming call is opened
     again only for messages its handler has taken (one may wait queued), so
-    a slow handler stops the caller;
+    a slow handler stops the caller; and data is acknowledged only while
+    the connection holds at most twice C{max_frame_bytes} not yet taken by
+    handlers (partial and queued messages), so the connection's receive
+    window bounds the rest;
   - out: a handler's messages wait for the caller's HTTP/2 window, and the
     handler's stream is not iterated further until they have gone.
 
@@ -174,6 +177,9 @@ class GrpcServerProtocol(Protocol):
         self.dispatcher: GrpcDispatcher | None = None
         self.routes: dict[str, GrpcMethod] = {}
         self.gate: WriteGate | None = None
+        self.held_bytes = 0
+        self.held_budget = 2 * self.max_message
+        self._withheld: dict[int, GrpcCall] = {}
         self._resets: deque[float] = deque(maxlen=MAX_RESETS + 1)
         self._last_ping: float | None = None
         self._ping_strikes = 0
@@ -326,25 +332,50 @@ class GrpcServerProtocol(Protocol):
             return
         try:
             for payload in call.reader.feed(data):
-                call.message_received(payload)
+                call.message_received(payload, len(payload))
                 if call.done:
                     break
         except MessageError as e:
             call.finish(e.code, str(e))
-        inbox = call.inbox
-        if call.done or inbox is None or inbox.queued() <= 1:
+        self.account(call)
+        if call.done or self._may_acknowledge(call):
             self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
         else:
             call.unacknowledged += flow_length
+            self._withheld[stream_id] = call
 
-    def acknowledge(self, call: GrpcCall) -> None:
+    def _may_acknowledge(self, call: GrpcCall) -> bool:
         """
-        A streaming call's handler took a message: open the window for what
-        was held back.
+        Whether the caller may send more on a call: the connection holds at
+        most L{held_budget} bytes of request data not yet taken by handlers,
+        and a streaming call at most one whole message queued.
         """
-        n, call.unacknowledged = call.unacknowledged, 0
-        if n and not self._lost and not call.done:
-            self.on_stream(self.conn.acknowledge_received_data, n, call.stream_id)
+        inbox = call.inbox
+        return self.held_bytes <= self.held_budget and (inbox is None or inbox.queued() <= 1)
+
+    def account(self, call: GrpcCall) -> None:
+        """
+        Count what a call holds of the caller's data (a partial message, and
+        messages its handler has not taken), and open the windows that were
+        held back once the connection is under its budget again.
+
+        @param call: a call whose holdings may have changed.
+        """
+        held = 0 if call.done or call.reader is None else call.reader.pending
+        if call.inbox is not None and not call.done:
+            held += call.inbox.queued_bytes
+        change = held - call.held
+        if not change:
+            return
+        call.held = held
+        self.held_bytes += change
+        if change < 0 and self._withheld:
+            for waiting in list(self._withheld.values()):
+                if waiting.done or self._may_acknowledge(waiting):
+                    del self._withheld[waiting.stream_id]
+                    n, waiting.unacknowledged = waiting.unacknowledged, 0
+                    if n and not self._lost:
+                        self.on_stream(self.conn.acknowledge_received_data, n, waiting.stream_id)
             self.flush()
 
     def _ended(self, stream_id: int) -> None:
@@ -369,6 +400,8 @@ class GrpcServerProtocol(Protocol):
         call = self.calls.pop(stream_id, None)
         if call is not None:
             call.cancelled()
+            self._withheld.pop(stream_id, None)
+            self.account(call)
 
     def _ping(self) -> None:
         now = self.clock.seconds()
@@ -415,6 +448,8 @@ class GrpcServerProtocol(Protocol):
         """
         if self.calls.get(call.stream_id) is call:
             del self.calls[call.stream_id]
+        self._withheld.pop(call.stream_id, None)
+        self.account(call)
         if self._closing:
             self._close_when_idle()
 
@@ -530,17 +565,19 @@ class GrpcCall:
         self.headers_sent = False
         self.done = False
         self.unacknowledged = 0
+        self.held = 0
         self.out = bytearray()
         self.trailers: list[tuple[str, str]] | None = None
         self._waiting: Deferred[None] | None = None
 
     # Requests.
 
-    def message_received(self, payload: bytes) -> None:
+    def message_received(self, payload: bytes, size: int) -> None:
         """
         A whole request message arrived.
 
         @param payload: its bytes, decompressed.
+        @param size: what it counts against the connection's budget.
         """
         route = self.route
         assert route is not None  # no reader is made for an unknown path
@@ -551,7 +588,7 @@ class GrpcCall:
                         f"{route.input.DESCRIPTOR.full_name}: {e}")
             return
         if self.inbox is not None:
-            self.inbox.put(message)
+            self.inbox.put(message, size)
         elif self.request is None:
             self.request = message
             self.start()
@@ -851,7 +888,8 @@ class GrpcMessages:
     def __init__(self, call: GrpcCall) -> None:
         self._call = call
         self.convert: Callable[[Message], Any] | None = None
-        self._queue: deque[Any] = deque()
+        self._queue: deque[tuple[Any, int]] = deque()
+        self.queued_bytes = 0
         self._ended = False
         self._waiting: Deferred[Any] | None = None
 
@@ -870,7 +908,8 @@ class GrpcMessages:
             C{StopAsyncIteration} after the caller half-closed.
         """
         if self._queue:
-            message = self._queue.popleft()
+            message, size = self._queue.popleft()
+            self.queued_bytes -= size
             self._took()
             return succeed(message)
         if self._ended:
@@ -884,10 +923,9 @@ class GrpcMessages:
             self._waiting = None
 
     def _took(self) -> None:
-        if self._call.unacknowledged and len(self._queue) <= 1:
-            self._call.protocol.acknowledge(self._call)
+        self._call.protocol.account(self._call)
 
-    def put(self, message: Message) -> None:
+    def put(self, message: Message, size: int = 0) -> None:
         """
         A message arrived (given to the handler as plain data when it takes
         mappings, see L{rpcd.protos.wants_plain}).
@@ -898,7 +936,8 @@ class GrpcMessages:
             message = self.convert(message)
         d = self._waiting
         if d is None:
-            self._queue.append(message)
+            self._queue.append((message, size))
+            self.queued_bytes += size
             return
         self._waiting = None
         d.callback(message)
