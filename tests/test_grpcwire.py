@@ -667,6 +667,8 @@ class FuzzTests(SynchronousTestCase):
                     break
                 protocol.dataReceived(chunk)
             pair.clock.advance(10)
+            self.assertEqual(protocol.held_bytes, sum(c.held for c in protocol.calls.values()))
+            self.assertLessEqual(protocol.held_bytes, 2 * 4096 + 70_000 + grpcserver.CONNECTION_WINDOW)
             protocol.connectionLost()
         failures = [e for e in events if "log_failure" in e]
         self.assertEqual(failures, [], [e["log_failure"].getTraceback() for e in failures])
