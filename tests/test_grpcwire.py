@@ -553,6 +553,18 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(pair.transport.disconnecting)
         self.assertEqual(reply.headers, {})
 
+    def test_drain_keeps_reading(self) -> None:
+        """While draining, running client streams still get their messages and answer."""
+        pair = H2Pair()
+        sid = pair.open("/rpcdtest.Probe/Sum")
+        pair.send(sid, pb.Req(count=2))
+        pair.protocol.drain()
+        pair.transport.clear()  # the GOAWAY (the h2 client would close on it)
+        pair.client.send_data(sid, encode_message(pb.Req(count=40).SerializeToString()), end_stream=True)
+        pair.protocol.dataReceived(pair.client.data_to_send())
+        self.assertIn(b"grpc-status=0;", _headers_text(pair))
+        self.assertTrue(pair.transport.disconnecting)
+
     def test_shutdown_says_goaway(self) -> None:
         """When the reactor shuts down, each connection sends GOAWAY NO_ERROR and stops taking calls."""
         from twisted.internet.testing import MemoryReactorClock

@@ -186,7 +186,8 @@ class GrpcServerProtocol(Protocol):
         self._in_read = False
         self._shutdown_trigger: Any = None
         self._lost = False
-        self._closing = False
+        self._closing = False  # no new calls: draining, or the peer said GOAWAY
+        self._aborted = False  # GOAWAY sent over an error: nothing more is read
         # Requests' headers are validated by h2; rpcd's own replies are built
         # well-formed (metadata checked by encode_metadata), so h2 skips them.
         self.conn = H2Connection(H2Configuration(
@@ -214,7 +215,7 @@ class GrpcServerProtocol(Protocol):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._lost or self._closing:
+        if self._lost or self._aborted:
             return
         self._in_read = True
         try:
@@ -228,7 +229,7 @@ class GrpcServerProtocol(Protocol):
                              ErrorCodes.PROTOCOL_ERROR)
                 return
             for event in events:
-                if self._closing:
+                if self._aborted:
                     break
                 self._event(event)
         finally:
@@ -468,6 +469,7 @@ class GrpcServerProtocol(Protocol):
         if why:
             log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
         self._closing = True
+        self._aborted = True
         try:
             self.conn.close_connection(code, data)
         except H2ProtocolError:
