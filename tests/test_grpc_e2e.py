@@ -196,6 +196,30 @@ class GrpcioClientTests(TestCase):
         self.assertIn("helloworld.HelloWorldService", names)
         self.assertIn("grpc.health.v1.Health", names)
 
+    async def test_grpcio_health_checking(self) -> None:
+        """grpcio's client-side health checking (healthCheckConfig) sends calls only to a service reported SERVING."""
+        import json
+        await self.start()
+
+        def call(service: str) -> Any:
+            config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                                 "healthCheckConfig": {"serviceName": service}})
+            channel = grpc.insecure_channel(f"127.0.0.1:{self.daemon.port}",
+                                            options=[("grpc.service_config", config)])
+            echo = channel.unary_unary("/rpcdtest.Probe/Echo",
+                                       request_serializer=probe_pb2.Req.SerializeToString,
+                                       response_deserializer=probe_pb2.Rep.FromString)
+            try:
+                return echo(probe_pb2.Req(text="checked"), timeout=30).text
+            except grpc.RpcError as e:
+                return e.code(), e.details()
+            finally:
+                channel.close()
+        self.assertEqual(await in_thread(call, "rpcdtest.Probe"), "checked")
+        code, details = await in_thread(call, "no.Such")
+        self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("backend unhealthy", details)
+
     async def test_other_protocols_same_port(self) -> None:
         """The same service answers rpcd's native protocol on the gRPC port, in protobuf's JSON mapping."""
         await self.start()
