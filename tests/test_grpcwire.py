@@ -305,6 +305,20 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(reply.status, 4)
         self.assertEqual(pair.probe.cancelled, 1)
 
+    def test_deadline_counts_from_the_headers(self) -> None:
+        """The deadline runs from the request's headers: a late message gets what is left, or DEADLINE_EXCEEDED."""
+        pair = H2Pair()
+        sid = pair.open("/rpcdtest.Probe/Wait", headers=[("grpc-timeout", "1S")])
+        pair.clock.advance(0.75)
+        pair.send(sid, pb.Req(), end=True)
+        pair.clock.advance(0.25)
+        pair.pump()
+        self.assertEqual(pair.replies[sid].status, 4)
+        late = pair.open("/rpcdtest.Probe/Echo", headers=[("grpc-timeout", "1S")])
+        pair.clock.advance(1)
+        pair.send(late, pb.Req(), end=True)
+        self.assertEqual(pair.replies[late].status, 4)
+
     def test_bad_timeout(self) -> None:
         """A malformed grpc-timeout is INVALID_ARGUMENT."""
         pair = H2Pair()

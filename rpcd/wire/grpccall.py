@@ -72,6 +72,7 @@ class GrpcCall:
         self.inbox: GrpcMessages | None = None
         self.request: Message | None = None
         self.timeout: float | None = None
+        self.received_at = protocol.clock.seconds()
         self.metadata: dict[str, Any] = {}
         self.compress = False
         self.context: CallContext | None = None
@@ -118,10 +119,18 @@ class GrpcCall:
         route = self.route
         dispatcher = self.protocol.dispatcher
         assert route is not None and dispatcher is not None
+        timeout = self.timeout
+        if timeout is not None:
+            # The deadline runs from the request's headers, not its message.
+            timeout -= self.protocol.clock.seconds() - self.received_at
+            if timeout <= 0:
+                self.finish(Code.DEADLINE_EXCEEDED, f"{route.name}: the deadline passed before "
+                            "the request message arrived")
+                return
         self.started = True
         try:
             d = dispatcher.open_stream(route.name, self.stream_id, self._run,
-                                       timeout=self.timeout, metadata=self.metadata)
+                                       timeout=timeout, metadata=self.metadata)
         except RPCError as e:
             self.finish(e.code, e.message, e.details)
             return
