@@ -301,7 +301,7 @@ def _connect(reader: _Reader, item: Any, index: int) -> ConnectConfig:
         if not 1 <= connections <= 1000:
             raise reader.fail(f"{where}.connections", "must be between 1 and 1000")
         protocol = reader.value(item, where, "protocol", str, sniff.NATIVE)
-        if protocol not in sniff.ALL - {sniff.HTTP}:
+        if protocol not in sniff.ALL - {sniff.HTTP, sniff.GRPC}:
             raise reader.fail(f"{where}.protocol", f"must be one of native, gob, json, not {protocol!r}")
         return ConnectConfig(endpoint, connections, protocol)
     raise reader.fail(where, "must be an endpoint string or a table {endpoint = ..., connections = N}")

@@ -28,9 +28,12 @@ class CallContext:
     @ivar metadata: key/value metadata the caller sent (may be empty).
     @ivar deadline: the clock time by which the call must finish, or None.
     @ivar clock: the reactor's clock, for timers.
+    @ivar reply_metadata: metadata the method sends back to the caller
+        (gRPC sends it as response headers, or trailers once the first
+        message is out; protocols without reply metadata ignore it).
     """
 
-    __slots__ = ("session", "method", "metadata", "deadline", "clock")
+    __slots__ = ("session", "method", "metadata", "deadline", "clock", "reply_metadata")
 
     def __init__(self, session: Session, method: str, metadata: dict[str, Any] | None,
                  deadline: float | None, clock: IReactorTime) -> None:
@@ -39,6 +42,7 @@ class CallContext:
         self.metadata = metadata or {}
         self.deadline = deadline
         self.clock = clock
+        self.reply_metadata: dict[str, Any] = {}
 
     @property
     def peer(self) -> str:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import dataclasses
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -411,6 +412,9 @@ def _compile(hint: Any) -> Converter:
     if origin is dict or hint is dict:
         key, item = (args if args else (Any, Any))
         return _dict_of(argument_converter(key), argument_converter(item), _hint_name(hint))
+    if _is_protobuf_message(hint):
+        from rpcd.protos import message_converter
+        return message_converter(hint)
     if isinstance(hint, type):
         # A class rpcd has no rule for: accept instances of it unchanged.
         def convert(value: Any) -> Any:
@@ -469,7 +473,19 @@ def to_wire(value: Any) -> Any:
         return items
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]
+    if _is_protobuf_message(kind):
+        from rpcd.protos import message_to_dict
+        return message_to_dict(value)
     return value
+
+
+def _is_protobuf_message(hint: Any) -> bool:
+    """
+    Whether a hint is a protobuf message class (see L{rpcd.protos}); asked
+    without importing protobuf, which is loaded if any message class exists.
+    """
+    module = sys.modules.get("google.protobuf.message")
+    return module is not None and isinstance(hint, type) and issubclass(hint, module.Message)
 
 
 _PLAIN: frozenset[type] = frozenset({int, str, float, bool, bytes, type(None)})

@@ -87,7 +87,8 @@ def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> Service
             registry.add(spec, dict(entry.options), access=entry)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"services.{entry.name}: {e}") from None
-    for builtin in (Introspection, Health):
+    from rpcd.grpcstd import STANDARD  # gRPC health and reflection
+    for builtin in (Introspection, Health, *STANDARD):
         if registry.spec(builtin.__name__) is None:
             registry.add(builtin(registry))
     return registry

@@ -21,7 +21,7 @@ hold several certificates); the handshake fails without one.  Both refuse
 anything older than TLS 1.2 and use Twisted's default ciphers.  C{certKey}
 may hold the key too, in which case C{privateKey} may be left out.  An IPv6
 C{interface} (escape its colons: C{interface=\\:\\:1}) listens on IPv6.
-Both offer the application protocols in L{ALPN_PROTOCOLS} (C{http/1.1}) to
+Both offer the application protocols in L{ALPN_PROTOCOLS} (C{http/1.1}, C{h2} for gRPC) to
 clients that ask for one over ALPN, as curl and browsers do; clients that
 do not ask (rpcd's native and gob clients, Go) are served as before.
 
@@ -113,9 +113,10 @@ MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
 #: preferred first.  The one a client also offers is chosen; a client that
 #: offers none of them (or no ALPN at all: rpcd's native and gob clients, Go's
 #: net/rpc) still connects, with no protocol negotiated, and the first bytes
-#: decide the wire protocol as on any listener.  Add C{b"h2"} here, in front,
-#: once HTTP/2 is served.
-ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+#: decide the wire protocol as on any listener.  C{http/1.1} comes first so
+#: that a client offering both (curl) keeps HTTP/1.1 for JSON-RPC; gRPC
+#: clients offer only C{h2}.
+ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1", b"h2")
 
 
 def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:

@@ -50,6 +50,7 @@ SERVER_PROTOCOLS: dict[str, str] = {
     sniff.JSON: "rpcd.wire.jsonserver:JSONServerProtocol",
     sniff.HTTP: "rpcd.wire.httpserver:HTTPServerProtocol",
     sniff.GOB: "rpcd.wire.gobserver:GobServerProtocol",
+    sniff.GRPC: "rpcd.wire.grpcserver:GrpcServerProtocol",
 }
 
 

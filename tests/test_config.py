@@ -91,7 +91,8 @@ class ParseTests(SynchronousTestCase):
         c = config.load()
         self.assertEqual([l.endpoint for l in c.listen], ["tcp:1234:interface=127.0.0.1"])
         self.assertEqual({s.name for s in c.services},
-                         {"Cal", "Arith", "ServiceA", "HelloService", "KVStoreService"})
+                         {"Cal", "Arith", "ServiceA", "HelloService", "KVStoreService",
+                          "HelloWorldService"})
         self.assertEqual(list(c.auth.users), ["user"])
 
     def test_with_listen(self) -> None:
@@ -159,4 +160,5 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpServers), 2)
         registry = service.rpc_server.registry
         self.assertEqual([s.name for s in registry.services()],
-                         ["Arith", "Health", "Introspection", "KVStoreService", "Mul"])
+                         ["Arith", "GrpcHealth", "GrpcReflection", "GrpcReflectionV1alpha",
+                          "Health", "Introspection", "KVStoreService", "Mul"])

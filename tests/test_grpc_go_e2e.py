@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
 from rpcd.errors import ConnectionLost
@@ -216,21 +216,18 @@ class SeedClientAgainstRPCDTests(TestCase):
     """
     Seed 003's Go client, unchanged, against C{twistd rpcd} over mutual TLS.
 
-    Skipped until rpcd serves the C{grpc} protocol and ships seed 003's
-    service as a plugin named C{HelloWorldService} (the gRPC server's
-    branch); on merging, check that name and the example's answers against
-    L{SEED_CLIENT_OUTPUT} (the seed's Go server's, C{tests/go/seeds/003_server}).
+    The daemon serves the embedded default's C{HelloWorldService}
+    (L{rpcd.examples.helloworld}); its answers are checked against
+    L{SEED_CLIENT_OUTPUT}, the seed's Go server's
+    (C{tests/go/seeds/003_server}).
     """
 
     timeout = 180
 
     async def test_four_calls(self) -> None:
         """The seed's Go client makes its five calls against the daemon's mtls: port and prints the seed's replies."""
-        from rpcd.daemon import service_plugins
         from tests.test_go_e2e import require_protocol
         require_protocol("grpc", "for seed 003's Go gRPC client")
-        if "HelloWorldService" not in service_plugins():
-            raise SkipTest("no HelloWorldService plugin (seed 003's example service) yet")
         pki = Seed003Certs(Path(temp_dir(self)))
         listen = (f"mtls:0:interface=127.0.0.1:certKey={_escape(str(pki.path('server.pem')))}"
                   f":privateKey={_escape(str(pki.path('server.key')))}"

@@ -25,6 +25,7 @@ from rpcd import certs
 from rpcd.builtin import Introspection
 from rpcd.config import ConfigError, HTTPConfig, parse
 from rpcd.context import CallContext
+from rpcd.errors import ResourceExhausted
 from rpcd.endpoints import ALPN_PROTOCOLS, WatchedServerOptions, load_certificates, select_alpn, \
     server_tls_options
 from rpcd.server import Limits, RPCServer
@@ -112,10 +113,9 @@ class Passwords:
         self.cancelled = False
         self.pending: Deferred[bool] = Deferred()
 
-    def retry_after(self, host: str) -> float | None:
-        return 30.0 if self.failures >= 3 else None
-
-    def authenticate(self, host: str, user: str, password: str) -> Deferred[bool]:
+    def login(self, host: str, user: object, password: object) -> Deferred[bool]:
+        if self.failures >= 3:
+            raise ResourceExhausted("too many failed logins from this host; try again in 30 s")
         ok = (user, password) == ("alice", "pw")
         self.failures += not ok
         if password == "slow":
@@ -444,13 +444,20 @@ class AuthorizationTests(SynchronousTestCase):
         self.assertEqual([result(b) for _, _, b in responses(transport.value())], ["alice", 2])
         self.assertFalse(protocol.busy())
 
-    def test_lost_cancels(self) -> None:
-        """Losing the connection cancels a password check still running."""
+    def test_lost_during_check(self) -> None:
+        """
+        Losing the connection during a password check lets the check finish
+        (it holds its place in the hashing pool) but runs no call and
+        writes nothing.
+        """
         server, _, _ = make_server()
         protocol, transport = connect(server)
         protocol.dataReceived(call("Secret.Get", headers=self.basic("alice:slow")))
         protocol.connectionLost(None)  # type: ignore[arg-type]
-        self.assertTrue(server.authenticator.cancelled)
+        self.assertFalse(server.authenticator.cancelled)
+        server.authenticator.pending.callback(True)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(protocol.busy())
 
 
 class ListingTests(SynchronousTestCase):
