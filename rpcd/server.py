@@ -21,6 +21,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 
+from rpcd.budget import InputBudget, InputGuard
 from rpcd.limits import ConnectionCaps, Limits
 from rpcd.session import Session, describe_address
 from rpcd.sniffer import SniffingProtocol
@@ -70,6 +71,8 @@ class RPCServer:
     @ivar limits: the L{Limits}.
     @ivar authenticator: checks logins, or None when there are no users.
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
+    @ivar input_budget: the L{InputBudget}: bytes held in unfinished messages
+        across all connections.
     """
 
     def __init__(self, registry: ServiceRegistry, clock: IReactorTime,
@@ -79,6 +82,7 @@ class RPCServer:
         self.limits = limits
         self.authenticator = authenticator
         self.caps = ConnectionCaps(limits, clock)
+        self.input_budget = InputBudget(limits.input_budget_bytes)
         self._preambles: dict[Protocol, SniffingProtocol] = {}
 
     def new_session(self, transport: ITransport, protocol_name: str) -> Session:
@@ -92,6 +96,22 @@ class RPCServer:
         peer, host = describe_address(transport.getPeer())
         identity = peer_identity(transport)
         return Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+
+    def input_guard(self, close: Callable[[str], None]) -> InputGuard:
+        """
+        Make the guard of one connection's unfinished messages: they count
+        against L{input_budget} and must be complete within
+        C{limits.message_timeout} of their first byte (L{rpcd.budget}).
+
+        A wire protocol reports to it after each read
+        (C{guard.update(bytes_held, completed)}) and calls C{guard.stop()}
+        when its connection is lost.
+
+        @param close: closes the connection, logging the reason it is given
+            (the sniffer's, for the protocols it hands over to).
+        @return: the guard.
+        """
+        return InputGuard(self.input_budget, self.clock, self.limits.message_timeout, close)
 
     def factory(self, protocols: frozenset[str] = sniff.ALL, *,
                 dialled: bool = False) -> RPCServerFactory:

@@ -18,6 +18,7 @@ from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.wire.frames import (
@@ -38,6 +39,7 @@ from rpcd.wire.frames import (
 )
 
 if TYPE_CHECKING:
+    from rpcd.budget import InputGuard
     from rpcd.server import RPCServer
 
 import msgpack
@@ -65,6 +67,8 @@ class NativeServerProtocol(Protocol):
 
     protocol_name = "native"
     transport: ITCPTransport
+    throttle: ReadThrottle | None = None
+    input_guard: InputGuard | None = None
 
     def __init__(self, server: RPCServer) -> None:
         """
@@ -78,6 +82,12 @@ class NativeServerProtocol(Protocol):
         self._streams: Any = None
         self._socket: Connection | None = None
         self._closing = False
+        # Frames split from reads but not started, and the error after
+        # them, while the peer's replies are over the cap.
+        self._held: list[list[Any]] | None = None
+        self._held_error: ProtocolError | None = None
+        self._draining = False
+        self._read_ended = False
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -110,8 +120,83 @@ class NativeServerProtocol(Protocol):
             data = data[PREFACE_SIZE:]
             if not data:
                 return
-        out: list[bytes] = []
         frames, error = self.reader.split(data)
+        guard = self.input_guard
+        if guard is not None and not guard.update(self.reader.buffered(), bool(frames)):
+            return
+        throttle = self.throttle
+        if throttle is not None and (throttle.paused or self._held is not None):
+            self._hold(frames, error)
+            return
+        self._frames_received(frames, error)
+
+    def _hold(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
+        """
+        Keep frames until the peer has read its replies (see
+        L{rpcd.backpressure}).
+        """
+        if self._held_error is not None:
+            return  # the stream broke before these: they never run
+        if self._held is None:
+            self._held = frames
+        else:
+            self._held.extend(frames)
+        self._held_error = error
+
+    def replies_drained(self) -> None:
+        """
+        The peer has read its replies: run the frames held for it, until
+        they are done or its replies are over the cap again.
+        """
+        if self._draining:
+            return  # called from within the loop below: it goes on
+        self._draining = True
+        throttle = self.throttle
+        try:
+            while self._held is not None and not self._closing and not (
+                    throttle is not None and throttle.paused):
+                frames, error = self._held, self._held_error
+                self._held = self._held_error = None
+                self._frames_received(frames, error)
+        finally:
+            self._draining = False
+        if self._read_ended and self._held is None:
+            self._close_after_calls()
+
+    def read_connection_lost(self) -> None:
+        """
+        The peer shut down its write side: answer every call it sent (the
+        held ones once it reads), then close.  An unfinished frame is
+        dropped.
+        """
+        self._read_ended = True
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self._held is None:
+            self._close_after_calls()
+
+    def _close_after_calls(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        dispatcher = self.dispatcher
+        calls_ended(dispatcher.running if dispatcher is not None else {}).addCallback(
+            self._close_now)
+
+    def _close_now(self, _: object = None) -> None:
+        if self._streams is not None:
+            self._streams.flush()
+        self.transport.loseConnection()
+
+    def _frames_received(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
+        out: list[bytes] = []
+        throttle = self.throttle
+        # How many bytes of replies may be queued (asked once per read)
+        # before the rest of the frames are held; every reply counts, since
+        # one read can hold thousands of calls of large results.
+        room = throttle.room() if throttle is not None else UNCAPPED
+        queued = 0
+        frames_left = iter(frames)
         dispatcher = self.dispatcher
         assert dispatcher is not None  # set by connectionMade, before any data
         running = dispatcher.running
@@ -124,7 +209,7 @@ class NativeServerProtocol(Protocol):
         # the dispatcher's hot path is called straight; the rest goes through
         # _parse_call and _control.
         try:
-            for frame in frames:
+            for frame in frames_left:
                 if len(frame) == 4 and frame[0] == CALL:
                     _, call_id, method, value = frame
                     if type(call_id) is not int or type(method) is not str:
@@ -164,12 +249,21 @@ class NativeServerProtocol(Protocol):
                     continue
                 size = len(body)
                 out.append((prefixes[size] if size < 256 else pack_length(size)) + body)
+                queued += size
+                if queued > room:
+                    self._hold(list(frames_left), error)
+                    error = None
+                    break
         except ProtocolError as e:
             error = e
         if out:
             self._write(b"".join(out))
         if error is not None:
             self._protocol_error(error)
+        elif self._held is not None and throttle is not None and not throttle.paused:
+            # The replies fit in the transport after all (the peer reads):
+            # go on with the held frames (in the loop of replies_drained).
+            self.replies_drained()
 
     def _write(self, data: bytes) -> None:
         """
@@ -286,6 +380,7 @@ class NativeServerProtocol(Protocol):
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._held = self._held_error = None
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
