@@ -144,6 +144,17 @@ class GobServerCodec:
         self._encoder = Encoder()
         self._pending: tuple[int, str, Any] | None = None
 
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes held for a request not yet complete: 1 for a request whose
+        header has arrived but none of its argument, 0 for none.
+        """
+        held = self._decoder.buffered
+        if not held and self._pending is not None:
+            return 1
+        return held
+
     def feed(self, data: bytes) -> list[tuple[int, str, Any]]:
         """
         Take received bytes.

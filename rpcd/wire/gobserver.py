@@ -18,6 +18,9 @@ Replies go out in the order their handlers finish; every reply one read
 produces (including handlers that a call in that read finished, e.g. the
 Watches a Set wakes) is written with one C{write}.  A malformed gob stream
 cannot be resynchronised: the connection is closed and the reason logged.
+While the peer's replies are over C{limits.write_buffer_bytes}, requests
+already decoded are held, not started (L{rpcd.backpressure}); a peer that
+shuts down its write side is answered, then the connection closes.
 
 L{GobServerProtocol.take_over} is the entry point for gob after an HTTP
 C{CONNECT /_goRPC_}.
@@ -32,6 +35,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import RPCError, _code_name
 from rpcd.wire.gob import (
@@ -50,6 +54,7 @@ from rpcd.wire.gobrpc import INVALID_REQUEST, GobServerCodec
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITCPTransport, ITransport
 
+    from rpcd.budget import InputGuard
     from rpcd.server import RPCServer
     from rpcd.service import MethodSpec
 
@@ -182,6 +187,8 @@ class GobServerProtocol(Protocol):
     """
 
     transport: ITCPTransport
+    throttle: ReadThrottle | None = None
+    input_guard: InputGuard | None = None
 
     def __init__(self, server: RPCServer, protocol_name: str = "gob") -> None:
         """
@@ -194,7 +201,14 @@ class GobServerProtocol(Protocol):
         self.codec = GobServerCodec(self._arg_type_for,
                                     max_message_size=max(128, server.limits.max_frame_bytes))
         self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
         self._done = False
+        # Requests decoded but not started while the peer's replies are over
+        # the cap (rpcd.backpressure), and the half-close state.
+        self._held: list[tuple[int, str, Any]] | None = None
+        self._draining = False
+        self._read_ended = False
+        self._ending = False
         # Service.Method -> its Go types, for the methods this connection
         # has called (only names that exist, so the map stays small).
         self._known: dict[str, _MethodTypes] = {}
@@ -244,24 +258,94 @@ class GobServerProtocol(Protocol):
         return types.arg
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self._done or self._ending:
             return
+        try:
+            requests = self.codec.feed(data)
+        except GobError as e:
+            self._broken(str(e))
+            return
+        guard = self.input_guard
+        if guard is not None and not guard.update(self.codec.buffered, bool(requests)):
+            return
+        throttle = self.throttle
+        if throttle is not None and (throttle.paused or self._held is not None):
+            self._hold(requests)
+            return
+        self._requests_received(requests)
+
+    def _hold(self, requests: list[tuple[int, str, Any]]) -> None:
+        """
+        Keep requests until the peer has read its replies (see
+        L{rpcd.backpressure}).
+        """
+        if self._held is None:
+            self._held = requests
+        else:
+            self._held.extend(requests)
+
+    def replies_drained(self) -> None:
+        """
+        The peer has read its replies: run the requests held for it, until
+        they are done or its replies are over the cap again.
+        """
+        if self._draining:
+            return  # called from within the loop below: it goes on
+        self._draining = True
+        throttle = self.throttle
+        try:
+            while self._held is not None and not self._done and not (
+                    throttle is not None and throttle.paused):
+                requests, self._held = self._held, None
+                self._requests_received(requests)
+        finally:
+            self._draining = False
+        if self._read_ended and self._held is None:
+            self._close_after_calls()
+
+    def _requests_received(self, requests: list[tuple[int, str, Any]]) -> None:
+        throttle = self.throttle
+        room = throttle.room() if throttle is not None else UNCAPPED
         out: list[bytes] = []
         self._batch = out
+        self._batch_bytes = 0
+        left = iter(requests)
         try:
-            try:
-                requests = self.codec.feed(data)
-            except GobError as e:
-                self._broken(str(e))
-                return
-            for seq, name, value in requests:
+            for seq, name, value in left:
                 reply = self._call(seq, name, value)
                 if reply:
                     out.append(reply)
+                    self._batch_bytes += len(reply)
+                if self._batch_bytes > room:
+                    # The peer's replies are over the cap: the rest waits.
+                    self._hold(list(left))
+                    break
         finally:
             self._batch = None
             if out:
                 self.transport.write(b"".join(out))
+        if self._held is not None and throttle is not None and not throttle.paused:
+            self.replies_drained()  # they fit after all (the peer reads)
+
+    def read_connection_lost(self) -> None:
+        """
+        The peer shut down its write side (Go's C{CloseWrite}): answer
+        every call it sent (the held ones once it reads), then close, as
+        Go's C{rpc.ServeConn} does.  An unfinished request is dropped.
+        """
+        self._read_ended = True
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self._held is None:
+            self._close_after_calls()
+
+    def _close_after_calls(self) -> None:
+        if self._ending or self._done:
+            return
+        self._ending = True
+        dispatcher = self.dispatcher
+        calls_ended(dispatcher.running if dispatcher is not None else {}).addCallback(
+            lambda _: self.transport.loseConnection())
 
     def _call(self, seq: int, name: str, value: Any) -> bytes:
         if isinstance(value, GobError):
@@ -302,6 +386,7 @@ class GobServerProtocol(Protocol):
             # A call in the read being handled finished this one: keep the
             # encoder's order (type definitions before their first use).
             batch.append(data)
+            self._batch_bytes += len(data)
         else:
             self.transport.write(data)
 
@@ -323,6 +408,7 @@ class GobServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
+        self._held = None
         if self.dispatcher is not None:
             self.dispatcher.close()
 
