@@ -240,11 +240,11 @@ class SniffingProtocol(Protocol):
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
         if hasattr(inner, "throttle"):
-            inner.throttle = throttle  # type: ignore[attr-defined]
+            inner.throttle = throttle
             throttle.on_drained = getattr(inner, "replies_drained", None)
         if hasattr(inner, "input_guard"):
             self.input_guard = self.server.input_guard(self._close_abusive)
-            inner.input_guard = self.input_guard  # type: ignore[attr-defined]
+            inner.input_guard = self.input_guard
         inner.makeConnection(self.transport)
         self._throttle(throttle)
         ready, self._ready = self._ready, []
