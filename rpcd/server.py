@@ -9,7 +9,9 @@ The L{Limits} against abuse are applied the same for every wire protocol:
 the connection caps (L{rpcd.limits.ConnectionCaps}) in
 L{RPCServerFactory.buildProtocol}, before anything is built for the
 connection; the handshake and idle timeouts by L{SniffingProtocol}
-(L{rpcd.sniffer}); the write buffer cap by L{rpcd.backpressure}.
+(L{rpcd.sniffer}); the write buffer cap by L{rpcd.backpressure}; the
+daemon-wide budget for unfinished input and the message deadline by
+L{rpcd.budget} (L{RPCServer.input_budget}, L{RPCServer.input_guard}).
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ __all__ = ["Limits", "RPCServer", "RPCServerFactory", "SERVER_PROTOCOLS", "Sniff
 #   dispatcher            a Dispatcher: running handlers keep the connection
 #                         from being idle;
 #   busy()                true while the protocol has work in progress (open
-#                         streams...), which also keeps it from being idle.
+#                         streams...), which also keeps it from being idle;
+#   throttle = None       set to the connection's rpcd.backpressure.ReadThrottle
+#                         before connectionMade: while throttle.paused, or once
+#                         a read's replies exceed throttle.room(), the protocol
+#                         holds its requests instead of starting them;
+#   replies_drained()     the peer has read its replies: run what was held
+#                         (called by the throttle before reading resumes);
+#   input_guard = None    set to the connection's rpcd.budget.InputGuard before
+#                         connectionMade: report unfinished input after each
+#                         read with input_guard.update(bytes_held, completed);
+#   read_connection_lost()  the peer shut down its write side: answer what was
+#                         read, then close (without it, the connection closes
+#                         once its queued bytes are sent).
 SERVER_PROTOCOLS: dict[str, str] = {
     sniff.NATIVE: "rpcd.wire.native:NativeServerProtocol",
     sniff.JSON: "rpcd.wire.jsonserver:JSONServerProtocol",
