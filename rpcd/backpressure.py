@@ -39,9 +39,11 @@ class ReadThrottle:
     is over the cap (the transport calls L{pauseProducing}), and reads again
     once it has drained (L{resumeProducing}).
 
-    A wire protocol that holds requests while L{paused} sets L{on_drained}
-    to run them; it asks L{room} once per read how many more bytes of
-    replies it may queue before it holds the rest.
+    A wire protocol asks L{room} once per read how many more bytes of
+    replies it may queue; the requests after the one that crosses it, and
+    every request read while L{paused}, it gives to L{hold}.  When the
+    buffer has drained, L{on_drained} (the protocol's) runs them with
+    L{run_held}.
 
     @ivar paused: whether the peer's replies are over the cap now (reading
         is stopped, and no call may start).
@@ -51,6 +53,8 @@ class ReadThrottle:
         before reading resumes; it may write (and so pause again).
     @ivar reading_ended: the peer shut down its write side: reading never
         resumes.
+    @ivar held: requests read but not started, in order, or None.
+    @ivar held_error: what broke the stream after them, or None.
     """
 
     def __init__(self, transport: Any, peer: str, limit: int = UNCAPPED) -> None:
@@ -66,7 +70,44 @@ class ReadThrottle:
         self.limit = limit
         self.on_drained: Callable[[], None] | None = None
         self.reading_ended = False
+        self.held: list[Any] | None = None
+        self.held_error: Any = None
+        self._running_held = False
         self._socket = _socket_transport(transport)
+
+    def hold(self, requests: list[Any], error: Any = None) -> None:
+        """
+        Keep requests until the peer has read its replies.
+
+        @param requests: the requests, in order (after any held already).
+        @param error: what broke the stream after them, if it broke; the
+            requests of later reads are then dropped.
+        """
+        if self.held_error is not None:
+            return
+        if self.held is None:
+            self.held = requests
+        else:
+            self.held.extend(requests)
+        self.held_error = error
+
+    def run_held(self, run: Callable[[list[Any], Any], None]) -> None:
+        """
+        Start the held requests, while the peer's replies stay under the
+        cap; C{run} gives back to L{hold} those it does not start.
+
+        @param run: called with the held requests and the error after them.
+        """
+        if self._running_held:
+            return  # called from within the loop below: it goes on
+        self._running_held = True
+        try:
+            while self.held is not None and not self.paused:
+                held, error = self.held, self.held_error
+                self.held = self.held_error = None
+                run(held, error)
+        finally:
+            self._running_held = False
 
     def queued(self) -> int:
         """
@@ -113,6 +154,7 @@ class ReadThrottle:
     def stopProducing(self) -> None:
         self.paused = False
         self.on_drained = None
+        self.held = self.held_error = None
 
 
 def _socket_transport(transport: Any) -> Any:

@@ -203,10 +203,6 @@ class GobServerProtocol(Protocol):
         self._batch: list[bytes] | None = None
         self._batch_bytes = 0
         self._done = False
-        # Requests decoded but not started while the peer's replies are over
-        # the cap (rpcd.backpressure), and the half-close state.
-        self._held: list[tuple[int, str, Any]] | None = None
-        self._draining = False
         self._read_ended = False
         self._ending = False
         # Service.Method -> its Go types, for the methods this connection
@@ -269,41 +265,25 @@ class GobServerProtocol(Protocol):
         if guard is not None and not guard.update(self.codec.buffered, bool(requests)):
             return
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or self._held is not None):
-            self._hold(requests)
+        if throttle is not None and (throttle.paused or throttle.held is not None):
+            throttle.hold(requests)
             return
         self._requests_received(requests)
 
-    def _hold(self, requests: list[tuple[int, str, Any]]) -> None:
-        """
-        Keep requests until the peer has read its replies (see
-        L{rpcd.backpressure}).
-        """
-        if self._held is None:
-            self._held = requests
-        else:
-            self._held.extend(requests)
-
     def replies_drained(self) -> None:
         """
-        The peer has read its replies: run the requests held for it, until
-        they are done or its replies are over the cap again.
+        The peer has read its replies: start the requests held for it,
+        until they are done or its replies are over the cap again.
         """
-        if self._draining:
-            return  # called from within the loop below: it goes on
-        self._draining = True
         throttle = self.throttle
-        try:
-            while self._held is not None and not self._done and not (
-                    throttle is not None and throttle.paused):
-                requests, self._held = self._held, None
-                self._requests_received(requests)
-        finally:
-            self._draining = False
-        if self._read_ended and self._held is None:
+        if throttle is None:
+            return
+        if not self._done:
+            throttle.run_held(self._requests_received)
+        if self._read_ended and throttle.held is None:
             self._close_after_calls()
 
-    def _requests_received(self, requests: list[tuple[int, str, Any]]) -> None:
+    def _requests_received(self, requests: list[tuple[int, str, Any]], _: Any = None) -> None:
         throttle = self.throttle
         room = throttle.room() if throttle is not None else UNCAPPED
         out: list[bytes] = []
@@ -318,13 +298,14 @@ class GobServerProtocol(Protocol):
                     self._batch_bytes += len(reply)
                 if self._batch_bytes > room:
                     # The peer's replies are over the cap: the rest waits.
-                    self._hold(list(left))
+                    assert throttle is not None  # room is finite
+                    throttle.hold(list(left))
                     break
         finally:
             self._batch = None
             if out:
                 self.transport.write(b"".join(out))
-        if self._held is not None and throttle is not None and not throttle.paused:
+        if throttle is not None and throttle.held is not None and not throttle.paused:
             self.replies_drained()  # they fit after all (the peer reads)
 
     def read_connection_lost(self) -> None:
@@ -336,7 +317,7 @@ class GobServerProtocol(Protocol):
         self._read_ended = True
         if self.input_guard is not None:
             self.input_guard.stop()
-        if self._held is None:
+        if self.throttle is None or self.throttle.held is None:
             self._close_after_calls()
 
     def _close_after_calls(self) -> None:
@@ -402,13 +383,14 @@ class GobServerProtocol(Protocol):
 
     def _broken(self, why: str) -> None:
         self._done = True
+        if self.throttle is not None:
+            self.throttle.held = None
         log.info("closing {protocol} connection from {peer}: malformed gob stream: {why}",
                  protocol=self.protocol_name, peer=self.session.peer, why=why)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
-        self._held = None
         if self.dispatcher is not None:
             self.dispatcher.close()
 

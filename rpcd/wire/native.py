@@ -82,11 +82,6 @@ class NativeServerProtocol(Protocol):
         self._streams: Any = None
         self._socket: Connection | None = None
         self._closing = False
-        # Frames split from reads but not started, and the error after
-        # them, while the peer's replies are over the cap.
-        self._held: list[list[Any]] | None = None
-        self._held_error: ProtocolError | None = None
-        self._draining = False
         self._read_ended = False
 
     def connectionMade(self) -> None:
@@ -125,42 +120,22 @@ class NativeServerProtocol(Protocol):
         if guard is not None and not guard.update(self.reader.buffered(), bool(frames)):
             return
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or self._held is not None):
-            self._hold(frames, error)
+        if throttle is not None and (throttle.paused or throttle.held is not None):
+            throttle.hold(frames, error)
             return
         self._frames_received(frames, error)
 
-    def _hold(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
-        """
-        Keep frames until the peer has read its replies (see
-        L{rpcd.backpressure}).
-        """
-        if self._held_error is not None:
-            return  # the stream broke before these: they never run
-        if self._held is None:
-            self._held = frames
-        else:
-            self._held.extend(frames)
-        self._held_error = error
-
     def replies_drained(self) -> None:
         """
-        The peer has read its replies: run the frames held for it, until
+        The peer has read its replies: start the frames held for it, until
         they are done or its replies are over the cap again.
         """
-        if self._draining:
-            return  # called from within the loop below: it goes on
-        self._draining = True
         throttle = self.throttle
-        try:
-            while self._held is not None and not self._closing and not (
-                    throttle is not None and throttle.paused):
-                frames, error = self._held, self._held_error
-                self._held = self._held_error = None
-                self._frames_received(frames, error)
-        finally:
-            self._draining = False
-        if self._read_ended and self._held is None:
+        if throttle is None:
+            return
+        if not self._closing:
+            throttle.run_held(self._frames_received)
+        if self._read_ended and throttle.held is None:
             self._close_after_calls()
 
     def read_connection_lost(self) -> None:
@@ -172,7 +147,7 @@ class NativeServerProtocol(Protocol):
         self._read_ended = True
         if self.input_guard is not None:
             self.input_guard.stop()
-        if self._held is None:
+        if self.throttle is None or self.throttle.held is None:
             self._close_after_calls()
 
     def _close_after_calls(self) -> None:
@@ -251,7 +226,8 @@ class NativeServerProtocol(Protocol):
                 out.append((prefixes[size] if size < 256 else pack_length(size)) + body)
                 queued += size
                 if queued > room:
-                    self._hold(list(frames_left), error)
+                    assert throttle is not None  # room is finite
+                    throttle.hold(list(frames_left), error)
                     error = None
                     break
         except ProtocolError as e:
@@ -260,9 +236,9 @@ class NativeServerProtocol(Protocol):
             self._write(b"".join(out))
         if error is not None:
             self._protocol_error(error)
-        elif self._held is not None and throttle is not None and not throttle.paused:
+        elif throttle is not None and throttle.held is not None and not throttle.paused:
             # The replies fit in the transport after all (the peer reads):
-            # go on with the held frames (in the loop of replies_drained).
+            # go on with the held frames (in the loop of run_held).
             self.replies_drained()
 
     def _write(self, data: bytes) -> None:
@@ -370,6 +346,8 @@ class NativeServerProtocol(Protocol):
 
     def _goaway(self, code: int, message: str) -> None:
         self._closing = True
+        if self.throttle is not None:
+            self.throttle.held = None
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
         if self._streams is not None:
             self._streams.flush()
@@ -380,7 +358,6 @@ class NativeServerProtocol(Protocol):
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._held = self._held_error = None
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
