@@ -18,13 +18,14 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.backpressure import ReadThrottle
+from rpcd.backpressure import ReadThrottle, set_write_cap
 from rpcd.budget import InputBudget, InputGuard
 from rpcd.examples.arith import Arith
 from rpcd.server import Limits, RPCServer, SniffingProtocol
 from rpcd.service import ServiceRegistry, exposed
 from rpcd.wire.frames import PREFACE, RESULT, FrameReader, encode_frame, pack_length
 from rpcd.wire.gobrpc import GobClientCodec
+from rpcd.wire.gobserver import GobServerProtocol
 
 
 class _Big:
@@ -205,6 +206,25 @@ class GobWriteCapTests(SynchronousTestCase):
         socket.drain()
         self.assertEqual([seq for seq, _, error, _ in codec.feed(socket.received)], list(range(1, 7)))
         self.assertTrue(socket.reading)
+
+
+    def test_take_over(self) -> None:
+        """Gob taken over from HTTP (CONNECT) answers to the throttle it is given."""
+        service = _Big(1000)
+        server = _server(service)
+        socket = _Socket()
+        throttle = ReadThrottle(socket, "peer", 2500)
+        socket.registerProducer(throttle, True)
+        set_write_cap(socket, 2500)
+        codec = GobClientCodec()
+        GobServerProtocol.take_over(server, socket, b"".join(
+            codec.encode_request(i, "Big.Get", "k", reply_type=str) for i in range(1, 7)),
+            throttle=throttle)
+        self.assertEqual(service.calls, 3)
+        while throttle.paused:
+            socket.drain()
+        socket.drain()
+        self.assertEqual([seq for seq, _, _, _ in codec.feed(socket.received)], list(range(1, 7)))
 
 
 class JSONWriteCapTests(SynchronousTestCase):

@@ -211,7 +211,8 @@ class GobServerProtocol(Protocol):
 
     @classmethod
     def take_over(cls, server: RPCServer, transport: ITransport, data: bytes = b"",
-                  protocol_name: str = "gob") -> GobServerProtocol:
+                  protocol_name: str = "gob", *, throttle: ReadThrottle | None = None,
+                  input_guard: InputGuard | None = None) -> GobServerProtocol:
         """
         Serve gob on a connection another protocol has read from already:
         the HTTP server calls this after answering C{CONNECT /_goRPC_} with
@@ -225,9 +226,18 @@ class GobServerProtocol(Protocol):
         @param transport: the connected transport.
         @param data: bytes already received after the HTTP head.
         @param protocol_name: the session's protocol name.
+        @param throttle: the connection's write cap (the one the sniffer gave
+            the HTTP protocol), which gob then answers to: it holds requests
+            while the peer's replies are over the cap.
+        @param input_guard: the connection's input guard (likewise), which
+            gob then reports its unfinished messages to.
         @return: the protocol, connected.
         """
         protocol = cls(server, protocol_name)
+        if throttle is not None:
+            protocol.throttle = throttle
+            throttle.on_drained = protocol.replies_drained
+        protocol.input_guard = input_guard
         protocol.makeConnection(transport)
         if data:
             protocol.dataReceived(data)

@@ -4,7 +4,9 @@ The server side of rpcd's native protocol.
 Requests are answered in the order their handlers finish.  Every reply a
 single read produces is written with one C{write}, sent at once on a plain
 socket (see L{NativeServerProtocol._write}); a method that returns a plain
-value costs no Deferred.
+value costs no Deferred.  While the peer's replies are over
+C{limits.write_buffer_bytes}, frames already read are held, not started
+(L{rpcd.backpressure}).
 """
 
 from __future__ import annotations
