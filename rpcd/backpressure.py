@@ -197,6 +197,27 @@ def set_write_cap(transport: Any, limit: int) -> bool:
     return True
 
 
+def drop_unsent(transport: Any) -> None:
+    """
+    Free the bytes a lost connection never sent.
+
+    Twisted keeps them in the socket transport after the connection is
+    lost, until the transport itself is freed; the protocol objects that
+    still point at it form reference cycles, which wait for the garbage
+    collector.  For a peer that did not read, that is up to the write cap
+    and a reply per connection.
+
+    @param transport: the lost connection's transport.
+    """
+    sock = _socket_transport(transport)
+    if sock is None or sock.connected:
+        return
+    sock.dataBuffer = b""
+    sock.offset = 0
+    sock._tempDataBuffer = []
+    sock._tempDataLen = 0
+
+
 def calls_ended(running: dict[Any, Deferred[Any]]) -> Deferred[None]:
     """
     Wait for calls to end, for a half-closed connection that closes once

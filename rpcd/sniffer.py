@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.backpressure import ReadThrottle, set_write_cap
+from rpcd.backpressure import ReadThrottle, drop_unsent, set_write_cap
 from rpcd.budget import InputGuard
 from rpcd.session import describe_address
 from rpcd.wire import sniff
@@ -332,6 +332,8 @@ class SniffingProtocol(Protocol):
             self.input_guard.stop()
         if self.throttle is not None:
             self.throttle.on_drained = None
+            self.throttle.held = None
+        drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
         if self._tls and self._closing is None and (

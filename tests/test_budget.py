@@ -180,6 +180,15 @@ class NativeWriteCapTests(SynchronousTestCase):
         self.assertEqual(self.service.calls, 50)
         self.assertFalse(self.protocol.throttle.paused)
 
+    def test_unsent_freed_on_loss(self) -> None:
+        """The replies a lost connection never sent are freed at once, not when the garbage collector gets to its objects."""
+        self.protocol.dataReceived(PREFACE + _gets(range(1, 11)))
+        self.assertGreater(self.protocol.throttle.queued(), 2500)
+        self.socket.connectionLost(Exception("reset"))  # as tcp.Connection does:
+        self.protocol.connectionLost(Exception("reset"))  # then its protocol's
+        self.assertEqual(self.protocol.throttle.queued(), 0)
+        self.assertIsNone(self.protocol.throttle.held)
+
     def test_reading_peer_keeps_going(self) -> None:
         """When the replies fit in the socket after all (the peer reads), the held frames run in the same read."""
         protocol, transport = _connect(self.server, StringTransport())
