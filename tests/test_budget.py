@@ -378,6 +378,19 @@ class SlowMessageTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         self.assertIn("limits.message_timeout", log)
 
+    def test_input_freed_on_loss(self) -> None:
+        """The bytes of an unfinished frame or gob message are freed when the connection is lost."""
+        server = _server()
+        native, _ = _connect(server, StringTransport())
+        native.dataReceived(PREFACE + pack_length(900) + b"\x00" * 600)
+        gob, _ = _connect(server, StringTransport())
+        gob.dataReceived(GobClientCodec().encode_request(1, "Arith.Multiply", "x" * 500)[:300])
+        self.assertEqual((native.inner.reader.buffered(), gob.inner.codec.buffered > 0), (604, True))
+        native.connectionLost(Exception("gone"))
+        gob.connectionLost(Exception("gone"))
+        self.assertEqual((native.inner.reader.buffered(), gob.inner.codec.buffered), (0, 0))
+        self.assertEqual(server.input_budget.held, 0)
+
     def test_budget_native(self) -> None:
         """A native connection whose unfinished frame would exceed input_budget_bytes is closed, naming the limit."""
         server = _server(input_budget_bytes=1000)

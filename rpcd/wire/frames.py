@@ -201,6 +201,14 @@ class FrameReader:
         """
         return self._held
 
+    def clear(self) -> None:
+        """
+        Drop the bytes held for an incomplete frame (the connection is
+        gone: free them now, not when its objects are collected).
+        """
+        self._chunks = []
+        self._held = self._need = 0
+
 
 def _short(value: Any) -> str:
     text = repr(value)

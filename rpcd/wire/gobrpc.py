@@ -144,6 +144,15 @@ class GobServerCodec:
         self._encoder = Encoder()
         self._pending: tuple[int, str, Any] | None = None
 
+    def close(self) -> None:
+        """
+        Drop the bytes held for an unfinished request (the connection is
+        gone: free them now, not when its objects are collected).  The codec
+        decodes nothing more.
+        """
+        self._decoder = Decoder(max_message_size=self._decoder.max_message_size)
+        self._pending = None
+
     @property
     def buffered(self) -> int:
         """

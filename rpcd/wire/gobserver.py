@@ -401,6 +401,7 @@ class GobServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
+        self.codec.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
 

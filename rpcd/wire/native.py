@@ -225,7 +225,11 @@ class NativeServerProtocol(Protocol):
                     out.append(self._unencodable(method, call_id, e))
                     continue
                 size = len(body)
-                out.append((prefixes[size] if size < 256 else pack_length(size)) + body)
+                if size < 256:
+                    out.append(prefixes[size] + body)
+                else:
+                    out.append(pack_length(size))  # not joined: a large body is copied once
+                    out.append(body)
                 queued += size
                 if queued > room:
                     assert throttle is not None  # room is finite
@@ -255,13 +259,15 @@ class NativeServerProtocol(Protocol):
         C{writeSomeData}) keeps the order of everything written, since
         nothing is queued before; whatever is not sent at once, and every
         write on another transport (TLS, test transports) or on a closing
-        connection, goes through C{transport.write} as before.
+        connection, goes through C{transport.write} as before.  So do
+        writes larger than one send (C{SEND_LIMIT}): most of them would be
+        queued anyway, after a copy.
 
         @param data: the frames.
         """
         sock = self._socket
         if sock is not None and not sock._tempDataLen and not sock.dataBuffer \
-                and sock.connected and not sock.disconnecting:
+                and sock.connected and not sock.disconnecting and len(data) <= sock.SEND_LIMIT:
             sent = sock.writeSomeData(data)
             if type(sent) is int:
                 if sent == len(data):
@@ -360,6 +366,7 @@ class NativeServerProtocol(Protocol):
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reader.clear()
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
