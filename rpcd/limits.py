@@ -55,7 +55,7 @@ class Limits:
     idle_timeout: float = 300.0
     max_connections: int = 10000
     max_connections_per_peer: int = 1000
-    write_buffer_bytes: int = 4 * 1024 * 1024
+    write_buffer_bytes: int = 1024 * 1024
     input_budget_bytes: int = 256 * 1024 * 1024
     message_timeout: float = 30.0
     max_batch_calls: int = 1000

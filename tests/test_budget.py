@@ -271,13 +271,13 @@ class JSONWriteCapTests(SynchronousTestCase):
         self.assertEqual(self.service.calls, 0)
 
     def test_batch_replies_bounded(self) -> None:
-        """Once a batch's replies exceed write_buffer_bytes the rest are not run but answered RESOURCE_EXHAUSTED."""
-        reply = self.batch(6, write_buffer_bytes=2500)
+        """Once a batch's replies exceed max_frame_bytes the rest are not run but answered RESOURCE_EXHAUSTED."""
+        reply = self.batch(6, max_frame_bytes=2500)
         self.assertEqual(self.service.calls, 3)
         self.assertEqual([r["id"] for r in reply], list(range(6)))
         self.assertEqual([("result" in r) for r in reply], [True] * 3 + [False] * 3)
         self.assertEqual(reply[5]["error"]["data"]["name"], "RESOURCE_EXHAUSTED")
-        self.assertIn("limits.write_buffer_bytes", reply[5]["error"]["message"])
+        self.assertIn("limits.max_frame_bytes", reply[5]["error"]["message"])
 
 
 class InputGuardTests(SynchronousTestCase):

@@ -37,7 +37,8 @@ class NonReadingPeerTests(TestCase):
     async def pipeline(self, protocol: str, request: Any) -> None:
         connections, calls, value_size, cap = 8, 400, 512 * 1024, 1024 * 1024
         daemon = await Daemon.start(self, "--config", config(
-            self, f"write_buffer_bytes = {cap}\nidle_timeout = 0"), *LOOPBACK)
+            self, f"write_buffer_bytes = {cap}\nmax_frame_bytes = {cap}\nidle_timeout = 0"),
+            *LOOPBACK)
         setter = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(setter.close)
         await setter.call("KVStoreService.Set", ["big", "x" * value_size])

@@ -257,7 +257,7 @@ def answer_payload(dispatcher: Dispatcher, payload: Payload, *, max_calls: int =
     @param dispatcher: the connection's dispatcher.
     @param payload: a parsed single request or batch.
     @param max_calls: C{limits.max_batch_calls} (0: no limit).
-    @param max_reply_bytes: C{limits.write_buffer_bytes} (0: no limit).
+    @param max_reply_bytes: C{limits.max_frame_bytes} (0: no limit).
     @return: the reply body (one response, or an array for a batch), None
         when nothing must be sent (only notifications), or a Deferred firing
         with either once every call has ended (it never fails).
@@ -276,7 +276,7 @@ def answer_payload(dispatcher: Dispatcher, payload: Payload, *, max_calls: int =
         elif max_reply_bytes and size > max_reply_bytes:
             reply = None if item.is_notification else encode_error(item.id, error_object(
                 ResourceExhausted(f"not run: this batch's replies before it are over "
-                                  f"{max_reply_bytes} bytes (limits.write_buffer_bytes); "
+                                  f"{max_reply_bytes} bytes (limits.max_frame_bytes); "
                                   f"send it again in another batch")))
         else:
             reply = run_call(dispatcher, item)

@@ -236,7 +236,7 @@ class JSONServerProtocol(Protocol):
         limits = self.server.limits
         reply = answer_payload(dispatcher, parse_request_value(value),
                                max_calls=limits.max_batch_calls,
-                               max_reply_bytes=limits.write_buffer_bytes)
+                               max_reply_bytes=limits.max_frame_bytes)
         if isinstance(reply, Deferred):
             reply.addCallback(self._json2_later)
         elif reply is not None:
