@@ -364,6 +364,22 @@ class SlowMessageTests(SynchronousTestCase):
         self.assertRegex(log, r"closing 10\.0\.0\.1:1: a message was not complete within 5 s "
                               r".*limits\.message_timeout")
 
+    def test_native_preface(self) -> None:
+        """A native preface trickled a byte a second is closed after message_timeout."""
+        server = _server(message_timeout=5.0)
+        protocol, transport = _connect(server, StringTransport())
+        protocol.dataReceived(PREFACE[:5])
+        for byte in PREFACE[5:7]:
+            server.clock.advance(2.0)
+            protocol.dataReceived(bytes([byte]))
+        with capturedLogs() as events:
+            server.clock.advance(0.9)
+            self.assertFalse(transport.disconnecting)
+            server.clock.advance(0.2)
+        self.assertTrue(transport.disconnected)
+        self.assertIn("limits.message_timeout", _messages(events))
+        self.assertEqual(server.input_budget.held, 0)
+
     def test_gob(self) -> None:
         """A gob request trickled a byte a second is closed after message_timeout (gob has no preamble)."""
         data = GobClientCodec().encode_request(1, "Big.Get", "k" * 40)

@@ -102,6 +102,8 @@ class NativeServerProtocol(Protocol):
             data = self._pending + data
             if len(data) < PREFACE_SIZE:
                 self._pending = data
+                if self.input_guard is not None:  # a preface, too, must arrive in time
+                    self.input_guard.update(len(data), False)
                 return
             try:
                 version = check_preface(data)
@@ -116,6 +118,8 @@ class NativeServerProtocol(Protocol):
             self._pending = b""
             data = data[PREFACE_SIZE:]
             if not data:
+                if self.input_guard is not None:
+                    self.input_guard.update(0, True)
                 return
         frames, error = self.reader.split(data)
         guard = self.input_guard
