@@ -1,20 +1,35 @@
 """
-The write buffer cap: while more than C{limits.write_buffer_bytes} wait to
-be sent to a peer that does not read them, the connection stops reading that
-peer's requests (a Twisted push producer registered with the transport), and
-reads again once the buffer has drained.
+The write buffer cap: a peer that does not read its replies stops getting
+calls started for it.
+
+While more than C{limits.write_buffer_bytes} wait to be sent to a peer, its
+connection stops reading (a Twisted push producer registered with the
+transport, L{ReadThrottle}) and its wire protocol stops I{starting} calls:
+requests already split from a read are held, not dispatched (see
+L{ReadThrottle.room} and L{ReadThrottle.paused}).  Once the buffer has
+drained, the wire protocol runs what it held (L{ReadThrottle.on_drained})
+and reading resumes.  Calls already running still finish and queue their
+replies; there are at most C{limits.max_calls_per_connection} of them.  A
+reply larger than the cap still goes out, one at a time.
+
+L{calls_ended} serves the half-close: a peer that shuts down its write side
+is answered, then the connection closes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 log = Logger()
+
+UNCAPPED = 1 << 62
+"""What L{ReadThrottle.room} says when there is no cap."""
 
 
 @implementer(IPushProducer)
@@ -24,15 +39,97 @@ class ReadThrottle:
     is over the cap (the transport calls L{pauseProducing}), and reads again
     once it has drained (L{resumeProducing}).
 
-    @ivar paused: whether reading is stopped now.
+    A wire protocol asks L{room} once per read how many more bytes of
+    replies it may queue; the requests after the one that crosses it, and
+    every request read while L{paused}, it gives to L{hold}.  When the
+    buffer has drained, L{on_drained} (the protocol's) runs them with
+    L{run_held}.
+
+    @ivar paused: whether the peer's replies are over the cap now (reading
+        is stopped, and no call may start).
     @ivar pauses: how many times reading was stopped.
+    @ivar limit: the cap in bytes (L{UNCAPPED} for none).
+    @ivar on_drained: called with no arguments when the buffer has drained,
+        before reading resumes; it may write (and so pause again).
+    @ivar reading_ended: the peer shut down its write side: reading never
+        resumes.
+    @ivar held: requests read but not started, in order, or None.
+    @ivar held_error: what broke the stream after them, or None.
     """
 
-    def __init__(self, transport: Any, peer: str) -> None:
+    def __init__(self, transport: Any, peer: str, limit: int = UNCAPPED) -> None:
+        """
+        @param transport: the connection's transport.
+        @param peer: the peer's address text, for the log.
+        @param limit: the cap in bytes.
+        """
         self.transport = transport
         self.peer = peer
         self.paused = False
         self.pauses = 0
+        self.limit = limit
+        self.on_drained: Callable[[], None] | None = None
+        self.reading_ended = False
+        self.held: list[Any] | None = None
+        self.held_error: Any = None
+        self._running_held = False
+        self._socket = _socket_transport(transport)
+
+    def hold(self, requests: list[Any], error: Any = None) -> None:
+        """
+        Keep requests until the peer has read its replies.
+
+        @param requests: the requests, in order (after any held already).
+        @param error: what broke the stream after them, if it broke; the
+            requests of later reads are then dropped.
+        """
+        if self.held_error is not None:
+            return
+        if self.held is None:
+            self.held = requests
+        else:
+            self.held.extend(requests)
+        self.held_error = error
+
+    def run_held(self, run: Callable[[list[Any], Any], None]) -> None:
+        """
+        Start the held requests, while the peer's replies stay under the
+        cap; C{run} gives back to L{hold} those it does not start.
+
+        @param run: called with the held requests and the error after them.
+        """
+        if self._running_held:
+            return  # called from within the loop below: it goes on
+        self._running_held = True
+        try:
+            while self.held is not None and not self.paused:
+                held, error = self.held, self.held_error
+                self.held = self.held_error = None
+                run(held, error)
+        finally:
+            self._running_held = False
+
+    def queued(self) -> int:
+        """
+        @return: bytes waiting in the transport's write buffer (0 for a
+            transport that does not say).
+        """
+        sock = self._socket
+        if sock is None:
+            return 0
+        return len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+
+    def room(self) -> int:
+        """
+        @return: how many more bytes of replies may be queued before calls
+            must stop starting (zero or less: none).
+        """
+        if self.paused:
+            return 0
+        sock = self._socket
+        if sock is None:
+            return self.limit
+        return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
 
     def pauseProducing(self) -> None:
         if self.paused:
@@ -40,18 +137,37 @@ class ReadThrottle:
         self.paused = True
         self.pauses += 1
         if self.pauses == 1:
-            log.info("{peer} is not reading its replies: no more requests are read "
-                     "from it until they drain (limits.write_buffer_bytes)", peer=self.peer)
+            log.info("{peer} is not reading its replies: no more of its requests are read "
+                     "or started until they drain (limits.write_buffer_bytes)", peer=self.peer)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if not self.paused:
             return
         self.paused = False
-        self.transport.resumeProducing()
+        on_drained = self.on_drained
+        if on_drained is not None:
+            on_drained()
+        if not self.paused and not self.reading_ended:
+            self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self.paused = False
+        self.on_drained = None
+        self.held = self.held_error = None
+
+
+def _socket_transport(transport: Any) -> Any:
+    """
+    @return: the Twisted C{FileDescriptor} under a transport (under TLS: the
+        socket transport below it), or None.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    if not callable(getattr(transport, "_isSendBufferFull", None)) or \
+            not hasattr(transport, "dataBuffer") or not hasattr(transport, "_tempDataLen"):
+        return None
+    return transport
 
 
 def set_write_cap(transport: Any, limit: int) -> bool:
@@ -70,15 +186,56 @@ def set_write_cap(transport: Any, limit: int) -> bool:
         (a Twisted C{FileDescriptor}); other transports keep their own
         threshold.
     """
-    while isinstance(transport, ProtocolWrapper):
-        transport = transport.transport
-    if not callable(getattr(transport, "_isSendBufferFull", None)) or \
-            not hasattr(transport, "dataBuffer") or not hasattr(transport, "_tempDataLen"):
+    sock = _socket_transport(transport)
+    if sock is None:
         return False
 
     def is_full() -> bool:
-        return (len(transport.dataBuffer) - transport.offset
-                + transport._tempDataLen) > limit
+        return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
 
-    transport._isSendBufferFull = is_full
+    sock._isSendBufferFull = is_full
     return True
+
+
+def drop_unsent(transport: Any) -> None:
+    """
+    Free the bytes a lost connection never sent.
+
+    Twisted keeps them in the socket transport after the connection is
+    lost, until the transport itself is freed; the protocol objects that
+    still point at it form reference cycles, which wait for the garbage
+    collector.  For a peer that did not read, that is up to the write cap
+    and a reply per connection.
+
+    @param transport: the lost connection's transport.
+    """
+    sock = _socket_transport(transport)
+    if sock is None or sock.connected:
+        return
+    sock.dataBuffer = b""
+    sock.offset = 0
+    sock._tempDataBuffer = []
+    sock._tempDataLen = 0
+
+
+def calls_ended(running: dict[Any, Deferred[Any]]) -> Deferred[None]:
+    """
+    Wait for calls to end, for a half-closed connection that closes once
+    it has answered them.
+
+    Call it after the protocol has added its reply callbacks to each call
+    (it always has: they are added when the call starts), so that the
+    replies are written when this fires.
+
+    @param running: a dispatcher's running calls (call key to Deferred).
+    @return: a Deferred firing with None once every call running now has
+        ended; it never fails, and leaves the calls' results unchanged.
+    """
+    waiting = list(running.values())
+    done: Deferred[None] = Deferred()
+    if not waiting:
+        done.callback(None)
+        return done
+    gathered: Deferred[Any] = DeferredList(waiting)
+    gathered.addBoth(lambda _: done.callback(None))
+    return done

@@ -37,8 +37,16 @@ class Limits:
     @ivar max_connections: connections open at once, in total.
     @ivar max_connections_per_peer: connections open at once from one host
         (Unix socket peers count only against C{max_connections}).
-    @ivar write_buffer_bytes: bytes queued for a peer that does not read
-        before rpcd stops reading its requests.
+    @ivar write_buffer_bytes: bytes of replies queued for a peer that does
+        not read them before rpcd stops reading its requests and starting
+        its calls (L{rpcd.backpressure}).
+    @ivar input_budget_bytes: bytes held in unfinished messages (frames,
+        gob messages, JSON values) across all connections; a connection
+        that would hold more is closed (0: no budget; L{rpcd.budget}).
+    @ivar message_timeout: seconds a message has to be complete after its
+        first byte arrived, however slowly the rest comes (0 disables).
+    @ivar max_batch_calls: requests in one JSON-RPC 2.0 batch; a longer
+        batch is refused as a whole (0: no limit).
     """
 
     max_frame_bytes: int = 4 * 1024 * 1024
@@ -47,7 +55,10 @@ class Limits:
     idle_timeout: float = 300.0
     max_connections: int = 10000
     max_connections_per_peer: int = 1000
-    write_buffer_bytes: int = 4 * 1024 * 1024
+    write_buffer_bytes: int = 1024 * 1024
+    input_budget_bytes: int = 256 * 1024 * 1024
+    message_timeout: float = 30.0
+    max_batch_calls: int = 1000
 
 
 class ConnectionCaps:

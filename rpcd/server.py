@@ -9,7 +9,9 @@ The L{Limits} against abuse are applied the same for every wire protocol:
 the connection caps (L{rpcd.limits.ConnectionCaps}) in
 L{RPCServerFactory.buildProtocol}, before anything is built for the
 connection; the handshake and idle timeouts by L{SniffingProtocol}
-(L{rpcd.sniffer}); the write buffer cap by L{rpcd.backpressure}.
+(L{rpcd.sniffer}); the write buffer cap by L{rpcd.backpressure}; the
+daemon-wide budget for unfinished input and the message deadline by
+L{rpcd.budget} (L{RPCServer.input_budget}, L{RPCServer.input_guard}).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 
+from rpcd.budget import InputBudget, InputGuard
 from rpcd.limits import ConnectionCaps, Limits
 from rpcd.session import Session, describe_address
 from rpcd.sniffer import SniffingProtocol
@@ -44,7 +47,19 @@ __all__ = ["Limits", "RPCServer", "RPCServerFactory", "SERVER_PROTOCOLS", "Sniff
 #   dispatcher            a Dispatcher: running handlers keep the connection
 #                         from being idle;
 #   busy()                true while the protocol has work in progress (open
-#                         streams...), which also keeps it from being idle.
+#                         streams...), which also keeps it from being idle;
+#   throttle = None       set to the connection's rpcd.backpressure.ReadThrottle
+#                         before connectionMade: while throttle.paused, or once
+#                         a read's replies exceed throttle.room(), the protocol
+#                         holds its requests instead of starting them;
+#   replies_drained()     the peer has read its replies: run what was held
+#                         (called by the throttle before reading resumes);
+#   input_guard = None    set to the connection's rpcd.budget.InputGuard before
+#                         connectionMade: report unfinished input after each
+#                         read with input_guard.update(bytes_held, completed);
+#   read_connection_lost()  the peer shut down its write side: answer what was
+#                         read, then close (without it, the connection closes
+#                         once its queued bytes are sent).
 SERVER_PROTOCOLS: dict[str, str] = {
     sniff.NATIVE: "rpcd.wire.native:NativeServerProtocol",
     sniff.JSON: "rpcd.wire.jsonserver:JSONServerProtocol",
@@ -71,6 +86,8 @@ class RPCServer:
     @ivar limits: the L{Limits}.
     @ivar authenticator: checks logins, or None when there are no users.
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
+    @ivar input_budget: the L{InputBudget}: bytes held in unfinished messages
+        across all connections.
     """
 
     def __init__(self, registry: ServiceRegistry, clock: IReactorTime,
@@ -80,6 +97,7 @@ class RPCServer:
         self.limits = limits
         self.authenticator = authenticator
         self.caps = ConnectionCaps(limits, clock)
+        self.input_budget = InputBudget(limits.input_budget_bytes)
         self._preambles: dict[Protocol, SniffingProtocol] = {}
 
     def new_session(self, transport: ITransport, protocol_name: str) -> Session:
@@ -93,6 +111,22 @@ class RPCServer:
         peer, host = describe_address(transport.getPeer())
         identity = peer_identity(transport)
         return Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+
+    def input_guard(self, close: Callable[[str], None]) -> InputGuard:
+        """
+        Make the guard of one connection's unfinished messages: they count
+        against L{input_budget} and must be complete within
+        C{limits.message_timeout} of their first byte (L{rpcd.budget}).
+
+        A wire protocol reports to it after each read
+        (C{guard.update(bytes_held, completed)}) and calls C{guard.stop()}
+        when its connection is lost.
+
+        @param close: closes the connection, logging the reason it is given
+            (the sniffer's, for the protocols it hands over to).
+        @return: the guard.
+        """
+        return InputGuard(self.input_budget, self.clock, self.limits.message_timeout, close)
 
     def factory(self, protocols: frozenset[str] = sniff.ALL, *,
                 dialled: bool = False) -> RPCServerFactory:

@@ -11,7 +11,16 @@ The limits it applies:
     seconds in all, however slowly it dribbles its bytes;
   - B{the idle timeout}: a connection with no traffic and no running calls
     for C{idle_timeout} seconds is closed;
-  - B{the write buffer cap} (L{rpcd.backpressure}).
+  - B{the write buffer cap} (L{rpcd.backpressure}): it gives the wire
+    protocol a L{ReadThrottle} (its C{throttle} attribute, when its class
+    has one) that says when calls must stop starting;
+  - B{the input budget and the message deadline} (L{rpcd.budget}): it gives
+    the wire protocol an L{InputGuard} (its C{input_guard} attribute, when
+    its class has one) to report unfinished messages to;
+  - B{half-close}: when the peer shuts down its write side, the wire
+    protocol's C{read_connection_lost()} is called (it answers the calls it
+    has read, then closes); a protocol without one is closed at once, once
+    its queued bytes are sent.
 
 It also says why a TLS connection failed, and answers a TLS client on an
 endpoint without TLS in plain text.
@@ -22,13 +31,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IHandshakeListener, INegotiated, ITCPTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.backpressure import ReadThrottle, set_write_cap
+from rpcd.backpressure import ReadThrottle, drop_unsent, set_write_cap
+from rpcd.budget import InputGuard
 from rpcd.session import describe_address
 from rpcd.wire import sniff
 from rpcd.wire.sockopts import set_no_delay
@@ -52,7 +68,7 @@ def _is_tls_error(error: BaseException | None) -> bool:
     return isinstance(error, (Error, VerificationError))
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class SniffingProtocol(Protocol):
     """
     Applies the per-connection limits, reads a connection's first bytes,
@@ -65,6 +81,8 @@ class SniffingProtocol(Protocol):
     @ivar peer: the peer's address text.
     @ivar throttle: the producer that stops reading when the peer does not
         read its replies, or None if the wire protocol registered its own.
+    @ivar input_guard: the guard of the wire protocol's unfinished messages
+        (L{rpcd.budget.InputGuard}), once handed over.
     """
 
     transport: ITCPTransport
@@ -86,6 +104,8 @@ class SniffingProtocol(Protocol):
         self.inner: Protocol | None = None
         self.peer = "?"
         self.throttle: ReadThrottle | None = None
+        self.input_guard: InputGuard | None = None
+        self._read_ended = False
         self._buffer = b""
         self._deadline: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
@@ -218,8 +238,15 @@ class SniffingProtocol(Protocol):
             self._idle = self.server.clock.callLater(idle, self._check_idle)
         else:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
+        if hasattr(inner, "throttle"):
+            inner.throttle = throttle
+            throttle.on_drained = getattr(inner, "replies_drained", None)
+        if hasattr(inner, "input_guard"):
+            self.input_guard = self.server.input_guard(self._close_abusive)
+            inner.input_guard = self.input_guard
         inner.makeConnection(self.transport)
-        self._throttle()
+        self._throttle(throttle)
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(inner)
@@ -230,16 +257,47 @@ class SniffingProtocol(Protocol):
         self._last_read = self._seconds()
         self._inner_received(data)
 
-    def _throttle(self) -> None:
-        if self._lost:
-            return
-        throttle = ReadThrottle(self.transport, self.peer)
+    def _throttle(self, throttle: ReadThrottle) -> None:
+        inner = self.inner
         try:
+            if self._lost:
+                raise RuntimeError("lost")
             cast(IConsumer, self.transport).registerProducer(throttle, True)
         except RuntimeError:
-            return  # The wire protocol registered a producer of its own.
+            # The wire protocol registered a producer of its own.
+            if getattr(inner, "throttle", None) is throttle:
+                inner.throttle = None  # type: ignore[union-attr]
+            return
         self.throttle = throttle
         set_write_cap(self.transport, self.server.limits.write_buffer_bytes)
+
+    def _close_abusive(self, why: str) -> None:
+        if self._closing is None and not self._lost:
+            self._close(why, abort=True)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer shut down its write side (TCP half-close): the wire
+        protocol answers what it has read, then closes
+        (C{read_connection_lost}); before the hand-over, or for a protocol
+        that cannot, the connection closes once its queued bytes are sent.
+        """
+        if self._read_ended or self._lost:
+            return
+        self._read_ended = True
+        if self.throttle is not None:
+            self.throttle.reading_ended = True
+        inner = self.inner
+        ended = getattr(inner, "read_connection_lost", None) if inner is not None else None
+        if ended is None:
+            self.transport.loseConnection()
+        else:
+            ended()
+
+    def writeConnectionLost(self) -> None:
+        """
+        rpcd never shuts down only its write side: nothing to do.
+        """
 
     def _busy(self) -> bool:
         inner = self.inner
@@ -270,6 +328,12 @@ class SniffingProtocol(Protocol):
             self._idle.cancel()
         self._idle = None
         self.server.caps.closed(self.host)
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self.throttle is not None:
+            self.throttle.on_drained = None
+            self.throttle.held = None
+        drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
         if self._tls and self._closing is None and (

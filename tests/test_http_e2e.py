@@ -12,13 +12,11 @@ import json
 import socket
 from pathlib import Path
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from rpcd.client import connect
-from rpcd.sniffer import SniffingProtocol
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
 from tests.tools import require_tool
 
@@ -187,8 +185,6 @@ class PipelineTests(TestCase):
 
     async def test_half_close(self) -> None:
         """Requests sent before a FIN are answered, then the daemon closes."""
-        if not IHalfCloseableProtocol.implementedBy(SniffingProtocol):
-            raise SkipTest("needs rpcd.sniffer to pass readConnectionLost to the wire protocol")
         daemon = await Daemon.start(self, *LOOPBACK)
 
         def exchange() -> bytes:

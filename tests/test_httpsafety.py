@@ -540,7 +540,7 @@ class PipelineTests(SynchronousTestCase):
         server, waiter, _ = make_server()
         protocol, transport = connect(server)
         protocol.dataReceived(call("Waiter.Later", 1) + call("Waiter.Now", 2, id=2) + b"POST /rp")
-        protocol.readConnectionLost()
+        protocol.read_connection_lost()
         self.assertFalse(transport.disconnecting)
         waiter.waiting[0].callback(None)
         self.assertEqual([result(b) for _, _, b in responses(transport.value())], [1, 2])
@@ -550,7 +550,7 @@ class PipelineTests(SynchronousTestCase):
         """A FIN with nothing pending closes at once."""
         server, _, _ = make_server()
         protocol, transport = connect(server)
-        protocol.readConnectionLost()
+        protocol.read_connection_lost()
         self.assertTrue(transport.disconnecting)
 
 

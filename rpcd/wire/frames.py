@@ -94,7 +94,9 @@ class FrameReader:
     Splits a byte stream into decoded frame bodies.
 
     A frame longer than the limit is refused as soon as its length prefix
-    arrives, before any of it is buffered.
+    arrives, before any of it is buffered.  The bytes of an unfinished frame
+    are kept as the reads brought them and joined once, when the frame is
+    complete (a large frame costs one copy, not one per read).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -102,7 +104,12 @@ class FrameReader:
         @param max_frame: the largest frame body accepted, in bytes.
         """
         self.max_frame = max_frame
-        self._buffer = b""
+        # The unfinished frame's bytes, their total, and how many bytes it
+        # needs in all before it can be split (its length prefix, or the
+        # whole frame once the prefix is known).
+        self._chunks: list[bytes] = []
+        self._held = 0
+        self._need = 0
 
     def feed(self, data: bytes) -> Iterator[list[Any]]:
         """
@@ -131,7 +138,19 @@ class FrameReader:
             msgpack, or not a non-empty array starting with an integer type),
             the good frames before it and the L{ProtocolError}.
         """
-        buf = self._buffer + data if self._buffer else data
+        chunks = self._chunks
+        if chunks:
+            held = self._held + len(data)
+            if held < self._need:
+                chunks.append(data)
+                self._held = held
+                return [], None
+            chunks.append(data)
+            buf = b"".join(chunks)
+            self._chunks = []
+            self._held = 0
+        else:
+            buf = data
         offset = 0
         end_of_data = len(buf)
         limit = self.max_frame
@@ -140,6 +159,7 @@ class FrameReader:
         append = bodies.append
         error = None
         view = memoryview(buf)
+        need = 4
         while end_of_data - offset >= 4:
             (size,) = unpack_length(buf, offset)
             if size > limit:
@@ -147,6 +167,7 @@ class FrameReader:
                 break
             end = offset + 4 + size
             if end > end_of_data:
+                need = 4 + size
                 break
             try:
                 # unpackb's defaults are the protocol's (raw=False: str is
@@ -167,14 +188,26 @@ class FrameReader:
                 break
             append(body)
         view.release()
-        self._buffer = buf[offset:] if offset < end_of_data else b""
+        if offset < end_of_data and error is None:
+            rest = buf[offset:]
+            self._chunks = [rest]
+            self._held = len(rest)
+            self._need = need
         return bodies, error
 
     def buffered(self) -> int:
         """
         @return: bytes held for an incomplete frame.
         """
-        return len(self._buffer)
+        return self._held
+
+    def clear(self) -> None:
+        """
+        Drop the bytes held for an incomplete frame (the connection is
+        gone: free them now, not when its objects are collected).
+        """
+        self._chunks = []
+        self._held = self._need = 0
 
 
 def _short(value: Any) -> str:

@@ -144,6 +144,26 @@ class GobServerCodec:
         self._encoder = Encoder()
         self._pending: tuple[int, str, Any] | None = None
 
+    def close(self) -> None:
+        """
+        Drop the bytes held for an unfinished request (the connection is
+        gone: free them now, not when its objects are collected).  The codec
+        decodes nothing more.
+        """
+        self._decoder = Decoder(max_message_size=self._decoder.max_message_size)
+        self._pending = None
+
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes held for a request not yet complete: 1 for a request whose
+        header has arrived but none of its argument, 0 for none.
+        """
+        held = self._decoder.buffered
+        if not held and self._pending is not None:
+            return 1
+        return held
+
     def feed(self, data: bytes) -> list[tuple[int, str, Any]]:
         """
         Take received bytes.

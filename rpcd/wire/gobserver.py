@@ -18,6 +18,9 @@ Replies go out in the order their handlers finish; every reply one read
 produces (including handlers that a call in that read finished, e.g. the
 Watches a Set wakes) is written with one C{write}.  A malformed gob stream
 cannot be resynchronised: the connection is closed and the reason logged.
+While the peer's replies are over C{limits.write_buffer_bytes}, requests
+already decoded are held, not started (L{rpcd.backpressure}); a peer that
+shuts down its write side is answered, then the connection closes.
 
 L{GobServerProtocol.take_over} is the entry point for gob after an HTTP
 C{CONNECT /_goRPC_}.
@@ -33,6 +36,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import RPCError, _code_name
 from rpcd.wire.gob import (
@@ -51,6 +55,7 @@ from rpcd.wire.gobrpc import INVALID_REQUEST, GobServerCodec
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITCPTransport, ITransport
 
+    from rpcd.budget import InputGuard
     from rpcd.server import RPCServer
     from rpcd.service import MethodSpec
 
@@ -185,6 +190,8 @@ class GobServerProtocol(Protocol):
     """
 
     transport: ITCPTransport
+    throttle: ReadThrottle | None = None
+    input_guard: InputGuard | None = None
 
     def __init__(self, server: RPCServer, protocol_name: str = "gob") -> None:
         """
@@ -197,14 +204,18 @@ class GobServerProtocol(Protocol):
         self.codec = GobServerCodec(self._arg_type_for,
                                     max_message_size=max(128, server.limits.max_frame_bytes))
         self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
         self._done = False
+        self._read_ended = False
+        self._ending = False
         # Service.Method -> its Go types, for the methods this connection
         # has called (only names that exist, so the map stays small).
         self._known: dict[str, _MethodTypes] = {}
 
     @classmethod
     def take_over(cls, server: RPCServer, transport: ITransport, data: bytes = b"",
-                  protocol_name: str = "gob") -> GobServerProtocol:
+                  protocol_name: str = "gob", *, throttle: ReadThrottle | None = None,
+                  input_guard: InputGuard | None = None) -> GobServerProtocol:
         """
         Serve gob on a connection another protocol has read from already:
         the HTTP server calls this after answering C{CONNECT /_goRPC_} with
@@ -218,9 +229,18 @@ class GobServerProtocol(Protocol):
         @param transport: the connected transport.
         @param data: bytes already received after the HTTP head.
         @param protocol_name: the session's protocol name.
+        @param throttle: the connection's write cap (the one the sniffer gave
+            the HTTP protocol), which gob then answers to: it holds requests
+            while the peer's replies are over the cap.
+        @param input_guard: the connection's input guard (likewise), which
+            gob then reports its unfinished messages to.
         @return: the protocol, connected.
         """
         protocol = cls(server, protocol_name)
+        if throttle is not None:
+            protocol.throttle = throttle
+            throttle.on_drained = protocol.replies_drained
+        protocol.input_guard = input_guard
         protocol.makeConnection(transport)
         if data:
             protocol.dataReceived(data)
@@ -247,24 +267,79 @@ class GobServerProtocol(Protocol):
         return types.arg
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self._done or self._ending:
             return
+        try:
+            requests = self.codec.feed(data)
+        except GobError as e:
+            self._broken(str(e))
+            return
+        guard = self.input_guard
+        if guard is not None and not guard.update(self.codec.buffered, bool(requests)):
+            return
+        throttle = self.throttle
+        if throttle is not None and (throttle.paused or throttle.held is not None):
+            throttle.hold(requests)
+            return
+        self._requests_received(requests)
+
+    def replies_drained(self) -> None:
+        """
+        The peer has read its replies: start the requests held for it,
+        until they are done or its replies are over the cap again.
+        """
+        throttle = self.throttle
+        if throttle is None:
+            return
+        if not self._done:
+            throttle.run_held(self._requests_received)
+        if self._read_ended and throttle.held is None:
+            self._close_after_calls()
+
+    def _requests_received(self, requests: list[tuple[int, str, Any]], _: Any = None) -> None:
+        throttle = self.throttle
+        room = throttle.room() if throttle is not None else UNCAPPED
         out: list[bytes] = []
         self._batch = out
+        self._batch_bytes = 0
+        left = iter(requests)
         try:
-            try:
-                requests = self.codec.feed(data)
-            except GobError as e:
-                self._broken(str(e))
-                return
-            for seq, name, value in requests:
+            for seq, name, value in left:
                 reply = self._call(seq, name, value)
                 if reply:
                     out.append(reply)
+                    self._batch_bytes += len(reply)
+                if self._batch_bytes > room:
+                    # The peer's replies are over the cap: the rest waits.
+                    assert throttle is not None  # room is finite
+                    throttle.hold(list(left))
+                    break
         finally:
             self._batch = None
             if out:
                 self.transport.write(b"".join(out))
+        if throttle is not None and throttle.held is not None and not throttle.paused:
+            self.replies_drained()  # they fit after all (the peer reads)
+
+    def read_connection_lost(self) -> None:
+        """
+        The peer shut down its write side (Go's C{CloseWrite}): answer
+        every call it sent (the held ones once it reads), then close, as
+        Go's C{rpc.ServeConn} does.  An unfinished request is dropped.
+        """
+        self._read_ended = True
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self.throttle is None or self.throttle.held is None:
+            self._close_after_calls()
+
+    def _close_after_calls(self) -> None:
+        if self._ending or self._done:
+            return
+        self._ending = True
+        dispatcher = self.dispatcher
+        calls_ended(dispatcher.running if dispatcher is not None else {}).addCallback(
+            lambda _: self.transport.loseConnection())
 
     def _call(self, seq: int, name: str, value: Any) -> bytes:
         if isinstance(value, GobError):
@@ -305,6 +380,7 @@ class GobServerProtocol(Protocol):
             # A call in the read being handled finished this one: keep the
             # encoder's order (type definitions before their first use).
             batch.append(data)
+            self._batch_bytes += len(data)
         else:
             self.transport.write(data)
 
@@ -320,12 +396,15 @@ class GobServerProtocol(Protocol):
 
     def _broken(self, why: str) -> None:
         self._done = True
+        if self.throttle is not None:
+            self.throttle.held = None
         log.info("closing {protocol} connection from {peer}: malformed gob stream: {why}",
                  protocol=self.protocol_name, peer=self.session.peer, why=why)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done = True
+        self.codec.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
 

@@ -320,14 +320,14 @@ class HTTPServerProtocol(Protocol):
         elif self.tunnel is None:
             self._pump()
 
-    def readConnectionLost(self) -> None:
+    def read_connection_lost(self) -> None:
         """
-        The peer will send nothing more (it shut down its sending side):
-        answer the requests read before, then close.
+        The peer will send nothing more (it shut down its sending side; the
+        sniffer relays this): answer the requests read before, then close.
         """
         self._read_closed = True
         if self.tunnel is not None:
-            tunnel_half_close = getattr(self.tunnel, "readConnectionLost", None)
+            tunnel_half_close = getattr(self.tunnel, "read_connection_lost", None)
             if tunnel_half_close is not None:
                 tunnel_half_close()
             else:
@@ -607,14 +607,31 @@ class HTTPServerProtocol(Protocol):
         if not self._reading:
             self._reading = True
             cast(IPushProducer, self.transport).resumeProducing()
-        self.tunnel = take_over(make, self.server, self.transport, leftover)
+        limit = self.server.limits.write_buffer_bytes
+        throttle = ReadThrottle(self.transport, self.session.peer, limit)
+        guard = self.server.input_guard(self._close_abusive)
+        self.tunnel = take_over(make, self.server, self.transport, leftover,
+                                throttle=throttle, input_guard=guard)
         if not self._lost:
             try:  # the tunnel did not register a producer of its own
-                consumer.registerProducer(ReadThrottle(self.transport, self.session.peer), True)
+                consumer.registerProducer(throttle, True)
             except RuntimeError:
                 pass
+            else:
+                set_write_cap(self.transport, limit)
         if self._read_closed:
-            self.readConnectionLost()
+            self.read_connection_lost()
+
+    def _close_abusive(self, why: str) -> None:
+        """
+        The gob tunnel's input guard found a message too slow or over the
+        daemon's input budget: close the connection, saying why.
+
+        @param why: the reason, naming the limit.
+        """
+        if not self._lost:
+            log.info("closing {peer}: {why}", peer=self.session.peer, why=why)
+            self.transport.abortConnection()
 
     def busy(self) -> bool:
         """
@@ -695,12 +712,12 @@ def _gob_protocol() -> Callable[[RPCServer], Protocol] | None:
 
 
 def take_over(make: Callable[[RPCServer], Protocol], server: RPCServer, transport: Any,
-              leftover: bytes) -> Protocol:
+              leftover: bytes, **limits: Any) -> Protocol:
     """
     Hand a connection to the gob server protocol after C{CONNECT}.
 
-    If the protocol's class has a C{take_over(server, transport, leftover)}
-    class method, it builds and starts the protocol; otherwise the protocol
+    If the protocol's class has a C{take_over(server, transport, leftover,
+    **limits)} class method, it builds and starts the protocol; otherwise the protocol
     is built as C{make(server)}, connected to the transport, and fed the
     leftover bytes, as any wire protocol is after sniffing.
 
@@ -708,11 +725,13 @@ def take_over(make: Callable[[RPCServer], Protocol], server: RPCServer, transpor
     @param server: the shared server state.
     @param transport: the connection.
     @param leftover: the bytes that followed the C{CONNECT} head.
+    @param limits: the connection's C{throttle} and C{input_guard}, for a
+        C{take_over} that takes them.
     @return: the protocol that owns the connection now.
     """
     hook = getattr(make, "take_over", None)
     if hook is not None:
-        return hook(server, transport, leftover)
+        return hook(server, transport, leftover, **limits)
     protocol = make(server)
     protocol.makeConnection(transport)
     if leftover:

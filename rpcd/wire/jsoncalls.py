@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.dispatch import Args, error_fields
-from rpcd.errors import Code, RPCError, _code_name, error_from_wire
+from rpcd.errors import Code, RPCError, ResourceExhausted, _code_name, error_from_wire
 from rpcd.wire.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -241,25 +241,49 @@ def run_call(dispatcher: Dispatcher, call: Call) -> bytes | None | Deferred[byte
     return _encode_success(call, result)
 
 
-def answer_payload(dispatcher: Dispatcher,
-                   payload: Payload) -> bytes | None | Deferred[bytes | None]:
+def answer_payload(dispatcher: Dispatcher, payload: Payload, *, max_calls: int = 0,
+                   max_reply_bytes: int = 0) -> bytes | None | Deferred[bytes | None]:
     """
     Run every request of a JSON-RPC 2.0 payload and assemble the reply.
 
+    A batch's reply is one array sent once every call has ended, so it is
+    held whole: two limits bound it.  A batch of more than C{max_calls}
+    requests is refused as a whole (one Invalid Request error, id null,
+    nothing run); and once the replies made at once exceed
+    C{max_reply_bytes}, the requests after them are not run but answered
+    with RESOURCE_EXHAUSTED (the first always runs, however large its
+    reply).
+
     @param dispatcher: the connection's dispatcher.
     @param payload: a parsed single request or batch.
+    @param max_calls: C{limits.max_batch_calls} (0: no limit).
+    @param max_reply_bytes: C{limits.max_frame_bytes} (0: no limit).
     @return: the reply body (one response, or an array for a batch), None
         when nothing must be sent (only notifications), or a Deferred firing
         with either once every call has ended (it never fails).
     """
+    items = payload.items
+    if payload.is_batch and max_calls and len(items) > max_calls:
+        return encode_error(None, JSONRPCError(
+            INVALID_REQUEST, data=f"a batch of {len(items)} requests is over the limit of "
+                                  f"{max_calls} (limits.max_batch_calls)"))
     replies: list[Any] = []
     waiting = False
-    for item in payload.items:
+    size = 0
+    for item in items:
         if isinstance(item, Rejected):
-            replies.append(encode_error(item.id, item.error))
-            continue
-        reply = run_call(dispatcher, item)
-        waiting = waiting or isinstance(reply, Deferred)
+            reply: Any = encode_error(item.id, item.error)
+        elif max_reply_bytes and size > max_reply_bytes:
+            reply = None if item.is_notification else encode_error(item.id, error_object(
+                ResourceExhausted(f"not run: this batch's replies before it are over "
+                                  f"{max_reply_bytes} bytes (limits.max_frame_bytes); "
+                                  f"send it again in another batch")))
+        else:
+            reply = run_call(dispatcher, item)
+            if isinstance(reply, Deferred):
+                waiting = True
+        if type(reply) is bytes:
+            size += len(reply)
         replies.append(reply)
     if not waiting:
         return assemble_reply(replies, payload.is_batch)

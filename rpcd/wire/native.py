@@ -4,7 +4,9 @@ The server side of rpcd's native protocol.
 Requests are answered in the order their handlers finish.  Every reply a
 single read produces is written with one C{write}, sent at once on a plain
 socket (see L{NativeServerProtocol._write}); a method that returns a plain
-value costs no Deferred.
+value costs no Deferred.  While the peer's replies are over
+C{limits.write_buffer_bytes}, frames already read are held, not started
+(L{rpcd.backpressure}).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.wire.frames import (
@@ -38,6 +41,7 @@ from rpcd.wire.frames import (
 )
 
 if TYPE_CHECKING:
+    from rpcd.budget import InputGuard
     from rpcd.server import RPCServer
 
 import msgpack
@@ -65,6 +69,8 @@ class NativeServerProtocol(Protocol):
 
     protocol_name = "native"
     transport: ITCPTransport
+    throttle: ReadThrottle | None = None
+    input_guard: InputGuard | None = None
 
     def __init__(self, server: RPCServer) -> None:
         """
@@ -78,6 +84,7 @@ class NativeServerProtocol(Protocol):
         self._streams: Any = None
         self._socket: Connection | None = None
         self._closing = False
+        self._read_ended = False
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -95,6 +102,8 @@ class NativeServerProtocol(Protocol):
             data = self._pending + data
             if len(data) < PREFACE_SIZE:
                 self._pending = data
+                if self.input_guard is not None:  # a preface, too, must arrive in time
+                    self.input_guard.update(len(data), False)
                 return
             try:
                 version = check_preface(data)
@@ -109,9 +118,66 @@ class NativeServerProtocol(Protocol):
             self._pending = b""
             data = data[PREFACE_SIZE:]
             if not data:
+                if self.input_guard is not None:
+                    self.input_guard.update(0, True)
                 return
-        out: list[bytes] = []
         frames, error = self.reader.split(data)
+        guard = self.input_guard
+        if guard is not None and not guard.update(self.reader.buffered(), bool(frames)):
+            return
+        throttle = self.throttle
+        if throttle is not None and (throttle.paused or throttle.held is not None):
+            throttle.hold(frames, error)
+            return
+        self._frames_received(frames, error)
+
+    def replies_drained(self) -> None:
+        """
+        The peer has read its replies: start the frames held for it, until
+        they are done or its replies are over the cap again.
+        """
+        throttle = self.throttle
+        if throttle is None:
+            return
+        if not self._closing:
+            throttle.run_held(self._frames_received)
+        if self._read_ended and throttle.held is None:
+            self._close_after_calls()
+
+    def read_connection_lost(self) -> None:
+        """
+        The peer shut down its write side: answer every call it sent (the
+        held ones once it reads), then close.  An unfinished frame is
+        dropped.
+        """
+        self._read_ended = True
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self.throttle is None or self.throttle.held is None:
+            self._close_after_calls()
+
+    def _close_after_calls(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        dispatcher = self.dispatcher
+        calls_ended(dispatcher.running if dispatcher is not None else {}).addCallback(
+            self._close_now)
+
+    def _close_now(self, _: object = None) -> None:
+        if self._streams is not None:
+            self._streams.flush()
+        self.transport.loseConnection()
+
+    def _frames_received(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
+        out: list[bytes] = []
+        throttle = self.throttle
+        # How many bytes of replies may be queued (asked once per read)
+        # before the rest of the frames are held; every reply counts, since
+        # one read can hold thousands of calls of large results.
+        room = throttle.room() if throttle is not None else UNCAPPED
+        queued = 0
+        frames_left = iter(frames)
         dispatcher = self.dispatcher
         assert dispatcher is not None  # set by connectionMade, before any data
         running = dispatcher.running
@@ -124,7 +190,7 @@ class NativeServerProtocol(Protocol):
         # the dispatcher's hot path is called straight; the rest goes through
         # _parse_call and _control.
         try:
-            for frame in frames:
+            for frame in frames_left:
                 if len(frame) == 4 and frame[0] == CALL:
                     _, call_id, method, value = frame
                     if type(call_id) is not int or type(method) is not str:
@@ -163,13 +229,27 @@ class NativeServerProtocol(Protocol):
                     out.append(self._unencodable(method, call_id, e))
                     continue
                 size = len(body)
-                out.append((prefixes[size] if size < 256 else pack_length(size)) + body)
+                if size < 256:
+                    out.append(prefixes[size] + body)
+                else:
+                    out.append(pack_length(size))  # not joined: a large body is copied once
+                    out.append(body)
+                queued += size
+                if queued > room:
+                    assert throttle is not None  # room is finite
+                    throttle.hold(list(frames_left), error)
+                    error = None
+                    break
         except ProtocolError as e:
             error = e
         if out:
             self._write(b"".join(out))
         if error is not None:
             self._protocol_error(error)
+        elif throttle is not None and throttle.held is not None and not throttle.paused:
+            # The replies fit in the transport after all (the peer reads):
+            # go on with the held frames (in the loop of run_held).
+            self.replies_drained()
 
     def _write(self, data: bytes) -> None:
         """
@@ -183,13 +263,15 @@ class NativeServerProtocol(Protocol):
         C{writeSomeData}) keeps the order of everything written, since
         nothing is queued before; whatever is not sent at once, and every
         write on another transport (TLS, test transports) or on a closing
-        connection, goes through C{transport.write} as before.
+        connection, goes through C{transport.write} as before.  So do
+        writes larger than one send (C{SEND_LIMIT}): most of them would be
+        queued anyway, after a copy.
 
         @param data: the frames.
         """
         sock = self._socket
         if sock is not None and not sock._tempDataLen and not sock.dataBuffer \
-                and sock.connected and not sock.disconnecting:
+                and sock.connected and not sock.disconnecting and len(data) <= sock.SEND_LIMIT:
             sent = sock.writeSomeData(data)
             if type(sent) is int:
                 if sent == len(data):
@@ -276,6 +358,8 @@ class NativeServerProtocol(Protocol):
 
     def _goaway(self, code: int, message: str) -> None:
         self._closing = True
+        if self.throttle is not None:
+            self.throttle.held = None
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
         if self._streams is not None:
             self._streams.flush()
@@ -286,6 +370,7 @@ class NativeServerProtocol(Protocol):
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reader.clear()
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
