@@ -128,7 +128,8 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
     tries = 0
     while True:
         tries += 1
-        remaining = None if deadline is None else deadline - clock.seconds()
+        # A timer may fire a little late: what is left is never below 0.
+        remaining = None if deadline is None else max(0.0, deadline - clock.seconds())
         try:
             return await maybeDeferred(attempt, remaining)
         except Exception as error:
