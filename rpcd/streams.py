@@ -172,6 +172,8 @@ class ServerStreams:
 
         @param data: encoded frames.
         """
+        if self.protocol.closing:
+            return  # after a GOAWAY nothing more is sent
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= FLUSH_BYTES:

@@ -43,7 +43,8 @@ GOOD = frame(0, 1000, "Arith.Multiply", {"A": 3, "B": 4})
 class Slow:
     """Methods that stay running until the test lets them go."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.waiting: list[Deferred[int]] = []
 
     @exposed
@@ -62,8 +63,6 @@ class Slow:
             yield i
             await deferLater(self.clock, 1)
 
-    clock = Clock()
-
 
 class ServerTestCase(SynchronousTestCase):
     """A native server protocol on a StringTransport, past the preface."""
@@ -71,8 +70,8 @@ class ServerTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         registry = ServiceRegistry()
         registry.add(Arith)
-        self.slow = Slow()
-        self.clock = Slow.clock = Clock()
+        self.clock = Clock()
+        self.slow = Slow(self.clock)
         registry.add(self.slow)
         self.server = RPCServer(registry, self.clock, Limits())
         self.protocol = NativeServerProtocol(self.server)

@@ -248,7 +248,16 @@ class NativeServerProtocol(Protocol):
             self._streams = ServerStreams(self)
         self._streams.open(call_id, method, value, options, out)
 
+    @property
+    def closing(self) -> bool:
+        """
+        Whether a GOAWAY was sent: it is the last frame the peer gets.
+        """
+        return self._closing
+
     def _reply_later(self, result: Any, call_id: int) -> None:
+        if self._closing:
+            return
         try:
             frame = encode_frame([RESULT, call_id, result])
         except Exception as e:
@@ -256,6 +265,8 @@ class NativeServerProtocol(Protocol):
         self.transport.write(frame)
 
     def _fail_later(self, failure: Failure, call_id: int) -> None:
+        if self._closing:
+            return
         error = failure.value
         assert error is not None  # a Failure always holds its exception
         code, message, details = error_fields(error)
