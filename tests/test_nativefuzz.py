@@ -59,7 +59,7 @@ SERVER_FRAMES: list[list[Any]] = [
 # Values that trip type and range checks, then anything msgpack can carry.
 NASTY = [None, True, False, -1, 0, 2 ** 63, 2 ** 64 - 1, -2 ** 63, 1.5, -0.001, float("nan"),
          float("inf"), 1e300, "", "x", b"x", [], [1], {}, {"a": 1}, {"timeout": -1}]
-values = st.sampled_from(NASTY) | st.recursive(
+values = st.sampled_from(NASTY).map(copy.deepcopy) | st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats()
     | st.text(max_size=12) | st.binary(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
