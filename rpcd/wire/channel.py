@@ -96,9 +96,12 @@ class ClientChannel(Protocol):
             L{rpcd.wire.fields.MAX_TIMEOUT}, or metadata over its bounds
             (nothing is sent).
         """
-        check_method(method)
-        timeout = check_timeout(timeout)
-        metadata = check_metadata(metadata)
+        if type(method) is not str:
+            check_method(method)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if metadata is not None:
+            metadata = check_metadata(metadata)
         if self.lost_reason is not None:
             return _failed(ConnectionLost(f"connection to {self.peer_name} is closed; "
                                           f"cannot call {method}"))

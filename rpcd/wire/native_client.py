@@ -101,12 +101,17 @@ class NativeClientProtocol(ClientChannel):
         frames, error = self.reader.split(data)
         try:
             for frame in frames:
-                # The common reply, checked in one line; the rest, and any
-                # reply with a bad field, goes through _frame_received.
-                if frame[0] == RESULT and len(frame) == 3 and type(frame[1]) is int \
-                        and not frame[1] >> 63:
-                    self.resolve(frame[1], frame[2])
-                elif self._frame_received(frame):
+                # The common reply is checked and resolved here; the rest, and
+                # any reply with a bad field, goes through _frame_received.
+                # (call_id >> 63 is nonzero for ids out of 0..2^63-1.)
+                if len(frame) == 3 and frame[0] == RESULT:
+                    _, call_id, value = frame
+                    if type(call_id) is int and not call_id >> 63:
+                        d = self.pending.pop(call_id, None)
+                        if d is not None:
+                            d.callback(value)
+                        continue
+                if self._frame_received(frame):
                     return
         except ProtocolError as e:
             error = e
