@@ -96,11 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", default="native",
                         help="wire protocol: native (default), gob, gob-http, jsonrpc, jsonrpc2")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=seconds, default=30.0,
                         help="seconds to wait for the answer (default 30)")
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
                              "(a reverse connection) and call over it")
+
+
+def seconds(text: str) -> float:
+    """
+    The type of C{--timeout} options: a number of seconds from 0 to
+    L{rpcd.wire.fields.MAX_TIMEOUT}.
+
+    @raise argparse.ArgumentTypeError: anything else (argparse reports it).
+    """
+    from rpcd.wire.fields import check_timeout
+    try:
+        value = check_timeout(float(text), "the timeout")
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e) if "timeout" in str(e) else
+                                         f"not a number of seconds: {text!r}") from None
+    assert value is not None  # float(text) is never None
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -317,6 +317,16 @@ class ClientArgumentTests(ClientTestCase):
                              TypeError)
         self.assertEqual(check_timeout(0), 0.0)
 
+    def test_cli_timeout_option(self) -> None:
+        """The rpcd command refuses a bad --timeout as a usage error, naming it."""
+        from rpcd.cli import run, seconds
+        self.assertEqual(seconds("2.5"), 2.5)
+        for argv in (["call", "--timeout", "-1", "tcp:127.0.0.1:1", "A.B"],
+                     ["call", "--timeout", "nan", "tcp:127.0.0.1:1", "A.B"],
+                     ["stream", "--timeout", "x", "tcp:127.0.0.1:1", "A.B"]):
+            e = self.assertRaises(SystemExit, run, argv)
+            self.assertEqual(e.code, 2)
+
     def test_late_retry_gets_zero_not_negative(self) -> None:
         """A retry whose backoff timer fired late passes a timeout of 0, never a negative one."""
         seen: list[float | None] = []
