@@ -7,6 +7,8 @@ the client library checks its own arguments before touching the connection.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -321,11 +323,16 @@ class ClientArgumentTests(ClientTestCase):
         """The rpcd command refuses a bad --timeout as a usage error, naming it."""
         from rpcd.cli import run, seconds
         self.assertEqual(seconds("2.5"), 2.5)
-        for argv in (["call", "--timeout", "-1", "tcp:127.0.0.1:1", "A.B"],
-                     ["call", "--timeout", "nan", "tcp:127.0.0.1:1", "A.B"],
-                     ["stream", "--timeout", "x", "tcp:127.0.0.1:1", "A.B"]):
-            e = self.assertRaises(SystemExit, run, argv)
-            self.assertEqual(e.code, 2)
+        for value, why in (("-1", "non-negative number of seconds, got -1.0"),
+                           ("nan", "got nan"), ("x", "not a number of seconds: 'x'")):
+            for command in ("call", "stream"):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    e = self.assertRaises(SystemExit, run, [command, "--timeout", value,
+                                                            "tcp:127.0.0.1:1", "A.B"])
+                self.assertEqual(e.code, 2)
+                self.assertIn("argument --timeout: ", err.getvalue())
+                self.assertIn(why, err.getvalue())
 
     def test_late_retry_gets_zero_not_negative(self) -> None:
         """A retry whose backoff timer fired late passes a timeout of 0, never a negative one."""
