@@ -112,12 +112,14 @@ def seconds(text: str) -> float:
     """
     from rpcd.wire.fields import check_timeout
     try:
-        value = check_timeout(float(text), "the timeout")
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(str(e) if "timeout" in str(e) else
-                                         f"not a number of seconds: {text!r}") from None
-    assert value is not None  # float(text) is never None
-    return value
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    try:
+        check_timeout(number, "the timeout")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> None:
