@@ -46,6 +46,7 @@ from rpcd.errors import Unavailable
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryPolicy, retrying_call
+from rpcd.wire.fields import check_timeout
 
 log = Logger()
 
@@ -237,6 +238,7 @@ class Balancer:
             endpoint is usable).  Cancelling it cancels the call.
         """
         policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
+        timeout = check_timeout(timeout)
         if timeout is None:
             timeout = self.default_timeout
         tried: list[Backend] = []

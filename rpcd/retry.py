@@ -43,6 +43,7 @@ from twisted.logger import Logger
 
 from rpcd.client import _ServiceProxy
 from rpcd.errors import Code, RPCError, _code_name
+from rpcd.wire.fields import check_timeout
 
 T = TypeVar("T")
 
@@ -194,6 +195,7 @@ class RetryingClient:
         @return: a Deferred firing with the result, or failing with the last
             attempt's L{rpcd.errors.RPCError}.
         """
+        timeout = check_timeout(timeout)
         if timeout is None:
             timeout = getattr(self.target, "default_timeout", None)
 

@@ -334,6 +334,17 @@ class ClientArgumentTests(ClientTestCase):
                 self.assertIn("argument --timeout: ", err.getvalue())
                 self.assertIn(why, err.getvalue())
 
+    def test_retrying_and_balanced_calls(self) -> None:
+        """A retrying client and a balancer check the timeout before any attempt."""
+        from rpcd.balancer import Balancer
+        from rpcd.retry import RetryingClient
+        retrying = RetryingClient(self.client, RetryPolicy(), self.clock)
+        self.assertRaises(ValueError, retrying.call, "Arith.Multiply", None, timeout=-1)
+        from rpcd.pickers import make_picker
+        balancer = Balancer(self.clock, lambda endpoint: Deferred(), picker=make_picker("round_robin"))
+        self.assertRaises(TypeError, balancer.call, "Arith.Multiply", None, timeout="1")
+        self.assertEqual(self.transport.value(), b"")
+
     def test_late_retry_gets_zero_not_negative(self) -> None:
         """A retry whose backoff timer fired late passes a timeout of 0, never a negative one."""
         seen: list[float | None] = []
