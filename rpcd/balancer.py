@@ -54,6 +54,7 @@ from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
+from rpcd.wire.fields import check_timeout
 
 log = Logger()
 
@@ -276,6 +277,7 @@ class Balancer:
             endpoint is usable).  Cancelling it cancels the call.
         """
         policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
+        timeout = check_timeout(timeout)
         if timeout is None:
             timeout = self.default_timeout
         tried: list[Backend] = []

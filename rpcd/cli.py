@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     add_codec_options(parser)
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=seconds, default=30.0,
                         help="seconds to wait for the answer (default 30)")
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
@@ -128,6 +128,25 @@ def check_codec_options(args: argparse.Namespace) -> str | None:
     elif args.proto:
         return "--proto is for --codec grpc"
     return None
+
+
+def seconds(text: str) -> float:
+    """
+    The type of C{--timeout} options: a number of seconds from 0 to
+    L{rpcd.wire.fields.MAX_TIMEOUT}.
+
+    @raise argparse.ArgumentTypeError: anything else (argparse reports it).
+    """
+    from rpcd.wire.fields import check_timeout
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    try:
+        check_timeout(number, "the timeout")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     @param parser: the C{stream} subcommand's parser.
     """
+    from rpcd.cli import seconds
     parser.add_argument("endpoint", help="client endpoint string, e.g. tcp:127.0.0.1:1234")
     parser.add_argument("method", help="Service.Method")
     parser.add_argument("argument", nargs="?",
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stdin", action="store_true",
                         help="send each JSON line of standard input as a message; "
                              "end of input half-closes the stream")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=seconds, default=None,
                         help="seconds the whole stream may take (default: no limit)")
     parser.add_argument("--window", type=int, default=None,
                         help="messages the server may send ahead of printing (default 512)")

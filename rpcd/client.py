@@ -28,8 +28,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from rpcd.errors import Unavailable
-
 from rpcd.wire.channel import ClientChannel, when_fired
+from rpcd.wire.fields import check_timeout
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
@@ -130,15 +130,18 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
-        L{rpcd.errors.Unavailable} when C{connect_timeout} passes, or
-        C{ValueError} for a bad endpoint string, codec or C{proto}.
+        L{rpcd.errors.Unavailable} when C{connect_timeout} passes,
+        C{ValueError} for a bad endpoint string, codec, timeout or C{proto},
+        or C{TypeError} for a timeout that is not a number.
     """
     reactor = _reactor(reactor)
     where = _endpoint_text(endpoint)
     try:
+        check_timeout(default_timeout, "default_timeout")
+        check_timeout(connect_timeout, "connect_timeout")
         cls = _codec_class(codec)
         client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, client_from_string, reactor)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         return fail(e)
     # A codec may prepare what all its connections share (gRPC: the .proto).
     prepare = getattr(cls, "prepare", None)
@@ -187,9 +190,12 @@ class Client:
         """
         @param channel: a connected L{ClientChannel}.
         @param default_timeout: applied to calls that give no timeout.
+        @raise TypeError: a default timeout that is not a number.
+        @raise ValueError: a default timeout out of range (see
+            L{rpcd.wire.fields.check_timeout}).
         """
         self.channel = channel
-        self.default_timeout = default_timeout
+        self.default_timeout = check_timeout(default_timeout, "default_timeout")
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Deferred[Any]:
@@ -204,6 +210,11 @@ class Client:
         @return: a Deferred firing with the result, or failing with an
             L{rpcd.errors.RPCError} (remote error, timeout, lost connection).
             Cancelling it cancels the call on the server.
+        @raise TypeError: a method, timeout or metadata of the wrong type;
+            nothing is sent and the connection is untouched.
+        @raise ValueError: a timeout that is negative, not finite or over
+            L{rpcd.wire.fields.MAX_TIMEOUT}, or metadata over its bounds;
+            nothing is sent.
         """
         if timeout is None:
             timeout = self.default_timeout

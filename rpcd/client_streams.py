@@ -31,8 +31,17 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.errors import Cancelled, Code, ConnectionLost, DeadlineExceeded, RPCError
-from rpcd.wire.flow import ReceiveWindow, check_window, parse_credit
+from rpcd.errors import (
+    Cancelled,
+    Code,
+    ConnectionLost,
+    DeadlineExceeded,
+    Internal,
+    ProtocolError,
+    RPCError,
+)
+from rpcd.wire.fields import check_metadata, check_method, check_timeout, read_id
+from rpcd.wire.flow import MAX_WINDOW, ReceiveWindow, check_credit, check_window
 from rpcd.wire.frames import CALL, CREDIT, END, MESSAGE, encode_frame
 
 if TYPE_CHECKING:
@@ -57,7 +66,8 @@ def open_stream(channel: NativeClientProtocol, method: str, value: Any = None, *
         application (L{rpcd.wire.flow.DEFAULT_WINDOW} by default).
     @return: the stream (already failed if the connection is closed).
     @raise ValueError: the channel does not speak the native protocol, or a
-        bad window.
+        bad window, timeout or metadata (see L{rpcd.wire.fields}).
+    @raise TypeError: a method, timeout or metadata of the wrong type.
     """
     if not hasattr(channel, "send_frame"):
         raise ValueError(f"streaming calls need the native codec, not {channel.codec_name}")
@@ -88,6 +98,9 @@ class ClientStreams:
         """
         See L{open_stream}.
         """
+        check_method(method)
+        timeout = check_timeout(timeout)
+        metadata = check_metadata(metadata)
         window = check_window(window)
         channel = self.channel
         call_id = next(channel._ids)
@@ -99,7 +112,7 @@ class ClientStreams:
             return stream
         options: dict[str, Any] = {"stream": True, "window": window}
         if timeout is not None:
-            options["timeout"] = float(timeout)
+            options["timeout"] = timeout
         if metadata:
             options["metadata"] = metadata
         try:
@@ -123,23 +136,36 @@ class ClientStreams:
 
     def frame_received(self, frame: list[Any]) -> None:
         """
-        Handle a stream frame (or any other frame the channel leaves here).
+        Handle a MESSAGE or CREDIT frame.
+
+        Frames for a stream that is not open are ignored (they crossed its
+        end on the wire); a bad field of a frame for an open stream fails
+        that stream with L{Internal} and cancels it on the server.
 
         @param frame: the decoded frame.
-        @raise ProtocolError: a MESSAGE beyond the credit granted, or a bad
-            CREDIT.
+        @raise ProtocolError: an id that cannot be read, or a MESSAGE beyond
+            the credit granted.
         """
         kind = frame[0]
+        call_id = read_id(frame)
+        stream = self.streams.get(call_id)
+        if stream is None:
+            return
         if kind == MESSAGE:
-            stream = self.streams.get(frame[1])
-            if stream is not None:
+            if len(frame) < 3:
+                stream._abort(f"MESSAGE needs [4, id, value], got {len(frame)} fields")
+            else:
                 stream._received(frame[2])
         elif kind == CREDIT:
-            call_id, n = parse_credit(frame)
-            stream = self.streams.get(call_id)
-            if stream is not None:
-                stream._send_credit += n
-                stream._drain_sends()
+            try:
+                n = check_credit(frame[2] if len(frame) > 2 else None)
+            except ValueError as e:
+                stream._abort(f"CREDIT {e}")
+                return
+            stream._send_credit += n
+            if stream._send_credit > MAX_WINDOW:
+                raise ProtocolError(f"stream {call_id}: credit over {MAX_WINDOW} messages")
+            stream._drain_sends()
 
     def forget(self, stream: ClientStream) -> None:
         """
@@ -453,6 +479,19 @@ class ClientStream(StreamEnd):
     def _cancelled(self, d: Deferred[Any]) -> None:
         if self._channel.pending.pop(self.call_id, None) is not None:
             self._channel.send_cancel(self.call_id)
+
+    def _abort(self, why: str) -> None:
+        """
+        The server sent a bad frame for this stream: fail it with
+        L{Internal} and cancel it on the server.
+
+        @param why: what was wrong.
+        """
+        if self._channel.pending.pop(self.call_id, None) is None:
+            return
+        self._channel.send_cancel(self.call_id)
+        self._done.errback(Internal(f"bad frame from {self._channel.peer_name} for stream "
+                                    f"{self.call_id} ({self.method}): {why}"))
 
     def _expire(self, timeout: float) -> None:
         if self._channel.pending.pop(self.call_id, None) is None:

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 
 from rpcd.client import _ServiceProxy
 from rpcd.errors import Code, RPCError, _code_name
+from rpcd.wire.fields import check_timeout
 
 T = TypeVar("T")
 
@@ -191,7 +192,8 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
     tries = 0
     while True:
         tries += 1
-        remaining = None if deadline is None else deadline - clock.seconds()
+        # A timer may fire a little late: what is left is never below 0.
+        remaining = None if deadline is None else max(0.0, deadline - clock.seconds())
         try:
             result = await maybeDeferred(attempt, remaining)
         except Exception as error:
@@ -271,6 +273,7 @@ class RetryingClient:
         @return: a Deferred firing with the result, or failing with the last
             attempt's L{rpcd.errors.RPCError}.
         """
+        timeout = check_timeout(timeout)
         if timeout is None:
             timeout = getattr(self.target, "default_timeout", None)
 

@@ -36,7 +36,8 @@ from zope.interface import implementer
 from rpcd.convert import _Mismatch
 from rpcd.dispatch import error_fields
 from rpcd.errors import Code, InvalidArgument, ProtocolError, RPCError
-from rpcd.wire.flow import MAX_WINDOW, ReceiveWindow, check_window, parse_credit
+from rpcd.wire.fields import CallOptions, frame_name, read_id
+from rpcd.wire.flow import DEFAULT_WINDOW, MAX_WINDOW, ReceiveWindow, check_credit
 from rpcd.wire.frames import CREDIT, END, ERROR, MESSAGE, RESULT, encode_frame, pack_length
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class ServerStreams:
         self._out_size = 0
         self._flush_call: IDelayedCall | None = None
 
-    def open(self, call_id: Any, method: str, value: Any, options: dict[str, Any],
+    def open(self, call_id: int, method: str, value: Any, options: CallOptions,
              out: list[bytes]) -> None:
         """
         Start a stream for a CALL frame with C{"stream"} in its options.
@@ -96,8 +97,8 @@ class ServerStreams:
         @param call_id: the CALL's id.
         @param method: C{Service.Method}.
         @param value: the CALL's argument.
-        @param options: the CALL's options (C{window}, C{timeout},
-            C{metadata}).
+        @param options: the CALL's options, checked (see
+            L{rpcd.wire.fields.parse_options}).
         @param out: frames to write after this read (an error that ends the
             stream at once goes there).
         """
@@ -107,22 +108,14 @@ class ServerStreams:
             out.append(error_frame(call_id, Code.INVALID_ARGUMENT,
                                    f"call id {call_id} is already in use on this connection"))
             return
-        try:
-            window = check_window(options.get("window"))
-            timeout = _check_timeout(options.get("timeout"))
-            metadata = options.get("metadata")
-            if metadata is not None and type(metadata) is not dict:
-                raise ValueError("the metadata option must be a map")
-        except ValueError as e:
-            out.append(error_frame(call_id, Code.INVALID_ARGUMENT, f"{method}: {e}"))
-            return
+        window = DEFAULT_WINDOW if options.window is None else options.window
         stream = ServerStream(self, call_id, window)
         self.streams[call_id] = stream
         self._register()
         try:
             d = dispatcher.open_stream(method, call_id,
                                        lambda m, ctx: stream.start(m, ctx, value),
-                                       timeout=timeout, metadata=metadata)
+                                       timeout=options.timeout, metadata=options.metadata)
         except RPCError as e:
             self.streams.pop(call_id, None)
             out.append(error_frame(call_id, e.code, e.message, e.details))
@@ -133,40 +126,44 @@ class ServerStreams:
         """
         Handle a MESSAGE, END or CREDIT frame from the client.
 
-        Frames for a stream that already ended are ignored (they crossed
-        the server's final frame on the wire).
+        Frames for a stream that is not running are ignored (they crossed
+        the server's final frame on the wire); a bad field of a frame for a
+        running stream fails that stream with INVALID_ARGUMENT.
 
         @param frame: the decoded frame.
         @param out: frames to write after this read.
-        @raise ProtocolError: a malformed frame, a MESSAGE beyond the credit
-            granted or after END, or an unknown frame type.
+        @raise ProtocolError: an id that cannot be read, a MESSAGE beyond
+            the credit granted or after END, credit over L{MAX_WINDOW}, or
+            an unknown frame type.
         """
         kind = frame[0]
+        if kind not in (MESSAGE, CREDIT, END):
+            raise ProtocolError(f"unexpected {frame_name(kind)} from a client")
+        call_id = read_id(frame)
+        stream = self.streams.get(call_id)
+        if stream is None:
+            return
         if kind == MESSAGE:
             if len(frame) < 3:
-                raise ProtocolError("MESSAGE frame needs [4, id, value]")
-            stream = self.streams.get(frame[1])
-            if stream is not None:
-                if stream.inbox is None:
-                    raise ProtocolError(f"stream {frame[1]}: MESSAGE beyond the granted credit "
-                                        "(this method takes no messages)")
+                stream.abort(InvalidArgument(f"MESSAGE {call_id}: needs [4, id, value], "
+                                             f"got {len(frame)} fields"))
+            elif stream.inbox is None:
+                raise ProtocolError(f"stream {call_id}: MESSAGE beyond the granted credit "
+                                    "(this method takes no messages)")
+            else:
                 stream.inbox.put(frame[2])
         elif kind == CREDIT:
-            call_id, n = parse_credit(frame)
-            stream = self.streams.get(call_id)
-            if stream is not None:
-                stream.credit += n
-                if stream.credit > MAX_WINDOW:
-                    raise ProtocolError(f"stream {call_id}: credit over {MAX_WINDOW} messages")
-                stream.wake()
-        elif kind == END:
-            if len(frame) < 2:
-                raise ProtocolError("END frame needs [5, id]")
-            stream = self.streams.get(frame[1])
-            if stream is not None and stream.inbox is not None:
-                stream.inbox.end()
-        else:
-            raise ProtocolError(f"unexpected frame type {kind} from a client")
+            try:
+                n = check_credit(frame[2] if len(frame) > 2 else None)
+            except ValueError as e:
+                stream.abort(InvalidArgument(f"CREDIT {call_id}: {e}"))
+                return
+            stream.credit += n
+            if stream.credit > MAX_WINDOW:
+                raise ProtocolError(f"stream {call_id}: credit over {MAX_WINDOW} messages")
+            stream.wake()
+        elif stream.inbox is not None:
+            stream.inbox.end()
 
     def send(self, data: bytes) -> None:
         """
@@ -175,6 +172,8 @@ class ServerStreams:
 
         @param data: encoded frames.
         """
+        if self.protocol.closing:
+            return  # after a GOAWAY nothing more is sent
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= FLUSH_BYTES:
@@ -266,6 +265,7 @@ class ServerStream:
         self.credit = window
         self.inbox: StreamMessages | None = None
         self._waiting: Deferred[None] | None = None
+        self._aborted: RPCError | None = None
 
     def start(self, method: BoundMethod, context: CallContext | None, value: Any) -> Deferred:
         """
@@ -373,6 +373,18 @@ class ServerStream:
             frame = error_frame(self.call_id, Code.INTERNAL, f"the result cannot be encoded: {e}")
         self.streams.send(frame)
 
+    def abort(self, error: RPCError) -> None:
+        """
+        End the stream with an error of ours (a bad frame from the client):
+        the handler is cancelled and the client gets C{error}.
+
+        @param error: what the client is told.
+        """
+        self._aborted = error
+        dispatcher = self.streams.protocol.dispatcher
+        assert dispatcher is not None  # streams exist only after connectionMade
+        dispatcher.cancel(self.call_id)
+
     def failed(self, failure: Failure) -> None:
         """
         The handler failed, was cancelled or ran out of time: send ERROR.
@@ -380,7 +392,7 @@ class ServerStream:
         @param failure: why (an L{RPCError} as the Dispatcher maps it).
         """
         self._close()
-        error = failure.value
+        error = self._aborted or failure.value
         assert error is not None  # Failure() raises rather than hold no exception
         code, message, details = error_fields(error)
         self.streams.send(error_frame(self.call_id, code, message, details))
@@ -506,10 +518,3 @@ def error_frame(call_id: Any, code: int, message: str, details: Any = None) -> b
     except Exception:
         return encode_frame([ERROR, call_id, int(code), message, None])
 
-
-def _check_timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if type(value) not in (int, float) or value != value or value < 0:
-        raise ValueError(f"the timeout must be a number of seconds >= 0, got {value!r}")
-    return float(value)

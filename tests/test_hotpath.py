@@ -332,18 +332,28 @@ class InlineCallTests(SynchronousTestCase):
         self.assertEqual(replies[3], [1, 4, 6])
 
     def test_malformed_call(self) -> None:
-        """A four-field CALL with a bad id or method is a protocol error, after earlier replies."""
-        for bad, why in [(frame(0, "1", "Arith.Multiply", {}), "an integer id and a string method"),
-                         (frame(0, 1, 2, {}), "an integer id and a string method"),
-                         (frame(0, 1, "Arith.Multiply"), "got 3 fields")]:
+        """A four-field CALL whose id cannot be read is a protocol error, after earlier replies."""
+        for bad_id in ("1", -1, 2 ** 63, 1.0, True, [1]):
             self.setUp()
             with capturedLogs():
-                self.protocol.dataReceived(frame(0, 1, "Arith.Multiply", {"A": 1, "B": 1}) + bad)
+                self.protocol.dataReceived(frame(0, 1, "Arith.Multiply", {"A": 1, "B": 1}) +
+                                           frame(0, bad_id, "Arith.Multiply", {}))
             good, goaway = self.replies()
             self.assertEqual(good, [1, 1, 1])
             self.assertEqual(goaway[:3], [9, 0, Code.INVALID_ARGUMENT])
-            self.assertIn(why, goaway[3])
+            self.assertIn(f"CALL id must be an integer from 0 to 2^63-1, got {bad_id!r}", goaway[3])
             self.assertTrue(self.transport.disconnecting)
+
+    def test_bad_field_fails_the_call(self) -> None:
+        """A CALL with a readable id and a bad method or too few fields fails that call only."""
+        self.protocol.dataReceived(frame(0, 1, 2, {}) + frame(0, 2, "Arith.Multiply") +
+                                   frame(0, 3, "Arith.Multiply", {"A": 1, "B": 1}))
+        self.assertEqual(self.replies(), [
+            [2, 1, Code.INVALID_ARGUMENT, "CALL 1: method must be a string, got 2", None],
+            [2, 2, Code.INVALID_ARGUMENT,
+             "CALL 2: needs [0, id, method, argument], got 3 fields", None],
+            [1, 3, 1]])
+        self.assertFalse(self.transport.disconnecting)
 
     def test_unencodable_result(self) -> None:
         """A result msgpack cannot encode is an INTERNAL error for that call only."""

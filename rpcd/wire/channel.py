@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from rpcd.errors import ConnectionLost, DeadlineExceeded, RPCError
+from rpcd.wire.fields import check_metadata, check_method, check_timeout
 from rpcd.wire.sockopts import set_no_delay
 
 if TYPE_CHECKING:
@@ -89,7 +90,18 @@ class ClientChannel(Protocol):
             L{RPCError} subclass for a remote error, L{DeadlineExceeded} for
             a timeout, L{ConnectionLost} when the connection goes first, and
             C{CancelledError} when cancelled by the caller.
+        @raise TypeError: a method, timeout or metadata of the wrong type
+            (nothing is sent).
+        @raise ValueError: a timeout that is negative, not finite or over
+            L{rpcd.wire.fields.MAX_TIMEOUT}, or metadata over its bounds
+            (nothing is sent).
         """
+        if type(method) is not str:
+            check_method(method)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if metadata is not None:
+            metadata = check_metadata(metadata)
         if self.lost_reason is not None:
             return _failed(ConnectionLost(f"connection to {self.peer_name} is closed; "
                                           f"cannot call {method}"))

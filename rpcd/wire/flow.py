@@ -42,20 +42,17 @@ def check_window(value: Any) -> int:
     return value
 
 
-def parse_credit(frame: list[Any]) -> tuple[Any, int]:
+def check_credit(n: Any) -> int:
     """
-    Read a CREDIT frame.
+    Check the grant of a CREDIT frame C{[6, id, n]}.
 
-    @param frame: C{[6, id, n]}.
-    @return: C{(id, n)}.
-    @raise ProtocolError: malformed, or n not from 1 to L{MAX_WINDOW}.
+    @param n: the grant (None when the frame has none).
+    @return: it.
+    @raise ValueError: not an integer from 1 to L{MAX_WINDOW}.
     """
-    if len(frame) < 3:
-        raise ProtocolError("CREDIT frame needs [6, id, n]")
-    n = frame[2]
     if type(n) is not int or not 1 <= n <= MAX_WINDOW:
-        raise ProtocolError(f"CREDIT must grant 1 to {MAX_WINDOW} messages, got {n!r}")
-    return frame[1], n
+        raise ValueError(f"n must be an integer from 1 to {MAX_WINDOW}, got {n!r:.60}")
+    return n
 
 
 class ReceiveWindow:

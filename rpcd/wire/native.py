@@ -23,11 +23,22 @@ from twisted.python.failure import Failure
 from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, ProtocolError, RPCError
+from rpcd.wire.fields import (
+    CallOptions,
+    check_fields,
+    check_method,
+    frame_name,
+    parse_options,
+    read_id,
+)
 from rpcd.wire.frames import (
     CALL,
     CANCEL,
+    CREDIT,
+    END,
     ERROR,
     GOAWAY,
+    MESSAGE,
     PING,
     PONG,
     PREFACE,
@@ -57,6 +68,8 @@ _PREFIXES = [pack_length(size) for size in range(256)]
 # them, the direct send is simply not used.
 _SOCKET_INTERNALS = ("_tempDataLen", "dataBuffer", "writeSomeData", "connected", "disconnecting")
 
+_STREAM_FRAMES = frozenset({MESSAGE, END, CREDIT})
+
 _PLAIN_RESULTS = frozenset({int, str, float, bool, bytes, type(None), list, dict})
 
 
@@ -83,7 +96,8 @@ class NativeServerProtocol(Protocol):
         self._pending = b""
         self._streams: Any = None
         self._socket: Connection | None = None
-        self._closing = False
+        self._closing = False  # reading has ended: no more calls start
+        self._goaway_sent = False  # nothing more is written
         self._read_ended = False
 
     def connectionMade(self) -> None:
@@ -193,8 +207,10 @@ class NativeServerProtocol(Protocol):
             for frame in frames_left:
                 if len(frame) == 4 and frame[0] == CALL:
                     _, call_id, method, value = frame
-                    if type(call_id) is not int or type(method) is not str:
-                        raise ProtocolError("CALL frame needs an integer id and a string method")
+                    # call_id >> 63: nonzero for ids out of 0..2^63-1, in one step.
+                    if type(call_id) is not int or type(method) is not str or call_id >> 63:
+                        self._parse_call(frame, out)  # refuses it, naming the bad field
+                        continue
                     timeout = metadata = None
                 elif frame[0] != CALL:
                     self._control(frame, out)
@@ -283,44 +299,48 @@ class NativeServerProtocol(Protocol):
 
     def _parse_call(self, frame: list, out: list[bytes]) -> tuple[int, str, Any, Any, Any] | None:
         """
-        Check a CALL frame that is not of the plain four-field kind, and
-        start it if it opens a stream.
+        Check a CALL frame that is not of the plain four-field kind (or whose
+        fields are wrong), and start it if it opens a stream.
+
+        A bad field fails the call: an ERROR frame (INVALID_ARGUMENT) naming
+        the field goes into C{out}.
 
         @param frame: the frame body.
         @param out: replies of this read.
         @return: C{(call_id, method, value, timeout, metadata)} for a unary
-            call, or None when it was a stream (now started).
-        @raise ProtocolError: the frame is malformed.
+            call, or None when it was refused or was a stream (now started).
+        @raise ProtocolError: the frame's id cannot be read.
         """
+        call_id = read_id(frame)
         try:
-            call_id = frame[1]
-            method = frame[2]
-            value = frame[3]
-        except IndexError:
-            raise ProtocolError(f"CALL frame needs [0, id, method, argument], "
-                                f"got {len(frame)} fields") from None
-        if type(call_id) is not int or type(method) is not str:
-            raise ProtocolError("CALL frame needs an integer id and a string method")
-        timeout = metadata = None
-        options = frame[4] if len(frame) > 4 else None
-        if options:
-            if type(options) is not dict:
-                raise ProtocolError("CALL options must be a map")
-            timeout = options.get("timeout")
-            metadata = options.get("metadata")
-            if options.get("stream"):
-                self._start_stream(call_id, method, value, options, out)
-                return None
-        return call_id, method, value, timeout, metadata
+            check_fields(frame, "[0, id, method, argument]")
+            method = check_method(frame[2])
+            options = parse_options(frame[4] if len(frame) > 4 else None)
+        except (TypeError, ValueError) as e:
+            out.append(_error_frame(call_id, Code.INVALID_ARGUMENT, f"CALL {call_id}: {e}"))
+            return None
+        if options.stream:
+            self._start_stream(call_id, method, frame[3], options, out)
+            return None
+        return call_id, method, frame[3], options.timeout, options.metadata
 
-    def _start_stream(self, call_id: int, method: str, value: Any, options: dict,
+    def _start_stream(self, call_id: int, method: str, value: Any, options: CallOptions,
                       out: list[bytes]) -> None:
         if self._streams is None:
             from rpcd.streams import ServerStreams
             self._streams = ServerStreams(self)
         self._streams.open(call_id, method, value, options, out)
 
+    @property
+    def closing(self) -> bool:
+        """
+        Whether a GOAWAY was sent: it is the last frame the peer gets.
+        """
+        return self._goaway_sent
+
     def _reply_later(self, result: Any, call_id: int) -> None:
+        if self._goaway_sent:
+            return
         try:
             frame = encode_frame([RESULT, call_id, result])
         except Exception as e:
@@ -328,6 +348,8 @@ class NativeServerProtocol(Protocol):
         self.transport.write(frame)
 
     def _fail_later(self, failure: Failure, call_id: int) -> None:
+        if self._goaway_sent:
+            return
         error = failure.value
         assert error is not None  # a Failure always holds its exception
         code, message, details = error_fields(error)
@@ -339,25 +361,34 @@ class NativeServerProtocol(Protocol):
         return _error_frame(call_id, Code.INTERNAL, f"{method}: the result cannot be encoded: {error}")
 
     def _control(self, frame: list, out: list[bytes]) -> None:
+        """
+        Handle a frame that is not a CALL.
+
+        @param frame: the frame body.
+        @param out: replies of this read.
+        @raise ProtocolError: a frame a client may not send, or whose id
+            cannot be read.
+        """
         kind = frame[0]
         if kind == CANCEL:
-            if len(frame) < 2:
-                raise ProtocolError("CANCEL frame needs [3, id]")
             assert self.dispatcher is not None  # set by connectionMade, before any data
-            self.dispatcher.cancel(frame[1])
+            self.dispatcher.cancel(read_id(frame))
         elif kind == PING:
             out.append(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
         elif kind == PONG:
             pass
         elif kind == GOAWAY:
             self.transport.loseConnection()
-        elif self._streams is not None:
-            self._streams.frame_received(frame, out)
+        elif kind in _STREAM_FRAMES:
+            if self._streams is not None:
+                self._streams.frame_received(frame, out)
+            else:
+                read_id(frame)  # no stream was ever opened: a good id is ignored
         else:
-            raise ProtocolError(f"unexpected frame type {kind} from a client")
+            raise ProtocolError(f"unexpected {frame_name(kind)} from a client")
 
     def _goaway(self, code: int, message: str) -> None:
-        self._closing = True
+        self._closing = self._goaway_sent = True
         if self.throttle is not None:
             self.throttle.held = None
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)

@@ -11,13 +11,16 @@ from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import ProtocolError, Unavailable, error_from_wire
+from rpcd.errors import Code, Internal, ProtocolError, RPCError, Unavailable, error_from_wire
 from rpcd.wire.channel import ClientChannel
+from rpcd.wire.fields import check_fields, frame_name, read_id, short
 from rpcd.wire.frames import (
     CALL,
     CANCEL,
+    CREDIT,
     ERROR,
     GOAWAY,
+    MESSAGE,
     PING,
     PONG,
     PREFACE,
@@ -48,6 +51,7 @@ class NativeClientProtocol(ClientChannel):
         self.reader = FrameReader(max_frame)
         self._preface: bytes | None = b""
         self.streams: Any = None
+        self._closing = False
 
     def connectionMade(self) -> None:
         self.transport.write(PREFACE)
@@ -60,7 +64,7 @@ class NativeClientProtocol(ClientChannel):
         else:
             options: dict[str, Any] = {}
             if timeout is not None:
-                options["timeout"] = float(timeout)
+                options["timeout"] = timeout  # checked by ClientChannel.call
             if metadata:
                 options["metadata"] = metadata
             body = [CALL, call_id, method, value, options]
@@ -79,6 +83,8 @@ class NativeClientProtocol(ClientChannel):
         self.transport.write(encode_frame(body))
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # after a GOAWAY either way, nothing more is read
         if self._preface is not None:
             data = self._preface + data
             if len(data) < PREFACE_SIZE:
@@ -92,29 +98,82 @@ class NativeClientProtocol(ClientChannel):
             self._preface = None
             self.ready()
             data = data[PREFACE_SIZE:]
+        frames, error = self.reader.split(data)
         try:
-            for frame in self.reader.feed(data):
-                kind = frame[0]
-                if kind == RESULT:
-                    self.resolve(frame[1], frame[2])
-                elif kind == ERROR:
-                    self.reject(frame[1], error_from_wire(frame[2], frame[3],
-                                                          frame[4] if len(frame) > 4 else None))
-                elif kind == PING:
-                    self.transport.write(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
-                elif kind == GOAWAY:
-                    message = frame[3] if len(frame) > 3 else "server closed the connection"
-                    self.fail_all(Unavailable(f"{self.peer_name}: {message}"))
-                    self.transport.loseConnection()
+            for frame in frames:
+                # The common reply is checked and resolved here; the rest, and
+                # any reply with a bad field, goes through _frame_received.
+                # (call_id >> 63 is nonzero for ids out of 0..2^63-1.)
+                if len(frame) == 3 and frame[0] == RESULT:
+                    _, call_id, value = frame
+                    if type(call_id) is int and not call_id >> 63:
+                        d = self.pending.pop(call_id, None)
+                        if d is not None:
+                            d.callback(value)
+                        continue
+                if self._frame_received(frame):
                     return
-                elif self.streams is not None:
-                    self.streams.frame_received(frame)
-        except (ProtocolError, IndexError, TypeError) as e:
-            self._broken(f"bad frame from {self.peer_name}: {e}")
+        except ProtocolError as e:
+            error = e
+        if error is not None:
+            self._broken(f"bad frame from {self.peer_name}: {error}")
+
+    def _frame_received(self, frame: list[Any]) -> bool:
+        """
+        Handle one frame from the server other than a plain RESULT.
+
+        A frame for a pending call with a bad field fails that call with
+        L{Internal}, naming the field; a frame whose id cannot be read, or
+        one a server may not send, is a protocol error.
+
+        @param frame: the frame body.
+        @return: whether the connection is closing (a GOAWAY).
+        @raise ProtocolError: the connection must close.
+        """
+        kind = frame[0]
+        if kind == RESULT or kind == ERROR:
+            call_id = read_id(frame)
+            if call_id not in self.pending:
+                return False  # answered already (timed out, cancelled): ignored
+            try:
+                if kind == RESULT:
+                    check_fields(frame, "[1, id, value]")
+                    self.resolve(call_id, frame[2])
+                else:
+                    self.reject(call_id, _remote_error(frame))
+            except (TypeError, ValueError) as e:
+                self.reject(call_id, Internal(f"bad {frame_name(kind)} frame from "
+                                              f"{self.peer_name} for call {call_id}: {e}"))
+        elif kind == PING:
+            self.transport.write(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
+        elif kind == PONG:
+            pass
+        elif kind == GOAWAY:
+            message = frame[3] if len(frame) > 3 else None
+            if type(message) is not str:
+                message = f"server closed the connection (GOAWAY {short(frame[1:])})"
+            self._closing = True
+            self.fail_all(Unavailable(f"{self.peer_name}: {message}"))
+            self.transport.loseConnection()
+            return True
+        elif kind == MESSAGE or kind == CREDIT:
+            if self.streams is not None:
+                self.streams.frame_received(frame)
+            else:
+                read_id(frame)  # no stream was opened: a good id is ignored
+        else:
+            raise ProtocolError(f"unexpected {frame_name(kind)} from a server")
+        return False
 
     def _broken(self, why: str) -> None:
+        """
+        The server broke the protocol: say why in a GOAWAY and close.
+        """
         log.error("{why}", why=why)
+        self._closing = True
         self.fail_all(Unavailable(why))
+        self.transport.write(encode_frame([GOAWAY, 0, int(Code.INVALID_ARGUMENT),
+                                           f"protocol error: {why}"]))
         self.transport.loseConnection()
 
     def describe_loss(self, reason: Failure | None) -> str:
@@ -128,6 +187,23 @@ class NativeClientProtocol(ClientChannel):
         super().connectionLost(reason)
         if self.streams is not None:
             self.streams.connection_lost(reason)
+
+
+def _remote_error(frame: list[Any]) -> RPCError:
+    """
+    The error an ERROR frame C{[2, id, code, message, details]} reports.
+
+    @raise TypeError: the code is not an integer or the message not a
+        string.
+    @raise ValueError: too few fields.
+    """
+    check_fields(frame, "[2, id, code, message]")
+    code, message = frame[2], frame[3]
+    if type(code) is not int:
+        raise TypeError(f"code must be an integer, got {short(code)}")
+    if type(message) is not str:
+        raise TypeError(f"message must be a string, got {short(message)}")
+    return error_from_wire(code, message, frame[4] if len(frame) > 4 else None)
 
 
 __all__ = ["NativeClientProtocol"]
