@@ -21,6 +21,11 @@ from rpcd.wire import sniff
 
 DEFAULT_NAME = "<embedded default config>"
 
+#: The listen queue length of an endpoint that sets none (Twisted's own
+#: default, 50, drops connections in a connect flood; the kernel caps it at
+#: net.core.somaxconn).
+DEFAULT_BACKLOG = 1024
+
 
 class ConfigError(ValueError):
     """The config file is wrong; the message names the file and the key."""
@@ -33,10 +38,12 @@ class ListenConfig:
 
     @ivar endpoint: a Twisted server endpoint string.
     @ivar protocols: the wire protocols served there.
+    @ivar backlog: its listen queue length, or None for C{server.backlog}.
     """
 
     endpoint: str
     protocols: frozenset[str] = sniff.ALL
+    backlog: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +150,8 @@ class Config:
     A whole daemon configuration.
 
     @ivar source: the file it came from (for messages).
+    @ivar backlog: the listen queue length of endpoints that set no
+        C{backlog=} themselves.
     """
 
     source: str
@@ -153,6 +162,7 @@ class Config:
     services: tuple[ServiceConfig, ...]
     discovery: DiscoveryConfig | None = None
     http: HTTPConfig = HTTPConfig()
+    backlog: int = DEFAULT_BACKLOG
 
 
 def default_text() -> str:
@@ -199,13 +209,14 @@ def parse(text: str, source: str) -> Config:
     reader = _Reader(source)
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect"})
+    reader.known(server, "server", {"listen", "connect", "backlog"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
                     enumerate(reader.list(server, "server", "connect", [])))
     return Config(
         source=source, listen=listen, connect=connect,
+        backlog=_backlog(reader, server, "server") or DEFAULT_BACKLOG,
         limits=_limits(reader, reader.table(data, "limits")),
         auth=_auth(reader, reader.table(data, "auth")),
         http=_http(reader, reader.table(data, "http")),
@@ -276,11 +287,21 @@ def _listen(reader: _Reader, item: Any, index: int) -> ListenConfig:
     if isinstance(item, str):
         return ListenConfig(_endpoint(reader, where, item))
     if isinstance(item, dict):
-        reader.known(item, where, {"endpoint", "protocols"})
+        reader.known(item, where, {"endpoint", "protocols", "backlog"})
         endpoint = _endpoint(reader, f"{where}.endpoint", reader.value(item, where, "endpoint", str, None))
         protocols = _protocols(reader, f"{where}.protocols", item.get("protocols", sorted(sniff.ALL)))
-        return ListenConfig(endpoint, protocols)
-    raise reader.fail(where, "must be an endpoint string or a table {endpoint = ..., protocols = [...]}")
+        return ListenConfig(endpoint, protocols, _backlog(reader, item, where))
+    raise reader.fail(where, "must be an endpoint string or a table "
+                             "{endpoint = ..., protocols = [...], backlog = N}")
+
+
+def _backlog(reader: _Reader, table: Mapping[str, Any], where: str) -> int | None:
+    if "backlog" not in table:
+        return None
+    value = reader.value(table, where, "backlog", int, None)
+    if not 1 <= value <= 65535:
+        raise reader.fail(f"{where}.backlog", f"must be from 1 to 65535, not {value}")
+    return value
 
 
 def _endpoint(reader: _Reader, where: str, value: Any) -> str:

@@ -8,6 +8,7 @@ reactor.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -136,7 +137,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
     listeners = []
     for item in config.listen:
         try:
-            endpoint = serverFromString(reactor, item.endpoint)
+            endpoint = serverFromString(reactor, with_backlog(item.endpoint, item.backlog or config.backlog))
         except Exception as e:
             raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
         listener = StreamServerEndpointService(endpoint, server.factory(item.protocols))
@@ -153,6 +154,27 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
         registration(config.discovery, [s.name for s in registry.services()],
                      listeners, reactor).setServiceParent(top)
     return top
+
+
+#: The server endpoint types that take C{backlog=}: Twisted's and rpcd's TLS ones.
+_TAKES_BACKLOG = frozenset({"tcp", "tcp6", "unix", "ssl", "rpcd-tls", "mtls"})
+
+
+def with_backlog(endpoint: str, backlog: int) -> str:
+    """
+    Give a server endpoint string a listen queue length, unless it has one.
+
+    @param endpoint: a Twisted server endpoint string.
+    @param backlog: the length (C{server.backlog}).
+    @return: C{endpoint}, with C{:backlog=N} added if its type takes one
+        and it does not set it already.
+    """
+    fields = re.split(r"(?<!\\):", endpoint)
+    if fields[0].strip().lower() not in _TAKES_BACKLOG:
+        return endpoint
+    if any(f.strip().startswith("backlog=") for f in fields[1:]):
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"
 
 
 def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) -> None:

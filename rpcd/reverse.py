@@ -17,6 +17,12 @@ Both sides take Twisted endpoint strings: the daemon a client string
 trustRoots=DIR:certificate=client.pem:privateKey=client.key}, which checks
 the listener's name), the listener a server string (C{tcp:1234},
 C{mtls:1234:certKey=...:privateKey=...:caCerts=ca.pem}).
+
+The listening side has the daemon's own listener limits (L{Limits}): a
+daemon dialling in must finish TLS and its protocol's handshake within
+C{handshake_timeout}; C{max_connections} and C{max_connections_per_peer} cap
+the connections open at once; and at most C{max_waiting} clients wait to be
+taken -- beyond that, new connections are refused with a logged reason.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from twisted.internet.defer import TimeoutError as TwistedTimeoutError
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IHandshakeListener, INegotiated
+from twisted.internet.interfaces import IHandshakeListener, INegotiated, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,11 +42,13 @@ from zope.interface import implementer
 
 from rpcd.client import Client, _codec_class, _reactor, client_from_string, parse_endpoint
 from rpcd.config import ConfigError, ConnectConfig
+from rpcd.limits import ConnectionCaps, Limits
+from rpcd.session import describe_address
 from rpcd.sniffer import SniffingProtocol
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
-    from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+    from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
 
     from rpcd.server import RPCServer, RPCServerFactory
     from rpcd.wire.channel import ClientChannel
@@ -51,6 +59,10 @@ log = Logger()
 #: L{MAX_DELAY}, plus up to a second of random jitter.
 INITIAL_DELAY = 1.0
 MAX_DELAY = 60.0
+
+#: How many clients of daemons that dialled in may wait to be taken from a
+#: L{ReverseListener} by default.
+MAX_WAITING = 100
 
 
 class _Backoff:
@@ -192,22 +204,84 @@ def _channel_with_handshake(codec: str) -> type:
 _HANDSHAKE_CLASSES: dict[type[ClientChannel], type] = {}
 
 
-class _AcceptFactory(Factory):
+class _Refused(Protocol):
     """
-    Builds a client channel for each daemon that dials in.
+    What a refused connection gets: closed as soon as it is made (Twisted's
+    TLS wrapper needs a protocol to wrap, so the factory cannot give None).
     """
 
-    def __init__(self, codec: str, reactor: Any, clients: DeferredQueue[Client]) -> None:
+    transport: ITCPTransport
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class _AcceptFactory(Factory):
+    """
+    Builds a client channel for each daemon that dials in, within the
+    limits: a handshake deadline, the connection caps and a bounded queue
+    of clients not taken yet.
+
+    @ivar caps: the connections open now (handshaking, waiting and taken).
+    @ivar max_waiting: the most clients that wait in C{clients}.
+    """
+
+    def __init__(self, codec: str, reactor: Any, clients: DeferredQueue[Client], *,
+                 limits: Limits | None = None, max_waiting: int = MAX_WAITING) -> None:
+        if max_waiting < 1:
+            raise ValueError(f"max_waiting must be at least 1, not {max_waiting!r}")
         self.cls = _channel_with_handshake(codec)
         self.reactor = reactor
         self.clients = clients
+        self.limits = limits or Limits()
+        self.caps = ConnectionCaps(self.limits, reactor)
+        self.max_waiting = max_waiting
 
     def buildProtocol(self, addr: Any) -> Protocol:
+        peer, host = describe_address(addr)
+        why = self.caps.admit(host)
+        if why is None and len(self.clients.pending) >= self.max_waiting:
+            why = self._queue_full()
+        if why is not None:
+            self.caps.note_refusal(peer, why)
+            return _Refused()
+        self.caps.opened(host)
         channel = self.cls(self.reactor)
         channel.handshake_done = Deferred()
         channel.connected_d.addCallback(self._connected)
         channel.connected_d.addErrback(self._failed, channel)
+        timeout = self.limits.handshake_timeout
+        timer: IDelayedCall | None = None
+        if timeout > 0:
+            timer = self.reactor.callLater(timeout, self._too_slow, channel, peer, timeout)
+        channel.arrival_timer = timer
+        channel.closed_d.addCallback(self._closed, channel, host)
         return channel
+
+    def _queue_full(self) -> str:
+        return (f"{len(self.clients.pending)} daemons that dialled in wait to be "
+                f"taken, the limit (max_waiting = {self.max_waiting})")
+
+    def _too_slow(self, channel: Any, peer: str, timeout: float) -> None:
+        channel.arrival_timer = None
+        log.warn("closing the connection from a daemon dialling in from {peer}: it did not "
+                 "finish its handshake within {timeout:g} s (limits.handshake_timeout)",
+                 peer=peer, timeout=timeout)
+        if channel.transport is not None:
+            channel.transport.abortConnection()
+
+    def _stop_timer(self, channel: Any) -> None:
+        timer, channel.arrival_timer = channel.arrival_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _closed(self, _: None, channel: Any, host: str) -> None:
+        self._stop_timer(channel)
+        self.caps.closed(host)
+        client = getattr(channel, "client", None)
+        if client is not None and client in self.clients.pending:
+            # Nobody will want a dead connection: it leaves the queue.
+            self.clients.pending.remove(client)
 
     def _connected(self, channel: Any) -> Deferred[None] | None:
         if INegotiated.providedBy(channel.transport):
@@ -221,8 +295,18 @@ class _AcceptFactory(Factory):
         return None
 
     def _arrived(self, channel: Any) -> None:
+        self._stop_timer(channel)
+        if channel.lost_reason is not None:
+            return
+        if len(self.clients.pending) >= self.max_waiting:
+            why = self._queue_full()
+            log.warn("closing the connection from a daemon dialling in from {peer}: {why}",
+                     peer=channel.peer_name, why=why)
+            channel.transport.abortConnection()
+            return
         log.info("a daemon dialled in from {peer}", peer=channel.peer_name)
-        self.clients.put(Client(channel))
+        channel.client = Client(channel)
+        self.clients.put(channel.client)
 
     def _failed(self, failure: Failure, channel: Any) -> None:
         from rpcd.tlsinfo import describe_tls_failure
@@ -233,7 +317,8 @@ class _AcceptFactory(Factory):
 
 
 def accept(endpoint: str | IStreamServerEndpoint, *, codec: str = "native",
-           reactor: Any = None) -> Deferred[ReverseListener]:
+           reactor: Any = None, limits: Limits | None = None,
+           max_waiting: int = MAX_WAITING) -> Deferred[ReverseListener]:
     """
     Listen for daemons that dial in (their C{server.connect}), and make a
     client for each.
@@ -242,18 +327,27 @@ def accept(endpoint: str | IStreamServerEndpoint, *, codec: str = "native",
         C{mtls:1234:certKey=...:privateKey=...:caCerts=...}) or an endpoint.
     @param codec: the wire protocol the daemons speak (their C{protocol}).
     @param reactor: the reactor (the global one by default).
+    @param limits: the daemon's listener limits that apply here:
+        C{handshake_timeout} (seconds a daemon dialling in has to finish TLS
+        and its protocol's handshake; 0 disables), C{max_connections} and
+        C{max_connections_per_peer} (connections open at once, waiting or
+        taken, in total and per host); C{Limits()}'s by default.
+    @param max_waiting: the most clients that wait to be taken; a daemon
+        that dials in beyond that is refused, with a logged reason (it
+        retries with its backoff).
     @return: a Deferred firing with a L{ReverseListener} once listening; it
         fails with the endpoint's error (C{CannotListenError}), or
-        C{ValueError} for a bad endpoint string or codec.
+        C{ValueError} for a bad endpoint string, codec or C{max_waiting}.
     """
     reactor = _reactor(reactor)
     try:
         _codec_class(codec)
         server_endpoint: IStreamServerEndpoint = parse_endpoint(endpoint, serverFromString, reactor)
+        clients: DeferredQueue[Client] = DeferredQueue()
+        factory = _AcceptFactory(codec, reactor, clients, limits=limits, max_waiting=max_waiting)
     except ValueError as e:
         return fail(e)
-    clients: DeferredQueue[Client] = DeferredQueue()
-    listening = server_endpoint.listen(_AcceptFactory(codec, reactor, clients))
+    listening = server_endpoint.listen(factory)
     return listening.addCallback(ReverseListener, clients)
 
 

@@ -21,7 +21,8 @@ from rpcd.errors import Unavailable
 from rpcd.retry import RetryPolicy
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
 
-HEALTH = HealthCheck(interval=0.2, timeout=2.0)
+# A generous probe timeout: a loaded machine must not fail a health check.
+HEALTH = HealthCheck(interval=0.2, timeout=10.0)
 RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.5)
 
 
@@ -67,7 +68,7 @@ class BalancerE2ETests(TestCase):
                                           reactor=reactor, health=HEALTH, retry=RETRY,
                                           reconnect=lambda attempt: 0.2, default_timeout=10)
         self.addCleanup(balancer.close)
-        await balancer.when_ready(10, at_least=3)
+        await balancer.when_ready(30, at_least=3)
         self.assertEqual(Counter(await names(balancer, 30)), {"a": 10, "b": 10, "c": 10})
 
         # Stop b with calls in flight: no caller sees an error.
@@ -88,7 +89,7 @@ class BalancerE2ETests(TestCase):
         # Restart b on the same port: it is used again (its circuit, opened by
         # the calls lost with it, lets one trial call through, then closes).
         await start_daemon(self, "b", ports["b"])
-        await balancer.when_ready(10, at_least=3)
+        await balancer.when_ready(30, at_least=3)
         self.assertEqual(sorted([await balancer.Who.Name() for _ in range(3)]), ["a", "b", "c"])
         self.assertEqual(Counter(await names(balancer, 30)), {"a": 10, "b": 10, "c": 10})
 

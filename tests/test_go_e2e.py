@@ -2,9 +2,10 @@
 End-to-end tests with real Go: stock Go programs call the real daemon as a
 Go net/rpc server, and rpcd's client calls a real Go net/rpc server.
 
-  - The seed documents' client programs, unchanged (C{tests/go/seeds}); they
-    dial the ports written in them (1234, 9000, 8080), so the daemon listens
-    there, and a test fails with a clear message if one is taken.
+  - The seed documents' client programs, unchanged but for their port
+    (C{tests/go/seeds}): each is built with C{-ldflags "-X main.seedPort=N"}
+    for the port the OS gave the daemon, so no test needs the seeds' fixed
+    ports (1234, 9000, 8080) free.
   - rpcd's own Go programs (C{tests/go/gobcalls}): sync and async calls, 200
     calls in flight, unknown names, Watch beside Set, login per connection,
     rich types echoed by C{tests.echoservice}.
@@ -18,7 +19,6 @@ directory once per test run (stdlib only: nothing is downloaded).
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
@@ -42,7 +42,6 @@ from tests.test_gobrpc import C2S
 from tests.tools import require_tool
 
 GO_SOURCES = ROOT / "tests" / "go"
-SEED_PORTS = (1234, 9000, 8080)
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 
 _build_dir: str | None = None
@@ -64,29 +63,33 @@ def go_environment() -> dict[str, str]:
     }
 
 
-async def go_program(test: TestCase, name: str) -> str:
+async def go_program(test: TestCase, name: str, seed_port: int | None = None) -> str:
     """
-    Build C{tests/go/NAME/main.go} (once per test run).
+    Build C{tests/go/NAME/main.go} (once per test run and port).
 
     @param test: the calling test (skipped when Go is missing).
     @param name: the program's directory under C{tests/go}.
+    @param seed_port: for a seed program, the port it dials (its variable
+        C{seedPort}), instead of the seed's own.
     @return: the executable's path.
     """
     go = require_tool("go", "to build the Go programs that talk to rpcd")
-    if name in _built:
-        return _built[name]
+    key = name if seed_port is None else f"{name}@{seed_port}"
+    if key in _built:
+        return _built[key]
     global _build_dir
     if _build_dir is None:
         _build_dir = tempfile.mkdtemp(prefix="rpcd-go-e2e-")
         import atexit
         atexit.register(shutil.rmtree, _build_dir, True)
     source = GO_SOURCES / name
-    binary = os.path.join(_build_dir, name.replace("/", "_"))
-    code, out, err = await run(test, [go, "build", "-o", binary, "main.go"],
+    binary = os.path.join(_build_dir, key.replace("/", "_").replace("@", "_"))
+    flags = [] if seed_port is None else ["-ldflags", f"-X main.seedPort={seed_port}"]
+    code, out, err = await run(test, [go, "build", *flags, "-o", binary, "main.go"],
                                env=go_environment(), cwd=str(source))
     if code != 0:
         test.fail(f"go build in {source} failed (exit {code}):\n{out}{err}")
-    _built[name] = binary
+    _built[key] = binary
     return binary
 
 
@@ -112,29 +115,15 @@ def echo_config(test: TestCase) -> str:
     return str(path)
 
 
-def check_ports_free(test: TestCase, ports: tuple[int, ...]) -> None:
-    """
-    Fail clearly when a port the unchanged seed programs dial is taken.
-    """
-    for port in ports:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE:
-                    raise
-                test.fail(f"port {port} on 127.0.0.1 is taken, and the seed programs dial it "
-                          f"unchanged: stop whatever listens there (ss -ltnp 'sport = :{port}')")
-
-
-async def run_go(test: TestCase, name: str, *args: str) -> tuple[int | None, str, str]:
+async def run_go(test: TestCase, name: str, *args: str,
+                 seed_port: int | None = None) -> tuple[int | None, str, str]:
     """
     Build and run a Go program to completion.
 
+    @param seed_port: see L{go_program}.
     @return: C{(exit code, stdout, stderr)}.
     """
-    binary = await go_program(test, name)
+    binary = await go_program(test, name, seed_port)
     return await run(test, [binary, *args])
 
 
@@ -143,38 +132,38 @@ def lines(text: str) -> list[str]:
 
 
 class SeedProgramTests(TestCase):
-    """The seed documents' Go clients, unchanged, against the daemon on their ports."""
+    """The seed documents' Go clients, unchanged but for their port, against the daemon."""
 
     timeout = 120
 
     async def daemon(self) -> Daemon:
         require_tool("go", "to build the seed programs")
-        check_ports_free(self, SEED_PORTS)
-        listen = [a for port in SEED_PORTS
-                  for a in ("--listen", f"tcp:{port}:interface=127.0.0.1")]
-        return await Daemon.start(self, *listen, listeners=len(SEED_PORTS))
+        return await Daemon.start(self, *LOOPBACK)
+
+    async def seed(self, name: str) -> tuple[int | None, str, str]:
+        """Start the daemon, then run a seed program built for its port."""
+        daemon = await self.daemon()
+        return await run_go(self, f"seeds/{name}", seed_port=daemon.port)
 
     async def test_000_http_client(self) -> None:
-        """Seed 000's client: Cal.Square over rpc.DialHTTP to localhost:1234."""
+        """Seed 000's client: Cal.Square over rpc.DialHTTP to localhost."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/000_client")
+        code, out, err = await self.seed("000_client")
         self.assertEqual(code, 0, err)
         self.assertRegex(err, r"(?m) 12\^2 = 144$")
 
     async def test_000_http_async_client(self) -> None:
         """Seed 000's asynchronous client (client.Go, then <-Done) gets 12^2 = 144."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/000_client_async")
+        code, out, err = await self.seed("000_client_async")
         self.assertEqual(code, 0, err)
         self.assertTrue(lines(err)[-1].endswith(" 12^2 = 144"), err)
 
     async def test_001_watch_beside_set(self) -> None:
         """Seed 001's Watch in a goroutine beside Set on one client prints the changed key."""
-        await self.daemon()
-        binary = await go_program(self, "seeds/001_kvstore_client")
-        client = await connect("tcp:127.0.0.1:1234")
+        daemon = await self.daemon()
+        binary = await go_program(self, "seeds/001_kvstore_client", daemon.port)
+        client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         # The seed races its own Set against its Watch goroutine: the Set may
         # arrive first.  So abc also changes while the program waits.
@@ -190,35 +179,30 @@ class SeedProgramTests(TestCase):
 
     async def test_001_hello_needs_login(self) -> None:
         """Seed 001's asynchronous Hello without a Login fails with the seed's "please login"."""
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/001_hello_client")
+        code, out, err = await self.seed("001_hello_client")
         self.assertEqual(code, 1)
         self.assertRegex(err, r"(?m) please login$")
 
     async def test_002_http_client(self) -> None:
-        """Seed 002's HTTP client: ServiceA.Add sync and async over 127.0.0.1:9000."""
+        """Seed 002's HTTP client: ServiceA.Add sync and async over rpc.DialHTTP."""
         require_protocol("http", "for rpc.DialHTTP (CONNECT /_goRPC_)")
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/002_http_client")
+        code, out, err = await self.seed("002_http_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
     async def test_002_tcp_client(self) -> None:
         """Seed 002's TCP (gob) client: ServiceA.Add sync and async."""
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/002_tcp_client")
+        code, out, err = await self.seed("002_tcp_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
     async def test_002_json_client(self) -> None:
         """Seed 002's jsonrpc client: ServiceA.Add sync and async."""
         require_protocol("json", "for net/rpc/jsonrpc")
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/002_json_client")
+        code, out, err = await self.seed("002_json_client")
         self.assertEqual((code, lines(out)), (0, ["ServiceA.Add: 10+20=30", "<nil>", "30"]), err)
 
     async def test_004_client(self) -> None:
-        """Seed 004's client: Arith.Multiply{7, 8} via rpc.Dial to localhost:8080."""
-        await self.daemon()
-        code, out, err = await run_go(self, "seeds/004_client")
+        """Seed 004's client: Arith.Multiply{7, 8} via rpc.Dial to localhost."""
+        code, out, err = await self.seed("004_client")
         self.assertEqual((code, lines(out)), (0, ["Arith.Multiply: 56"]), err)
 
 

@@ -8,7 +8,6 @@ call), every protocol on one port, and a flood of hostile bytes.
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 import select
@@ -22,7 +21,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -106,43 +104,20 @@ class _GoServer(ProcessProtocol):
         return self.ended
 
 
-def port_free(port: int) -> bool:
-    """Whether 127.0.0.1:PORT can be listened on now."""
-    probe = socket.socket()
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(("127.0.0.1", port))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            return False
-        raise
-    finally:
-        probe.close()
-    return True
-
-
-async def start_on_port(test: TestCase, port: int, why: str) -> Daemon:
-    """
-    Start the daemon on a fixed loopback port, waiting (up to about 30 s)
-    while another test run holds it.
-
-    @param test: the test.
-    @param port: the port.
-    @param why: why this port, for the failure message.
-    @return: the running daemon.
-    """
-    for _ in range(10):
-        for _ in range(15):
-            if port_free(port):
-                break
-            await deferLater(reactor, 0.2, lambda: None)
-        try:
-            return await Daemon.start(test, "--listen", f"tcp:{port}:interface=127.0.0.1")
-        except AssertionError as e:
-            if "Address already in use" not in str(e):
-                raise
-    test.fail(f"127.0.0.1:{port} stays taken; {why}, so this test needs it free "
-              "(stop whatever listens there)")
+# Runs a seed's Python client unchanged, its socket.create_connection
+# redirected from the seed's port (argv[1]) to the daemon's (argv[2]), so that
+# the test needs no fixed port free.
+_REDIRECTED_SEED = (
+    "import runpy, socket, sys\n"
+    "seed_port, port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]\n"
+    "create_connection = socket.create_connection\n"
+    "def redirected(address, *args, **kwargs):\n"
+    "    host, number = address[:2]\n"
+    "    return create_connection((host, port if number == seed_port else number), *args, **kwargs)\n"
+    "socket.create_connection = redirected\n"
+    "sys.argv = [path]\n"
+    "runpy.run_path(path, run_name='__main__')\n"
+)
 
 
 class HTTPTests(TestCase):
@@ -282,14 +257,15 @@ def _read_response(replies: BinaryIO) -> tuple[int, bytes]:
 
 
 class SeedClientTests(TestCase):
-    """Seed 002's Python socket client, unchanged."""
+    """Seed 002's Python socket client, unchanged (its port redirected to the daemon's)."""
 
     timeout = 60
 
     async def test_seed_002_python_client(self) -> None:
         """The seed's raw socket client prints Go's answer, decoded by Python."""
-        daemon = await start_on_port(self, 9000, "seed 002's client dials that port")
-        code, out, err = await run(self, [sys.executable, str(SEED_CLIENT)])
+        daemon = await Daemon.start(self, *LOOPBACK)
+        code, out, err = await run(self, [sys.executable, "-c", _REDIRECTED_SEED, "9000",
+                                          str(daemon.port), str(SEED_CLIENT)])
         self.assertEqual((code, out), (0, "{'id': 0, 'result': 60, 'error': None}\n"), err)
         self.assertNotIn("Traceback", daemon.output)
 

@@ -10,10 +10,11 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import INegotiated
 from twisted.internet.defer import DeferredQueue
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ from zope.interface import directlyProvides
 
 from rpcd.config import ConfigError, ConnectConfig
 from rpcd.examples.arith import Arith
-from rpcd.reverse import _AcceptFactory, accept, reverse_services
+from rpcd.reverse import MAX_WAITING, _AcceptFactory, _Refused, accept, reverse_services
 from rpcd.server import Limits, RPCServer
 from rpcd.service import ServiceRegistry
 from rpcd.wire.frames import PREFACE
@@ -164,3 +165,124 @@ class AcceptTests(SynchronousTestCase):
         d = client.call("Arith.Multiply", {"A": 7, "B": 8})
         pump.flush()
         self.assertEqual(self.successResultOf(d), 56)
+
+
+class AcceptLimitsTests(SynchronousTestCase):
+    """The listening side has a handshake deadline, connection caps and a bounded queue."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.clients: DeferredQueue[Any] = DeferredQueue()
+
+    def factory(self, max_waiting: int = MAX_WAITING, **limits: Any) -> _AcceptFactory:
+        return _AcceptFactory("native", self.reactor, self.clients,
+                              limits=Limits(**limits), max_waiting=max_waiting)
+
+    def dial_in(self, factory: _AcceptFactory, host: str = "127.0.0.1", port: int = 40000,
+                preface: bool = True) -> tuple[Any, StringTransport]:
+        """A daemon connects (and sends its preface, finishing the native handshake)."""
+        address = IPv4Address("TCP", host, port)
+        protocol = factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        if preface and not isinstance(protocol, _Refused):
+            protocol.dataReceived(PREFACE)
+        return protocol, transport
+
+    def test_handshake_timeout(self) -> None:
+        """A daemon that never finishes its handshake is closed after handshake_timeout, saying why."""
+        factory = self.factory(handshake_timeout=5.0)
+        with capturedLogs() as events:
+            protocol, transport = self.dial_in(factory, preface=False)
+            self.reactor.advance(4.9)
+            self.assertFalse(transport.disconnecting)
+            self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertIn("did not finish its handshake within 5 s", formatEvent(events[-1]))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((factory.caps.connections, self.clients.pending), (0, []))
+
+    def test_handshake_in_time(self) -> None:
+        """A daemon that finishes its handshake in time is queued and its deadline cancelled."""
+        factory = self.factory(handshake_timeout=5.0)
+        _, transport = self.dial_in(factory)
+        self.assertEqual(len(self.clients.pending), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+    def test_handshake_timeout_disabled(self) -> None:
+        """handshake_timeout = 0 sets no deadline."""
+        self.dial_in(self.factory(handshake_timeout=0), preface=False)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_max_connections(self) -> None:
+        """Beyond max_connections a new connection is refused (closed at once, logged) until one closes."""
+        factory = self.factory(max_connections=2)
+        first, _ = self.dial_in(factory, port=1)
+        self.dial_in(factory, port=2)
+        with capturedLogs() as events:
+            refused, transport = self.dial_in(factory, port=3)
+        self.assertIsInstance(refused, _Refused)
+        self.assertTrue(transport.disconnected)
+        self.assertIn("limits.max_connections = 2", events[0]["why"])
+        self.assertEqual(factory.caps.refused, 1)
+        self.successResultOf(self.clients.get())
+        first.connectionLost(Failure(ConnectionDone()))
+        admitted, _ = self.dial_in(factory, port=4)
+        self.assertNotIsInstance(admitted, _Refused)
+
+    def test_max_connections_per_peer(self) -> None:
+        """max_connections_per_peer caps the connections from one host, not from the others."""
+        factory = self.factory(max_connections_per_peer=1)
+        self.dial_in(factory, host="10.0.0.1")
+        refused, _ = self.dial_in(factory, host="10.0.0.1", port=2)
+        other, _ = self.dial_in(factory, host="10.0.0.2")
+        self.assertIsInstance(refused, _Refused)
+        self.assertNotIsInstance(other, _Refused)
+
+    def test_queue_bound_at_connect(self) -> None:
+        """With max_waiting clients not taken, a new connection is refused at once, and admitted again once one is taken."""
+        factory = self.factory(max_waiting=2)
+        self.dial_in(factory, port=1)
+        self.dial_in(factory, port=2)
+        with capturedLogs() as events:
+            refused, _ = self.dial_in(factory, port=3)
+        self.assertIsInstance(refused, _Refused)
+        self.assertIn("(max_waiting = 2)", events[0]["why"])
+        self.successResultOf(self.clients.get())
+        admitted, _ = self.dial_in(factory, port=4)
+        self.assertNotIsInstance(admitted, _Refused)
+        self.assertEqual(len(self.clients.pending), 2)
+
+    def test_queue_bound_at_arrival(self) -> None:
+        """Connections that finish their handshakes while the queue is full are closed, saying why."""
+        factory = self.factory(max_waiting=1)
+        waiting = [self.dial_in(factory, port=n, preface=False) for n in (1, 2)]
+        for protocol, _ in waiting:
+            protocol.dataReceived(PREFACE)
+        self.assertEqual(len(self.clients.pending), 1)
+        self.assertFalse(waiting[0][1].disconnecting)
+        self.assertTrue(waiting[1][1].disconnected)
+
+    def test_dead_client_leaves_queue(self) -> None:
+        """A client whose connection closes before it is taken leaves the queue, freeing its place."""
+        factory = self.factory(max_waiting=1)
+        protocol, _ = self.dial_in(factory, port=1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.clients.pending, factory.caps.connections), ([], 0))
+        self.dial_in(factory, port=2)
+        client = self.successResultOf(self.clients.get())
+        self.assertIsNone(client.channel.lost_reason)
+
+    def test_bad_max_waiting(self) -> None:
+        """accept() with max_waiting below 1 fails with ValueError."""
+        self.failureResultOf(accept("tcp:0", reactor=self.reactor, max_waiting=0), ValueError)
+
+    def test_limits_passed_through(self) -> None:
+        """accept() builds its factory with the given limits and queue bound."""
+        listener = self.successResultOf(accept("tcp:0", reactor=self.reactor,
+                                               limits=Limits(handshake_timeout=3.0), max_waiting=7))
+        factory = self.reactor.tcpServers[0][1]
+        self.assertEqual((factory.limits.handshake_timeout, factory.max_waiting), (3.0, 7))
+        self.assertIs(factory.clients, listener.clients)

@@ -1,6 +1,7 @@
 // Seed 000, section 4.2: client/main.go, verbatim (seeds/000_767c9008dadd37cd.txt).
 // Nothing added.
 // client/main.go
+// Changed: the port is the variable seedPort (see there); nothing else.
 package main
 import (
 "log"
@@ -9,8 +10,12 @@ import (
 type Result struct {
 Num, Ans int
 }
+// Changed from the seed: the port, 1234, is this variable, so that the tests can
+// build the program for a port the OS picked (go build -ldflags "-X main.seedPort=N").
+var seedPort = "1234"
+
 func main() {
-client, _ := rpc.DialHTTP("tcp", "localhost:1234")
+client, _ := rpc.DialHTTP("tcp", "localhost:"+seedPort)
 var result Result
 if err := client.Call("Cal.Square", 12, &result); err != nil {
 log.Fatal("Failed to call Cal.Square. ", err)

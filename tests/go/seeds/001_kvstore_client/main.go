@@ -2,6 +2,7 @@
 // (seeds/001_ac5b4f4fd3df05ca.txt).
 // Added: the package clause, the imports, and main(), which dials the seed's
 // server address (localhost:1234) and calls doClientWork.
+// Changed: the port is the variable seedPort (see there); nothing else.
 package main
 
 import (
@@ -30,9 +31,13 @@ log.Fatal(err)
 time.Sleep(time.Second*3)
 }
 
+// Changed from the seed: the port, 1234, is this variable, so that the tests can
+// build the program for a port the OS picked (go build -ldflags "-X main.seedPort=N").
+var seedPort = "1234"
+
 // Added.
 func main() {
-	client, err := rpc.Dial("tcp", "localhost:1234")
+	client, err := rpc.Dial("tcp", "localhost:"+seedPort)
 	if err != nil {
 		log.Fatal(err)
 	}

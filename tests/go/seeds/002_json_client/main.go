@@ -1,6 +1,7 @@
 // Seed 002, section 3: the JSON client (GolangDocs/src/rpc/tcp_method_with_json/client/client.go),
 // verbatim (seeds/002_37007805ed9ca7c3.txt), dedented. Nothing added.
 // GolangDocs/src/rpc/tcp_method_with_json/client/client.go
+// Changed: the port is the variable seedPort (see there); nothing else.
 package main
 
 import (
@@ -19,10 +20,14 @@ type Args struct {
     X, Y int
 }
 
+// Changed from the seed: the port, 9000, is this variable, so that the tests can
+// build the program for a port the OS picked (go build -ldflags "-X main.seedPort=N").
+var seedPort = "9000"
+
 func main() {
     // 使用JSON协议
     // 建立tcp连接
-    conn, err := net.Dial("tcp", "127.0.0.1:9000")
+    conn, err := net.Dial("tcp", "127.0.0.1:"+seedPort)
     if err != nil {
         log.Fatal(err)
     }
