@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -154,7 +154,6 @@ class _WriteWatch:
         pass
 
 
-@implementer(IHalfCloseableProtocol)
 class HTTPServerProtocol(Protocol):
     """
     Serves one HTTP connection.
@@ -334,9 +333,6 @@ class HTTPServerProtocol(Protocol):
                 self.transport.loseConnection()
             return
         self._pump()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
     def _handle(self, request: HTTPRequest) -> None:
         path = request.target.partition("?")[0]
