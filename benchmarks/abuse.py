@@ -811,8 +811,9 @@ def main() -> None:
                         help="attack size as a fraction of the issue's (1 = 50 conns x 2000 calls)")
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="how long each flood sends and holds its connections")
-    parser.add_argument("--slow-seconds", type=float, default=15.0,
-                        help="how long the trickle and slowloris attacks go on")
+    parser.add_argument("--slow-seconds", type=float, default=None,
+                        help="how long the trickle and slowloris attacks go on (default: the "
+                             "config's limits.message_timeout + 5 s, or 15 s without one)")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds after an attack before RSS 'after' is read")
     parser.add_argument("--rss-limit-mb", type=int, default=2048,
@@ -828,6 +829,9 @@ def main() -> None:
             print(f"{a.name} ({a.protocol})")
         return
     args.limits, args.limits_auth = load_limits()
+    if args.slow_seconds is None:
+        timeout = args.limits.get("message_timeout") or 10.0
+        args.slow_seconds = timeout + 5.0
     workdir = Path(tempfile.mkdtemp(prefix="rpcd-abuse-"))
     rows = []
     try:

@@ -55,6 +55,12 @@ class Waiter:
         """Answer n at once."""
         return n
 
+    @exposed
+    def Big(self, size: int) -> str:
+        """Answer a string of size bytes at once, counting the calls."""
+        self.big_calls = getattr(self, "big_calls", 0) + 1
+        return "x" * size
+
 
 class Door:
     """Logs its caller's session in, without a password."""
@@ -534,6 +540,43 @@ class PipelineTests(SynchronousTestCase):
         transport.producer.resumeProducing()
         self.assertEqual([result(b) for _, _, b in responses(transport.value())], [1, 2])
         self.assertEqual(transport.producerState, "producing")
+
+    def test_large_answers_fill_the_buffer(self) -> None:
+        """
+        Each answer is written as soon as it is ready, so the first large one
+        that fills the write buffer stops the requests pipelined behind it.
+        """
+        server, waiter, _ = make_server()
+        protocol, transport = connect(server)
+        write = transport.write
+
+        def write_and_fill(data: bytes) -> None:
+            write(data)
+            if len(transport.value()) > 100_000 and not protocol.write_full:
+                transport.producer.pauseProducing()  # as a socket over the cap does
+        transport.write = write_and_fill  # type: ignore[method-assign]
+        protocol.dataReceived(b"".join(call("Waiter.Big", 200_000, id=i) for i in range(10)))
+        self.assertEqual(waiter.big_calls, 1)
+        self.assertEqual(len(responses(transport.value())), 1)
+        transport.clear()
+        transport.producer.resumeProducing()
+        self.assertEqual(waiter.big_calls, 2)
+
+    def test_answers_waiting_bounded(self) -> None:
+        """
+        Answers ready behind a slow request count against the write cap: no
+        request starts while more than write_buffer_bytes of them wait.
+        """
+        server, waiter, _ = make_server(limits=Limits(write_buffer_bytes=1_000_000))
+        protocol, transport = connect(server)
+        protocol.dataReceived(call("Waiter.Later", 1) + b"".join(
+            call("Waiter.Big", 400_000, id=i) for i in range(2, 12)))
+        self.assertEqual(waiter.big_calls, 3)  # the third passes the cap
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(transport.producerState, "paused")
+        waiter.waiting[0].callback(None)
+        self.assertEqual(waiter.big_calls, 10)
+        self.assertEqual([result(b) for _, _, b in responses(transport.value())][0], 1)
 
     def test_half_close(self) -> None:
         """After the peer's FIN, the requests read before it are answered, then the connection closes."""

@@ -257,12 +257,17 @@ class HTTPServerProtocol(Protocol):
         completed = None
         try:
             while not (self._closing or self._lost or self._failed or self._connect is not None):
+                if self._queue and self._queue[0].data is not None:
+                    # Answers out as soon as they are ready, so that a full
+                    # write buffer stops the next request.
+                    self._flush()
+                    continue
                 if len(self._queue) >= self.config.max_pipelined:
                     self._flush()
                     if len(self._queue) >= self.config.max_pipelined:
                         break
                     continue
-                if self.write_full:
+                if self.write_full or self._answers_waiting() > self.server.limits.write_buffer_bytes:
                     break
                 request = parser.next_request()
                 if request is None:
@@ -290,13 +295,22 @@ class HTTPServerProtocol(Protocol):
         self._set_reading()
         return completed
 
+    def _answers_waiting(self) -> int:
+        """
+        @return: the bytes of answers ready but not yet written, because an
+            earlier request is still running (at most C{max_pipelined}
+            slots).
+        """
+        return sum(len(slot.data) for slot in self._queue if slot.data is not None)
+
     def _set_reading(self) -> None:
         """
         Read from the socket only while requests may be started.
         """
         if self._lost or self.tunnel is not None:
             return
-        reading = not self.write_full and len(self._queue) < self.config.max_pipelined
+        reading = not self.write_full and len(self._queue) < self.config.max_pipelined \
+            and self._answers_waiting() <= self.server.limits.write_buffer_bytes
         if reading != self._reading:
             self._reading = reading
             reader = cast(IPushProducer, self.transport)
