@@ -336,7 +336,7 @@ class Balancer:
         if current_deadline.get() is not None:
             timeout = shorten(timeout)
         if self.interceptors:
-            return client_stream(  # type: ignore[no-any-return]
+            return client_stream(
                 self.interceptors, self.clock, self.codec, "balanced", method, args, timeout,
                 metadata, lambda m, a, t, md: self._stream(m, a, t, md, window, retry))
         return self._stream(method, args, timeout, metadata, window, retry)

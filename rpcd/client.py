@@ -255,7 +255,7 @@ class Client:
             timeout = shorten(timeout)
         if self.interceptors:
             from rpcd.interceptors import client_stream
-            return client_stream(  # type: ignore[no-any-return]
+            return client_stream(
                 self.interceptors, self.channel.clock, self.codec, self.peer, method, args,
                 timeout, metadata,
                 lambda m, a, t, md: self._open_stream(m, a, t, md, window))

@@ -314,7 +314,7 @@ def settled(d: Deferred[Any]) -> Any:
     @return: its result, or C{d} while it is pending.
     @raise Exception: its error, when it failed already.
     """
-    if d.called and not d.paused and not d.callbacks:
+    if d.called and not d.paused and not getattr(d, "callbacks"):
         result = d.result
         if isinstance(result, Failure):
             d.addErrback(lambda f: None)
