@@ -53,6 +53,7 @@ from rpcd.errors import Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
+from rpcd.ratelimit import pushback
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
@@ -108,6 +109,7 @@ class Balancer:
         self.clock = clock
         self.interceptors = tuple(interceptors)
         self.codec = codec
+        self._pushed: dict[Backend, float] = {}
         self._connect = connect
         self.picker = picker
         self.retry = retry
@@ -260,6 +262,14 @@ class Balancer:
         usable = [b for b in self.backends if b.usable]
         if not usable:
             raise Unavailable(f"no endpoint is usable: {self.describe()}")
+        if self._pushed:
+            # Endpoints that asked to be left alone a while (rate limit
+            # pushback) are avoided while others are usable.
+            now = self.clock.seconds()
+            for b, until in list(self._pushed.items()):
+                if until <= now:
+                    del self._pushed[b]
+            usable = [b for b in usable if b not in self._pushed] or usable
         fresh = [b for b in usable if b not in exclude]
         return self.picker.pick(fresh or usable)
 
@@ -302,7 +312,8 @@ class Balancer:
         def attempt(remaining: float | None) -> Deferred[Any]:
             backend = self.pick(exclude=tried)
             tried.append(backend)
-            return backend.call(method, args, remaining, metadata)
+            return backend.call(method, args, remaining, metadata).addErrback(
+                self._pushed_back, backend)
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -353,6 +364,16 @@ class Balancer:
             return backend.stream(method, args, remaining, metadata, window)
         return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout,
                               budget=self.budget)
+
+    def _pushed_back(self, failure: Failure, backend: Backend) -> Failure:
+        """
+        A call failed: if the server gave a retry-after hint, avoid its
+        endpoint until then.
+        """
+        hint = pushback(failure.value) if failure.value is not None else None
+        if hint is not None:
+            self._pushed[backend] = self.clock.seconds() + hint
+        return failure
 
     def close(self) -> Deferred[None]:
         """

@@ -133,6 +133,10 @@ BUILTINS: dict[str, str] = {
 
 Filter = Callable[[Any], Any]
 
+TRACE_HEADERS = "rpcd.trace_headers"
+"""The key in C{session.data} under which the HTTP server leaves a JSON-RPC
+request's W3C trace context headers (C{traceparent}, C{tracestate})."""
+
 
 class _Call:
     """What server and client calls share (see the module docstring)."""
