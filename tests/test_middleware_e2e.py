@@ -61,7 +61,7 @@ class AccessLogE2ETests(TestCase):
     """The access log in the daemon's own log."""
 
     async def test_access_log_lines(self) -> None:
-        """Each call is one access line with method, code and protocol; a failed call shows its code."""
+        """Each call (native or JSON-RPC over HTTP) is one access line with method, code and protocol; a failed call shows its code."""
         path = write_config(self, '[[interceptors]]\nuse = "access_log"\n'
                                   '[services.Arith]\n[services.KVStoreService]\n')
         daemon = await Daemon.start(self, "--config", path, *LOOPBACK)
@@ -74,6 +74,13 @@ class AccessLogE2ETests(TestCase):
         await daemon.wait_for_log(r"Arith\.Divide \w+ [\d.]+ ms native 127\.0\.0\.1:\d+",
                                   after=mark, timeout=20)
         self.assertRegex(daemon.output[mark:], r"Arith\.Multiply OK [\d.]+ ms native 127\.0\.0\.1:\d+")
+        mark = len(daemon.output)
+        status, _, _ = await post(f"http://127.0.0.1:{daemon.port}/rpc",
+                                  {"jsonrpc": "2.0", "method": "Arith.Multiply",
+                                   "params": [{"A": 1, "B": 2}], "id": 1})
+        self.assertEqual(status, 200)
+        await daemon.wait_for_log(r"Arith\.Multiply OK [\d.]+ ms http 127\.0\.0\.1:\d+",
+                                  after=mark, timeout=20)
 
     async def test_json_lines(self) -> None:
         """With --logger=rpcd.accesslog.json_observer the daemon logs JSON lines with the access fields."""
