@@ -56,6 +56,7 @@ class Args(enum.Enum):
 # check, slow) need not be asked.
 _NOT_AWAITABLE = frozenset({int, str, float, bool, bytes, type(None), list, dict, tuple})
 _VALUE = Args.VALUE
+_UNARY = Kind.UNARY
 
 
 class Dispatcher:
@@ -299,58 +300,19 @@ class Dispatcher:
         @return: as L{call}: the result, or a Deferred of it.
         @raise RPCError: the call failed at once.
         """
+        method = self._methods.get(name)
         missing: RPCError | None = None
-        method: BoundMethod | None = None
-        try:
-            method = self._methods.get(name) or self._lookup(name)
-        except RPCError as e:
-            missing = e
-        deadline = None if timeout is None else self.clock.seconds() + timeout
-        kind = "unary" if method is None else method.spec.kind.value
-        call = ServerCall(self.session, name, kind, value, metadata, deadline, self.clock,
-                          known=method is not None)
-
-        def final(call: ServerCall) -> Any:
-            if method is None:
-                assert missing is not None
-                raise missing
-            counts = self._counts
-            counts[name] = counts.get(name, 0) + 1
-            if method.guard is not None:
-                method.guard(self.session)
-            if len(self.running) >= self.max_running:
-                raise self._exhausted()
-            left = call.time_remaining()
-            context = None
-            if method.spec.context_param is not None:
-                context = CallContext(self.session, name, call.metadata, deadline, self.clock)
-            token = None if deadline is None else current_deadline.set((deadline, self.clock))
+        if method is None:
             try:
-                if start is not None:
-                    d = start(_filtered(method, call), context)
-                    return self._track(name, method, d, key, left)
-                if method.spec.kind is not Kind.UNARY:
-                    raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing "
-                                   "method: open it as a stream (rpcd's native protocol)",
-                                   code=Code.FAILED_PRECONDITION)
-                if args is Args.VALUE:
-                    result = method.invoke(call.value, context)
-                elif args is Args.NAMED:
-                    result = method.invoke_named(call.value, context)
-                else:
-                    result = method.invoke_positional(call.value, context)
-                if type(result) in self._plain[name]:
-                    return result
-                return self._finish(name, method, result, key, left)
-            except RPCError:
-                raise
-            except Exception as e:
-                raise self._unexpected(name, e) from e
-            finally:
-                if token is not None:
-                    current_deadline.reset(token)
-
-        d = run_chain(self._interceptors, call, final)
+                method = self._lookup(name)
+            except RPCError as e:
+                missing = e
+        call = ServerCall(self.session, name, "unary" if method is None else method.spec.kind.value,
+                          value, metadata,
+                          None if timeout is None else self.clock.seconds() + timeout,
+                          self.clock, method is not None)
+        call._step = (method, missing, key, args, start)
+        d = run_chain(self._interceptors, call, self._final)
         try:
             result = settled(d)
         except RPCError:
@@ -360,6 +322,58 @@ class Dispatcher:
         if result is d:
             d.addErrback(self._chain_failed, name)
         return result
+
+    def _final(self, call: ServerCall) -> Any:
+        """
+        The innermost step of the chain: run the handler.
+
+        @return: its result as plain data, or a tracked Deferred of it.
+        """
+        method, missing, key, args, start = call._step
+        if method is None:
+            assert missing is not None
+            raise missing
+        name = call.method
+        counts = self._counts
+        counts[name] = counts.get(name, 0) + 1
+        if method.guard is not None:
+            method.guard(self.session)
+        if len(self.running) >= self.max_running:
+            raise self._exhausted()
+        deadline = call.deadline
+        spec = method.spec
+        context = None
+        if spec.context_param is not None:
+            context = CallContext(self.session, name, call.metadata, deadline, self.clock)
+        left = None
+        token = None
+        if deadline is not None:
+            left = call.time_remaining()
+            token = current_deadline.set((deadline, self.clock))
+        try:
+            if start is not None:
+                d = start(_filtered(method, call), context)
+                return self._track(name, method, d, key, left)
+            if spec.kind is not _UNARY:
+                raise RPCError(f"{name} is a {spec.kind.value.replace('_', '-')}ing "
+                               "method: open it as a stream (rpcd's native protocol)",
+                               code=Code.FAILED_PRECONDITION)
+            if args is _VALUE:
+                result = method.invoke(call.value, context)
+            elif args is Args.NAMED:
+                result = method.invoke_named(call.value, context)
+            else:
+                result = method.invoke_positional(call.value, context)
+            if type(result) in self._plain[name]:
+                return result
+            return self._finish(name, method, result, key, left)
+        except RPCError:
+            raise
+        except Exception as e:
+            raise self._unexpected(name, e) from e
+        finally:
+            if token is not None:
+                current_deadline.reset(token)
 
     def _chain_failed(self, failure: Failure, name: str) -> None:
         error = failure.value

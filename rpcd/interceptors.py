@@ -196,6 +196,8 @@ class ServerCall(_Call):
     """
 
     side = "server"
+    _step: Any = None
+    """The dispatcher's state for its innermost step."""
 
     def __init__(self, session: Session, method: str, kind: str, value: Any,
                  metadata: dict[str, Any] | None, deadline: float | None,
