@@ -14,6 +14,8 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --batch 1        # one frame per read
     python benchmarks/micro_dispatch.py --profile        # cProfile, top functions
     python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
+    python benchmarks/micro_dispatch.py --interceptor noop        # the interceptor chain's own cost
+    python benchmarks/micro_dispatch.py --interceptor access_log  # a built-in (or module:factory)
 
 The socket benchmark (with the real daemon and the anchors beside it) is
 C{benchmarks/bench_native.py}.
@@ -28,6 +30,7 @@ import pstats
 import struct
 import sys
 import time
+from typing import Any
 
 import msgpack
 
@@ -38,6 +41,7 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd import config as config_module  # noqa: E402
 from rpcd.daemon import build_registry, resolve_services  # noqa: E402
+from rpcd.interceptors import load  # noqa: E402
 from rpcd.server import RPCServer  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
 from rpcd.wire.native import NativeServerProtocol  # noqa: E402
@@ -56,13 +60,23 @@ def frames(batch: int, method: str = "Arith.Multiply") -> bytes:
     return b"".join(out)
 
 
-def connect() -> tuple[NativeServerProtocol, StringTransport]:
+class Noop:
+    """An interceptor that only passes the call on (the chain's own cost)."""
+
+    def intercept(self, call: object, proceed: Any) -> Any:
+        return proceed(call)
+
+
+def connect(interceptors: list[str] = []) -> tuple[NativeServerProtocol, StringTransport]:
     """
     @return: a server protocol past the preface, on a fresh transport.
     """
     loaded = config_module.load(None)
     registry = build_registry(resolve_services(loaded))
-    server = RPCServer(registry, Clock(), loaded.limits)
+    clock = Clock()
+    registry.interceptors = tuple(Noop() if name == "noop" else load(name, clock=clock)
+                                  for name in interceptors)
+    server = RPCServer(registry, clock, loaded.limits)
     protocol = NativeServerProtocol(server)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -209,9 +223,12 @@ def main() -> int:
     p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
     p.add_argument("--breakdown", action="store_true",
                    help="time the hot path's pieces one by one (timeit)")
+    p.add_argument("--interceptor", action="append", default=[],
+                   help="run calls through this interceptor (a built-in's name, "
+                        "module:factory, or noop); repeat for a chain")
     args = p.parse_args()
 
-    protocol, transport = connect()
+    protocol, transport = connect(args.interceptor)
     data = frames(args.batch, args.method)
     check(protocol, transport, data, args.batch)
     if args.profile:
@@ -226,7 +243,8 @@ def main() -> int:
             print(f"{piece:6.2f} us  {label}")
         return 0
     us = measure(protocol, transport, data, args.batch, args.calls, args.rounds)
-    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call")
+    chain = f" (interceptors: {', '.join(args.interceptor)})" if args.interceptor else ""
+    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call{chain}")
     if args.floor:
         bare = floor(data, args.batch, args.calls, args.rounds)
         print(f"bare msgpack loop (unpack, call, pack, join):  {bare:.2f} us/call "

@@ -48,9 +48,12 @@ from twisted.python.failure import Failure
 from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
+from rpcd.context import current_deadline, shorten
 from rpcd.errors import Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
+from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
+from rpcd.ratelimit import pushback
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
@@ -81,7 +84,8 @@ class Balancer:
                  default_timeout: float | None = None,
                  rng: random.Random | None = None,
                  retry_throttle: RetryThrottle | None = RetryThrottle(),
-                 hedging: HedgingPolicy | None = None) -> None:
+                 hedging: HedgingPolicy | None = None,
+                 interceptors: Sequence[Any] = (), codec: str = "native") -> None:
         """
         Most code calls L{connect_balanced} instead.
 
@@ -99,8 +103,14 @@ class Balancer:
             shared by its calls and streams; None for no budget.
         @param hedging: how calls marked idempotent are hedged; None: they
             are not.
+        @param interceptors: the client's interceptors (L{rpcd.interceptors}),
+            run once per call around its retries and hedges.
+        @param codec: the wire protocol's name (for interceptors).
         """
         self.clock = clock
+        self.interceptors = tuple(interceptors)
+        self.codec = codec
+        self._pushed: dict[Backend, float] = {}
         self._connect = connect
         self.picker = picker
         self.retry = retry
@@ -253,6 +263,14 @@ class Balancer:
         usable = [b for b in self.backends if b.usable]
         if not usable:
             raise Unavailable(f"no endpoint is usable: {self.describe()}")
+        if self._pushed:
+            # Endpoints that asked to be left alone a while (rate limit
+            # pushback) are avoided while others are usable.
+            now = self.clock.seconds()
+            for b, until in list(self._pushed.items()):
+                if until <= now:
+                    del self._pushed[b]
+            usable = [b for b in usable if b not in self._pushed] or usable
         fresh = [b for b in usable if b not in exclude]
         return self.picker.pick(fresh or usable)
 
@@ -276,16 +294,28 @@ class Balancer:
             attempt's L{rpcd.errors.RPCError} (L{Unavailable} when no
             endpoint is usable).  Cancelling it cancels the call.
         """
-        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         timeout = check_timeout(timeout)
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            return client_call(
+                self.interceptors, self.clock, self.codec, "balanced", method, args, timeout,
+                metadata, lambda m, a, t, md: self._call(m, a, t, md, retry, idempotent))
+        return self._call(method, args, timeout, metadata, retry, idempotent)
+
+    def _call(self, method: str, args: Any, timeout: float | None,
+              metadata: dict[str, Any] | None, retry: RetryPolicy | None,
+              idempotent: bool) -> Deferred[Any]:
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         tried: list[Backend] = []
 
         def attempt(remaining: float | None) -> Deferred[Any]:
             backend = self.pick(exclude=tried)
             tried.append(backend)
-            return backend.call(method, args, remaining, metadata)
+            return backend.call(method, args, remaining, metadata).addErrback(
+                self._pushed_back, backend)
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -314,9 +344,20 @@ class Balancer:
             L{rpcd.client_streams.ClientStream}.  With no usable endpoint
             it has failed already with L{Unavailable}.
         """
-        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            return client_stream(
+                self.interceptors, self.clock, self.codec, "balanced", method, args, timeout,
+                metadata, lambda m, a, t, md: self._stream(m, a, t, md, window, retry))
+        return self._stream(method, args, timeout, metadata, window, retry)
+
+    def _stream(self, method: str, args: Any, timeout: float | None,
+                metadata: dict[str, Any] | None, window: int | None,
+                retry: RetryPolicy | None) -> RetryingStream:
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         tried: list[Backend] = []
 
         def attempt(remaining: float | None) -> Any:
@@ -325,6 +366,16 @@ class Balancer:
             return backend.stream(method, args, remaining, metadata, window)
         return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout,
                               budget=self.budget)
+
+    def _pushed_back(self, failure: Failure, backend: Backend) -> Failure:
+        """
+        A call failed: if the server gave a retry-after hint, avoid its
+        endpoint until then.
+        """
+        hint = pushback(failure.value) if failure.value is not None else None
+        if hint is not None:
+            self._pushed[backend] = self.clock.seconds() + hint
+        return failure
 
     def close(self) -> Deferred[None]:
         """
@@ -362,7 +413,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
                      resolve_interval: float | None = None,
                      rng: random.Random | None = None,
                      retry_throttle: RetryThrottle | None = RetryThrottle(),
-                     hedging: HedgingPolicy | None = None) -> Deferred[Balancer]:
+                     hedging: HedgingPolicy | None = None,
+                     interceptors: Sequence[Any] = ()) -> Deferred[Balancer]:
     """
     Connect to several servers and balance calls over them.
 
@@ -395,6 +447,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         budget.
     @param hedging: a L{HedgingPolicy} for calls made with
         C{idempotent=True}; None: those are retried like others.
+    @param interceptors: the client's interceptors, in chain order (see
+        L{rpcd.interceptors}); they run once per call, around its retries.
     @return: a Deferred firing with a L{Balancer} once one endpoint is
         usable; it fails with L{Unavailable} when every endpoint failed (or
         none became usable within C{connect_timeout}), or C{ValueError} for
@@ -424,7 +478,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,
                         default_timeout=default_timeout, rng=rng,
-                        retry_throttle=retry_throttle, hedging=hedging)
+                        retry_throttle=retry_throttle, hedging=hedging,
+                        interceptors=interceptors, codec=codec)
     balancer.parsed = parsed
     balancer.start(resolver, resolve_interval)
     ready = balancer.when_ready(connect_timeout)
