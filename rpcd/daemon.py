@@ -108,6 +108,9 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
         authenticator = Authenticator(config.auth, reactor)
     server = RPCServer(registry, reactor, config.limits, authenticator)
     server.http = config.http  # type: ignore[attr-defined]  # read by rpcd.wire.httpserver
+    if config.http.metrics:
+        from rpcd.metrics import Metrics
+        server.metrics = Metrics(server)
     return server
 
 

@@ -70,7 +70,11 @@ class RPCServer:
     @ivar limits: the L{Limits}.
     @ivar authenticator: checks logins, or None when there are no users.
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
+    @ivar metrics: the daemon's L{rpcd.metrics.Metrics}, or None when it
+        keeps none (C{[http] metrics = false}).
     """
+
+    metrics: Any = None
 
     def __init__(self, registry: ServiceRegistry, clock: IReactorTime,
                  limits: Limits = Limits(), authenticator: Any = None) -> None:
@@ -91,7 +95,10 @@ class RPCServer:
         """
         peer, host = describe_address(transport.getPeer())
         identity = peer_identity(transport)
-        return Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+        session = Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+        if self.metrics is not None:
+            self.metrics.connection_opened(session)
+        return session
 
     def factory(self, protocols: frozenset[str] = sniff.ALL, *,
                 dialled: bool = False) -> RPCServerFactory:
