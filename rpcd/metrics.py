@@ -43,6 +43,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from twisted.python.failure import Failure
+
 from rpcd.errors import Code
 
 if TYPE_CHECKING:
@@ -203,6 +205,57 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class MetricsInterceptor:
+    """
+    The built-in server interceptor that keeps a L{Metrics}' per-call
+    figures (L{rpcd.interceptors}): calls running, each call's code and
+    duration, stream messages, and refusals with RESOURCE_EXHAUSTED made
+    before the handler ran (the rate limiter's).  It goes first in the
+    chain, so that it times and counts whatever the others do.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        """
+        @param metrics: where the figures go.
+        """
+        self.metrics = metrics
+
+    def intercept(self, call: Any, proceed: Any) -> Any:
+        stats = self.metrics.stats(call.method if getattr(call, "known", True) else OTHER)
+        stats.running += 1
+        if call.kind != "unary":
+            def received(message: Any) -> Any:
+                stats.messages_in += 1
+                return message
+
+            def sent(message: Any) -> Any:
+                stats.messages_out += 1
+                return message
+            call.wrap_messages(received=received, sent=sent)
+        d = proceed(call)
+        return d.addBoth(self._ended, call, stats)
+
+    def _ended(self, result: Any, call: Any, stats: MethodStats) -> Any:
+        stats.running -= 1
+        if isinstance(result, Failure):
+            code = int(getattr(result.value, "code", Code.UNKNOWN))
+            if code == Code.RESOURCE_EXHAUSTED and _refused_before_running(call, result.value):
+                stats.rate_limited += 1
+        else:
+            code = 0
+        stats.ended(code, call.elapsed())
+        return result
+
+
+def _refused_before_running(call: Any, error: Any) -> bool:
+    """
+    @return: whether a RESOURCE_EXHAUSTED error is a rate limiter's refusal:
+        it carries a retry-after hint in its details.
+    """
+    details = getattr(error, "details", None)
+    return isinstance(details, dict) and any("retry" in str(key).lower() for key in details)
+
+
 class ServerCollector(Collector):
     """
     Builds the Prometheus series from a L{Metrics} and its daemon's
@@ -273,4 +326,4 @@ class ServerCollector(Collector):
         yield failures
 
 
-__all__ = ["BUCKETS", "Metrics", "MethodStats", "ServerCollector", "code_name"]
+__all__ = ["BUCKETS", "MetricsInterceptor", "Metrics", "MethodStats", "ServerCollector", "code_name"]
