@@ -49,8 +49,10 @@ from twisted.python.failure import Failure
 from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
+from rpcd.context import current_deadline, shorten
 from rpcd.errors import Code, Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
+from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
@@ -81,7 +83,8 @@ class Balancer:
                  default_timeout: float | None = None,
                  rng: random.Random | None = None,
                  retry_throttle: RetryThrottle | None = RetryThrottle(),
-                 hedging: HedgingPolicy | None = None) -> None:
+                 hedging: HedgingPolicy | None = None,
+                 interceptors: Sequence[Any] = (), codec: str = "native") -> None:
         """
         Most code calls L{connect_balanced} instead.
 
@@ -99,8 +102,13 @@ class Balancer:
             shared by its calls and streams; None for no budget.
         @param hedging: how calls marked idempotent are hedged; None: they
             are not.
+        @param interceptors: the client's interceptors (L{rpcd.interceptors}),
+            run once per call around its retries and hedges.
+        @param codec: the wire protocol's name (for interceptors).
         """
         self.clock = clock
+        self.interceptors = tuple(interceptors)
+        self.codec = codec
         self._connect = connect
         self.picker = picker
         self.retry = retry
@@ -276,9 +284,20 @@ class Balancer:
             attempt's L{rpcd.errors.RPCError} (L{Unavailable} when no
             endpoint is usable).  Cancelling it cancels the call.
         """
-        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            return client_call(
+                self.interceptors, self.clock, self.codec, "balanced", method, args, timeout,
+                metadata, lambda m, a, t, md: self._call(m, a, t, md, retry, idempotent))
+        return self._call(method, args, timeout, metadata, retry, idempotent)
+
+    def _call(self, method: str, args: Any, timeout: float | None,
+              metadata: dict[str, Any] | None, retry: RetryPolicy | None,
+              idempotent: bool) -> Deferred[Any]:
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         tried: list[Backend] = []
 
         def attempt(remaining: float | None) -> Deferred[Any]:
@@ -317,9 +336,20 @@ class Balancer:
             L{rpcd.client_streams.ClientStream}.  With no usable endpoint
             it has failed already with L{Unavailable}.
         """
-        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            return client_stream(
+                self.interceptors, self.clock, self.codec, "balanced", method, args, timeout,
+                metadata, lambda m, a, t, md: self._stream(m, a, t, md, window, retry))
+        return self._stream(method, args, timeout, metadata, window, retry)
+
+    def _stream(self, method: str, args: Any, timeout: float | None,
+                metadata: dict[str, Any] | None, window: int | None,
+                retry: RetryPolicy | None) -> RetryingStream:
+        policy = self.retry if retry is _DEFAULT else (retry or NO_RETRY)
         tried: list[Backend] = []
 
         def attempt(remaining: float | None) -> Any:
@@ -381,7 +411,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
                      resolve_interval: float | None = None,
                      rng: random.Random | None = None,
                      retry_throttle: RetryThrottle | None = RetryThrottle(),
-                     hedging: HedgingPolicy | None = None) -> Deferred[Balancer]:
+                     hedging: HedgingPolicy | None = None,
+                     interceptors: Sequence[Any] = ()) -> Deferred[Balancer]:
     """
     Connect to several servers and balance calls over them.
 
@@ -415,6 +446,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         budget.
     @param hedging: a L{HedgingPolicy} for calls made with
         C{idempotent=True}; None: those are retried like others.
+    @param interceptors: the client's interceptors, in chain order (see
+        L{rpcd.interceptors}); they run once per call, around its retries.
     @return: a Deferred firing with a L{Balancer} once one endpoint is
         usable; it fails with L{Unavailable} when every endpoint failed (or
         none became usable within C{connect_timeout}), or C{ValueError} for
@@ -444,7 +477,8 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,
                         default_timeout=default_timeout, rng=rng,
-                        retry_throttle=retry_throttle, hedging=hedging)
+                        retry_throttle=retry_throttle, hedging=hedging,
+                        interceptors=interceptors, codec=codec)
     balancer.parsed = parsed
     balancer.start(resolver, resolve_interval)
     ready = balancer.when_ready(connect_timeout)

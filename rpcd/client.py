@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from rpcd.context import current_deadline, shorten
 from rpcd.errors import Unavailable
 
 from rpcd.wire.channel import ClientChannel, when_fired
@@ -112,7 +113,8 @@ class _ChannelFactory(Factory):
 
 def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
             reactor: Any = None, default_timeout: float | None = None,
-            connect_timeout: float | None = 30.0, proto: Any = None) -> Deferred[Client]:
+            connect_timeout: float | None = 30.0, proto: Any = None,
+            interceptors: Sequence[Any] = ()) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -128,6 +130,8 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         handshake (TLS, the server's preface); None waits forever.
     @param proto: for codec C{grpc}: the server's C{.proto} file (a path, a
         list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
+    @param interceptors: the client's interceptors, in chain order (see
+        L{rpcd.interceptors}): objects with C{intercept(call, proceed)}.
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes, or
@@ -152,7 +156,8 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
     handshaken = connecting.addCallback(_handshake_done)
     if connect_timeout is not None:
         handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
-    return handshaken.addCallback(Client, default_timeout=default_timeout)
+    return handshaken.addCallback(Client, default_timeout=default_timeout,
+                                  interceptors=interceptors, codec=codec, peer=where)
 
 
 def _handshake_done(protocol: IProtocol) -> Deferred[ClientChannel]:
@@ -183,13 +188,22 @@ class Client:
     C{client.Cal.Square(12)} is C{client.call("Cal.Square", 12)}.
     """
 
-    def __init__(self, channel: ClientChannel, default_timeout: float | None = None) -> None:
+    def __init__(self, channel: ClientChannel, default_timeout: float | None = None, *,
+                 interceptors: Sequence[Any] = (), codec: str = "native",
+                 peer: str = "") -> None:
         """
         @param channel: a connected L{ClientChannel}.
         @param default_timeout: applied to calls that give no timeout.
+        @param interceptors: the client's interceptors, in chain order (see
+            L{rpcd.interceptors}).
+        @param codec: the wire protocol's name (for interceptors).
+        @param peer: the endpoint (for interceptors).
         """
         self.channel = channel
         self.default_timeout = default_timeout
+        self.interceptors = tuple(interceptors)
+        self.codec = codec
+        self.peer = peer
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Deferred[Any]:
@@ -203,10 +217,18 @@ class Client:
         @param metadata: key/value metadata for the server.
         @return: a Deferred firing with the result, or failing with an
             L{rpcd.errors.RPCError} (remote error, timeout, lost connection).
-            Cancelling it cancels the call on the server.
+            Cancelling it cancels the call on the server.  Made while a
+            handler with a deadline runs, the timeout is at most what is left
+            of that deadline (L{rpcd.context.shorten}).
         """
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            from rpcd.interceptors import client_call
+            return client_call(self.interceptors, self.channel.clock, self.codec, self.peer,
+                               method, args, timeout, metadata, self.channel.call)
         return self.channel.call(method, args, timeout, metadata)
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
@@ -227,9 +249,21 @@ class Client:
             messages, C{send}, C{close_send}, C{cancel}, C{result}.
         @raise ValueError: the connection does not speak the native protocol.
         """
-        from rpcd.client_streams import open_stream
         if timeout is None:
             timeout = self.default_timeout
+        if current_deadline.get() is not None:
+            timeout = shorten(timeout)
+        if self.interceptors:
+            from rpcd.interceptors import client_stream
+            return client_stream(
+                self.interceptors, self.channel.clock, self.codec, self.peer, method, args,
+                timeout, metadata,
+                lambda m, a, t, md: self._open_stream(m, a, t, md, window))
+        return self._open_stream(method, args, timeout, metadata, window)
+
+    def _open_stream(self, method: str, args: Any, timeout: float | None,
+                     metadata: dict[str, Any] | None, window: int | None) -> ClientStream:
+        from rpcd.client_streams import open_stream
         own = getattr(self.channel, "open_stream", None)
         if own is not None:
             return own(method, args, timeout=timeout, metadata=metadata,

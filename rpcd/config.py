@@ -60,6 +60,20 @@ class ServiceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InterceptorConfig:
+    """
+    One interceptor of the server's chain (see L{rpcd.interceptors}).
+
+    @ivar use: a built-in's name (C{access_log}, C{rate_limit},
+        C{tracing}, ...) or C{package.module:factory}.
+    @ivar options: keyword arguments for the factory.
+    """
+
+    use: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class ConnectConfig:
     """
     A reverse connection: the daemon dials out and serves over it.
@@ -156,6 +170,7 @@ class Config:
     services: tuple[ServiceConfig, ...]
     discovery: DiscoveryConfig | None = None
     http: HTTPConfig = HTTPConfig()
+    interceptors: tuple[InterceptorConfig, ...] = ()
 
 
 def default_text() -> str:
@@ -200,7 +215,8 @@ def parse(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     reader = _Reader(source)
-    reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery"})
+    reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery",
+                            "interceptors"})
     server = reader.table(data, "server")
     reader.known(server, "server", {"listen", "connect"})
     listen = tuple(_listen(reader, item, i) for i, item in
@@ -214,6 +230,8 @@ def parse(text: str, source: str) -> Config:
         http=_http(reader, reader.table(data, "http")),
         services=_services(reader, reader.table(data, "services")),
         discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
+        interceptors=tuple(_interceptor(reader, item, i) for i, item in
+                           enumerate(reader.list(data, "", "interceptors", []))),
     )
 
 
@@ -242,7 +260,7 @@ class _Reader:
     def list(self, table: Mapping[str, Any], where: str, key: str, default: list) -> list:
         value = table.get(key, default)
         if not isinstance(value, list):
-            raise self.fail(f"{where}.{key}", f"must be a list, not {_kind(value)}")
+            raise self.fail(f"{where}.{key}" if where else key, f"must be a list, not {_kind(value)}")
         return value
 
     def value(self, table: Mapping[str, Any], where: str, key: str, kind: type | tuple,
@@ -406,6 +424,24 @@ def _discovery(reader: _Reader, value: Any) -> DiscoveryConfig:
     if not 2 <= ttl <= 3600:
         raise reader.fail("discovery.ttl", f"must be between 2 and 3600 seconds, got {ttl}")
     return DiscoveryConfig(etcd=etcd, advertise=advertise, prefix=prefix, ttl=ttl)
+
+
+def _interceptor(reader: _Reader, item: Any, index: int) -> InterceptorConfig:
+    where = f"interceptors[{index}]"
+    if not isinstance(item, dict):
+        raise reader.fail(where, f"must be a table, not {_kind(item)}")
+    reader.known(item, where, {"use", "options"})
+    if "use" not in item:
+        raise reader.fail(f"{where}.use", "is required: a built-in's name "
+                          "(access_log, rate_limit, tracing) or 'package.module:factory'")
+    use = reader.value(item, where, "use", str, None)
+    if not use or (":" not in use and not use.replace("_", "").isalnum()):
+        raise reader.fail(f"{where}.use", f"must be a built-in's name or "
+                          f"'package.module:factory', got {use!r}")
+    options = item.get("options", {})
+    if not isinstance(options, dict):
+        raise reader.fail(f"{where}.options", f"must be a table, not {_kind(options)}")
+    return InterceptorConfig(use=use, options=dict(options))
 
 
 def _services(reader: _Reader, table: Mapping[str, Any]) -> tuple[ServiceConfig, ...]:

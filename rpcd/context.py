@@ -10,6 +10,7 @@ A method asks by annotating a parameter with L{CallContext}::
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,3 +59,38 @@ class CallContext:
 
     def __repr__(self) -> str:
         return f"<CallContext {self.method} from {self.peer}>"
+
+
+current_deadline: ContextVar[tuple[float, Any] | None] = ContextVar("rpcd_deadline", default=None)
+"""
+The deadline of the call being handled, as C{(clock time, clock)}, or None:
+set by the dispatcher while a handler with a deadline starts, and kept by
+the coroutines it starts (Twisted copies the context into them).  rpcd's
+client shortens the timeout of calls made there to what is left (see
+L{remaining}), so a deadline shrinks as a call travels from daemon to
+daemon.
+"""
+
+
+def remaining() -> float | None:
+    """
+    @return: seconds left of the deadline of the call being handled (never
+        negative), or None outside a handler or without a deadline.
+    """
+    current = current_deadline.get()
+    if current is None:
+        return None
+    deadline, clock = current
+    return max(0.0, deadline - clock.seconds())
+
+
+def shorten(timeout: float | None) -> float | None:
+    """
+    @param timeout: a call's own timeout in seconds, or None.
+    @return: the timeout, shortened to what is left of the deadline of the
+        call being handled.
+    """
+    left = remaining()
+    if left is None or (timeout is not None and timeout <= left):
+        return timeout
+    return left

@@ -127,6 +127,12 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
     @raise ConfigError: a service or endpoint is wrong.
     """
     registry = build_registry(resolve_services(config, only))
+    if config.interceptors:
+        from rpcd.interceptors import load_all
+        try:
+            registry.interceptors = load_all(config.interceptors, reactor)
+        except ValueError as e:
+            raise ConfigError(f"{config.source}: {e}") from None
     server = make_server(config, registry, reactor)
     top = MultiService()
     top.rpc_server = server  # type: ignore[attr-defined]

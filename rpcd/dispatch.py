@@ -10,15 +10,16 @@ deadline or a lost connection can cancel it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.context import CallContext
+from rpcd.context import CallContext, current_deadline
 from rpcd.convert import _Mismatch, result_passthrough
 from rpcd.errors import (
     Cancelled,
@@ -28,6 +29,7 @@ from rpcd.errors import (
     RPCError,
     ResourceExhausted,
 )
+from rpcd.interceptors import FilteredMessages, ServerCall, filter_messages, run_chain, settled
 from rpcd.service import Kind
 
 if TYPE_CHECKING:
@@ -85,6 +87,9 @@ class Dispatcher:
         self._methods: dict[str, BoundMethod] = {}
         self._plain: dict[str, frozenset[type]] = {}
         self.simple_calls: dict[str, Callable[[Any, Any, float | None], Any]] = {}
+        # With interceptors, every call goes through rpcd.interceptors'
+        # chain (and simple_calls stays empty).
+        self._interceptors: tuple[Any, ...] = tuple(getattr(session.registry, "interceptors", ()))
 
     def call(self, name: str, value: Any, key: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None, args: Args = Args.VALUE) -> Any:
@@ -105,6 +110,26 @@ class Dispatcher:
         simple = self.simple_calls.get(name)
         if simple is not None and args is _VALUE:
             return simple(value, key, timeout)
+        if self._interceptors:
+            return self._intercepted(name, value, key, timeout, metadata, args)
+        if timeout is not None:
+            return self._with_deadline(name, value, key, timeout, metadata, args)
+        return self._call(name, value, key, timeout, metadata, args)
+
+    def _with_deadline(self, name: str, value: Any, key: Any, timeout: float,
+                       metadata: dict[str, Any] | None, args: Args) -> Any:
+        """
+        L{_call} with the deadline in L{current_deadline} while the handler
+        starts, for the calls it makes.
+        """
+        token = current_deadline.set((self.clock.seconds() + timeout, self.clock))
+        try:
+            return self._call(name, value, key, timeout, metadata, args)
+        finally:
+            current_deadline.reset(token)
+
+    def _call(self, name: str, value: Any, key: Any, timeout: float | None,
+              metadata: dict[str, Any] | None, args: Args) -> Any:
         method, context = self._begin(name, timeout, metadata)
         if method.spec.kind is not Kind.UNARY:
             raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing method: "
@@ -153,7 +178,8 @@ class Dispatcher:
         plain = result_passthrough(spec.result_hint, spec.convert_result)
         self._plain[name] = plain
         self._methods[name] = method
-        if spec.kind is Kind.UNARY and method.guard is None and spec.context_param is None:
+        if spec.kind is Kind.UNARY and method.guard is None and spec.context_param is None \
+                and not self._interceptors:
             self.simple_calls[name] = self._simple_call(name, method, plain)
         return method
 
@@ -171,6 +197,8 @@ class Dispatcher:
         invoke = method.invoke
 
         def call(value: Any, key: Any, timeout: float | None = None) -> Any:
+            if timeout is not None:
+                return self._with_deadline(name, value, key, timeout, None, _VALUE)
             counts[name] = counts.get(name, 0) + 1
             if len(running) >= self.max_running:
                 raise self._exhausted()
@@ -210,7 +238,7 @@ class Dispatcher:
     def open_stream(self, name: str, key: Any,
                     start: Callable[[BoundMethod, CallContext | None], Deferred],
                     *, timeout: float | None = None,
-                    metadata: dict[str, Any] | None = None) -> Deferred:
+                    metadata: dict[str, Any] | None = None, value: Any = None) -> Deferred:
         """
         Start a streaming call, tracked like any running handler: it counts
         against the limit of running calls, and a cancel, its deadline or
@@ -223,20 +251,102 @@ class Dispatcher:
             that fires when the handler is done, with its final value.
         @param timeout: seconds the caller allows, or None.
         @param metadata: the caller's metadata.
+        @param value: the opening argument (for interceptors to see).
         @return: a Deferred firing with the final value as plain data, or
             failing with an L{RPCError} (L{Cancelled}, L{DeadlineExceeded},
             the handler's own error).
         @raise RPCError: the call failed at once (unknown method, access,
             too many running calls).
         """
+        if self._interceptors:
+            d = self._intercepted(name, value, key, timeout, metadata, _VALUE, start)
+            return d if isinstance(d, Deferred) else succeed(d)
         method, context = self._begin(name, timeout, metadata)
+        token = None if timeout is None else current_deadline.set(
+            (self.clock.seconds() + timeout, self.clock))
         try:
             d = start(method, context)
         except RPCError:
             raise
         except Exception as e:
             raise self._unexpected(name, e) from e
+        finally:
+            if token is not None:
+                current_deadline.reset(token)
         return self._track(name, method, d, key, timeout)
+
+    def _intercepted(self, name: str, value: Any, key: Any, timeout: float | None,
+                     metadata: dict[str, Any] | None, args: Args,
+                     start: Callable[[Any, CallContext | None], Deferred] | None = None) -> Any:
+        """
+        A call (or with C{start}, a stream) through the interceptors.
+
+        @return: as L{call}: the result, or a Deferred of it.
+        @raise RPCError: the call failed at once.
+        """
+        missing: RPCError | None = None
+        method: BoundMethod | None = None
+        try:
+            method = self._methods.get(name) or self._lookup(name)
+        except RPCError as e:
+            missing = e
+        deadline = None if timeout is None else self.clock.seconds() + timeout
+        kind = "unary" if method is None else method.spec.kind.value
+        call = ServerCall(self.session, name, kind, value, metadata, deadline, self.clock,
+                          known=method is not None)
+
+        def final(call: ServerCall) -> Any:
+            if method is None:
+                assert missing is not None
+                raise missing
+            counts = self._counts
+            counts[name] = counts.get(name, 0) + 1
+            if method.guard is not None:
+                method.guard(self.session)
+            if len(self.running) >= self.max_running:
+                raise self._exhausted()
+            left = call.time_remaining()
+            context = None
+            if method.spec.context_param is not None:
+                context = CallContext(self.session, name, call.metadata, deadline, self.clock)
+            token = None if deadline is None else current_deadline.set((deadline, self.clock))
+            try:
+                if start is not None:
+                    d = start(_filtered(method, call), context)
+                    return self._track(name, method, d, key, left)
+                if method.spec.kind is not Kind.UNARY:
+                    raise RPCError(f"{name} is a {method.spec.kind.value.replace('_', '-')}ing "
+                                   "method: open it as a stream (rpcd's native protocol)",
+                                   code=Code.FAILED_PRECONDITION)
+                if args is Args.VALUE:
+                    result = method.invoke(call.value, context)
+                elif args is Args.NAMED:
+                    result = method.invoke_named(call.value, context)
+                else:
+                    result = method.invoke_positional(call.value, context)
+                if type(result) in self._plain[name]:
+                    return result
+                return self._finish(name, method, result, key, left)
+            except RPCError:
+                raise
+            except Exception as e:
+                raise self._unexpected(name, e) from e
+            finally:
+                if token is not None:
+                    current_deadline.reset(token)
+
+        d = run_chain(self._interceptors, call, final)
+        d.addErrback(self._chain_failed, name)
+        return settled(d)
+
+    def _chain_failed(self, failure: Failure, name: str) -> None:
+        error = failure.value
+        if isinstance(error, RPCError):
+            raise error
+        if isinstance(error, CancelledError):
+            raise Cancelled(f"{name} was cancelled")
+        assert error is not None
+        raise self._unexpected(name, error, failure)
 
     def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
         try:
@@ -324,3 +434,38 @@ def error_fields(error: BaseException) -> tuple[int, str, Any]:
     if isinstance(error, RPCError):
         return int(error.code), error.message, error.details
     return 2, f"{type(error).__name__}: {error}", None
+
+
+class _FilteredMethod:
+    """
+    A stream's method as the stream sees it once interceptors filter its
+    messages: L{rpcd.streams.ServerStream.start} reads C{spec}, C{invoke}
+    and C{invoke_stream}.
+    """
+
+    def __init__(self, method: BoundMethod, call: ServerCall) -> None:
+        self._method = method
+        self.invoke = method.invoke
+        self.guard = method.guard
+        spec = method.spec
+        if call.sent_filters and spec.convert_message_out is not None:
+            convert = spec.convert_message_out
+            sent = filter_messages(call.sent_filters)
+            spec = dataclasses.replace(spec, convert_message_out=lambda item: convert(sent(item)))
+        self.spec = spec
+        self._received = filter_messages(call.received_filters) if call.received_filters else None
+
+    def invoke_stream(self, value: Any, context: CallContext | None, messages: Any) -> Any:
+        if self._received is not None:
+            messages = FilteredMessages(messages, self._received)
+        return self._method.invoke_stream(value, context, messages)
+
+
+def _filtered(method: BoundMethod, call: ServerCall) -> Any:
+    """
+    @return: C{method}, or a L{_FilteredMethod} when the call's interceptors
+        filter its messages.
+    """
+    if call.received_filters or call.sent_filters:
+        return _FilteredMethod(method, call)
+    return method

@@ -28,3 +28,40 @@ class IRPCServiceProvider(Interface):
         @return: the class; instances expose methods marked with
             L{rpcd.service.exposed}.
         """
+
+
+class IServerInterceptor(Interface):
+    """
+    Code around every call a daemon serves; see L{rpcd.interceptors} for
+    how to write one.
+    """
+
+    def intercept(call: object, proceed: object) -> object:
+        """
+        Handle one call.
+
+        @param call: the L{rpcd.interceptors.ServerCall}.
+        @param proceed: C{proceed(call)} runs the rest of the chain and
+            returns a Deferred firing with the result or failing with an
+            L{rpcd.errors.RPCError}.
+        @return: the result: a value, a Deferred or a coroutine.
+        @raise rpcd.errors.RPCError: to refuse the call with that code.
+        """
+
+
+class IClientInterceptor(Interface):
+    """
+    Code around every call a client makes; see L{rpcd.interceptors}.
+    """
+
+    def intercept(call: object, proceed: object) -> object:
+        """
+        Handle one call.
+
+        @param call: the L{rpcd.interceptors.ClientCall}.
+        @param proceed: C{proceed(call)} sends it (through the rest of the
+            chain) and returns a Deferred firing with the result or failing
+            with an L{rpcd.errors.RPCError}.
+        @return: the result: a value, a Deferred or a coroutine.
+        @raise rpcd.errors.RPCError: to fail the call without sending it.
+        """

@@ -30,7 +30,7 @@ import enum
 import functools
 import inspect
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -489,7 +489,12 @@ class ServiceRegistry:
     instantiated by L{ServiceRegistry.bind_connection} for each session.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interceptors: Sequence[Any] = ()) -> None:
+        """
+        @param interceptors: the server's interceptors, in chain order (see
+            L{rpcd.interceptors}); read by each connection as it starts.
+        """
+        self.interceptors: tuple[Any, ...] = tuple(interceptors)
         self._specs: dict[str, ServiceSpec] = {}
         self._options: dict[str, dict[str, Any]] = {}
         self._shared: dict[str, BoundMethod] = {}

@@ -122,7 +122,7 @@ class ServerStreams:
         try:
             d = dispatcher.open_stream(method, call_id,
                                        lambda m, ctx: stream.start(m, ctx, value),
-                                       timeout=timeout, metadata=metadata)
+                                       timeout=timeout, metadata=metadata, value=value)
         except RPCError as e:
             self.streams.pop(call_id, None)
             out.append(error_frame(call_id, e.code, e.message, e.details))
