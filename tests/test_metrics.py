@@ -144,6 +144,7 @@ class ServerSeriesTests(SynchronousTestCase):
         on = parse('[http]\nmetrics = true\n', "x.toml")
         self.assertTrue(on.http.metrics)
         self.assertIsInstance(make_server(on, registry, Clock()).metrics, Metrics)
+        self.assertIsInstance(registry.interceptors[0], MetricsInterceptor)
         self.assertIsNone(make_server(parse("", "x.toml"), registry, Clock()).metrics)
         error = self.assertRaises(Exception, parse, '[http]\nmetrics = "yes"\n', "x.toml")
         self.assertIn("http.metrics", str(error))
@@ -220,6 +221,18 @@ class HTTPTests(SynchronousTestCase):
         self.assertIn(b'rpcd_calls_total{code="OK",method="Waiter.Now"} 1.0', body)
         self.assertIn(b'rpcd_connections{protocol="http"} 1.0', body)
         self.assertEqual(self.get(server, "/metrics", "POST")[0], 405)
+
+    def test_calls_counted(self) -> None:
+        """Calls through the dispatcher's interceptor chain are counted by method and code; unknown names as (other)."""
+        server, _, _ = make_http_server()
+        server.metrics = Metrics(server)
+        server.registry.interceptors = (MetricsInterceptor(server.metrics),)
+        protocol, transport = connect(server)
+        protocol.dataReceived(call("Waiter.Now", 7) + call("Waiter.Now", 8) + call("No.Such"))
+        self.assertEqual([r[0] for r in responses(transport.value())], [200, 200, 200])
+        self.assertEqual(server.metrics.methods["Waiter.Now"].codes, {0: 2})
+        self.assertEqual(set(server.metrics.methods), {"Waiter.Now", OTHER})
+        self.assertEqual(sum(server.metrics.methods[OTHER].codes.values()), 1)
 
     def test_metrics_off(self) -> None:
         """Without figures, /metrics is a 404."""

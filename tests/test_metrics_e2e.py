@@ -114,11 +114,17 @@ class PrometheusE2ETests(TestCase):
         prometheus = await start_prometheus(self, f"127.0.0.1:{daemon.port}")
 
         async def scraped() -> Any:
-            up = values(await query(prometheus, 'up{job="rpcd"}'), "job")
-            connections = values(await query(prometheus, "rpcd_connections"), "protocol")
-            return up.get("rpcd") == 1 and connections.get("native") == 1 and connections
-        connections = await poll("rpcd's series in Prometheus", scraped, 60, interval=0.2)
+            calls = values(await query(prometheus, 'rpcd_calls_total{code="OK"}'), "method")
+            return calls.get("Arith.Multiply") == 3 and calls
+        await poll("rpcd's series in Prometheus", scraped, 60, interval=0.2)
+        connections = values(await query(prometheus, "rpcd_connections"), "protocol")
         self.assertEqual(connections.get("native"), 1)
+        unknown = values(await query(prometheus, 'rpcd_calls_total{method="(other)"}'), "code")
+        self.assertEqual(list(unknown.values()), [1])
+        count = await query(prometheus, 'rpcd_call_duration_seconds_count{method="Arith.Multiply"}')
+        self.assertEqual(values(count, "method"), {"Arith.Multiply": 3})
+        fast = await query(prometheus, 'rpcd_call_duration_seconds_bucket{method="Arith.Multiply",le="+Inf"}')
+        self.assertEqual(values(fast, "le"), {"+Inf": 3})
         refused = await query(prometheus, "rpcd_connections_refused_total")
         self.assertEqual(values(refused, "job"), {"rpcd": 0})
 
