@@ -14,6 +14,8 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --batch 1        # one frame per read
     python benchmarks/micro_dispatch.py --profile        # cProfile, top functions
     python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
+    python benchmarks/micro_dispatch.py --observed       # also with [http] metrics on, same run
+    python benchmarks/micro_dispatch.py --config c.toml  # the server of a config (its interceptors)
 
 The socket benchmark (with the real daemon and the anchors beside it) is
 C{benchmarks/bench_native.py}.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import pstats
 import struct
@@ -37,8 +40,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd import config as config_module  # noqa: E402
-from rpcd.daemon import build_registry, resolve_services  # noqa: E402
-from rpcd.server import RPCServer  # noqa: E402
+from rpcd.daemon import build_registry, make_server, resolve_services  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
 from rpcd.wire.native import NativeServerProtocol  # noqa: E402
 
@@ -56,13 +58,20 @@ def frames(batch: int, method: str = "Arith.Multiply") -> bytes:
     return b"".join(out)
 
 
-def connect() -> tuple[NativeServerProtocol, StringTransport]:
+def connect(path: str | None = None, metrics: bool = False) -> tuple[NativeServerProtocol, StringTransport]:
     """
+    @param path: a config file (None: the embedded default).
+    @param metrics: turn C{[http] metrics} on.
     @return: a server protocol past the preface, on a fresh transport.
     """
-    loaded = config_module.load(None)
+    loaded = config_module.load(path)
+    if metrics:
+        loaded = dataclasses.replace(loaded, http=dataclasses.replace(loaded.http, metrics=True))
     registry = build_registry(resolve_services(loaded))
-    server = RPCServer(registry, Clock(), loaded.limits)
+    if getattr(loaded, "interceptors", ()):
+        from rpcd.interceptors import load_all
+        registry.interceptors = load_all(loaded.interceptors, Clock())
+    server = make_server(loaded, registry, Clock())
     protocol = NativeServerProtocol(server)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -207,13 +216,28 @@ def main() -> int:
     p.add_argument("--method", default="Arith.Multiply")
     p.add_argument("--profile", action="store_true", help="run one round under cProfile")
     p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
+    p.add_argument("--config", default=None, help="serve with this config file's settings")
+    p.add_argument("--observed", action="store_true",
+                   help="also measure with [http] metrics on, rounds alternating, and print the cost")
     p.add_argument("--breakdown", action="store_true",
                    help="time the hot path's pieces one by one (timeit)")
     args = p.parse_args()
 
-    protocol, transport = connect()
+    protocol, transport = connect(args.config)
     data = frames(args.batch, args.method)
     check(protocol, transport, data, args.batch)
+    if args.observed:
+        observed, observed_transport = connect(args.config, metrics=True)
+        check(observed, observed_transport, data, args.batch)
+        plain_us = observed_us = float("inf")
+        for _ in range(args.rounds):  # alternate, so both see the same noise
+            plain_us = min(plain_us, measure(protocol, transport, data, args.batch, args.calls, 1))
+            observed_us = min(observed_us, measure(observed, observed_transport, data, args.batch,
+                                                   args.calls, 1))
+        print(f"native dataReceived, {args.batch} frames per read: {plain_us:.2f} us/call; "
+              f"with [http] metrics: {observed_us:.2f} us/call "
+              f"(+{observed_us - plain_us:.2f} us, {observed_us / plain_us:.2f}x)")
+        return 0
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

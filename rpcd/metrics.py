@@ -221,7 +221,7 @@ class MetricsInterceptor:
         self.metrics = metrics
 
     def intercept(self, call: Any, proceed: Any) -> Any:
-        stats = self.metrics.stats(call.method if getattr(call, "known", True) else OTHER)
+        stats = self.metrics.stats(call.method if call.known else OTHER)
         stats.running += 1
         if call.kind != "unary":
             def received(message: Any) -> Any:
@@ -233,6 +233,10 @@ class MetricsInterceptor:
                 return message
             call.wrap_messages(received=received, sent=sent)
         d = proceed(call)
+        if d.called and not d.paused:
+            # Answered at once (the hot path): read the outcome, skip a callback.
+            self._ended(d.result, call, stats)
+            return d
         return d.addBoth(self._ended, call, stats)
 
     def _ended(self, result: Any, call: Any, stats: MethodStats) -> Any:
