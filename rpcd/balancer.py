@@ -54,6 +54,7 @@ from rpcd.errors import Code, Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
+from rpcd.ratelimit import pushback
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
 from rpcd.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryThrottle, retrying_call
 from rpcd.retry_streams import RetryingStream
@@ -109,6 +110,7 @@ class Balancer:
         self.clock = clock
         self.interceptors = tuple(interceptors)
         self.codec = codec
+        self._pushed: dict[Backend, float] = {}
         self._connect = connect
         self.picker = picker
         self.retry = retry
@@ -261,6 +263,14 @@ class Balancer:
         usable = [b for b in self.backends if b.usable]
         if not usable:
             raise Unavailable(f"no endpoint is usable: {self.describe()}")
+        if self._pushed:
+            # Endpoints that asked to be left alone a while (rate limit
+            # pushback) are avoided while others are usable.
+            now = self.clock.seconds()
+            for b, until in list(self._pushed.items()):
+                if until <= now:
+                    del self._pushed[b]
+            usable = [b for b in usable if b not in self._pushed] or usable
         fresh = [b for b in usable if b not in exclude]
         return self.picker.pick(fresh or usable)
 
@@ -307,7 +317,7 @@ class Balancer:
             observe = getattr(self.picker, "observe", None)
             if observe is not None:
                 d.addBoth(_observed, observe, backend.key, self.clock, self.clock.seconds())
-            return d
+            return d.addErrback(self._pushed_back, backend)
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -358,6 +368,16 @@ class Balancer:
             return backend.stream(method, args, remaining, metadata, window)
         return RetryingStream(attempt, policy, self.clock, method=method, timeout=timeout,
                               budget=self.budget)
+
+    def _pushed_back(self, failure: Failure, backend: Backend) -> Failure:
+        """
+        A call failed: if the server gave a retry-after hint, avoid its
+        endpoint until then.
+        """
+        hint = pushback(failure.value) if failure.value is not None else None
+        if hint is not None:
+            self._pushed[backend] = self.clock.seconds() + hint
+        return failure
 
     def close(self) -> Deferred[None]:
         """

@@ -133,6 +133,10 @@ BUILTINS: dict[str, str] = {
 
 Filter = Callable[[Any], Any]
 
+TRACE_HEADERS = "rpcd.trace_headers"
+"""The key in C{session.data} under which the HTTP server leaves a JSON-RPC
+request's W3C trace context headers (C{traceparent}, C{tracestate})."""
+
 
 class _Call:
     """What server and client calls share (see the module docstring)."""
@@ -314,15 +318,24 @@ def settled(d: Deferred[Any]) -> Any:
     @return: its result, or C{d} while it is pending.
     @raise Exception: its error, when it failed already.
     """
-    if d.called and not d.paused and not getattr(d, "callbacks"):
-        result = d.result
-        if isinstance(result, Failure):
-            d.addErrback(lambda f: None)
-            error = result.value
-            assert error is not None
-            raise error
-        return result
-    return d
+    now = True
+    box: list[Any] = []
+
+    def grab(outcome: Any) -> Any:
+        if now:
+            box.append(outcome)
+            return None
+        return outcome
+    d.addBoth(grab)
+    now = False
+    if not box:
+        return d
+    outcome = box[0]
+    if isinstance(outcome, Failure):
+        error = outcome.value
+        assert error is not None
+        raise error
+    return outcome
 
 
 def filter_messages(filters: Sequence[Filter]) -> Filter:

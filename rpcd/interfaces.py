@@ -6,6 +6,8 @@ Kept free of heavy imports: the twistd plugin drop-ins import this module.
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 
@@ -36,7 +38,7 @@ class IServerInterceptor(Interface):
     how to write one.
     """
 
-    def intercept(call: object, proceed: object) -> object:
+    def intercept(call: Any, proceed: Any) -> Any:
         """
         Handle one call.
 
@@ -54,7 +56,7 @@ class IClientInterceptor(Interface):
     Code around every call a client makes; see L{rpcd.interceptors}.
     """
 
-    def intercept(call: object, proceed: object) -> object:
+    def intercept(call: Any, proceed: Any) -> Any:
         """
         Handle one call.
 

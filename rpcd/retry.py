@@ -28,6 +28,11 @@ random factor in C{[1 - jitter, 1 + jitter]}.  A call's C{timeout} is an
 overall deadline across attempts: each attempt gets the time that remains as
 its own timeout, and no retry starts when its backoff would reach the
 deadline; the caller then sees the last attempt's error.
+
+Pushback: an error carrying the server's hint (RESOURCE_EXHAUSTED with
+C{details["retry_after"]}, as rpcd's rate limit sends) makes the next retry
+wait at least that long, and none is made when that would pass the
+deadline (L{rpcd.ratelimit.pushback}).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from twisted.logger import Logger
 
 from rpcd.client import _ServiceProxy
 from rpcd.errors import Code, RPCError, _code_name
+from rpcd.ratelimit import pushback
 
 T = TypeVar("T")
 
@@ -200,6 +206,11 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
             if tries >= policy.max_attempts or not policy.retryable(error):
                 raise
             delay = policy.backoff(tries, rng)
+            hint = pushback(error)
+            if hint is not None:
+                # The server said when to come back (rate limit): not sooner,
+                # and not at all when that is past the deadline.
+                delay = max(delay, hint)
             if deadline is not None and clock.seconds() + delay >= deadline:
                 raise
             if budget is not None and not budget.allows():

@@ -76,6 +76,8 @@ from rpcd.backpressure import ReadThrottle, set_write_cap
 from rpcd.config import HTTPConfig
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import ResourceExhausted, RPCError
+from rpcd.interceptors import TRACE_HEADERS
+from rpcd.ratelimit import RETRY_AFTER, retry_after_header
 from rpcd.session import Session
 from rpcd import statuspage
 from rpcd.statuspage import DEBUG_JSON_PATH, METRICS_CONTENT_TYPE, METRICS_PATH
@@ -458,6 +460,10 @@ class HTTPServerProtocol(Protocol):
         payload = parse_request(request.body, limits.max_frame_bytes)
         dispatcher = Dispatcher(self._request_session(), self.server.clock,
                                 limits.max_calls_per_connection)
+        trace_headers = {name: value for name in ("traceparent", "tracestate")
+                         if (value := request.headers.get(name)) is not None}
+        if trace_headers:
+            dispatcher.session.data[TRACE_HEADERS] = trace_headers  # for rpcd.tracing
         authorization = request.headers.get("authorization")
         if authorization is None:
             self._run(request, payload, dispatcher, None)
@@ -519,7 +525,7 @@ class HTTPServerProtocol(Protocol):
             return
         self._calls.discard(dispatcher)
         dispatcher.session.close()
-        data = self._rpc_response(request, reply)
+        data = self._rpc_response(request, reply, dispatcher.session.data.get(RETRY_AFTER))
         if slot is None:
             self._queue.append(_Slot(data, not request.keep_alive))
         else:
@@ -529,7 +535,8 @@ class HTTPServerProtocol(Protocol):
                    dispatcher: Dispatcher) -> None:
         self._calls.discard(dispatcher)
         dispatcher.session.close()
-        self._fill(slot, request, self._rpc_response(request, reply))
+        self._fill(slot, request, self._rpc_response(request, reply,
+                                                     dispatcher.session.data.get(RETRY_AFTER)))
 
     def _fill(self, slot: _Slot, request: HTTPRequest, data: bytes) -> None:
         """
@@ -539,13 +546,20 @@ class HTTPServerProtocol(Protocol):
         slot.close = not request.keep_alive
         self._pump()
 
-    def _rpc_response(self, request: HTTPRequest, reply: bytes | None) -> bytes:
+    def _rpc_response(self, request: HTTPRequest, reply: bytes | None,
+                      retry_after: float | None = None) -> bytes:
         headers = []
         origin = request.headers.get("origin")
         if origin is not None and self.policy.origin_allowed(origin, request.headers.get("host"))[1]:
             headers = _cors(origin)
         if reply is None:
             return self._format(request, 204, headers, b"")
+        if retry_after is not None and reply[:1] == b"{":
+            # A single call refused by the rate limit (rpcd.ratelimit): 429
+            # with the hint, the JSON-RPC error in the body.
+            return self._format(request, 429, [("Content-Type", "application/json"),
+                                               ("Retry-After", retry_after_header(retry_after)),
+                                               *headers], reply)
         return self._format(request, 200, [("Content-Type", "application/json"), *headers], reply)
 
     def _respond(self, request: HTTPRequest, status: int, headers: list[tuple[str, str]],
