@@ -16,6 +16,7 @@ Series (all prefixed C{rpcd_}):
     calls_running{method}                  calls started and not ended
     stream_messages_total{method,direction}  stream messages received/sent
     call_bytes_total{direction}            payload bytes received/sent by calls
+                                           (their size as msgpack)
     connections{protocol}                  connections open now
     connections_opened_total{protocol}     connections since start
     connections_refused_total              refused by the connection caps
@@ -45,7 +46,10 @@ from prometheus_client.registry import Collector
 
 from twisted.python.failure import Failure
 
+import msgpack
+
 from rpcd.errors import Code
+from rpcd.ratelimit import pushback
 
 if TYPE_CHECKING:
     from rpcd.server import RPCServer
@@ -63,6 +67,7 @@ RECENT = 1024
 OTHER = "(other)"
 
 _CODE_NAMES = {int(code): code.name for code in Code}
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def code_name(code: int) -> str:
@@ -209,8 +214,11 @@ class MetricsInterceptor:
     """
     The built-in server interceptor that keeps a L{Metrics}' per-call
     figures (L{rpcd.interceptors}): calls running, each call's code and
-    duration, stream messages, and refusals with RESOURCE_EXHAUSTED made
-    before the handler ran (the rate limiter's).  It goes first in the
+    duration, stream messages, payload bytes (the size of each argument,
+    result and stream message as msgpack: exact for the native protocol,
+    an approximation for the others, as the access log counts them), and
+    refusals with RESOURCE_EXHAUSTED carrying a retry-after hint (the rate
+    limiter's, L{rpcd.ratelimit.pushback}).  It goes first in the
     chain, so that it times and counts whatever the others do.
     """
 
@@ -221,15 +229,19 @@ class MetricsInterceptor:
         self.metrics = metrics
 
     def intercept(self, call: Any, proceed: Any) -> Any:
-        stats = self.metrics.stats(call.method if call.known else OTHER)
+        metrics = self.metrics
+        stats = metrics.stats(call.method if call.known else OTHER)
         stats.running += 1
+        metrics.bytes_in += _size(call.value)
         if call.kind != "unary":
             def received(message: Any) -> Any:
                 stats.messages_in += 1
+                metrics.bytes_in += _size(message)
                 return message
 
             def sent(message: Any) -> Any:
                 stats.messages_out += 1
+                metrics.bytes_out += _size(message)
                 return message
             call.wrap_messages(received=received, sent=sent)
         d = proceed(call)
@@ -242,22 +254,27 @@ class MetricsInterceptor:
     def _ended(self, result: Any, call: Any, stats: MethodStats) -> Any:
         stats.running -= 1
         if isinstance(result, Failure):
-            code = int(getattr(result.value, "code", Code.UNKNOWN))
-            if code == Code.RESOURCE_EXHAUSTED and _refused_before_running(call, result.value):
+            error = result.value
+            code = int(getattr(error, "code", Code.UNKNOWN))
+            if code == Code.RESOURCE_EXHAUSTED and pushback(error) is not None:
                 stats.rate_limited += 1
         else:
             code = 0
+            self.metrics.bytes_out += _size(result)
         stats.ended(code, call.elapsed())
         return result
 
 
-def _refused_before_running(call: Any, error: Any) -> bool:
+def _size(value: Any) -> int:
     """
-    @return: whether a RESOURCE_EXHAUSTED error is a rate limiter's refusal:
-        it carries a retry-after hint in its details.
+    @return: the size of a value as msgpack (what rpcd's native protocol
+        sends; an approximation for the other wire formats), 0 for a value
+        msgpack cannot carry.
     """
-    details = getattr(error, "details", None)
-    return isinstance(details, dict) and any("retry" in str(key).lower() for key in details)
+    try:
+        return len(_packb(value))
+    except Exception:
+        return 0
 
 
 class ServerCollector(Collector):

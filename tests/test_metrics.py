@@ -49,6 +49,7 @@ class FakeCall:
         self.method = method
         self.kind = kind
         self.known = known
+        self.value: Any = {"A": 1}
         self.data: dict[str, Any] = {}
         self.started = clock.seconds()
         self.filters: list[Any] = []
@@ -168,6 +169,7 @@ class InterceptorTests(SynchronousTestCase):
         answer.callback(5)
         self.assertEqual(self.successResultOf(d), 5)
         self.assertEqual((stats.running, stats.codes, list(stats.recent)), (0, {0: 1}, [0.25]))
+        self.assertEqual((self.metrics.bytes_in, self.metrics.bytes_out), (4, 1))  # msgpack sizes
 
     def test_errors_by_code(self) -> None:
         """An error is counted by its code, and passed on unchanged."""
@@ -196,7 +198,8 @@ class InterceptorTests(SynchronousTestCase):
         call = FakeCall(self.clock, kind="bidi_stream")
         self.interceptor.intercept(call, lambda c: succeed(None))
         ((received, sent),) = call.filters
-        self.assertEqual([received(1), received(2), sent(3)], [1, 2, 3])
+        self.assertEqual([received(1), received(2), sent("abc")], [1, 2, "abc"])
+        self.assertEqual((self.metrics.bytes_in, self.metrics.bytes_out), (4 + 2, 4 + 1))
         stats = self.metrics.methods["A.B"]
         self.assertEqual((stats.messages_in, stats.messages_out), (2, 1))
 
