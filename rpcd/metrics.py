@@ -256,7 +256,7 @@ class MetricsInterceptor:
         if isinstance(result, Failure):
             error = result.value
             code = int(getattr(error, "code", Code.UNKNOWN))
-            if code == Code.RESOURCE_EXHAUSTED and pushback(error) is not None:
+            if code == Code.RESOURCE_EXHAUSTED and error is not None and pushback(error) is not None:
                 stats.rate_limited += 1
         else:
             code = 0
