@@ -19,9 +19,10 @@ table plus the ratios of rpcd to the anchors::
     python benchmarks/bench_native.py --only '1x64'       # a subset of rpcd cases (regex)
     python benchmarks/bench_native.py --config my.toml    # every rpcd case with this config
 
-The C{... observed} rows run the daemon with observability on (C{[http]
-metrics = true}, and the access log when this build has one): set beside the
-row of the same client with nothing configured, they give its cost per call.
+The C{1conn x64 metrics...} rows run the daemon with observability on
+(C{[http] metrics = true}; then the access log logging every call, then 1% of
+them and the slow ones): set beside the row of the same client with nothing
+configured, they give its cost per call.
 
 Everything it builds or writes goes under C{$RPCD_BENCH_WORK}
 (C{/tmp/rpcd-bench}): the Go binary and C{results/<stamp>/} with the table,
@@ -68,7 +69,8 @@ COMPARE = {
     "rpcd <- go native seq": ["go-gob <- go gob seq"],
     "rpcd <- go native 1conn x64": ["go-gob <- go gob 1conn x64", "amp <- go amp x64",
                                     "tw-echo <- go x64", "grpc-aio <- py aio x64"],
-    "rpcd <- go native 1conn x64 observed": ["tw-echo <- go x64"],
+    "rpcd <- go native 1conn x64 metrics": ["tw-echo <- go x64"],
+    "rpcd <- go native 1conn x64 metrics+log 1%": ["tw-echo <- go x64"],
     "rpcd <- go native 4conn x16": ["tw-echo <- go 4conn x64"],
     "rpcd <- go native 8conn x16": ["go-gob <- go gob 8conn x16"],
     "rpcd <- py rpcd.client x64": ["amp <- go amp x64"],
@@ -80,23 +82,30 @@ class Case:
     name: str
     client: list[str]  # argv with {port} {addr} {pid} {dur} {warmup} {n} {case}
     timeout: float = 40.0
-    observed: bool = False  # serve with OBSERVED_CONFIG
+    observed: str = ""  # "" or a key of OBSERVED: serve with that config
 
 
-def observed_config() -> str:
+# Observability configs for the "observed" rows: TOML added to the embedded
+# default config (etc/rpcd.toml) after turning on [http] metrics.
+OBSERVED = {
+    "metrics": "",
+    "metrics+log": '\n[[interceptors]]\nuse = "access_log"\n',
+    "metrics+log 1%": '\n[[interceptors]]\nuse = "access_log"\n'
+                      'options = { sample = 0.01, slow_ms = 100 }\n',
+}
+
+
+def observed_config(which: str) -> str:
     """
-    @return: the embedded default config with C{[http] metrics} on, and the
-        access log (C{[[interceptors]] use = "access_log"}) when this build
-        has the module.
+    @param which: a key of L{OBSERVED}.
+    @return: the embedded default config with C{[http] metrics} on and that
+        row's interceptors.
     """
     with open(os.path.join(REPO, "etc", "rpcd.toml"), encoding="utf-8") as f:
         text = f.read()
     if "#   metrics = true" not in text:
         raise SystemExit("etc/rpcd.toml has no '#   metrics = true' line to turn on")
-    text = text.replace("#   metrics = true", "metrics = true", 1)
-    if os.path.exists(os.path.join(REPO, "rpcd", "accesslog.py")):
-        text += '\n[[interceptors]]\nuse = "access_log"\n'
-    return text
+    return text.replace("#   metrics = true", "metrics = true", 1) + OBSERVED[which]
 
 
 def go_client(conns: int, inflight: int, *extra: str) -> list[str]:
@@ -109,7 +118,8 @@ def cases() -> list[Case]:
     return [
         Case("rpcd <- go native seq", go_client(1, 1)),
         Case("rpcd <- go native 1conn x64", go_client(1, 64)),
-        Case("rpcd <- go native 1conn x64 observed", go_client(1, 64), observed=True),
+        *(Case(f"rpcd <- go native 1conn x64 {which}", go_client(1, 64), observed=which)
+          for which in OBSERVED),
         Case("rpcd <- go native 1conn x64 flush-each", go_client(1, 64, "-flush-each")),
         Case("rpcd <- go native 4conn x16", go_client(4, 16)),
         Case("rpcd <- go native 8conn x16", go_client(8, 16)),
@@ -188,10 +198,10 @@ def run_case(case: Case, args: argparse.Namespace, logdir: str, idx: int) -> dic
     with open(os.path.join(logdir, f"{idx:02d}_{slug}.server.log"), "w") as log:
         config = args.config
         if case.observed:
-            config = os.path.join(logdir, "observed.toml")
+            config = os.path.join(logdir, re.sub(r"[^a-z0-9]+", "_", case.observed) + ".toml")
             if not os.path.exists(config):
                 with open(config, "w", encoding="utf-8") as f:
-                    f.write(observed_config())
+                    f.write(observed_config(case.observed))
         proc = start_daemon(port, args.pin, log, config)
         try:
             if not wait_port(port, proc):
@@ -315,20 +325,21 @@ def table(rows: list[dict[str, Any]], repeat: int) -> str:
 
 def observed_cost(mine: list[dict[str, Any]]) -> str:
     """
-    @return: for each C{... observed} row, its server CPU per call beside the
-        row of the same client with nothing configured, or "" if none ran.
+    @return: for each observed row, its server CPU per call beside the row
+        of the same client with nothing configured, or "" if none ran.
     """
     by_name = {r["case"]: r for r in mine if r.get("srv_us_per_call")}
     lines = []
     for name, r in by_name.items():
-        plain = by_name.get(name.removesuffix(" observed"))
-        if name.endswith(" observed") and plain is not None:
+        which = next((w for w in OBSERVED if name.endswith(" " + w)), None)
+        plain = None if which is None else by_name.get(name.removesuffix(" " + which))
+        if plain is not None:
             extra = r["srv_us_per_call"] - plain["srv_us_per_call"]
             lines.append(f"  {name}: srv CPU/call {r['srv_us_per_call']:.1f} us vs "
                          f"{plain['srv_us_per_call']:.1f} us with nothing configured: "
                          f"{extra:+.1f} us/call ({r['srv_us_per_call'] / plain['srv_us_per_call']:.2f}x); "
                          f"calls/s {r['rate'] / plain['rate']:.2f}x")
-    return "\n".join(["the cost of observability (metrics, access log when built)", *lines]) if lines else ""
+    return "\n".join(["the cost of observability", *lines]) if lines else ""
 
 
 def ratios(mine: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> str:
