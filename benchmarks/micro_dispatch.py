@@ -14,7 +14,7 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --batch 1        # one frame per read
     python benchmarks/micro_dispatch.py --profile        # cProfile, top functions
     python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
-    python benchmarks/micro_dispatch.py --observed       # also with [http] metrics on, same run
+    python benchmarks/micro_dispatch.py --observed       # + a pass-through interceptor, + [http] metrics
     python benchmarks/micro_dispatch.py --config c.toml  # the server of a config (its interceptors)
 
 The socket benchmark (with the real daemon and the anchors beside it) is
@@ -31,6 +31,7 @@ import pstats
 import struct
 import sys
 import time
+from typing import Any
 
 import msgpack
 
@@ -208,6 +209,13 @@ def breakdown(protocol: NativeServerProtocol, transport: StringTransport, data: 
     return [(label, us) for (label, _, _), us in zip(pieces, best)]
 
 
+class _PassThrough:
+    """An interceptor that only proceeds."""
+
+    def intercept(self, call: object, proceed: Any) -> Any:
+        return proceed(call)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64, help="CALL frames per dataReceived (64)")
@@ -229,14 +237,19 @@ def main() -> int:
     if args.observed:
         observed, observed_transport = connect(args.config, metrics=True)
         check(observed, observed_transport, data, args.batch)
-        plain_us = observed_us = float("inf")
-        for _ in range(args.rounds):  # alternate, so both see the same noise
-            plain_us = min(plain_us, measure(protocol, transport, data, args.batch, args.calls, 1))
-            observed_us = min(observed_us, measure(observed, observed_transport, data, args.batch,
-                                                   args.calls, 1))
-        print(f"native dataReceived, {args.batch} frames per read: {plain_us:.2f} us/call; "
-              f"with [http] metrics: {observed_us:.2f} us/call "
-              f"(+{observed_us - plain_us:.2f} us, {observed_us / plain_us:.2f}x)")
+        chained, chained_transport = connect(args.config)
+        chained.dispatcher._interceptors = (_PassThrough(),)  # the chain's own cost
+        check(chained, chained_transport, data, args.batch)
+        rows = [("nothing configured", protocol, transport),
+                ("a pass-through interceptor", chained, chained_transport),
+                ("[http] metrics", observed, observed_transport)]
+        best = [float("inf")] * len(rows)
+        for _ in range(args.rounds):  # alternate, so all see the same noise
+            for i, (_, proto, trans) in enumerate(rows):
+                best[i] = min(best[i], measure(proto, trans, data, args.batch, args.calls, 1))
+        print(f"native dataReceived, {args.batch} frames per read, us/call:")
+        for (label, _, _), us in zip(rows, best):
+            print(f"  {us:6.2f}  {label} (+{us - best[0]:.2f})")
         return 0
     if args.profile:
         prof = cProfile.Profile()

@@ -34,6 +34,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+import msgpack
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,10 +44,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-
 from twisted.python.failure import Failure
-
-import msgpack
 
 from rpcd.errors import Code
 from rpcd.ratelimit import pushback
