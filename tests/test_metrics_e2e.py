@@ -19,8 +19,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
+from rpcd.auth import hash_password
 from rpcd.client import connect
-from rpcd.errors import RPCError
+from rpcd.errors import ResourceExhausted, RPCError, Unauthenticated
 from tests.daemon import Daemon, _Output, temp_dir
 from tests.test_discovery_e2e import free_port, poll
 from tests.tools import require_tool
@@ -98,7 +99,7 @@ def values(result: list[dict[str, Any]], label: str) -> dict[str, float]:
 
 
 class PrometheusE2ETests(TestCase):
-    """rpcd's /metrics as a real Prometheus sees it."""
+    """rpcd's /metrics, as a real Prometheus and a plain GET see it."""
 
     timeout = 120
 
@@ -127,6 +128,40 @@ class PrometheusE2ETests(TestCase):
         self.assertEqual(values(fast, "le"), {"+Inf": 3})
         refused = await query(prometheus, "rpcd_connections_refused_total")
         self.assertEqual(values(refused, "job"), {"rpcd": 0})
+
+    async def test_refusals_counted(self) -> None:
+        """Rate-limit refusals by method, failed and throttled logins and calls by code show in a plain GET /metrics."""
+        cheap = {"n": 2**10, "r": 8, "p": 1}
+        daemon = await start_daemon(self, CONFIG + (
+            '[services.HelloService]\n'
+            '[auth]\nmax_failed_logins = 2\nmax_failed_logins_per_user = 2\n'
+            f'[auth.users]\nuser = "{hash_password("s3cret", **cheap)}"\n'
+            '[[interceptors]]\nuse = "rate_limit"\n'
+            '[interceptors.options]\nmethods = { "Arith.Multiply" = { rate = 0.001, burst = 2 } }\n'))
+        client = await connect(f"tcp:127.0.0.1:{daemon.port}")
+        self.addCleanup(client.close)
+        refused = 0
+        for n in range(5):
+            try:
+                await client.call("Arith.Multiply", {"A": n, "B": 1})
+            except ResourceExhausted:
+                refused += 1
+        self.assertEqual(refused, 3)
+        logins = []
+        for _ in range(3):
+            try:
+                await client.call("HelloService.Login", "user:wrong")
+            except (Unauthenticated, ResourceExhausted) as e:
+                logins.append(type(e))
+        self.assertEqual(logins, [Unauthenticated, Unauthenticated, ResourceExhausted])
+        code, body = await get(f"http://127.0.0.1:{daemon.port}/metrics")
+        self.assertEqual(code, 200)
+        text = body.decode()
+        self.assertIn('rpcd_rate_limited_total{method="Arith.Multiply"} 3.0', text)
+        self.assertIn('rpcd_calls_total{code="RESOURCE_EXHAUSTED",method="Arith.Multiply"} 3.0', text)
+        self.assertIn('rpcd_calls_total{code="OK",method="Arith.Multiply"} 2.0', text)
+        self.assertIn('rpcd_login_failures_total{reason="bad_credentials"} 2.0', text)
+        self.assertIn('rpcd_login_failures_total{reason="throttled"} 1.0', text)
 
     async def test_switched_off(self) -> None:
         """Without [http] metrics, GET /metrics is a 404."""
