@@ -14,7 +14,9 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --batch 1        # one frame per read
     python benchmarks/micro_dispatch.py --profile        # cProfile, top functions
     python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
-    python benchmarks/micro_dispatch.py --observed       # + a pass-through interceptor, + [http] metrics
+    python benchmarks/micro_dispatch.py --interceptor noop        # the interceptor chain's own cost
+    python benchmarks/micro_dispatch.py --interceptor access_log  # a built-in (or module:factory)
+    python benchmarks/micro_dispatch.py --observed       # nothing, a noop interceptor, [http] metrics
     python benchmarks/micro_dispatch.py --config c.toml  # the server of a config (its interceptors)
 
 The socket benchmark (with the real daemon and the anchors beside it) is
@@ -42,6 +44,7 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd import config as config_module  # noqa: E402
 from rpcd.daemon import build_registry, make_server, resolve_services  # noqa: E402
+from rpcd.interceptors import load, load_all  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
 from rpcd.wire.native import NativeServerProtocol  # noqa: E402
 
@@ -59,8 +62,17 @@ def frames(batch: int, method: str = "Arith.Multiply") -> bytes:
     return b"".join(out)
 
 
-def connect(path: str | None = None, metrics: bool = False) -> tuple[NativeServerProtocol, StringTransport]:
+class Noop:
+    """An interceptor that only passes the call on (the chain's own cost)."""
+
+    def intercept(self, call: object, proceed: Any) -> Any:
+        return proceed(call)
+
+
+def connect(interceptors: list[str] = [], path: str | None = None,
+            metrics: bool = False) -> tuple[NativeServerProtocol, StringTransport]:
     """
+    @param interceptors: names of interceptors to add after the config's.
     @param path: a config file (None: the embedded default).
     @param metrics: turn C{[http] metrics} on.
     @return: a server protocol past the preface, on a fresh transport.
@@ -69,10 +81,10 @@ def connect(path: str | None = None, metrics: bool = False) -> tuple[NativeServe
     if metrics:
         loaded = dataclasses.replace(loaded, http=dataclasses.replace(loaded.http, metrics=True))
     registry = build_registry(resolve_services(loaded))
-    if getattr(loaded, "interceptors", ()):
-        from rpcd.interceptors import load_all
-        registry.interceptors = load_all(loaded.interceptors, Clock())
-    server = make_server(loaded, registry, Clock())
+    clock = Clock()
+    registry.interceptors = load_all(loaded.interceptors, clock) + tuple(
+        Noop() if name == "noop" else load(name, clock=clock) for name in interceptors)
+    server = make_server(loaded, registry, clock)
     protocol = NativeServerProtocol(server)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -209,13 +221,6 @@ def breakdown(protocol: NativeServerProtocol, transport: StringTransport, data: 
     return [(label, us) for (label, _, _), us in zip(pieces, best)]
 
 
-class _PassThrough:
-    """An interceptor that only proceeds."""
-
-    def intercept(self, call: object, proceed: Any) -> Any:
-        return proceed(call)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64, help="CALL frames per dataReceived (64)")
@@ -226,23 +231,24 @@ def main() -> int:
     p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
     p.add_argument("--config", default=None, help="serve with this config file's settings")
     p.add_argument("--observed", action="store_true",
-                   help="also measure with [http] metrics on, rounds alternating, and print the cost")
+                   help="measure with nothing, a noop interceptor and [http] metrics, "
+                        "rounds alternating")
     p.add_argument("--breakdown", action="store_true",
                    help="time the hot path's pieces one by one (timeit)")
+    p.add_argument("--interceptor", action="append", default=[],
+                   help="run calls through this interceptor (a built-in's name, "
+                        "module:factory, or noop); repeat for a chain")
     args = p.parse_args()
 
-    protocol, transport = connect(args.config)
+    protocol, transport = connect(args.interceptor, args.config)
     data = frames(args.batch, args.method)
     check(protocol, transport, data, args.batch)
     if args.observed:
-        observed, observed_transport = connect(args.config, metrics=True)
-        check(observed, observed_transport, data, args.batch)
-        chained, chained_transport = connect(args.config)
-        chained.dispatcher._interceptors = (_PassThrough(),)  # the chain's own cost
-        check(chained, chained_transport, data, args.batch)
         rows = [("nothing configured", protocol, transport),
-                ("a pass-through interceptor", chained, chained_transport),
-                ("[http] metrics", observed, observed_transport)]
+                ("a noop interceptor", *connect([*args.interceptor, "noop"], args.config)),
+                ("[http] metrics", *connect(args.interceptor, args.config, metrics=True))]
+        for _, proto, trans in rows[1:]:
+            check(proto, trans, data, args.batch)
         best = [float("inf")] * len(rows)
         for _ in range(args.rounds):  # alternate, so all see the same noise
             for i, (_, proto, trans) in enumerate(rows):
@@ -263,7 +269,8 @@ def main() -> int:
             print(f"{piece:6.2f} us  {label}")
         return 0
     us = measure(protocol, transport, data, args.batch, args.calls, args.rounds)
-    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call")
+    chain = f" (interceptors: {', '.join(args.interceptor)})" if args.interceptor else ""
+    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call{chain}")
     if args.floor:
         bare = floor(data, args.batch, args.calls, args.rounds)
         print(f"bare msgpack loop (unpack, call, pack, join):  {bare:.2f} us/call "

@@ -336,8 +336,15 @@ class Dispatcher:
                     current_deadline.reset(token)
 
         d = run_chain(self._interceptors, call, final)
-        d.addErrback(self._chain_failed, name)
-        return settled(d)
+        try:
+            result = settled(d)
+        except RPCError:
+            raise
+        except BaseException:
+            self._chain_failed(Failure(), name)
+        if result is d:
+            d.addErrback(self._chain_failed, name)
+        return result
 
     def _chain_failed(self, failure: Failure, name: str) -> None:
         error = failure.value

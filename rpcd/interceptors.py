@@ -272,11 +272,19 @@ class ClientCall(_Call):
         return None if self.timeout is None else self.started + self.timeout
 
 
+_PLAIN = frozenset({int, str, float, bool, bytes, type(None), list, dict, tuple})
+
+
 def as_deferred(result: Any) -> Deferred[Any]:
     """
     @param result: a value, a Deferred or a coroutine.
     @return: a Deferred of it.
     """
+    kind = type(result)
+    if kind is Deferred:
+        return result
+    if kind in _PLAIN:
+        return succeed(result)
     if isinstance(result, Deferred):
         return result
     if isinstance(result, Coroutine):
@@ -318,24 +326,17 @@ def settled(d: Deferred[Any]) -> Any:
     @return: its result, or C{d} while it is pending.
     @raise Exception: its error, when it failed already.
     """
-    now = True
-    box: list[Any] = []
-
-    def grab(outcome: Any) -> Any:
-        if now:
-            box.append(outcome)
-            return None
-        return outcome
-    d.addBoth(grab)
-    now = False
-    if not box:
-        return d
-    outcome = box[0]
-    if isinstance(outcome, Failure):
-        error = outcome.value
-        assert error is not None
-        raise error
-    return outcome
+    # Fired and not waiting on another Deferred: every callback has run and
+    # the result is final.
+    if d.called and not d.paused:
+        result = d.result
+        if isinstance(result, Failure):
+            d.addErrback(lambda f: None)  # handled: raised here
+            error = result.value
+            assert error is not None
+            raise error
+        return result
+    return d
 
 
 def filter_messages(filters: Sequence[Filter]) -> Filter:

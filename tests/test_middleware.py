@@ -327,3 +327,46 @@ class TracingTests(SynchronousTestCase):
         [span] = self.exporter.get_finished_spans()
         self.assertIsNone(span.parent)
         self.assertEqual(seen, [format(span.context.trace_id, "032x")])
+
+
+class BalancerPushbackTests(SynchronousTestCase):
+    """The balancer avoids an endpoint that pushed back, and runs client interceptors once per call."""
+
+    def test_avoids_pushed_back_endpoint(self) -> None:
+        """After a refusal with retry_after, calls go to the other endpoint until the hint's time passes."""
+        from tests.test_balancer import Cluster
+        cluster = Cluster(self, "a", "b")
+        a = cluster.nodes[0]
+        a.server.registry.interceptors = (
+            RateLimit(methods={"Who.Name": {"rate": 0.1, "burst": 1}}, clock=cluster.clock),)
+        balancer = cluster.connect(policy="round_robin", health=None)
+
+        def names(count: int) -> list[str]:
+            calls = [balancer.call("Who.Name", retry=None) for _ in range(count)]
+            cluster.flush()
+            return [self.successResultOf(d.addErrback(lambda f: "refused")) for d in calls]
+        first = names(3)
+        self.assertEqual(sorted(first), ["a", "b", "refused"])
+        self.assertEqual(names(4), ["b", "b", "b", "b"])
+        cluster.advance(10.0)
+        self.assertIn("a", names(2))
+
+    def test_interceptors_once_per_call(self) -> None:
+        """A balancer's client interceptors see one call around its retries, ending in success."""
+        from tests.test_balancer import Cluster
+        cluster = Cluster(self, "a", "b")
+        seen: list[str] = []
+
+        class Spy:
+            def intercept(self, call: Any, proceed: Any) -> Any:
+                seen.append(call.method)
+                return proceed(call).addErrback(
+                    lambda f: (seen.append(f"failed {f.value.code}"), f)[1])
+        balancer = cluster.connect(policy="round_robin", health=None, interceptors=[Spy()])
+        d = balancer.call("Who.Fail", 14)
+        cluster.flush()
+        cluster.advance(1.0)
+        cluster.advance(1.0)
+        self.failureResultOf(d, RPCError)
+        self.assertEqual(seen, ["Who.Fail", "failed 14"])
+        self.assertEqual(sum(node.calls for node in cluster.nodes), 3)
