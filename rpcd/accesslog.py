@@ -13,7 +13,7 @@ C{method}, C{kind}, C{protocol}, C{peer}, C{user} (the login, or None),
 C{identity} (the client certificate's CN, or None), C{code} (the code's
 name: C{OK}, C{NOT_FOUND}, ...), C{duration_ms}, C{bytes_in},
 C{bytes_out}, C{messages_in} / C{messages_out} (streams), C{trace_id}
-(when the C{tracing} interceptor runs before it), C{slow}.
+(when the C{tracing} interceptor is in the chain), C{slow}.
 
 C{bytes_in} and C{bytes_out} are B{approximate}: the size of the request
 argument and of the result (and of each stream message) encoded as msgpack,

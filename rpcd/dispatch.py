@@ -196,12 +196,27 @@ class Dispatcher:
         running = self.running
         invoke = method.invoke
 
+        clock = self.clock
+        deadline_var = current_deadline
+
         def call(value: Any, key: Any, timeout: float | None = None) -> Any:
-            if timeout is not None:
-                return self._with_deadline(name, value, key, timeout, None, _VALUE)
             counts[name] = counts.get(name, 0) + 1
             if len(running) >= self.max_running:
                 raise self._exhausted()
+            if timeout is not None:
+                # The deadline is visible to the calls the handler makes.
+                token = deadline_var.set((clock.seconds() + timeout, clock))
+                try:
+                    result = invoke(value, None)
+                    if type(result) in plain:
+                        return result
+                    return self._finish(name, method, result, key, timeout)
+                except RPCError:
+                    raise
+                except Exception as e:
+                    raise self._unexpected(name, e) from e
+                finally:
+                    deadline_var.reset(token)
             try:
                 result = invoke(value, None)
             except RPCError:

@@ -32,7 +32,7 @@ SDK's global tracer provider yourself, or let the interceptor make one::
 
 (C{otlp} sends over HTTP to C{OTEL_EXPORTER_OTLP_ENDPOINT}, by default
 C{http://localhost:4318}.)  The access log shows the trace id of each call
-when C{tracing} comes before C{access_log} in the chain.
+when both are in the chain (in either order).
 """
 
 from __future__ import annotations
