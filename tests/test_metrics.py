@@ -129,6 +129,16 @@ class ServerSeriesTests(SynchronousTestCase):
         self.assertEqual(got[("rpcd_connections", (("protocol", "native"),))], 1)
         self.assertEqual(got[("rpcd_connections_opened_total", (("protocol", "native"),))], 2)
 
+    def test_go_tunnel_counted_once(self) -> None:
+        """A connection that CONNECTs to Go's gob over HTTP counts as one gob connection, not also an HTTP one."""
+        server, _, _ = make_http_server()
+        metrics = server.metrics = Metrics(server)
+        protocol, transport = connect(server)
+        self.assertEqual(metrics.connections(), {"http": 1})
+        protocol.dataReceived(b"CONNECT /_goRPC_ HTTP/1.0\r\n\r\n")
+        self.assertIsNotNone(protocol.tunnel)
+        self.assertEqual(metrics.connections(), {"gob": 1, "http": 0})
+
     def test_refusals_and_login_failures(self) -> None:
         """Refused connections and failed or throttled logins are reported from the daemon's counters."""
         server, _, _ = make_http_server()

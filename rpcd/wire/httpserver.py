@@ -651,6 +651,7 @@ class HTTPServerProtocol(Protocol):
             self._reading = True
             cast(IPushProducer, self.transport).resumeProducing()
         self.tunnel = take_over(make, self.server, self.transport, leftover)
+        self.session.close()  # the tunnel has its own: count the connection once
         if not self._lost:
             try:  # the tunnel did not register a producer of its own
                 consumer.registerProducer(ReadThrottle(self.transport, self.session.peer), True)
