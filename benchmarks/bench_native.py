@@ -17,6 +17,12 @@ table plus the ratios of rpcd to the anchors::
     python benchmarks/bench_native.py --repeat 3          # median of 3 fresh runs per case
     python benchmarks/bench_native.py --no-anchors        # rpcd rows only
     python benchmarks/bench_native.py --only '1x64'       # a subset of rpcd cases (regex)
+    python benchmarks/bench_native.py --config my.toml    # every rpcd case with this config
+
+The C{1conn x64 metrics...} rows run the daemon with observability on
+(C{[http] metrics = true}; then the access log logging every call, then 1% of
+them and the slow ones): set beside the row of the same client with nothing
+configured, they give its cost per call.
 
 Everything it builds or writes goes under C{$RPCD_BENCH_WORK}
 (C{/tmp/rpcd-bench}): the Go binary and C{results/<stamp>/} with the table,
@@ -63,6 +69,8 @@ COMPARE = {
     "rpcd <- go native seq": ["go-gob <- go gob seq"],
     "rpcd <- go native 1conn x64": ["go-gob <- go gob 1conn x64", "amp <- go amp x64",
                                     "tw-echo <- go x64", "grpc-aio <- py aio x64"],
+    "rpcd <- go native 1conn x64 metrics": ["tw-echo <- go x64"],
+    "rpcd <- go native 1conn x64 metrics+log 1%": ["tw-echo <- go x64"],
     "rpcd <- go native 4conn x16": ["tw-echo <- go 4conn x64"],
     "rpcd <- go native 8conn x16": ["go-gob <- go gob 8conn x16"],
     "rpcd <- py rpcd.client x64": ["amp <- go amp x64"],
@@ -74,6 +82,30 @@ class Case:
     name: str
     client: list[str]  # argv with {port} {addr} {pid} {dur} {warmup} {n} {case}
     timeout: float = 40.0
+    observed: str = ""  # "" or a key of OBSERVED: serve with that config
+
+
+# Observability configs for the "observed" rows: TOML added to the embedded
+# default config (etc/rpcd.toml) after turning on [http] metrics.
+OBSERVED = {
+    "metrics": "",
+    "metrics+log": '\n[[interceptors]]\nuse = "access_log"\n',
+    "metrics+log 1%": '\n[[interceptors]]\nuse = "access_log"\n'
+                      'options = { sample = 0.01, slow_ms = 100 }\n',
+}
+
+
+def observed_config(which: str) -> str:
+    """
+    @param which: a key of L{OBSERVED}.
+    @return: the embedded default config with C{[http] metrics} on and that
+        row's interceptors.
+    """
+    with open(os.path.join(REPO, "etc", "rpcd.toml"), encoding="utf-8") as f:
+        text = f.read()
+    if "#   metrics = true" not in text:
+        raise SystemExit("etc/rpcd.toml has no '#   metrics = true' line to turn on")
+    return text.replace("#   metrics = true", "metrics = true", 1) + OBSERVED[which]
 
 
 def go_client(conns: int, inflight: int, *extra: str) -> list[str]:
@@ -86,6 +118,8 @@ def cases() -> list[Case]:
     return [
         Case("rpcd <- go native seq", go_client(1, 1)),
         Case("rpcd <- go native 1conn x64", go_client(1, 64)),
+        *(Case(f"rpcd <- go native 1conn x64 {which}", go_client(1, 64), observed=which)
+          for which in OBSERVED),
         Case("rpcd <- go native 1conn x64 flush-each", go_client(1, 64, "-flush-each")),
         Case("rpcd <- go native 4conn x16", go_client(4, 16)),
         Case("rpcd <- go native 8conn x16", go_client(8, 16)),
@@ -130,14 +164,18 @@ def pin_prefix(pin: str, role: str) -> list[str]:
     return []
 
 
-def start_daemon(port: int, pin: str, log: Any) -> subprocess.Popen:
+def start_daemon(port: int, pin: str, log: Any, config: str | None = None) -> subprocess.Popen:
     """
     Start C{twistd -n rpcd} from this checkout, as the process to measure
     (no shell wrapper: its PID is the server's own).
+
+    @param config: a config file (its listeners replaced by the port), or
+        None for the embedded default.
     """
     argv = pin_prefix(pin, "server") + [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+        "-n", "--pidfile=", "rpcd", *(["--config", config] if config else []),
+        "--listen", f"tcp:{port}:interface=127.0.0.1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
@@ -158,7 +196,13 @@ def run_case(case: Case, args: argparse.Namespace, logdir: str, idx: int) -> dic
     slug = re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_")
     port = free_port()
     with open(os.path.join(logdir, f"{idx:02d}_{slug}.server.log"), "w") as log:
-        proc = start_daemon(port, args.pin, log)
+        config = args.config
+        if case.observed:
+            config = os.path.join(logdir, re.sub(r"[^a-z0-9]+", "_", case.observed) + ".toml")
+            if not os.path.exists(config):
+                with open(config, "w", encoding="utf-8") as f:
+                    f.write(observed_config(case.observed))
+        proc = start_daemon(port, args.pin, log, config)
         try:
             if not wait_port(port, proc):
                 return dict(case=case.name, error="rpcd did not start (see its log)")
@@ -279,6 +323,25 @@ def table(rows: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines)
 
 
+def observed_cost(mine: list[dict[str, Any]]) -> str:
+    """
+    @return: for each observed row, its server CPU per call beside the row
+        of the same client with nothing configured, or "" if none ran.
+    """
+    by_name = {r["case"]: r for r in mine if r.get("srv_us_per_call")}
+    lines = []
+    for name, r in by_name.items():
+        which = next((w for w in OBSERVED if name.endswith(" " + w)), None)
+        plain = None if which is None else by_name.get(name.removesuffix(" " + which))
+        if plain is not None:
+            extra = r["srv_us_per_call"] - plain["srv_us_per_call"]
+            lines.append(f"  {name}: srv CPU/call {r['srv_us_per_call']:.1f} us vs "
+                         f"{plain['srv_us_per_call']:.1f} us with nothing configured: "
+                         f"{extra:+.1f} us/call ({r['srv_us_per_call'] / plain['srv_us_per_call']:.2f}x); "
+                         f"calls/s {r['rate'] / plain['rate']:.2f}x")
+    return "\n".join(["the cost of observability", *lines]) if lines else ""
+
+
 def ratios(mine: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> str:
     by_name = {r["case"]: r for r in anchors if "rate" in r}
     lines = ["rpcd / anchor (calls/s: higher is better; server CPU per call: lower is better)"]
@@ -322,6 +385,8 @@ def main() -> int:
     p.add_argument("--no-anchors", action="store_true", help="run only the rpcd cases")
     p.add_argument("--anchors", default=DEFAULT_ANCHORS, help="the anchors folder (%(default)s)")
     p.add_argument("--anchor-regex", default=ANCHOR_REGEX, help="which anchor cases to run")
+    p.add_argument("--config", default=None,
+                   help="a config file for the rpcd cases (the observed rows use their own)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args()
 
@@ -357,6 +422,9 @@ def main() -> int:
         mine.append(median_row(runs))
     anchors = [] if args.no_anchors else run_anchors(args, outdir)
     text = table(mine + anchors, args.repeat)
+    cost = observed_cost(mine)
+    if cost:
+        text += "\n\n" + cost
     if anchors:
         text += "\n\n" + ratios(mine, anchors)
     print("\n" + text)

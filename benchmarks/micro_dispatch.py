@@ -16,6 +16,8 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --floor          # + a bare msgpack loop for reference
     python benchmarks/micro_dispatch.py --interceptor noop        # the interceptor chain's own cost
     python benchmarks/micro_dispatch.py --interceptor access_log  # a built-in (or module:factory)
+    python benchmarks/micro_dispatch.py --observed       # nothing, a noop interceptor, [http] metrics
+    python benchmarks/micro_dispatch.py --config c.toml  # the server of a config (its interceptors)
 
 The socket benchmark (with the real daemon and the anchors beside it) is
 C{benchmarks/bench_native.py}.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import pstats
 import struct
@@ -40,9 +43,8 @@ from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd import config as config_module  # noqa: E402
-from rpcd.daemon import build_registry, resolve_services  # noqa: E402
-from rpcd.interceptors import load  # noqa: E402
-from rpcd.server import RPCServer  # noqa: E402
+from rpcd.daemon import build_registry, make_server, resolve_services  # noqa: E402
+from rpcd.interceptors import load, load_all  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
 from rpcd.wire.native import NativeServerProtocol  # noqa: E402
 
@@ -67,16 +69,22 @@ class Noop:
         return proceed(call)
 
 
-def connect(interceptors: list[str] = []) -> tuple[NativeServerProtocol, StringTransport]:
+def connect(interceptors: list[str] = [], path: str | None = None,
+            metrics: bool = False) -> tuple[NativeServerProtocol, StringTransport]:
     """
+    @param interceptors: names of interceptors to add after the config's.
+    @param path: a config file (None: the embedded default).
+    @param metrics: turn C{[http] metrics} on.
     @return: a server protocol past the preface, on a fresh transport.
     """
-    loaded = config_module.load(None)
+    loaded = config_module.load(path)
+    if metrics:
+        loaded = dataclasses.replace(loaded, http=dataclasses.replace(loaded.http, metrics=True))
     registry = build_registry(resolve_services(loaded))
     clock = Clock()
-    registry.interceptors = tuple(Noop() if name == "noop" else load(name, clock=clock)
-                                  for name in interceptors)
-    server = RPCServer(registry, clock, loaded.limits)
+    registry.interceptors = load_all(loaded.interceptors, clock) + tuple(
+        Noop() if name == "noop" else load(name, clock=clock) for name in interceptors)
+    server = make_server(loaded, registry, clock)
     protocol = NativeServerProtocol(server)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -221,6 +229,10 @@ def main() -> int:
     p.add_argument("--method", default="Arith.Multiply")
     p.add_argument("--profile", action="store_true", help="run one round under cProfile")
     p.add_argument("--floor", action="store_true", help="also time a bare msgpack loop")
+    p.add_argument("--config", default=None, help="serve with this config file's settings")
+    p.add_argument("--observed", action="store_true",
+                   help="measure with nothing, a noop interceptor and [http] metrics, "
+                        "rounds alternating")
     p.add_argument("--breakdown", action="store_true",
                    help="time the hot path's pieces one by one (timeit)")
     p.add_argument("--interceptor", action="append", default=[],
@@ -228,9 +240,23 @@ def main() -> int:
                         "module:factory, or noop); repeat for a chain")
     args = p.parse_args()
 
-    protocol, transport = connect(args.interceptor)
+    protocol, transport = connect(args.interceptor, args.config)
     data = frames(args.batch, args.method)
     check(protocol, transport, data, args.batch)
+    if args.observed:
+        rows = [("nothing configured", protocol, transport),
+                ("a noop interceptor", *connect([*args.interceptor, "noop"], args.config)),
+                ("[http] metrics", *connect(args.interceptor, args.config, metrics=True))]
+        for _, proto, trans in rows[1:]:
+            check(proto, trans, data, args.batch)
+        best = [float("inf")] * len(rows)
+        for _ in range(args.rounds):  # alternate, so all see the same noise
+            for i, (_, proto, trans) in enumerate(rows):
+                best[i] = min(best[i], measure(proto, trans, data, args.batch, args.calls, 1))
+        print(f"native dataReceived, {args.batch} frames per read, us/call:")
+        for (label, _, _), us in zip(rows, best):
+            print(f"  {us:6.2f}  {label} (+{us - best[0]:.2f})")
+        return 0
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -17,7 +17,8 @@ C{breaker.failure_threshold} calls in a row failed with C{UNAVAILABLE} or
 C{DEADLINE_EXCEEDED} (L{rpcd.breaker}).
 
 For each call: picks a usable endpoint by the policy (L{rpcd.pickers}:
-C{round_robin}, C{random}, C{least_outstanding}, C{weighted}) and, when the
+C{round_robin}, C{random}, C{least_outstanding}, C{weighted},
+C{dynamic_weight}: by observed latency and calls in flight) and, when the
 call fails with a code the L{rpcd.retry.RetryPolicy} retries (C{UNAVAILABLE},
 a lost connection included, and C{RESOURCE_EXHAUSTED} by default), retries
 it after a backoff, on an endpoint it has not tried yet when there is one,
@@ -49,7 +50,7 @@ from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.context import current_deadline, shorten
-from rpcd.errors import Unavailable
+from rpcd.errors import Code, Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
@@ -314,8 +315,11 @@ class Balancer:
         def attempt(remaining: float | None) -> Deferred[Any]:
             backend = self.pick(exclude=tried)
             tried.append(backend)
-            return backend.call(method, args, remaining, metadata).addErrback(
-                self._pushed_back, backend)
+            d = backend.call(method, args, remaining, metadata)
+            observe = getattr(self.picker, "observe", None)
+            if observe is not None:
+                d.addBoth(_observed, observe, backend.key, self.clock, self.clock.seconds())
+            return d.addErrback(self._pushed_back, backend)
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -402,6 +406,22 @@ class Balancer:
         return _ServiceProxy(self.call, service)
 
 
+def _observed(result: Any, observe: Callable[[Any, float], None], key: Any,
+              clock: IReactorTime, started: float) -> Any:
+    """
+    Tell a picker that learns from response times (L{rpcd.pickers.DynamicWeight})
+    how long an endpoint took to answer: a result or an error from the
+    server, not a cancellation or an unreachable endpoint.
+    """
+    if not (isinstance(result, Failure) and
+            (result.check(CancelledError) or getattr(result.value, "code", None) in _NOT_ANSWERS)):
+        observe(key, clock.seconds() - started)
+    return result
+
+
+_NOT_ANSWERS = frozenset({Code.CANCELLED, Code.UNAVAILABLE})
+
+
 def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "native",
                      reactor: Any = None, policy: Any = "round_robin",
                      weights: Mapping[Any, float] | Sequence[float] | None = None,
@@ -424,9 +444,10 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
     @param reactor: the reactor (the global one by default); a C{Clock}
         will do when every endpoint is an object.
     @param policy: C{"round_robin"}, C{"random"}, C{"least_outstanding"},
-        C{"weighted"}, or an L{rpcd.pickers.IPicker}.
-    @param weights: for C{"weighted"}: endpoint to weight, or weights in the
-        order of C{endpoints}.
+        C{"weighted"}, C{"dynamic_weight"}, or an L{rpcd.pickers.IPicker}.
+    @param weights: for C{"weighted"} (base weights for
+        C{"dynamic_weight"}): endpoint to weight, or weights in the order of
+        C{endpoints}.
     @param retry: the default L{RetryPolicy} of calls; None: no retries.
     @param health: the health checks (every 5 s, 2 s timeout by default);
         None for servers without rpcd's C{Health} service.

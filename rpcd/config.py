@@ -132,12 +132,15 @@ class HTTPConfig:
     @ivar debug_page: serve C{GET /debug/rpc}.
     @ivar max_pipelined: requests read from one connection whose responses
         are not yet written; later ones wait unread.
+    @ivar metrics: keep per-call figures (L{rpcd.metrics}) and serve them
+        at C{GET /metrics} in Prometheus' format.
     """
 
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     debug_page: bool = True
     max_pipelined: int = 16
+    metrics: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +399,8 @@ def _auth(reader: _Reader, table: Mapping[str, Any]) -> AuthConfig:
 
 def _http(reader: _Reader, table: Mapping[str, Any]) -> HTTPConfig:
     from rpcd.wire.httporigin import check_host_pattern, check_origin_pattern
-    reader.known(table, "http", {"allowed_hosts", "allowed_origins", "debug_page", "max_pipelined"})
+    reader.known(table, "http", {"allowed_hosts", "allowed_origins", "debug_page", "max_pipelined",
+                                  "metrics"})
     checked: dict[str, tuple[str, ...]] = {}
     for key, check in (("allowed_hosts", check_host_pattern),
                        ("allowed_origins", check_origin_pattern)):
@@ -415,6 +419,7 @@ def _http(reader: _Reader, table: Mapping[str, Any]) -> HTTPConfig:
     return HTTPConfig(
         allowed_hosts=checked["allowed_hosts"], allowed_origins=checked["allowed_origins"],
         debug_page=reader.value(table, "http", "debug_page", bool, True), max_pipelined=depth,
+        metrics=reader.value(table, "http", "metrics", bool, False),
     )
 
 

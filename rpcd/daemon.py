@@ -97,7 +97,9 @@ def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> Service
 
 def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCServer:
     """
-    The shared state of a daemon's connections.
+    The shared state of a daemon's connections; with C{[http] metrics},
+    its L{rpcd.metrics.Metrics}, kept by an interceptor put first in the
+    registry's chain.
 
     @param config: the config.
     @param registry: the services.
@@ -110,6 +112,11 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
         authenticator = Authenticator(config.auth, reactor)
     server = RPCServer(registry, reactor, config.limits, authenticator)
     server.http = config.http  # type: ignore[attr-defined]  # read by rpcd.wire.httpserver
+    if config.http.metrics:
+        from rpcd.metrics import Metrics, MetricsInterceptor
+        server.metrics = Metrics(server)
+        # First in the chain: it times and counts what the others do too.
+        registry.interceptors = (MetricsInterceptor(server.metrics), *registry.interceptors)
     return server
 
 

@@ -152,6 +152,8 @@ class Authenticator:
     @ivar users: the L{UserStore}.
     @ivar throttle: the L{LoginThrottle}.
     @ivar pool: the L{HashingPool}.
+    @ivar failures: logins failed since start (bad or malformed credentials).
+    @ivar throttled: logins refused by the throttle since start.
     """
 
     def __init__(self, config: AuthConfig, reactor: Any, pool: HashingPool | None = None) -> None:
@@ -168,6 +170,8 @@ class Authenticator:
         self.throttle = LoginThrottle(reactor, config.max_failed_logins,
                                       config.max_failed_logins_per_user,
                                       config.failed_login_window)
+        self.failures = 0
+        self.throttled = 0
 
     def login(self, host: str, user: object, password: object) -> Deferred[bool]:
         """
@@ -188,8 +192,13 @@ class Authenticator:
         """
         problem = credentials_problem(user, password)
         well_formed_user = user if isinstance(user, str) and credentials_problem(user, "") is None else None
-        attempt = self.throttle.start(host, well_formed_user)
+        try:
+            attempt = self.throttle.start(host, well_formed_user)
+        except ResourceExhausted:
+            self.throttled += 1
+            raise
         if problem is not None:
+            self.failures += 1
             raise Unauthenticated(f"auth failed: {problem}")
         assert isinstance(user, str) and isinstance(password, str)
         try:
@@ -201,6 +210,8 @@ class Authenticator:
         def record(ok: bool) -> bool:
             if ok:
                 self.throttle.succeeded(attempt)
+            else:
+                self.failures += 1
             return ok
         return d.addCallback(record)
 

@@ -88,7 +88,11 @@ class RPCServer:
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
     @ivar input_budget: the L{InputBudget}: bytes held in unfinished messages
         across all connections.
+    @ivar metrics: the daemon's L{rpcd.metrics.Metrics}, or None when it
+        keeps none (C{[http] metrics = false}).
     """
+
+    metrics: Any = None
 
     def __init__(self, registry: ServiceRegistry, clock: IReactorTime,
                  limits: Limits = Limits(), authenticator: Any = None) -> None:
@@ -110,7 +114,10 @@ class RPCServer:
         """
         peer, host = describe_address(transport.getPeer())
         identity = peer_identity(transport)
-        return Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+        session = Session(self.registry, peer, host, self.authenticator, identity, protocol_name)
+        if self.metrics is not None:
+            self.metrics.connection_opened(session)
+        return session
 
     def input_guard(self, close: Callable[[str], None]) -> InputGuard:
         """

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -24,7 +24,15 @@ from rpcd.backend import CIRCUIT_OPEN, CONNECTING, READY, UNHEALTHY, HealthCheck
 from rpcd.balancer import Balancer, connect_balanced
 from rpcd.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
 from rpcd.errors import Code, ConnectionLost, NotFound, RPCError, Unavailable
-from rpcd.pickers import IPicker, LeastOutstanding, RandomPick, RoundRobin, Weighted, make_picker
+from rpcd.pickers import (
+    DynamicWeight,
+    IPicker,
+    LeastOutstanding,
+    RandomPick,
+    RoundRobin,
+    Weighted,
+    make_picker,
+)
 from rpcd.resolver import IResolver, StaticResolver
 from rpcd.retry import RetryPolicy
 from rpcd.server import RPCServer
@@ -97,6 +105,12 @@ class Who:
         self.node.calls += 1
         raise RPCError(f"{self.node.name} failed", code=code)
 
+    @exposed
+    def Slow(self) -> Deferred[str]:
+        """Answer the node's name after the node's delay on the clock."""
+        self.node.calls += 1
+        return deferLater(self.node.clock, self.node.delay, lambda: self.node.name)
+
 
 class Node:
     """One in-memory server, and the client endpoint that reaches it."""
@@ -106,6 +120,7 @@ class Node:
         self.clock = clock
         self.status: str | None = "SERVING"
         self.calls = 0
+        self.delay = 0.0
         self.held: list[Deferred[str]] = []
         self.checks: list[Deferred[str]] = []
         self.up = True
@@ -176,7 +191,7 @@ class PickerTests(SynchronousTestCase):
 
     def test_interfaces(self) -> None:
         """Every shipped policy and the static resolver provide their interfaces."""
-        for picker in (RoundRobin(), RandomPick(), LeastOutstanding(), Weighted({})):
+        for picker in (RoundRobin(), RandomPick(), LeastOutstanding(), Weighted({}), DynamicWeight()):
             verifyObject(IPicker, picker)
         verifyObject(IResolver, StaticResolver(["tcp:h:1"]))
 
@@ -217,6 +232,62 @@ class PickerTests(SynchronousTestCase):
         self.assertRaises(ValueError, make_picker, "weighted")
         self.assertRaises(ValueError, make_picker, "weighted", weights=[1], endpoints=["a", "b"])
         self.assertRaises(ValueError, make_picker, "weighted", weights={"a": 0})
+
+
+class DynamicWeightTests(SynchronousTestCase):
+    """Seed 004's dynamic weights: response time and calls in flight."""
+
+    def setUp(self) -> None:
+        self.a, self.b, self.c = (SimpleNamespace(key=k, outstanding=0) for k in "abc")
+
+    def test_formula(self) -> None:
+        """weight = base * max(0.1, 1 - rt/1 s) / (active + 1), rt a moving average."""
+        picker = make_picker("dynamic_weight", weights={"a": 2})
+        self.assertIsInstance(picker, DynamicWeight)
+        self.assertEqual(picker.weight(self.a), 2)
+        picker.observe("a", 0.5)
+        self.assertAlmostEqual(picker.weight(self.a), 1.0)
+        picker.observe("a", 1.5)  # 0.5 + 0.3 * (1.5 - 0.5) = 0.8
+        self.assertAlmostEqual(picker.latency["a"], 0.8)
+        self.assertAlmostEqual(picker.weight(self.a), 0.4)
+        picker.observe("b", 5.0)
+        self.assertAlmostEqual(picker.weight(self.b), 0.1)  # the floor
+        self.b.outstanding = 4
+        self.assertAlmostEqual(picker.weight(self.b), 0.02)
+
+    def test_proportions(self) -> None:
+        """Picks follow the weights: an endpoint at the floor gets a tenth of a fast one's share."""
+        picker = DynamicWeight()
+        picker.observe("c", 2.0)
+        counts = Counter(picker.pick([self.a, self.b, self.c]).key for _ in range(210))
+        self.assertEqual(sum(counts.values()), 210)
+        self.assertAlmostEqual(counts["c"], 10, delta=1)
+        self.assertAlmostEqual(counts["a"], 100, delta=1)
+
+    def test_bad_settings(self) -> None:
+        """Non-positive weights, alpha out of (0, 1] and a non-positive scale are refused."""
+        self.assertRaises(ValueError, DynamicWeight, {"a": 0})
+        self.assertRaises(ValueError, DynamicWeight, alpha=0)
+        self.assertRaises(ValueError, DynamicWeight, scale=0)
+        self.assertRaises(ValueError, make_picker, "dynamic_weight", weights=[1], endpoints=["a", "b"])
+
+    def test_balancer_learns(self) -> None:
+        """Through a balancer, a node answering in 0.9 s gets a small share of calls; fast ones the rest."""
+        cluster = Cluster(self, "a", "b", "c")
+        cluster.nodes[1].delay = 0.9
+        cluster.nodes[0].delay = cluster.nodes[2].delay = 0.01
+        balancer = cluster.connect(policy="dynamic_weight", health=None)
+        for _ in range(60):
+            d = balancer.Who.Slow()
+            cluster.flush()
+            while not d.called:
+                cluster.advance(0.01)
+            self.successResultOf(d)
+        a, b, c = (node.calls for node in cluster.nodes)
+        self.assertEqual(a + b + c, 60)
+        self.assertLessEqual(b, 6)
+        self.assertGreaterEqual(min(a, c), 25)
+        self.assertGreater(balancer.picker.latency[cluster.nodes[1]], 0.5)
 
 
 class BreakerTests(SynchronousTestCase):

@@ -1,11 +1,15 @@
 """
 A test-only service that says which daemon answered, for the balancer's
-end-to-end tests: C{[services.Who.options] name = "a"}.
+end-to-end tests: C{[services.Who.options] name = "a"} (and C{delay = 0.5}:
+seconds L{Who.Slow} takes to answer).
 """
 
 from __future__ import annotations
 
 from typing import Any, AsyncIterator
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 from rpcd.errors import Unavailable
 from rpcd.service import exposed
@@ -14,11 +18,13 @@ from rpcd.service import exposed
 class Who:
     """Names the daemon it runs in."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", delay: float = 0.0) -> None:
         """
         @param name: what L{Name} answers.
+        @param delay: seconds L{Slow} waits before answering.
         """
         self.name = name
+        self.delay = delay
         self.flaky_calls = 0
         self.down_calls = 0
 
@@ -26,6 +32,12 @@ class Who:
     def Name(self) -> str:
         """Return this daemon's name."""
         return self.name
+
+    @exposed
+    def Slow(self) -> Deferred[str]:
+        """Return this daemon's name after its configured delay."""
+        from twisted.internet import reactor
+        return deferLater(reactor, self.delay, lambda: self.name)  # type: ignore[arg-type]
 
     @exposed
     def Flaky(self) -> str:

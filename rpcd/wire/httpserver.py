@@ -22,7 +22,10 @@ the order they came, however long each call takes.
     * /_goRPC_           Go's C{405 must CONNECT} response.
     GET /debug/rpc       an HTML page of services, methods (signature, doc)
                          and call counts, as Go's C{net/rpc} serves it
-                         (HEAD too).
+                         (HEAD too), with live figures (L{rpcd.statuspage});
+                         C{GET /debug/rpc.json} the same as JSON.
+    GET /metrics         the daemon's figures in Prometheus' text format,
+                         with C{[http] metrics = true} (L{rpcd.metrics}).
     anything else        404 C{404 page not found}, as Go's mux answers.
 
     OPTIONS /rpc         a CORS preflight from an allowed cross origin: 204
@@ -58,7 +61,6 @@ byte, must be complete (head and body) within it.
 from __future__ import annotations
 
 import base64
-import html
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -77,6 +79,8 @@ from rpcd.errors import ResourceExhausted, RPCError
 from rpcd.interceptors import TRACE_HEADERS
 from rpcd.ratelimit import RETRY_AFTER, retry_after_header
 from rpcd.session import Session
+from rpcd import statuspage
+from rpcd.statuspage import DEBUG_JSON_PATH, METRICS_CONTENT_TYPE, METRICS_PATH
 from rpcd.wire import sniff
 from rpcd.wire.httporigin import OriginPolicy
 from rpcd.wire.httpparse import (
@@ -94,6 +98,7 @@ from rpcd.wire.jsoncalls import answer_payload
 from rpcd.wire.jsonrpc import parse_request
 
 if TYPE_CHECKING:
+    from rpcd.metrics import Metrics
     from rpcd.server import RPCServer
     from rpcd.service import ServiceRegistry
 
@@ -102,6 +107,7 @@ log = Logger()
 RPC_PATH = "/rpc"
 GO_RPC_PATH = "/_goRPC_"
 DEBUG_PATH = "/debug/rpc"
+_OBSERVE_PATHS = frozenset({METRICS_PATH, DEBUG_JSON_PATH})
 
 #: The media types a JSON-RPC 2.0 POST may carry.
 JSON_TYPES = frozenset({"application/json", "application/json-rpc", "application/jsonrequest"})
@@ -364,11 +370,13 @@ class HTTPServerProtocol(Protocol):
             else:
                 self._answer(go_must_connect_response(request, self._date()),
                              close=not request.keep_alive)
+        elif path in _OBSERVE_PATHS:
+            self._observe(request, path)
         elif path == DEBUG_PATH and not self.config.debug_page:
             self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
         elif path == DEBUG_PATH and request.method in ("GET", "HEAD"):
             session = self._request_session()
-            page = debug_page(self.server.registry, session)
+            page = debug_page(self.server.registry, session, self.server.metrics)
             session.close()
             self._respond(request, 200, [("Content-Type", "text/html; charset=utf-8")],
                           page.encode("utf-8"))
@@ -377,6 +385,27 @@ class HTTPServerProtocol(Protocol):
                           b"405 method not allowed: use GET\n")
         else:
             self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
+
+    def _observe(self, request: HTTPRequest, path: str) -> None:
+        """
+        Answer C{GET /metrics} (with C{[http] metrics}) or
+        C{GET /debug/rpc.json} (with C{[http] debug_page}), or 404.
+        """
+        metrics = self.server.metrics
+        if (path == METRICS_PATH and metrics is None) or \
+                (path == DEBUG_JSON_PATH and not self.config.debug_page):
+            self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
+        elif request.method not in ("GET", "HEAD"):
+            self._respond(request, 405, [("Allow", "GET, HEAD"), _TEXT],
+                          b"405 method not allowed: use GET\n")
+        elif path == METRICS_PATH:
+            self._respond(request, 200, [("Content-Type", METRICS_CONTENT_TYPE)], metrics.exposition())
+        else:
+            session = self._request_session()
+            body = statuspage.status_json(self.server.registry, session, metrics)
+            session.close()
+            self._respond(request, 200, [("Content-Type", "application/json"),
+                                         ("Cache-Control", "no-store")], body)
 
     def _allowed(self, request: HTTPRequest) -> bool:
         """
@@ -636,6 +665,7 @@ class HTTPServerProtocol(Protocol):
         guard = self.server.input_guard(self._close_abusive)
         self.tunnel = take_over(make, self.server, self.transport, leftover,
                                 throttle=throttle, input_guard=guard)
+        self.session.close()  # the tunnel has its own: count the connection once
         if not self._lost:
             try:  # the tunnel did not register a producer of its own
                 consumer.registerProducer(throttle, True)
@@ -763,40 +793,18 @@ def take_over(make: Callable[[RPCServer], Protocol], server: RPCServer, transpor
     return protocol
 
 
-_PAGE_HEAD = """<html>
-<head><meta charset="utf-8"><title>Services</title></head>
-<body>
-<h1>Services</h1>
-"""
-_PAGE_TAIL = """</body>
-</html>
-"""
-
-
-def debug_page(registry: ServiceRegistry, session: Session | None = None) -> str:
+def debug_page(registry: ServiceRegistry, session: Session | None = None,
+               metrics: Metrics | None = None) -> str:
     """
-    The C{/debug/rpc} page, after Go's C{net/rpc/debug.go}: for each service
-    a table of its methods with their signatures, first doc lines and how
-    many times each was called since the daemon started.  Every name and
-    text is HTML-escaped.
+    The C{/debug/rpc} page (L{rpcd.statuspage}): for each service a table
+    of its methods with their signatures, first doc lines and calls since
+    the daemon started (with figures, errors, calls running and latency
+    percentiles too), refreshed live.
 
     @param registry: the daemon's services.
     @param session: list only the services this session may call (see
         L{rpcd.service.ServiceRegistry.may_call}); None lists them all.
+    @param metrics: the daemon's figures, or None.
     @return: the HTML text.
     """
-    counts = registry.call_counts
-    out = [_PAGE_HEAD]
-    for spec in registry.services() if session is None else registry.services_for(session):
-        name = html.escape(spec.name)
-        out.append(f"<hr>\nService {name}\n<hr>\n<table>\n"
-                   "<tr><th align=center>Method</th><th align=center>Calls</th>"
-                   "<th align=left>Description</th></tr>\n")
-        for method in sorted(spec.methods.values(), key=lambda m: m.name):
-            calls = counts.get(f"{spec.name}.{method.name}", 0)
-            out.append(f"<tr><td align=left><code>{name}.{html.escape(method.signature)}"
-                       f"</code></td><td align=center>{calls}</td>"
-                       f"<td align=left>{html.escape(method.doc)}</td></tr>\n")
-        out.append("</table>\n")
-    out.append(_PAGE_TAIL)
-    return "".join(out)
+    return statuspage.page(statuspage.status(registry, session, metrics))
