@@ -152,6 +152,7 @@ class Config:
     @ivar source: the file it came from (for messages).
     @ivar backlog: the listen queue length of endpoints that set no
         C{backlog=} themselves.
+    @ivar log_level: the least severe log level written (C{server.log_level}).
     """
 
     source: str
@@ -163,6 +164,7 @@ class Config:
     discovery: DiscoveryConfig | None = None
     http: HTTPConfig = HTTPConfig()
     backlog: int = DEFAULT_BACKLOG
+    log_level: str = "info"
 
 
 def default_text() -> str:
@@ -209,7 +211,7 @@ def parse(text: str, source: str) -> Config:
     reader = _Reader(source)
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect", "backlog"})
+    reader.known(server, "server", {"listen", "connect", "backlog", "log_level"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -222,7 +224,19 @@ def parse(text: str, source: str) -> Config:
         http=_http(reader, reader.table(data, "http")),
         services=_services(reader, reader.table(data, "services")),
         discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
+        log_level=_log_level(reader, server),
     )
+
+
+#: The values of C{server.log_level}, least to most severe.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _log_level(reader: _Reader, server: Mapping[str, Any]) -> str:
+    level = reader.value(server, "server", "log_level", str, "info")
+    if level not in LOG_LEVELS:
+        raise reader.fail("server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
 
 
 class _Reader:
