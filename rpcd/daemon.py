@@ -150,9 +150,9 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.reverse import reverse_services
-        for item in config.connect:
-            services = reverse_services([item], server, reactor)
-            reloader.connects.setdefault(_connect_key(item), []).extend(services)
+        for connect in config.connect:
+            services = reverse_services([connect], server, reactor)
+            reloader.connects.setdefault(_connect_key(connect), []).extend(services)
             for service in services:
                 service.setServiceParent(top)
     if config.discovery is not None:

@@ -287,7 +287,8 @@ class WatchedServerOptions:
         """
         The serial number of the certificate new handshakes present.
         """
-        return self.options.certificate.get_serial_number()
+        certificate = self.options.certificate
+        return certificate.get_serial_number() if certificate is not None else 0
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """

@@ -315,7 +315,7 @@ class Reloader:
         else:
             assert item is not None
             listener = self.listeners[endpoint]
-            listener.factory.protocols = frozenset(item.protocols)  # type: ignore[attr-defined]
+            listener.factory.protocols = frozenset(item.protocols)
             old = _by(self.config.listen, lambda i: i.endpoint)[endpoint]
             if old.backlog != item.backlog:
                 raise ValueError("a listener's backlog changes only with a restart")

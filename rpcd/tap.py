@@ -80,7 +80,8 @@ def makeService(options: Options) -> IService:
         top = make_service(options.loaded, reactor, options["service"])
     except ConfigError as e:
         raise SystemExit(f"rpcd: {e}") from None
-    ReloadService(top.reloader, lambda: read_config(options), reactor).setServiceParent(top)
+    reloader = top.reloader  # type: ignore[attr-defined]
+    ReloadService(reloader, lambda: read_config(options), reactor).setServiceParent(top)
     return top
 
 
