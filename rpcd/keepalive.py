@@ -6,7 +6,9 @@ its state, a host lost power) looks, from this side, like a quiet one; one
 that holds an open stream or a long-poll C{Watch} is busy, not idle, so the
 idle timeout never closes it.  L{KeepAlive} pings such a connection once it
 has been quiet for C{keepalive_interval} seconds and closes it when nothing
-comes back within C{keepalive_timeout}.  Any bytes read prove the peer
+comes back within C{keepalive_timeout}.  A connection with nothing running
+is left to the idle timeout, where there is one: the PONG is a read, and
+would keep an idle connection open for ever.  Any bytes read prove the peer
 alive (the PONG among them), so the cost on the hot path is the time of the
 last read, which the sniffer notes already for the idle timeout; one timer
 per connection checks it, rescheduled only when it fires.
@@ -42,7 +44,8 @@ class KeepAlive:
 
     def __init__(self, clock: IReactorTime, interval: float, timeout: float,
                  last_read: Callable[[], float], ping: Callable[[int], None],
-                 expired: Callable[[str], None]) -> None:
+                 expired: Callable[[str], None],
+                 needed: Callable[[], bool] = lambda: True) -> None:
         """
         @param clock: the reactor's clock.
         @param interval: seconds of quiet before a PING (C{keepalive_interval}).
@@ -51,6 +54,10 @@ class KeepAlive:
         @param last_read: the clock time of the connection's last read.
         @param ping: sends a PING with this opaque value.
         @param expired: closes the connection, logging the reason given.
+        @param needed: whether a quiet connection needs a PING now; the
+            sniffer says no for one without calls or streams that the idle
+            timeout will close (a PONG is a read, so pinging it would keep
+            it open for ever).
         """
         self.clock = clock
         self.interval = interval
@@ -58,6 +65,7 @@ class KeepAlive:
         self.last_read = last_read
         self.ping = ping
         self.expired = expired
+        self.needed = needed
         self.pings_sent = 0
         self._ping_at: float | None = None
         self._timer: IDelayedCall | None = None
@@ -93,7 +101,9 @@ class KeepAlive:
                 self._timer = self.clock.callLater(self._ping_at + self.timeout - now, self._check)
                 return
         quiet = now - last
-        if quiet >= self.interval:
+        if quiet >= self.interval and not self.needed():
+            self._timer = self.clock.callLater(self.interval, self._check)
+        elif quiet >= self.interval:
             self._ping_at = now
             self.pings_sent += 1
             self.ping(next(self._opaque))

@@ -247,7 +247,8 @@ class SniffingProtocol(Protocol):
             if keepalive:
                 assert ping is not None
                 self._keepalive = KeepAlive(self.server.clock, keepalive, limits.keepalive_timeout,
-                                            lambda: self._last_read, ping, self._close_abusive)
+                                            lambda: self._last_read, ping, self._close_abusive,
+                                            (lambda: self._busy()) if idle else (lambda: True))
                 self._keepalive.start()
         else:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]

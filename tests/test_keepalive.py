@@ -160,14 +160,25 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(watch.cancelled, 1)
 
     def test_pong_keeps_open(self) -> None:
-        """A peer that answers each PING stays connected."""
-        protocol, transport, clock, _ = self.connect(keepalive_interval=30, keepalive_timeout=10)
+        """Without an idle timeout, a quiet peer is pinged, and one that answers each PING stays connected."""
+        protocol, transport, clock, _ = self.connect(idle_timeout=0, keepalive_interval=30,
+                                                     keepalive_timeout=10)
         for n in range(1, 4):
             clock.advance(30)
             protocol.dataReceived(encode_frame([PONG, n]))
         clock.advance(5)
         self.assertFalse(transport.disconnecting)
         self.assertEqual([f for f in _frames(transport) if f[0] == PING], [[PING, 1], [PING, 2], [PING, 3]])
+
+    def test_idle_left_to_idle_timeout(self) -> None:
+        """A quiet connection with nothing running is not pinged but closed by the idle timeout."""
+        protocol, transport, clock, _ = self.connect(idle_timeout=50, keepalive_interval=30,
+                                                     keepalive_timeout=10)
+        clock.advance(49)
+        self.assertEqual([f for f in _frames(transport) if f[0] == PING], [])
+        with capturedLogs():
+            clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
     def test_ping_flood(self) -> None:
         """A peer whose PINGs come too close together gets a GOAWAY with RESOURCE_EXHAUSTED."""
