@@ -467,10 +467,16 @@ class ReloadService(Service):
         self.reactor = reactor
         self._previous: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Before the listeners listen (this service is its parent's first
+        # child), so that a HUP sent once the daemon says it listens never
+        # meets the default action, which kills the process.
+        super().privilegedStartService()
+        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+
     def startService(self) -> None:
         super().startService()
         filter_levels(self.reloader.level)
-        self._previous = signal.signal(signal.SIGHUP, self._signalled)
 
     def stopService(self) -> Any:
         if self._previous is not None:

@@ -81,7 +81,10 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         raise SystemExit(f"rpcd: {e}") from None
     reloader = top.reloader  # type: ignore[attr-defined]
-    ReloadService(reloader, lambda: read_config(options), reactor).setServiceParent(top)
+    reload_service = ReloadService(reloader, lambda: read_config(options), reactor)
+    reload_service.setServiceParent(top)
+    top.services.remove(reload_service)  # first: its SIGHUP handler is in before anything listens
+    top.services.insert(0, reload_service)
     return top
 
 

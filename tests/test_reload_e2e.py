@@ -1,7 +1,8 @@
 """
 End-to-end tests of reloading the real daemon's config on SIGHUP: a service
 added and a TLS certificate rotated while a stream stays open, a bad config
-refused while the old one keeps serving, a listener removed.
+refused while the old one keeps serving, a listener removed; the
+log file reopened on SIGHUP and rotated by twistd's SIGUSR1.
 """
 
 from __future__ import annotations
@@ -9,16 +10,20 @@ from __future__ import annotations
 import os
 import signal
 import ssl
+import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from rpcd.client import connect
 from rpcd.errors import Unimplemented
-from tests.daemon import Daemon, temp_dir
+from tests.daemon import LISTENING, Daemon, _Output, environment, temp_dir, twistd_command
+from tests.tools import require_tool
 
 
 def _escape(value: str) -> str:
@@ -115,3 +120,56 @@ class ReloadTests(TestCase):
         self.assertEqual(await client.call("Arith.Multiply", {"A": 4, "B": 5}), 20)
         with self.assertRaises(Exception):
             await connect(f"unix:{unix}", timeout=5)
+
+
+class LogFileTests(TestCase):
+    """The daemon's --logfile follows logrotate: SIGHUP reopens it; twistd's SIGUSR1 rotates it."""
+
+    timeout = 60
+
+    async def start(self) -> tuple[Daemon, _Output, Path]:
+        directory = Path(temp_dir(self))
+        logfile = directory / "rpcd.log"
+        logfile.touch()
+        # tail -F follows the file by name across renames, so the test waits
+        # on the daemon's log lines without polling.
+        tail_output = _Output()
+        tail = reactor.spawnProcess(tail_output, "tail", ["tail", "-F", "-n", "+1", str(logfile)],
+                                    env=environment(), path=str(directory))
+
+        def stop_tail() -> Any:
+            if tail_output.running:
+                tail.signalProcess(signal.SIGKILL)
+            return tail_output.ended
+        self.addCleanup(stop_tail)
+        output = _Output()
+        argv = twistd_command("-n", "--pidfile=", f"--logfile={logfile}", "rpcd",
+                              "--listen", "tcp:0:interface=127.0.0.1", "--service", "Arith")
+        process = reactor.spawnProcess(output, sys.executable, argv, env=environment(),
+                                       path=str(directory))
+        daemon = Daemon(process, output)
+        self.addCleanup(daemon.stop)
+        await tail_output.wait_for(lambda text: LISTENING.search(text), "the daemon listened", 30)
+        return daemon, tail_output, logfile
+
+    async def test_hup_reopens(self) -> None:
+        """After the log file is moved away, SIGHUP makes the daemon write a new one."""
+        require_tool("tail")
+        daemon, tail, logfile = await self.start()
+        os.rename(logfile, logfile.with_suffix(".log.1"))
+        os.kill(daemon.pid, signal.SIGHUP)
+        await tail.wait_for(lambda text: "nothing changed" in text or None, "the reload line", 30)
+        self.assertIn("nothing changed", logfile.read_text("utf-8"))
+        self.assertIn("rpcd listening on", logfile.with_suffix(".log.1").read_text("utf-8"))
+
+    async def test_usr1_rotates(self) -> None:
+        """twistd's SIGUSR1 rotates the log file itself: the old lines move to FILE.1."""
+        require_tool("tail")
+        daemon, tail, logfile = await self.start()
+        os.kill(daemon.pid, signal.SIGUSR1)
+        await tail.wait_for(lambda text: "following new file" in text or None, "the rotation", 30)
+        os.kill(daemon.pid, signal.SIGHUP)  # something to log after the rotation
+        await tail.wait_for(lambda text: "nothing changed" in text or None, "the reload line", 30)
+        self.assertIn("rpcd listening on", logfile.with_suffix(".log.1").read_text("utf-8"))
+        self.assertNotIn("rpcd listening on", logfile.read_text("utf-8"))
+        self.assertIn("nothing changed", logfile.read_text("utf-8"))
