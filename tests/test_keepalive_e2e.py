@@ -2,7 +2,8 @@
 End-to-end keepalive with the real daemon on loopback: a peer in a long
 poll that vanishes (stops reading and answering, as behind a firewall that
 dropped the connection) is closed after C{keepalive_interval +
-keepalive_timeout}; a ping flood gets a GOAWAY; rpcd's client keeps a quiet
+keepalive_timeout}; a silent reverse connection is dialled again; a ping
+flood gets a GOAWAY; rpcd's client keeps a quiet
 connection up by answering and sending PINGs.
 """
 
@@ -13,8 +14,8 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
@@ -102,3 +103,46 @@ class KeepAliveTests(TestCase):
         with self.assertRaises(DeadlineExceeded):
             await client.call("KVStoreService.Watch", 3)
         self.assertNotIn("no answer to a PING", daemon.output)
+
+
+class _Silent(Protocol):
+    """The listening side of a reverse connection that goes silent after the preface."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(PREFACE)
+        self.transport.pauseProducing()  # reads nothing, answers no PING
+        self.factory.connected.append(self)  # type: ignore[attr-defined]
+        waiting, self.factory.waiting = self.factory.waiting, []  # type: ignore[attr-defined]
+        for d in waiting:
+            d.callback(self)
+
+
+class ReverseKeepAliveTests(TestCase):
+    """A reverse connection whose far side goes silent is noticed and dialled again."""
+
+    timeout = 60
+
+    async def test_half_open_redialled(self) -> None:
+        """The daemon closes the silent reverse connection after interval + timeout and dials a new one."""
+        factory = Factory.forProtocol(_Silent)
+        factory.connected = []  # type: ignore[attr-defined]
+        factory.waiting = []  # type: ignore[attr-defined]
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+
+        def next_connection() -> Deferred[_Silent]:
+            d: Deferred[_Silent] = Deferred()
+            factory.waiting.append(d)  # type: ignore[attr-defined]
+            return d
+        first = next_connection()
+        path = Path(temp_dir(self)) / "rpcd.toml"
+        path.write_text(CONFIG.replace('listen = ["tcp:0:interface=127.0.0.1"]',
+                                       f'listen = []\nconnect = ["tcp:127.0.0.1:{port.getHost().port}"]'),
+                        "utf-8")
+        daemon = await Daemon.start(self, "--config", str(path), listeners=0)
+        silent = await first
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in factory.connected])  # type: ignore[attr-defined]
+        second = next_connection()
+        await daemon.wait_for_log(r"no answer to a PING within 1 s", timeout=30)
+        again = await second
+        self.assertIsNot(again, silent)
