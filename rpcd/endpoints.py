@@ -62,7 +62,6 @@ the two arbitrarily; none known does.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,7 +256,6 @@ class WatchedServerOptions:
         self.load = load
         # Every connection shares this context: set its ALPN choice first.
         options.getContext().set_alpn_select_callback(select_alpn)
-        _RELOADABLE.add(self)
 
     def prepare(self) -> CertificateOptions | None:
         """
@@ -496,18 +494,17 @@ def parse_tls_server(
     def load() -> CertificateOptions:
         return server_tls_options(certKey, privateKey, caCerts, extraCertChain)
     clock = reactor if IReactorTime.providedBy(reactor) else None
-    return wrapServerTLS(WatchedServerOptions(load(), load), transport, clock)
+    policy = WatchedServerOptions(load(), load)
+    endpoint = wrapServerTLS(policy, transport, clock)
+    endpoint.rpcd_tls = policy  # type: ignore[attr-defined]  # read by tls_policy
+    return endpoint
 
 
-#: Every live TLS server policy that can read its files again
-#: (L{reloadable_tls}).
-_RELOADABLE: weakref.WeakSet[WatchedServerOptions] = weakref.WeakSet()
-
-
-def reloadable_tls() -> list[WatchedServerOptions]:
+def tls_policy(endpoint: object) -> WatchedServerOptions | None:
     """
-    @return: the TLS server policies of the C{rpcd-tls:} and C{mtls:}
-        endpoints built in this process and still in use, whose certificate
-        files a reload reads again (L{rpcd.reload}).
+    @param endpoint: a server endpoint.
+    @return: the TLS policy of an C{rpcd-tls:} or C{mtls:} endpoint, whose
+        certificate files a reload reads again (L{rpcd.reload}); None for
+        other endpoints.
     """
-    return list(_RELOADABLE)
+    return getattr(endpoint, "rpcd_tls", None)

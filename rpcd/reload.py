@@ -160,14 +160,15 @@ class Prepared:
     @ivar services: the resolved specs of the services to add, by name.
     @ivar endpoints: the parsed endpoints of the listeners to add, by
         endpoint string.
-    @ivar tls: each reloadable TLS policy with its re-read options.
+    @ivar tls: each staying TLS listener's endpoint string, its policy and
+        the options read again from its files.
     """
 
     config: Config
     changes: list[Change]
     services: dict[str, Any]
     endpoints: dict[str, Any]
-    tls: list[tuple[Any, Any]]
+    tls: list[tuple[str, Any, Any]]
 
 
 class Reloader:
@@ -204,7 +205,6 @@ class Reloader:
             message names the file and the key.
         """
         from rpcd.daemon import build_registry, resolve_services, with_backlog
-        from rpcd.endpoints import reloadable_tls
         changes = diff(self.config, new)
         wanted = {c.key.partition(".")[2] for c in changes
                   if c.kind == "service" and c.action != "removed"}
@@ -236,15 +236,29 @@ class Reloader:
                     raise ConfigError(f"{new.source}: server.connect: bad client endpoint "
                                       f"{endpoint!r}: {e}") from None
         tls = []
-        for policy in reloadable_tls():
+        for endpoint, policy in self._tls_policies(new):
             try:
                 options = policy.prepare()
             except (OSError, ValueError) as e:
-                raise ConfigError(f"{new.source}: server.listen: cannot read the TLS "
-                                  f"certificate files again: {e}") from None
+                raise ConfigError(f"{new.source}: server.listen {endpoint}: cannot read the "
+                                  f"TLS certificate files again: {e}") from None
             if options is not None:
-                tls.append((policy, options))
+                tls.append((endpoint, policy, options))
         return Prepared(new, changes, services, endpoints, tls)
+
+    def _tls_policies(self, new: Config) -> list[tuple[str, Any]]:
+        """
+        @return: the endpoint strings and TLS policies of the listeners that
+            stay (new ones read their files as they are built).
+        """
+        from rpcd.endpoints import tls_policy
+        staying = {item.endpoint for item in new.listen}
+        policies = []
+        for endpoint, listener in self.listeners.items():
+            policy = tls_policy(listener.endpoint)
+            if endpoint in staying and policy is not None:
+                policies.append((endpoint, policy))
+        return policies
 
     def apply(self, prepared: Prepared) -> list[str]:
         """
@@ -265,12 +279,12 @@ class Reloader:
                 line = f"rpcd reload: {change.describe()}"
                 log.info("{line}", line=line)
             lines.append(line)
-        for policy, options in prepared.tls:
+        for endpoint, policy, options in prepared.tls:
             old_serial = policy.serial
             policy.swap(options)
             if policy.serial != old_serial:
-                line = (f"rpcd reload: TLS certificate changed: serial {old_serial:x} -> "
-                        f"{policy.serial:x}")
+                line = (f"rpcd reload: server.listen {endpoint}: TLS certificate changed: "
+                        f"serial {old_serial:x} -> {policy.serial:x}")
                 log.info("{line}", line=line)
                 lines.append(line)
         self.config = new

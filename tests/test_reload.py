@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
@@ -25,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rpcd import config
 from rpcd.config import ConfigError
 from rpcd.daemon import make_service
+from rpcd.endpoints import tls_policy
 from rpcd.reload import Change, diff, filter_levels, reopen_log_files
 
 BASE = """
@@ -197,3 +199,42 @@ class LogTests(SynchronousTestCase):
             self.assertEqual(f.read(), "after\n")
         with open(path + ".1") as f:
             self.assertEqual(f.read(), "before\n")
+
+
+class TLSTests(SynchronousTestCase):
+    """A reload reads the certificate files of rpcd-tls: listeners again."""
+
+    def setUp(self) -> None:
+        from rpcd import certs
+        self.dir = Path(tempfile.mkdtemp())
+        certs.create_dev_pki(self.dir)
+        self.ca = certs.load_issued_certificate(self.dir / "ca.pem", self.dir / "ca.key")
+        endpoint = (f"rpcd-tls:0:interface=127.0.0.1:certKey={self.dir / 'server.pem'}"
+                    f":privateKey={self.dir / 'server.key'}")
+        self.text = f"[server]\nlisten = ['{endpoint}']\n[services.Arith]\n"
+        self.top = make_service(parse(self.text), MemoryReactorClock())
+        self.reloader = self.top.reloader  # type: ignore[attr-defined]
+        self.policy = tls_policy(self.reloader.listeners[endpoint].endpoint)
+
+    def test_rotated(self) -> None:
+        """A new certificate in the same files is used for new handshakes, and its serials are logged."""
+        from rpcd import certs
+        assert self.policy is not None
+        before = self.policy.serial
+        certs.issue_server_certificate(self.ca).write(self.dir, "server")
+        with capturedLogs():
+            lines = self.reloader.reload(lambda: parse(self.text))
+        assert lines is not None
+        self.assertNotEqual(self.policy.serial, before)
+        self.assertEqual(len(lines), 1)
+        self.assertIn(f"TLS certificate changed: serial {before:x} -> {self.policy.serial:x}", lines[0])
+
+    def test_unreadable(self) -> None:
+        """A certificate file that no longer holds a certificate refuses the reload and keeps the old one."""
+        assert self.policy is not None
+        before = self.policy.serial
+        (self.dir / "server.pem").write_text("not a certificate")
+        with capturedLogs() as events:
+            self.assertIsNone(self.reloader.reload(lambda: parse(self.text)))
+        self.assertIn("cannot read the TLS certificate files again", formatEvent(events[-1]))
+        self.assertEqual(self.policy.serial, before)

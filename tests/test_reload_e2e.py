@@ -83,7 +83,7 @@ class ReloadTests(TestCase):
 
         certs.issue_server_certificate(ca).write(self.dir / "pki", "server")
         self.write(_config(listen, ["TestService", "Arith"]))
-        await self.hup(daemon, r"rpcd reload: TLS certificate changed")
+        await self.hup(daemon, r"rpcd reload: server.listen rpcd-tls:.*: TLS certificate changed")
 
         self.assertIn("rpcd reload: services.Arith added", daemon.output)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 6, "B": 7}), 42)
