@@ -173,3 +173,34 @@ class LogFileTests(TestCase):
         self.assertIn("rpcd listening on", logfile.with_suffix(".log.1").read_text("utf-8"))
         self.assertNotIn("rpcd listening on", logfile.read_text("utf-8"))
         self.assertIn("nothing changed", logfile.read_text("utf-8"))
+
+
+class ReloadConnectTests(TestCase):
+    """A reload starts and stops reverse connections."""
+
+    timeout = 60
+
+    async def test_connect_added_and_removed(self) -> None:
+        """A connect entry added by a reload is dialled and served over; removed, it is closed."""
+        from rpcd.reverse import accept
+        listener = await accept("tcp:0:interface=127.0.0.1", reactor=reactor)
+        self.addCleanup(listener.close)
+        port = listener.port.getHost().port
+        config = Path(temp_dir(self)) / "rpcd.toml"
+        config.write_text(_config(["tcp:0:interface=127.0.0.1"], ["Arith"]), "utf-8")
+        daemon = await Daemon.start(self, "--config", str(config))
+        config.write_text(_config(["tcp:0:interface=127.0.0.1"], ["Arith"],
+                                  f'connect = ["tcp:127.0.0.1:{port}"]'), "utf-8")
+        mark = len(daemon.output)
+        os.kill(daemon.pid, signal.SIGHUP)
+        client = await listener.next_client()
+        self.addCleanup(client.close)
+        self.assertEqual(await client.call("Arith.Multiply", {"A": 3, "B": 3}), 9)
+        await daemon.wait_for_log(rf"rpcd reload: server.connect tcp:127.0.0.1:{port} \(native x1\) added",
+                                  after=mark, timeout=30)
+        config.write_text(_config(["tcp:0:interface=127.0.0.1"], ["Arith"]), "utf-8")
+        mark = len(daemon.output)
+        os.kill(daemon.pid, signal.SIGHUP)
+        await daemon.wait_for_log(rf"server.connect tcp:127.0.0.1:{port} \(native x1\) removed",
+                                  after=mark, timeout=30)
+        await client.channel.closed_d
