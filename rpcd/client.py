@@ -114,7 +114,9 @@ class _ChannelFactory(Factory):
 def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
             reactor: Any = None, default_timeout: float | None = None,
             connect_timeout: float | None = 30.0, proto: Any = None,
-            interceptors: Sequence[Any] = ()) -> Deferred[Client]:
+            interceptors: Sequence[Any] = (),
+            keepalive_interval: float | None = None,
+            keepalive_timeout: float = 20.0) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -132,6 +134,12 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
     @param interceptors: the client's interceptors, in chain order (see
         L{rpcd.interceptors}): objects with C{intercept(call, proceed)}.
+    @param keepalive_interval: for codec C{native}: seconds the connection
+        may be quiet before the client PINGs the server (None: never; the
+        server refuses PINGs closer than its
+        C{limits.keepalive_min_ping_interval}, 10 s by default).
+    @param keepalive_timeout: seconds to wait for the answer before every
+        call fails with L{rpcd.errors.Unavailable} and the connection drops.
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes,
@@ -144,6 +152,10 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         check_timeout(default_timeout, "default_timeout")
         check_timeout(connect_timeout, "connect_timeout")
         cls = _codec_class(codec)
+        if keepalive_interval is not None and (
+                codec != "native" or not keepalive_interval > 0 or not keepalive_timeout > 0):
+            raise ValueError("keepalive_interval and keepalive_timeout are positive seconds, "
+                             "for the native codec")
         client_endpoint: IStreamClientEndpoint = parse_endpoint(endpoint, client_from_string, reactor)
     except (TypeError, ValueError) as e:
         return fail(e)
@@ -157,6 +169,8 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         made = succeed(lambda: cls(reactor))
     connecting = made.addCallback(lambda make: client_endpoint.connect(_ChannelFactory(make)))
     handshaken = connecting.addCallback(_handshake_done)
+    if keepalive_interval is not None:
+        handshaken.addCallback(_with_keepalive, keepalive_interval, keepalive_timeout)
     if connect_timeout is not None:
         handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
     return handshaken.addCallback(Client, default_timeout=default_timeout,
@@ -166,6 +180,11 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
 def _handshake_done(protocol: IProtocol) -> Deferred[ClientChannel]:
     # The endpoint fires with the protocol _ChannelFactory built: a ClientChannel.
     return cast(ClientChannel, protocol).connected_d
+
+
+def _with_keepalive(channel: Any, interval: float, timeout: float) -> Any:
+    channel.start_keepalive(interval, timeout)
+    return channel
 
 
 def _connect_timed_out(where: str, codec: str, seconds: float) -> Callable[[Any, float], Any]:

@@ -169,6 +169,7 @@ class Config:
     @ivar source: the file it came from (for messages).
     @ivar backlog: the listen queue length of endpoints that set no
         C{backlog=} themselves.
+    @ivar log_level: the least severe log level written (C{server.log_level}).
     """
 
     source: str
@@ -181,6 +182,7 @@ class Config:
     http: HTTPConfig = HTTPConfig()
     backlog: int = DEFAULT_BACKLOG
     interceptors: tuple[InterceptorConfig, ...] = ()
+    log_level: str = "info"
 
 
 def default_text() -> str:
@@ -228,7 +230,7 @@ def parse(text: str, source: str) -> Config:
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery",
                             "interceptors"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect", "backlog"})
+    reader.known(server, "server", {"listen", "connect", "backlog", "log_level"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -243,7 +245,19 @@ def parse(text: str, source: str) -> Config:
         discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
         interceptors=tuple(_interceptor(reader, item, i) for i, item in
                            enumerate(reader.list(data, "", "interceptors", []))),
+        log_level=_log_level(reader, server),
     )
+
+
+#: The values of C{server.log_level}, least to most severe.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _log_level(reader: _Reader, server: Mapping[str, Any]) -> str:
+    level = reader.value(server, "server", "log_level", str, "info")
+    if level not in LOG_LEVELS:
+        raise reader.fail("server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
 
 
 class _Reader:

@@ -147,21 +147,27 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
         # (its threads joined) after they have all stopped.
         server.authenticator.pool.setServiceParent(top)
     names = ", ".join(s.name for s in registry.services())
+    from rpcd.reload import Reloader, _connect_key
+    reloader = Reloader(config, server, top, reactor, only)
+    top.reloader = reloader  # type: ignore[attr-defined]
     listeners = []
     for item in config.listen:
         try:
             endpoint = serverFromString(reactor, with_backlog(item.endpoint, item.backlog or config.backlog))
         except Exception as e:
             raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
-        listener = StreamServerEndpointService(endpoint, server.factory(item.protocols))
+        listener = reloader.add_listener(item, endpoint)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
         listeners.append(listener)
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.reverse import reverse_services
-        for service in reverse_services(config.connect, server, reactor):
-            service.setServiceParent(top)
+        for connect in config.connect:
+            services = reverse_services([connect], server, reactor)
+            reloader.connects.setdefault(_connect_key(connect), []).extend(services)
+            for service in services:
+                service.setServiceParent(top)
     if config.discovery is not None:
         from rpcd.discovery import registration
         registration(config.discovery, [s.name for s in registry.services()],

@@ -62,7 +62,7 @@ the two arbitrarily; none known does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,14 +244,49 @@ class WatchedServerOptions:
     @ivar options: the TLS policy itself.
     """
 
-    def __init__(self, options: CertificateOptions) -> None:
+    def __init__(self, options: CertificateOptions,
+                 load: Callable[[], CertificateOptions] | None = None) -> None:
         """
         @param options: the TLS policy, not used for any connection yet
             (OpenSSL fixes a context once a connection is made from it).
+        @param load: reads the policy's files again (L{reload}); None if it
+            cannot be reloaded.
         """
         self.options = options
+        self.load = load
         # Every connection shares this context: set its ALPN choice first.
         options.getContext().set_alpn_select_callback(select_alpn)
+
+    def prepare(self) -> CertificateOptions | None:
+        """
+        Read the certificate files again, without using them yet.
+
+        @return: the new policy, or None if this one cannot be reloaded.
+        @raise OSError: a file could not be read.
+        @raise ValueError: a file holds no certificate, or a key mismatch.
+        """
+        if self.load is None:
+            return None
+        options = self.load()
+        options.getContext().set_alpn_select_callback(select_alpn)
+        return options
+
+    def swap(self, options: CertificateOptions) -> None:
+        """
+        Make new handshakes use another policy; connections made already
+        keep theirs.
+
+        @param options: from L{prepare}.
+        """
+        self.options = options
+
+    @property
+    def serial(self) -> int:
+        """
+        The serial number of the certificate new handshakes present.
+        """
+        certificate = self.options.certificate
+        return certificate.get_serial_number() if certificate is not None else 0
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
@@ -456,6 +491,20 @@ def parse_tls_server(
     if not require_client_certificate and caCerts is not None:
         raise ValueError("caCerts= is only for mtls:, which requires client certificates")
     transport = _transport_endpoint(reactor, args, interface, int(backlog), extra)
-    options = server_tls_options(certKey, privateKey, caCerts, extraCertChain)
+    def load() -> CertificateOptions:
+        return server_tls_options(certKey, privateKey, caCerts, extraCertChain)
     clock = reactor if IReactorTime.providedBy(reactor) else None
-    return wrapServerTLS(WatchedServerOptions(options), transport, clock)
+    policy = WatchedServerOptions(load(), load)
+    endpoint = wrapServerTLS(policy, transport, clock)
+    endpoint.rpcd_tls = policy  # type: ignore[attr-defined]  # read by tls_policy
+    return endpoint
+
+
+def tls_policy(endpoint: object) -> WatchedServerOptions | None:
+    """
+    @param endpoint: a server endpoint.
+    @return: the TLS policy of an C{rpcd-tls:} or C{mtls:} endpoint, whose
+        certificate files a reload reads again (L{rpcd.reload}); None for
+        other endpoints.
+    """
+    return getattr(endpoint, "rpcd_tls", None)

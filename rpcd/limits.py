@@ -47,6 +47,16 @@ class Limits:
         first byte arrived, however slowly the rest comes (0 disables).
     @ivar max_batch_calls: requests in one JSON-RPC 2.0 batch; a longer
         batch is refused as a whole (0: no limit).
+    @ivar keepalive_interval: seconds a native connection may be quiet (no
+        bytes read) before the daemon sends it a PING (0 disables;
+        L{rpcd.keepalive}).
+    @ivar keepalive_timeout: seconds after that PING within which the peer
+        must send something (a PONG) before the connection is closed, its
+        calls, streams and long polls cancelled.
+    @ivar keepalive_min_ping_interval: the least seconds between two PINGs
+        from a peer that are not a strike (0: no check).
+    @ivar keepalive_max_ping_strikes: strikes in a row allowed before the
+        peer gets a GOAWAY (RESOURCE_EXHAUSTED, "too many pings").
     """
 
     max_frame_bytes: int = 4 * 1024 * 1024
@@ -59,6 +69,10 @@ class Limits:
     input_budget_bytes: int = 256 * 1024 * 1024
     message_timeout: float = 30.0
     max_batch_calls: int = 1000
+    keepalive_interval: float = 60.0
+    keepalive_timeout: float = 20.0
+    keepalive_min_ping_interval: float = 10.0
+    keepalive_max_ping_strikes: int = 2
 
 
 class ConnectionCaps:

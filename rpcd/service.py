@@ -543,6 +543,21 @@ class ServiceRegistry:
         self._options[spec.name] = options
         return spec
 
+    def remove(self, service_name: str) -> None:
+        """
+        Stop serving a service: calls that start later get UNIMPLEMENTED;
+        calls running now finish, and connections that bound a
+        per-connection instance of it keep that instance.
+
+        @param service_name: a registered service's name.
+        @raise KeyError: no such service.
+        """
+        spec = self._specs.pop(service_name)
+        self._options.pop(service_name, None)
+        self._guards.pop(service_name, None)
+        for method in spec.methods.values():
+            self._shared.pop(f"{service_name}.{method.name}", None)
+
     def has_per_connection(self) -> bool:
         """
         @return: whether any service is per-connection.

@@ -47,7 +47,8 @@ from rpcd.backpressure import ReadThrottle, drop_unsent, set_write_cap
 from rpcd.budget import InputGuard
 from rpcd.session import describe_address
 from rpcd.wire import sniff
-from rpcd.wire.sockopts import set_no_delay
+from rpcd.keepalive import KeepAlive
+from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -110,6 +111,8 @@ class SniffingProtocol(Protocol):
         self._deadline: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._last_read = 0.0
+        self._busy_at = 0.0  # when the idle check last found calls running
+        self._keepalive: KeepAlive | None = None
         self._tls = False
         self._tls_done = False
         self._closing: str | None = None
@@ -134,6 +137,7 @@ class SniffingProtocol(Protocol):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        set_keepalive(self.transport)
         self.peer = describe_address(self.transport.getPeer())[0]
         self.server.caps.opened(self.host)
         self.start_deadline()
@@ -229,13 +233,23 @@ class SniffingProtocol(Protocol):
         else:
             self.stop_deadline()
         buffered, self._buffer = self._buffer, b""
-        idle = 0.0 if self.dialled else self.server.limits.idle_timeout
-        if idle:
+        limits = self.server.limits
+        idle = 0.0 if self.dialled else limits.idle_timeout
+        ping = getattr(inner, "send_ping", None)
+        keepalive = limits.keepalive_interval if ping is not None else 0.0
+        if idle or keepalive:
             self._seconds = self.server.clock.seconds
             self._last_read = self._seconds()
             self._inner_received = inner.dataReceived
             self.dataReceived = self._relay  # type: ignore[method-assign]
-            self._idle = self.server.clock.callLater(idle, self._check_idle)
+            if idle:
+                self._idle = self.server.clock.callLater(idle, self._check_idle)
+            if keepalive:
+                assert ping is not None
+                self._keepalive = KeepAlive(self.server.clock, keepalive, limits.keepalive_timeout,
+                                            lambda: self._last_read, ping, self._close_abusive,
+                                            (lambda: self._busy()) if idle else (lambda: True))
+                self._keepalive.start()
         else:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
@@ -312,8 +326,8 @@ class SniffingProtocol(Protocol):
         timeout = self.server.limits.idle_timeout
         now = self.server.clock.seconds()
         if self._busy():
-            self._last_read = now
-        left = self._last_read + timeout - now
+            self._busy_at = now
+        left = max(self._last_read, self._busy_at) + timeout - now
         if left <= 0:
             stuck = self.throttle is not None and self.throttle.paused
             self._close(f"idle for {timeout:g} s (limits.idle_timeout)", abort=stuck)
@@ -327,6 +341,8 @@ class SniffingProtocol(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        if self._keepalive is not None:
+            self._keepalive.stop()
         self.server.caps.closed(self.host)
         if self.input_guard is not None:
             self.input_guard.stop()

@@ -75,10 +75,32 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from rpcd.daemon import make_service
+    from rpcd.reload import ReloadService
     try:
-        return make_service(options.loaded, reactor, options["service"])
+        top = make_service(options.loaded, reactor, options["service"])
     except ConfigError as e:
         raise SystemExit(f"rpcd: {e}") from None
+    reloader = top.reloader  # type: ignore[attr-defined]
+    reload_service = ReloadService(reloader, lambda: read_config(options), reactor)
+    reload_service.setServiceParent(top)
+    top.services.remove(reload_service)  # first: its SIGHUP handler is in before anything listens
+    top.services.insert(0, reload_service)
+    return top
+
+
+def read_config(options: Options) -> config_module.Config:
+    """
+    Read the config file again, as the options say (C{--listen} still
+    replaces its listeners), for a reload.
+
+    @param options: the daemon's parsed L{Options}.
+    @return: the checked config.
+    @raise ConfigError: the file is wrong.
+    """
+    loaded = config_module.load(options["config"])
+    if options["listen"]:
+        loaded = config_module.with_listen(loaded, options["listen"])
+    return loaded
 
 
 __all__ = ["Options", "makeService"]

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from rpcd.errors import ConnectionLost, DeadlineExceeded, RPCError
 from rpcd.wire.fields import check_metadata, check_method, check_timeout
-from rpcd.wire.sockopts import set_no_delay
+from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -55,6 +55,7 @@ class ClientChannel(Protocol):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        set_keepalive(self.transport)
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         if host is not None:

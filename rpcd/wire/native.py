@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from rpcd.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, ProtocolError, RPCError
+from rpcd.keepalive import PingStrikes, TooManyPings
 from rpcd.wire.fields import (
     CallOptions,
     check_fields,
@@ -99,6 +100,7 @@ class NativeServerProtocol(Protocol):
         self._closing = False  # reading has ended: no more calls start
         self._goaway_sent = False  # nothing more is written
         self._read_ended = False
+        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.keepalive)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -374,6 +376,11 @@ class NativeServerProtocol(Protocol):
             assert self.dispatcher is not None  # set by connectionMade, before any data
             self.dispatcher.cancel(read_id(frame))
         elif kind == PING:
+            if self._pings is None:
+                limits = self.server.limits
+                self._pings = PingStrikes(self.server.clock, limits.keepalive_min_ping_interval,
+                                          limits.keepalive_max_ping_strikes)
+            self._pings.ping()  # TooManyPings: a GOAWAY
             out.append(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
         elif kind == PONG:
             pass
@@ -398,7 +405,19 @@ class NativeServerProtocol(Protocol):
         self.transport.loseConnection()
 
     def _protocol_error(self, error: ProtocolError) -> None:
+        if isinstance(error, TooManyPings):
+            self._goaway(Code.RESOURCE_EXHAUSTED, str(error))
+            return
         self._goaway(Code.INVALID_ARGUMENT, f"protocol error: {error}")
+
+    def send_ping(self, opaque: int) -> None:
+        """
+        Send a PING (L{rpcd.keepalive.KeepAlive}, on a quiet connection).
+
+        @param opaque: echoed by the peer's PONG.
+        """
+        if not self._goaway_sent:
+            self.transport.write(encode_frame([PING, opaque]))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.reader.clear()

@@ -183,7 +183,45 @@ class NativeClientProtocol(ClientChannel):
                     "it may expect TLS on this port (use a tls: endpoint), or not be an rpcd server")
         return why
 
+    def start_keepalive(self, interval: float, timeout: float) -> None:
+        """
+        Ping the server when the connection has been quiet for C{interval}
+        seconds; when nothing comes back within C{timeout}, fail every call
+        with L{Unavailable} and drop the connection (a half-open link).
+        The time of each read is noted only from now on, so a client without
+        keepalive reads as fast as before.
+
+        @param interval: seconds of quiet before a PING (the server must
+            allow it: its C{limits.keepalive_min_ping_interval}).
+        @param timeout: seconds to wait for an answer.
+        """
+        from rpcd.keepalive import KeepAlive
+        seconds = self.clock.seconds
+        self._last_read = seconds()
+        received = self.dataReceived
+
+        def relay(data: bytes) -> None:
+            self._last_read = seconds()
+            received(data)
+        self.dataReceived = relay  # type: ignore[method-assign]
+        self._keepalive = KeepAlive(self.clock, interval, timeout, lambda: self._last_read,
+                                    self._ping, self._keepalive_expired)
+        self._keepalive.start()
+
+    def _ping(self, opaque: int) -> None:
+        if not self._closing and self.lost_reason is None:
+            self.transport.write(encode_frame([PING, opaque]))
+
+    def _keepalive_expired(self, why: str) -> None:
+        log.warn("dropping the connection to {peer}: {why}", peer=self.peer_name, why=why)
+        self._closing = True
+        self.fail_all(Unavailable(f"{self.peer_name}: {why}"))
+        self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        keepalive = getattr(self, "_keepalive", None)
+        if keepalive is not None:
+            keepalive.stop()
         super().connectionLost(reason)
         if self.streams is not None:
             self.streams.connection_lost(reason)

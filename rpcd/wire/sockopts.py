@@ -24,3 +24,43 @@ def set_no_delay(transport: Any) -> None:
             set_option(True)
         except Exception:
             pass
+
+
+#: TCP keepalive: first probe after this many idle seconds, then one every
+#: C{KEEPALIVE_PROBE_INTERVAL}, the connection dropped after
+#: C{KEEPALIVE_PROBES} unanswered (about 3 minutes to notice a dead peer).
+KEEPALIVE_IDLE = 120
+KEEPALIVE_PROBE_INTERVAL = 15
+KEEPALIVE_PROBES = 4
+
+
+def set_keepalive(transport: Any) -> None:
+    """
+    Turn TCP keepalive on, with probes after two minutes of silence rather
+    than the kernel's two hours, so that a peer that vanished (power loss,
+    a firewall that dropped the connection's state) is noticed on every
+    connection kind, even where no protocol-level PING exists.
+
+    @param transport: a connection's transport; anything that is not a TCP
+        socket is left alone.
+    """
+    set_option = getattr(transport, "setTcpKeepAlive", None)
+    if set_option is None:
+        return
+    try:
+        set_option(True)
+    except Exception:
+        return
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return
+    import socket
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_PROBE_INTERVAL),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass
