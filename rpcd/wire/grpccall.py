@@ -200,12 +200,15 @@ class GrpcCall:
                                f"not a {output.DESCRIPTOR.full_name}")
         return item.SerializeToString()
 
-    def send(self, item: Any) -> bool:
+    def send(self, item: Any, last: bool = False) -> bool:
         """
         Send one reply message.
 
         @param item: a message of the method's output type (or a mapping in
             its JSON form).
+        @param last: the call's only (or last) message: it is queued for the
+            L{finish} that follows, so headers, message and trailers go to
+            h2 in one L{pump}.
         @return: whether to wait for L{_writable} before the next one.
         @raise Internal: the item is not such a message.
         """
@@ -217,6 +220,8 @@ class GrpcCall:
             if self.done:
                 raise Cancelled(f"{self.path}: the stream was closed")
         self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
+        if last:
+            return False
         self.pump()
         return bool(self.out) or self.protocol.paused
 
@@ -301,7 +306,7 @@ class GrpcCall:
             return
         if route.kind not in STREAMING_OUT:
             try:
-                self.send(value)
+                self.send(value, last=True)
             except RPCError as e:
                 log.error("{method}: {why}", method=route.name, why=e.message)
                 self.finish(e.code, e.message)
