@@ -354,6 +354,7 @@ class Backend:
         self._check_failed_here = False
         self.last_error = None if self.healthy else "first health check pending"
         client.channel.closed_d.addBoth(lambda _: self._lost(client))
+        client.channel.on_goaway.append(lambda _: self._going_away(client))
         if self.client is not client:
             return
         log.info("{endpoint}: connected", endpoint=self.name)
@@ -362,6 +363,23 @@ class Backend:
             self._checks.clock = self.clock
             self._checks.start(self.health.interval, now=True)
         self.on_change(self)
+
+    def _going_away(self, client: Any) -> None:
+        """
+        The server said GOAWAY: it answers the calls it has, on this
+        connection, which closes after; new calls go to other endpoints
+        until this one is reconnected.
+        """
+        if client is not self.client:
+            return
+        self.client = None
+        self.healthy = False
+        self._stop_checks()
+        self.last_error = f"going away: {client.channel.going_away}"
+        if self._running:
+            log.info("{endpoint}: {why}", endpoint=self.name, why=self.last_error)
+            self._schedule_reconnect()
+            self.on_change(self)
 
     def _lost(self, client: Any) -> None:
         if client is not self.client:

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
-from rpcd.errors import Unavailable
+from rpcd.errors import NotRun, Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.pickers import make_picker
 from rpcd.resolver import IResolver, IWatchingResolver, ResolverError, StaticResolver
@@ -59,6 +59,9 @@ from rpcd.wire.fields import check_timeout
 log = Logger()
 
 _DEFAULT: Any = object()
+
+# How many other endpoints a call that was not run (GOAWAY) is sent to.
+_NOT_RUN_REPICKS = 3
 
 
 class Balancer:
@@ -285,7 +288,23 @@ class Balancer:
         def attempt(remaining: float | None) -> Deferred[Any]:
             backend = self.pick(exclude=tried)
             tried.append(backend)
-            return backend.call(method, args, remaining, metadata)
+            d = backend.call(method, args, remaining, metadata)
+            # A call a server going away did not run is sent to another
+            # endpoint at once (it ran nowhere: no retry policy needed).
+            return d.addErrback(not_run, remaining, self.clock.seconds(), _NOT_RUN_REPICKS)
+
+        def not_run(failure: Failure, remaining: float | None, started: float, left: int) -> Any:
+            failure.trap(NotRun)
+            if left <= 0:
+                return failure
+            if remaining is not None:
+                remaining -= self.clock.seconds() - started
+                if remaining <= 0:
+                    return failure
+            backend = self.pick(exclude=tried)
+            tried.append(backend)
+            return backend.call(method, args, remaining, metadata).addErrback(
+                not_run, remaining, self.clock.seconds(), left - 1)
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -419,7 +438,7 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
 
     def connect_one(endpoint: Any) -> Deferred[Any]:
         return parsed.get(endpoint).addCallback(
-            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
+            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout, redial=False)
 
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,

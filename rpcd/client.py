@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.errors import Unavailable
+from rpcd.errors import NotRun, Unavailable
 from rpcd.wire.channel import ClientChannel, when_fired
 from rpcd.wire.fields import check_timeout
 
@@ -112,7 +113,8 @@ class _ChannelFactory(Factory):
 
 def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
             reactor: Any = None, default_timeout: float | None = None,
-            connect_timeout: float | None = 30.0, proto: Any = None) -> Deferred[Client]:
+            connect_timeout: float | None = 30.0, proto: Any = None,
+            redial: bool = True) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -128,6 +130,12 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         handshake (TLS, the server's preface); None waits forever.
     @param proto: for codec C{grpc}: the server's C{.proto} file (a path, a
         list of paths, or a loaded L{rpcd.grpc_client_protos.ProtoSet}).
+    @param redial: when the server goes away gracefully (a native GOAWAY:
+        it drains for a restart, or the connection reached its
+        C{max_connection_age}), send new calls, and the calls it did not
+        run, on a new connection to the same endpoint, without the caller
+        seeing an error; False: they fail with L{rpcd.errors.NotRun}
+        (L{rpcd.balancer} uses that to send them to another endpoint).
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes,
@@ -151,11 +159,22 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         return fail(ValueError(f"proto= is for the grpc codec, not {codec}"))
     else:
         made = succeed(lambda: cls(reactor))
-    connecting = made.addCallback(lambda make: client_endpoint.connect(_ChannelFactory(make)))
-    handshaken = connecting.addCallback(_handshake_done)
-    if connect_timeout is not None:
-        handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
-    return handshaken.addCallback(Client, default_timeout=default_timeout)
+
+    def dial(make: Callable[[], ClientChannel]) -> Deferred[ClientChannel]:
+        connecting = client_endpoint.connect(_ChannelFactory(make))
+        handshaken = connecting.addCallback(_handshake_done)
+        if connect_timeout is not None:
+            handshaken.addTimeout(connect_timeout, reactor,
+                                  _connect_timed_out(where, codec, connect_timeout))
+        return handshaken
+
+    def connected(channel: ClientChannel, make: Callable[[], ClientChannel]) -> Client:
+        client = Client(channel, default_timeout=default_timeout)
+        if redial:
+            client.redial = lambda: dial(make)
+        return client
+
+    return made.addCallback(lambda make: dial(make).addCallback(connected, make))
 
 
 def _handshake_done(protocol: IProtocol) -> Deferred[ClientChannel]:
@@ -171,6 +190,13 @@ def _connect_timed_out(where: str, codec: str, seconds: float) -> Callable[[Any,
                 "(is the server up, and does it speak this protocol?)"))
         return result
     return timed_out
+
+
+log = Logger()
+
+# How often one call is sent again on a new connection after a server that
+# went away did not run it.
+_REDIALS = 3
 
 
 def _endpoint_text(endpoint: Any) -> str:
@@ -196,6 +222,8 @@ class Client:
         """
         self.channel = channel
         self.default_timeout = check_timeout(default_timeout, "default_timeout")
+        self.redial: Callable[[], Deferred[ClientChannel]] | None = None
+        self._dialling: list[Deferred[ClientChannel]] | None = None
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Deferred[Any]:
@@ -218,7 +246,68 @@ class Client:
         """
         if timeout is None:
             timeout = self.default_timeout
-        return self.channel.call(method, args, timeout, metadata)
+        if self.redial is None:
+            return self.channel.call(method, args, timeout, metadata)
+        return self._call(method, args, timeout, metadata, _REDIALS)
+
+    def _call(self, method: str, args: Any, timeout: float | None,
+              metadata: dict[str, Any] | None, tries: int) -> Deferred[Any]:
+        """
+        Call on the current connection, or on a new one when the server is
+        going away; a call it did not run is sent again on a new one (up to
+        C{tries} times), within the call's timeout.
+        """
+        channel = self.channel
+        if channel.going_away is not None:
+            return self._new_channel().addCallback(
+                lambda _: self._call(method, args, timeout, metadata, tries))
+        deadline = None if timeout is None else channel.clock.seconds() + timeout
+        d = channel.call(method, args, timeout, metadata)
+        if tries <= 0:
+            return d
+
+        def not_run(failure: Failure) -> Any:
+            failure.trap(NotRun)
+            left = None
+            if deadline is not None:
+                left = deadline - channel.clock.seconds()
+                if left <= 0:
+                    return failure
+            return self._call(method, args, left, metadata, tries - 1)
+        return d.addErrback(not_run)
+
+    def _new_channel(self) -> Deferred[ClientChannel]:
+        """
+        Dial the endpoint again (once for every caller waiting).
+
+        @return: a Deferred firing with the new channel, now
+            L{Client.channel}; it fails with L{rpcd.errors.Unavailable}
+            naming why the old one was left and the dial's error.
+        """
+        d: Deferred[ClientChannel] = Deferred()
+        if self._dialling is not None:
+            self._dialling.append(d)
+            return d
+        waiting = self._dialling = [d]
+        old = self.channel
+        assert self.redial is not None
+        why = old.going_away
+
+        def done(result: Any) -> None:
+            self._dialling = None
+            if isinstance(result, Failure):
+                result = Failure(Unavailable(f"{old.peer_name} went away ({why}) and "
+                                             f"reconnecting failed: {result.getErrorMessage()}"))
+            else:
+                self.channel = result
+                log.info("reconnected to {peer} ({why})", peer=result.peer_name, why=why)
+            for w in waiting:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+        self.redial().addBoth(done)
+        return d
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
                metadata: dict[str, Any] | None = None,

@@ -153,6 +153,7 @@ class Config:
     services: tuple[ServiceConfig, ...]
     discovery: DiscoveryConfig | None = None
     http: HTTPConfig = HTTPConfig()
+    shutdown_grace: float = 30.0
 
 
 def default_text() -> str:
@@ -199,7 +200,7 @@ def parse(text: str, source: str) -> Config:
     reader = _Reader(source)
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect"})
+    reader.known(server, "server", {"listen", "connect", "shutdown_grace"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -211,7 +212,19 @@ def parse(text: str, source: str) -> Config:
         http=_http(reader, reader.table(data, "http")),
         services=_services(reader, reader.table(data, "services")),
         discovery=_discovery(reader, data["discovery"]) if "discovery" in data else None,
+        shutdown_grace=_shutdown_grace(reader, server),
     )
+
+
+def _shutdown_grace(reader: _Reader, server: Mapping[str, Any]) -> float:
+    """
+    C{server.shutdown_grace}: seconds a draining daemon waits for running
+    calls and streams before it cancels them (L{rpcd.drain}).
+    """
+    grace = reader.value(server, "server", "shutdown_grace", (int, float), Config.shutdown_grace)
+    if not 0 <= grace <= 86400:
+        raise reader.fail("server.shutdown_grace", f"must be between 0 and 86400 seconds, got {grace}")
+    return float(grace)
 
 
 class _Reader:

@@ -7,6 +7,9 @@ The only module that touches the global reactor.
 from __future__ import annotations
 
 
+import signal
+from typing import Any, Callable
+
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -76,9 +79,25 @@ def makeService(options: Options) -> IService:
 
     from rpcd.daemon import make_service
     try:
-        return make_service(options.loaded, reactor, options["service"])
+        service = make_service(options.loaded, reactor, options["service"])
     except ConfigError as e:
         raise SystemExit(f"rpcd: {e}") from None
+    service.on_drain = _second_signal_stops(reactor)
+    return service
+
+
+def _second_signal_stops(reactor: Any) -> Callable[[Any], None]:
+    """
+    Once a drain has begun (the first SIGTERM or SIGINT), the next one
+    stops at once instead of reaching twistd's handler (which cannot stop a
+    reactor that is already stopping).
+    """
+    def install(daemon: Any) -> None:
+        def stop(signum: int, frame: Any) -> None:
+            reactor.callFromThread(daemon.stop_now)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+    return install
 
 
 __all__ = ["Options", "makeService"]

@@ -14,7 +14,7 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
-from rpcd.errors import ConnectionLost, DeadlineExceeded, NotFound, Unauthenticated, Unimplemented
+from rpcd.errors import DeadlineExceeded, NotFound, Unauthenticated, Unavailable, Unimplemented
 from tests.daemon import Daemon, rpcd_command, run, temp_dir, twistd_command
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -75,7 +75,7 @@ class DaemonTests(TestCase):
             await client.KVStoreService.Get("zzz")
 
     async def test_timeout_and_lost_connection(self) -> None:
-        """A client timeout fails clearly; stopping the daemon fails pending calls at once."""
+        """A client timeout fails clearly; stopping the daemon (twice: no grace) fails pending calls."""
         daemon = await Daemon.start(self, *LOOPBACK)
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         with self.assertRaises(DeadlineExceeded) as cm:
@@ -83,8 +83,8 @@ class DaemonTests(TestCase):
         self.assertIn("did not answer within 0.2 s", cm.exception.message)
         pending = client.KVStoreService.Watch(30)
         await client.Arith.Multiply(A=1, B=1)
-        await daemon.stop()
-        with self.assertRaises(ConnectionLost):
+        self.assertEqual(await daemon.stop(at_once=True), 0)
+        with self.assertRaises(Unavailable):
             await pending
 
     async def test_garbage_closes_only_that_connection(self) -> None:
