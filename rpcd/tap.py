@@ -90,9 +90,14 @@ def _second_signal_stops(reactor: Any) -> Callable[[Any], None]:
     """
     Once a drain has begun (the first SIGTERM or SIGINT), the next one
     stops at once instead of reaching twistd's handler (which cannot stop a
-    reactor that is already stopping).
+    reactor that is already stopping); the daemon exits 0.
     """
     def install(daemon: Any) -> None:
+        # A drain is a clean stop: exit 0, not by the signal (which twistd
+        # re-raises after the reactor stops).
+        if getattr(reactor, "_exitSignal", None) is not None:
+            reactor._exitSignal = None
+
         def stop(signum: int, frame: Any) -> None:
             reactor.callFromThread(daemon.stop_now)
         for signum in (signal.SIGTERM, signal.SIGINT):
