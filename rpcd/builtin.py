@@ -51,7 +51,7 @@ class Health:
 
     @exposed
     async def Watch(self, service: str = "") -> AsyncIterator[str]:
-        """Send the status now and whenever it changes, until cancelled."""
+        """Send the status now and whenever it changes, until cancelled or the daemon drains."""
         health = health_of(self.registry)
         last = None
         while True:
@@ -59,4 +59,6 @@ class Health:
             if status != last:
                 yield status
                 last = status
+            if health.draining:
+                return  # the last word was NOT_SERVING: a drain does not wait for watchers
             await health.changed()

@@ -104,7 +104,7 @@ class GrpcHealth:
     @exposed
     async def Watch(self, request: health_pb2.HealthCheckRequest
                     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        """Send the status now and whenever it changes, until cancelled."""
+        """Send the status now and whenever it changes, until cancelled or the daemon drains."""
         last = None
         while True:
             status = self.status(request.service)
@@ -113,6 +113,8 @@ class GrpcHealth:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+            if health_of(self.registry).draining:
+                return
             await health_of(self.registry).changed()
 
 
