@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.breaker import OPEN, BreakerPolicy, CircuitBreaker
-from rpcd.errors import Unavailable, Unimplemented
+from rpcd.errors import NotRun, Unavailable, Unimplemented
 
 log = Logger()
 
@@ -271,6 +271,10 @@ class Backend:
 
     def _record(self, result: Any, breaker: CircuitBreaker) -> Any:
         before = breaker.state
+        if isinstance(result, Failure) and isinstance(result.value, NotRun):
+            # The server went away gracefully: no verdict on its health.
+            breaker.abandoned()
+            return result
         breaker.record(result.value if isinstance(result, Failure) else None)
         if breaker.state != before:
             log.info("{endpoint}: circuit {state} ({failures} failures in a row)",

@@ -63,6 +63,10 @@ _DEFAULT: Any = object()
 # How many other endpoints a call that was not run (GOAWAY) is sent to.
 _NOT_RUN_REPICKS = 3
 
+# Seconds a call that was not run (and has no timeout) waits for a usable
+# endpoint when none is.
+_NOT_RUN_WAIT = 30.0
+
 
 class Balancer:
     """
@@ -301,10 +305,21 @@ class Balancer:
                 remaining -= self.clock.seconds() - started
                 if remaining <= 0:
                     return failure
-            backend = self.pick(exclude=tried)
-            tried.append(backend)
-            return backend.call(method, args, remaining, metadata).addErrback(
-                not_run, remaining, self.clock.seconds(), left - 1)
+            now = self.clock.seconds()
+
+            def again(_: object) -> Deferred[Any]:
+                left_now = None if remaining is None else remaining - (self.clock.seconds() - now)
+                backend = self.pick(exclude=tried)
+                tried.append(backend)
+                return backend.call(method, args, left_now, metadata).addErrback(
+                    not_run, left_now, self.clock.seconds(), left - 1)
+            if not any(b.usable for b in self.backends):
+                # Every endpoint is going away or reconnecting (a rolling
+                # restart): wait for one, within the call's time.
+                wait = _NOT_RUN_WAIT if remaining is None else remaining
+                return self.when_ready(wait).addCallback(again)
+            return again(None)
+
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,

@@ -168,6 +168,7 @@ class GoawayRetryTests(TestCase):
         two = await Daemon.start(self, "--config", write_config(self))
         balancer = await connect_balanced([f"tcp:127.0.0.1:{one.port}", f"tcp:127.0.0.1:{two.port}"])
         self.addCleanup(balancer.close)
+        await balancer.when_ready(30, at_least=2)
         calls = [balancer.call("Sleep.Sleep", 0.5) for i in range(20)]
         calls += [balancer.call("Sleep.Echo", i) for i in range(200)]
         one.process.signalProcess("TERM")
