@@ -80,6 +80,15 @@ class DaemonService(MultiService):
         ports.addCallbacks(self._listening, lambda _: None)
 
     def _listening(self, _: object) -> None:
+        # Ready once the reactor runs (its signal handlers are installed:
+        # a SIGTERM right after READY=1 drains, it does not kill).
+        call_later = getattr(self.rpc_server.clock, "callLater", None)
+        if call_later is not None:
+            call_later(0, self._ready)
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
         if self._draining is not None or not self.running:
             return
         self.health.set_ready(True)

@@ -341,6 +341,7 @@ class DaemonDrainTests(SynchronousTestCase):
         self.notes: list[str] = []
         self.daemon = DaemonService(self.server, self.health, 30.0, notify=self.notes.append)
         self.daemon.startService()
+        self.clock.advance(0)
 
     def test_ready_then_drained_in_order(self) -> None:
         """Ready with READY=1 at start; on stop NOT_SERVING and STOPPING=1 first, then connections drain."""
