@@ -115,7 +115,11 @@ class DaemonService(MultiService):
         if self._draining is None:
             self._draining = Deferred.fromCoroutine(self._drain())
         done: Deferred[None] = Deferred()
-        self._draining.addBoth(lambda r: (done.callback(None), r)[1])
+
+        def fire(result: object) -> object:
+            done.callback(None)
+            return result
+        self._draining.addBoth(fire)
         return done
 
     async def _drain(self) -> None:
