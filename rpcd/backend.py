@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.breaker import OPEN, BreakerPolicy, CircuitBreaker
-from rpcd.errors import Unavailable, Unimplemented
+from rpcd.errors import NotRun, Unavailable, Unimplemented
 
 log = Logger()
 
@@ -271,6 +271,10 @@ class Backend:
 
     def _record(self, result: Any, breaker: CircuitBreaker) -> Any:
         before = breaker.state
+        if isinstance(result, Failure) and isinstance(result.value, NotRun):
+            # The server went away gracefully: no verdict on its health.
+            breaker.abandoned()
+            return result
         breaker.record(result.value if isinstance(result, Failure) else None)
         if breaker.state != before:
             log.info("{endpoint}: circuit {state} ({failures} failures in a row)",
@@ -354,6 +358,7 @@ class Backend:
         self._check_failed_here = False
         self.last_error = None if self.healthy else "first health check pending"
         client.channel.closed_d.addBoth(lambda _: self._lost(client))
+        client.channel.on_goaway.append(lambda _: self._going_away(client))
         if self.client is not client:
             return
         log.info("{endpoint}: connected", endpoint=self.name)
@@ -362,6 +367,23 @@ class Backend:
             self._checks.clock = self.clock
             self._checks.start(self.health.interval, now=True)
         self.on_change(self)
+
+    def _going_away(self, client: Any) -> None:
+        """
+        The server said GOAWAY: it answers the calls it has, on this
+        connection, which closes after; new calls go to other endpoints
+        until this one is reconnected.
+        """
+        if client is not self.client:
+            return
+        self.client = None
+        self.healthy = False
+        self._stop_checks()
+        self.last_error = f"going away: {client.channel.going_away}"
+        if self._running:
+            log.info("{endpoint}: {why}", endpoint=self.name, why=self.last_error)
+            self._schedule_reconnect()
+            self.on_change(self)
 
     def _lost(self, client: Any) -> None:
         if client is not self.client:

@@ -50,7 +50,7 @@ from rpcd.backend import Backend, HealthCheck, ParsedEndpoints
 from rpcd.breaker import BreakerPolicy
 from rpcd.client import _codec_class, _reactor, _ServiceProxy, connect
 from rpcd.context import current_deadline, shorten
-from rpcd.errors import Code, Unavailable
+from rpcd.errors import Code, NotRun, Unavailable
 from rpcd.hedging import HedgingPolicy, hedged_call
 from rpcd.interceptors import client_call, client_stream
 from rpcd.pickers import make_picker
@@ -63,6 +63,13 @@ from rpcd.wire.fields import check_timeout
 log = Logger()
 
 _DEFAULT: Any = object()
+
+# How many other endpoints a call that was not run (GOAWAY) is sent to.
+_NOT_RUN_REPICKS = 3
+
+# Seconds a call that was not run (and has no timeout) waits for a usable
+# endpoint when none is.
+_NOT_RUN_WAIT = 30.0
 
 
 class Balancer:
@@ -319,7 +326,34 @@ class Balancer:
             observe = getattr(self.picker, "observe", None)
             if observe is not None:
                 d.addBoth(_observed, observe, backend.key, self.clock, self.clock.seconds())
-            return d.addErrback(self._pushed_back, backend)
+            d.addErrback(self._pushed_back, backend)
+            # A call a server going away did not run is sent to another
+            # endpoint at once (it ran nowhere: no retry policy needed).
+            return d.addErrback(not_run, remaining, self.clock.seconds(), _NOT_RUN_REPICKS)
+
+        def not_run(failure: Failure, remaining: float | None, started: float, left: int) -> Any:
+            failure.trap(NotRun)
+            if left <= 0:
+                return failure
+            if remaining is not None:
+                remaining -= self.clock.seconds() - started
+                if remaining <= 0:
+                    return failure
+            now = self.clock.seconds()
+
+            def again(_: object) -> Deferred[Any]:
+                left_now = None if remaining is None else remaining - (self.clock.seconds() - now)
+                backend = self.pick(exclude=tried)
+                tried.append(backend)
+                return backend.call(method, args, left_now, metadata).addErrback(
+                    not_run, left_now, self.clock.seconds(), left - 1)
+            if not any(b.usable for b in self.backends):
+                # Every endpoint is going away or reconnecting (a rolling
+                # restart): wait for one, within the call's time.
+                wait = _NOT_RUN_WAIT if remaining is None else remaining
+                return self.when_ready(wait).addCallback(again)
+            return again(None)
+
         if idempotent and self.hedging is not None:
             return hedged_call(attempt, self.hedging, self.clock, timeout=timeout, budget=self.budget)
         return retrying_call(attempt, policy, self.clock, timeout=timeout, rng=self.rng,
@@ -494,7 +528,7 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
 
     def connect_one(endpoint: Any) -> Deferred[Any]:
         return parsed.get(endpoint).addCallback(
-            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout)
+            connect, codec=codec, reactor=reactor, connect_timeout=connect_timeout, redial=False)
 
     balancer = Balancer(reactor, connect_one, picker=picker, retry=retry or NO_RETRY,
                         health=health, breaker=breaker, reconnect=reconnect,

@@ -5,8 +5,10 @@ Services every daemon serves: introspection and health.
 from __future__ import annotations
 
 import dataclasses
+from typing import AsyncIterator
 
 from rpcd.context import CallContext
+from rpcd.health import health_of
 from rpcd.service import ServiceRegistry, exposed
 
 
@@ -30,7 +32,11 @@ class Introspection:
 
 
 class Health:
-    """Answers health checks, as load balancers and the client's checks ask."""
+    """
+    Answers health checks, as load balancers and the client's checks ask,
+    from the daemon's L{rpcd.health.HealthState} (which services set, and
+    which says NOT_SERVING while the daemon drains).
+    """
 
     def __init__(self, registry: ServiceRegistry) -> None:
         """
@@ -40,7 +46,19 @@ class Health:
 
     @exposed
     def Check(self, service: str = "") -> str:
-        """Return "SERVING", or "SERVICE_UNKNOWN" for a service not served here."""
-        if service and self.registry.spec(service) is None:
-            return "SERVICE_UNKNOWN"
-        return "SERVING"
+        """Return "SERVING", "NOT_SERVING", or "SERVICE_UNKNOWN" for a service not served here."""
+        return health_of(self.registry).status(service)
+
+    @exposed
+    async def Watch(self, service: str = "") -> AsyncIterator[str]:
+        """Send the status now and whenever it changes, until cancelled or the daemon drains."""
+        health = health_of(self.registry)
+        last = None
+        while True:
+            status = health.status(service)
+            if status != last:
+                yield status
+                last = status
+            if health.draining:
+                return  # the last word was NOT_SERVING: a drain does not wait for watchers
+            await health.changed()

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.context import current_deadline, shorten
-from rpcd.errors import Unavailable
+from rpcd.errors import NotRun, Unavailable
 from rpcd.wire.channel import ClientChannel, when_fired
 from rpcd.wire.fields import check_timeout
 
@@ -116,7 +117,8 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
             connect_timeout: float | None = 30.0, proto: Any = None,
             interceptors: Sequence[Any] = (),
             keepalive_interval: float | None = None,
-            keepalive_timeout: float = 20.0) -> Deferred[Client]:
+            keepalive_timeout: float = 20.0,
+            redial: bool = True) -> Deferred[Client]:
     """
     Connect to a server.
 
@@ -140,6 +142,12 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         C{limits.keepalive_min_ping_interval}, 10 s by default).
     @param keepalive_timeout: seconds to wait for the answer before every
         call fails with L{rpcd.errors.Unavailable} and the connection drops.
+    @param redial: when the server goes away gracefully (a native GOAWAY:
+        it drains for a restart, or the connection reached its
+        C{max_connection_age}), send new calls, and the calls it did not
+        run, on a new connection to the same endpoint, without the caller
+        seeing an error; False: they fail with L{rpcd.errors.NotRun}
+        (L{rpcd.balancer} uses that to send them to another endpoint).
     @return: a Deferred firing with a L{Client} once the connection (and any
         handshake) is up; it fails with the endpoint's connection error,
         L{rpcd.errors.Unavailable} when C{connect_timeout} passes,
@@ -167,14 +175,25 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         return fail(ValueError(f"proto= is for the grpc codec, not {codec}"))
     else:
         made = succeed(lambda: cls(reactor))
-    connecting = made.addCallback(lambda make: client_endpoint.connect(_ChannelFactory(make)))
-    handshaken = connecting.addCallback(_handshake_done)
-    if keepalive_interval is not None:
-        handshaken.addCallback(_with_keepalive, keepalive_interval, keepalive_timeout)
-    if connect_timeout is not None:
-        handshaken.addTimeout(connect_timeout, reactor, _connect_timed_out(where, codec, connect_timeout))
-    return handshaken.addCallback(Client, default_timeout=default_timeout,
-                                  interceptors=interceptors, codec=codec, peer=where)
+
+    def dial(make: Callable[[], ClientChannel]) -> Deferred[ClientChannel]:
+        connecting = client_endpoint.connect(_ChannelFactory(make))
+        handshaken = connecting.addCallback(_handshake_done)
+        if keepalive_interval is not None:
+            handshaken.addCallback(_with_keepalive, keepalive_interval, keepalive_timeout)
+        if connect_timeout is not None:
+            handshaken.addTimeout(connect_timeout, reactor,
+                                  _connect_timed_out(where, codec, connect_timeout))
+        return handshaken
+
+    def connected(channel: ClientChannel, make: Callable[[], ClientChannel]) -> Client:
+        client = Client(channel, default_timeout=default_timeout, interceptors=interceptors,
+                        codec=codec, peer=where)
+        if redial:
+            client.redial = lambda: dial(make)
+        return client
+
+    return made.addCallback(lambda make: dial(make).addCallback(connected, make))
 
 
 def _handshake_done(protocol: IProtocol) -> Deferred[ClientChannel]:
@@ -195,6 +214,13 @@ def _connect_timed_out(where: str, codec: str, seconds: float) -> Callable[[Any,
                 "(is the server up, and does it speak this protocol?)"))
         return result
     return timed_out
+
+
+log = Logger()
+
+# How often one call is sent again on a new connection after a server that
+# went away did not run it.
+_REDIALS = 3
 
 
 def _endpoint_text(endpoint: Any) -> str:
@@ -229,6 +255,8 @@ class Client:
         self.interceptors = tuple(interceptors)
         self.codec = codec
         self.peer = peer
+        self.redial: Callable[[], Deferred[ClientChannel]] | None = None
+        self._dialling: list[Deferred[ClientChannel]] | None = None
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
              metadata: dict[str, Any] | None = None) -> Deferred[Any]:
@@ -258,8 +286,77 @@ class Client:
         if self.interceptors:
             from rpcd.interceptors import client_call
             return client_call(self.interceptors, self.channel.clock, self.codec, self.peer,
-                               method, args, timeout, metadata, self.channel.call)
-        return self.channel.call(method, args, timeout, metadata)
+                               method, args, timeout, metadata, self._send)
+        return self._send(method, args, timeout, metadata)
+
+    def _send(self, method: str, args: Any, timeout: float | None,
+              metadata: dict[str, Any] | None) -> Deferred[Any]:
+        """
+        Send a call on the current connection (through L{_call} when the
+        client redials a server that goes away).
+        """
+        if self.redial is None:
+            return self.channel.call(method, args, timeout, metadata)
+        return self._call(method, args, timeout, metadata, _REDIALS)
+
+    def _call(self, method: str, args: Any, timeout: float | None,
+              metadata: dict[str, Any] | None, tries: int) -> Deferred[Any]:
+        """
+        Call on the current connection, or on a new one when the server is
+        going away; a call it did not run is sent again on a new one (up to
+        C{tries} times), within the call's timeout.
+        """
+        channel = self.channel
+        if channel.going_away is not None:
+            return self._new_channel().addCallback(
+                lambda _: self._call(method, args, timeout, metadata, tries))
+        deadline = None if timeout is None else channel.clock.seconds() + timeout
+        d = channel.call(method, args, timeout, metadata)
+        if tries <= 0:
+            return d
+
+        def not_run(failure: Failure) -> Any:
+            failure.trap(NotRun)
+            left = None
+            if deadline is not None:
+                left = deadline - channel.clock.seconds()
+                if left <= 0:
+                    return failure
+            return self._call(method, args, left, metadata, tries - 1)
+        return d.addErrback(not_run)
+
+    def _new_channel(self) -> Deferred[ClientChannel]:
+        """
+        Dial the endpoint again (once for every caller waiting).
+
+        @return: a Deferred firing with the new channel, now
+            L{Client.channel}; it fails with L{rpcd.errors.Unavailable}
+            naming why the old one was left and the dial's error.
+        """
+        d: Deferred[ClientChannel] = Deferred()
+        if self._dialling is not None:
+            self._dialling.append(d)
+            return d
+        waiting = self._dialling = [d]
+        old = self.channel
+        assert self.redial is not None
+        why = old.going_away
+
+        def done(result: Any) -> None:
+            self._dialling = None
+            if isinstance(result, Failure):
+                result = Failure(Unavailable(f"{old.peer_name} went away ({why}) and "
+                                             f"reconnecting failed: {result.getErrorMessage()}"))
+            else:
+                self.channel = result
+                log.info("reconnected to {peer} ({why})", peer=result.peer_name, why=why)
+            for w in waiting:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+        self.redial().addBoth(done)
+        return d
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
                metadata: dict[str, Any] | None = None,

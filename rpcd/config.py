@@ -183,6 +183,7 @@ class Config:
     backlog: int = DEFAULT_BACKLOG
     interceptors: tuple[InterceptorConfig, ...] = ()
     log_level: str = "info"
+    shutdown_grace: float = 30.0
 
 
 def default_text() -> str:
@@ -230,7 +231,7 @@ def parse(text: str, source: str) -> Config:
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery",
                             "interceptors"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect", "backlog", "log_level"})
+    reader.known(server, "server", {"listen", "connect", "backlog", "log_level", "shutdown_grace"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -246,6 +247,7 @@ def parse(text: str, source: str) -> Config:
         interceptors=tuple(_interceptor(reader, item, i) for i, item in
                            enumerate(reader.list(data, "", "interceptors", []))),
         log_level=_log_level(reader, server),
+        shutdown_grace=_shutdown_grace(reader, server),
     )
 
 
@@ -258,6 +260,17 @@ def _log_level(reader: _Reader, server: Mapping[str, Any]) -> str:
     if level not in LOG_LEVELS:
         raise reader.fail("server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level
+
+
+def _shutdown_grace(reader: _Reader, server: Mapping[str, Any]) -> float:
+    """
+    C{server.shutdown_grace}: seconds a draining daemon waits for running
+    calls and streams before it cancels them (L{rpcd.drain}).
+    """
+    grace = reader.value(server, "server", "shutdown_grace", (int, float), Config.shutdown_grace)
+    if not 0 <= grace <= 86400:
+        raise reader.fail("server.shutdown_grace", f"must be between 0 and 86400 seconds, got {grace}")
+    return float(grace)
 
 
 class _Reader:

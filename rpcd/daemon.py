@@ -12,7 +12,6 @@ import re
 from typing import Any, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -20,6 +19,8 @@ from twisted.plugin import getPlugins
 
 from rpcd.builtin import Health, Introspection
 from rpcd.config import Config, ConfigError, ServiceConfig
+from rpcd.drain import DaemonService
+from rpcd.health import HealthState
 from rpcd.interfaces import IRPCServiceProvider
 from rpcd.plugins import load_object
 from rpcd.server import RPCServer
@@ -120,11 +121,12 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
     return server
 
 
-def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> MultiService:
+def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
     a listener per endpoint, a dialler per reverse connection, and its
-    registration in etcd (started last, stopped first).
+    registration in etcd (started last, stopped first); it drains before it
+    stops (L{rpcd.drain}).
 
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
@@ -139,9 +141,10 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
             registry.interceptors = load_all(config.interceptors, reactor)
         except ValueError as e:
             raise ConfigError(f"{config.source}: {e}") from None
+    health = HealthState(registry)  # not ready until every listener listens
+    registry.health = health  # type: ignore[attr-defined]
     server = make_server(config, registry, reactor)
-    top = MultiService()
-    top.rpc_server = server  # type: ignore[attr-defined]
+    top = DaemonService(server, health, config.shutdown_grace)
     if server.authenticator is not None:
         # First in, so it runs before any listener accepts and is stopped
         # (its threads joined) after they have all stopped.
@@ -160,6 +163,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
         listeners.append(listener)
+        top.listeners.append(listener)
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.reverse import reverse_services
@@ -170,8 +174,9 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Mult
                 service.setServiceParent(top)
     if config.discovery is not None:
         from rpcd.discovery import registration
-        registration(config.discovery, [s.name for s in registry.services()],
-                     listeners, reactor).setServiceParent(top)
+        top.discovery = registration(config.discovery, [s.name for s in registry.services()],
+                                     listeners, reactor)
+        top.discovery.setServiceParent(top)
     return top
 
 

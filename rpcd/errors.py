@@ -136,6 +136,15 @@ class ConnectionLost(Unavailable):
     """The connection closed while the call was pending."""
 
 
+class NotRun(Unavailable):
+    """
+    The server went away (a GOAWAY whose C{last_id} is below the call's id)
+    without running the call: it is safe to send again, anywhere.  rpcd's
+    clients retry it themselves; callers see it only when the retry, too,
+    cannot be sent.
+    """
+
+
 class ProtocolError(Exception):
     """
     The peer sent bytes that break the wire protocol.

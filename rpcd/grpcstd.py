@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator
 
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
-from twisted.internet.defer import Deferred
 
 from rpcd.errors import NotFound
+from rpcd.health import health_of
 from rpcd.pb import health_pb2, reflection_v1_pb2, reflection_v1alpha_pb2
 from rpcd.protos import grpc_service, grpc_services, service_descriptor
 from rpcd.service import ServiceRegistry, exposed
@@ -37,8 +37,6 @@ class GrpcHealth:
         @param registry: the daemon's services.
         """
         self.registry = registry
-        self._statuses: dict[str, Any] = {}
-        self._watchers: dict[str, list[Deferred[None]]] = {}
 
     def _names(self) -> set[str]:
         names = {""}
@@ -49,27 +47,41 @@ class GrpcHealth:
                 names.add(descriptor.full_name)
         return names
 
+    def _rpcd_name(self, service: str) -> str:
+        if service == "" or self.registry.spec(service) is not None:
+            return service
+        for spec in self.registry.services():
+            descriptor = service_descriptor(spec.cls)
+            if descriptor is not None and descriptor.full_name == service:
+                return spec.name
+        return service
+
     def status(self, service: str) -> Any:
         """
         @param service: a gRPC full service name, an rpcd service name, or
             C{""} for the whole server.
-        @return: its C{ServingStatus}, or None when it is not served here.
+        @return: its C{ServingStatus} (from the daemon's
+            L{rpcd.health.HealthState}, shared with rpcd's own C{Health}
+            service), or None when it is not served here.
         """
-        if service in self._statuses:
-            return self._statuses[service]
-        return _Status.SERVING if service in self._names() else None
+        health = health_of(self.registry)
+        name = self._rpcd_name(service)
+        if service not in self._names() and not health.known(name):
+            return None
+        serving = health.serving(name)
+        if serving is None:
+            serving = health.serving("")
+        return _Status.SERVING if serving else _Status.NOT_SERVING
 
     def set_status(self, service: str, serving: bool) -> None:
         """
-        Change what a service reports (a daemon draining reports
-        NOT_SERVING for C{""}); watchers are told at once.
+        Change what a service reports (in the daemon's shared
+        L{rpcd.health.HealthState}); watchers are told at once.
 
         @param service: as for L{status}.
         @param serving: SERVING or NOT_SERVING.
         """
-        self._statuses[service] = _Status.SERVING if serving else _Status.NOT_SERVING
-        for d in self._watchers.pop(service, []):
-            d.callback(None)
+        health_of(self.registry).set_status(self._rpcd_name(service), serving)
 
     @exposed
     def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
@@ -83,7 +95,7 @@ class GrpcHealth:
     def List(self, request: health_pb2.HealthListRequest) -> health_pb2.HealthListResponse:
         """Return the status of every service served."""
         response = health_pb2.HealthListResponse()
-        for name in sorted(self._names() | set(self._statuses)):
+        for name in sorted(self._names()):
             status = self.status(name)
             if status is not None:
                 response.statuses[name].status = status
@@ -92,7 +104,7 @@ class GrpcHealth:
     @exposed
     async def Watch(self, request: health_pb2.HealthCheckRequest
                     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        """Send the status now and whenever it changes, until cancelled."""
+        """Send the status now and whenever it changes, until cancelled or the daemon drains."""
         last = None
         while True:
             status = self.status(request.service)
@@ -101,16 +113,9 @@ class GrpcHealth:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
-            changed: Deferred[None] = Deferred(self._forget_watch(request.service))
-            self._watchers.setdefault(request.service, []).append(changed)
-            await changed
-
-    def _forget_watch(self, service: str) -> Any:
-        def forget(d: Deferred[None]) -> None:
-            waiting = self._watchers.get(service, [])
-            if d in waiting:
-                waiting.remove(d)
-        return forget
+            if health_of(self.registry).draining:
+                return
+            await health_of(self.registry).changed()
 
 
 class _Reflection:

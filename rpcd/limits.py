@@ -34,6 +34,15 @@ class Limits:
         (0 disables).
     @ivar idle_timeout: seconds without traffic or running calls before a
         connection is closed (0 disables).
+    @ivar max_connection_age: seconds after which a connection is told to
+        go away (native and gRPC GOAWAY; HTTP, gob and JSON-RPC close once
+        what they sent is answered), so that long-lived clients rebalance
+        onto new servers (0 disables); each connection's age gets up to 10%
+        of random jitter so that connections made together do not all go
+        at once.
+    @ivar max_connection_age_grace: seconds an aged connection has to
+        finish its running calls and streams before they are cancelled
+        (UNAVAILABLE) and it is closed.
     @ivar max_connections: connections open at once, in total.
     @ivar max_connections_per_peer: connections open at once from one host
         (Unix socket peers count only against C{max_connections}).
@@ -73,6 +82,8 @@ class Limits:
     keepalive_timeout: float = 20.0
     keepalive_min_ping_interval: float = 10.0
     keepalive_max_ping_strikes: int = 2
+    max_connection_age: float = 0.0
+    max_connection_age_grace: float = 30.0
 
 
 class ConnectionCaps:

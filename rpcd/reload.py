@@ -322,7 +322,11 @@ class Reloader:
         item = _by(prepared.config.listen, lambda i: i.endpoint).get(endpoint)
         if change.action == "removed":
             # Stops accepting; the connections it accepted go on until they close.
-            self.listeners.pop(endpoint).disownServiceParent()
+            listener = self.listeners.pop(endpoint)
+            listener.disownServiceParent()
+            draining = getattr(self.top, "listeners", None)
+            if draining is not None and listener in draining:
+                draining.remove(listener)
         elif change.action == "added":
             assert item is not None
             self.add_listener(item, prepared.endpoints[endpoint])
@@ -346,6 +350,9 @@ class Reloader:
         self.listeners[item.endpoint] = listener
         if self.top.running:
             listener.setServiceParent(self.top)
+            draining = getattr(self.top, "listeners", None)
+            if draining is not None:
+                draining.append(listener)  # a drain stops it too
             waiting = listener._waitingForPort
             if waiting is not None:
                 waiting.addCallbacks(

@@ -17,6 +17,7 @@ L{rpcd.budget} (L{RPCServer.input_budget}, L{RPCServer.input_guard}).
 from __future__ import annotations
 
 import importlib
+import random
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.address import UNIXAddress
@@ -90,6 +91,10 @@ class RPCServer:
         across all connections.
     @ivar metrics: the daemon's L{rpcd.metrics.Metrics}, or None when it
         keeps none (C{[http] metrics = false}).
+    @ivar open_connections: every connection open now (their
+        L{SniffingProtocol}s), for L{rpcd.drain}.
+    @ivar jitter: a source of random numbers in [0, 1) (the spread of
+        C{limits.max_connection_age}).
     """
 
     metrics: Any = None
@@ -103,6 +108,8 @@ class RPCServer:
         self.caps = ConnectionCaps(limits, clock)
         self.input_budget = InputBudget(limits.input_budget_bytes)
         self._preambles: dict[Protocol, SniffingProtocol] = {}
+        self.open_connections: set[SniffingProtocol] = set()
+        self.jitter: Callable[[], float] = random.random
 
     def new_session(self, transport: ITransport, protocol_name: str) -> Session:
         """

@@ -63,6 +63,12 @@ _NOT_TLS_ANSWER = b"rpcd: this endpoint does not speak TLS\r\n"
 
 
 
+def _ignore(data: bytes) -> None:
+    """
+    Drop bytes read from a draining connection.
+    """
+
+
 def _is_tls_error(error: BaseException | None) -> bool:
     from OpenSSL.SSL import Error
     from service_identity.exceptions import VerificationError
@@ -119,6 +125,9 @@ class SniffingProtocol(Protocol):
         self._lost = False
         self._lost_reason: Failure | None = None
         self._ready: list[Deferred[Protocol]] = []
+        self._draining: str | None = None
+        self._age: IDelayedCall | None = None
+        self._gone: list[Deferred[None]] = []
 
     def when_ready(self) -> Deferred[Protocol]:
         """
@@ -140,7 +149,13 @@ class SniffingProtocol(Protocol):
         set_keepalive(self.transport)
         self.peer = describe_address(self.transport.getPeer())[0]
         self.server.caps.opened(self.host)
+        self.server.open_connections.add(self)
         self.start_deadline()
+        age = self.server.limits.max_connection_age
+        if age and not self.dialled:
+            # Up to 10% less, so that connections made together go apart.
+            age *= 1 - 0.1 * self.server.jitter()
+            self._age = self.server.clock.callLater(age, self._aged)
         self._tls = INegotiated.providedBy(self.transport)
         if not self._tls and len(self.protocols) == 1:
             self._hand_over(next(iter(self.protocols)))
@@ -266,6 +281,93 @@ class SniffingProtocol(Protocol):
             d.callback(inner)
         if buffered and not self._lost:
             inner.dataReceived(buffered)
+        if self._draining is not None and not self._lost:
+            why, self._draining = self._draining, None
+            self.drain(why)
+
+    def drain(self, why: str) -> Deferred[None]:
+        """
+        Go away gracefully: the wire protocol stops taking new calls (a
+        native or gRPC GOAWAY; HTTP, gob and JSON-RPC answer what was read,
+        HTTP with C{Connection: close}, and read no more), and the
+        connection closes once the calls and streams running now have
+        ended.  A connection not handed over yet closes at once.
+
+        @param why: the reason, for the GOAWAY and the log.
+        @return: a Deferred firing with None once the connection is closed.
+        """
+        gone = self.when_gone()
+        if self._lost or self._draining is not None:
+            return gone
+        self._draining = why
+        inner = self.inner
+        if inner is None:
+            if self._tls and not self._tls_done:
+                self._draining = why  # handed over (and drained) after the handshake
+            else:
+                self._close(why)
+            return gone
+        drain = getattr(inner, "drain", None)
+        if drain is not None:
+            drain(why)
+            return gone
+        ended = getattr(inner, "read_connection_lost", None)
+        if ended is None:
+            self._close(why)
+            return gone
+        if hasattr(inner, "draining"):
+            inner.draining = True  # HTTP: answers say Connection: close
+        self._inner_received = _ignore
+        self.dataReceived = _ignore  # type: ignore[method-assign]
+        if self.throttle is not None:
+            self.throttle.reading_ended = True
+        ended()
+        return gone
+
+    def stop_now(self, why: str) -> None:
+        """
+        The grace is over: fail what still runs (UNAVAILABLE where the
+        protocol can say so), cancel the handlers and close.
+
+        @param why: the reason, for the errors and the log.
+        """
+        if self._lost:
+            return
+        inner = self.inner
+        stop = getattr(inner, "stop_now", None)
+        if stop is not None:
+            stop(why)
+            return
+        dispatcher = getattr(inner, "dispatcher", None)
+        if dispatcher is not None:
+            for d in list(dispatcher.running.values()):
+                d.cancel()
+        if not self._lost:
+            self._close(why)
+
+    def when_gone(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing with None once the connection is closed.
+        """
+        d: Deferred[None] = Deferred()
+        if self._lost:
+            d.callback(None)
+        else:
+            self._gone.append(d)
+        return d
+
+    def _aged(self) -> None:
+        self._age = None
+        limits = self.server.limits
+        why = (f"the connection is {limits.max_connection_age:g} s old "
+               "(limits.max_connection_age): reconnect")
+        log.info("{peer}: {why}", peer=self.peer, why=why)
+        self.drain(why)
+        grace = limits.max_connection_age_grace
+        late = self.server.clock.callLater(grace, self.stop_now,
+                                           f"the connection outlived limits.max_connection_age "
+                                           f"+ max_connection_age_grace ({grace:g} s)")
+        self.when_gone().addCallback(lambda _: late.cancel() if late.active() else None)
 
     def _relay(self, data: bytes) -> None:
         self._last_read = self._seconds()
@@ -343,7 +445,11 @@ class SniffingProtocol(Protocol):
         self._idle = None
         if self._keepalive is not None:
             self._keepalive.stop()
+        if self._age is not None and self._age.active():
+            self._age.cancel()
+        self._age = None
         self.server.caps.closed(self.host)
+        self.server.open_connections.discard(self)
         if self.input_guard is not None:
             self.input_guard.stop()
         if self.throttle is not None:
@@ -360,6 +466,9 @@ class SniffingProtocol(Protocol):
             d.errback(reason)
         if self.inner is not None:
             self.inner.connectionLost(reason)
+        gone, self._gone = self._gone, []
+        for g in gone:
+            g.callback(None)
 
     def _log_tls_failure(self, reason: Failure) -> None:
         from rpcd.tlsinfo import describe_tls_failure

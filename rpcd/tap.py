@@ -7,6 +7,9 @@ The only module that touches the global reactor.
 from __future__ import annotations
 
 
+import signal
+from typing import Any, Callable
+
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -85,6 +88,7 @@ def makeService(options: Options) -> IService:
     reload_service.setServiceParent(top)
     top.services.remove(reload_service)  # first: its SIGHUP handler is in before anything listens
     top.services.insert(0, reload_service)
+    top.on_drain = _second_signal_stops(reactor)
     return top
 
 
@@ -101,6 +105,25 @@ def read_config(options: Options) -> config_module.Config:
     if options["listen"]:
         loaded = config_module.with_listen(loaded, options["listen"])
     return loaded
+
+
+def _second_signal_stops(reactor: Any) -> Callable[[Any], None]:
+    """
+    Once a drain has begun (the first SIGTERM or SIGINT), the next one
+    stops at once instead of reaching twistd's handler (which cannot stop a
+    reactor that is already stopping); the daemon exits 0.
+    """
+    def install(daemon: Any) -> None:
+        # A drain is a clean stop: exit 0, not by the signal (which twistd
+        # re-raises after the reactor stops).
+        if getattr(reactor, "_exitSignal", None) is not None:
+            reactor._exitSignal = None
+
+        def stop(signum: int, frame: Any) -> None:
+            reactor.callFromThread(daemon.stop_now)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+    return install
 
 
 __all__ = ["Options", "makeService"]

@@ -213,29 +213,43 @@ class Daemon:
         """
         return len(re.findall(pattern, self.output))
 
-    async def stop(self, timeout: float = 15.0) -> int | None:
+    async def stop(self, timeout: float = 15.0, *, at_once: bool = False,
+                   drain_wait: float = 5.0) -> int | None:
         """
-        Stop it with SIGTERM and wait for it to exit; SIGKILL it if it has
+        Stop it with SIGTERM (it drains: see C{rpcd.drain}) and wait for it
+        to exit; a second SIGTERM (stop at once) follows when it has not
+        exited within C{drain_wait} (a test that left calls running need
+        not wait for the whole C{shutdown_grace}), and SIGKILL when it has
         not exited within C{timeout}.
 
+        @param at_once: send the second SIGTERM as soon as the daemon has
+            logged that it drains.
+        @param drain_wait: seconds before the second SIGTERM.
         @return: its exit code (None if it was killed by a signal).
         """
         ended = self.output_protocol.ended
         if self.output_protocol.running:
+            mark = len(self.output)
             try:
                 self.process.signalProcess(signal.SIGTERM)
             except Exception:
                 pass
-            waiting: Deferred[int | None] = Deferred()
-            ended.addBoth(lambda r: (waiting.called or waiting.callback(r), r)[1])
-            waiting.addTimeout(timeout, reactor)
-            try:
-                await waiting
-            except Exception:
+            if at_once:
+                await self.wait_for_log("draining: readiness NOT_SERVING", after=mark,
+                                        timeout=timeout)
+                drain_wait = 0
+            for wait, then in ((drain_wait, signal.SIGTERM), (timeout, signal.SIGKILL)):
+                waiting: Deferred[int | None] = Deferred()
+                ended.addBoth(lambda r, w=waiting: (w.called or w.callback(r), r)[1])
+                waiting.addTimeout(wait, reactor)
                 try:
-                    self.process.signalProcess(signal.SIGKILL)
+                    await waiting
+                    break
                 except Exception:
-                    pass
+                    try:
+                        self.process.signalProcess(then)
+                    except Exception:
+                        pass
         return await ended
 
     def rss_peak_kib(self) -> int:

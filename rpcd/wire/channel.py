@@ -11,14 +11,14 @@ replies with L{ClientChannel.resolve} and L{ClientChannel.reject}.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import ConnectionLost, DeadlineExceeded, RPCError
+from rpcd.errors import ConnectionLost, DeadlineExceeded, NotRun, RPCError
 from rpcd.wire.fields import check_metadata, check_method, check_timeout
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
@@ -32,6 +32,10 @@ class ClientChannel(Protocol):
 
     @ivar pending: call id to the caller's Deferred.
     @ivar peer_name: how errors name the other side.
+    @ivar going_away: once the server sent a graceful GOAWAY, its message:
+        the calls it will answer are still pending, new calls fail with
+        L{NotRun} (L{rpcd.client.Client} sends them on a new connection).
+    @ivar on_goaway: called with the channel when a graceful GOAWAY arrives.
     """
 
     transport: ITCPTransport
@@ -52,6 +56,8 @@ class ClientChannel(Protocol):
         self.connected_d: Deferred[ClientChannel] = Deferred(self._abort_handshake)
         self.closed_d: Deferred[None] = Deferred()
         self.lost_reason: Failure | None = None
+        self.going_away: str | None = None
+        self.on_goaway: list[Callable[[ClientChannel], None]] = []
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
@@ -106,6 +112,9 @@ class ClientChannel(Protocol):
         if self.lost_reason is not None:
             return _failed(ConnectionLost(f"connection to {self.peer_name} is closed; "
                                           f"cannot call {method}"))
+        if self.going_away is not None:
+            return _failed(NotRun(f"{self.peer_name} is going away ({self.going_away}); "
+                                  f"{method} was not sent"))
         call_id = next(self._ids)
 
         def cancel(d: Deferred) -> None:
@@ -167,6 +176,25 @@ class ClientChannel(Protocol):
         Tell the server the caller gave up (codecs without a cancel message
         do nothing).
         """
+
+    def go_away(self, last_id: int, message: str) -> None:
+        """
+        The server said it goes away gracefully: it answers the calls up to
+        C{last_id} and runs none after.  Those after fail with L{NotRun}
+        (to be retried elsewhere); new calls are not sent here.
+
+        @param last_id: the highest call id the server will answer.
+        @param message: its reason.
+        """
+        first = self.going_away is None
+        self.going_away = message
+        for call_id in [k for k in self.pending if k > last_id]:
+            d = self.pending.pop(call_id)
+            d.errback(NotRun(f"{self.peer_name} went away before running call {call_id} "
+                             f"({message})"))
+        if first:
+            for listener in list(self.on_goaway):
+                listener(self)
 
     def fail_all(self, error: Exception) -> None:
         """

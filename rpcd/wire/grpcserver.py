@@ -470,10 +470,12 @@ class GrpcServerProtocol(Protocol):
         self.flush()
         self.transport.loseConnection()
 
-    def drain(self) -> None:
+    def drain(self, why: str | None = None) -> None:
         """
         Stop taking new calls (GOAWAY with the last stream id seen) and close
         once the calls running have ended.
+
+        @param why: the reason (not sent: a gRPC GOAWAY says NO_ERROR).
         """
         if self._closing or self._lost:
             return

@@ -108,6 +108,8 @@ RPC_PATH = "/rpc"
 GO_RPC_PATH = "/_goRPC_"
 DEBUG_PATH = "/debug/rpc"
 _OBSERVE_PATHS = frozenset({METRICS_PATH, DEBUG_JSON_PATH})
+#: Probes: answered for any Host (see L{HTTPServerProtocol._probe}).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 #: The media types a JSON-RPC 2.0 POST may carry.
 JSON_TYPES = frozenset({"application/json", "application/json-rpc", "application/jsonrequest"})
@@ -178,6 +180,7 @@ class HTTPServerProtocol(Protocol):
 
     protocol_name = "http"
     has_preamble = True
+    draining = False  # set by the sniffer's drain: every answer says Connection: close
 
     def __init__(self, server: RPCServer) -> None:
         """
@@ -358,6 +361,9 @@ class HTTPServerProtocol(Protocol):
 
     def _handle(self, request: HTTPRequest) -> None:
         path = request.target.partition("?")[0]
+        if path in PROBE_PATHS:
+            self._probe(request, path)
+            return
         if not self._allowed(request):
             return
         if path == RPC_PATH:
@@ -406,6 +412,32 @@ class HTTPServerProtocol(Protocol):
             session.close()
             self._respond(request, 200, [("Content-Type", "application/json"),
                                          ("Cache-Control", "no-store")], body)
+
+    def _probe(self, request: HTTPRequest, path: str) -> None:
+        """
+        Answer a liveness (C{/healthz}: 200 while the daemon runs its
+        reactor) or readiness (C{/readyz}: 200 only between listening and
+        draining, else 503) probe.
+
+        Probes are answered whatever the C{Host} header says: Kubernetes
+        sends the pod's IP, which is not among C{[http] allowed_hosts}, and
+        the answer tells a web page nothing it could misuse (no service
+        runs, no data is returned).
+        """
+        if request.method not in ("GET", "HEAD"):
+            self._respond(request, 405, [("Allow", "GET, HEAD"), _TEXT],
+                          b"405 method not allowed: use GET\n")
+            return
+        from rpcd.health import health_of
+        health = health_of(self.server.registry)
+        headers = [_TEXT, ("Cache-Control", "no-store")]
+        if path == "/healthz":
+            self._respond(request, 200, headers, b"ok\n")
+        elif health.serving(""):
+            self._respond(request, 200, headers, b"ready\n")
+        else:
+            why = b"draining\n" if health.draining else b"not ready: starting\n"
+            self._respond(request, 503, headers, b"503 " + why)
 
     def _allowed(self, request: HTTPRequest) -> bool:
         """
@@ -585,7 +617,7 @@ class HTTPServerProtocol(Protocol):
         if request.method == "HEAD":
             fields.append(("Content-Length", str(len(body))))
             body = b""
-        if request.version == "HTTP/1.1" and not request.keep_alive:
+        if request.version == "HTTP/1.1" and (not request.keep_alive or self.draining):
             fields.append(("Connection", "close"))
         elif request.version == "HTTP/1.0" and request.keep_alive:
             fields.append(("Connection", "keep-alive"))

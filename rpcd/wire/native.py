@@ -101,6 +101,7 @@ class NativeServerProtocol(Protocol):
         self._goaway_sent = False  # nothing more is written
         self._read_ended = False
         self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.keepalive)
+        self._drain_last: int | None = None  # the last_id of a graceful GOAWAY sent
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -187,6 +188,8 @@ class NativeServerProtocol(Protocol):
 
     def _frames_received(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
         out: list[bytes] = []
+        if self._drain_last is not None:
+            frames = self._refuse_calls(frames, out)
         throttle = self.throttle
         # How many bytes of replies may be queued (asked once per read)
         # before the rest of the frames are held; every reply counts, since
@@ -393,6 +396,77 @@ class NativeServerProtocol(Protocol):
                 read_id(frame)  # no stream was ever opened: a good id is ignored
         else:
             raise ProtocolError(f"unexpected {frame_name(kind)} from a client")
+
+    def drain(self, message: str = "the server is shutting down") -> None:
+        """
+        Go away gracefully: send a GOAWAY with code 0 (OK) whose C{last_id}
+        is the highest id of the calls and streams running now; they go on
+        and are answered, and the connection closes once they have all
+        ended.  Calls read later are not run (each gets an UNAVAILABLE
+        ERROR; rpcd's client has retried them elsewhere already); CANCEL,
+        stream frames and PINGs are still read.  Frames held by the read
+        throttle were not started: they are dropped, not run.
+
+        @param message: the GOAWAY's reason.
+        """
+        if self._closing or self._drain_last is not None:
+            return
+        dispatcher = self.dispatcher
+        running = dispatcher.running if dispatcher is not None else {}
+        self._drain_last = max((k for k in running if type(k) is int), default=0)
+        if self.throttle is not None:
+            self.throttle.held = None
+        if self._streams is not None:
+            self._streams.flush()
+        self.transport.write(encode_frame([GOAWAY, self._drain_last, int(Code.OK), message]))
+        calls_ended(running).addCallback(self._drained)
+
+    def _drained(self, _: object) -> None:
+        if not self._closing:
+            self._closing = True
+            self._close_now()
+
+    def stop_now(self, message: str) -> None:
+        """
+        The grace is over: fail every call and stream still running with
+        UNAVAILABLE, cancel their handlers, and close.
+
+        @param message: the errors' message.
+        """
+        if self._goaway_sent:
+            return
+        dispatcher = self.dispatcher
+        out = [_error_frame(k, Code.UNAVAILABLE, message)
+               for k in (dispatcher.running if dispatcher is not None else ())
+               if type(k) is int]
+        if self._streams is not None:
+            self._streams.flush()
+        self._closing = self._goaway_sent = True
+        if self.throttle is not None:
+            self.throttle.held = None
+        if out:
+            self.transport.write(b"".join(out))
+        self.transport.loseConnection()
+        if dispatcher is not None:
+            for d in list(dispatcher.running.values()):
+                d.cancel()
+
+    def _refuse_calls(self, frames: list[list[Any]], out: list[bytes]) -> list[list[Any]]:
+        """
+        After a graceful GOAWAY: answer each new CALL with UNAVAILABLE
+        (not run), keep the other frames.
+        """
+        kept = []
+        for frame in frames:
+            if frame[0] == CALL:
+                call_id = read_id(frame)
+                out.append(_error_frame(call_id, Code.UNAVAILABLE,
+                                        f"call {call_id} was not run: the server is going away "
+                                        f"(GOAWAY sent with last_id {self._drain_last}); "
+                                        "retry it on a new connection"))
+            else:
+                kept.append(frame)
+        return kept
 
     def _goaway(self, code: int, message: str) -> None:
         self._closing = self._goaway_sent = True

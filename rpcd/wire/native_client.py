@@ -152,6 +152,13 @@ class NativeClientProtocol(ClientChannel):
             message = frame[3] if len(frame) > 3 else None
             if type(message) is not str:
                 message = f"server closed the connection (GOAWAY {short(frame[1:])})"
+            last_id = frame[1] if len(frame) > 1 else None
+            code = frame[2] if len(frame) > 2 else None
+            if code == Code.OK and type(code) is int and type(last_id) is int and last_id >= 0:
+                # Graceful: the calls up to last_id are answered, then the
+                # server closes; the others were not run.
+                self.go_away(last_id, message)
+                return False
             self._closing = True
             self.fail_all(Unavailable(f"{self.peer_name}: {message}"))
             self.transport.loseConnection()
