@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from rpcd import certs
 from rpcd.client import connect
 from rpcd.errors import Unimplemented
-from tests.daemon import LISTENING, Daemon, _Output, environment, temp_dir, twistd_command
+from tests.daemon import LISTENING, Daemon, _Output, environment, socket_path, temp_dir, twistd_command
 from tests.tools import require_tool
 
 
@@ -109,7 +109,7 @@ class ReloadTests(TestCase):
 
     async def test_remove_listener(self) -> None:
         """A removed listener stops accepting while a connection it accepted goes on."""
-        unix = str(self.dir / "rpcd.sock")
+        unix = socket_path(self)  # not under the checkout: AF_UNIX paths are short
         self.write(_config(["tcp:0:interface=127.0.0.1", f"unix:{unix}"], ["Arith"]))
         daemon = await Daemon.start(self, "--config", str(self.config), listeners=2)
         client = await connect(f"unix:{unix}")
