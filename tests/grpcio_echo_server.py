@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
+import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -64,9 +64,10 @@ def main() -> None:
         def Unary(self, request, context):  # type: ignore[no-untyped-def]
             remaining = context.time_remaining()
             if request.sleep:
-                deadline = time.monotonic() + request.sleep
-                while time.monotonic() < deadline and context.is_active():
-                    time.sleep(0.01)
+                # Simulated work that ends early when the caller cancels (no polling).
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                ended.wait(request.sleep)
                 if not context.is_active():
                     print("cancelled", request.text, flush=True)
                     return pb.EchoReply()
