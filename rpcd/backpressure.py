@@ -18,10 +18,10 @@ is answered, then the connection closes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
@@ -239,3 +239,26 @@ def calls_ended(running: dict[Any, Deferred[Any]]) -> Deferred[None]:
     gathered: Deferred[Any] = DeferredList(waiting)
     gathered.addBoth(lambda _: done.callback(None))
     return done
+
+
+def take_over_producer(transport: Any, producer: IPushProducer) -> Any:
+    """
+    Register a push producer on a transport that may hold one already (the
+    read throttle): the one there is unregistered and returned, so that the
+    new one can pass every call on to it.
+
+    A socket transport names its producer C{producer}; Twisted's TLS
+    transport keeps it wrapped in C{_producer}.
+
+    @param transport: a socket or TLS transport (a consumer, though
+        C{ITransport} does not say so).
+    @param producer: the streaming producer to register.
+    @return: the producer registered before, or None.
+    """
+    consumer = cast(IConsumer, transport)
+    previous = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
+    previous = getattr(previous, "_producer", None) or previous
+    if previous is not None:
+        consumer.unregisterProducer()
+    consumer.registerProducer(producer, True)
+    return previous

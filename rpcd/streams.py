@@ -24,15 +24,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rpcd.backpressure import take_over_producer
 from rpcd.convert import _Mismatch
 from rpcd.dispatch import error_fields
 from rpcd.errors import Code, InvalidArgument, ProtocolError, RPCError
@@ -208,20 +209,12 @@ class ServerStreams:
         if self._registered:
             return
         self._registered = True
-        # Socket and TLS transports are consumers, though ITransport does not
-        # say so (the same cast as rpcd.sniffer's).
-        transport = cast(IConsumer, self.transport)
         # A producer registered already (rpcd.backpressure's read throttle) is
-        # taken over: it gets every call passed on.  A socket transport names
-        # its producer `producer`; Twisted's TLS transport keeps it wrapped
-        # in `_producer`.
-        previous = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
-        previous = getattr(previous, "_producer", None) or previous
+        # taken over: it gets every call passed on.
+        previous = take_over_producer(self.transport, self)
         if previous is not None:
             self._previous = previous
             self.paused = bool(getattr(previous, "paused", False))
-            transport.unregisterProducer()
-        transport.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         self.paused = True

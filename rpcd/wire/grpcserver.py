@@ -30,7 +30,7 @@ with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -47,12 +47,13 @@ from h2.events import (
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rpcd.backpressure import take_over_producer
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import Code
 from rpcd.protos import GrpcMethod, routes
@@ -105,14 +106,10 @@ class WriteGate:
         self.protocol = protocol
         self.paused = False
         self._previous: Any = None
-        transport = cast(IConsumer, protocol.transport)
-        previous = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
-        previous = getattr(previous, "_producer", None) or previous
+        previous = take_over_producer(protocol.transport, self)
         if previous is not None:
             self._previous = previous
             self.paused = bool(getattr(previous, "paused", False))
-            transport.unregisterProducer()
-        transport.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         self.paused = True
