@@ -20,9 +20,9 @@ from typing import Any, Iterable
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from rpcd.client import Client, _codec_class
-from rpcd.server import Limits, RPCServer
-from rpcd.service import ServiceRegistry
+from rpcd.client.client import Client, _codec_class
+from rpcd.server.factory import Limits, RPCServer
+from rpcd.core.service import ServiceRegistry
 
 
 class MemoryConnection:
@@ -45,7 +45,7 @@ class MemoryConnection:
         @param codec: the client's wire protocol.
         @param clock: a clock to share; a new one by default.
         @param limits: the server's limits.
-        @param authenticator: checks logins (see L{rpcd.login.Authenticator}).
+        @param authenticator: checks logins (see L{rpcd.daemon.login.Authenticator}).
         """
         if isinstance(services, ServiceRegistry):
             registry = services

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rpcd.service import exposed
+from rpcd.core.service import exposed
 
 
 @dataclass

@@ -6,8 +6,8 @@ connection it serves, and C{Hello} needs a C{Login} on that connection first.
 from __future__ import annotations
 
 from rpcd.errors import Unauthenticated
-from rpcd.service import exposed, service
-from rpcd.session import Session
+from rpcd.core.service import exposed, service
+from rpcd.core.session import Session
 
 
 @service(per_connection=True)

@@ -21,8 +21,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from rpcd.examples.protos import hello_world_pb2 as pb
-from rpcd.protos import grpc_service
-from rpcd.service import exposed
+from rpcd.core.protos import grpc_service
+from rpcd.core.service import exposed
 
 log = Logger()
 

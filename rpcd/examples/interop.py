@@ -27,9 +27,9 @@ from typing import Any, AsyncIterator
 
 from twisted.internet.task import deferLater
 
-from rpcd.context import CallContext
+from rpcd.core.context import CallContext
 from rpcd.errors import RPCError
-from rpcd.service import exposed
+from rpcd.core.service import exposed
 
 Message = dict[str, Any]
 

@@ -3,7 +3,7 @@ gRPC's interop C{TestService} (L{rpcd.examples.interop}) over real gRPC as
 well: the same methods, which take and return plain mappings, declared
 against C{rpcd/examples/protos/grpc_testing.proto} (package
 C{grpc.testing}); rpcd hands them each request message as a mapping and
-builds the reply messages from theirs (L{rpcd.protos.wants_plain}).
+builds the reply messages from theirs (L{rpcd.core.protos.wants_plain}).
 
 Serve it with::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from rpcd.examples.interop import TestService
 from rpcd.examples.protos import grpc_testing_pb2
-from rpcd.protos import grpc_service
+from rpcd.core.protos import grpc_service
 
 
 @grpc_service(grpc_testing_pb2, "grpc.testing.TestService")

@@ -16,9 +16,9 @@ from typing import AsyncIterator
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from rpcd.context import CallContext
+from rpcd.core.context import CallContext
 from rpcd.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
-from rpcd.service import exposed
+from rpcd.core.service import exposed
 
 
 class KVStoreService:

@@ -3,7 +3,7 @@ gRPC's own layer over HTTP/2, without the HTTP/2 part: length-prefixed
 messages, C{grpc-timeout}, metadata and status headers.
 
 HTTP/2 itself (frames, HPACK, flow control) is the C{h2} library's job, in
-L{rpcd.wire.grpcserver}.  Nothing here does I/O or imports Twisted.
+L{rpcd.server.grpcserver}.  Nothing here does I/O or imports Twisted.
 
 A message on the wire is::
 

@@ -1,11 +1,11 @@
 """
 Twisted plugin drop-in: rpcd's server endpoint strings C{rpcd-tls:} and
 C{mtls:}, and its C{rpcd-tls:} client string (Twisted's C{tls:} client
-options, with rpcd's checks and error words); see L{rpcd.endpoints} for their
+options, with rpcd's checks and error words); see L{rpcd.tls.endpoints} for their
 syntax.
 
 Twisted imports this module whenever anything scans for plugins, so it imports
-only interfaces here and L{rpcd.endpoints} when a string is parsed.  There is
+only interfaces here and L{rpcd.tls.endpoints} when a string is parsed.  There is
 deliberately no C{__init__.py} in C{twisted/} or C{twisted/plugins/}.
 """
 
@@ -38,13 +38,13 @@ class _RPCDTLSServerParser:
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
         """
-        Build the endpoint; see L{rpcd.endpoints.parse_tls_server}.
+        Build the endpoint; see L{rpcd.tls.endpoints.parse_tls_server}.
 
         @return: an L{IStreamServerEndpoint}.
         @raise ValueError: a bad description.
         @raise OSError: a certificate or key file could not be read.
         """
-        from rpcd.endpoints import parse_tls_server
+        from rpcd.tls.endpoints import parse_tls_server
 
         return parse_tls_server(
             reactor,
@@ -71,13 +71,13 @@ class _RPCDTLSClientParser:
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
         """
-        Build the endpoint; see L{rpcd.endpoints.parse_tls_client}.
+        Build the endpoint; see L{rpcd.tls.endpoints.parse_tls_client}.
 
         @return: an L{IStreamClientEndpoint}.
         @raise ValueError: a bad description.
         @raise OSError: a certificate or key file could not be read.
         """
-        from rpcd.endpoints import parse_tls_client
+        from rpcd.tls.endpoints import parse_tls_client
 
         return parse_tls_client(reactor, *args, **kwargs)
 

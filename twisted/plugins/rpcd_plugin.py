@@ -5,11 +5,11 @@ service plugins.  Cheap to import: nothing here loads rpcd's daemon code.
 
 from twisted.application.service import ServiceMaker
 
-from rpcd.plugins import ServicePlugin
+from rpcd.daemon.plugins import ServicePlugin
 
 rpcd = ServiceMaker(
     "rpcd",
-    "rpcd.tap",
+    "rpcd.daemon.tap",
     "An RPC daemon: rpcd's native protocol, Go net/rpc (gob, jsonrpc) and JSON-RPC 2.0 on one port.",
     "rpcd",
 )

@@ -1,0 +1,314 @@
+"""
+Running JSON-RPC calls through a L{Dispatcher}, for the raw JSON stream
+(L{rpcd.server.jsonserver}) and HTTP (L{rpcd.server.httpserver}) alike, and
+mapping rpcd's errors to and from JSON-RPC 2.0 error objects.
+
+The message formats themselves are L{rpcd.wire.jsonrpc}'s; this module
+only decides what to call and what to answer.
+
+Errors, both ways (L{error_object}, L{rpc_error}):
+
+    rpcd code            JSON-RPC 2.0 code          message
+    UNIMPLEMENTED (12)   -32601 Method not found    the standard one
+    INVALID_ARGUMENT (3) -32602 Invalid params      the standard one
+    INTERNAL (13)        -32603 Internal error      the standard one
+    any other N          -32000 - N (server error)  rpcd's message
+
+and C{data} is always C{{"code": N, "name": "UNIMPLEMENTED", "message":
+rpcd's message}}, plus C{"details"} when the error has some, so that a
+client loses nothing.
+
+Results are JSON as Go's C{encoding/json} writes them: C{bytes} become
+base64 strings.  A result JSON cannot carry (a NaN, an object of no JSON
+type) fails the call with INTERNAL instead.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rpcd.core.dispatch import Args, error_fields
+from rpcd.errors import Code, RPCError, ResourceExhausted, _code_name, error_from_wire
+from rpcd.wire.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NO_DATA,
+    PARSE_ERROR,
+    STANDARD_MESSAGES,
+    Call,
+    JSONRPCError,
+    Payload,
+    Rejected,
+    assemble_reply,
+    encode_error,
+    encode_go_response,
+    encode_result,
+)
+
+if TYPE_CHECKING:
+    from rpcd.core.dispatch import Dispatcher
+
+log = Logger()
+
+SERVER_ERROR = -32000
+"""rpcd code N travels as JSON-RPC 2.0 code C{SERVER_ERROR - N}."""
+
+_TO_STANDARD = {
+    Code.UNIMPLEMENTED: METHOD_NOT_FOUND,
+    Code.INVALID_ARGUMENT: INVALID_PARAMS,
+    Code.INTERNAL: INTERNAL_ERROR,
+}
+_FROM_STANDARD = {
+    METHOD_NOT_FOUND: Code.UNIMPLEMENTED,
+    INVALID_PARAMS: Code.INVALID_ARGUMENT,
+    INVALID_REQUEST: Code.INVALID_ARGUMENT,
+    PARSE_ERROR: Code.INVALID_ARGUMENT,
+    INTERNAL_ERROR: Code.INTERNAL,
+}
+
+
+def json_data(value: Any) -> Any:
+    """
+    Replace C{bytes} in a result by base64 text, as Go's C{encoding/json}
+    encodes a C{[]byte}.
+
+    @param value: plain data (what a method's result converter returns).
+    @return: the same data with every C{bytes}/C{bytearray} value encoded;
+        containers are copied only when they hold some.
+    """
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return base64.b64encode(value).decode("ascii")
+    if kind is dict:
+        return {k: json_data(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [json_data(v) for v in value]
+    return value
+
+
+def error_object(error: BaseException) -> JSONRPCError:
+    """
+    The JSON-RPC 2.0 error object for an error a call ended with.
+
+    @param error: usually an L{RPCError}.
+    @return: the error object (see the table in the module docstring).
+    """
+    code, message, details = error_fields(error)
+    data: dict[str, Any] = {"code": code, "name": _code_name(code), "message": message}
+    if details is not None:
+        data["details"] = json_data(details)
+    standard = _TO_STANDARD.get(code)  # type: ignore[call-overload]
+    if standard is not None:
+        return JSONRPCError(standard, STANDARD_MESSAGES[standard], data)
+    if 0 <= code <= 99:
+        return JSONRPCError(SERVER_ERROR - code, message, data)
+    return JSONRPCError(SERVER_ERROR, message, data)
+
+
+def rpc_error(error: JSONRPCError) -> RPCError:
+    """
+    The L{RPCError} a client raises for a JSON-RPC 2.0 error object.
+
+    @param error: the error object received.
+    @return: rpcd's own error when C{data} carries it (an rpcd server), else
+        the code mapped back (C{-32601} UNIMPLEMENTED, C{-32602}, C{-32600}
+        and C{-32700} INVALID_ARGUMENT, C{-32603} INTERNAL, C{-32000 - N}
+        code N, anything else UNKNOWN) with the message, and a string
+        C{data} appended to it.
+    """
+    data = error.data
+    if isinstance(data, dict) and type(data.get("code")) is int \
+            and isinstance(data.get("message"), str):
+        return error_from_wire(data["code"], data["message"], data.get("details"))
+    code = _FROM_STANDARD.get(error.code)
+    if code is None:
+        rpcd_code = SERVER_ERROR - error.code
+        code = Code(rpcd_code) if 0 < rpcd_code <= max(Code) else Code.UNKNOWN
+    message = error.message
+    details = None
+    if isinstance(data, str):
+        message = f"{message}: {data}"
+    elif data is not NO_DATA and data is not None:
+        details = data
+    return error_from_wire(int(code), message, details)
+
+
+def unencodable(method: str, error: Exception) -> RPCError:
+    """
+    Log and describe a result JSON cannot carry.
+
+    @param method: the method that returned it.
+    @param error: what the encoder raised.
+    @return: the INTERNAL error to answer instead.
+    """
+    log.error("{method} returned a value JSON cannot encode: {error}", method=method, error=error)
+    return RPCError(f"{method}: the result cannot be encoded as JSON: {error}",
+                    code=Code.INTERNAL)
+
+
+def encode_go_result(request_id: bytes, method: str, result: Any) -> bytes:
+    """
+    Go's jsonrpc response for a result, bytes as base64, or Go's error
+    response if JSON cannot carry it.
+
+    @param request_id: the raw id to echo.
+    @param method: the method called (for the error).
+    @param result: the plain result.
+    @return: the response line.
+    """
+    try:
+        return encode_go_response(request_id, result)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return encode_go_response(request_id, json_data(result))
+    except (TypeError, ValueError) as e:
+        return encode_go_response(request_id, error=unencodable(method, e).message)
+
+
+def encode_go_failure(request_id: bytes, failure: Failure) -> bytes:
+    """
+    Go's jsonrpc response for a call that failed later.
+
+    @param request_id: the raw id to echo.
+    @param failure: the call's failure.
+    @return: the response line (Go's errors are text only: the message).
+    """
+    error = failure.value
+    assert error is not None  # Failure() raises rather than hold no exception
+    return encode_go_response(request_id, error=error_fields(error)[1])
+
+
+def _encode_success(call: Call, result: Any) -> bytes:
+    try:
+        return encode_result(call.id, result)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return encode_result(call.id, json_data(result))
+    except (TypeError, ValueError) as e:
+        return encode_error(call.id, error_object(unencodable(call.method, e)))
+
+
+def _later(d: Deferred, call: Call) -> Deferred[bytes | None]:
+    """
+    The reply a pending call will give: never fails.
+    """
+    def done(result: Any) -> bytes | None:
+        return None if call.is_notification else _encode_success(call, result)
+
+    def failed(failure: Failure) -> bytes | None:
+        error = failure.value
+        assert error is not None  # Failure() raises rather than hold no exception
+        return None if call.is_notification else encode_error(call.id, error_object(error))
+
+    return d.addCallbacks(done, failed)
+
+
+def run_call(dispatcher: Dispatcher, call: Call) -> bytes | None | Deferred[bytes | None]:
+    """
+    Run one valid JSON-RPC 2.0 request.
+
+    C{params} given as an array are positional arguments, as an object named
+    ones; absent C{params} call the method with a null argument.
+
+    @param dispatcher: the connection's dispatcher.
+    @param call: the request.
+    @return: the encoded response, None for a notification, or a Deferred
+        firing with either (it never fails).
+    """
+    params = call.params
+    try:
+        if params is None:
+            result = dispatcher.call(call.method, None)
+        elif type(params) is list:
+            result = dispatcher.call(call.method, params, args=Args.POSITIONAL)
+        else:
+            result = dispatcher.call(call.method, params, args=Args.NAMED)
+    except RPCError as e:
+        return None if call.is_notification else encode_error(call.id, error_object(e))
+    if isinstance(result, Deferred):
+        return _later(result, call)
+    if call.is_notification:
+        return None
+    return _encode_success(call, result)
+
+
+def answer_payload(dispatcher: Dispatcher, payload: Payload, *, max_calls: int = 0,
+                   max_reply_bytes: int = 0) -> bytes | None | Deferred[bytes | None]:
+    """
+    Run every request of a JSON-RPC 2.0 payload and assemble the reply.
+
+    A batch's reply is one array sent once every call has ended, so it is
+    held whole: two limits bound it.  A batch of more than C{max_calls}
+    requests is refused as a whole (one Invalid Request error, id null,
+    nothing run); and once the replies made at once exceed
+    C{max_reply_bytes}, the requests after them are not run but answered
+    with RESOURCE_EXHAUSTED (the first always runs, however large its
+    reply).
+
+    @param dispatcher: the connection's dispatcher.
+    @param payload: a parsed single request or batch.
+    @param max_calls: C{limits.max_batch_calls} (0: no limit).
+    @param max_reply_bytes: C{limits.max_frame_bytes} (0: no limit).
+    @return: the reply body (one response, or an array for a batch), None
+        when nothing must be sent (only notifications), or a Deferred firing
+        with either once every call has ended (it never fails).
+    """
+    items = payload.items
+    if payload.is_batch and max_calls and len(items) > max_calls:
+        return encode_error(None, JSONRPCError(
+            INVALID_REQUEST, data=f"a batch of {len(items)} requests is over the limit of "
+                                  f"{max_calls} (limits.max_batch_calls)"))
+    replies: list[Any] = []
+    waiting = False
+    size = 0
+    for item in items:
+        if isinstance(item, Rejected):
+            reply: Any = encode_error(item.id, item.error)
+        elif max_reply_bytes and size > max_reply_bytes:
+            reply = None if item.is_notification else encode_error(item.id, error_object(
+                ResourceExhausted(f"not run: this batch's replies before it are over "
+                                  f"{max_reply_bytes} bytes (limits.max_frame_bytes); "
+                                  f"send it again in another batch")))
+        else:
+            reply = run_call(dispatcher, item)
+            if isinstance(reply, Deferred):
+                waiting = True
+        if type(reply) is bytes:
+            size += len(reply)
+        replies.append(reply)
+    if not waiting:
+        return assemble_reply(replies, payload.is_batch)
+    if len(replies) == 1:
+        return replies[0]
+    pending = [r if isinstance(r, Deferred) else _fired(r) for r in replies]
+    gathered: Deferred[list[bytes | None]] = gatherResults(pending)
+    return gathered.addCallback(assemble_reply, payload.is_batch)
+
+
+def _fired(value: bytes | None) -> Deferred[bytes | None]:
+    d: Deferred[bytes | None] = Deferred()
+    d.callback(value)
+    return d
+
+
+def parse_error(why: str) -> bytes:
+    """
+    The JSON-RPC 2.0 parse error response (id null).
+
+    @param why: what was wrong, for C{data}.
+    @return: the response.
+    """
+    return encode_error(None, JSONRPCError(PARSE_ERROR, data=why))
+
+
+__all__ = ["SERVER_ERROR", "answer_payload", "encode_go_failure", "encode_go_result",
+           "error_object", "json_data", "parse_error", "rpc_error", "run_call", "unencodable"]

@@ -1,0 +1,484 @@
+"""
+The first thing every accepted (or dialled) connection runs: it applies the
+per-connection limits, reads the first bytes, then hands the connection to
+the wire protocol they belong to (L{rpcd.wire.sniff}, L{rpcd.server.SERVER_PROTOCOLS}).
+
+The limits it applies:
+
+  - B{the handshake timeout}: a new connection must finish TLS, show which
+    protocol it speaks and finish that protocol's preamble (an HTTP head; see
+    L{rpcd.server.RPCServer.preamble_done}) within C{handshake_timeout}
+    seconds in all, however slowly it dribbles its bytes;
+  - B{the idle timeout}: a connection with no traffic and no running calls
+    for C{idle_timeout} seconds is closed;
+  - B{the write buffer cap} (L{rpcd.server.backpressure}): it gives the wire
+    protocol a L{ReadThrottle} (its C{throttle} attribute, when its class
+    has one) that says when calls must stop starting;
+  - B{the input budget and the message deadline} (L{rpcd.server.budget}): it gives
+    the wire protocol an L{InputGuard} (its C{input_guard} attribute, when
+    its class has one) to report unfinished messages to;
+  - B{half-close}: when the peer shuts down its write side, the wire
+    protocol's C{read_connection_lost()} is called (it answers the calls it
+    has read, then closes); a protocol without one is closed at once, once
+    its queued bytes are sent.
+
+It also says why a TLS connection failed, and answers a TLS client on an
+endpoint without TLS in plain text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rpcd.server.backpressure import ReadThrottle, drop_unsent, set_write_cap
+from rpcd.server.budget import InputGuard
+from rpcd.core.session import describe_address
+from rpcd.wire import sniff
+from rpcd.core.keepalive import KeepAlive
+from rpcd.wire.sockopts import set_keepalive, set_no_delay
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from rpcd.server.factory import RPCServer
+
+log = Logger()
+
+# The first bytes of a TLS handshake record: content type 22, major version 3.
+_TLS_RECORD = b"\x16\x03"
+_NOT_TLS_ANSWER = b"rpcd: this endpoint does not speak TLS\r\n"
+
+
+
+def _ignore(data: bytes) -> None:
+    """
+    Drop bytes read from a draining connection.
+    """
+
+
+def _is_tls_error(error: BaseException | None) -> bool:
+    from OpenSSL.SSL import Error
+    from service_identity.exceptions import VerificationError
+    return isinstance(error, (Error, VerificationError))
+
+
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
+class SniffingProtocol(Protocol):
+    """
+    Applies the per-connection limits, reads a connection's first bytes,
+    then hands the connection to the protocol they belong to.
+
+    After the hand-over, bytes go straight to that protocol (when an idle
+    timeout is set, through one small method that notes the time).
+
+    @ivar inner: the wire protocol, once chosen.
+    @ivar peer: the peer's address text.
+    @ivar throttle: the producer that stops reading when the peer does not
+        read its replies, or None if the wire protocol registered its own.
+    @ivar input_guard: the guard of the wire protocol's unfinished messages
+        (L{rpcd.server.budget.InputGuard}), once handed over.
+    """
+
+    transport: ITCPTransport
+
+    def __init__(self, server: RPCServer, protocols: frozenset[str],
+                 host: str | None = None, dialled: bool = False) -> None:
+        """
+        @param server: the shared state.
+        @param protocols: the wire protocols this endpoint serves.
+        @param host: the peer host this connection counts against in
+            L{RPCServer.connections_by_host}, or None.
+        @param dialled: the daemon made this connection (see
+            L{RPCServer.factory}).
+        """
+        self.server = server
+        self.protocols = protocols
+        self.host = host
+        self.dialled = dialled
+        self.inner: Protocol | None = None
+        self.peer = "?"
+        self.throttle: ReadThrottle | None = None
+        self.input_guard: InputGuard | None = None
+        self._read_ended = False
+        self._buffer = b""
+        self._deadline: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._last_read = 0.0
+        self._busy_at = 0.0  # when the idle check last found calls running
+        self._keepalive: KeepAlive | None = None
+        self._tls = False
+        self._tls_done = False
+        self._closing: str | None = None
+        self._lost = False
+        self._lost_reason: Failure | None = None
+        self._ready: list[Deferred[Protocol]] = []
+        self._draining: str | None = None
+        self._age: IDelayedCall | None = None
+        self._gone: list[Deferred[None]] = []
+
+    def when_ready(self) -> Deferred[Protocol]:
+        """
+        @return: a Deferred firing with the wire protocol once the connection
+            is handed over to it (after any TLS handshake), or failing with
+            the reason the connection was lost first.
+        """
+        d: Deferred[Protocol] = Deferred()
+        if self.inner is not None:
+            d.callback(self.inner)
+        elif self._lost_reason is not None:
+            d.errback(self._lost_reason)
+        else:
+            self._ready.append(d)
+        return d
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        set_keepalive(self.transport)
+        self.peer = describe_address(self.transport.getPeer())[0]
+        self.server.caps.opened(self.host)
+        self.server.open_connections.add(self)
+        self.start_deadline()
+        age = self.server.limits.max_connection_age
+        if age and not self.dialled:
+            # Up to 10% less, so that connections made together go apart.
+            age *= 1 - 0.1 * self.server.jitter()
+            self._age = self.server.clock.callLater(age, self._aged)
+        self._tls = INegotiated.providedBy(self.transport)
+        if not self._tls and len(self.protocols) == 1:
+            self._hand_over(next(iter(self.protocols)))
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: a pinned endpoint hands over now, so that
+        a protocol that speaks first (native) may do so.
+        """
+        self._tls_done = True
+        if self.inner is None and len(self.protocols) == 1 and not self._lost:
+            self._hand_over(next(iter(self.protocols)))
+
+    def start_deadline(self) -> None:
+        """
+        (Re)start the handshake timeout.
+        """
+        self.stop_deadline()
+        timeout = self.server.limits.handshake_timeout
+        if timeout and not self._lost:
+            self._deadline = self.server.clock.callLater(timeout, self._too_slow)
+
+    def stop_deadline(self) -> None:
+        """
+        Stop the handshake timeout.
+        """
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        timeout = self.server.limits.handshake_timeout
+        if self._tls and not self._tls_done:
+            what = "the TLS handshake did not finish"
+        elif self.inner is None:
+            what = "no protocol identified"
+        else:
+            what = f"the {getattr(self.inner, 'protocol_name', 'protocol')} preamble did not finish"
+        self._close(f"{what} within {timeout:g} s (limits.handshake_timeout)", abort=True)
+
+    def _close(self, why: str, abort: bool = False) -> None:
+        self._closing = why
+        log.info("closing {peer}: {why}", peer=self.peer, why=why)
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing is not None:
+            return  # closing already (e.g. TLS data decrypted after the refusal)
+        self._buffer += data
+        buffered = self._buffer
+        if buffered[:1] == _TLS_RECORD[:1]:
+            if len(buffered) < 2:
+                return
+            if buffered[:2] == _TLS_RECORD:
+                self.transport.write(_NOT_TLS_ANSWER)
+                self._close("it began a TLS handshake, but this endpoint does not speak TLS "
+                            "(point TLS clients at an rpcd-tls: or mtls: endpoint)")
+                return
+        name = sniff.sniff(buffered)
+        if name is None:
+            if len(buffered) > 64:
+                name = sniff.GOB
+            else:
+                return
+        if name not in self.protocols:
+            self._close(f"{name} is not served on this endpoint "
+                        f"(it serves {', '.join(sorted(self.protocols))})")
+            return
+        self._hand_over(name)
+
+    def _hand_over(self, name: str) -> None:
+        from rpcd.server.factory import _protocol_class  # late: rpcd.server imports this module
+        cls = _protocol_class(name)
+        if cls is None:
+            self._close(f"the {name} protocol is not available in this build")
+            return
+        try:
+            inner = cls(self.server)
+        except Exception:
+            log.failure("cannot build the {name} protocol for {peer}", name=name, peer=self.peer)
+            self._close(f"rpcd could not start its {name} protocol (see the log above)", abort=True)
+            return
+        self.inner = inner
+        if getattr(cls, "has_preamble", False):
+            self.server.watch_preamble(inner, self)
+        else:
+            self.stop_deadline()
+        buffered, self._buffer = self._buffer, b""
+        limits = self.server.limits
+        idle = 0.0 if self.dialled else limits.idle_timeout
+        ping = getattr(inner, "send_ping", None)
+        keepalive = limits.keepalive_interval if ping is not None else 0.0
+        if idle or keepalive:
+            self._seconds = self.server.clock.seconds
+            self._last_read = self._seconds()
+            self._inner_received = inner.dataReceived
+            self.dataReceived = self._relay  # type: ignore[method-assign]
+            if idle:
+                self._idle = self.server.clock.callLater(idle, self._check_idle)
+            if keepalive:
+                assert ping is not None
+                self._keepalive = KeepAlive(self.server.clock, keepalive, limits.keepalive_timeout,
+                                            lambda: self._last_read, ping, self._close_abusive,
+                                            (lambda: self._busy()) if idle else (lambda: True))
+                self._keepalive.start()
+        else:
+            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
+        if hasattr(inner, "throttle"):
+            inner.throttle = throttle
+            throttle.on_drained = getattr(inner, "replies_drained", None)
+        if hasattr(inner, "input_guard"):
+            self.input_guard = self.server.input_guard(self._close_abusive)
+            inner.input_guard = self.input_guard
+        inner.makeConnection(self.transport)
+        self._throttle(throttle)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(inner)
+        if buffered and not self._lost:
+            inner.dataReceived(buffered)
+        if self._draining is not None and not self._lost:
+            why, self._draining = self._draining, None
+            self.drain(why)
+
+    def drain(self, why: str) -> Deferred[None]:
+        """
+        Go away gracefully: the wire protocol stops taking new calls (a
+        native or gRPC GOAWAY; HTTP, gob and JSON-RPC answer what was read,
+        HTTP with C{Connection: close}, and read no more), and the
+        connection closes once the calls and streams running now have
+        ended.  A connection not handed over yet closes at once.
+
+        @param why: the reason, for the GOAWAY and the log.
+        @return: a Deferred firing with None once the connection is closed.
+        """
+        gone = self.when_gone()
+        if self._lost or self._draining is not None:
+            return gone
+        self._draining = why
+        inner = self.inner
+        if inner is None:
+            if self._tls and not self._tls_done:
+                self._draining = why  # handed over (and drained) after the handshake
+            else:
+                self._close(why)
+            return gone
+        drain = getattr(inner, "drain", None)
+        if drain is not None:
+            drain(why)
+            return gone
+        ended = getattr(inner, "read_connection_lost", None)
+        if ended is None:
+            self._close(why)
+            return gone
+        if hasattr(inner, "draining"):
+            inner.draining = True  # HTTP: answers say Connection: close
+        self._inner_received = _ignore
+        self.dataReceived = _ignore  # type: ignore[method-assign]
+        if self.throttle is not None:
+            self.throttle.reading_ended = True
+        ended()
+        return gone
+
+    def stop_now(self, why: str) -> None:
+        """
+        The grace is over: fail what still runs (UNAVAILABLE where the
+        protocol can say so), cancel the handlers and close.
+
+        @param why: the reason, for the errors and the log.
+        """
+        if self._lost:
+            return
+        inner = self.inner
+        stop = getattr(inner, "stop_now", None)
+        if stop is not None:
+            stop(why)
+            return
+        dispatcher = getattr(inner, "dispatcher", None)
+        if dispatcher is not None:
+            for d in list(dispatcher.running.values()):
+                d.cancel()
+        if not self._lost:
+            self._close(why)
+
+    def when_gone(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing with None once the connection is closed.
+        """
+        d: Deferred[None] = Deferred()
+        if self._lost:
+            d.callback(None)
+        else:
+            self._gone.append(d)
+        return d
+
+    def _aged(self) -> None:
+        self._age = None
+        limits = self.server.limits
+        why = (f"the connection is {limits.max_connection_age:g} s old "
+               "(limits.max_connection_age): reconnect")
+        log.info("{peer}: {why}", peer=self.peer, why=why)
+        self.drain(why)
+        grace = limits.max_connection_age_grace
+        late = self.server.clock.callLater(grace, self.stop_now,
+                                           f"the connection outlived limits.max_connection_age "
+                                           f"+ max_connection_age_grace ({grace:g} s)")
+        self.when_gone().addCallback(lambda _: late.cancel() if late.active() else None)
+
+    def _relay(self, data: bytes) -> None:
+        self._last_read = self._seconds()
+        self._inner_received(data)
+
+    def _throttle(self, throttle: ReadThrottle) -> None:
+        inner = self.inner
+        try:
+            if self._lost:
+                raise RuntimeError("lost")
+            cast(IConsumer, self.transport).registerProducer(throttle, True)
+        except RuntimeError:
+            # The wire protocol registered a producer of its own.
+            if getattr(inner, "throttle", None) is throttle:
+                inner.throttle = None  # type: ignore[union-attr]
+            return
+        self.throttle = throttle
+        set_write_cap(self.transport, self.server.limits.write_buffer_bytes)
+
+    def _close_abusive(self, why: str) -> None:
+        if self._closing is None and not self._lost:
+            self._close(why, abort=True)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer shut down its write side (TCP half-close): the wire
+        protocol answers what it has read, then closes
+        (C{read_connection_lost}); before the hand-over, or for a protocol
+        that cannot, the connection closes once its queued bytes are sent.
+        """
+        if self._read_ended or self._lost:
+            return
+        self._read_ended = True
+        if self.throttle is not None:
+            self.throttle.reading_ended = True
+        inner = self.inner
+        ended = getattr(inner, "read_connection_lost", None) if inner is not None else None
+        if ended is None:
+            self.transport.loseConnection()
+        else:
+            ended()
+
+    def writeConnectionLost(self) -> None:
+        """
+        rpcd never shuts down only its write side: nothing to do.
+        """
+
+    def _busy(self) -> bool:
+        inner = self.inner
+        busy = getattr(inner, "busy", None)
+        if busy is not None:
+            return bool(busy())
+        dispatcher = getattr(inner, "dispatcher", None)
+        return bool(dispatcher is not None and dispatcher.running)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        timeout = self.server.limits.idle_timeout
+        now = self.server.clock.seconds()
+        if self._busy():
+            self._busy_at = now
+        left = max(self._last_read, self._busy_at) + timeout - now
+        if left <= 0:
+            stuck = self.throttle is not None and self.throttle.paused
+            self._close(f"idle for {timeout:g} s (limits.idle_timeout)", abort=stuck)
+            return
+        self._idle = self.server.clock.callLater(left, self._check_idle)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._lost_reason = reason
+        self.stop_deadline()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        if self._age is not None and self._age.active():
+            self._age.cancel()
+        self._age = None
+        self.server.caps.closed(self.host)
+        self.server.open_connections.discard(self)
+        if self.input_guard is not None:
+            self.input_guard.stop()
+        if self.throttle is not None:
+            self.throttle.on_drained = None
+            self.throttle.held = None
+        drop_unsent(self.transport)
+        if self.inner is not None:
+            self.server.forget_preamble(self.inner)
+        if self._tls and self._closing is None and (
+                not self._tls_done or _is_tls_error(reason.value)):
+            self._log_tls_failure(reason)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(reason)
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        gone, self._gone = self._gone, []
+        for g in gone:
+            g.callback(None)
+
+    def _log_tls_failure(self, reason: Failure) -> None:
+        from rpcd.tls.tlsinfo import describe_tls_failure
+        side: Literal["client", "server"] = "client" if self.dialled else "server"
+        why = describe_tls_failure(reason, side=side, transport=self.transport)
+        log.warn("TLS with {peer} failed: {why}", peer=self.peer, why=why)
+
+    # Producer and TLS callbacks the transport may make on its protocol.
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
