@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.server import factory as server_module
+from rpcd.server import protocols as server_module
 from rpcd.examples.arith import Cal
 from rpcd.server import Limits
 from rpcd.testing import MemoryConnection

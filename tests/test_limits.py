@@ -23,7 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from rpcd import certs
-from rpcd.server import factory as server_module
+from rpcd.server import protocols as server_module
 from rpcd.errors import ResourceExhausted
 from rpcd.examples.arith import Arith
 from rpcd.backpressure import ReadThrottle, set_write_cap

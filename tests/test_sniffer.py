@@ -69,13 +69,13 @@ class ClosingTests(SynchronousTestCase):
 
     def test_protocol_that_cannot_start(self) -> None:
         """A wire protocol whose constructor fails closes the connection with a logged reason."""
-        import rpcd.server.factory
+        import rpcd.server.protocols
 
         def broken(server: object) -> None:
             raise RuntimeError("no memory for you")
 
-        original = rpcd.server.factory._protocol_class
-        self.patch(rpcd.server.factory, "_protocol_class", lambda name: broken if name == "native" else original(name))
+        original = rpcd.server.protocols.protocol_class
+        self.patch(rpcd.server.protocols, "protocol_class", lambda name: broken if name == "native" else original(name))
         protocol, transport = _sniffer(RPCServer(ServiceRegistry(), Clock()))
         with capturedLogs() as events:
             protocol.dataReceived(b"\x00RPCD\x01\x00\x00")

@@ -17,43 +17,23 @@ connection errors.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import sys
 from typing import Any, Sequence
 
-EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
+from rpcd.cli import stream as cli_stream
+from rpcd.cli.common import (
+    EXIT_OK,
+    EXIT_REMOTE,
+    EXIT_USAGE,
+    add_codec_options,
+    check_codec_options,
+    describe_error,
+    dumps,
+    parse_argument,
+    seconds,
+)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return repr(value)
-
-
-def dumps(value: Any) -> str:
-    """
-    @param value: a decoded result.
-    @return: JSON text (bytes as base64, as Go's encoding/json does).
-    """
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_argument(text: str | None) -> Any:
-    """
-    @param text: the JSON argument from the command line, or None.
-    @return: the decoded value (None when absent).
-    @raise ValueError: not strict JSON.
-    """
-    if text is None:
-        return None
-    return json.loads(text, parse_constant=_refuse_constant)
+_describe = describe_error  # the old name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     streaming = commands.add_parser("stream", help="open a streaming call: print each message "
                                                    "as a JSON line, send JSON lines from stdin")
-    from rpcd.cli import stream as cli_stream
     cli_stream.add_arguments(streaming)
 
     listing = commands.add_parser("list", help="list every Service.Method with its signature")
@@ -100,53 +79,6 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
                              "(a reverse connection) and call over it")
-
-
-def add_codec_options(parser: argparse.ArgumentParser) -> None:
-    """
-    Add C{--codec} and C{--proto} (for C{call}, C{stream} and C{list}).
-    """
-    parser.add_argument("--codec", default="native",
-                        help="wire protocol: native (default), gob, gob-http, jsonrpc, jsonrpc2, "
-                             "grpc (with --proto)")
-    parser.add_argument("--proto", action="append", metavar="FILE",
-                        help="for --codec grpc: the server's .proto file (repeatable); "
-                             "METHOD is [package.]Service.Method, arguments and results use "
-                             "protobuf's JSON mapping")
-
-
-def check_codec_options(args: argparse.Namespace) -> str | None:
-    """
-    @return: what is wrong with C{--codec}/C{--proto}/C{--accept}/C{--retries}
-        together, or None.
-    """
-    if args.codec == "grpc":
-        if not args.proto:
-            return "--codec grpc needs the server's .proto file: --proto FILE"
-        if getattr(args, "accept", False) or getattr(args, "retries", 0):
-            return "--codec grpc does not work with --accept or --retries"
-    elif args.proto:
-        return "--proto is for --codec grpc"
-    return None
-
-
-def seconds(text: str) -> float:
-    """
-    The type of C{--timeout} options: a number of seconds from 0 to
-    L{rpcd.wire.fields.MAX_TIMEOUT}.
-
-    @raise argparse.ArgumentTypeError: anything else (argparse reports it).
-    """
-    from rpcd.wire.fields import check_timeout
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    try:
-        check_timeout(number, "the timeout")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return number
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -230,7 +162,7 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
                                                      reactor=reactor, connect_timeout=args.timeout,
                                                      proto=args.proto)
         except Exception as e:
-            print(f"rpcd: cannot connect to {args.endpoint}: {_describe(e)}", file=sys.stderr)
+            print(f"rpcd: cannot connect to {args.endpoint}: {describe_error(e)}", file=sys.stderr)
             status[0] = EXIT_USAGE
             return
         try:
@@ -259,14 +191,3 @@ def _retrying(args: argparse.Namespace, reactor: Any) -> Any:
                             breaker=None, retry=RetryPolicy(max_attempts=args.retries + 1),
                             connect_timeout=args.timeout,
                             reconnect=lambda attempt: min(0.1 * 2 ** attempt, 2.0))
-
-
-def _describe(error: Exception) -> str:
-    try:
-        from rpcd.tls.tlsinfo import describe_tls_failure
-        text = describe_tls_failure(error, side="client")
-        if text:
-            return text
-    except Exception:
-        pass
-    return str(error) or type(error).__name__

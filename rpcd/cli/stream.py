@@ -16,14 +16,23 @@ import sys
 import threading
 from typing import Any
 
-EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
+from rpcd.cli.common import (
+    EXIT_OK,
+    EXIT_REMOTE,
+    EXIT_USAGE,
+    add_codec_options,
+    check_codec_options,
+    describe_error,
+    dumps,
+    parse_argument,
+    seconds,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     @param parser: the C{stream} subcommand's parser.
     """
-    from rpcd.cli.main import seconds
     parser.add_argument("endpoint", help="client endpoint string, e.g. tcp:127.0.0.1:1234")
     parser.add_argument("method", help="Service.Method")
     parser.add_argument("argument", nargs="?",
@@ -39,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept", action="store_true",
                         help="ENDPOINT is a server endpoint: wait for a daemon to dial in "
                              "(a reverse connection) and stream over it")
-    from rpcd.cli.main import add_codec_options
     add_codec_options(parser)
     parser.set_defaults(run=run)
 
@@ -54,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from rpcd.cli.main import check_codec_options, parse_argument
     problem = check_codec_options(args)
     if problem is not None:
         print(f"rpcd: {problem}", file=sys.stderr)
@@ -79,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
 
 async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
     from rpcd.client import client as client_module
-    from rpcd.cli.main import _describe, dumps
     from rpcd.errors import RPCError, _code_name
 
     try:
@@ -90,7 +96,7 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
             client = await client_module.connect(args.endpoint, reactor=reactor, codec=args.codec,
                                                  proto=args.proto)
     except Exception as e:
-        print(f"rpcd: cannot connect to {args.endpoint}: {_describe(e)}", file=sys.stderr)
+        print(f"rpcd: cannot connect to {args.endpoint}: {describe_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         stream = client.stream(args.method, value, timeout=args.timeout, window=args.window)
@@ -141,7 +147,6 @@ class _LineReader:
         self.reactor.callFromThread(self.lines.put, b"")
 
     async def _send(self) -> None:
-        from rpcd.cli.main import parse_argument
         while True:
             line = await self.lines.get()
             if not line:

@@ -11,7 +11,7 @@ The client side of JSON on a raw connection, for L{rpcd.client.connect}:
     parameters, C{None} as no C{params}, anything else as the one
     positional parameter C{[value]} (call a method of several parameters
     with a C{dict}).  Error objects are mapped back to rpcd's codes (see
-    L{rpcd.server.jsoncalls.rpc_error}).
+    L{rpcd.core.jsonerrors.rpc_error}).
 
 Neither protocol can cancel a call: a timeout or a cancelled Deferred only
 stops waiting, and a late answer is dropped.  Metadata is not sent.  A reply
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.client.channel import ClientChannel
-from rpcd.server.jsoncalls import json_data, rpc_error
+from rpcd.core.jsonerrors import json_data, rpc_error
 from rpcd.wire.jsonrpc import (
     GoProtocolError,
     JSONRPCProtocolError,

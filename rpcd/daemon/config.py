@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from rpcd.server.httpconfig import HTTPConfig
 from rpcd.server.limits import Limits
 from rpcd.wire import sniff
 
@@ -116,31 +117,6 @@ class AuthConfig:
     max_failed_logins_per_user: int = 5
     login_threads: int = 2
     login_queue: int = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class HTTPConfig:
-    """
-    What the HTTP wire protocol accepts (L{rpcd.wire.httporigin}).
-
-    @ivar allowed_hosts: C{Host} values served besides the loopback names
-        and the address the connection reached: C{name} (any port),
-        C{name:port}, C{.example.com} (any subdomain), or C{*} (any Host).
-    @ivar allowed_origins: the browser origins (C{https://app.example})
-        whose cross-origin requests are served, or C{*} for any; a request
-        with another C{Origin} header is refused.
-    @ivar debug_page: serve C{GET /debug/rpc}.
-    @ivar max_pipelined: requests read from one connection whose responses
-        are not yet written; later ones wait unread.
-    @ivar metrics: keep per-call figures (L{rpcd.server.metrics}) and serve them
-        at C{GET /metrics} in Prometheus' format.
-    """
-
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    debug_page: bool = True
-    max_pipelined: int = 16
-    metrics: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

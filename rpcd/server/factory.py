@@ -16,7 +16,6 @@ L{rpcd.server.budget} (L{RPCServer.input_budget}, L{RPCServer.input_guard}).
 
 from __future__ import annotations
 
-import importlib
 import random
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from rpcd.server.budget import InputBudget, InputGuard
 from rpcd.server.limits import ConnectionCaps, Limits
 from rpcd.core.session import Session, describe_address
+from rpcd.server.protocols import SERVER_PROTOCOLS
 from rpcd.server.sniffer import SniffingProtocol
 from rpcd.tls.tlsinfo import peer_identity
 from rpcd.wire import sniff
@@ -37,46 +37,6 @@ if TYPE_CHECKING:
     from rpcd.core.service import ServiceRegistry
 
 __all__ = ["Limits", "RPCServer", "RPCServerFactory", "SERVER_PROTOCOLS", "SniffingProtocol"]
-
-# Wire protocol name -> "module:Class" of its server protocol, built as
-# Class(server).  Imported on first use so a daemon pays only for what it serves.
-#
-# What the sniffer asks of such a class (all optional):
-#   has_preamble = True   the handshake timeout keeps running after the
-#                         hand-over until the protocol calls
-#                         server.preamble_done(self) (an HTTP head);
-#   dispatcher            a Dispatcher: running handlers keep the connection
-#                         from being idle;
-#   busy()                true while the protocol has work in progress (open
-#                         streams...), which also keeps it from being idle;
-#   throttle = None       set to the connection's rpcd.server.backpressure.ReadThrottle
-#                         before connectionMade: while throttle.paused, or once
-#                         a read's replies exceed throttle.room(), the protocol
-#                         holds its requests instead of starting them;
-#   replies_drained()     the peer has read its replies: run what was held
-#                         (called by the throttle before reading resumes);
-#   input_guard = None    set to the connection's rpcd.server.budget.InputGuard before
-#                         connectionMade: report unfinished input after each
-#                         read with input_guard.update(bytes_held, completed);
-#   read_connection_lost()  the peer shut down its write side: answer what was
-#                         read, then close (without it, the connection closes
-#                         once its queued bytes are sent).
-SERVER_PROTOCOLS: dict[str, str] = {
-    sniff.NATIVE: "rpcd.server.native:NativeServerProtocol",
-    sniff.JSON: "rpcd.server.jsonserver:JSONServerProtocol",
-    sniff.HTTP: "rpcd.server.httpserver:HTTPServerProtocol",
-    sniff.GOB: "rpcd.server.gobserver:GobServerProtocol",
-    sniff.GRPC: "rpcd.server.grpcserver:GrpcServerProtocol",
-}
-
-
-def _protocol_class(name: str) -> Callable[[RPCServer], Protocol] | None:
-    path = SERVER_PROTOCOLS.get(name)
-    if path is None:
-        return None
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
 
 class RPCServer:
     """

@@ -73,13 +73,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.server.backpressure import ReadThrottle, set_write_cap
-from rpcd.daemon.config import HTTPConfig
+from rpcd.server.httpconfig import HTTPConfig
 from rpcd.core.dispatch import Dispatcher
 from rpcd.errors import ResourceExhausted, RPCError
 from rpcd.core.interceptors import TRACE_HEADERS
 from rpcd.middleware.ratelimit import RETRY_AFTER, retry_after_header
 from rpcd.core.session import Session
-from rpcd.server import statuspage
+from rpcd.server import protocols, statuspage
 from rpcd.server.statuspage import DEBUG_JSON_PATH, METRICS_CONTENT_TYPE, METRICS_PATH
 from rpcd.wire import sniff
 from rpcd.wire.httporigin import OriginPolicy
@@ -790,9 +790,8 @@ def _date_of(second: int) -> str:
 
 
 def _gob_protocol() -> Callable[[RPCServer], Protocol] | None:
-    from rpcd.server.factory import _protocol_class
     try:
-        return _protocol_class(sniff.GOB)
+        return protocols.protocol_class(sniff.GOB)
     except ImportError:
         return None
 

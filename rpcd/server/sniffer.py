@@ -1,7 +1,7 @@
 """
 The first thing every accepted (or dialled) connection runs: it applies the
 per-connection limits, reads the first bytes, then hands the connection to
-the wire protocol they belong to (L{rpcd.wire.sniff}, L{rpcd.server.SERVER_PROTOCOLS}).
+the wire protocol they belong to (L{rpcd.wire.sniff}, L{rpcd.server.protocols.SERVER_PROTOCOLS}).
 
 The limits it applies:
 
@@ -46,6 +46,7 @@ from zope.interface import implementer
 from rpcd.server.backpressure import ReadThrottle, drop_unsent, set_write_cap
 from rpcd.server.budget import InputGuard
 from rpcd.core.session import describe_address
+from rpcd.server import protocols
 from rpcd.wire import sniff
 from rpcd.core.keepalive import KeepAlive
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
@@ -231,8 +232,7 @@ class SniffingProtocol(Protocol):
         self._hand_over(name)
 
     def _hand_over(self, name: str) -> None:
-        from rpcd.server.factory import _protocol_class  # late: rpcd.server imports this module
-        cls = _protocol_class(name)
+        cls = protocols.protocol_class(name)
         if cls is None:
             self._close(f"the {name} protocol is not available in this build")
             return
