@@ -59,13 +59,17 @@ class RPCError(Exception):
         self.details = details
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={_code_name(self.code)}, message={self.message!r})"
+        return f"{type(self).__name__}(code={code_name(self.code)}, message={self.message!r})"
 
     def __str__(self) -> str:
         return self.message
 
 
-def _code_name(code: int) -> str:
+def code_name(code: int) -> str:
+    """
+    @param code: a status code from the wire.
+    @return: its name (C{"NOT_FOUND"}), or the number as text when unknown.
+    """
     try:
         return Code(code).name
     except ValueError:
@@ -172,3 +176,5 @@ def error_from_wire(code: int, message: str, details: Any = None) -> RPCError:
     if cls is RPCError:
         return RPCError(message, code=code, details=details)
     return cls(message, details=details)
+
+_code_name = code_name  # the old name, for code written before it was public

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from rpcd.client.client import Client, _codec_class
+from rpcd.client.client import Client, codec_class
 from rpcd.server.factory import Limits, RPCServer
 from rpcd.core.service import ServiceRegistry
 
@@ -56,7 +56,7 @@ class MemoryConnection:
         self.clock = clock or Clock()
         self.server = RPCServer(registry, self.clock, limits, authenticator)
         factory = self.server.factory()
-        channel = _codec_class(codec)(self.clock)
+        channel = codec_class(codec)(self.clock)
         self.channel, self.server_protocol, self.pump = iosim.connectedServerAndClient(
             lambda: factory.buildProtocol(None), lambda: channel, greet=False, clock=self.clock)
         self.flush()

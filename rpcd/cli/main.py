@@ -144,7 +144,7 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from rpcd.errors import RPCError, _code_name
+    from rpcd.errors import RPCError, code_name
 
     status = [EXIT_OK]
 
@@ -168,7 +168,7 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
         try:
             result = await client.call(method, value, timeout=args.timeout)
         except RPCError as e:
-            print(f"rpcd: {method} failed: {_code_name(e.code)}: {e.message}", file=sys.stderr)
+            print(f"rpcd: {method} failed: {code_name(e.code)}: {e.message}", file=sys.stderr)
             status[0] = EXIT_REMOTE
         else:
             show(result)

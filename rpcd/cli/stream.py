@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
     from rpcd.client import client as client_module
-    from rpcd.errors import RPCError, _code_name
+    from rpcd.errors import RPCError, code_name
 
     try:
         if args.accept:
@@ -114,7 +114,7 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
             sys.stdout.flush()
         final = await stream.result()
     except RPCError as e:
-        print(f"rpcd: {args.method} failed: {_code_name(e.code)}: {e.message}", file=sys.stderr)
+        print(f"rpcd: {args.method} failed: {code_name(e.code)}: {e.message}", file=sys.stderr)
         return EXIT_REMOTE
     finally:
         await client.close()

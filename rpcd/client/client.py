@@ -49,7 +49,14 @@ CLIENT_CODECS: dict[str, str] = {
 }
 
 
-def _codec_class(codec: str) -> type[ClientChannel]:
+def codec_class(codec: str) -> type[ClientChannel]:
+    """
+    The client channel class of a codec, imported on first use.
+
+    @param codec: a key of L{CLIENT_CODECS}.
+    @return: its L{ClientChannel} subclass.
+    @raise ValueError: an unknown codec, naming the known ones.
+    """
     try:
         path = CLIENT_CODECS[codec]
     except KeyError:
@@ -58,7 +65,11 @@ def _codec_class(codec: str) -> type[ClientChannel]:
     return getattr(importlib.import_module(module), attr)
 
 
-def _reactor(reactor: Any) -> Any:
+def reactor_or_global(reactor: Any) -> Any:
+    """
+    @param reactor: the reactor a caller passed, or C{None}.
+    @return: that reactor, or the global one when it is C{None}.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         return global_reactor
@@ -154,12 +165,12 @@ def connect(endpoint: str | IStreamClientEndpoint, *, codec: str = "native",
         C{ValueError} for a bad endpoint string, codec, timeout or C{proto},
         or C{TypeError} for a timeout that is not a number.
     """
-    reactor = _reactor(reactor)
+    reactor = reactor_or_global(reactor)
     where = _endpoint_text(endpoint)
     try:
         check_timeout(default_timeout, "default_timeout")
         check_timeout(connect_timeout, "connect_timeout")
-        cls = _codec_class(codec)
+        cls = codec_class(codec)
         if keepalive_interval is not None and (
                 codec != "native" or not keepalive_interval > 0 or not keepalive_timeout > 0):
             raise ValueError("keepalive_interval and keepalive_timeout are positive seconds, "
@@ -417,13 +428,18 @@ class Client:
         """
         return when_fired(self.channel.closed_d)
 
-    def __getattr__(self, service: str) -> _ServiceProxy:
+    def __getattr__(self, service: str) -> ServiceProxy:
         if service.startswith("_"):
             raise AttributeError(service)
-        return _ServiceProxy(self.call, service)
+        return ServiceProxy(self.call, service)
 
 
-class _ServiceProxy:
+class ServiceProxy:
+    """
+    C{client.Service}: each attribute is a method of the service, called
+    with keyword arguments through the C{call} it was given.
+    """
+
     def __init__(self, call: Callable[..., Any], service: str) -> None:
         self._call = call
         self._service = service
@@ -525,7 +541,12 @@ class BlockingClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __getattr__(self, service: str) -> _ServiceProxy:
+    def __getattr__(self, service: str) -> ServiceProxy:
         if service.startswith("_"):
             raise AttributeError(service)
-        return _ServiceProxy(self.call, service)
+        return ServiceProxy(self.call, service)
+
+# The old names, for code written before they were public.
+_codec_class = codec_class
+_reactor = reactor_or_global
+_ServiceProxy = ServiceProxy

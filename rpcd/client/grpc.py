@@ -57,7 +57,7 @@ log = Logger()
 CLOSE_GRACE = 2.0
 
 
-class _Call:
+class GRPCCall:
     """
     A call's state on the channel: its stream (None while it waits for one),
     and what receives its events.
@@ -94,9 +94,9 @@ class GRPCClientChannel(ClientChannel):
         self.protos = protos
         self.max_message_size = max_message_size
         self.h2: GRPCClientConnection | None = None
-        self.calls: dict[int, _Call] = {}
-        self.by_stream: dict[int, _Call] = {}
-        self.waiting: deque[tuple[_Call, Callable[[], None]]] = deque()
+        self.calls: dict[int, GRPCCall] = {}
+        self.by_stream: dict[int, GRPCCall] = {}
+        self.waiting: deque[tuple[GRPCCall, Callable[[], None]]] = deque()
 
     @classmethod
     def prepare(cls, reactor: Any, proto: Any = None) -> Deferred[Callable[[], ClientChannel]]:
@@ -183,7 +183,7 @@ class GRPCClientChannel(ClientChannel):
 
     # Starting calls.
 
-    def _start(self, call: _Call, start: Callable[[], None]) -> None:
+    def _start(self, call: GRPCCall, start: Callable[[], None]) -> None:
         assert self.h2 is not None
         if self.h2.terminated:
             raise RPCError(f"{self.peer_name} is going away (GOAWAY): no new calls",
@@ -216,7 +216,7 @@ class GRPCClientChannel(ClientChannel):
             fields = encode_metadata(metadata)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        call = _Call(call_id, found)
+        call = GRPCCall(call_id, found)
 
         def start() -> None:
             assert self.h2 is not None
@@ -259,7 +259,7 @@ class GRPCClientChannel(ClientChannel):
             found = self.protos.method(method)
         except RPCError as e:
             return GRPCStream.failed(self, method, e)
-        call = _Call(call_id, found)
+        call = GRPCCall(call_id, found)
         stream = GRPCStream(self, call)
         call.stream = stream
         if self.lost_reason is not None:
@@ -322,7 +322,7 @@ class GRPCClientChannel(ClientChannel):
             self._abort_call(call, RPCError(f"{call.method.name}: the server sent more than one "
                                             "response to a call that takes one", code=Code.INTERNAL))
 
-    def _abort_call(self, call: _Call, error: RPCError) -> None:
+    def _abort_call(self, call: GRPCCall, error: RPCError) -> None:
         if call.stream_id is not None and self.h2 is not None:
             self.by_stream.pop(call.stream_id, None)
             self.h2.cancel(call.stream_id)
@@ -345,7 +345,7 @@ class GRPCClientChannel(ClientChannel):
             return
         self._finish(call, None if call.method.server_streaming else call.response, event.metadata)
 
-    def _finish(self, call: _Call, outcome: Any, trailers: dict[str, Any] | None = None) -> None:
+    def _finish(self, call: GRPCCall, outcome: Any, trailers: dict[str, Any] | None = None) -> None:
         self.calls.pop(call.call_id, None)
         if call.stream is not None:
             call.stream.trailers = trailers
@@ -364,7 +364,7 @@ class GRPCClientChannel(ClientChannel):
 
     # Used by GRPCStream.
 
-    def stream_send(self, call: _Call, value: Any, end_stream: bool = False) -> int:
+    def stream_send(self, call: GRPCCall, value: Any, end_stream: bool = False) -> int:
         """
         @return: the bytes of the stream still waiting for the server's window.
         @raise RPCError: the value does not fit the request type.
@@ -375,7 +375,7 @@ class GRPCClientChannel(ClientChannel):
         self._write()
         return self.h2.pending(call.stream_id)
 
-    def stream_consumed(self, call: _Call, size: int) -> None:
+    def stream_consumed(self, call: GRPCCall, size: int) -> None:
         """
         The application took a message of C{size} bytes from the stream.
         """
@@ -409,3 +409,5 @@ class GRPCClientChannel(ClientChannel):
         self.by_stream.clear()
         self.calls.clear()
         super().connectionLost(reason)
+
+_Call = GRPCCall  # the old name, for code written before it was public

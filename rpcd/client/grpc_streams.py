@@ -25,7 +25,7 @@ from rpcd.client.streams import StreamEnd
 from rpcd.errors import Code, DeadlineExceeded, RPCError
 
 if TYPE_CHECKING:
-    from rpcd.client.grpc import GRPCClientChannel, _Call
+    from rpcd.client.grpc import GRPCClientChannel, GRPCCall
 
 
 class GRPCStream(StreamEnd):
@@ -38,7 +38,7 @@ class GRPCStream(StreamEnd):
     @ivar done: fires with the final value or fails with the call's error.
     """
 
-    def __init__(self, channel: GRPCClientChannel, call: _Call | None, method: str = "") -> None:
+    def __init__(self, channel: GRPCClientChannel, call: GRPCCall | None, method: str = "") -> None:
         self._channel = channel
         self._call = call
         self.method = call.method.name if call is not None else method

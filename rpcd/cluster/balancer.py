@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 
 from rpcd.cluster.subchannel import Backend, HealthCheck, ParsedEndpoints
 from rpcd.cluster.breaker import BreakerPolicy
-from rpcd.client.client import _codec_class, _reactor, _ServiceProxy, connect
+from rpcd.client.client import codec_class, reactor_or_global, ServiceProxy, connect
 from rpcd.core.context import current_deadline, shorten
 from rpcd.errors import Code, NotRun, Unavailable
 from rpcd.cluster.hedging import HedgingPolicy, hedged_call
@@ -437,7 +437,7 @@ class Balancer:
     def __getattr__(self, service: str) -> Any:
         if service.startswith("_"):
             raise AttributeError(service)
-        return _ServiceProxy(self.call, service)
+        return ServiceProxy(self.call, service)
 
 
 def _observed(result: Any, observe: Callable[[Any, float], None], key: Any,
@@ -509,9 +509,9 @@ def connect_balanced(endpoints: Sequence[Any] | IResolver, *, codec: str = "nati
         none became usable within C{connect_timeout}), or C{ValueError} for
         a bad policy, weights or codec.  On failure, the balancer is closed.
     """
-    reactor = _reactor(reactor)
+    reactor = reactor_or_global(reactor)
     try:
-        _codec_class(codec)
+        codec_class(codec)
         listed: Sequence[Any] = ()
         if IResolver.providedBy(endpoints):
             resolver: Any = endpoints

@@ -46,8 +46,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from rpcd.client.client import _ServiceProxy
-from rpcd.errors import Code, RPCError, _code_name
+from rpcd.client.client import ServiceProxy
+from rpcd.errors import Code, RPCError, code_name
 from rpcd.middleware.ratelimit import pushback
 from rpcd.wire.fields import check_timeout
 
@@ -221,7 +221,7 @@ async def call_with_retry(attempt: Callable[[float | None], Deferred[T]], policy
                 raise
             log.info("retrying {what} in {delay:.3f} s after {code}: {error} "
                      "(attempt {attempt} of {attempts})", what=what, delay=delay,
-                     code=_code_name(getattr(error, "code", Code.UNKNOWN)), error=error,
+                     code=code_name(getattr(error, "code", Code.UNKNOWN)), error=error,
                      attempt=tries + 1, attempts=policy.max_attempts)
         else:
             if budget is not None:
@@ -330,4 +330,4 @@ class RetryingClient:
     def __getattr__(self, service: str) -> Any:
         if service.startswith("_"):
             raise AttributeError(service)
-        return _ServiceProxy(self.call, service)
+        return ServiceProxy(self.call, service)

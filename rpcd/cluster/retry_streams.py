@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.errors import Code, RPCError, _code_name
+from rpcd.errors import Code, RPCError, code_name
 
 if TYPE_CHECKING:
     from rpcd.cluster.retry import RetryBudget
@@ -114,7 +114,7 @@ class RetryingStream:
                 or (budget is not None and not budget.allows())):
             return False
         log.info("opening {method} again after {code}: {error} (attempt {attempt} of {attempts})",
-                 method=self.method, code=_code_name(getattr(error, "code", Code.UNKNOWN)),
+                 method=self.method, code=code_name(getattr(error, "code", Code.UNKNOWN)),
                  error=error, attempt=self.attempts + 1, attempts=self._policy.max_attempts)
         return True
 

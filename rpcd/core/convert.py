@@ -29,7 +29,7 @@ from rpcd.errors import InvalidArgument
 Converter = Callable[[Any], Any]
 
 
-class _Mismatch(Exception):
+class Mismatch(Exception):
     """A value did not fit a hint; carries the path to it, innermost last."""
 
     def __init__(self, expected: str, got: Any) -> None:
@@ -59,7 +59,7 @@ def _to_int(value: Any) -> int:
         return int(value)
     if type(value) is float and value.is_integer():
         return int(value)
-    raise _Mismatch("int", value)
+    raise Mismatch("int", value)
 
 
 def _to_float(value: Any) -> float:
@@ -67,7 +67,7 @@ def _to_float(value: Any) -> float:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    raise _Mismatch("float", value)
+    raise Mismatch("float", value)
 
 
 def _to_str(value: Any) -> str:
@@ -75,13 +75,13 @@ def _to_str(value: Any) -> str:
         return value
     if isinstance(value, str):
         return str(value)
-    raise _Mismatch("str", value)
+    raise Mismatch("str", value)
 
 
 def _to_bool(value: Any) -> bool:
     if type(value) is bool:
         return value
-    raise _Mismatch("bool", value)
+    raise Mismatch("bool", value)
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -94,8 +94,8 @@ def _to_bytes(value: Any) -> bytes:
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise _Mismatch("bytes (or base64 text)", value) from None
-    raise _Mismatch("bytes", value)
+            raise Mismatch("bytes (or base64 text)", value) from None
+    raise Mismatch("bytes", value)
 
 
 _SCALARS: dict[Any, Converter] = {
@@ -116,12 +116,12 @@ _ZERO: dict[Any, Callable[[], Any]] = {
 def _list_of(item: Converter, name: str) -> Converter:
     def convert(value: Any) -> list:
         if not isinstance(value, (list, tuple)):
-            raise _Mismatch(name, value)
+            raise Mismatch(name, value)
         out = []
         for index, element in enumerate(value):
             try:
                 out.append(item(element))
-            except _Mismatch as e:
+            except Mismatch as e:
                 e.path.insert(0, f"[{index}]")
                 raise
         return out
@@ -131,12 +131,12 @@ def _list_of(item: Converter, name: str) -> Converter:
 def _tuple_of(items: tuple[Converter, ...], name: str) -> Converter:
     def convert(value: Any) -> tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise _Mismatch(name, value)
+            raise Mismatch(name, value)
         out = []
         for index, (element, item) in enumerate(zip(value, items)):
             try:
                 out.append(item(element))
-            except _Mismatch as e:
+            except Mismatch as e:
                 e.path.insert(0, f"[{index}]")
                 raise
         return tuple(out)
@@ -146,12 +146,12 @@ def _tuple_of(items: tuple[Converter, ...], name: str) -> Converter:
 def _dict_of(key: Converter, item: Converter, name: str) -> Converter:
     def convert(value: Any) -> dict:
         if not isinstance(value, Mapping):
-            raise _Mismatch(name, value)
+            raise Mismatch(name, value)
         out = {}
         for k, v in value.items():
             try:
                 out[key(k)] = item(v)
-            except _Mismatch as e:
+            except Mismatch as e:
                 e.path.insert(0, f"[{k!r}]")
                 raise
         return out
@@ -183,7 +183,7 @@ def _dataclass(cls: type) -> Converter:
         if type(value) is cls:
             return value
         if not isinstance(value, Mapping):
-            raise _Mismatch(f"{expected} (an object with fields "
+            raise Mismatch(f"{expected} (an object with fields "
                             f"{', '.join(f.name for f in fields)})", value)
         kwargs = {}
         for key, element in value.items():
@@ -197,7 +197,7 @@ def _dataclass(cls: type) -> Converter:
             name, conv = entry
             try:
                 kwargs[name] = conv(element)
-            except _Mismatch as e:
+            except Mismatch as e:
                 e.path.insert(0, f".{name}")
                 raise
         if len(kwargs) != len(fields):
@@ -321,7 +321,7 @@ def calling(conv: Converter, function: Callable[[Any], Any],
         def invoke(value: Any, context: Any) -> Any:
             try:
                 arg = conv(value)
-            except _Mismatch as e:
+            except Mismatch as e:
                 raise InvalidArgument(e.describe(name)) from None
             return function(arg)
         return invoke
@@ -330,12 +330,12 @@ def calling(conv: Converter, function: Callable[[Any], Any],
     otherwise = [
         "try:",
         "    arg = general(value)",
-        "except _Mismatch as e:",
+        "except Mismatch as e:",
         "    raise InvalidArgument(e.describe(name)) from None",
         "return function(arg)",
     ]
     return shape.compile("invoke", "value, context", ["pass"], "function(cls({args}))",
-                         otherwise, {"function": function, "name": name, "_Mismatch": _Mismatch,
+                         otherwise, {"function": function, "name": name, "Mismatch": Mismatch,
                                      "InvalidArgument": InvalidArgument})
 
 
@@ -368,7 +368,7 @@ def argument_converter(hint: Any) -> Converter:
 
     @param hint: a resolved type hint (use C{typing.get_type_hints}).
     @return: a one-argument function returning the converted value and
-        raising C{_Mismatch} (caught by L{convert_argument}) on a mismatch.
+        raising C{Mismatch} (caught by L{convert_argument}) on a mismatch.
     @raise TypeError: the hint is of a kind rpcd cannot check.
     """
     try:
@@ -387,7 +387,7 @@ def _compile(hint: Any) -> Converter:
     if hint in _SCALARS:
         return _SCALARS[hint]
     if hint is None or hint is type(None):
-        return _optional(lambda v: (_ for _ in ()).throw(_Mismatch("null", v)))
+        return _optional(lambda v: (_ for _ in ()).throw(Mismatch("null", v)))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _dataclass(hint)
     origin = typing.get_origin(hint)
@@ -420,7 +420,7 @@ def _compile(hint: Any) -> Converter:
         def convert(value: Any) -> Any:
             if isinstance(value, hint):
                 return value
-            raise _Mismatch(hint.__name__, value)
+            raise Mismatch(hint.__name__, value)
         return convert
     raise TypeError(f"rpcd cannot check arguments of type {hint!r}")
 
@@ -443,7 +443,7 @@ def convert_argument(conv: Converter, value: Any, name: str) -> Any:
     """
     try:
         return conv(value)
-    except _Mismatch as e:
+    except Mismatch as e:
         raise InvalidArgument(e.describe(name)) from None
 
 
@@ -520,7 +520,7 @@ def result_converter(hint: Any) -> Converter:
     turns it into plain data.
 
     @param hint: the resolved return annotation (C{Any} when there is none).
-    @return: a one-argument function; a mismatch raises C{_Mismatch}.
+    @return: a one-argument function; a mismatch raises C{Mismatch}.
     """
     if hint in (Any, object, None, type(None)):
         return to_wire
@@ -532,3 +532,4 @@ def result_converter(hint: Any) -> Converter:
         return check
     return convert
 
+_Mismatch = Mismatch  # the old name, for code written before it was public

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.core.context import CallContext, current_deadline
-from rpcd.core.convert import _Mismatch, result_passthrough
+from rpcd.core.convert import Mismatch, result_passthrough
 from rpcd.errors import (
     Cancelled,
     Code,
@@ -387,7 +387,7 @@ class Dispatcher:
     def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
         try:
             return method.spec.convert_result(result)
-        except _Mismatch as e:
+        except Mismatch as e:
             log.error("{method} returned a value that does not match its type hints: {why}",
                       method=name, why=e.describe("result"))
             raise InvalidArgument(f"{name} returned a bad result: {e.describe('result')}") from None

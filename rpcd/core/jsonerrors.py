@@ -14,7 +14,7 @@ import base64
 from typing import Any
 
 from rpcd.core.dispatch import error_fields
-from rpcd.errors import Code, RPCError, _code_name, error_from_wire
+from rpcd.errors import Code, RPCError, code_name, error_from_wire
 from rpcd.wire.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -69,7 +69,7 @@ def error_object(error: BaseException) -> JSONRPCError:
     @return: the error object (see the table in the module docstring).
     """
     code, message, details = error_fields(error)
-    data: dict[str, Any] = {"code": code, "name": _code_name(code), "message": message}
+    data: dict[str, Any] = {"code": code, "name": code_name(code), "message": message}
     if details is not None:
         data["details"] = json_data(details)
     standard = _TO_STANDARD.get(code)  # type: ignore[call-overload]

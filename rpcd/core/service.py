@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred
 
 from rpcd.core.context import CallContext
 from rpcd.core.convert import (
-    _Mismatch,
+    Mismatch,
     argument_converter,
     calling,
     result_converter,
@@ -244,7 +244,7 @@ def _make_invoker(spec: MethodSpec, function: Callable) -> Callable[[Any, CallCo
         def invoke_one(value: Any, context: CallContext | None) -> Any:
             try:
                 arg = convert(value)
-            except _Mismatch as e:
+            except Mismatch as e:
                 raise InvalidArgument(e.describe(pname)) from None
             return function(arg, **{ctx_name: context})
         return invoke_one
@@ -286,7 +286,7 @@ def _spread(spec: MethodSpec, value: Any) -> dict[str, Any]:
     for p, v in items:
         try:
             kwargs[p.name] = p.convert(v)
-        except _Mismatch as e:
+        except Mismatch as e:
             raise InvalidArgument(e.describe(p.name)) from None
     return kwargs
 

@@ -150,7 +150,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
         # (its threads joined) after they have all stopped.
         server.authenticator.pool.setServiceParent(top)
     names = ", ".join(s.name for s in registry.services())
-    from rpcd.daemon.reload import Reloader, _connect_key
+    from rpcd.daemon.reload import Reloader, connect_key
     reloader = Reloader(config, server, top, reactor, only)
     top.reloader = reloader  # type: ignore[attr-defined]
     listeners = []
@@ -169,7 +169,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
         from rpcd.daemon.reverse import reverse_services
         for connect in config.connect:
             services = reverse_services([connect], server, reactor)
-            reloader.connects.setdefault(_connect_key(connect), []).extend(services)
+            reloader.connects.setdefault(connect_key(connect), []).extend(services)
             for service in services:
                 service.setServiceParent(top)
     if config.discovery is not None:

@@ -114,7 +114,10 @@ def _keyed(kind: str, old: dict[Any, Any], new: dict[Any, Any],
     return changes
 
 
-def _connect_key(item: ConnectConfig) -> tuple[str, str, int]:
+def connect_key(item: ConnectConfig) -> tuple[str, str, int]:
+    """
+    @return: what identifies a C{[[connect]]} entry across reloads.
+    """
     return (item.endpoint, item.protocol, item.connections)
 
 
@@ -143,7 +146,7 @@ def diff(old: Config, new: Config) -> list[Change]:
         changes.append(Change("backlog", "changed", "server.backlog", str(old.backlog), str(new.backlog)))
     changes += _keyed("listen", _by(old.listen, lambda item: item.endpoint),
                       _by(new.listen, lambda item: item.endpoint), lambda e: f"server.listen {e}")
-    changes += _keyed("connect", _by(old.connect, _connect_key), _by(new.connect, _connect_key),
+    changes += _keyed("connect", _by(old.connect, connect_key), _by(new.connect, connect_key),
                       lambda k: f"server.connect {k[0]} ({k[1]} x{k[2]})")
     if old.discovery != new.discovery:
         changes.append(Change("restart", "changed", "discovery"))
@@ -362,7 +365,7 @@ class Reloader:
         return listener
 
     def _connect(self, change: Change, new: Config) -> None:
-        key = next(k for k in (_connect_key(c) for c in (*self.config.connect, *new.connect))
+        key = next(k for k in (connect_key(c) for c in (*self.config.connect, *new.connect))
                    if change.key == f"server.connect {k[0]} ({k[1]} x{k[2]})")
         if change.action == "removed":
             for service in self.connects.pop(key, []):
@@ -519,3 +522,5 @@ class ReloadService(Service):
 
 
 __all__ = ["Change", "Reloader", "ReloadService", "diff", "reopen_log_files", "set_limits"]
+
+_connect_key = connect_key  # the old name, for code written before it was public

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.client.client import Client, _codec_class, _reactor, client_from_string, parse_endpoint
+from rpcd.client.client import Client, codec_class, reactor_or_global, client_from_string, parse_endpoint
 from rpcd.daemon.config import ConfigError, ConnectConfig
 from rpcd.server.limits import ConnectionCaps, Limits
 from rpcd.core.session import describe_address
@@ -185,7 +185,7 @@ class ReverseListener:
 
 
 def _channel_with_handshake(codec: str) -> type:
-    base = _codec_class(codec)
+    base = codec_class(codec)
     cached = _HANDSHAKE_CLASSES.get(base)
     if cached is None:
         @implementer(IHandshakeListener)
@@ -339,9 +339,9 @@ def accept(endpoint: str | IStreamServerEndpoint, *, codec: str = "native",
         fails with the endpoint's error (C{CannotListenError}), or
         C{ValueError} for a bad endpoint string, codec or C{max_waiting}.
     """
-    reactor = _reactor(reactor)
+    reactor = reactor_or_global(reactor)
     try:
-        _codec_class(codec)
+        codec_class(codec)
         server_endpoint: IStreamServerEndpoint = parse_endpoint(endpoint, serverFromString, reactor)
         clients: DeferredQueue[Client] = DeferredQueue()
         factory = _AcceptFactory(codec, reactor, clients, limits=limits, max_waiting=max_waiting)

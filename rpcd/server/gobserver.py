@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.core.dispatch import Dispatcher
-from rpcd.errors import RPCError, _code_name
+from rpcd.errors import RPCError, code_name
 from rpcd.wire.gob import (
     DISCARD,
     Array,
@@ -177,7 +177,7 @@ def _error_text(error: BaseException) -> str:
     alone.  Never empty: an empty error string means success in net/rpc.
     """
     if isinstance(error, RPCError):
-        return error.message or _code_name(error.code).lower()
+        return error.message or code_name(error.code).lower()
     return f"{type(error).__name__}: {error}"
 
 

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.server.backpressure import take_over_producer
-from rpcd.core.convert import _Mismatch
+from rpcd.core.convert import Mismatch as _Mismatch
 from rpcd.core.dispatch import error_fields
 from rpcd.errors import Code, InvalidArgument, ProtocolError, RPCError
 from rpcd.wire.fields import CallOptions, frame_name, read_id
