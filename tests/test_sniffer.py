@@ -82,3 +82,16 @@ class ClosingTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting or transport.disconnected)
         self.assertTrue(any("could not start its native protocol" in str(e.get("why")) for e in events))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_protocol_that_cannot_load(self) -> None:
+        """A wire protocol whose module cannot be imported closes the connection as not available."""
+        import rpcd.server.protocols
+
+        protocols = dict(rpcd.server.protocols.SERVER_PROTOCOLS, native="no.such.module:Protocol")
+        self.patch(rpcd.server.protocols, "SERVER_PROTOCOLS", protocols)
+        protocol, transport = _sniffer(RPCServer(ServiceRegistry(), Clock()))
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\x00RPCD\x01\x00\x00")
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertTrue(any("not available in this build" in str(e.get("why")) for e in events))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

@@ -18,7 +18,6 @@ background thread::
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
@@ -29,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.core.context import current_deadline, shorten
+from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
 from rpcd.client.channel import ClientChannel, when_fired
 from rpcd.wire.fields import check_timeout
@@ -61,8 +61,7 @@ def codec_class(codec: str) -> type[ClientChannel]:
         path = CLIENT_CODECS[codec]
     except KeyError:
         raise ValueError(f"unknown codec {codec!r}; choose from {', '.join(sorted(CLIENT_CODECS))}") from None
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return cast("type[ClientChannel]", load_object(path))
 
 
 def reactor_or_global(reactor: Any) -> Any:

@@ -106,7 +106,6 @@ path is the same as without this module.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -115,6 +114,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.core.loader import load_object
 from rpcd.errors import RPCError
 
 if TYPE_CHECKING:
@@ -493,10 +493,9 @@ def load(spec: str, options: dict[str, Any] | None = None, clock: Any = None) ->
     if ":" not in path:
         raise ValueError(f"unknown interceptor {spec!r}: use a built-in "
                          f"({', '.join(sorted(BUILTINS))}) or 'package.module:factory'")
-    module_name, _, attr = path.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+        factory: Any = load_object(path)
+    except ValueError as e:
         raise ValueError(f"cannot load interceptor {spec!r}: {e}") from None
     kwargs = dict(options or {})
     if clock is not None and "clock" not in kwargs:

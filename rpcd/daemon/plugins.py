@@ -9,37 +9,11 @@ A drop-in under C{twisted/plugins/} offers a service like this::
 
 from __future__ import annotations
 
-import importlib
-
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from rpcd.core.interfaces import IRPCServiceProvider
-
-
-def load_object(path: str) -> object:
-    """
-    Import C{"package.module:Name"} and return C{Name}.
-
-    @param path: a C{module:attribute} path.
-    @return: the attribute.
-    @raise ValueError: the path has no colon, or the module or attribute is
-        missing; the message names which.
-    """
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{path!r} is not of the form 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} (from {path!r}): {e}") from e
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj
+from rpcd.core.loader import load_object
 
 
 @implementer(IPlugin, IRPCServiceProvider)

@@ -792,7 +792,7 @@ def _date_of(second: int) -> str:
 def _gob_protocol() -> Callable[[RPCServer], Protocol] | None:
     try:
         return protocols.protocol_class(sniff.GOB)
-    except ImportError:
+    except ValueError:
         return None
 
 

@@ -6,11 +6,11 @@ C{CONNECT /_goRPC_} hand-over (L{rpcd.server.httpserver}) look up.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 from twisted.internet.protocol import Protocol
 
+from rpcd.core.loader import load_object
 from rpcd.wire import sniff
 
 if TYPE_CHECKING:
@@ -57,10 +57,9 @@ def protocol_class(name: str) -> Callable[[RPCServer], Protocol] | None:
     @param name: a wire protocol's name (L{rpcd.wire.sniff}).
     @return: its class (called with the L{RPCServer}), or C{None} when
         L{SERVER_PROTOCOLS} has none.
-    @raise ImportError: its module cannot be imported.
+    @raise ValueError: its module or class cannot be imported (L{load_object}).
     """
     path = SERVER_PROTOCOLS.get(name)
     if path is None:
         return None
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return cast("Callable[[RPCServer], Protocol]", load_object(path))

@@ -232,7 +232,11 @@ class SniffingProtocol(Protocol):
         self._hand_over(name)
 
     def _hand_over(self, name: str) -> None:
-        cls = protocols.protocol_class(name)
+        try:
+            cls = protocols.protocol_class(name)
+        except ValueError:
+            log.failure("cannot load the {name} protocol", name=name)
+            cls = None
         if cls is None:
             self._close(f"the {name} protocol is not available in this build")
             return
