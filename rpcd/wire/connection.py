@@ -594,7 +594,12 @@ class NativeConnection:
         @raise Exception: a value msgpack cannot encode; nothing is queued.
         """
         if timeout is None and not metadata:
-            self._queue([CALL, call_id, method, value])
+            if self.closed:
+                return
+            # The client's hot path: _queue inline.
+            data = _packb([CALL, call_id, method, value])
+            size = len(data)
+            self._out.append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
             return
         options: dict[str, Any] = {}
         if timeout is not None:
