@@ -52,6 +52,7 @@ class NativeClientProtocol(ClientChannel):
         self.conn = NativeConnection(client_side=True, max_frame=max_frame)
         self.reader = self.conn  # buffered() and clear(), as the server's
         self._heard = False  # any byte from the server yet
+        self._in_read = False  # in dataReceived: writes wait for its end
         self.streams: Any = None
         self._closing = False
 
@@ -64,7 +65,10 @@ class NativeClientProtocol(ClientChannel):
                   metadata: dict[str, Any] | None) -> None:
         conn = self.conn
         conn.send_call(call_id, method, value, timeout, metadata)  # checked by ClientChannel.call
-        self.transport.write(conn.data_to_send())
+        if not self._in_read:
+            self.transport.write(conn.data_to_send())
+        # else the calls made by the callbacks of one read (a caller that
+        # calls again as each answer comes) go out in one write at its end.
 
     def send_cancel(self, call_id: int) -> None:
         if self.transport is not None and self.lost_reason is None:
@@ -92,8 +96,16 @@ class NativeClientProtocol(ClientChannel):
         if self._closing:
             return  # after a GOAWAY either way, nothing more is read
         self._heard = True
+        self._in_read = True
+        try:
+            self._events_received(self.conn.receive_data(data))
+        finally:
+            self._in_read = False
+        self.flush()  # new calls, PONGs, credit
+
+    def _events_received(self, events: list[Any]) -> None:
         pending = self.pending
-        for event in self.conn.receive_data(data):
+        for event in events:
             # The common reply is resolved here; the rest goes through
             # _event_received.
             if len(event) == 3 and event[0] == RESULT:
@@ -103,7 +115,6 @@ class NativeClientProtocol(ClientChannel):
                 continue
             if self._event_received(event):
                 return
-        self.flush()  # PONGs
 
     def _event_received(self, event: Any) -> bool:
         """
