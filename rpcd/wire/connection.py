@@ -214,12 +214,13 @@ class NativeConnection:
                         good += 1
                         continue
                 break
-        elif self.drain_last is None and not streams:
+        elif self.drain_last is None:
             for frame in frames:
                 # call_id >> 63: nonzero for ids out of 0..2^63-1, in one step.
                 if len(frame) == 4 and frame[0] == CALL:
                     call_id = frame[1]
-                    if type(call_id) is int and type(frame[2]) is str and not call_id >> 63:
+                    if type(call_id) is int and type(frame[2]) is str and not call_id >> 63 and (
+                            not streams or call_id not in streams):
                         good += 1
                         continue
                 break
