@@ -157,7 +157,8 @@ class NativeConnection:
         self._reader = FrameReader(max_frame)
         self._preface: bytes | None = b""  # the peer's preface so far; None once read
         self._reading = True
-        self._out: list[bytes] = []
+        self._out: list[bytes] = []  # emptied, never replaced: _append stays bound to it
+        self._append = self._out.append
         self._streams: dict[int, StreamCredit] = {}
         self._peer = "server" if client_side else "client"
 
@@ -398,8 +399,9 @@ class NativeConnection:
         out = self._out
         if not out:
             return b""
-        self._out = []
-        return out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
 
     def _queue(self, body: list[Any]) -> int:
         """
@@ -507,7 +509,7 @@ class NativeConnection:
         """
         self._reading = False
         self._reader.clear()
-        self._out = []
+        self._out.clear()
         self._streams.clear()
 
     # Sending, server role.
@@ -527,13 +529,12 @@ class NativeConnection:
         data = _packb([RESULT, call_id, value])
         size = len(data)
         if size < 256:
-            self._out.append(_PREFIXES[size] + data)
+            self._append(_PREFIXES[size] + data)
         else:
-            self._out.append(_length(size))
-            self._out.append(data)
-        streams = self._streams
-        if streams:
-            streams.pop(call_id, None)
+            self._append(_length(size))  # not joined: a large body is copied once
+            self._append(data)
+        if self._streams:
+            self._streams.pop(call_id, None)
         return size
 
     def send_error(self, call_id: int, code: int, message: str, details: Any = None) -> int:
@@ -600,7 +601,7 @@ class NativeConnection:
             # The client's hot path: _queue inline.
             data = _packb([CALL, call_id, method, value])
             size = len(data)
-            self._out.append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
+            self._append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
             return
         options: dict[str, Any] = {}
         if timeout is not None:
