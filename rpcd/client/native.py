@@ -11,26 +11,23 @@ from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import Code, Internal, ProtocolError, RPCError, Unavailable, error_from_wire
+from rpcd.errors import Code, Internal, Unavailable, error_from_wire
 from rpcd.client.channel import ClientChannel
-from rpcd.wire.fields import check_fields, frame_name, read_id, short
-from rpcd.wire.frames import (
-    CALL,
-    CANCEL,
+from rpcd.wire.connection import (
+    BAD_FRAME,
+    CONNECTION_ERROR,
     CREDIT,
     ERROR,
     GOAWAY,
     MESSAGE,
     PING,
-    PONG,
-    PREFACE,
-    PREFACE_SIZE,
+    PREFACE_RECEIVED,
     RESULT,
-    DEFAULT_MAX_FRAME,
-    FrameReader,
-    check_preface,
-    encode_frame,
+    NativeConnection,
+    PrefaceError,
 )
+from rpcd.wire.fields import frame_name
+from rpcd.wire.frames import DEFAULT_MAX_FRAME, encode_frame
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -41,6 +38,10 @@ log = Logger()
 class NativeClientProtocol(ClientChannel):
     """
     Calls over the native protocol: many in flight, answered in any order.
+    The IO, timers and Deferreds around a L{NativeConnection}, which holds
+    every frame rule.
+
+    @ivar conn: the connection's protocol state (sans-IO).
     """
 
     codec_name = "native"
@@ -48,128 +49,125 @@ class NativeClientProtocol(ClientChannel):
 
     def __init__(self, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(clock)
-        self.reader = FrameReader(max_frame)
-        self._preface: bytes | None = b""
+        self.conn = NativeConnection(client_side=True, max_frame=max_frame)
+        self.reader = self.conn  # buffered() and clear(), as the server's
+        self._heard = False  # any byte from the server yet
+        self._in_read = False  # in dataReceived: writes wait for its end
         self.streams: Any = None
         self._closing = False
 
     def connectionMade(self) -> None:
-        self.transport.write(PREFACE)
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
         super().connectionMade()
 
     def send_call(self, call_id: int, method: str, value: Any, timeout: float | None,
                   metadata: dict[str, Any] | None) -> None:
-        if timeout is None and not metadata:
-            body = [CALL, call_id, method, value]
-        else:
-            options: dict[str, Any] = {}
-            if timeout is not None:
-                options["timeout"] = timeout  # checked by ClientChannel.call
-            if metadata:
-                options["metadata"] = metadata
-            body = [CALL, call_id, method, value, options]
-        self.transport.write(encode_frame(body))
+        conn = self.conn
+        conn.send_call(call_id, method, value, timeout, metadata)  # checked by ClientChannel.call
+        if not self._in_read:
+            self.transport.write(conn.data_to_send())
+        # else the calls made by the callbacks of one read (a caller that
+        # calls again as each answer comes) go out in one write at its end.
 
     def send_cancel(self, call_id: int) -> None:
         if self.transport is not None and self.lost_reason is None:
-            self.transport.write(encode_frame([CANCEL, call_id]))
+            self.conn.send_cancel(call_id)
+            self.flush()
 
     def send_frame(self, body: list[Any]) -> None:
         """
-        Write any frame (used by streams).
+        Write any frame, outside the connection's rules (kept for callers
+        of old; streams use L{conn} and L{flush}).
 
         @param body: the frame's fields.
         """
         self.transport.write(encode_frame(body))
 
+    def flush(self) -> None:
+        """
+        Write what the connection has queued.
+        """
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # after a GOAWAY either way, nothing more is read
-        if self._preface is not None:
-            data = self._preface + data
-            if len(data) < PREFACE_SIZE:
-                self._preface = data
-                return
-            try:
-                check_preface(data)
-            except ProtocolError as e:
-                self._broken(f"{self.peer_name} does not speak rpcd's native protocol ({e})")
-                return
-            self._preface = None
-            self.ready()
-            data = data[PREFACE_SIZE:]
-        frames, error = self.reader.split(data)
+        self._heard = True
+        self._in_read = True
         try:
-            for frame in frames:
-                # The common reply is checked and resolved here; the rest, and
-                # any reply with a bad field, goes through _frame_received.
-                # (call_id >> 63 is nonzero for ids out of 0..2^63-1.)
-                if len(frame) == 3 and frame[0] == RESULT:
-                    _, call_id, value = frame
-                    if type(call_id) is int and not call_id >> 63:
-                        d = self.pending.pop(call_id, None)
-                        if d is not None:
-                            d.callback(value)
-                        continue
-                if self._frame_received(frame):
-                    return
-        except ProtocolError as e:
-            error = e
-        if error is not None:
-            self._broken(f"bad frame from {self.peer_name}: {error}")
+            self._events_received(self.conn.receive_data(data))
+        finally:
+            self._in_read = False
+        self.flush()  # new calls, PONGs, credit
 
-    def _frame_received(self, frame: list[Any]) -> bool:
+    def _events_received(self, events: list[Any]) -> None:
+        pending = self.pending
+        for event in events:
+            # The common reply is resolved here; the rest goes through
+            # _event_received.
+            if len(event) == 3 and event[0] == RESULT:
+                d = pending.pop(event[1], None)
+                if d is not None:
+                    d.callback(event[2])
+                continue
+            if self._event_received(event):
+                return
+
+    def _event_received(self, event: Any) -> bool:
         """
-        Handle one frame from the server other than a plain RESULT.
+        Handle one event of the connection other than a plain RESULT.
 
-        A frame for a pending call with a bad field fails that call with
-        L{Internal}, naming the field; a frame whose id cannot be read, or
-        one a server may not send, is a protocol error.
+        A reply for a pending call with a bad field fails that call with
+        L{Internal}, naming the field.
 
-        @param frame: the frame body.
-        @return: whether the connection is closing (a GOAWAY).
-        @raise ProtocolError: the connection must close.
+        @param event: the event.
+        @return: whether the connection is closing (a GOAWAY, a protocol
+            error).
         """
-        kind = frame[0]
-        if kind == RESULT or kind == ERROR:
-            call_id = read_id(frame)
-            if call_id not in self.pending:
-                return False  # answered already (timed out, cancelled): ignored
-            try:
-                if kind == RESULT:
-                    check_fields(frame, "[1, id, value]")
-                    self.resolve(call_id, frame[2])
-                else:
-                    self.reject(call_id, _remote_error(frame))
-            except (TypeError, ValueError) as e:
-                self.reject(call_id, Internal(f"bad {frame_name(kind)} frame from "
-                                              f"{self.peer_name} for call {call_id}: {e}"))
+        kind = event[0]
+        if kind == RESULT:
+            self.resolve(event[1], event[2])
+        elif kind == ERROR:
+            _, call_id, code, message, details = event
+            if call_id in self.pending:
+                self.reject(call_id, error_from_wire(code, message, details))
+        elif kind == BAD_FRAME:
+            _, call_id, bad, why = event
+            if bad == MESSAGE or bad == CREDIT:
+                if self.streams is not None:
+                    self.streams.event_received(event)
+            elif call_id in self.pending:
+                self.reject(call_id, Internal(f"bad {frame_name(bad)} frame from "
+                                              f"{self.peer_name} for call {call_id}: {why}"))
+        elif kind == MESSAGE or kind == CREDIT:
+            if self.streams is not None:
+                self.streams.event_received(event)
         elif kind == PING:
-            self.transport.write(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
-        elif kind == PONG:
-            pass
+            self.conn.send_pong(event[1])
+        elif kind == PREFACE_RECEIVED:
+            self.ready()
         elif kind == GOAWAY:
-            message = frame[3] if len(frame) > 3 else None
-            if type(message) is not str:
-                message = f"server closed the connection (GOAWAY {short(frame[1:])})"
-            last_id = frame[1] if len(frame) > 1 else None
-            code = frame[2] if len(frame) > 2 else None
-            if code == Code.OK and type(code) is int and type(last_id) is int and last_id >= 0:
-                # Graceful: the calls up to last_id are answered, then the
-                # server closes; the others were not run.
+            _, last_id, _, message, graceful = event
+            if graceful:
+                # The calls up to last_id are answered, then the server
+                # closes; the others were not run.
                 self.go_away(last_id, message)
                 return False
             self._closing = True
             self.fail_all(Unavailable(f"{self.peer_name}: {message}"))
             self.transport.loseConnection()
             return True
-        elif kind == MESSAGE or kind == CREDIT:
-            if self.streams is not None:
-                self.streams.frame_received(frame)
+        elif kind == CONNECTION_ERROR:
+            error = event[1]
+            if isinstance(error, PrefaceError):
+                self._broken(f"{self.peer_name} does not speak rpcd's native protocol ({error})")
             else:
-                read_id(frame)  # no stream was opened: a good id is ignored
-        else:
-            raise ProtocolError(f"unexpected {frame_name(kind)} from a server")
+                self._broken(f"bad frame from {self.peer_name}: {error}")
+            return True
+        # PONG needs nothing.
         return False
 
     def _broken(self, why: str) -> None:
@@ -179,13 +177,14 @@ class NativeClientProtocol(ClientChannel):
         log.error("{why}", why=why)
         self._closing = True
         self.fail_all(Unavailable(why))
-        self.transport.write(encode_frame([GOAWAY, 0, int(Code.INVALID_ARGUMENT),
-                                           f"protocol error: {why}"]))
+        conn = self.conn
+        conn.close(int(Code.INVALID_ARGUMENT), f"protocol error: {why}")
+        self.transport.write(conn.data_to_send())
         self.transport.loseConnection()
 
     def describe_loss(self, reason: Failure | None) -> str:
         why = super().describe_loss(reason)
-        if self._preface == b"" and not INegotiated.providedBy(self.transport):
+        if not self._heard and not INegotiated.providedBy(self.transport):
             return (f"the server closed the connection without a word ({why}): "
                     "it may expect TLS on this port (use a tls: endpoint), or not be an rpcd server")
         return why
@@ -217,7 +216,8 @@ class NativeClientProtocol(ClientChannel):
 
     def _ping(self, opaque: int) -> None:
         if not self._closing and self.lost_reason is None:
-            self.transport.write(encode_frame([PING, opaque]))
+            self.conn.send_ping(opaque)
+            self.flush()
 
     def _keepalive_expired(self, why: str) -> None:
         log.warn("dropping the connection to {peer}: {why}", peer=self.peer_name, why=why)
@@ -230,25 +230,10 @@ class NativeClientProtocol(ClientChannel):
         if keepalive is not None:
             keepalive.stop()
         super().connectionLost(reason)
+        self.conn.clear()
         if self.streams is not None:
             self.streams.connection_lost(reason)
 
-
-def _remote_error(frame: list[Any]) -> RPCError:
-    """
-    The error an ERROR frame C{[2, id, code, message, details]} reports.
-
-    @raise TypeError: the code is not an integer or the message not a
-        string.
-    @raise ValueError: too few fields.
-    """
-    check_fields(frame, "[2, id, code, message]")
-    code, message = frame[2], frame[3]
-    if type(code) is not int:
-        raise TypeError(f"code must be an integer, got {short(code)}")
-    if type(message) is not str:
-        raise TypeError(f"message must be a string, got {short(message)}")
-    return error_from_wire(code, message, frame[4] if len(frame) > 4 else None)
 
 
 __all__ = ["NativeClientProtocol"]

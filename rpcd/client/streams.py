@@ -37,12 +37,12 @@ from rpcd.errors import (
     ConnectionLost,
     DeadlineExceeded,
     Internal,
-    ProtocolError,
     RPCError,
 )
-from rpcd.wire.fields import check_metadata, check_method, check_timeout, read_id
-from rpcd.wire.flow import MAX_WINDOW, ReceiveWindow, check_credit, check_window
-from rpcd.wire.frames import CALL, CREDIT, END, MESSAGE, encode_frame
+from rpcd.wire.connection import BAD_FRAME, CREDIT, MESSAGE
+from rpcd.wire.fields import check_metadata, check_method, check_timeout, frame_name
+from rpcd.wire.flow import check_window
+from rpcd.wire.frames import encode_frame
 
 if TYPE_CHECKING:
     from rpcd.client.native import NativeClientProtocol
@@ -110,13 +110,8 @@ class ClientStreams:
             done.errback(ConnectionLost(f"connection to {channel.peer_name} is closed; "
                                         f"cannot call {method}"))
             return stream
-        options: dict[str, Any] = {"stream": True, "window": window}
-        if timeout is not None:
-            options["timeout"] = timeout
-        if metadata:
-            options["metadata"] = metadata
         try:
-            frame = encode_frame([CALL, call_id, method, value, options])
+            channel.conn.open_stream(call_id, method, value, window, timeout, metadata)
         except Exception as e:
             done.errback(RPCError(f"cannot send {method}: {type(e).__name__}: {e}",
                                   code=Code.INVALID_ARGUMENT))
@@ -128,44 +123,33 @@ class ClientStreams:
             # does not say so (the same cast as rpcd.server.sniffer's).
             cast(IConsumer, channel.transport).registerProducer(self, True)
             self._registered = True
-        channel.transport.write(frame)
+        channel.flush()
         if timeout is not None:
             timer = channel.clock.callLater(timeout, stream._expire, timeout)
             done.addBoth(_stop_timer, timer)
         return stream
 
-    def frame_received(self, frame: list[Any]) -> None:
+    def event_received(self, event: Any) -> None:
         """
-        Handle a MESSAGE or CREDIT frame.
+        Handle a MESSAGE, CREDIT or BAD_FRAME event of the connection (its
+        credit counted already).
 
-        Frames for a stream that is not open are ignored (they crossed its
+        Events for a stream that is not open are ignored (they crossed its
         end on the wire); a bad field of a frame for an open stream fails
         that stream with L{Internal} and cancels it on the server.
 
-        @param frame: the decoded frame.
-        @raise ProtocolError: an id that cannot be read, or a MESSAGE beyond
-            the credit granted.
+        @param event: the event.
         """
-        kind = frame[0]
-        call_id = read_id(frame)
-        stream = self.streams.get(call_id)
+        kind = event[0]
+        stream = self.streams.get(event[1])
         if stream is None:
             return
         if kind == MESSAGE:
-            if len(frame) < 3:
-                stream._abort(f"MESSAGE needs [4, id, value], got {len(frame)} fields")
-            else:
-                stream._received(frame[2])
+            stream._received(event[2])
         elif kind == CREDIT:
-            try:
-                n = check_credit(frame[2] if len(frame) > 2 else None)
-            except ValueError as e:
-                stream._abort(f"CREDIT {e}")
-                return
-            stream._send_credit += n
-            if stream._send_credit > MAX_WINDOW:
-                raise ProtocolError(f"stream {call_id}: credit over {MAX_WINDOW} messages")
             stream._drain_sends()
+        elif kind == BAD_FRAME:
+            stream._abort(f"{frame_name(event[2])} {event[3]}")
 
     def forget(self, stream: ClientStream) -> None:
         """
@@ -304,14 +288,26 @@ class ClientStream(StreamEnd):
         self._result_waiters: list[Deferred[Any]] = []
         self._queue: deque[Any] = deque()
         self._waiting: Deferred[Any] | None = None
-        self._window = ReceiveWindow(window, window)
-        self._send_credit = 0
-        self._sends: deque[tuple[bytes, Deferred[None]]] = deque()
+        self._sends: deque[tuple[Any, Deferred[None]]] = deque()
         self._half_closed = False
         self._end_pending = False
         self._consumer: IConsumer | None = None
         self._consumer_paused = False
         self._delivered: Deferred[None] | None = None
+
+    @property
+    def _send_credit(self) -> int:
+        """
+        The messages the server lets us send now (kept by the connection).
+        """
+        return self._channel.conn.credit(self.call_id)
+
+    @_send_credit.setter
+    def _send_credit(self, n: int) -> None:
+        # For tests that stage a server's credit.
+        state = self._channel.conn._streams.get(self.call_id)
+        if state is not None:
+            state.send = n
 
     # Receiving.
 
@@ -335,7 +331,6 @@ class ClientStream(StreamEnd):
         return d
 
     def _received(self, value: Any) -> None:
-        self._window.received(self.call_id)
         if self._consumer is not None and not self._consumer_paused and not self._queue:
             self._consumer.write(value)
             self._consumed()
@@ -349,9 +344,8 @@ class ClientStream(StreamEnd):
         self._queue.append(value)
 
     def _consumed(self) -> None:
-        n = self._window.consumed()
-        if n and not self._ended:
-            self._channel.send_frame([CREDIT, self.call_id, n])
+        if not self._ended and self._channel.conn.message_consumed(self.call_id):
+            self._channel.flush()
 
     def deliver_to(self, consumer: IConsumer) -> Deferred[Any]:
         """
@@ -424,34 +418,42 @@ class ClientStream(StreamEnd):
         if self._half_closed:
             return fail(RPCError(f"{self.method}: send after close_send",
                                  code=Code.FAILED_PRECONDITION))
+        channel = self._channel
+        if channel.conn.credit(self.call_id) > 0 and not self._sends and not self._streams.paused:
+            try:
+                channel.conn.send_message(self.call_id, value)
+            except Exception as e:
+                return fail(e)
+            channel.flush()
+            return succeed(None)
         try:
-            frame = encode_frame([MESSAGE, self.call_id, value])
+            encode_frame([MESSAGE, self.call_id, value])  # fail now, not when credit comes
         except Exception as e:
             return fail(e)
-        if self._send_credit > 0 and not self._sends and not self._streams.paused:
-            self._send_credit -= 1
-            self._channel.transport.write(frame)
-            return succeed(None)
-        entry: tuple[bytes, Deferred[None]]
+        entry: tuple[Any, Deferred[None]]
 
         def take_back(d: Deferred[None]) -> None:
             if entry in self._sends:
                 self._sends.remove(entry)
         d: Deferred[None] = Deferred(take_back)
-        entry = (frame, d)
+        entry = (value, d)
         self._sends.append(entry)
         return d
 
     def _drain_sends(self) -> None:
         sends = self._sends
-        while sends and self._send_credit > 0 and not self._streams.paused and not self._ended:
-            frame, d = sends.popleft()
-            self._send_credit -= 1
-            self._channel.transport.write(frame)
+        channel = self._channel
+        conn = channel.conn
+        while sends and conn.credit(self.call_id) > 0 and not self._streams.paused \
+                and not self._ended:
+            value, d = sends.popleft()
+            conn.send_message(self.call_id, value)  # encodable: checked by send
+            channel.flush()
             d.callback(None)
         if self._end_pending and not sends:
             self._end_pending = False
-            self._channel.send_frame([END, self.call_id])
+            conn.send_end(self.call_id)
+            channel.flush()
 
     def close_send(self) -> None:
         """
@@ -464,7 +466,8 @@ class ClientStream(StreamEnd):
         if self._sends:
             self._end_pending = True
         else:
-            self._channel.send_frame([END, self.call_id])
+            self._channel.conn.send_end(self.call_id)
+            self._channel.flush()
 
     # Ending.
 

@@ -24,60 +24,41 @@ from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.core.dispatch import Dispatcher, error_fields
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.core.keepalive import PingStrikes, TooManyPings
-from rpcd.wire.fields import (
-    CallOptions,
-    check_fields,
-    check_method,
-    frame_name,
-    parse_options,
-    read_id,
-)
-from rpcd.wire.frames import (
+from rpcd.wire.connection import (
+    BAD_FRAME,
     CALL,
     CANCEL,
+    CONNECTION_ERROR,
     CREDIT,
     END,
-    ERROR,
     GOAWAY,
     MESSAGE,
     PING,
-    PONG,
-    PREFACE,
-    PREFACE_SIZE,
-    RESULT,
-    VERSION,
-    FrameReader,
-    check_preface,
-    encode_frame,
-    pack_length,
+    NativeConnection,
 )
+from rpcd.wire.fields import CallOptions
 
 if TYPE_CHECKING:
     from rpcd.server.budget import InputGuard
     from rpcd.server.factory import RPCServer
 
-import msgpack
-
 log = Logger()
-
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-
-# The length prefixes of small frames, made once.
-_PREFIXES = [pack_length(size) for size in range(256)]
 
 # The tcp.Connection internals _write reads; if a Twisted release renames
 # them, the direct send is simply not used.
 _SOCKET_INTERNALS = ("_tempDataLen", "dataBuffer", "writeSomeData", "connected", "disconnecting")
 
-_STREAM_FRAMES = frozenset({MESSAGE, END, CREDIT})
+_STREAM_EVENTS = frozenset({MESSAGE, END, CREDIT, BAD_FRAME})
 
 _PLAIN_RESULTS = frozenset({int, str, float, bool, bytes, type(None), list, dict})
 
 
 class NativeServerProtocol(Protocol):
     """
-    Serves one connection in the native protocol.
+    Serves one connection in the native protocol: the IO, timers and
+    dispatch around a L{NativeConnection}, which holds every frame rule.
 
+    @ivar conn: the connection's protocol state (sans-IO).
     @ivar dispatcher: runs this connection's calls.
     """
 
@@ -91,23 +72,21 @@ class NativeServerProtocol(Protocol):
         @param server: what every connection shares (registry, limits, clock).
         """
         self.server = server
-        self.reader = FrameReader(server.limits.max_frame_bytes)
+        self.conn = NativeConnection(client_side=False, max_frame=server.limits.max_frame_bytes)
+        self.reader = self.conn  # what rpcd.budget reads: buffered() and clear()
         self.dispatcher: Dispatcher | None = None
-        self._preface_seen = False
-        self._pending = b""
         self._streams: Any = None
         self._socket: Connection | None = None
         self._closing = False  # reading has ended: no more calls start
-        self._goaway_sent = False  # nothing more is written
         self._read_ended = False
-        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.core.keepalive)
-        self._drain_last: int | None = None  # the last_id of a graceful GOAWAY sent
+        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.keepalive)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
         self.dispatcher = Dispatcher(self.session, self.server.clock,
                                      self.server.limits.max_calls_per_connection)
-        self.transport.write(PREFACE)
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
         if isinstance(self.transport, Connection) and all(
                 hasattr(self.transport, name) for name in _SOCKET_INTERNALS):
             self._socket = self.transport
@@ -115,38 +94,20 @@ class NativeServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # a GOAWAY was sent: nothing more from this peer is read
-        if not self._preface_seen:
-            data = self._pending + data
-            if len(data) < PREFACE_SIZE:
-                self._pending = data
-                if self.input_guard is not None:  # a preface, too, must arrive in time
-                    self.input_guard.update(len(data), False)
-                return
-            try:
-                version = check_preface(data)
-            except ProtocolError as e:
-                self._protocol_error(e)
-                return
-            if version != VERSION:
-                self._goaway(Code.UNIMPLEMENTED, f"protocol version {version} is not supported; "
-                                                 f"this server speaks version {VERSION}")
-                return
-            self._preface_seen = True
-            self._pending = b""
-            data = data[PREFACE_SIZE:]
-            if not data:
-                if self.input_guard is not None:
-                    self.input_guard.update(0, True)
-                return
-        frames, error = self.reader.split(data)
+        conn = self.conn
+        events = conn.receive_data(data)
         guard = self.input_guard
-        if guard is not None and not guard.update(self.reader.buffered(), bool(frames)):
+        # (A preface, too, must arrive in time.)
+        if guard is not None and not guard.update(conn.buffered(), bool(events)):
             return
         throttle = self.throttle
         if throttle is not None and (throttle.paused or throttle.held is not None):
-            throttle.hold(frames, error)
+            throttle.hold(events, None)
+            out = conn.data_to_send()  # CALLs the connection refused itself
+            if out:
+                self.transport.write(out)
             return
-        self._frames_received(frames, error)
+        self._frames_received(events)
 
     def replies_drained(self) -> None:
         """
@@ -186,10 +147,14 @@ class NativeServerProtocol(Protocol):
             self._streams.flush()
         self.transport.loseConnection()
 
-    def _frames_received(self, frames: list[list[Any]], error: ProtocolError | None) -> None:
-        out: list[bytes] = []
-        if self._drain_last is not None:
-            frames = self._refuse_calls(frames, out)
+    def _frames_received(self, frames: list[Any], _unused: object = None) -> None:
+        """
+        Run the events of one read (or those the throttle held).
+
+        @param frames: events of L{NativeConnection.receive_data} (a
+            protocol error is the last of them).
+        """
+        conn = self.conn
         throttle = self.throttle
         # How many bytes of replies may be queued (asked once per read)
         # before the rest of the frames are held; every reply counts, since
@@ -202,32 +167,33 @@ class NativeServerProtocol(Protocol):
         running = dispatcher.running
         simple_call = dispatcher.simple_calls.get
         dispatch = dispatcher.call
-        packb = _packb
-        prefixes = _PREFIXES
-        # The loop runs once per frame of a read (often dozens): the common
-        # CALL (four fields, no options) is handled inline, and a method on
-        # the dispatcher's hot path is called straight; the rest goes through
-        # _parse_call and _control.
+        send_result = conn.send_result
+        error: ProtocolError | None = None
+        # The loop runs once per event of a read (often dozens): the common
+        # CALL (four fields, no options, checked by the connection) is
+        # handled inline, and a method on the dispatcher's hot path is called
+        # straight; the rest goes through _start_stream and _control.
         try:
             for frame in frames_left:
                 if len(frame) == 4 and frame[0] == CALL:
                     _, call_id, method, value = frame
-                    # call_id >> 63: nonzero for ids out of 0..2^63-1, in one step.
-                    if type(call_id) is not int or type(method) is not str or call_id >> 63:
-                        self._parse_call(frame, out)  # refuses it, naming the bad field
-                        continue
                     timeout = metadata = None
                 elif frame[0] != CALL:
-                    self._control(frame, out)
+                    if frame[0] == CONNECTION_ERROR:
+                        self._goaway(frame[2], frame[3])
+                        return
+                    self._control(frame)
                     continue
                 else:
-                    parsed = self._parse_call(frame, out)
-                    if parsed is None:
+                    _, call_id, method, value, options = frame
+                    if options.stream:
+                        self._start_stream(call_id, method, value, options)
                         continue
-                    call_id, method, value, timeout, metadata = parsed
+                    timeout = options.timeout
+                    metadata = options.metadata
                 if call_id in running:
-                    out.append(_error_frame(call_id, Code.INVALID_ARGUMENT,
-                                            f"call id {call_id} is already in use on this connection"))
+                    conn.send_error(call_id, Code.INVALID_ARGUMENT,
+                                    f"call id {call_id} is already in use on this connection")
                     continue
                 call = simple_call(method)
                 try:
@@ -236,7 +202,7 @@ class NativeServerProtocol(Protocol):
                     else:
                         result = dispatch(method, value, call_id, timeout=timeout, metadata=metadata)
                 except RPCError as e:
-                    out.append(_error_frame(call_id, e.code, e.message, e.details))
+                    conn.send_error(call_id, e.code, e.message, e.details)
                     continue
                 # A plain result cannot be a Deferred; the type test is much
                 # cheaper than isinstance (Deferred is an abc).
@@ -245,26 +211,19 @@ class NativeServerProtocol(Protocol):
                                         callbackArgs=(call_id,), errbackArgs=(call_id,))
                     continue
                 try:
-                    body = packb([RESULT, call_id, result])
+                    queued += send_result(call_id, result)
                 except Exception as e:
-                    out.append(self._unencodable(method, call_id, e))
+                    self._unencodable(method, call_id, e)
                     continue
-                size = len(body)
-                if size < 256:
-                    out.append(prefixes[size] + body)
-                else:
-                    out.append(pack_length(size))  # not joined: a large body is copied once
-                    out.append(body)
-                queued += size
                 if queued > room:
                     assert throttle is not None  # room is finite
-                    throttle.hold(list(frames_left), error)
-                    error = None
+                    throttle.hold(list(frames_left), None)
                     break
-        except ProtocolError as e:
+        except ProtocolError as e:  # TooManyPings
             error = e
+        out = conn.data_to_send()
         if out:
-            self._write(b"".join(out))
+            self._write(out)
         if error is not None:
             self._protocol_error(error)
         elif throttle is not None and throttle.held is not None and not throttle.paused:
@@ -302,100 +261,70 @@ class NativeServerProtocol(Protocol):
             # or queues them for the doWrite that finds out.
         self.transport.write(data)
 
-    def _parse_call(self, frame: list, out: list[bytes]) -> tuple[int, str, Any, Any, Any] | None:
-        """
-        Check a CALL frame that is not of the plain four-field kind (or whose
-        fields are wrong), and start it if it opens a stream.
-
-        A bad field fails the call: an ERROR frame (INVALID_ARGUMENT) naming
-        the field goes into C{out}.
-
-        @param frame: the frame body.
-        @param out: replies of this read.
-        @return: C{(call_id, method, value, timeout, metadata)} for a unary
-            call, or None when it was refused or was a stream (now started).
-        @raise ProtocolError: the frame's id cannot be read.
-        """
-        call_id = read_id(frame)
-        try:
-            check_fields(frame, "[0, id, method, argument]")
-            method = check_method(frame[2])
-            options = parse_options(frame[4] if len(frame) > 4 else None)
-        except (TypeError, ValueError) as e:
-            out.append(_error_frame(call_id, Code.INVALID_ARGUMENT, f"CALL {call_id}: {e}"))
-            return None
-        if options.stream:
-            self._start_stream(call_id, method, frame[3], options, out)
-            return None
-        return call_id, method, frame[3], options.timeout, options.metadata
-
-    def _start_stream(self, call_id: int, method: str, value: Any, options: CallOptions,
-                      out: list[bytes]) -> None:
+    def _start_stream(self, call_id: int, method: str, value: Any, options: CallOptions) -> None:
         if self._streams is None:
             from rpcd.server.streams import ServerStreams
             self._streams = ServerStreams(self)
-        self._streams.open(call_id, method, value, options, out)
+        self._streams.open(call_id, method, value, options)
 
     @property
     def closing(self) -> bool:
         """
         Whether a GOAWAY was sent: it is the last frame the peer gets.
         """
-        return self._goaway_sent
+        return self.conn.closed
 
     def _reply_later(self, result: Any, call_id: int) -> None:
-        if self._goaway_sent:
+        conn = self.conn
+        if conn.closed:
             return
         try:
-            frame = encode_frame([RESULT, call_id, result])
+            conn.send_result(call_id, result)
         except Exception as e:
-            frame = self._unencodable("call", call_id, e)
-        self.transport.write(frame)
+            self._unencodable("call", call_id, e)
+        self.transport.write(conn.data_to_send())
 
     def _fail_later(self, failure: Failure, call_id: int) -> None:
-        if self._goaway_sent:
+        conn = self.conn
+        if conn.closed:
             return
         error = failure.value
         assert error is not None  # a Failure always holds its exception
         code, message, details = error_fields(error)
-        self.transport.write(_error_frame(call_id, code, message, details))
+        conn.send_error(call_id, code, message, details)
+        self.transport.write(conn.data_to_send())
 
-    def _unencodable(self, method: str, call_id: int, error: Exception) -> bytes:
+    def _unencodable(self, method: str, call_id: int, error: Exception) -> None:
         log.error("{method} returned a value msgpack cannot encode: {error}",
                   method=method, error=error)
-        return _error_frame(call_id, Code.INTERNAL, f"{method}: the result cannot be encoded: {error}")
+        self.conn.send_error(call_id, Code.INTERNAL,
+                             f"{method}: the result cannot be encoded: {error}")
 
-    def _control(self, frame: list, out: list[bytes]) -> None:
+    def _control(self, event: Any) -> None:
         """
-        Handle a frame that is not a CALL.
+        Handle an event that is not a CALL (nor the last one, a
+        CONNECTION_ERROR).
 
-        @param frame: the frame body.
-        @param out: replies of this read.
-        @raise ProtocolError: a frame a client may not send, or whose id
-            cannot be read.
+        @param event: the event.
+        @raise ProtocolError: too many PINGs (L{TooManyPings}).
         """
-        kind = frame[0]
+        kind = event[0]
         if kind == CANCEL:
             assert self.dispatcher is not None  # set by connectionMade, before any data
-            self.dispatcher.cancel(read_id(frame))
+            self.dispatcher.cancel(event[1])
         elif kind == PING:
             if self._pings is None:
                 limits = self.server.limits
                 self._pings = PingStrikes(self.server.clock, limits.keepalive_min_ping_interval,
                                           limits.keepalive_max_ping_strikes)
             self._pings.ping()  # TooManyPings: a GOAWAY
-            out.append(encode_frame([PONG, frame[1] if len(frame) > 1 else None]))
-        elif kind == PONG:
-            pass
+            self.conn.send_pong(event[1])
         elif kind == GOAWAY:
             self.transport.loseConnection()
-        elif kind in _STREAM_FRAMES:
+        elif kind in _STREAM_EVENTS:
             if self._streams is not None:
-                self._streams.frame_received(frame, out)
-            else:
-                read_id(frame)  # no stream was ever opened: a good id is ignored
-        else:
-            raise ProtocolError(f"unexpected {frame_name(kind)} from a client")
+                self._streams.event_received(event)
+        # PONG and PREFACE_RECEIVED need nothing.
 
     def drain(self, message: str = "the server is shutting down") -> None:
         """
@@ -409,16 +338,15 @@ class NativeServerProtocol(Protocol):
 
         @param message: the GOAWAY's reason.
         """
-        if self._closing or self._drain_last is not None:
+        conn = self.conn
+        if self._closing or conn.drain_last is not None:
             return
         dispatcher = self.dispatcher
         running = dispatcher.running if dispatcher is not None else {}
-        self._drain_last = max((k for k in running if type(k) is int), default=0)
         if self.throttle is not None:
             self.throttle.held = None
-        if self._streams is not None:
-            self._streams.flush()
-        self.transport.write(encode_frame([GOAWAY, self._drain_last, int(Code.OK), message]))
+        conn.drain(max((k for k in running if type(k) is int), default=0), message)
+        self.transport.write(conn.data_to_send())
         calls_ended(running).addCallback(self._drained)
 
     def _drained(self, _: object) -> None:
@@ -433,49 +361,33 @@ class NativeServerProtocol(Protocol):
 
         @param message: the errors' message.
         """
-        if self._goaway_sent:
+        conn = self.conn
+        if conn.closed:
             return
         dispatcher = self.dispatcher
-        out = [_error_frame(k, Code.UNAVAILABLE, message)
-               for k in (dispatcher.running if dispatcher is not None else ())
-               if type(k) is int]
-        if self._streams is not None:
-            self._streams.flush()
-        self._closing = self._goaway_sent = True
+        for k in (dispatcher.running if dispatcher is not None else ()):
+            if type(k) is int:
+                conn.send_error(k, Code.UNAVAILABLE, message)
+        conn.close(None)
+        self._closing = True
         if self.throttle is not None:
             self.throttle.held = None
+        out = conn.data_to_send()
         if out:
-            self.transport.write(b"".join(out))
+            self.transport.write(out)
         self.transport.loseConnection()
         if dispatcher is not None:
             for d in list(dispatcher.running.values()):
                 d.cancel()
 
-    def _refuse_calls(self, frames: list[list[Any]], out: list[bytes]) -> list[list[Any]]:
-        """
-        After a graceful GOAWAY: answer each new CALL with UNAVAILABLE
-        (not run), keep the other frames.
-        """
-        kept = []
-        for frame in frames:
-            if frame[0] == CALL:
-                call_id = read_id(frame)
-                out.append(_error_frame(call_id, Code.UNAVAILABLE,
-                                        f"call {call_id} was not run: the server is going away "
-                                        f"(GOAWAY sent with last_id {self._drain_last}); "
-                                        "retry it on a new connection"))
-            else:
-                kept.append(frame)
-        return kept
-
     def _goaway(self, code: int, message: str) -> None:
-        self._closing = self._goaway_sent = True
+        self._closing = True
         if self.throttle is not None:
             self.throttle.held = None
         log.info("closing connection from {peer}: {why}", peer=self.session.peer, why=message)
-        if self._streams is not None:
-            self._streams.flush()
-        self.transport.write(encode_frame([GOAWAY, 0, int(code), message]))
+        conn = self.conn
+        conn.close(int(code), message)
+        self.transport.write(conn.data_to_send())
         self.transport.loseConnection()
 
     def _protocol_error(self, error: ProtocolError) -> None:
@@ -490,19 +402,15 @@ class NativeServerProtocol(Protocol):
 
         @param opaque: echoed by the peer's PONG.
         """
-        if not self._goaway_sent:
-            self.transport.write(encode_frame([PING, opaque]))
+        conn = self.conn
+        if not conn.closed:
+            conn.send_ping(opaque)
+            self.transport.write(conn.data_to_send())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.reader.clear()
+        self.conn.clear()
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self._streams is not None:
             self._streams.connection_lost()
 
-
-def _error_frame(call_id: int, code: int, message: str, details: Any = None) -> bytes:
-    try:
-        return encode_frame([ERROR, call_id, int(code), message, details])
-    except Exception:
-        return encode_frame([ERROR, call_id, int(code), message, None])

@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable
 
-import msgpack
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -34,12 +33,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.server.backpressure import take_over_producer
-from rpcd.core.convert import Mismatch as _Mismatch
+from rpcd.core.convert import _Mismatch
 from rpcd.core.dispatch import error_fields
-from rpcd.errors import Code, InvalidArgument, ProtocolError, RPCError
-from rpcd.wire.fields import CallOptions, frame_name, read_id
-from rpcd.wire.flow import DEFAULT_WINDOW, MAX_WINDOW, ReceiveWindow, check_credit
-from rpcd.wire.frames import CREDIT, END, ERROR, MESSAGE, RESULT, encode_frame, pack_length
+from rpcd.errors import Code, InvalidArgument, RPCError
+from rpcd.wire.connection import BAD_FRAME, CREDIT, END, MESSAGE
+from rpcd.wire.fields import CallOptions, frame_name
+from rpcd.wire.frames import ERROR, encode_frame
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, ITransport
@@ -55,8 +54,6 @@ FLUSH_BYTES = 256 * 1024
 
 RECEIVE_WINDOW = 256
 """The credit a server grants a client for its messages on each stream."""
-
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 @implementer(IPushProducer)
@@ -78,6 +75,7 @@ class ServerStreams:
         @param protocol: the connection's native protocol.
         """
         self.protocol = protocol
+        self.conn = protocol.conn
         transport = protocol.transport
         assert transport is not None  # made for a CALL frame, after connectionMade
         self.transport: ITransport = transport
@@ -86,31 +84,28 @@ class ServerStreams:
         self.paused = False
         self._registered = False
         self._previous: Any = None
-        self._out: list[bytes] = []
-        self._out_size = 0
+        self._out_size = 0  # bytes queued in the connection since the last flush
         self._flush_call: IDelayedCall | None = None
 
-    def open(self, call_id: int, method: str, value: Any, options: CallOptions,
-             out: list[bytes]) -> None:
+    def open(self, call_id: int, method: str, value: Any, options: CallOptions) -> None:
         """
-        Start a stream for a CALL frame with C{"stream"} in its options.
+        Start a stream for a CALL event with C{"stream"} in its options (the
+        connection holds its credit).  An error that ends it at once is
+        queued in the connection, written after this read.
 
         @param call_id: the CALL's id.
         @param method: C{Service.Method}.
         @param value: the CALL's argument.
         @param options: the CALL's options, checked (see
             L{rpcd.wire.fields.parse_options}).
-        @param out: frames to write after this read (an error that ends the
-            stream at once goes there).
         """
         dispatcher = self.protocol.dispatcher
         assert dispatcher is not None  # set by connectionMade, before any frame
         if call_id in self.streams or call_id in dispatcher.running:
-            out.append(error_frame(call_id, Code.INVALID_ARGUMENT,
-                                   f"call id {call_id} is already in use on this connection"))
+            self.conn.send_error(call_id, Code.INVALID_ARGUMENT,
+                                 f"call id {call_id} is already in use on this connection")
             return
-        window = DEFAULT_WINDOW if options.window is None else options.window
-        stream = ServerStream(self, call_id, window)
+        stream = ServerStream(self, call_id)
         self.streams[call_id] = stream
         self._register()
         try:
@@ -120,64 +115,42 @@ class ServerStreams:
                                        value=value)
         except RPCError as e:
             self.streams.pop(call_id, None)
-            out.append(error_frame(call_id, e.code, e.message, e.details))
+            self.conn.send_error(call_id, e.code, e.message, e.details)
             return
         d.addCallbacks(stream.ended, stream.failed)
 
-    def frame_received(self, frame: list[Any], out: list[bytes]) -> None:
+    def event_received(self, event: Any) -> None:
         """
-        Handle a MESSAGE, END or CREDIT frame from the client.
+        Handle a MESSAGE, END, CREDIT or BAD_FRAME event of the connection
+        (its credit counted already): events for a stream that is not
+        running are ignored; a bad field of a frame for a running stream
+        fails that stream with INVALID_ARGUMENT.
 
-        Frames for a stream that is not running are ignored (they crossed
-        the server's final frame on the wire); a bad field of a frame for a
-        running stream fails that stream with INVALID_ARGUMENT.
-
-        @param frame: the decoded frame.
-        @param out: frames to write after this read.
-        @raise ProtocolError: an id that cannot be read, a MESSAGE beyond
-            the credit granted or after END, credit over L{MAX_WINDOW}, or
-            an unknown frame type.
+        @param event: the event.
         """
-        kind = frame[0]
-        if kind not in (MESSAGE, CREDIT, END):
-            raise ProtocolError(f"unexpected {frame_name(kind)} from a client")
-        call_id = read_id(frame)
-        stream = self.streams.get(call_id)
+        kind = event[0]
+        stream = self.streams.get(event[1])
         if stream is None:
             return
         if kind == MESSAGE:
-            if len(frame) < 3:
-                stream.abort(InvalidArgument(f"MESSAGE {call_id}: needs [4, id, value], "
-                                             f"got {len(frame)} fields"))
-            elif stream.inbox is None:
-                raise ProtocolError(f"stream {call_id}: MESSAGE beyond the granted credit "
-                                    "(this method takes no messages)")
-            else:
-                stream.inbox.put(frame[2])
+            if stream.inbox is not None:
+                stream.inbox.put(event[2])
         elif kind == CREDIT:
-            try:
-                n = check_credit(frame[2] if len(frame) > 2 else None)
-            except ValueError as e:
-                stream.abort(InvalidArgument(f"CREDIT {call_id}: {e}"))
-                return
-            stream.credit += n
-            if stream.credit > MAX_WINDOW:
-                raise ProtocolError(f"stream {call_id}: credit over {MAX_WINDOW} messages")
             stream.wake()
-        elif stream.inbox is not None:
-            stream.inbox.end()
+        elif kind == END:
+            if stream.inbox is not None:
+                stream.inbox.end()
+        elif kind == BAD_FRAME:
+            stream.abort(InvalidArgument(f"{frame_name(event[2])} {event[1]}: {event[3]}"))
 
-    def send(self, data: bytes) -> None:
+    def queued(self, size: int) -> None:
         """
-        Queue frames for the peer; they are written at the end of this
-        reactor turn, or at once when enough are waiting.
+        Frames were queued in the connection; they are written at the end
+        of this reactor turn, or at once when enough are waiting.
 
-        @param data: encoded frames.
+        @param size: their bytes.
         """
-        if self.protocol.closing:
-            return  # after a GOAWAY nothing more is sent
-        self._out.append(data)
-        self._out_size += len(data)
+        self._out_size += size
         if self._out_size >= FLUSH_BYTES:
             self.flush()
         elif self._flush_call is None:
@@ -190,10 +163,9 @@ class ServerStreams:
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
-        if self._out:
-            data = b"".join(self._out)
-            self._out = []
-            self._out_size = 0
+        self._out_size = 0
+        data = self.conn.data_to_send()
+        if data:
             self.transport.write(data)
 
     def forget(self, stream: ServerStream) -> None:
@@ -240,7 +212,6 @@ class ServerStreams:
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
-        self._out = []
         self._out_size = 0
 
 
@@ -249,14 +220,12 @@ class ServerStream:
     One stream on the server.
 
     @ivar call_id: the id of the CALL that opened it.
-    @ivar credit: MESSAGE frames the client lets us send now.
     @ivar inbox: the client's messages, for methods that take them.
     """
 
-    def __init__(self, streams: ServerStreams, call_id: Any, window: int) -> None:
+    def __init__(self, streams: ServerStreams, call_id: Any) -> None:
         self.streams = streams
         self.call_id = call_id
-        self.credit = window
         self.inbox: StreamMessages | None = None
         self._waiting: Deferred[None] | None = None
         self._aborted: RPCError | None = None
@@ -274,7 +243,7 @@ class ServerStream:
         """
         spec = method.spec
         if spec.stream_param is not None:
-            self.inbox = StreamMessages(self, spec.convert_message_in, RECEIVE_WINDOW)
+            self.inbox = StreamMessages(self, spec.convert_message_in)
             result = method.invoke_stream(value, context, self.inbox)
             self.inbox.grant(RECEIVE_WINDOW)
         else:
@@ -319,12 +288,22 @@ class ServerStream:
         @raise InvalidArgument: the item does not fit the message type.
         """
         try:
-            body = _packb([MESSAGE, self.call_id, convert(item)])
+            value = convert(item)
         except _Mismatch as e:
             raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
-        self.streams.send(pack_length(len(body)) + body)
-        self.credit -= 1
-        return self.credit <= 0 or self.streams.paused
+        streams = self.streams
+        conn = streams.conn
+        if conn.credit(self.call_id) <= 0:
+            return True  # the stream was ended under the handler: it is being cancelled
+        streams.queued(conn.send_message(self.call_id, value))
+        return conn.credit(self.call_id) <= 0 or streams.paused
+
+    @property
+    def credit(self) -> int:
+        """
+        The MESSAGE frames the client lets us send now.
+        """
+        return self.streams.conn.credit(self.call_id)
 
     def _writable(self) -> Deferred[None]:
         """
@@ -359,13 +338,15 @@ class ServerStream:
         @param value: its final value, as plain data.
         """
         self._close()
+        conn = self.streams.conn
         try:
-            frame = encode_frame([RESULT, self.call_id, value])
+            size = conn.send_result(self.call_id, value)
         except Exception as e:
             log.error("stream {id} ended with a value msgpack cannot encode: {error}",
                       id=self.call_id, error=e)
-            frame = error_frame(self.call_id, Code.INTERNAL, f"the result cannot be encoded: {e}")
-        self.streams.send(frame)
+            size = conn.send_error(self.call_id, Code.INTERNAL,
+                                   f"the result cannot be encoded: {e}")
+        self.streams.queued(size)
 
     def abort(self, error: RPCError) -> None:
         """
@@ -389,7 +370,7 @@ class ServerStream:
         error = self._aborted or failure.value
         assert error is not None  # Failure() raises rather than hold no exception
         code, message, details = error_fields(error)
-        self.streams.send(error_frame(self.call_id, code, message, details))
+        self.streams.queued(self.streams.conn.send_error(self.call_id, code, message, details))
 
     def _close(self) -> None:
         self.streams.forget(self)
@@ -414,23 +395,22 @@ class StreamMessages:
     time.
     """
 
-    def __init__(self, stream: ServerStream, convert: Callable[[Any], Any] | None,
-                 window: int) -> None:
+    def __init__(self, stream: ServerStream, convert: Callable[[Any], Any] | None) -> None:
         self._stream = stream
         self._convert = convert
         self._queue: deque[Any] = deque()
         self._ended = False
         self._waiting: Deferred[Any] | None = None
-        self._window = ReceiveWindow(window, 0)
 
     def grant(self, n: int) -> None:
         """
-        Give the caller its first credit.
+        Give the caller its first credit (its window).
 
         @param n: messages it may send.
         """
-        self._window.available += n
-        self._stream.streams.send(encode_frame([CREDIT, self._stream.call_id, n]))
+        streams = self._stream.streams
+        streams.conn.grant_window(self._stream.call_id, n)
+        streams.queued(1)
 
     def __aiter__(self) -> StreamMessages:
         return self
@@ -458,9 +438,10 @@ class StreamMessages:
             self._waiting = None
 
     def _take(self, value: Any) -> Any:
-        n = self._window.consumed()
-        if n and not self._ended:
-            self._stream.streams.send(encode_frame([CREDIT, self._stream.call_id, n]))
+        if not self._ended:
+            streams = self._stream.streams
+            if streams.conn.message_consumed(self._stream.call_id):
+                streams.queued(1)
         if self._convert is None:
             return value
         try:
@@ -470,14 +451,10 @@ class StreamMessages:
 
     def put(self, value: Any) -> None:
         """
-        A MESSAGE arrived.
+        A MESSAGE arrived (the connection counted its credit).
 
         @param value: its decoded value.
-        @raise ProtocolError: beyond the granted credit, or after END.
         """
-        if self._ended:
-            raise ProtocolError(f"stream {self._stream.call_id}: MESSAGE after END")
-        self._window.received(self._stream.call_id)
         d = self._waiting
         if d is None:
             self._queue.append(value)
