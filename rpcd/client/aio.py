@@ -510,7 +510,8 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         for tries in range(REDIALS + 1):
-            left = None if deadline is None else deadline - loop.time()
+            # The first try sends the caller's timeout as given; a retry what is left.
+            left = timeout if tries == 0 or deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 break
             try:
