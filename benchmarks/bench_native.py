@@ -127,6 +127,10 @@ def cases() -> list[Case]:
              [sys.executable, os.path.join(HERE, "py_native_client.py"), "--port", "{port}",
               "--inflight", "64", "--dur", "{dur}", "--warmup", "{warmup}", "--n", "{n}",
               "--server-pid", "{pid}", "--case", "{case}"]),
+        Case("rpcd <- py rpcd.client.aio x64",
+             [sys.executable, os.path.join(HERE, "py_native_client.py"), "--aio", "--port",
+              "{port}", "--inflight", "64", "--dur", "{dur}", "--warmup", "{warmup}", "--n",
+              "{n}", "--server-pid", "{pid}", "--case", "{case}"]),
     ]
 
 

@@ -1,5 +1,6 @@
 """
-A load client built on rpcd's own client library (L{rpcd.client.connect}):
+A load client built on rpcd's own client library (L{rpcd.client.connect} on
+Twisted, or with C{--aio} L{rpcd.client.aio.connect} in C{asyncio.run}):
 C{--inflight} coroutines share one connection and call C{Arith.Multiply}
 over and over, checking every answer.
 
@@ -109,6 +110,76 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
                 client="rpcd.client (python)")
 
 
+async def run_aio(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The same load as L{run}, from the asyncio client.
+    """
+    import asyncio
+
+    from rpcd.client import aio
+    client = await aio.connect(f"tcp:{args.host}:{args.port}")
+    state = {"measuring": False, "stopping": False, "started": 0, "errors": 0}
+    lats: list[int] = []
+    perf = time.perf_counter_ns
+
+    async def worker(seed: int) -> None:
+        i = 0
+        while not state["stopping"]:
+            measured = state["measuring"]
+            if measured:
+                state["started"] += 1
+                if state["started"] > args.n:
+                    state["stopping"] = True
+                    return
+            a = (seed + i) % 1000
+            i += 1
+            t0 = perf()
+            try:
+                result = await client.call("Arith.Multiply", {"A": a, "B": 7})
+            except Exception as e:  # noqa: BLE001
+                state["errors"] += 1
+                print(f"call error: {e!r}", file=sys.stderr)
+                if state["errors"] > 100:
+                    state["stopping"] = True
+                continue
+            if result != a * 7:
+                state["errors"] += 1
+            elif measured:
+                lats.append(perf() - t0)
+
+    workers = [asyncio.ensure_future(worker(k * 17)) for k in range(args.inflight)]
+    await asyncio.sleep(args.warmup)
+    srv0 = cpu_seconds(args.server_pid) if args.server_pid else None
+    cli0 = self_cpu()
+    t0 = time.perf_counter()
+    state["measuring"] = True
+    await asyncio.sleep(args.dur)
+    state["stopping"] = True
+    secs = time.perf_counter() - t0
+    srv1 = cpu_seconds(args.server_pid) if args.server_pid else None
+    cli1 = self_cpu()
+    await asyncio.gather(*workers)
+    await client.close()
+    lats.sort()
+    return dict(case=args.case or f"rpcd native py aio 1x{args.inflight}", unit="calls",
+                calls=len(lats), secs=secs, rate=len(lats) / secs,
+                p50_us=percentile(lats, 0.50), p99_us=percentile(lats, 0.99),
+                errors=state["errors"],
+                server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
+                client_cpu_s=cli1 - cli0, conns=1, inflight=args.inflight, procs=1,
+                client="rpcd.client.aio (python)")
+
+
+def report(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+    p50, p99 = result["p50_us"] or -1, result["p99_us"] or -1
+    print(f"{result['case']}: {result['calls']} calls in {result['secs']:.2f}s = "
+          f"{result['rate']:.0f}/s p50 {p50:.0f}us p99 {p99:.0f}us errors {result['errors']}",
+          file=sys.stderr)
+    if result["errors"]:
+        raise SystemExit(2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -119,17 +190,15 @@ def main() -> int:
     p.add_argument("--n", type=int, default=10_000_000, help="cap on measured calls")
     p.add_argument("--server-pid", type=int, default=0)
     p.add_argument("--case", default="")
+    p.add_argument("--aio", action="store_true", help="the asyncio client, not Twisted's")
     args = p.parse_args()
+    if args.aio:
+        import asyncio
+        report(asyncio.run(run_aio(args)))
+        return 0
 
     async def go(reactor: Any) -> None:
-        result = await run(reactor, args)
-        print(json.dumps(result), flush=True)
-        p50, p99 = result["p50_us"] or -1, result["p99_us"] or -1
-        print(f"{result['case']}: {result['calls']} calls in {result['secs']:.2f}s = "
-              f"{result['rate']:.0f}/s p50 {p50:.0f}us p99 {p99:.0f}us errors {result['errors']}",
-              file=sys.stderr)
-        if result["errors"]:
-            raise SystemExit(2)
+        report(await run(reactor, args))
 
     task.react(lambda reactor: defer.Deferred.fromCoroutine(go(reactor)))
     return 0

@@ -202,6 +202,7 @@ class _Connection(asyncio.Protocol):
         self.lost: str | None = None
         self.heard = False
         self._writable: asyncio.Future[None] | None = None
+        self._flush_due = False
 
     # asyncio.Protocol
 
@@ -325,7 +326,17 @@ class _Connection(asyncio.Protocol):
 
     # Calls.
 
+    def flush_soon(self) -> None:
+        """
+        Write what is queued once the tasks ready now have run: the calls
+        they make in the same turn of the loop go out in one write.
+        """
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
+        self._flush_due = False
         data = self.conn.data_to_send()
         if data and self.transport is not None and self.lost is None:
             self.transport.write(data)
@@ -507,6 +518,13 @@ class Client:
         timeout = self.default_timeout if timeout is None else check_timeout(timeout)
         if metadata is not None:
             metadata = check_metadata(metadata)
+        if timeout is None:
+            for tries in range(REDIALS + 1):
+                try:
+                    return await self._call_once(method, args, None, metadata)
+                except NotRun:
+                    if tries == REDIALS:
+                        raise
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         for tries in range(REDIALS + 1):
@@ -537,7 +555,7 @@ class Client:
         except Exception as e:
             raise RPCError(f"cannot send {method}: {type(e).__name__}: {e}") from e
         connection.pending[call_id] = future
-        connection.flush()
+        connection.flush_soon()
         try:
             return await future
         except asyncio.CancelledError:
