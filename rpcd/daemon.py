@@ -17,7 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
-from rpcd.builtin import Health, Introspection
+from rpcd.builtin import Discovery, Health, Introspection
 from rpcd.config import Config, ConfigError, ServiceConfig
 from rpcd.drain import DaemonService
 from rpcd.health import HealthState
@@ -93,6 +93,8 @@ def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> Service
     for builtin in (Introspection, Health, *STANDARD):
         if registry.spec(builtin.__name__) is None:
             registry.add(builtin(registry))
+    if registry.spec("rpc") is None:  # OpenRPC's rpc.discover
+        registry.add(Discovery(registry))
     return registry
 
 
