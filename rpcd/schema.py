@@ -226,8 +226,7 @@ class SchemaBuilder:
             except Exception:  # an older protobuf: describe it without its fields
                 return {"type": "object", "title": field.message_type.full_name}
         if field.enum_type is not None:
-            return {"type": "string", "enum": [v.name for v in field.enum_type.values],
-                    "x-go-type": "int32"}
+            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
         return dict(_PROTO_TYPES.get(field.type, {}))
 
 
@@ -237,7 +236,7 @@ def _object(cls: Any, properties: dict[str, Any], required: list[str]) -> dict[s
         schema["required"] = required
     doc = inspect.getdoc(cls)
     if doc and not doc.startswith(f"{cls.__name__}("):  # not the dataclass's made-up one
-        schema["description"] = doc
+        schema["description"] = plain_text(doc)
     return schema
 
 
@@ -287,7 +286,18 @@ def method_object(service: ServiceSpec, method: MethodSpec, builder: SchemaBuild
     @param builder: collects the components its types need.
     @return: the method object, named C{Service.Method}.
     """
-    params = [_param(p.name, p.hint, not p.has_default, builder) for p in method.params]
+    function = getattr(service.cls, method.attribute, None)
+    try:
+        signature = inspect.signature(function) if function is not None else None
+    except (TypeError, ValueError):
+        signature = None
+    params = []
+    for p in method.params:
+        descriptor = {"name": p.name, "schema": builder.schema(p.hint), "required": not p.has_default}
+        default = signature.parameters[p.name].default if signature is not None else None
+        if p.has_default and isinstance(default, _JSON_LITERALS) and default is not None:
+            descriptor["schema"] = {**descriptor["schema"], "default": default}
+        params.append(descriptor)
     kind = method.kind
     if kind in (Kind.SERVER_STREAM, Kind.BIDI_STREAM):
         result_schema = builder.schema(method.message_out_hint)
@@ -296,11 +306,10 @@ def method_object(service: ServiceSpec, method: MethodSpec, builder: SchemaBuild
         result_schema = builder.schema(method.result_hint)
         result_name = "result"
     out: dict[str, Any] = {"name": f"{service.name}.{method.name}"}
-    function = getattr(service.cls, method.attribute, None)
-    doc = inspect.getdoc(function) if function is not None else None
+    doc = plain_text(inspect.getdoc(function) or "") if function is not None else ""
     if method.doc:
-        out["summary"] = method.doc
-    if doc and doc.strip() != method.doc:
+        out["summary"] = plain_text(method.doc)
+    if doc and doc.strip() != out.get("summary"):
         out["description"] = doc
     out["params"] = params
     out["result"] = {"name": result_name, "schema": result_schema}
@@ -311,8 +320,16 @@ def method_object(service: ServiceSpec, method: MethodSpec, builder: SchemaBuild
     return out
 
 
-def _param(name: str, hint: Any, required: bool, builder: SchemaBuilder) -> dict[str, Any]:
-    return {"name": name, "schema": builder.schema(hint), "required": required}
+_MARKUP = re.compile(r"\b[BCILU]\{([^{}]*)\}")
+
+
+def plain_text(doc: str) -> str:
+    """
+    @param doc: a docstring.
+    @return: it without epytext's inline markup (C{C{x}} is C{x}), for
+        readers of the document who never see Python.
+    """
+    return _MARKUP.sub(r"\1", doc)
 
 
 def openrpc_document(services: Iterable[ServiceSpec], *, title: str = "rpcd",
