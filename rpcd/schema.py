@@ -329,7 +329,11 @@ def plain_text(doc: str) -> str:
     @return: it without epytext's inline markup (C{C{x}} is C{x}), for
         readers of the document who never see Python.
     """
-    return _MARKUP.sub(r"\1", doc)
+    while True:
+        plain = _MARKUP.sub(r"\1", doc)
+        if plain == doc:
+            return plain
+        doc = plain
 
 
 def openrpc_document(services: Iterable[ServiceSpec], *, title: str = "rpcd",
