@@ -234,7 +234,8 @@ def _object(cls: Any, properties: dict[str, Any], required: list[str]) -> dict[s
     schema: dict[str, Any] = {"type": "object", "title": cls.__name__, "properties": properties}
     if required:
         schema["required"] = required
-    doc = inspect.getdoc(cls)
+    own = vars(cls).get("__doc__")  # not one inherited from dict
+    doc = inspect.cleandoc(own) if isinstance(own, str) else ""
     if doc and not doc.startswith(f"{cls.__name__}("):  # not the dataclass's made-up one
         schema["description"] = plain_text(doc)
     return schema

@@ -58,6 +58,8 @@ class Movie(TypedDict, total=False):
 
 
 class Book(TypedDict):
+    """A book."""
+
     title: str
     pages: int
 
@@ -244,6 +246,8 @@ class HintSchemaTests(SynchronousTestCase):
         self.builder.schema(Movie)
         self.assertEqual(self.builder.components["Book"]["required"], ["title", "pages"])
         self.assertNotIn("required", self.builder.components["Movie"])
+        self.assertEqual(self.builder.components["Book"]["description"], "A book.")
+        self.assertNotIn("description", self.builder.components["Movie"])
         self.assertEqual(self.builder.components["Movie"]["properties"],
                          {"title": {"type": "string"}, "year": {"type": "integer"}})
 
