@@ -60,7 +60,7 @@ def struct_text(name: str, schema: dict[str, Any]) -> list[str]:
     @param schema: an object schema with C{properties}.
     @return: the lines of C{type NAME struct {...}} with its doc comment.
     """
-    lines = []
+    lines: list[str] = []
     doc = schema.get("description")
     if doc:
         lines.extend(f"// {line}".rstrip() for line in f"{name}: {doc}".splitlines())

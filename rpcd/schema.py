@@ -294,11 +294,11 @@ def method_object(service: ServiceSpec, method: MethodSpec, builder: SchemaBuild
         signature = None
     params = []
     for p in method.params:
-        descriptor = {"name": p.name, "schema": builder.schema(p.hint), "required": not p.has_default}
+        schema = builder.schema(p.hint)
         default = signature.parameters[p.name].default if signature is not None else None
         if p.has_default and isinstance(default, _JSON_LITERALS) and default is not None:
-            descriptor["schema"] = {**descriptor["schema"], "default": default}
-        params.append(descriptor)
+            schema["default"] = default
+        params.append({"name": p.name, "schema": schema, "required": not p.has_default})
     kind = method.kind
     if kind in (Kind.SERVER_STREAM, Kind.BIDI_STREAM):
         result_schema = builder.schema(method.message_out_hint)

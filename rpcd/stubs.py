@@ -136,7 +136,7 @@ class _Writer:
             self.lines += ["", f"{name} = dict[str, Any]", ""]  # no field names Python can take
             return
         required = set(schema.get("required", ()))
-        rendered = []
+        rendered: list[tuple[str, str, str | None]] = []
         for prop, sub in fields:
             kind = self.annotation(sub)
             if prop in required:
@@ -146,16 +146,16 @@ class _Writer:
                 rendered.append((prop, kind, default))
         seen_default = False
         kw_only = False
-        for _, _, default in rendered:
-            if default is not None:
+        for _, _, given in rendered:
+            if given is not None:
                 seen_default = True
             elif seen_default:
                 kw_only = True
         self.lines += ["", "@dataclasses.dataclass" + ("(kw_only=True)" if kw_only else ""),
                        f"class {name}:"]
         self.lines += _docstring(schema.get("description") or schema.get("title") or name, "    ")
-        for prop, kind, default in rendered:
-            self.lines.append(f"    {prop}: {kind}" + (f" = {default}" if default is not None else ""))
+        for prop, kind, value in rendered:
+            self.lines.append(f"    {prop}: {kind}" + (f" = {value}" if value is not None else ""))
         self.lines.append("")
 
     def _default(self, schema: dict[str, Any], kind: str) -> tuple[str, str]:
