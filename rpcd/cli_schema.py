@@ -5,6 +5,7 @@ client module written from it (L{rpcd.stubs}).
 
     rpcd schema ENDPOINT [--go [--go-package NAME]]
     rpcd stubs ENDPOINT -o FILE
+    rpcd stubs --document openrpc.json -o FILE     from a saved document
 
 Exit status as for C{rpcd call}: 0, 1 when C{rpc.discover} failed
 remotely, 2 for usage, connection and file errors.
@@ -31,7 +32,8 @@ def add_commands(commands: Any) -> None:
     from rpcd.cli import _add_connection_options
     schema = commands.add_parser("schema", help="print the OpenRPC document of a daemon's "
                                                 "methods (or Go types with --go)")
-    schema.add_argument("endpoint", help="client endpoint string, e.g. tcp:127.0.0.1:1234")
+    schema.add_argument("endpoint", nargs="?", help="client endpoint string, e.g. tcp:127.0.0.1:1234")
+    _add_document_option(schema)
     schema.add_argument("--go", action="store_true",
                         help="print Go struct declarations for its types and a Call for each method")
     schema.add_argument("--go-package", default="rpcdtypes", metavar="NAME",
@@ -41,22 +43,61 @@ def add_commands(commands: Any) -> None:
 
     stubs = commands.add_parser("stubs", help="write a typed Python client module "
                                               "(dataclasses and typed methods) for a daemon")
-    stubs.add_argument("endpoint", help="client endpoint string")
+    stubs.add_argument("endpoint", nargs="?", help="client endpoint string")
+    _add_document_option(stubs)
     stubs.add_argument("-o", "--output", required=True, metavar="FILE",
                        help="the module to write, e.g. rpcd_api.py ('-' for standard output)")
     _add_connection_options(stubs)
     stubs.set_defaults(run=run_stubs)
 
 
+def _add_document_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--document", metavar="FILE",
+                        help="read the OpenRPC document (or a JSON-RPC response carrying it, "
+                             "as curl gets it) from FILE ('-' for standard input) instead of "
+                             "asking ENDPOINT")
+
+
+def read_document(path: str) -> tuple[int, dict[str, Any] | None]:
+    """
+    Read a document saved from C{rpc.discover} or C{GET /openrpc.json}.
+
+    @param path: the file, or C{-} for standard input.
+    @return: C{(status, document)} as L{fetch_document}.
+    """
+    from rpcd.cli import EXIT_OK, EXIT_USAGE
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        value = json.loads(text)
+    except OSError as e:
+        print(f"rpcd: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE, None
+    except ValueError as e:
+        print(f"rpcd: {path} is not JSON: {e}", file=sys.stderr)
+        return EXIT_USAGE, None
+    if isinstance(value, dict) and isinstance(value.get("result"), dict):
+        value = value["result"]  # a JSON-RPC response to rpc.discover
+    if not isinstance(value, dict) or not isinstance(value.get("methods"), list):
+        print(f"rpcd: {path} is not an OpenRPC document (no 'methods' list)", file=sys.stderr)
+        return EXIT_USAGE, None
+    return EXIT_OK, value
+
+
 def fetch_document(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """
-    Call C{rpc.discover} on the daemon C{args} name.
+    Call C{rpc.discover} on the daemon C{args} name, or read C{--document}.
 
-    @param args: the parsed options (endpoint, codec, timeout, accept).
+    @param args: the parsed options (endpoint, codec, timeout, accept,
+        document).
     @return: C{(status, document)}: the document with status 0, or None
         with the exit status after printing why.
     """
     from rpcd.cli import EXIT_OK, EXIT_USAGE, _remote, check_codec_options
+    if (args.endpoint is None) == (args.document is None):
+        print("rpcd: give either ENDPOINT or --document FILE", file=sys.stderr)
+        return EXIT_USAGE, None
+    if args.document is not None:
+        return read_document(args.document)
     problem = check_codec_options(args)
     if problem is not None:
         print(f"rpcd: {problem}", file=sys.stderr)

@@ -153,6 +153,10 @@ class SchemaE2ETests(TestCase):
         logged_in = json.loads(await curl(self, "-u", "user:password",
                                           *post(rpc("rpc.discover")), f"{base}/rpc"))
         self.assertIn("KVStoreService.Get", _names(logged_in["result"]))
+        saved = Path(temp_dir(self), "discover.json")
+        saved.write_text(json.dumps(logged_in))
+        stub = await self.rpcd("stubs", "--document", str(saved), "-o", "-")
+        self.assertIn("class KVStoreServiceClient:", stub)
         refused = await curl(self, "--write-out", "\n%{http_code}", "-X", "POST",
                              f"{base}/openrpc.json")
         self.assertTrue(refused.endswith("\n405"), refused)

@@ -276,3 +276,56 @@ class GoTests(SynchronousTestCase):
         self.assertIn('//\terr := client.Call("Shapes.Move", &ShapesMoveParams{...}, &reply)', text)
         self.assertIn("//\tvar reply Point\n", text)
         self.assertIn("// A server stream: call it with rpcd's native protocol or gRPC", text)
+
+
+class DocumentOptionTests(SynchronousTestCase):
+    """rpcd stubs and rpcd schema --go read a saved document with --document."""
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+
+    def rpcd(self, *argv: str) -> tuple[int, str]:
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from rpcd.cli import run
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            status = run(list(argv))
+        return status, out.getvalue() + err.getvalue()
+
+    def test_from_response(self) -> None:
+        """A JSON-RPC response carrying the document (as curl saves it) makes the stub and the Go types."""
+        import json
+        path = self.directory / "discover.json"
+        path.write_text(json.dumps({"jsonrpc": "2.0", "id": 1, "result": _document()}))
+        target = self.directory / "api.py"
+        status, text = self.rpcd("stubs", "--document", str(path), "-o", str(target))
+        self.assertEqual(status, 0, text)
+        self.assertIn("class ShapesClient:", target.read_text())
+        self.assertRegex(text, r"wrote .*api\.py: 8 methods, 4 types")
+        status, text = self.rpcd("schema", "--go", "--document", str(path))
+        self.assertEqual(status, 0, text)
+        self.assertIn("type Point struct {", text)
+
+    def test_refused(self) -> None:
+        """A missing file, non-JSON, a non-document, both or neither sources, and a bad Go package exit 2 naming the problem."""
+        path = self.directory / "x.json"
+        path.write_text("[1]")
+        missing_file = str(self.directory / "nope.json")
+        for argv, message in [
+            (["stubs", "--document", missing_file, "-o", "-"], f"cannot read {missing_file}"),
+            (["stubs", "--document", str(path), "-o", "-"], "is not an OpenRPC document"),
+            (["stubs", "-o", "-"], "give either ENDPOINT or --document FILE"),
+            (["stubs", "tcp:127.0.0.1:1", "--document", str(path), "-o", "-"],
+             "give either ENDPOINT or --document FILE"),
+            (["schema", "--go", "--go-package", "not-go", "--document", str(path)],
+             "--go-package 'not-go' is not a Go identifier"),
+        ]:
+            status, text = self.rpcd(*argv)
+            self.assertEqual(status, 2, argv)
+            self.assertIn(message, text)
+        path.write_text("{nope")
+        status, text = self.rpcd("schema", "--document", str(path))
+        self.assertEqual((status, "is not JSON" in text), (2, True), text)
