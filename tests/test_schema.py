@@ -7,12 +7,14 @@ and the C{TypedDict} arguments the schemas describe (L{rpcd.convert}).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, TypedDict
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from rpcd.builtin import Discovery, Introspection
 from rpcd.context import CallContext
 from rpcd.convert import argument_converter, convert_argument
 from rpcd.errors import InvalidArgument
@@ -26,7 +28,9 @@ from rpcd.schema import (
 )
 from rpcd.service import Kind, ServiceRegistry, describe_service, exposed, service
 from rpcd.wire.gob import uint
+from tests.jsonservices import connect_protocol, make_server
 from tests.openrpc_meta import problems, validator
+from tests.test_httpwire import get, post, responses
 
 
 @dataclass
@@ -358,7 +362,6 @@ class RegistryDocumentTests(SynchronousTestCase):
     """The document a daemon answers lists what the caller may call, as rpcd list does."""
 
     def setUp(self) -> None:
-        from rpcd.builtin import Discovery, Introspection
         self.registry = ServiceRegistry()
         self.registry.add(Shapes)
         self.registry.add(Secret, access=_Access())
@@ -418,3 +421,48 @@ class TypedDictConvertTests(SynchronousTestCase):
             convert_argument(argument_converter(Book), [1], "book")
         self.assertIn("expected Book (an object with keys title, pages), got list",
                       caught.exception.message)
+
+
+class HTTPDocumentTests(SynchronousTestCase):
+    """GET /openrpc.json and rpc.discover over POST /rpc, byte by byte without sockets."""
+
+    def setUp(self) -> None:
+        self.server, _, _ = make_server()
+        self.server.registry.add(Secret, access=_Access())
+        self.server.registry.add(Discovery(self.server.registry))
+        self.protocol, self.transport = connect_protocol(self.server)
+
+    def exchange(self, request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+        self.protocol.dataReceived(request)
+        answers = responses(self.transport.value())
+        self.transport.clear()
+        return answers
+
+    def test_get(self) -> None:
+        """GET answers the document as JSON, not cached, without the login-gated service; the connection stays open."""
+        ((status, headers, body),) = self.exchange(get("/openrpc.json"))
+        self.assertEqual((status, headers["content-type"], headers["cache-control"]),
+                         (200, "application/json", "no-store"))
+        document = json.loads(body)
+        self.assertEqual(problems(document), [])
+        names = [m["name"] for m in document["methods"]]
+        self.assertIn("Arith.Multiply", names)
+        self.assertNotIn("Secret.Reveal", names)
+        self.assertFalse(self.transport.disconnecting)
+        ((status, _, head_body),) = self.exchange(get("/openrpc.json", method="HEAD"))
+        self.assertEqual((status, head_body), (200, b""))
+
+    def test_other_methods(self) -> None:
+        """A POST to /openrpc.json gets 405 naming GET."""
+        ((status, headers, body),) = self.exchange(post(b"{}", target="/openrpc.json"))
+        self.assertEqual((status, headers["allow"]), (405, "GET, HEAD"))
+        self.assertIn(b"use GET", body)
+
+    def test_discover(self) -> None:
+        """rpc.discover over POST /rpc answers the same document as GET."""
+        ((_, _, served),) = self.exchange(get("/openrpc.json"))
+        ((status, _, body),) = self.exchange(post(
+            b'{"jsonrpc": "2.0", "id": 7, "method": "rpc.discover"}'))
+        answer = json.loads(body)
+        self.assertEqual((status, answer["id"]), (200, 7))
+        self.assertEqual(answer["result"], json.loads(served))

@@ -176,7 +176,7 @@ class SchemaE2ETests(TestCase):
     async def test_stubs_checked_and_run(self) -> None:
         """rpcd stubs writes a module that mypy --strict accepts with a program using it, which then calls the daemon; a wrong call fails mypy."""
         try:
-            import mypy  # noqa: F401
+            import mypy.api  # noqa: F401
         except ImportError:
             missing("mypy is not installed (pip install -e '.[test]' installs it)")
         daemon = await self.start()
@@ -188,13 +188,13 @@ class SchemaE2ETests(TestCase):
         self.assertRegex(err, r"wrote rpcd_api\.py: \d+ methods, \d+ types")
         (directory / "program.py").write_text(PROGRAM)
         (directory / "wrong.py").write_text(WRONG_PROGRAM)
-        mypy = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+        check = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
                 "--config-file", "", "--cache-dir", str(directory / ".mypy_cache")]
         env = {"MYPYPATH": str(ROOT)}
-        code, out, err = await run(self, [*mypy, "rpcd_api.py", "program.py"], env=env,
+        code, out, err = await run(self, [*check, "rpcd_api.py", "program.py"], env=env,
                                    cwd=str(directory))
         self.assertEqual(code, 0, out + err)
-        code, out, err = await run(self, [*mypy, "rpcd_api.py", "wrong.py"], env=env,
+        code, out, err = await run(self, [*check, "rpcd_api.py", "wrong.py"], env=env,
                                    cwd=str(directory))
         self.assertEqual(code, 1, out + err)
         self.assertIn('Argument 1 to "Multiply" of "ArithBlockingClient" has incompatible type '
