@@ -34,7 +34,11 @@ import types
 import typing
 from typing import Any, Iterable
 
+from twisted.logger import Logger
+
 from rpcd.service import Kind, MethodSpec, ServiceSpec
+
+log = Logger()
 
 #: The version of the OpenRPC specification the documents follow.
 OPENRPC_VERSION = "1.3.2"
@@ -355,7 +359,15 @@ def openrpc_document(services: Iterable[ServiceSpec], *, title: str = "rpcd",
         if service.name == DISCOVER_SERVICE:
             continue
         for method in sorted(service.methods.values(), key=lambda m: m.name):
-            methods.append(method_object(service, method, builder))
+            try:
+                methods.append(method_object(service, method, builder))
+            except Exception as e:  # a hint the builder trips on: describe the rest
+                log.failure("cannot describe {method} in the OpenRPC document",
+                            method=f"{service.name}.{method.name}")
+                methods.append({"name": f"{service.name}.{method.name}", "params": [],
+                                "result": {"name": "result", "schema": {}},
+                                "description": f"(no schema: {type(e).__name__}: {e})",
+                                "x-rpcd-kind": method.kind.value})
     return {
         "openrpc": OPENRPC_VERSION,
         "info": {

@@ -466,3 +466,25 @@ class HTTPDocumentTests(SynchronousTestCase):
         answer = json.loads(body)
         self.assertEqual((status, answer["id"]), (200, 7))
         self.assertEqual(answer["result"], json.loads(served))
+
+
+class BrokenHintTests(SynchronousTestCase):
+    """A method whose types the builder cannot describe does not hide the others."""
+
+    def test_described_without_schema(self) -> None:
+        """The method is listed with no schema and the reason, the failure logged, the others described."""
+        from unittest import mock
+        import rpcd.schema as schema_module
+        real = schema_module.method_object
+
+        def failing(service_spec: Any, method: Any, builder: Any) -> dict[str, Any]:
+            if method.name == "Move":
+                raise ValueError("odd hint")
+            return real(service_spec, method, builder)
+        with mock.patch.object(schema_module, "method_object", failing):
+            document = openrpc_document([describe_service(Shapes)])
+        move = next(m for m in document["methods"] if m["name"] == "Shapes.Move")
+        self.assertEqual(move["description"], "(no schema: ValueError: odd hint)")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIn("Shapes.Count", [m["name"] for m in document["methods"]])
+        self.assertEqual(problems(document), [])
