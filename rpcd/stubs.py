@@ -29,6 +29,8 @@ _REF = "#/components/schemas/"
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9_]")
 _SCALARS = {"integer": "int", "number": "float", "boolean": "bool", "null": "None"}
 _ZEROS = {"int": "0", "float": "0.0", "str": '""', "bool": "False", "bytes": 'b""'}
+_IMPORTED = frozenset({"dataclasses", "Any", "AsyncIterator", "AsyncCaller", "BlockingCaller",
+                       "TypedStream", "decode", "encode"})
 
 
 def identifier(name: str) -> str:
@@ -52,7 +54,10 @@ class _Writer:
         self.document = document
         schemas = document.get("components", {}).get("schemas", {})
         self.schemas: dict[str, dict[str, Any]] = schemas
-        self.classes = {name: identifier(name) for name in schemas}
+        # The names the module imports are not free for its classes (a
+        # protobuf message may well be called Any).
+        self.taken = set(_IMPORTED)
+        self.classes = {name: _free(identifier(name), self.taken) for name in schemas}
         self.lines: list[str] = []
 
     def annotation(self, schema: Any) -> str:
@@ -115,7 +120,7 @@ class _Writer:
         for method in self.document.get("methods", []):
             service, _, _ = method["name"].rpartition(".")
             services.setdefault(service, []).append(method)
-        taken = set(self.classes.values())
+        taken = self.taken
         names = {}
         for service in services:
             base = identifier(service)
@@ -193,6 +198,8 @@ class _Writer:
         names = []
         for p in params:
             pname = identifier(p["name"])
+            if pname in ("self", "timeout"):  # taken by the method itself
+                pname += "_"
             names.append((p["name"], pname, p.get("required", True)))
             kind_text = self.annotation(p.get("schema"))
             if p.get("required", True):
@@ -247,7 +254,7 @@ class _Writer:
     def _holder(self, name: str, caller: str, services: dict[str, Any],
                 names: dict[str, tuple[str, str]], index: int) -> None:
         self.lines += ["", f"class {name}:"]
-        self.lines += _docstring("Every service, by name: C{api.Arith.Multiply(...)}.", "    ")
+        self.lines += _docstring("Every service, by name: C{api.Service.Method(...)}.", "    ")
         self.lines += ["", f"    def __init__(self, client: {caller}) -> None:"]
         for service in services:
             self.lines.append(f"        self.{identifier(service)} = {names[service][index]}(client)")

@@ -230,6 +230,19 @@ class IdentifierTests(SynchronousTestCase):
         self.assertEqual(identifier("class"), "class_")
         self.assertEqual(identifier("1st"), "_1st")
 
+    def test_names_taken(self) -> None:
+        """A type named like an import, and parameters named self or timeout, are renamed; the module still works."""
+        document = {"openrpc": "1.3.2", "info": {"title": "t", "version": "1"}, "components": {
+            "schemas": {"Any": {"type": "object", "properties": {"x": {"type": "integer"}}}}},
+            "methods": [{"name": "S.M", "params": [
+                {"name": "self", "schema": {"$ref": "#/components/schemas/Any"}},
+                {"name": "timeout", "schema": {"type": "number"}}],
+                "result": {"name": "result", "schema": {"$ref": "#/components/schemas/Any"}}}]}
+        stub = load(self, python_module(document), "rpcd_taken_stub")
+        fake = BlockingFake({"S.M": {"x": 3}})
+        result = stub.BlockingServices(fake).S.M(stub.Any2(x=1), 2.5, timeout=1)
+        self.assertEqual((result, fake.calls), (stub.Any2(x=3), [("S.M", {"self": {"x": 1}, "timeout": 2.5})]))
+
     def test_odd_fields(self) -> None:
         """A component with a field that is no identifier is a plain dict type."""
         document = {"openrpc": "1.3.2", "info": {"title": "t", "version": "1"}, "methods": [],
