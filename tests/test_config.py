@@ -161,4 +161,4 @@ class OptionsTests(SynchronousTestCase):
         registry = service.rpc_server.registry
         self.assertEqual([s.name for s in registry.services()],
                          ["Arith", "GrpcHealth", "GrpcReflection", "GrpcReflectionV1alpha",
-                          "Health", "Introspection", "KVStoreService", "Mul"])
+                          "Health", "Introspection", "KVStoreService", "Mul", "rpc"])

@@ -161,7 +161,7 @@ class DiscoveryE2ETests(TestCase):
 
         await a.stop()
         self.assertRegex(a.output, r"removed GrpcHealth, GrpcReflection, GrpcReflectionV1alpha, Health, "
-                                   r"Introspection, Who from etcd \S+ \(lease \d+ revoked\)")
+                                   r"Introspection, Who, rpc from etcd \S+ \(lease \d+ revoked\)")
         self.assertEqual(await resolver.resolve(), [endpoint(b)])
         self.assertNotIn("Starting factory _HTTP11ClientFactory", a.output)  # quiet renewals
         self.assertEqual(set(await gatherResults([balancer.Who.Name() for _ in range(20)])), {"b"})

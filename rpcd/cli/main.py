@@ -5,6 +5,8 @@ The C{rpcd} command.
     rpcd stream ENDPOINT Service.Method [JSON] [--stdin]
                                                 open a stream: messages as JSON lines
     rpcd list ENDPOINT                          list every method with its signature
+    rpcd schema ENDPOINT [--go]                 print the OpenRPC document (or Go types)
+    rpcd stubs ENDPOINT -o FILE                 write a typed Python client module
     rpcd certs DIR                              make a development CA and certificates
     rpcd hash-password                          hash a password for [auth.users]
 
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list every Service.Method with its signature")
     listing.add_argument("endpoint", help="client endpoint string")
     _add_connection_options(listing)
+
+    from rpcd import cli_schema  # rpcd schema, rpcd stubs
+    cli_schema.add_commands(commands)
 
     certs = commands.add_parser("certs", help="create a development CA, server and client certificates")
     from rpcd.tls import certs as certs_module

@@ -415,6 +415,8 @@ def _compile(hint: Any) -> Converter:
     if _is_protobuf_message(hint):
         from rpcd.core.protos import message_converter
         return message_converter(hint)
+    if typing.is_typeddict(hint):
+        return _typed_dict(hint)
     if isinstance(hint, type):
         # A class rpcd has no rule for: accept instances of it unchanged.
         def convert(value: Any) -> Any:
@@ -423,6 +425,34 @@ def _compile(hint: Any) -> Converter:
             raise Mismatch(hint.__name__, value)
         return convert
     raise TypeError(f"rpcd cannot check arguments of type {hint!r}")
+
+
+def _typed_dict(cls: Any) -> Converter:
+    """
+    The converter of a C{TypedDict}: a mapping whose known keys are
+    converted by their hints; unknown keys are dropped and missing keys take
+    their zero value, as for dataclasses.
+    """
+    hints = typing.get_type_hints(cls)
+    items = [(key, argument_converter(hint), zero_factory(hint)) for key, hint in hints.items()]
+    required = frozenset(cls.__required_keys__)
+    expected = f"{cls.__name__} (an object with keys {', '.join(hints)})"
+
+    def convert(value: Any) -> dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch(expected, value)
+        out = {}
+        for key, conv, zero in items:
+            if key in value:
+                try:
+                    out[key] = conv(value[key])
+                except _Mismatch as e:
+                    e.path.insert(0, f".{key}")
+                    raise
+            elif key in required:
+                out[key] = zero()
+        return out
+    return convert
 
 
 def _hint_name(hint: Any) -> str:

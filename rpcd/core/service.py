@@ -133,6 +133,10 @@ class MethodSpec:
     @ivar convert_message_out: checks one outgoing stream message and makes
         it plain data (from the C{T} of a C{AsyncIterator[T]} or
         C{Iterator[T]} return annotation).
+    @ivar message_in_hint: the hint of the caller's stream messages (the
+        C{T} above), or None; read by L{rpcd.schema}.
+    @ivar message_out_hint: the hint of the method's stream messages, or
+        None; read by L{rpcd.schema}.
     """
 
     name: str
@@ -148,6 +152,8 @@ class MethodSpec:
     stream_param: str | None = None
     convert_message_in: Callable[[Any], Any] | None = None
     convert_message_out: Callable[[Any], Any] | None = None
+    message_in_hint: Any = None
+    message_out_hint: Any = None
 
     def bind(self, instance: object, guard: Callable[[Any], None] | None = None) -> "BoundMethod":
         """
@@ -372,6 +378,8 @@ def method_spec(cls: type, attribute: str, name: str, kind: Kind | None) -> Meth
         signature=signature, doc=doc.splitlines()[0] if doc else "",
         stream_param=stream_param, convert_message_in=convert_in,
         convert_message_out=convert_out,
+        message_in_hint=in_item if stream_param is not None else None,
+        message_out_hint=out_item if convert_out is not None else None,
     )
 
 

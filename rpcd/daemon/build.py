@@ -17,13 +17,13 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
-from rpcd.daemon.builtin import Health, Introspection
+from rpcd.daemon.builtin import Discovery, Health, Introspection
 from rpcd.daemon.config import Config, ConfigError, ServiceConfig
 from rpcd.daemon.drain import DaemonService
 from rpcd.core.health import HealthState
 from rpcd.core.interfaces import IRPCServiceProvider
 from rpcd.daemon.plugins import load_object
-from rpcd.server.factory import RPCServer
+from rpcd.server import RPCServer
 from rpcd.core.service import ServiceRegistry, ServiceSpec, describe_service
 
 log = Logger()
@@ -93,6 +93,8 @@ def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> Service
     for builtin in (Introspection, Health, *STANDARD):
         if registry.spec(builtin.__name__) is None:
             registry.add(builtin(registry))
+    if registry.spec("rpc") is None:  # OpenRPC's rpc.discover
+        registry.add(Discovery(registry))
     return registry
 
 

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from rpcd.core.context import CallContext
 from rpcd.core.health import health_of
-from rpcd.core.service import ServiceRegistry, exposed
+from rpcd.core.service import ServiceRegistry, exposed, service
 
 
 class Introspection:
@@ -29,6 +29,27 @@ class Introspection:
     def List(self, ctx: CallContext) -> list:
         """Return every Service.Method the caller may call, with signature and first doc line."""
         return [dataclasses.asdict(info) for info in self.registry.listing(ctx.session)]
+
+
+@service("rpc")
+class Discovery:
+    """
+    OpenRPC's service discovery, C{rpc.discover}: the OpenRPC document of
+    the methods the caller may call (L{rpcd.schema}), as C{rpcd list}
+    filters them.
+    """
+
+    def __init__(self, registry: ServiceRegistry) -> None:
+        """
+        @param registry: the daemon's services.
+        """
+        self.registry = registry
+
+    @exposed
+    def discover(self, ctx: CallContext) -> dict:
+        """Return the OpenRPC document of every method the caller may call."""
+        from rpcd.schema import registry_document
+        return registry_document(self.registry, ctx.session)
 
 
 class Health:

@@ -25,7 +25,10 @@ the order they came, however long each call takes.
                          (HEAD too), with live figures (L{rpcd.server.statuspage});
                          C{GET /debug/rpc.json} the same as JSON.
     GET /metrics         the daemon's figures in Prometheus' text format,
-                         with C{[http] metrics = true} (L{rpcd.server.metrics}).
+                         with C{[http] metrics = true} (L{rpcd.metrics}).
+    GET /openrpc.json    the OpenRPC document of the methods the request
+                         may call (L{rpcd.schema}), as C{rpc.discover}
+                         answers it.
     anything else        404 C{404 page not found}, as Go's mux answers.
 
     OPTIONS /rpc         a CORS preflight from an allowed cross origin: 204
@@ -61,6 +64,7 @@ byte, must be complete (head and body) within it.
 from __future__ import annotations
 
 import base64
+import json
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -107,6 +111,7 @@ log = Logger()
 RPC_PATH = "/rpc"
 GO_RPC_PATH = "/_goRPC_"
 DEBUG_PATH = "/debug/rpc"
+OPENRPC_PATH = "/openrpc.json"
 _OBSERVE_PATHS = frozenset({METRICS_PATH, DEBUG_JSON_PATH})
 #: Probes: answered for any Host (see L{HTTPServerProtocol._probe}).
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
@@ -378,6 +383,8 @@ class HTTPServerProtocol(Protocol):
                              close=not request.keep_alive)
         elif path in _OBSERVE_PATHS:
             self._observe(request, path)
+        elif path == OPENRPC_PATH:
+            self._openrpc(request)
         elif path == DEBUG_PATH and not self.config.debug_page:
             self._respond(request, 404, [_TEXT], _NOT_FOUND_BODY)
         elif path == DEBUG_PATH and request.method in ("GET", "HEAD"):
@@ -412,6 +419,24 @@ class HTTPServerProtocol(Protocol):
             session.close()
             self._respond(request, 200, [("Content-Type", "application/json"),
                                          ("Cache-Control", "no-store")], body)
+
+    def _openrpc(self, request: HTTPRequest) -> None:
+        """
+        Answer C{GET /openrpc.json}: the document of what this request's
+        session (no login) may call.
+        """
+        if request.method not in ("GET", "HEAD"):
+            self._respond(request, 405, [("Allow", "GET, HEAD"), _TEXT],
+                          b"405 method not allowed: use GET\n")
+            return
+        from rpcd.schema import registry_document
+        session = self._request_session()
+        try:
+            body = json.dumps(registry_document(self.server.registry, session)).encode("utf-8")
+        finally:
+            session.close()
+        self._respond(request, 200, [("Content-Type", "application/json"),
+                                     ("Cache-Control", "no-store")], body)
 
     def _probe(self, request: HTTPRequest, path: str) -> None:
         """
