@@ -1,5 +1,5 @@
 """
-Type hints to JSON Schema and services to an OpenRPC document (L{rpcd.schema}),
+Type hints to JSON Schema and services to an OpenRPC document (L{rpcd.core.schema}),
 the document checked against the structure the OpenRPC specification requires,
 and the C{TypedDict} arguments the schemas describe (L{rpcd.convert}).
 """
@@ -18,7 +18,7 @@ from rpcd.builtin import Discovery, Introspection
 from rpcd.context import CallContext
 from rpcd.convert import argument_converter, convert_argument
 from rpcd.errors import InvalidArgument
-from rpcd.schema import (
+from rpcd.core.schema import (
     DISCOVER_SERVICE,
     OPENRPC_VERSION,
     SchemaBuilder,
@@ -474,7 +474,7 @@ class BrokenHintTests(SynchronousTestCase):
     def test_described_without_schema(self) -> None:
         """The method is listed with no schema and the reason, the failure logged, the others described."""
         from unittest import mock
-        import rpcd.schema as schema_module
+        import rpcd.core.schema as schema_module
         real = schema_module.method_object
 
         def failing(service_spec: Any, method: Any, builder: Any) -> dict[str, Any]:

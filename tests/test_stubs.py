@@ -1,7 +1,7 @@
 """
 The typed Python client module written from an OpenRPC document
-(L{rpcd.stubs}, run through fake clients, and checked by mypy), and the Go
-declarations (L{rpcd.gostructs}).
+(L{rpcd.cli.stubs}, run through fake clients, and checked by mypy), and the Go
+declarations (L{rpcd.core.gostructs}).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from rpcd.errors import InvalidArgument
-from rpcd.gostructs import go_name, go_source, go_type
-from rpcd.schema import openrpc_document
+from rpcd.core.gostructs import go_name, go_source, go_type
+from rpcd.core.schema import openrpc_document
 from rpcd.service import describe_service
-from rpcd.stubs import identifier, python_module
+from rpcd.cli.stubs import identifier, python_module
 from tests.test_schema import Blob, Shapes
 
 ROOT = Path(__file__).resolve().parent.parent

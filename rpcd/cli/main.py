@@ -22,6 +22,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from rpcd.cli import schema as cli_schema
 from rpcd.cli import stream as cli_stream
 from rpcd.cli.common import (
     EXIT_OK,
@@ -62,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("endpoint", help="client endpoint string")
     _add_connection_options(listing)
 
-    from rpcd import cli_schema  # rpcd schema, rpcd stubs
-    cli_schema.add_commands(commands)
+    cli_schema.add_commands(commands, _add_connection_options, _remote)  # rpcd schema, stubs
 
     certs = commands.add_parser("certs", help="create a development CA, server and client certificates")
     from rpcd.tls import certs as certs_module

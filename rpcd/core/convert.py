@@ -412,7 +412,7 @@ def _compile(hint: Any) -> Converter:
     if origin is dict or hint is dict:
         key, item = (args if args else (Any, Any))
         return _dict_of(argument_converter(key), argument_converter(item), _hint_name(hint))
-    if _is_protobuf_message(hint):
+    if is_protobuf_message(hint):
         from rpcd.core.protos import message_converter
         return message_converter(hint)
     if typing.is_typeddict(hint):
@@ -503,13 +503,13 @@ def to_wire(value: Any) -> Any:
         return items
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]
-    if _is_protobuf_message(kind):
+    if is_protobuf_message(kind):
         from rpcd.core.protos import message_to_dict
         return message_to_dict(value)
     return value
 
 
-def _is_protobuf_message(hint: Any) -> bool:
+def is_protobuf_message(hint: Any) -> bool:
     """
     Whether a hint is a protobuf message class (see L{rpcd.core.protos}); asked
     without importing protobuf, which is loaded if any message class exists.

@@ -134,9 +134,9 @@ class MethodSpec:
         it plain data (from the C{T} of a C{AsyncIterator[T]} or
         C{Iterator[T]} return annotation).
     @ivar message_in_hint: the hint of the caller's stream messages (the
-        C{T} above), or None; read by L{rpcd.schema}.
+        C{T} above), or None; read by L{rpcd.core.schema}.
     @ivar message_out_hint: the hint of the method's stream messages, or
-        None; read by L{rpcd.schema}.
+        None; read by L{rpcd.core.schema}.
     """
 
     name: str

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 from rpcd.core.context import CallContext
 from rpcd.core.health import health_of
 from rpcd.core.service import ServiceRegistry, exposed, service
+from rpcd.core.schema import registry_document
 
 
 class Introspection:
@@ -35,7 +36,7 @@ class Introspection:
 class Discovery:
     """
     OpenRPC's service discovery, C{rpc.discover}: the OpenRPC document of
-    the methods the caller may call (L{rpcd.schema}), as C{rpcd list}
+    the methods the caller may call (L{rpcd.core.schema}), as C{rpcd list}
     filters them.
     """
 
@@ -48,7 +49,6 @@ class Discovery:
     @exposed
     def discover(self, ctx: CallContext) -> dict:
         """Return the OpenRPC document of every method the caller may call."""
-        from rpcd.schema import registry_document
         return registry_document(self.registry, ctx.session)
 
 

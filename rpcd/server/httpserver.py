@@ -27,7 +27,7 @@ the order they came, however long each call takes.
     GET /metrics         the daemon's figures in Prometheus' text format,
                          with C{[http] metrics = true} (L{rpcd.metrics}).
     GET /openrpc.json    the OpenRPC document of the methods the request
-                         may call (L{rpcd.schema}), as C{rpc.discover}
+                         may call (L{rpcd.core.schema}), as C{rpc.discover}
                          answers it.
     anything else        404 C{404 page not found}, as Go's mux answers.
 
@@ -100,6 +100,7 @@ from rpcd.wire.httpparse import (
 )
 from rpcd.server.jsoncalls import answer_payload
 from rpcd.wire.jsonrpc import parse_request
+from rpcd.core.schema import registry_document
 
 if TYPE_CHECKING:
     from rpcd.server.metrics import Metrics
@@ -429,7 +430,6 @@ class HTTPServerProtocol(Protocol):
             self._respond(request, 405, [("Allow", "GET, HEAD"), _TEXT],
                           b"405 method not allowed: use GET\n")
             return
-        from rpcd.schema import registry_document
         session = self._request_session()
         try:
             body = json.dumps(registry_document(self.server.registry, session)).encode("utf-8")

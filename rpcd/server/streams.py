@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.server.backpressure import take_over_producer
-from rpcd.core.convert import _Mismatch
+from rpcd.core.convert import Mismatch
 from rpcd.core.dispatch import error_fields
 from rpcd.errors import Code, InvalidArgument, RPCError
 from rpcd.wire.connection import BAD_FRAME, CREDIT, END, MESSAGE
@@ -289,7 +289,7 @@ class ServerStream:
         """
         try:
             value = convert(item)
-        except _Mismatch as e:
+        except Mismatch as e:
             raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
         streams = self.streams
         conn = streams.conn
@@ -446,7 +446,7 @@ class StreamMessages:
             return value
         try:
             return self._convert(value)
-        except _Mismatch as e:
+        except Mismatch as e:
             raise InvalidArgument(f"bad stream message: {e.describe('message')}") from None
 
     def put(self, value: Any) -> None:

@@ -268,8 +268,8 @@ _PROTO_TYPES: dict[int, dict[str, Any]] = {
 
 def _is_message(hint: Any) -> bool:
     """Whether a class is a protobuf message class with a descriptor."""
-    from rpcd.convert import _is_protobuf_message
-    return _is_protobuf_message(hint) and getattr(hint, "DESCRIPTOR", None) is not None
+    from rpcd.convert import is_protobuf_message
+    return is_protobuf_message(hint) and getattr(hint, "DESCRIPTOR", None) is not None
 
 
 def _message_name(cls: Any) -> str:

@@ -1,5 +1,5 @@
 """
-An OpenRPC document (L{rpcd.schema}) to a typed Python client module: what
+An OpenRPC document (L{rpcd.core.schema}) to a typed Python client module: what
 C{rpcd stubs ENDPOINT -o FILE} writes.
 
 The module has a dataclass for each component schema, and for each service
@@ -15,7 +15,7 @@ and result is typed, so mypy checks the calls:
         product: int = api.Arith.Multiply(stubs.Args(A=7, B=8))
 
 Server streams are C{async for} iterators; client and bidirectional streams
-return a L{rpcd.stubsupport.TypedStream}.  Neither is in the blocking
+return a L{rpcd.client.stubsupport.TypedStream}.  Neither is in the blocking
 classes (L{rpcd.client.BlockingClient} has no streams).
 """
 
@@ -111,7 +111,7 @@ class _Writer:
             "import dataclasses",
             "from typing import Any, AsyncIterator",
             "",
-            "from rpcd.stubsupport import AsyncCaller, BlockingCaller, TypedStream, decode, encode",
+            "from rpcd.client.stubsupport import AsyncCaller, BlockingCaller, TypedStream, decode, encode",
             "",
         ]
         for name, schema in self.schemas.items():

@@ -1,7 +1,7 @@
 """
 C{rpcd schema} and C{rpcd stubs}: a daemon's OpenRPC document (fetched with
-C{rpc.discover}, L{rpcd.schema}), as JSON or Go types, and the typed Python
-client module written from it (L{rpcd.stubs}).
+C{rpc.discover}, L{rpcd.core.schema}), as JSON or Go types, and the typed Python
+client module written from it (L{rpcd.cli.stubs}).
 
     rpcd schema ENDPOINT [--go [--go-package NAME]]
     rpcd stubs ENDPOINT -o FILE
@@ -18,18 +18,26 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from rpcd.cli.common import EXIT_OK, EXIT_USAGE, check_codec_options
+from rpcd.cli.stubs import python_module
+from rpcd.core.gostructs import go_source
 
 _GO_PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Any, add_connection_options: Callable[[argparse.ArgumentParser], None],
+                 remote: Callable[..., int]) -> None:
     """
     Add the C{schema} and C{stubs} subcommands.
 
     @param commands: the C{rpcd} parser's subparsers.
+    @param add_connection_options: adds the codec, timeout and accept
+        options every calling subcommand takes.
+    @param remote: calls a method as C{rpcd call} does:
+        C{remote(args, method, value, show)} returns the exit status.
     """
-    from rpcd.cli import _add_connection_options
     schema = commands.add_parser("schema", help="print the OpenRPC document of a daemon's "
                                                 "methods (or Go types with --go)")
     schema.add_argument("endpoint", nargs="?", help="client endpoint string, e.g. tcp:127.0.0.1:1234")
@@ -38,8 +46,8 @@ def add_commands(commands: Any) -> None:
                         help="print Go struct declarations for its types and a Call for each method")
     schema.add_argument("--go-package", default="rpcdtypes", metavar="NAME",
                         help="the Go package name with --go (default rpcdtypes)")
-    _add_connection_options(schema)
-    schema.set_defaults(run=run_schema)
+    add_connection_options(schema)
+    schema.set_defaults(run=run_schema, remote=remote)
 
     stubs = commands.add_parser("stubs", help="write a typed Python client module "
                                               "(dataclasses and typed methods) for a daemon")
@@ -47,8 +55,8 @@ def add_commands(commands: Any) -> None:
     _add_document_option(stubs)
     stubs.add_argument("-o", "--output", required=True, metavar="FILE",
                        help="the module to write, e.g. rpcd_api.py ('-' for standard output)")
-    _add_connection_options(stubs)
-    stubs.set_defaults(run=run_stubs)
+    add_connection_options(stubs)
+    stubs.set_defaults(run=run_stubs, remote=remote)
 
 
 def _add_document_option(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +73,6 @@ def read_document(path: str) -> tuple[int, dict[str, Any] | None]:
     @param path: the file, or C{-} for standard input.
     @return: C{(status, document)} as L{fetch_document}.
     """
-    from rpcd.cli import EXIT_OK, EXIT_USAGE
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         value = json.loads(text)
@@ -92,7 +99,6 @@ def fetch_document(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None
     @return: C{(status, document)}: the document with status 0, or None
         with the exit status after printing why.
     """
-    from rpcd.cli import EXIT_OK, EXIT_USAGE, _remote, check_codec_options
     if (args.endpoint is None) == (args.document is None):
         print("rpcd: give either ENDPOINT or --document FILE", file=sys.stderr)
         return EXIT_USAGE, None
@@ -103,7 +109,7 @@ def fetch_document(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None
         print(f"rpcd: {problem}", file=sys.stderr)
         return EXIT_USAGE, None
     answers: list[Any] = []
-    status = _remote(args, "rpc.discover", None, answers.append)
+    status = args.remote(args, "rpc.discover", None, answers.append)
     if status != EXIT_OK:
         return status, None
     if not answers or not isinstance(answers[0], dict) or "methods" not in answers[0]:
@@ -119,7 +125,6 @@ def run_schema(args: argparse.Namespace) -> int:
 
     @return: the exit status.
     """
-    from rpcd.cli import EXIT_OK, EXIT_USAGE
     if args.go and not _GO_PACKAGE.match(args.go_package):
         print(f"rpcd: --go-package {args.go_package!r} is not a Go identifier", file=sys.stderr)
         return EXIT_USAGE
@@ -127,7 +132,6 @@ def run_schema(args: argparse.Namespace) -> int:
     if document is None:
         return status
     if args.go:
-        from rpcd.gostructs import go_source
         sys.stdout.write(go_source(document, args.go_package))
     else:
         sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -140,8 +144,6 @@ def run_stubs(args: argparse.Namespace) -> int:
 
     @return: the exit status.
     """
-    from rpcd.cli import EXIT_OK, EXIT_USAGE
-    from rpcd.stubs import python_module
     status, document = fetch_document(args)
     if document is None:
         return status

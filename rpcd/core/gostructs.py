@@ -1,5 +1,5 @@
 """
-An OpenRPC document (L{rpcd.schema}) to Go: a struct for each component
+An OpenRPC document (L{rpcd.core.schema}) to Go: a struct for each component
 schema, and for each method a comment showing the C{client.Call} that calls
 it from Go's C{net/rpc} (gob) or C{net/rpc/jsonrpc}.
 

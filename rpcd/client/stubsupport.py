@@ -1,5 +1,5 @@
 """
-What the typed client modules that C{rpcd stubs} writes (L{rpcd.stubs})
+What the typed client modules that C{rpcd stubs} writes (L{rpcd.cli.stubs})
 import at run time: the interfaces of the clients they wrap, and the
 conversion of their arguments to wire values and of wire values to their
 dataclasses.
