@@ -11,7 +11,7 @@ The C{rpcd} command.
 ENDPOINT is a Twisted client endpoint string (C{tcp:127.0.0.1:1234},
 C{unix:/path}, C{tls:localhost:1234:trustRoots=DIR}).  Exit status: 0 on
 success, 1 when the remote call failed (the error is printed), 2 for usage and
-connection errors.
+connection errors, 130 after Ctrl-C (printing nothing).
 """
 
 from __future__ import annotations
@@ -218,6 +218,8 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
 
     async def go(reactor: Any) -> None:
         from rpcd import client as client_module
+        from rpcd.cli_interrupt import exit_on_interrupt
+        exit_on_interrupt()
         try:
             if args.accept:
                 from rpcd.reverse import accept_one

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     status = [EXIT_OK]
 
     async def go(reactor: Any) -> None:
+        from rpcd.cli_interrupt import exit_on_interrupt
+        exit_on_interrupt()
         status[0] = await _stream(reactor, args, value)
 
     try:
