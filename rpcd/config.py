@@ -87,12 +87,14 @@ class ConnectConfig:
 
     @ivar endpoint: a Twisted client endpoint string.
     @ivar connections: how many such connections to keep up.
-    @ivar protocol: the wire protocol spoken over it.
+    @ivar protocol: the wire protocol spoken over it, or None to tell it
+        from the caller's first bytes as a listener does (native, gob or
+        json).
     """
 
     endpoint: str
     connections: int = 1
-    protocol: str = sniff.NATIVE
+    protocol: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,8 +414,8 @@ def _connect(reader: _Reader, item: Any, index: int) -> ConnectConfig:
         connections = reader.value(item, where, "connections", int, 1)
         if not 1 <= connections <= 1000:
             raise reader.fail(f"{where}.connections", "must be between 1 and 1000")
-        protocol = reader.value(item, where, "protocol", str, sniff.NATIVE)
-        if protocol not in sniff.ALL - {sniff.HTTP, sniff.GRPC}:
+        protocol = reader.value(item, where, "protocol", (str, type(None)), None)
+        if protocol is not None and protocol not in sniff.ALL - {sniff.HTTP, sniff.GRPC}:
             raise reader.fail(f"{where}.protocol", f"must be one of native, gob, json, not {protocol!r}")
         return ConnectConfig(endpoint, connections, protocol)
     raise reader.fail(where, "must be an endpoint string or a table {endpoint = ..., connections = N}")

@@ -115,7 +115,7 @@ def _keyed(kind: str, old: dict[Any, Any], new: dict[Any, Any],
 
 
 def _connect_key(item: ConnectConfig) -> tuple[str, str, int]:
-    return (item.endpoint, item.protocol, item.connections)
+    return (item.endpoint, item.protocol or "sniffed", item.connections)
 
 
 def diff(old: Config, new: Config) -> list[Change]:
