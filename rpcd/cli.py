@@ -212,7 +212,7 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from rpcd.errors import RPCError, _code_name
+    from rpcd.errors import EncodeError, RPCError, _code_name
 
     status = [EXIT_OK]
 
@@ -237,6 +237,9 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
             return
         try:
             result = await client.call(method, value, timeout=args.timeout)
+        except EncodeError as e:  # local: nothing was sent
+            print(f"rpcd: {e}; nothing was sent", file=sys.stderr)
+            status[0] = EXIT_USAGE
         except RPCError as e:
             print(f"rpcd: {method} failed: {_code_name(e.code)}: {e.message}", file=sys.stderr)
             status[0] = EXIT_REMOTE

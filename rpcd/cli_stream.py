@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
     from rpcd import client as client_module
     from rpcd.cli import _describe, dumps
-    from rpcd.errors import RPCError, _code_name
+    from rpcd.errors import EncodeError, RPCError, _code_name
 
     try:
         if args.accept:
@@ -109,6 +109,9 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
             sys.stdout.write(dumps(message) + "\n")
             sys.stdout.flush()
         final = await stream.result()
+    except EncodeError as e:  # local: nothing was sent
+        print(f"rpcd: {e}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
     except RPCError as e:
         print(f"rpcd: {args.method} failed: {_code_name(e.code)}: {e.message}", file=sys.stderr)
         return EXIT_REMOTE
