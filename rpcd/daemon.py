@@ -150,7 +150,7 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
 
 
 def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
-                 services: list[tuple[object, ServiceConfig]] | None = None) -> DaemonService:
+                 objects: list[tuple[object, ServiceConfig]] | None = None) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
     a listener per endpoint, a dialler per reverse connection, and its
@@ -160,12 +160,12 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
     @param only: restrict to these service names (C{--service}).
-    @param services: serve these (built instances or specs, each with its
+    @param objects: serve these (built instances or specs, each with its
         entry) instead of the config's C{[services]} (L{rpcd.embed}).
     @return: a service to start.
     @raise ConfigError: a service or endpoint is wrong.
     """
-    registry = build_registry(resolve_services(config, only) if services is None else services,
+    registry = build_registry(resolve_services(config, only) if objects is None else objects,
                               config.source)
     if config.interceptors:
         from rpcd.interceptors import load_all

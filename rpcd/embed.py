@@ -129,7 +129,7 @@ def service_for(services: Iterable[object] | Mapping[str, object],
     if reactor is None:
         from twisted.internet import reactor
     from rpcd.daemon import make_service
-    return make_service(config_for(listen, **options), reactor, services=_entries(services))
+    return make_service(config_for(listen, **options), reactor, objects=_entries(services))
 
 
 @dataclasses.dataclass
@@ -218,7 +218,7 @@ def _start(top: DaemonService) -> None:
 
 def serve(services: Iterable[object] | Mapping[str, object],
           listen: Iterable[str] = DEFAULT_LISTEN, *, reactor: Any = None,
-          log_to: Any = sys.stderr, **options: Any) -> None:
+          log_to: Any = "stderr", **options: Any) -> None:
     """
     Serve objects until Ctrl-C or SIGTERM, which drain as the daemon does
     (a second one stops at once); then return.  Runs the reactor, so once
@@ -231,8 +231,9 @@ def serve(services: Iterable[object] | Mapping[str, object],
         either.
     @param listen: server endpoint strings (default: loopback port 9000).
     @param reactor: the reactor; the global one if None.
-    @param log_to: a text file the log goes to (at C{log_level}), or None
-        to leave logging as it is.
+    @param log_to: a text file the log goes to (at C{log_level}):
+        C{sys.stderr} as it is when called by default; None to leave
+        logging as it is.
     @param options: the config's keys (see the module docstring), checked
         as the config file's are.
     @raise ConfigError: an option or service is wrong; nothing was started.
@@ -242,7 +243,7 @@ def serve(services: Iterable[object] | Mapping[str, object],
         from twisted.internet import reactor
     top = service_for(services, listen, reactor=reactor, **options)
     if log_to is not None:
-        _log_to(log_to, top.reloader.level)  # type: ignore[attr-defined]
+        _log_to(sys.stderr if log_to == "stderr" else log_to, top.reloader.level)  # type: ignore[attr-defined]
     from rpcd.tap import _second_signal_stops
     top.on_drain = _second_signal_stops(reactor)
     _start(top)
