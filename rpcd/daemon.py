@@ -199,8 +199,12 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.reverse import reverse_services
-        for connect in config.connect:
-            services = reverse_services([connect], server, reactor)
+        for index, connect in enumerate(config.connect):
+            try:
+                services = reverse_services([connect], server, reactor)
+            except ConfigError as e:  # it numbers its one entry [0]: name the file's
+                raise ConfigError(f"{config.source}: "
+                                  + str(e).replace("server.connect[0]", f"server.connect[{index}]", 1)) from None
             reloader.connects.setdefault(_connect_key(connect), []).extend(services)
             for service in services:
                 service.setServiceParent(top)

@@ -250,3 +250,11 @@ class FrontDoorFixTests(SynchronousTestCase):
                          (Code.INVALID_ARGUMENT, True, sent))
         self.assertIn("the gob codec cannot encode its argument", error.message)
         self.assertIn("empty list", error.message)
+
+    def test_bad_connect_endpoint_names_file_and_index(self) -> None:
+        """A reverse connection's bad endpoint names the file and its own index in server.connect."""
+        loaded = config.parse("[server]\nconnect = ['tcp:127.0.0.1:1', 'nope:1']\n", "my.toml")
+        with self.assertRaises(ConfigError) as caught:
+            make_service(loaded, MemoryReactor())
+        self.assertTrue(str(caught.exception).startswith("my.toml: server.connect[1]: bad client endpoint"),
+                        str(caught.exception))
