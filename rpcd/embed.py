@@ -192,9 +192,9 @@ def start(services: Iterable[object] | Mapping[str, object],
     @raise ConfigError: an option or service is wrong.
     """
     top = service_for(services, listen, reactor=reactor, **options)
-    _start(top)
 
     async def listening() -> Running:
+        _start(top)
         waiting = [w for w in (getattr(s, "_waitingForPort", None) for s in top.listeners)
                    if w is not None]
         results = await DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True)

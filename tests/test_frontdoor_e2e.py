@@ -185,6 +185,15 @@ class EmbedStartTests(TestCase):
             await client.close()
 
 
+    async def test_start_cannot_listen(self) -> None:
+        """start() on a port in use fails its Deferred with CannotListenError, not SystemExit."""
+        from twisted.internet.error import CannotListenError
+        running = await embed.start([Arith()])
+        self.addCleanup(running.stop)
+        with self.assertRaises(CannotListenError):
+            await embed.start([Arith()], [f"tcp:{running.port}:interface=127.0.0.1"])
+
+
 class UserPackageTests(TestCase):
     """A user's module:Class in the working directory or server.pythonpath, under twistd."""
 
