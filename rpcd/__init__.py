@@ -12,6 +12,20 @@ discovery), L{rpcd.daemon} (config, twistd), L{rpcd.cli}.  L{rpcd.errors} is
 shared by all of them.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from rpcd import _compat
 
 _compat.install()
+
+__all__ = ["serve", "service_for"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing rpcd (the plugin drop-ins do) stays cheap.
+    if name in ("serve", "service_for"):
+        from rpcd.daemon import embed
+        return getattr(embed, name)
+    raise AttributeError(f"module 'rpcd' has no attribute {name!r}")

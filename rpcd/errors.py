@@ -88,6 +88,15 @@ class NotFound(RPCError):
     code = Code.NOT_FOUND
 
 
+class EncodeError(InvalidArgument):
+    """
+    The caller's own codec could not encode a call's argument: a local
+    error, nothing was sent (e.g. gob cannot tell the Go type of C{[]}).
+    """
+
+    local = True
+
+
 class Unimplemented(RPCError):
     """No such service or method."""
 
@@ -163,6 +172,26 @@ _BY_CODE: dict[int, type[RPCError]] = {cls.code: cls for cls in (InvalidArgument
                                       Internal)}
 
 
+#: Go's net/rpc error texts that mean UNIMPLEMENTED (no such service or
+#: method, or a name that is not C{Service.Method}).
+_GO_UNIMPLEMENTED = ("rpc: can't find ", "rpc: service/method request ill-formed")
+
+
+def go_error(message: str) -> RPCError:
+    """
+    The error a caller gets for a Go net/rpc server's error text, the same
+    over gob and jsonrpc: Go's texts for an unknown service or method are
+    UNIMPLEMENTED, as rpcd's own code for them is; any other text is
+    UNKNOWN (net/rpc has no codes).
+
+    @param message: the server's error text.
+    @return: the exception to fail the call with.
+    """
+    if message.startswith(_GO_UNIMPLEMENTED):
+        return Unimplemented(message)
+    return RPCError(message)
+
+
 def error_from_wire(code: int, message: str, details: Any = None) -> RPCError:
     """
     Build the most specific L{RPCError} subclass for a code read from the wire.
@@ -177,4 +206,4 @@ def error_from_wire(code: int, message: str, details: Any = None) -> RPCError:
         return RPCError(message, code=code, details=details)
     return cls(message, details=details)
 
-_code_name = code_name  # the old name, for code written before it was public
+code_name = code_name  # the old name, for code written before it was public

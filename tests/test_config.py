@@ -4,18 +4,19 @@ Tests for L{rpcd.config}, the twistd plugin and the tap's options.
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd import config
-from rpcd.config import ConfigError
+from rpcd.daemon.config import ConfigError
 from rpcd.daemon import make_service, service_plugins
-from rpcd.tap import Options
+from rpcd.daemon.tap import EXIT_CONFIG, Options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,16 +132,31 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([l.endpoint for l in options.loaded.listen], ["tcp:0", "tcp:1"])
         self.assertEqual([spec.name for spec, _ in options.services], ["Arith"])
 
-    def test_bad_config_is_a_usage_error(self) -> None:
-        """A bad config file stops twistd with a usage error naming the key."""
+    def config_error(self, argv: list[str]) -> str:
+        """
+        Parse options that hold a config error.
+
+        @return: what was written to standard error, checked to be one line
+            and to come with exit status 2.
+        """
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        e = self.assertRaises(SystemExit, Options().parseOptions, argv)
+        self.assertEqual(e.code, EXIT_CONFIG)
+        self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
+        self.assertTrue(err.getvalue().startswith("rpcd: "), err.getvalue())
+        return err.getvalue()
+
+    def test_bad_config_is_one_line(self) -> None:
+        """A bad config file stops twistd with one line on stderr naming the key, exit 2."""
         path = Path(self.mktemp())
         path.write_text("[limits]\nbogus = 1\n")
-        e = self.assertRaises(UsageError, Options().parseOptions, ["--config", str(path)])
+        e = self.config_error(["--config", str(path)])
         self.assertIn("unknown key 'bogus'", str(e))
 
     def test_unknown_service(self) -> None:
         """A service no plugin provides stops startup, listing the plugins found."""
-        e = self.assertRaises(UsageError, Options().parseOptions, ["--service", "Nope"])
+        e = self.config_error(["--service", "Nope"])
         self.assertIn("services.Nope: no plugin provides it", str(e))
         self.assertIn("Arith", str(e))
 
@@ -148,7 +164,7 @@ class OptionsTests(SynchronousTestCase):
         """A class path that does not import names the module."""
         path = Path(self.mktemp())
         path.write_text("[server]\nlisten=['tcp:0']\n[services.X]\nclass = 'no.such.module:X'\n")
-        e = self.assertRaises(UsageError, Options().parseOptions, ["--config", str(path)])
+        e = self.config_error(["--config", str(path)])
         self.assertIn("cannot import module 'no.such.module'", str(e))
 
     def test_make_service_listens(self) -> None:

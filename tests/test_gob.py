@@ -453,6 +453,21 @@ class RoundTripTests(SynchronousTestCase):
         d.feed(gob.Encoder().encode(3, gob.Uint))
         self.assertRaises(gob.GobTypeMismatch, d.next_value, gob.Int)
 
+    def test_uint_into_int_names_the_hint(self) -> None:
+        """The mismatch of Go's uint and a field hinted int names rpcd.wire.gob.uint and docs/gob.md."""
+        d = gob.Decoder()
+        d.feed(gob.Encoder().encode(3, gob.Uint))
+        e = self.assertRaises(gob.GobTypeMismatch, d.next_value, gob.Int)
+        self.assertIn("cannot decode uint into int", str(e))
+        self.assertIn("hint the field rpcd.wire.gob.uint instead of int (docs/gob.md", str(e))
+
+    def test_int_into_uint_names_the_hint(self) -> None:
+        """The opposite mismatch names int as the hint to use."""
+        d = gob.Decoder()
+        d.feed(gob.Encoder().encode(-3, gob.Int))
+        e = self.assertRaises(gob.GobTypeMismatch, d.next_value, gob.Uint)
+        self.assertIn("hint the field int instead of rpcd.wire.gob.uint", str(e))
+
     def test_failed_encode_leaves_encoder_intact(self) -> None:
         """A failed encode sends nothing and leaves the type state unchanged."""
         e = gob.Encoder()

@@ -24,10 +24,10 @@ from rpcd.errors import (
 )
 from rpcd.server import Limits
 from rpcd.testing import MemoryConnection
-from rpcd.wire.jsoncalls import SERVER_ERROR, error_object, json_data, rpc_error
-from rpcd.wire.jsonclient import JSONRPC2ClientChannel, JSONRPCClientChannel
+from rpcd.server.jsoncalls import SERVER_ERROR, error_object, json_data, rpc_error
+from rpcd.client.jsonclient import JSONRPC2ClientChannel, JSONRPCClientChannel
 from rpcd.wire.jsonrpc import NO_DATA, JSONRPCError
-from rpcd.wire.jsonserver import JSONServerProtocol
+from rpcd.server.jsonserver import JSONServerProtocol
 from tests.jsonservices import Math, Odd, connect_protocol, make_server
 
 #: The JSON-RPC 2.0 specification's examples (section 7), method names
@@ -427,12 +427,12 @@ class ClientChannelTests(SynchronousTestCase):
         self.assertIsInstance(self.connection("jsonrpc2").channel, JSONRPC2ClientChannel)
 
     def test_remote_errors(self) -> None:
-        """Go's errors are UNKNOWN with Go's text; JSON-RPC 2.0 errors keep their rpcd code."""
+        """Go's unknown-service error is UNIMPLEMENTED with Go's text, as over gob; JSON-RPC 2.0 errors keep their rpcd code."""
         conn = self.connection("jsonrpc")
         d = conn.client.call("Nope.M", 1)
         conn.flush()
         error = self.failureResultOf(d, RPCError).value
-        self.assertEqual((error.code, error.message), (Code.UNKNOWN, "rpc: can't find service Nope.M"))
+        self.assertEqual((error.code, error.message), (Code.UNIMPLEMENTED, "rpc: can't find service Nope.M"))
         conn = self.connection("jsonrpc2")
         d = conn.client.call("Nope.M", 1)
         bad = conn.client.call("Math.subtract", {"minuend": "x", "subtrahend": 1})
@@ -503,3 +503,18 @@ class ClientChannelTests(SynchronousTestCase):
         self.assertEqual([json.loads(s).get("params", "absent") for s in sent],
                          [{"x": 1}, "absent", [[1, 2]]])
         self.assertTrue(all(s.endswith(b"\n") for s in sent))
+
+
+class GoErrorCodeTests(SynchronousTestCase):
+    """One code per meaning across Go's codecs."""
+
+    def test_same_code_over_gob_and_jsonrpc(self) -> None:
+        """Go's texts map to the same code whichever codec carried them."""
+        from rpcd.errors import go_error
+        from rpcd.wire import gobclient
+        self.assertIs(gobclient.go_error, go_error)
+        self.assertEqual([go_error(t).code for t in ("rpc: can't find service Nope.M",
+                                                     "rpc: can't find method Arith.Nope",
+                                                     "rpc: service/method request ill-formed: x",
+                                                     "boom")],
+                         [Code.UNIMPLEMENTED] * 3 + [Code.UNKNOWN])

@@ -24,10 +24,10 @@ from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd import config
-from rpcd.config import ConfigError
+from rpcd.daemon.config import ConfigError
 from rpcd.daemon import make_service
-from rpcd.endpoints import tls_policy
-from rpcd.reload import Change, diff, filter_levels, reopen_log_files
+from rpcd.tls.endpoints import tls_policy
+from rpcd.daemon.reload import Change, diff, filter_levels, reopen_log_files
 
 BASE = """
 [server]
@@ -89,7 +89,7 @@ class DiffTests(SynchronousTestCase):
         changes = diff(old, new)
         self.assertEqual([c.describe() for c in changes], [
             "server.listen tcp:1001 removed", "server.listen tcp:1002 added",
-            "server.connect tcp:127.0.0.1:9 (native x1) added",
+            "server.connect tcp:127.0.0.1:9 (sniffed x1) added",
             "discovery changed: needs a restart to take effect"])
 
     def test_restart_only(self) -> None:

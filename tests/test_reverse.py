@@ -20,12 +20,13 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-from rpcd.config import ConfigError, ConnectConfig
+from rpcd.daemon.config import ConfigError, ConnectConfig
 from rpcd.examples.arith import Arith
-from rpcd.reverse import MAX_WAITING, _AcceptFactory, _Refused, accept, reverse_services
+from rpcd.daemon.reverse import MAX_WAITING, _AcceptFactory, _Refused, accept, reverse_services
 from rpcd.server import Limits, RPCServer
-from rpcd.service import ServiceRegistry
+from rpcd.core.service import ServiceRegistry
 from rpcd.wire.frames import PREFACE
+from rpcd.wire.gobrpc import GobClientCodec
 
 
 def _server(reactor: Any) -> RPCServer:
@@ -90,10 +91,41 @@ class ReverseServicesTests(SynchronousTestCase):
         return protocol, transport
 
     def test_serves_over_dialled_connection(self) -> None:
-        """The dialled connection is served at once: the native server sends its preface first."""
-        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        """A dialled connection pinned to native is served at once: the native server sends its preface first."""
+        self.start(ConnectConfig("tcp:10.0.0.5:1234", protocol="native"))
         _, transport = self.dial()
         self.assertEqual(transport.value(), PREFACE)
+
+    def test_dialled_connection_waits_for_first_bytes(self) -> None:
+        """With no protocol set, a dialled connection says nothing until the caller speaks, however long that takes."""
+        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        protocol, transport = self.dial()
+        self.reactor.advance(10 * Limits().handshake_timeout)
+        self.assertEqual((transport.value(), transport.disconnecting, protocol._wrappedProtocol.inner), (b"", False, None))
+
+    def test_dialled_connection_sniffs_native(self) -> None:
+        """A caller that sends the native preface is served by the native protocol."""
+        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        protocol, transport = self.dial()
+        protocol.dataReceived(PREFACE)
+        self.assertEqual((protocol._wrappedProtocol.inner.protocol_name, transport.value()), ("native", PREFACE))
+
+    def test_dialled_connection_sniffs_gob(self) -> None:
+        """A Go caller's gob bytes are served by the gob protocol, which answers them."""
+        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        protocol, transport = self.dial()
+        codec = GobClientCodec()
+        protocol.dataReceived(codec.encode_request(1, "Arith.Multiply", {"A": 6, "B": 7}))
+        self.assertEqual(protocol._wrappedProtocol.inner.protocol_name, "gob")
+        self.assertNotEqual(transport.value(), b"")
+
+    def test_dialled_connection_sniffs_json(self) -> None:
+        """A Go jsonrpc caller's first object is served by the JSON protocol, which answers it."""
+        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        protocol, transport = self.dial()
+        protocol.dataReceived(b'{"method":"Arith.Multiply","params":[{"A":6,"B":7}],"id":1}\n')
+        self.assertEqual(protocol._wrappedProtocol.inner.protocol_name, "json")
+        self.assertIn(b'"result":42', transport.value())
 
     def test_reconnect_after_loss(self) -> None:
         """A connection that was up and is lost is redialled after the first delay."""
@@ -106,7 +138,7 @@ class ReverseServicesTests(SynchronousTestCase):
 
     def test_early_losses_back_off(self) -> None:
         """Connections lost before they are ready (a TLS handshake the listener rejects) keep backing off."""
-        self.start(ConnectConfig("tcp:10.0.0.5:1234"))
+        self.start(ConnectConfig("tcp:10.0.0.5:1234", protocol="native"))
         for expected in (10.0, 20.0, 30.0):
             protocol, _ = self.dial(tls=True)
             protocol.connectionLost(Failure(ConnectionRefusedError()))

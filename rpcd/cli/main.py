@@ -13,7 +13,7 @@ The C{rpcd} command.
 ENDPOINT is a Twisted client endpoint string (C{tcp:127.0.0.1:1234},
 C{unix:/path}, C{tls:localhost:1234:trustRoots=DIR}).  Exit status: 0 on
 success, 1 when the remote call failed (the error is printed), 2 for usage and
-connection errors.
+connection errors, 130 after Ctrl-C (printing nothing).
 """
 
 from __future__ import annotations
@@ -149,12 +149,14 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from rpcd.errors import RPCError, code_name
+    from rpcd.errors import EncodeError, RPCError, code_name
 
     status = [EXIT_OK]
 
     async def go(reactor: Any) -> None:
         from rpcd.client import client as client_module
+        from rpcd.cli.interrupt import exit_on_interrupt
+        exit_on_interrupt()
         try:
             if args.accept:
                 from rpcd.daemon.reverse import accept_one
@@ -172,6 +174,9 @@ def _remote(args: argparse.Namespace, method: str, value: Any, show: Any) -> int
             return
         try:
             result = await client.call(method, value, timeout=args.timeout)
+        except EncodeError as e:  # local: nothing was sent
+            print(f"rpcd: {e}; nothing was sent", file=sys.stderr)
+            status[0] = EXIT_USAGE
         except RPCError as e:
             print(f"rpcd: {method} failed: {code_name(e.code)}: {e.message}", file=sys.stderr)
             status[0] = EXIT_REMOTE

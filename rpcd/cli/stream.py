@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     status = [EXIT_OK]
 
     async def go(reactor: Any) -> None:
+        from rpcd.cli.interrupt import exit_on_interrupt
+        exit_on_interrupt()
         status[0] = await _stream(reactor, args, value)
 
     try:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
     from rpcd.client import client as client_module
-    from rpcd.errors import RPCError, code_name
+    from rpcd.errors import EncodeError, RPCError, code_name
 
     try:
         if args.accept:
@@ -113,6 +115,9 @@ async def _stream(reactor: Any, args: argparse.Namespace, value: Any) -> int:
             sys.stdout.write(dumps(message) + "\n")
             sys.stdout.flush()
         final = await stream.result()
+    except EncodeError as e:  # local: nothing was sent
+        print(f"rpcd: {e}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
     except RPCError as e:
         print(f"rpcd: {args.method} failed: {code_name(e.code)}: {e.message}", file=sys.stderr)
         return EXIT_REMOTE

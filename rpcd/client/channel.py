@@ -18,7 +18,7 @@ from twisted.internet.interfaces import INegotiated, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import ConnectionLost, DeadlineExceeded, NotRun, RPCError
+from rpcd.errors import ConnectionLost, DeadlineExceeded, EncodeError, NotRun, RPCError
 from rpcd.wire.fields import check_metadata, check_method, check_timeout
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
@@ -128,7 +128,8 @@ class ClientChannel(Protocol):
         except Exception as e:
             del self.pending[call_id]
             return _failed(e if isinstance(e, RPCError) else
-                           RPCError(f"cannot send {method}: {type(e).__name__}: {e}"))
+                           EncodeError(f"cannot send {method}: the {self.codec_name} codec cannot "
+                                       f"encode its argument: {type(e).__name__}: {e}"))
         if timeout is not None:
             timer = self.clock.callLater(timeout, self._expire, call_id, method, timeout)
             d.addBoth(_cancel_timer, timer)

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.logger import Logger
 
-from rpcd.errors import RPCError, Unavailable, Unimplemented
+from rpcd import errors
+from rpcd.errors import Unavailable
 from rpcd.client.channel import ClientChannel
 from rpcd.wire.gob import (
     GobError,
@@ -161,14 +162,7 @@ def arg_type(value: Any) -> tuple[Any, GoType]:
     return _shape(value)
 
 
-def go_error(message: str) -> RPCError:
-    """
-    @param message: a Go server's error text.
-    @return: the L{RPCError} a caller gets for it.
-    """
-    if message.startswith(("rpc: can't find ", "rpc: service/method request ill-formed")):
-        return Unimplemented(message)
-    return RPCError(message)
+go_error = errors.go_error
 
 
 class GobClientChannel(ClientChannel):

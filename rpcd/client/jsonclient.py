@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from rpcd.errors import Code, ProtocolError, RPCError
+from rpcd.errors import ProtocolError, go_error
 from rpcd.client.channel import ClientChannel
 from rpcd.core.jsonerrors import json_data, rpc_error
 from rpcd.wire.jsonrpc import (
@@ -110,7 +110,7 @@ class JSONRPCClientChannel(_JSONChannel):
     def reply_received(self, value: Any) -> None:
         seq, result, error = decode_go_response(value)
         if error is not None:
-            self.reject(seq, RPCError(error, code=Code.UNKNOWN))
+            self.reject(seq, go_error(error))  # the same code as over gob
         else:
             self.resolve(seq, result)
 

@@ -36,6 +36,7 @@ from rpcd.errors import (
     Code,
     ConnectionLost,
     DeadlineExceeded,
+    EncodeError,
     Internal,
     RPCError,
 )
@@ -113,8 +114,8 @@ class ClientStreams:
         try:
             channel.conn.open_stream(call_id, method, value, window, timeout, metadata)
         except Exception as e:
-            done.errback(RPCError(f"cannot send {method}: {type(e).__name__}: {e}",
-                                  code=Code.INVALID_ARGUMENT))
+            done.errback(EncodeError(f"cannot send {method}: the native codec cannot encode "
+                                     f"its argument: {type(e).__name__}: {e}"))
             return stream
         channel.pending[call_id] = done
         self.streams[call_id] = stream

@@ -75,7 +75,7 @@ def decode(hint: Any, value: Any) -> Any:
         (the server's schema changed since the stub was written); the
         message names the field.
     """
-    from rpcd.convert import argument_converter, convert_argument
+    from rpcd.core.convert import argument_converter, convert_argument
     try:
         convert = argument_converter(hint)
     except TypeError as e:

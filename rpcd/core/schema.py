@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 from twisted.logger import Logger
 
-from rpcd.service import Kind, MethodSpec, ServiceSpec
+from rpcd.core.service import Kind, MethodSpec, ServiceSpec
 
 log = Logger()
 
@@ -268,7 +268,7 @@ _PROTO_TYPES: dict[int, dict[str, Any]] = {
 
 def _is_message(hint: Any) -> bool:
     """Whether a class is a protobuf message class with a descriptor."""
-    from rpcd.convert import is_protobuf_message
+    from rpcd.core.convert import is_protobuf_message
     return is_protobuf_message(hint) and getattr(hint, "DESCRIPTOR", None) is not None
 
 

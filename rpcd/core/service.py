@@ -366,9 +366,9 @@ def method_spec(cls: type, attribute: str, name: str, kind: Kind | None) -> Meth
     doc = inspect.getdoc(function) or ""
     shown = ", ".join(_param_text(p) for p in params)
     if stream_param is not None:
-        shown = ", ".join(filter(None, [f"{stream_param}: stream {_hint_text(in_item)}", shown]))
+        shown = ", ".join(filter(None, [f"{stream_param}: {_stream_text(in_item)}", shown]))
     if convert_out is not None:
-        signature = f"{name}({shown}) -> stream {_hint_text(out_item)}"
+        signature = f"{name}({shown}) -> {_stream_text(out_item)}"
     else:
         signature = f"{name}({shown})" + (f" -> {_hint_text(result_hint)}" if "return" in hints else "")
     return MethodSpec(
@@ -420,6 +420,12 @@ def _awaited(hint: Any) -> Any:
 
 def _param_text(p: Param) -> str:
     return f"{p.name}: {_hint_text(p.hint)}" if p.hint is not Any else p.name
+
+
+def _stream_text(item: Any) -> str:
+    # Without a hint for its items, a stream is shown as one, not as a
+    # "stream Any" (as an unhinted parameter shows only its name).
+    return "stream" if item is Any else f"stream {_hint_text(item)}"
 
 
 def _hint_text(hint: Any) -> str:

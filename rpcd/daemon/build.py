@@ -8,7 +8,9 @@ reactor.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -48,6 +50,7 @@ def resolve_services(config: Config, only: Iterable[str] = ()) -> list[tuple[Ser
     @raise ConfigError: a service cannot be found or its class exposes
         nothing; the message names the service and the config file.
     """
+    make_importable(config)
     wanted = list(config.services)
     if only:
         by_name = {s.name: s for s in config.services}
@@ -75,20 +78,45 @@ def resolve_services(config: Config, only: Iterable[str] = ()) -> list[tuple[Ser
     return resolved
 
 
-def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]]) -> ServiceRegistry:
+def make_importable(config: Config) -> None:
+    """
+    Put the directories a config's C{module:Class} paths are imported from
+    first on C{sys.path}, as C{python -m} does: C{server.pythonpath}'s, in
+    order, then the working directory (twistd, unlike C{python}, does not
+    put it there).
+
+    @param config: the config.
+    """
+    cwd = os.getcwd()
+    wanted = [*config.pythonpath, cwd]
+    present = {os.path.abspath(p or os.curdir) for p in sys.path}
+    for path in reversed(wanted):
+        if path not in present:
+            sys.path.insert(0, path)
+            present.add(path)
+
+
+def build_registry(services: list[tuple[ServiceSpec, ServiceConfig]] | list[tuple[object, ServiceConfig]],
+                   source: str | None = None) -> ServiceRegistry:
     """
     Instantiate the services.
 
-    @param services: from L{resolve_services}.
+    @param services: from L{resolve_services}; or, from L{rpcd.daemon.embed},
+        already built instances in place of the specs.
+    @param source: the config file, for messages.
     @return: a registry with them and the built-in services.
-    @raise ConfigError: a constructor rejected its options.
+    @raise ConfigError: a constructor rejected its options (the message
+        names the file, the service and the options), or a name is taken.
     """
     registry = ServiceRegistry()
+    where = f"{source}: " if source else ""
     for spec, entry in services:
         try:
-            registry.add(spec, dict(entry.options), access=entry)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"services.{entry.name}: {e}") from None
+            registry.add(spec, dict(entry.options), name=entry.name, access=entry)
+        except TypeError as e:
+            raise ConfigError(f"{where}services.{entry.name}.options: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"{where}services.{entry.name}: {e}") from None
     from rpcd.daemon.grpcstd import STANDARD  # gRPC health and reflection
     for builtin in (Introspection, Health, *STANDARD):
         if registry.spec(builtin.__name__) is None:
@@ -123,7 +151,8 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
     return server
 
 
-def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> DaemonService:
+def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
+                 objects: list[tuple[object, ServiceConfig]] | None = None) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
     a listener per endpoint, a dialler per reverse connection, and its
@@ -133,10 +162,13 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
     @param only: restrict to these service names (C{--service}).
+    @param objects: serve these (built instances or specs, each with its
+        entry) instead of the config's C{[services]} (L{rpcd.daemon.embed}).
     @return: a service to start.
     @raise ConfigError: a service or endpoint is wrong.
     """
-    registry = build_registry(resolve_services(config, only))
+    registry = build_registry(resolve_services(config, only) if objects is None else objects,
+                              config.source)
     if config.interceptors:
         from rpcd.core.interceptors import load_all
         try:
@@ -169,8 +201,12 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
         _announce(listener, item.endpoint, names)
     if config.connect:
         from rpcd.daemon.reverse import reverse_services
-        for connect in config.connect:
-            services = reverse_services([connect], server, reactor)
+        for index, connect in enumerate(config.connect):
+            try:
+                services = reverse_services([connect], server, reactor)
+            except ConfigError as e:  # it numbers its one entry [0]: name the file's
+                raise ConfigError(f"{config.source}: "
+                                  + str(e).replace("server.connect[0]", f"server.connect[{index}]", 1)) from None
             reloader.connects.setdefault(connect_key(connect), []).extend(services)
             for service in services:
                 service.setServiceParent(top)

@@ -88,12 +88,14 @@ class ConnectConfig:
 
     @ivar endpoint: a Twisted client endpoint string.
     @ivar connections: how many such connections to keep up.
-    @ivar protocol: the wire protocol spoken over it.
+    @ivar protocol: the wire protocol spoken over it, or None to tell it
+        from the caller's first bytes as a listener does (native, gob or
+        json).
     """
 
     endpoint: str
     connections: int = 1
-    protocol: str = sniff.NATIVE
+    protocol: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,8 @@ class Config:
     @ivar backlog: the listen queue length of endpoints that set no
         C{backlog=} themselves.
     @ivar log_level: the least severe log level written (C{server.log_level}).
+    @ivar pythonpath: absolute directories put on C{sys.path} before the
+        services' C{module:Class} are imported (C{server.pythonpath}).
     """
 
     source: str
@@ -160,6 +164,7 @@ class Config:
     interceptors: tuple[InterceptorConfig, ...] = ()
     log_level: str = "info"
     shutdown_grace: float = 30.0
+    pythonpath: tuple[str, ...] = ()
 
 
 def default_text() -> str:
@@ -203,11 +208,28 @@ def parse(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return check(data, source)
+
+
+def check(data: Mapping[str, Any], source: str, base: str | Path | None = None) -> Config:
+    """
+    Check a config already read into tables (TOML's, or C{rpcd.serve}'s
+    keywords).
+
+    @param data: the top-level table.
+    @param source: where it came from, for messages.
+    @param base: the directory relative C{server.pythonpath} entries start
+        from; None for the directory of C{source} when it is a file, else
+        the working directory.
+    @return: the config.
+    @raise ConfigError: naming the source and the key at fault.
+    """
     reader = _Reader(source)
     reader.known(data, "", {"server", "limits", "auth", "http", "services", "discovery",
                             "interceptors"})
     server = reader.table(data, "server")
-    reader.known(server, "server", {"listen", "connect", "backlog", "log_level", "shutdown_grace"})
+    reader.known(server, "server", {"listen", "connect", "backlog", "log_level", "shutdown_grace",
+                                    "pythonpath"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -224,7 +246,30 @@ def parse(text: str, source: str) -> Config:
                            enumerate(reader.list(data, "", "interceptors", []))),
         log_level=_log_level(reader, server),
         shutdown_grace=_shutdown_grace(reader, server),
+        pythonpath=_pythonpath(reader, server, base),
     )
+
+
+def _pythonpath(reader: _Reader, server: Mapping[str, Any], base: str | Path | None) -> tuple[str, ...]:
+    """
+    C{server.pythonpath}: directories importable for C{module:Class}, each
+    relative to the config file's directory unless absolute.
+    """
+    entries = reader.list(server, "server", "pythonpath", [])
+    if base is None:
+        source = Path(reader.source)
+        base = source.parent if source.is_file() else Path.cwd()
+    paths = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            raise reader.fail(f"server.pythonpath[{i}]", f"must be a directory name, not {_kind(entry)}")
+        if not entry:
+            raise reader.fail(f"server.pythonpath[{i}]", "must not be empty")
+        path = (Path(base) / Path(entry).expanduser()).resolve()
+        if not path.is_dir():
+            raise reader.fail(f"server.pythonpath[{i}]", f"{str(path)!r} is not a directory")
+        paths.append(str(path))
+    return tuple(paths)
 
 
 #: The values of C{server.log_level}, least to most severe.
@@ -345,8 +390,8 @@ def _connect(reader: _Reader, item: Any, index: int) -> ConnectConfig:
         connections = reader.value(item, where, "connections", int, 1)
         if not 1 <= connections <= 1000:
             raise reader.fail(f"{where}.connections", "must be between 1 and 1000")
-        protocol = reader.value(item, where, "protocol", str, sniff.NATIVE)
-        if protocol not in sniff.ALL - {sniff.HTTP, sniff.GRPC}:
+        protocol = reader.value(item, where, "protocol", (str, type(None)), None)
+        if protocol is not None and protocol not in sniff.ALL - {sniff.HTTP, sniff.GRPC}:
             raise reader.fail(f"{where}.protocol", f"must be one of native, gob, json, not {protocol!r}")
         return ConnectConfig(endpoint, connections, protocol)
     raise reader.fail(where, "must be an endpoint string or a table {endpoint = ..., connections = N}")

@@ -114,10 +114,7 @@ def _keyed(kind: str, old: dict[Any, Any], new: dict[Any, Any],
     return changes
 
 
-def connect_key(item: ConnectConfig) -> tuple[str, str, int]:
-    """
-    @return: what identifies a C{[[connect]]} entry across reloads.
-    """
+def connect_key(item: ConnectConfig) -> tuple[str, str | None, int]:
     return (item.endpoint, item.protocol, item.connections)
 
 
@@ -147,7 +144,7 @@ def diff(old: Config, new: Config) -> list[Change]:
     changes += _keyed("listen", _by(old.listen, lambda item: item.endpoint),
                       _by(new.listen, lambda item: item.endpoint), lambda e: f"server.listen {e}")
     changes += _keyed("connect", _by(old.connect, connect_key), _by(new.connect, connect_key),
-                      lambda k: f"server.connect {k[0]} ({k[1]} x{k[2]})")
+                      lambda k: f"server.connect {k[0]} ({k[1] or 'sniffed'} x{k[2]})")
     if old.discovery != new.discovery:
         changes.append(Change("restart", "changed", "discovery"))
     return changes
@@ -195,7 +192,7 @@ class Reloader:
         self.reactor = reactor
         self.only = tuple(only)
         self.listeners: dict[str, StreamServerEndpointService] = {}
-        self.connects: dict[tuple[str, str, int], list[IService]] = {}
+        self.connects: dict[tuple[str, str | None, int], list[IService]] = {}
         self.level = LogLevelFilterPredicate(LogLevel.levelWithName(config.log_level))
 
     def prepare(self, new: Config) -> Prepared:
@@ -366,7 +363,7 @@ class Reloader:
 
     def _connect(self, change: Change, new: Config) -> None:
         key = next(k for k in (connect_key(c) for c in (*self.config.connect, *new.connect))
-                   if change.key == f"server.connect {k[0]} ({k[1]} x{k[2]})")
+                   if change.key == f"server.connect {k[0]} ({k[1] or 'sniffed'} x{k[2]})")
         if change.action == "removed":
             for service in self.connects.pop(key, []):
                 service.disownServiceParent()
@@ -523,4 +520,4 @@ class ReloadService(Service):
 
 __all__ = ["Change", "Reloader", "ReloadService", "diff", "reopen_log_files", "set_limits"]
 
-_connect_key = connect_key  # the old name, for code written before it was public
+connect_key = connect_key  # the old name, for code written before it was public

@@ -40,11 +40,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.client.client import Client, codec_class, reactor_or_global, client_from_string, parse_endpoint
+from rpcd.client.client import Client, client_from_string, codec_class, parse_endpoint, reactor_or_global
 from rpcd.daemon.config import ConfigError, ConnectConfig
 from rpcd.server.limits import ConnectionCaps, Limits
 from rpcd.core.session import describe_address
 from rpcd.server.sniffer import SniffingProtocol
+from rpcd.wire import sniff
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -59,6 +60,10 @@ log = Logger()
 #: L{MAX_DELAY}, plus up to a second of random jitter.
 INITIAL_DELAY = 1.0
 MAX_DELAY = 60.0
+
+#: What a reverse connection with no C{protocol} serves, told apart by the
+#: caller's first bytes (each of them has the caller speak first).
+DIALLED_PROTOCOLS = frozenset({sniff.NATIVE, sniff.GOB, sniff.JSON})
 
 #: How many clients of daemons that dialled in may wait to be taken from a
 #: L{ReverseListener} by default.
@@ -120,7 +125,9 @@ def reverse_services(connects: Iterable[ConnectConfig], server: RPCServer, react
 
     @param connects: the config's C{server.connect} entries.
     @param server: the daemon's shared state; each connection is served by
-        C{server.factory(frozenset({protocol}), dialled=True)}.
+        C{server.factory(frozenset({protocol}), dialled=True)}, or, with
+        no C{protocol}, L{DIALLED_PROTOCOLS} told apart by the caller's
+        first bytes.
     @param reactor: to dial with and for the retry timers.
     @param retry_policy: maps the number of failed attempts in a row to the
         seconds to wait; exponential backoff from L{INITIAL_DELAY} to
@@ -136,7 +143,8 @@ def reverse_services(connects: Iterable[ConnectConfig], server: RPCServer, react
         except Exception as e:
             raise ConfigError(f"server.connect[{index}]: bad client endpoint "
                               f"{item.endpoint!r}: {e}") from None
-        factory = server.factory(frozenset({item.protocol}), dialled=True)
+        factory = server.factory(frozenset({item.protocol}) if item.protocol else DIALLED_PROTOCOLS,
+                                 dialled=True)
         for _ in range(item.connections):
             backoff = _Backoff(retry_policy or backoffPolicy(
                 INITIAL_DELAY, MAX_DELAY, 1.5, random.random))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 
 import signal
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -64,8 +65,38 @@ class Options(usage.Options):
             from rpcd.daemon.build import resolve_services
             self.services = resolve_services(loaded, self["service"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line, not twistd's whole usage text first (it prints that
+            # for a UsageError).
+            config_exit(e)
         self.loaded = loaded
+
+
+#: The daemon's exit status for a config error (the file, --listen,
+#: --service, a service's options): command-line usage, as the rpcd
+#: command's 2.  0 is a clean stop (drained), 1 a start that failed
+#: otherwise (an endpoint that cannot listen, twistd's own usage errors).
+EXIT_CONFIG = 2
+
+
+def config_exit(error: ConfigError, stderr: Any = None) -> NoReturn:
+    """
+    Stop twistd for a config error: one line on standard error naming the
+    file and the key, exit status L{EXIT_CONFIG}.
+
+    @param error: the error.
+    @param stderr: where the line goes (C{sys.stderr} if None).
+    @raise SystemExit: always.
+    """
+    out = sys.stderr if stderr is None else stderr
+    out.write(f"rpcd: {error}\n")
+    out.flush()
+    raise SystemExit(EXIT_CONFIG)
+
+
+for _option in (Options.opt_listen, Options.opt_service):
+    # twistd joins a docstring's lines keeping their indentation, which
+    # then shows in --help's wrapped text.
+    _option.__doc__ = " ".join((_option.__doc__ or "").split())
 
 
 def makeService(options: Options) -> IService:
@@ -82,13 +113,13 @@ def makeService(options: Options) -> IService:
     try:
         top = make_service(options.loaded, reactor, options["service"])
     except ConfigError as e:
-        raise SystemExit(f"rpcd: {e}") from None
+        config_exit(e)
     reloader = top.reloader  # type: ignore[attr-defined]
     reload_service = ReloadService(reloader, lambda: read_config(options), reactor)
     reload_service.setServiceParent(top)
     top.services.remove(reload_service)  # first: its SIGHUP handler is in before anything listens
     top.services.insert(0, reload_service)
-    top.on_drain = _second_signal_stops(reactor)
+    top.on_drain = second_signal_stops(reactor)
     return top
 
 
@@ -107,7 +138,7 @@ def read_config(options: Options) -> config_module.Config:
     return loaded
 
 
-def _second_signal_stops(reactor: Any) -> Callable[[Any], None]:
+def second_signal_stops(reactor: Any) -> Callable[[Any], None]:
     """
     Once a drain has begun (the first SIGTERM or SIGINT), the next one
     stops at once instead of reaching twistd's handler (which cannot stop a
@@ -126,4 +157,4 @@ def _second_signal_stops(reactor: Any) -> Callable[[Any], None]:
     return install
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "EXIT_CONFIG"]

@@ -14,11 +14,15 @@ from rpcd.core.session import Session
 class HelloService:
     """Greets logged-in callers by their address; one instance per connection."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, require_login: bool = True) -> None:
         """
         @param session: the connection this instance serves.
+        @param require_login: C{Hello} needs a C{Login} first (4.3.4); false
+            for the plain service of seed 001's reverse RPC (4.3.3), whose
+            caller calls C{Hello} at once.
         """
         self.session = session
+        self.require_login = require_login
 
     @exposed
     async def Login(self, request: str) -> str:
@@ -40,6 +44,6 @@ class HelloService:
     @exposed
     def Hello(self, request: str) -> str:
         """Return "hello:" + request + ", from" + the caller's address."""
-        if self.session.user is None:
+        if self.require_login and self.session.user is None:
             raise Unauthenticated("please login")
         return "hello:" + request + ", from" + self.session.peer

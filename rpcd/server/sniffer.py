@@ -189,6 +189,10 @@ class SniffingProtocol(Protocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
+        if self.dialled and self.inner is None and (not self._tls or self._tls_done):
+            # A reverse connection: the caller speaks first, when it has a
+            # call to make; the daemon dialled it and waits.
+            return
         timeout = self.server.limits.handshake_timeout
         if self._tls and not self._tls_done:
             what = "the TLS handshake did not finish"

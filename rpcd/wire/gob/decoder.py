@@ -27,10 +27,12 @@ from rpcd.wire.gob.gotypes import (
     Bytes,
     Field,
     GoType,
+    Int,
     Map,
     Opaque,
     Slice,
     Struct,
+    Uint,
     _Basic,
     _need,
 )
@@ -46,6 +48,16 @@ DEFAULT_MAX_DEPTH = 100
 DEFAULT_MAX_TYPES = 1024
 DEFAULT_MAX_TYPE_BYTES = 1024 * 1024
 
+
+
+#: What to write instead when Go's integer and Python's hint differ in sign
+#: (Go's uint64 field meets a field hinted C{int}, the usual case).
+_SIGN_HINTS = {
+    (Uint.type_id, Int.type_id): "Go sends an unsigned integer: hint the field "
+                                 "rpcd.wire.gob.uint instead of int (docs/gob.md, Types)",
+    (Int.type_id, Uint.type_id): "Go sends a signed integer: hint the field int "
+                                 "instead of rpcd.wire.gob.uint (docs/gob.md, Types)",
+}
 
 class Decoder:
     """
@@ -368,7 +380,7 @@ class Decoder:
         maxd = self.max_depth
         if isinstance(target, _Basic):
             if tid != target.type_id:
-                raise self._mismatch(tid, target)
+                raise self._mismatch(tid, target, _SIGN_HINTS.get((tid, target.type_id), ""))
             return _BASIC_DEC[tid]
         if isinstance(target, Slice):
             if w is None or w.kind != "slice":

@@ -232,7 +232,9 @@ def _guess(v: Any) -> GoType:
         return gotype
     if isinstance(v, (list, tuple)):
         if not v:
-            raise GobEncodeError("gob: cannot guess the element type of an empty list")
+            raise GobEncodeError("gob: cannot guess the element type of an empty list "
+                                 "(send a non-empty one, or give the Go type with "
+                                 "rpcd.wire.gobclient.typed(value, gotype))")
         return slice_of(_same(v, "list"))
     if isinstance(v, dict):
         if not v:
