@@ -26,8 +26,10 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rpcd.core.context import current_deadline, shorten
+from rpcd.core.interfaces import ICaller
 from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
 from rpcd.client.channel import ClientChannel, when_fired
@@ -237,7 +239,24 @@ def _endpoint_text(endpoint: Any) -> str:
     return endpoint if isinstance(endpoint, str) else repr(endpoint)
 
 
-class Client:
+class ServiceAttributes:
+    """
+    Attribute access builds service proxies, for anything with a C{call}
+    method (L{Client}, L{BlockingClient}, L{rpcd.cluster.balancer.Balancer},
+    L{rpcd.cluster.retry.RetryingClient}): C{x.Arith.Multiply(A=7, B=8)} is
+    C{x.call("Arith.Multiply", {"A": 7, "B": 8})}.
+    """
+
+    call: Callable[..., Any]
+
+    def __getattr__(self, service: str) -> ServiceProxy:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return ServiceProxy(self.call, service)
+
+
+@implementer(ICaller)
+class Client(ServiceAttributes):
     """
     Calls over one connection; many may be in flight at once.
 
@@ -427,11 +446,6 @@ class Client:
         """
         return when_fired(self.channel.closed_d)
 
-    def __getattr__(self, service: str) -> ServiceProxy:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)
-
 
 class ServiceProxy:
     """
@@ -484,7 +498,7 @@ class _ReactorThread:
         return reactor
 
 
-class BlockingClient:
+class BlockingClient(ServiceAttributes):
     """
     A client for code that runs no reactor (scripts, REPLs): every call
     blocks until it has an answer.
@@ -539,11 +553,6 @@ class BlockingClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __getattr__(self, service: str) -> ServiceProxy:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)
 
 # The old names, for code written before they were public.
 _codec_class = codec_class

@@ -45,11 +45,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rpcd.cluster.subchannel import Backend, HealthCheck, ParsedEndpoints
 from rpcd.cluster.breaker import BreakerPolicy
-from rpcd.client.client import codec_class, reactor_or_global, ServiceProxy, connect
+from rpcd.client.client import ServiceAttributes, codec_class, connect, reactor_or_global
 from rpcd.core.context import current_deadline, shorten
+from rpcd.core.interfaces import ICaller
 from rpcd.errors import Code, NotRun, Unavailable
 from rpcd.cluster.hedging import HedgingPolicy, hedged_call
 from rpcd.core.interceptors import client_call, client_stream
@@ -72,7 +74,8 @@ _NOT_RUN_REPICKS = 3
 _NOT_RUN_WAIT = 30.0
 
 
-class Balancer:
+@implementer(ICaller)
+class Balancer(ServiceAttributes):
     """
     Calls spread over several endpoints.
 
@@ -433,11 +436,6 @@ class Balancer:
             d.cancel()
         closing = [b.stop() for b in self.backends]
         return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)
-
-    def __getattr__(self, service: str) -> Any:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)
 
 
 def _observed(result: Any, observe: Callable[[Any, float], None], key: Any,

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rpcd.core.twistedcompat import waiting_for_port
 from rpcd.cluster.etcd import EtcdClient, EtcdError, LeaseNotFound, event_key
 from rpcd.cluster.resolver import IWatchingResolver, ResolverError
 
@@ -201,7 +202,7 @@ def listener_port(listener: Any) -> Deferred[int]:
         does; failing with C{ValueError} if it has no port (a Unix socket),
         or as the listener failed.
     """
-    waiting = listener._waitingForPort
+    waiting = waiting_for_port(listener)
     if waiting is None:
         raise ValueError("the listener has not started")
     d: Deferred[int] = Deferred()

@@ -32,12 +32,13 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFailed,
-                                ResponseDone, ResponseFailed, ResponseNeverReceived,
-                                _HTTP11ClientFactory, readBody)
+from twisted.web.client import (Agent, RequestTransmissionFailed,
+                                ResponseDone, ResponseFailed, ResponseNeverReceived, readBody)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
+
+from rpcd.core.twistedcompat import QuietHTTPConnectionPool
 
 _NOT_FOUND = 5     # gRPC NOT_FOUND: etcd's "requested lease not found"
 MAX_WATCH_LINE = 4 * 1024 * 1024  # the longest watch message accepted
@@ -106,20 +107,6 @@ class _Body:
         pass
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    """
-    One connection per request, without Twisted's "Starting factory" and
-    "Stopping factory" log lines for each (a keepalive every few seconds
-    would fill the daemon's log).
-    """
-
-    _factory = _QuietFactory
-
-
 def _describe(error: BaseException) -> str:
     if isinstance(error, (ResponseFailed, RequestTransmissionFailed, ResponseNeverReceived)):
         if error.reasons:
@@ -150,7 +137,7 @@ class EtcdClient:
         self.url = url.rstrip("/")
         self.clock = reactor
         self.agent = agent if agent is not None else Agent(
-            reactor, connectTimeout=timeout, pool=_QuietPool(reactor, persistent=False))
+            reactor, connectTimeout=timeout, pool=QuietHTTPConnectionPool(reactor, persistent=False))
         self.timeout = timeout
 
     def request(self, path: str, body: dict[str, Any]) -> Deferred[dict[str, Any]]:

@@ -45,8 +45,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from rpcd.client.client import ServiceProxy
+from rpcd.client.client import ServiceAttributes
+from rpcd.core.interfaces import ICaller
 from rpcd.errors import Code, RPCError, code_name
 from rpcd.middleware.ratelimit import pushback
 from rpcd.wire.fields import check_timeout
@@ -245,7 +247,8 @@ def retrying_call(attempt: Callable[[float | None], Deferred[T]], policy: RetryP
                                                   rng=rng, what=what, budget=budget))
 
 
-class RetryingClient:
+@implementer(ICaller)
+class RetryingClient(ServiceAttributes):
     """
     Retries the calls of a client by a policy; the same C{call} and proxy
     API as L{rpcd.client.Client}.
@@ -326,8 +329,3 @@ class RetryingClient:
         @return: what the target's C{close} returns.
         """
         return self.target.close()
-
-    def __getattr__(self, service: str) -> Any:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)

@@ -51,6 +51,43 @@ class IServerInterceptor(Interface):
         """
 
 
+class ICaller(Interface):
+    """
+    Something you can call methods through: a L{rpcd.client.client.Client}
+    (one connection), a L{rpcd.cluster.balancer.Balancer} (many), a
+    L{rpcd.cluster.retry.RetryingClient} (either, retried).  Attribute access
+    builds service proxies (L{rpcd.client.client.ServiceAttributes}).
+    """
+
+    def call(method: str, args: Any = None, *, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None) -> Any:
+        """
+        Call a remote method.
+
+        @param method: C{"Service.Method"}.
+        @param args: the argument (a dict of keyword arguments, or a value).
+        @param timeout: seconds, or None for the caller's default.
+        @param metadata: sent with the call.
+        @return: a Deferred firing with the result, or failing with an
+            L{rpcd.errors.RPCError}.
+        """
+
+    def stream(method: str, args: Any = None, *, timeout: float | None = None,
+               metadata: dict[str, Any] | None = None) -> Any:
+        """
+        Open a streaming call.
+
+        @return: the stream (see L{rpcd.client.streams.ClientStream}).
+        """
+
+    def close() -> Any:
+        """
+        Close the connections.
+
+        @return: a Deferred firing with C{None} once they are closed.
+        """
+
+
 class IClientInterceptor(Interface):
     """
     Code around every call a client makes; see L{rpcd.core.interceptors}.

@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
+from rpcd.core.twistedcompat import raise_synchronously, waiting_for_port
 from rpcd.daemon.builtin import Discovery, Health, Introspection
 from rpcd.daemon.config import Config, ConfigError, ServiceConfig
 from rpcd.daemon.drain import DaemonService
@@ -194,7 +195,7 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
         except Exception as e:
             raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
         listener = reloader.add_listener(item, endpoint)
-        listener._raiseSynchronously = True
+        raise_synchronously(listener)
         listener.setServiceParent(top)
         listeners.append(listener)
         top.listeners.append(listener)
@@ -251,7 +252,7 @@ def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) 
             log.critical("rpcd cannot listen on {endpoint!r}: {reason}",
                          endpoint=endpoint, reason=e.socketError)
             raise SystemExit(1) from None
-        waiting = listener._waitingForPort
+        waiting = waiting_for_port(listener)
         if waiting is not None:
             waiting.addCallback(_listening, endpoint, names)
 

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
 from rpcd.core.health import HealthState
+from rpcd.core.twistedcompat import waiting_for_port
 from rpcd.daemon.sdnotify import notify
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class DaemonService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        waiting = [w for w in (getattr(s, "_waitingForPort", None) for s in self.listeners)
+        waiting = [w for w in (waiting_for_port(s) for s in self.listeners)
                    if w is not None]
         ports: Deferred[Any] = DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True) \
             if waiting else succeed(None)

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from rpcd.core.twistedcompat import waiting_for_port
 from rpcd.daemon.config import Config, ConfigError, ServiceConfig, check
 from rpcd.daemon.drain import DaemonService
 
@@ -195,7 +196,7 @@ def start(services: Iterable[object] | Mapping[str, object],
 
     async def listening() -> Running:
         _start(top)
-        waiting = [w for w in (getattr(s, "_waitingForPort", None) for s in top.listeners)
+        waiting = [w for w in (waiting_for_port(s) for s in top.listeners)
                    if w is not None]
         results = await DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True)
         return Running(top, [port for _, port in results])

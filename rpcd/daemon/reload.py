@@ -42,6 +42,7 @@ from twisted.logger import (
 )
 from twisted.python.logfile import BaseLogFile
 
+from rpcd.core.twistedcompat import waiting_for_port
 from rpcd.daemon.config import Config, ConfigError, ConnectConfig, ListenConfig
 
 log = Logger()
@@ -353,7 +354,7 @@ class Reloader:
             draining = getattr(self.top, "listeners", None)
             if draining is not None:
                 draining.append(listener)  # a drain stops it too
-            waiting = listener._waitingForPort
+            waiting = waiting_for_port(listener)
             if waiting is not None:
                 waiting.addCallbacks(
                     lambda port: _log_listening(port, item.endpoint),
