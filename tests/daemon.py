@@ -33,6 +33,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.cache import cache_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"rpcd listening on (\S+?)(?::(\d+))? \(")
 
@@ -109,11 +111,18 @@ class _Output(ProcessProtocol):
 def environment() -> dict[str, str]:
     """
     @return: the environment for subprocesses: this one, with the checkout on
-        C{PYTHONPATH} so they import the code under test.
+        C{PYTHONPATH} so they import the code under test (and bytecode
+        written to L{tests.cache} where C{PYTHONDONTWRITEBYTECODE} forbids
+        writing it beside the sources).
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    if env.pop("PYTHONDONTWRITEBYTECODE", None):
+        # The checkout stays free of __pycache__ as asked, yet the hundreds of
+        # daemons and commands the tests start do not each compile rpcd again:
+        # their bytecode goes to the tests' cache, outside the checkout.
+        env.setdefault("PYTHONPYCACHEPREFIX", str(cache_dir("pycache")))
     return env
 
 

@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from rpcd import certs
+from tests.cache import cached_build, tool_stamp
 from tests.daemon import ROOT, _Output, environment, run
 from tests.tools import require_directory, require_tool
 
@@ -96,7 +97,7 @@ def go_grpc_environment(gopath: str) -> dict[str, str]:
 async def grpc_go_program(test: TestCase, name: str, proto: GoProto) -> str:
     """
     Build C{tests/go/NAME/main.go}, a gRPC program importing the Go package
-    generated from C{proto} (once per test run).
+    generated from C{proto} (once for all runs: L{tests.cache}).
 
     @param test: the calling test (skipped when a tool is missing).
     @param name: the program's directory under C{tests/go}.
@@ -105,39 +106,47 @@ async def grpc_go_program(test: TestCase, name: str, proto: GoProto) -> str:
     """
     go = require_tool("go", "to build the Go gRPC programs")
     protoc = require_tool("protoc", "to generate the Go gRPC code")
-    require_tool("protoc-gen-go", "to generate the Go protobuf code")
-    require_tool("protoc-gen-go-grpc", "to generate the Go gRPC code")
+    plugins = [require_tool("protoc-gen-go", "to generate the Go protobuf code"),
+               require_tool("protoc-gen-go-grpc", "to generate the Go gRPC code")]
     _require_go_packages()
     key = (name, proto)
     if key in _built:
         return _built[key]
-    global _gopath
-    if _gopath is None:
-        _gopath = tempfile.mkdtemp(prefix="rpcd-go-grpc-")
-        atexit.register(shutil.rmtree, _gopath, True)
-    generated = Path(_gopath, "src", proto.go_package)
-    if not generated.is_dir():
-        generated.mkdir(parents=True)
-        mapping = f"M{proto.path.name}={proto.go_package}"
-        code, out, err = await run(test, [
-            protoc, "-I", str(proto.path.parent),
-            f"--go_out={generated}", "--go_opt=paths=source_relative", f"--go_opt={mapping}",
-            f"--go-grpc_out={generated}", "--go-grpc_opt=paths=source_relative",
-            f"--go-grpc_opt={mapping}", "--go-grpc_opt=require_unimplemented_servers=false",
-            str(proto.path)])
+
+    async def build(binary: str) -> None:
+        global _gopath
+        if _gopath is None:
+            _gopath = tempfile.mkdtemp(prefix="rpcd-go-grpc-")
+            atexit.register(shutil.rmtree, _gopath, True)
+        generated = Path(_gopath, "src", proto.go_package)
+        if not generated.is_dir():
+            generated.mkdir(parents=True)
+            mapping = f"M{proto.path.name}={proto.go_package}"
+            code, out, err = await run(test, [
+                protoc, "-I", str(proto.path.parent),
+                f"--go_out={generated}", "--go_opt=paths=source_relative", f"--go_opt={mapping}",
+                f"--go-grpc_out={generated}", "--go-grpc_opt=paths=source_relative",
+                f"--go-grpc_opt={mapping}", "--go-grpc_opt=require_unimplemented_servers=false",
+                str(proto.path)])
+            if code != 0:
+                shutil.rmtree(generated)
+                test.fail(f"protoc {proto.path} failed (exit {code}):\n{out}{err}")
+        source = Path(_gopath, "src", "rpcdtests", name)
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copy(GO_SOURCES / name / "main.go", source / "main.go")
+        code, out, err = await run(test, [go, "build", "-o", binary, "."],
+                                   env=go_grpc_environment(_gopath), cwd=str(source))
         if code != 0:
-            shutil.rmtree(generated)
-            test.fail(f"protoc {proto.path} failed (exit {code}):\n{out}{err}")
-    source = Path(_gopath, "src", "rpcdtests", name)
-    source.mkdir(parents=True, exist_ok=True)
-    shutil.copy(GO_SOURCES / name / "main.go", source / "main.go")
-    binary = str(Path(_gopath, "bin", name.replace("/", "_")))
-    code, out, err = await run(test, [go, "build", "-o", binary, "."],
-                               env=go_grpc_environment(_gopath), cwd=str(source))
-    if code != 0:
-        test.fail(f"go build of {GO_SOURCES / name} failed (exit {code}):\n{out}{err}")
-    _built[key] = binary
-    return binary
+            test.fail(f"go build of {GO_SOURCES / name} failed (exit {code}):\n{out}{err}")
+
+    # Kept across runs and trial -j workers (L{tests.cache}), named by the
+    # sources' hash and the versions of the tools and of Debian's Go packages.
+    packages = [Path(f"/var/lib/dpkg/info/{package}.list") for package in APT_PACKAGES.split()]
+    inputs = [GO_SOURCES / name, proto.path, proto.go_package,
+              *(tool_stamp(tool) for tool in (go, protoc, *plugins)),
+              *(tool_stamp(package) for package in packages if package.exists())]
+    _built[key] = await cached_build(name, inputs, build)
+    return _built[key]
 
 
 class Seed003Certs:

@@ -37,6 +37,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, RPCError, Unimplemented
 from rpcd.server import SERVER_PROTOCOLS
+from tests.cache import cached_build, tool_stamp
 from tests.daemon import ROOT, Daemon, _Output, environment, rpcd_command, run, temp_dir
 from tests.test_gobrpc import C2S
 from tests.tools import require_tool
@@ -65,7 +66,8 @@ def go_environment() -> dict[str, str]:
 
 async def go_program(test: TestCase, name: str, seed_port: int | None = None) -> str:
     """
-    Build C{tests/go/NAME/main.go} (once per test run and port).
+    Build C{tests/go/NAME/main.go}: once for all runs (L{tests.cache}), or,
+    for a seed built for a port, once per run and port.
 
     @param test: the calling test (skipped when Go is missing).
     @param name: the program's directory under C{tests/go}.
@@ -83,12 +85,21 @@ async def go_program(test: TestCase, name: str, seed_port: int | None = None) ->
         import atexit
         atexit.register(shutil.rmtree, _build_dir, True)
     source = GO_SOURCES / name
-    binary = os.path.join(_build_dir, key.replace("/", "_").replace("@", "_"))
     flags = [] if seed_port is None else ["-ldflags", f"-X main.seedPort={seed_port}"]
-    code, out, err = await run(test, [go, "build", *flags, "-o", binary, "main.go"],
-                               env=go_environment(), cwd=str(source))
-    if code != 0:
-        test.fail(f"go build in {source} failed (exit {code}):\n{out}{err}")
+
+    async def build(binary: str) -> None:
+        code, out, err = await run(test, [go, "build", *flags, "-o", binary, "main.go"],
+                                   env=go_environment(), cwd=str(source))
+        if code != 0:
+            test.fail(f"go build in {source} failed (exit {code}):\n{out}{err}")
+
+    if seed_port is None:
+        # Kept across runs and trial -j workers, named by the sources' hash.
+        binary = await cached_build(name, [source, tool_stamp(go), go_environment()["GOFLAGS"]], build)
+    else:
+        # The port differs every run: built for this run only.
+        binary = os.path.join(_build_dir, key.replace("/", "_").replace("@", "_"))
+        await build(binary)
     _built[key] = binary
     return binary
 

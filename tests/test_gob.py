@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from rpcd.wire import gob
 from rpcd.wire.gob.encops import _enc_ops
 from rpcd.wire.gob.varint import _int_bytes, _uint_bytes
 from rpcd.wire.gob.wiretypes import _common, _fields_struct, _str_bytes, _wire_struct
+from tests.cache import cached_build_sync, tool_stamp
 from tests.tools import require_tool
 
 GO_PROGRAM = os.path.join(os.path.dirname(__file__), "go", "gobvectors", "main.go")
@@ -30,7 +32,7 @@ _built: list[str] = []
 
 def go_vectors() -> str:
     """
-    Build the Go vector program once per test run.
+    Build the Go vector program once for all runs (L{tests.cache}).
 
     @return: the path of the executable.
     @raise SkipTest: Go is missing (unless C{RPCD_REQUIRE_TOOLS=1}).
@@ -39,19 +41,21 @@ def go_vectors() -> str:
     if not _built:
         tmp = tempfile.mkdtemp(prefix="rpcd-gobvectors-")
         atexit.register(shutil.rmtree, tmp, True)
-        exe = os.path.join(tmp, "gobvectors")
         env = dict(os.environ)
         if not (env.get("GOCACHE") or env.get("HOME") or env.get("XDG_CACHE_HOME")):
             env["GOCACHE"] = os.path.join(tmp, "gocache")
-        subprocess.run(
-            [go, "build", "-o", exe, GO_PROGRAM],
-            check=True,
-            env=env,
-            cwd=tmp,
-            capture_output=True,
-            timeout=300,
-        )
-        _built.append(exe)
+
+        def build(exe: str) -> None:
+            subprocess.run(
+                [go, "build", "-o", exe, GO_PROGRAM],
+                check=True,
+                env=env,
+                cwd=tmp,
+                capture_output=True,
+                timeout=300,
+            )
+
+        _built.append(cached_build_sync("gobvectors", [Path(GO_PROGRAM), tool_stamp(go)], build))
     return _built[0]
 
 

@@ -27,7 +27,8 @@ from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
 from rpcd.errors import Code, RPCError
-from tests.daemon import Daemon, environment, rpcd_command, run, temp_dir
+from tests.cache import cached_build, tool_stamp
+from tests.daemon import Daemon, environment, rpcd_command, run
 from tests.tools import require_tool
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ _built: dict[str, str] = {}
 
 async def build_go(test: TestCase, source: Path) -> str:
     """
-    Build a Go program once per test run.
+    Build a Go program once for all runs (L{tests.cache}).
 
     @param test: the test (skipped without Go).
     @param source: the directory of its main package.
@@ -52,12 +53,12 @@ async def build_go(test: TestCase, source: Path) -> str:
     """
     go = require_tool("go", f"to build {source.name}, a stock Go net/rpc/jsonrpc program")
     if source.name not in _built:
-        out_dir = temp_dir(test)
-        binary = f"{out_dir}/{source.name}"
-        code, out, err = await run(test, [go, "build", "-o", binary, "."], cwd=str(source),
-                                   env=GO_ENV)
-        test.assertEqual(code, 0, f"go build {source.name} failed: {out}{err}")
-        _built[source.name] = binary
+        async def build(binary: str) -> None:
+            code, out, err = await run(test, [go, "build", "-o", binary, "."], cwd=str(source),
+                                       env=GO_ENV)
+            test.assertEqual(code, 0, f"go build {source.name} failed: {out}{err}")
+
+        _built[source.name] = await cached_build(source.name, [source, tool_stamp(go), GO_ENV], build)
     return _built[source.name]
 
 

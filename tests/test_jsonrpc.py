@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,6 +45,7 @@ from rpcd.wire.jsonrpc import (
     parse_responses,
 )
 from rpcd.wire.jsonstream import JSONStream
+from tests.cache import cached_build_sync, tool_stamp
 from tests.tools import require_tool
 
 PEER_SOURCE = os.path.join(os.path.dirname(__file__), "go", "jsonrpcpeer")
@@ -278,22 +280,27 @@ class GoPeerTests(SynchronousTestCase):
 
     def build_peer(self) -> str:
         """
-        Build the Go peer once per test run, with Go's usual build cache.
+        Build the Go peer once for all runs (L{tests.cache}), with Go's usual
+        build cache.
         """
         go = require_tool("go", "to check responses against Go's jsonrpc client codec")
         if GoPeerTests._peer is not None:
             return GoPeerTests._peer
         workdir = os.path.abspath(self.mktemp())
-        shutil.copytree(PEER_SOURCE, workdir)
         env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=mod", CGO_ENABLED="0")
         home = os.environ.get("HOME", "")
         if "GOCACHE" not in env and not (home and os.access(home, os.W_OK)):
             env["GOCACHE"] = workdir + "-gocache"
-        subprocess.run(
-            [go, "build", "-o", "peer", "."],
-            cwd=workdir, env=env, check=True, capture_output=True, timeout=300,
-        )
-        GoPeerTests._peer = os.path.join(workdir, "peer")
+
+        def build(peer: str) -> None:
+            shutil.copytree(PEER_SOURCE, workdir)
+            subprocess.run(
+                [go, "build", "-o", peer, "."],
+                cwd=workdir, env=env, check=True, capture_output=True, timeout=300,
+            )
+
+        GoPeerTests._peer = cached_build_sync(
+            "jsonrpcpeer", [Path(PEER_SOURCE), tool_stamp(go), env["GOFLAGS"], env["CGO_ENABLED"]], build)
         return GoPeerTests._peer
 
     def converse(self, calls: list[str], answer: Any) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from rpcd import certs
 from rpcd.client import connect
 from rpcd.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from tests.cache import cached_build, tool_stamp
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
 from tests.tools import require_tool
 
@@ -285,16 +286,19 @@ class GoTests(TestCase):
             raise SkipTest("Go's net/rpc needs the gob protocol, not registered in "
                            "rpcd.server.SERVER_PROTOCOLS yet")
         go = require_tool("go", "to build a Go net/rpc client over mutual TLS")
-        build = temp_dir(self)
-        code, out, err = await run(self, [go, "build", "-o", f"{build}/mtlsclient", str(GO_CLIENT)],
-                                   cwd=build)
-        self.assertEqual(code, 0, err)
+
+        async def build(binary: str) -> None:
+            code, out, err = await run(self, [go, "build", "-o", binary, str(GO_CLIENT)],
+                                       cwd=temp_dir(self))
+            self.assertEqual(code, 0, err)
+
+        client = await cached_build("mtlsclient", [GO_CLIENT, tool_stamp(go)], build)
         pki = PKI(Path(temp_dir(self)))
         daemon = await Daemon.start(self, "--listen", pki.server("mtls", client_cas=True))
-        code, out, err = await run(self, [f"{build}/mtlsclient", f"127.0.0.1:{daemon.port}", "localhost",
+        code, out, err = await run(self, [client, f"127.0.0.1:{daemon.port}", "localhost",
                                           pki.path("ca.pem"), pki.path("alice.pem"), pki.path("alice.key")])
         self.assertEqual((code, out.strip()), (0, "56 144"), err)
-        code, out, err = await run(self, [f"{build}/mtlsclient", f"127.0.0.1:{daemon.port}", "localhost",
+        code, out, err = await run(self, [client, f"127.0.0.1:{daemon.port}", "localhost",
                                           pki.path("ca.pem"), pki.path("mallory.pem"), pki.path("mallory.key")])
         self.assertNotEqual(code, 0)
         self.assertIn("unknown certificate authority", err)
