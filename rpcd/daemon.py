@@ -121,7 +121,8 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
     return server
 
 
-def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> DaemonService:
+def make_service(config: Config, reactor: Any, only: Iterable[str] = (), *,
+                 listen_reactor: Any = None, wrap_services: Any = None) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
     a listener per endpoint, a dialler per reverse connection, and its
@@ -131,10 +132,17 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
     @param config: the checked config.
     @param reactor: the reactor to listen and dial with.
     @param only: restrict to these service names (C{--service}).
+    @param listen_reactor: the reactor the listening endpoints are parsed
+        with (a worker's adopts the supervisor's sockets: L{rpcd.worker});
+        C{reactor} when None.
+    @param wrap_services: a function from the resolved services to those
+        registered (a worker's proxies the process-shared ones:
+        L{rpcd.owner}), or None.
     @return: a service to start.
     @raise ConfigError: a service or endpoint is wrong.
     """
-    registry = build_registry(resolve_services(config, only))
+    resolved = resolve_services(config, only)
+    registry = build_registry(wrap_services(resolved) if wrap_services is not None else resolved)
     if config.interceptors:
         from rpcd.interceptors import load_all
         try:
@@ -156,7 +164,8 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = ()) -> Daem
     listeners = []
     for item in config.listen:
         try:
-            endpoint = serverFromString(reactor, with_backlog(item.endpoint, item.backlog or config.backlog))
+            endpoint = serverFromString(listen_reactor or reactor,
+                                        with_backlog(item.endpoint, item.backlog or config.backlog))
         except Exception as e:
             raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
         listener = reloader.add_listener(item, endpoint)

@@ -77,6 +77,9 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    if options.loaded.workers > 1:
+        from rpcd.workers import make_supervisor
+        return make_supervisor(options, reactor)
     from rpcd.daemon import make_service
     from rpcd.reload import ReloadService
     try:

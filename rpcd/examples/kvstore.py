@@ -18,9 +18,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from rpcd.context import CallContext
 from rpcd.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
+from rpcd.owner import process_shared
 from rpcd.service import exposed
 
 
+@process_shared  # with workers, one store in the supervisor (rpcd.owner)
 class KVStoreService:
     """A map of strings, with Watch for the next change."""
 
