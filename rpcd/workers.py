@@ -43,7 +43,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, Logger, eventFromJSON, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rpcd.config import Config, ConfigError
@@ -131,6 +131,8 @@ class WorkerProtocol(ProcessProtocol):
         event["rpcd_text"] = formatEvent(event)
         event.pop("log_flattened", None)
         event["rpcd_worker"] = self.index
+        event.setdefault("log_level", LogLevel.info)
+        event.setdefault("log_namespace", "rpcd.worker")
         event["log_format"] = "[worker {rpcd_worker}] {rpcd_text}"
         globalLogPublisher(event)
 
