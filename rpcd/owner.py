@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, AsyncIterator, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rpcd.config import ConfigError, ServiceConfig
 from rpcd.service import Kind, MethodSpec, ServiceSpec
@@ -97,33 +98,35 @@ class OwnerLink:
         self.path = path
         self.reactor = reactor
         self._client: Any = None
-        self._connecting: Deferred[Any] | None = None
+        self._waiting: list[Deferred[Any]] = []
 
     def client(self) -> Deferred[Any]:
         """
         @return: a Deferred firing with a connected L{rpcd.client.Client},
             or failing with the connection error.
         """
-        from twisted.internet.defer import succeed
         if self._client is not None:
             return succeed(self._client)
-        if self._connecting is None:
-            from rpcd.client import connect
-            self._connecting = connect(f"unix:{self.path}", reactor=self.reactor, connect_timeout=10)
-
-            def connected(client: Any) -> Any:
-                self._client = client
-                self._connecting = None
-                client.closed.addBoth(lambda _: self._lost(client))
-                return client
-
-            def failed(failure: Any) -> Any:
-                self._connecting = None
-                return failure
-            self._connecting.addCallbacks(connected, failed)
         waiting: Deferred[Any] = Deferred()
-        self._connecting.addBoth(lambda r: (waiting.callback(r), r)[1])
+        self._waiting.append(waiting)
+        if len(self._waiting) == 1:
+            from rpcd.client import connect
+            connect(f"unix:{self.path}", reactor=self.reactor,
+                    connect_timeout=10).addBoth(self._connected)
         return waiting
+
+    def _connected(self, result: Any) -> None:
+        waiting, self._waiting = self._waiting, []
+        if isinstance(result, Failure):
+            log.error("rpcd worker: cannot reach the process-shared services at {path}: {error}",
+                      path=self.path, error=result.getErrorMessage())
+            for d in waiting:
+                d.errback(result)
+            return
+        self._client = result
+        result.closed.addBoth(lambda _: self._lost(result))
+        for d in waiting:
+            d.callback(result)
 
     def _lost(self, client: Any) -> None:
         if self._client is client:
@@ -151,7 +154,11 @@ class OwnerLink:
                 return
             call = client.call(method, value)
             call.chainDeferred(result)
-        self.client().addCallbacks(send, lambda f: result.called or result.errback(f))
+
+        def failed(failure: Failure) -> None:
+            if not result.called:
+                result.errback(failure)
+        self.client().addCallbacks(send, failed)
         return result
 
     async def stream(self, method: str, value: Any) -> AsyncIterator[Any]:

@@ -240,13 +240,14 @@ def main(argv: list[str] | None = None) -> None:
 
     @param argv: the arguments (C{sys.argv[1:]} when None).
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
     from twisted.internet.stdio import StandardIO
 
     from rpcd.daemon import make_service
     from rpcd.reload import ReloadService
     from rpcd.tap import _second_signal_stops
 
+    reactor: Any = global_reactor
     options = parse_args(sys.argv[1:] if argv is None else argv)
 
     def read() -> Config:
@@ -273,15 +274,15 @@ def main(argv: list[str] | None = None) -> None:
         redirectStandardIO=False)
     top.rpc_server.registry.add(Worker(options.index, options.count))
 
-    stopping = []
+    stopping: list[bool] = []
 
     def gone() -> None:
         if not stopping and reactor.running:
             log.warn("rpcd worker {index}: the supervisor is gone; draining", index=options.index)
             reactor.stop()
     control = _Control(gone)
-    StandardIO(control, stdin=0, stdout=CONTROL_FD)
-    top._notify = control.notify  # type: ignore[attr-defined]
+    StandardIO(control, stdin=0, stdout=CONTROL_FD)  # type: ignore[call-arg]  # POSIX's has them
+    top._notify = control.notify
     receiver = Factory.forProtocol(lambda: ConnectionReceiver(reactor, passing.ports))
     reactor.adoptStreamConnection(CONNECTIONS_FD, socket.AF_UNIX, receiver)
     os.close(CONNECTIONS_FD)
