@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any, Callable
@@ -297,7 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     def stop() -> Any:
         stopping.append(True)
         return top.stopService()
+    def ignore_interrupts() -> None:
+        # Ctrl-C reaches the whole process group; the supervisor passes it
+        # on as SIGTERM, which must be the first signal a worker sees (a
+        # second one stops it at once).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     top.privilegedStartService()
+    reactor.callWhenRunning(ignore_interrupts)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()

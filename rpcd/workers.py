@@ -507,6 +507,12 @@ class _SupervisorSignals(Service):
 
     def __init__(self, supervisor: WorkerSupervisor, read: Callable[[], Config],
                  config: Config, reactor: Any) -> None:
+        """
+        @param supervisor: the workers.
+        @param read: reads and checks the config file (and its services).
+        @param config: the config the daemon started with.
+        @param reactor: the reactor.
+        """
         self.supervisor = supervisor
         self.read = read
         self.config = config
@@ -673,7 +679,12 @@ def make_supervisor(options: Any, reactor: Any) -> MultiService:
 
     supervisor = WorkerSupervisor(config.workers, spawn, reactor, on_ready=ready, on_gone=gone)
     top = _SupervisorTop(supervisor, listeners)
-    _SupervisorSignals(supervisor, lambda: read_config(options), config, reactor).setServiceParent(top)
+    def read() -> Config:
+        from rpcd.daemon import resolve_services
+        new = read_config(options)
+        resolve_services(new, options["service"])  # an unknown service is refused here, once
+        return new
+    _SupervisorSignals(supervisor, read, config, reactor).setServiceParent(top)
     if owner is not None:
         owner.setServiceParent(top)
     listeners.setServiceParent(top)

@@ -22,6 +22,10 @@ from tests.daemon import Daemon, socket_path, temp_dir
 READY = r"rpcd ready: {n} workers serving"
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
 def _config(workers: int, listen: list[str], services: list[str], extra: str = "") -> str:
     lines = ["[server]", "listen = [" + ", ".join(f'"{e}"' for e in listen) + "]",
              f"workers = {workers}", extra, ""]
@@ -79,6 +83,25 @@ class WorkersTests(TestCase):
         self.assertEqual(daemon.addresses, [path])
         clients = await self.clients(f"unix:{path}", 4)
         self.assertEqual(len(set(await self.pids(clients))), 2)
+
+    async def test_mutual_tls_listener(self) -> None:
+        """An mtls: listener's handshake and the client's identity check run in the worker."""
+        from rpcd import certs
+        pki = self.dir / "pki"
+        certs.create_dev_pki(pki, clients=["carol"])
+        roots = self.dir / "roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes((pki / "ca.pem").read_bytes())
+        d = _escape(str(pki))
+        listen = f"mtls:0:interface=127.0.0.1:certKey={d}/server.pem:privateKey={d}/server.key:caCerts={d}/ca.pem"
+        self.config.write_text(_config(2, [], ["Arith"]) + 'require_identity = ["carol"]\n')
+        daemon = await Daemon.start(self, "--config", str(self.config), "--listen", listen)
+        await daemon.wait_for_log(READY.format(n=2), timeout=60)
+        endpoint = (f"tls:host=localhost:port={daemon.port}:trustRoots={_escape(str(roots))}"
+                    f":certificate={d}/carol.pem:privateKey={d}/carol.key")
+        clients = await self.clients(endpoint, 4)
+        self.assertEqual(len(set(await self.pids(clients))), 2)
+        self.assertEqual([await c.Arith.Multiply(A=7, B=8) for c in clients], [56] * 4)
 
     async def test_killed_worker_replaced(self) -> None:
         """A worker killed with calls in flight is replaced; only its own connections' calls fail."""
