@@ -116,12 +116,17 @@ class WorkersTests(TestCase):
         await DeferredList([c.KVStoreService.Get("absent").addErrback(lambda f: f.trap(NotFound))
                             for c in clients])
         mark = len(daemon.output)
+        burst = [c.Arith.Multiply(A=i, B=2) for i, c in enumerate(clients) for _ in range(50)]
         os.kill(victim, signal.SIGKILL)
         await daemon.wait_for_log(rf"rpcd worker {index} \(pid {victim}\) was killed by SIGKILL; "
                                   r"restarting it in", after=mark, timeout=30)
         survivors = [c for c, p in zip(clients, pids) if p != victim]
         await survivors[0].KVStoreService.Set(["key", "value"])
         outcomes = await DeferredList(watches, consumeErrors=True)
+        answered = await DeferredList(burst, consumeErrors=True)
+        for n, (ok, result) in enumerate(answered):
+            if pids[n // 50] != victim:  # the survivors' calls all succeed
+                self.assertEqual((ok, result), (True, 2 * (n // 50)))
         for pid, (ok, result) in zip(pids, outcomes):
             if pid == victim:
                 self.assertFalse(ok)
