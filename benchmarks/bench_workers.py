@@ -39,19 +39,25 @@ from bench_native import (  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def tree_pids(pid: int) -> list[int]:
+    """
+    @param pid: the supervisor (or the single daemon).
+    @return: it and its children (the workers).
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid] + [int(p) for p in f.read().split()]
+    except OSError:
+        return [pid]
+
+
 def tree_cpu(pid: int) -> float:
     """
     @param pid: the supervisor (or the single daemon).
     @return: CPU seconds (user + system) used by it and its children now.
     """
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
     total = 0.0
-    for p in pids:
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

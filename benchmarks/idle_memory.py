@@ -37,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 PREFACE = b"\x00RPCD\x01\x00\x00"
 
@@ -46,14 +47,9 @@ def tree_rss_kib(pid: int) -> int:
     @param pid: the daemon (or the supervisor).
     @return: the resident memory of it and its children, in KiB.
     """
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
+    from bench_workers import tree_pids
     total = 0
-    for p in pids:
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
