@@ -192,9 +192,9 @@ class WorkerSupervisor(Service):
         self.exits_in_a_row: dict[int, int] = {}
         self.restarts: dict[int, Any] = {}
         self.ready: set[int] = set()
+        self.serving: set[int] = set()
         self.stopping = False
         self._all_ended: Deferred[None] | None = None
-        self.restart_count = 0
 
     def startService(self) -> None:
         super().startService()
@@ -222,6 +222,7 @@ class WorkerSupervisor(Service):
         """
         if message != "READY=1" or self.stopping or index not in self.processes:
             return
+        self.serving.add(index)
         self.on_ready(index)
         if index not in self.ready:
             self.ready.add(index)
@@ -243,6 +244,7 @@ class WorkerSupervisor(Service):
         self.processes.pop(index)
         pid = self.pids.pop(index, None)
         del self.protocols[index]
+        self.serving.discard(index)
         self.on_gone(index)
         how = describe_exit(reason)
         if self.stopping:
@@ -256,21 +258,25 @@ class WorkerSupervisor(Service):
         exits = self.exits_in_a_row.get(index, 0)
         delay = min(self.max_restart_delay, self.restart_delay * 2 ** exits)
         self.exits_in_a_row[index] = exits + 1
-        self.restart_count += 1
         log.error("rpcd worker {index} (pid {pid}) {how}{last}; restarting it in {delay:g} s",
                   index=index, pid=pid, how=how, delay=delay,
                   last=f" (last error: {protocol.last_error})" if protocol.last_error else "")
         self.restarts[index] = self.clock.callLater(delay, self._start, index)
 
-    def signal_all(self, number: int) -> int:
+    def signal_all(self, number: int, only_serving: bool = False) -> int:
         """
         Send a signal to every running worker.
 
         @param number: the signal.
+        @param only_serving: only to the workers that said they are ready
+            (a worker still starting has no SIGHUP handler yet, and reads
+            the config file as it starts anyway).
         @return: how many were sent.
         """
         sent = 0
-        for process in list(self.processes.values()):
+        for index, process in list(self.processes.items()):
+            if only_serving and index not in self.serving:
+                continue
             try:
                 process.signalProcess(number)
                 sent += 1
@@ -317,7 +323,7 @@ class WorkerSupervisor(Service):
             if getattr(new, key) != getattr(current, key):
                 log.warn("rpcd reload: server.{key} changed: with workers it needs a restart "
                          "to take effect", key=key)
-        sent = self.signal_all(signal.SIGHUP)
+        sent = self.signal_all(signal.SIGHUP, only_serving=True)
         log.info("rpcd: SIGHUP: {n} worker(s) told to reload {source}", n=sent, source=new.source)
         return True
 

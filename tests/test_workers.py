@@ -151,9 +151,20 @@ class SupervisorTests(SynchronousTestCase):
         """A good config sends SIGHUP to every worker."""
         h = Harness(2)
         h.supervisor.startService()
+        for index in (0, 1):
+            h.supervisor.protocols[index].childDataReceived(3, b"READY=1\n")
         current = config_module.parse("", "x")
         self.assertTrue(h.supervisor.reload(lambda: current, current))
         self.assertEqual([p.signals for _, p, _ in h.spawned], [[signal.SIGHUP], [signal.SIGHUP]])
+
+    def test_reload_skips_starting_worker(self) -> None:
+        """A worker that is not ready yet (no SIGHUP handler) is not sent SIGHUP."""
+        h = Harness(2)
+        h.supervisor.startService()
+        h.supervisor.protocols[1].childDataReceived(3, b"READY=1\n")
+        current = config_module.parse("", "x")
+        h.supervisor.reload(lambda: current, current)
+        self.assertEqual([p.signals for _, p, _ in h.spawned], [[], [signal.SIGHUP]])
 
     def test_reload_refuses_bad_config(self) -> None:
         """A bad config is refused in the log and no worker is signalled."""
