@@ -57,6 +57,8 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 #: Seconds a worker must run for its exits in a row to be forgotten.
 STABLE_AFTER = 10.0
+#: Seconds the supervisor waits to accept again after an accept error.
+ACCEPT_RETRY = 1.0
 #: The longest log line relayed from a worker; longer ones are cut.
 MAX_LINE = 1 << 20
 
@@ -399,6 +401,7 @@ class _Acceptor:
         self.router = router
         self.reactor = reactor
         self.reading = False
+        self.stopped = False
 
     def fileno(self) -> int:
         return self.port.fileno()
@@ -407,7 +410,7 @@ class _Acceptor:
         return "rpcd-acceptor"
 
     def resume(self) -> None:
-        if not self.reading:
+        if not self.reading and not self.stopped:
             self.reading = True
             self.reactor.addReader(self)
 
@@ -426,11 +429,28 @@ class _Acceptor:
             except BlockingIOError:
                 return
             except OSError as e:
-                log.error("rpcd cannot accept on listener {index}: {error}", index=self.index,
-                          error=e.strerror or str(e))
+                # Out of descriptors (EMFILE) or memory: the socket stays
+                # readable, so wait instead of spinning on the error.
+                log.error("rpcd cannot accept on listener {index}: {error}; retrying in {delay:g} s",
+                          index=self.index, error=e.strerror or str(e), delay=ACCEPT_RETRY)
+                self.pause_for(ACCEPT_RETRY)
                 return
             if not self.router.send(connection, self.index):
-                self.pause()
+                log.warn("rpcd: no worker took a connection (none is up, or all are stuck); "
+                         "it was closed")
+                self.pause_for(ACCEPT_RETRY)
+                return
+
+    def pause_for(self, seconds: float) -> None:
+        """
+        Stop accepting for a while (a worker coming up resumes it sooner).
+        """
+        self.pause()
+        self.reactor.callLater(seconds, self.resume_if_open)
+
+    def resume_if_open(self) -> None:
+        if not self.stopped:
+            self.resume()
 
     def connectionLost(self, reason: Any) -> None:
         self.reading = False
@@ -498,6 +518,7 @@ class SharedListeners(Service):
         super().stopService()
         for acceptor in self.acceptors:
             acceptor.pause()
+            acceptor.stopped = True
         self.acceptors = []
         for port in self.ports:
             port.stopListening()  # a Unix socket's file is removed

@@ -425,3 +425,72 @@ class OwnerTests(SynchronousTestCase):
         pair.invoke({"a": 2, "b": "x"}, None)
         self.assertEqual(sent, [("Counter.Add", 5), ("Counter.Pair", {"a": 2, "b": "x"})])
         self.assertEqual(dataclasses.asdict(registry.spec("Counter"))["name"], "Counter")
+
+
+class AcceptorTests(SynchronousTestCase):
+    """L{rpcd.workers._Acceptor} on a fake listening socket and a Clock."""
+
+    def make(self, accept: Any) -> tuple[Any, Any, Clock]:
+        from rpcd.workers import _Acceptor
+        clock = Clock()
+
+        class Reactor:
+            readers: list[Any] = []
+
+            def addReader(self, reader: Any) -> None:
+                self.readers.append(reader)
+
+            def removeReader(self, reader: Any) -> None:
+                self.readers.remove(reader)
+
+            def callLater(self, *args: Any) -> Any:
+                return clock.callLater(*args)
+
+        class Port:
+            class socket:
+                pass
+
+            def fileno(self) -> int:
+                return 99
+        port = Port()
+        port.socket.accept = accept  # type: ignore[attr-defined]
+        router = ConnectionRouter()
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        router.add(0, ours)
+        self.addCleanup(router.remove, 0)
+        reactor = Reactor()
+        acceptor = _Acceptor(port, 0, router, reactor)
+        acceptor.resume()
+        return acceptor, reactor, clock
+
+    def test_accept_error_waits(self) -> None:
+        """Out of descriptors, the acceptor stops reading for ACCEPT_RETRY seconds instead of spinning."""
+        import errno
+
+        from rpcd.workers import ACCEPT_RETRY
+
+        def accept() -> Any:
+            raise OSError(errno.EMFILE, "Too many open files")
+        acceptor, reactor, clock = self.make(accept)
+        with capturedLogs() as events:
+            acceptor.doRead()
+        self.assertEqual(reactor.readers, [])
+        self.assertTrue(any("Too many open files" in formatEvent(e) for e in events))
+        clock.advance(ACCEPT_RETRY)
+        self.assertEqual(reactor.readers, [acceptor])
+
+    def test_no_retry_after_stop(self) -> None:
+        """A stopped acceptor is not resumed by a pending retry."""
+        import errno
+
+        from rpcd.workers import ACCEPT_RETRY
+
+        def accept() -> Any:
+            raise OSError(errno.ENOBUFS, "No buffer space")
+        acceptor, reactor, clock = self.make(accept)
+        with capturedLogs():
+            acceptor.doRead()
+        acceptor.stopped = True
+        clock.advance(ACCEPT_RETRY)
+        self.assertEqual(reactor.readers, [])
