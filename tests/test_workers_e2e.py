@@ -153,7 +153,10 @@ class WorkersTests(TestCase):
             story.append(("missing", str(e)))
         watch = b.KVStoreService.Watch(60)
         prefix = c.stream("KVStoreService.WatchPrefix", "k")
-        await c.KVStoreService.Get("k").addErrback(lambda f: f.trap(NotFound))  # the watches are in
+        # Each connection's calls reach the store in order: once a later call
+        # on b and on c is answered, their watches are registered.
+        await DeferredList([x.KVStoreService.Get("k").addErrback(lambda f: f.trap(NotFound))
+                            for x in (b, c)], fireOnOneErrback=True)
         story.append(await a.KVStoreService.Set(["k", "v1"]))
         story.append(await watch)
         story.append(await c.KVStoreService.Get("k"))
