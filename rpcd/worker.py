@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     def stop() -> Any:
         stopping.append(True)
         return top.stopService()
+
     def ignore_interrupts() -> None:
         # Ctrl-C reaches the whole process group; the supervisor passes it
         # on as SIGTERM, which must be the first signal a worker sees (a
