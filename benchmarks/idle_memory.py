@@ -134,11 +134,14 @@ def watches(port: int, conns: int, total: int) -> None:
     async def run(reactor: object) -> None:
         clients = [await connect(f"tcp:127.0.0.1:{port}") for _ in range(conns)]
         per = total // conns
+        failed: list[str] = []
         pending = [c.call("KVStoreService.Watch", 3600) for c in clients for _ in range(per)]
         for d in pending:
-            d.addErrback(lambda f: None)
+            d.addErrback(lambda f: failed.append(f.getErrorMessage()))
         await defer.DeferredList([c.call("KVStoreService.Get", "none").addErrback(lambda f: f.trap(NotFound))
-                                  for c in clients])
+                                  for c in clients], consumeErrors=True)
+        if failed:
+            print(f"{len(failed)} Watch calls failed, e.g.: {failed[0]}", flush=True)
         watches.done = True  # type: ignore[attr-defined]
         rss = settle(watches.pid)  # type: ignore[attr-defined]
         watches.rss = rss  # type: ignore[attr-defined]

@@ -111,8 +111,11 @@ class OwnerLink:
         self._waiting.append(waiting)
         if len(self._waiting) == 1:
             from rpcd.client import connect
+            # No connect timeout: the socket is local, and a worker flooded
+            # with calls as it starts must not fail them all because its own
+            # loop was too busy to see the owner's answer in time.
             connect(f"unix:{self.path}", reactor=self.reactor,
-                    connect_timeout=10).addBoth(self._connected)
+                    connect_timeout=None).addBoth(self._connected)
         return waiting
 
     def _connected(self, result: Any) -> None:

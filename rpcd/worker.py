@@ -266,7 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     wrap = None
     if options.owner is not None:
         from rpcd.owner import OwnerLink, wrap_for_worker
-        wrap = wrap_for_worker(OwnerLink(options.owner, reactor))
+        link = OwnerLink(options.owner, reactor)
+        wrap = wrap_for_worker(link)
+        # Dialled at once, before connections come: not by the first call.
+        reactor.callWhenRunning(lambda: link.client().addErrback(lambda f: None))
     top = make_service(config, reactor, options.service,
                        listen_reactor=passing, wrap_services=wrap)
     reloader = top.reloader  # type: ignore[attr-defined]
