@@ -258,10 +258,14 @@ def owner_server(shared: list[tuple[ServiceSpec, ServiceConfig]], config: Any, r
     """
     from rpcd.daemon import build_registry
     from rpcd.server import RPCServer
-    # The workers' connections carry every caller's calls: no per-connection
-    # call cap, no idle timeout; access is checked in the workers.
+    # The workers' connections carry every caller's calls, and the peers are
+    # the supervisor's own children (it sees them die): no per-connection
+    # call cap, no idle or message timeout, no keepalive, no input budget
+    # (meant for untrusted peers, they would cut a busy worker off with all
+    # its callers' calls); access is checked in the workers.
     limits = dataclasses.replace(config.limits, max_calls_per_connection=OWNER_MAX_CALLS,
-                                 idle_timeout=0.0)
+                                 idle_timeout=0.0, message_timeout=0.0, keepalive_interval=0.0,
+                                 input_budget_bytes=0, max_connection_age=0.0)
     open_entries = [(spec, dataclasses.replace(entry, require_login=False, require_identity=()))
                     for spec, entry in shared]
     return RPCServer(build_registry(open_entries), reactor, limits, None)
