@@ -87,6 +87,7 @@ backlog = 4096
 max_connections = {nofile}
 max_connections_per_peer = {nofile}
 idle_timeout = 0
+keepalive_interval = 0
 [services.KVStoreService]
 options = {{ max_watch_seconds = 3600 }}
 """)
