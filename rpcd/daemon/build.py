@@ -153,7 +153,8 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
 
 
 def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
-                 objects: list[tuple[object, ServiceConfig]] | None = None) -> DaemonService:
+                 objects: list[tuple[object, ServiceConfig]] | None = None, *,
+                 listen_reactor: Any = None, wrap_services: Any = None) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
     a listener per endpoint, a dialler per reverse connection, and its
@@ -165,11 +166,19 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
     @param only: restrict to these service names (C{--service}).
     @param objects: serve these (built instances or specs, each with its
         entry) instead of the config's C{[services]} (L{rpcd.daemon.embed}).
+    @param listen_reactor: the reactor the listening endpoints are parsed
+        with (a worker's adopts the supervisor's sockets: L{rpcd.daemon.worker});
+        C{reactor} when None.
+    @param wrap_services: a function from the resolved services to those
+        registered (a worker's proxies the process-shared ones:
+        L{rpcd.daemon.owner}), or None.
     @return: a service to start.
     @raise ConfigError: a service or endpoint is wrong.
     """
-    registry = build_registry(resolve_services(config, only) if objects is None else objects,
-                              config.source)
+    resolved = resolve_services(config, only) if objects is None else objects
+    if wrap_services is not None:
+        resolved = wrap_services(resolved)
+    registry = build_registry(resolved, config.source)
     if config.interceptors:
         from rpcd.core.interceptors import load_all
         try:
@@ -191,7 +200,8 @@ def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
     listeners = []
     for item in config.listen:
         try:
-            endpoint = serverFromString(reactor, with_backlog(item.endpoint, item.backlog or config.backlog))
+            endpoint = serverFromString(listen_reactor or reactor,
+                                        with_backlog(item.endpoint, item.backlog or config.backlog))
         except Exception as e:
             raise ConfigError(f"{config.source}: server.listen: bad endpoint {item.endpoint!r}: {e}") from None
         listener = reloader.add_listener(item, endpoint)
@@ -254,12 +264,12 @@ def _announce(listener: StreamServerEndpointService, endpoint: str, names: str) 
             raise SystemExit(1) from None
         waiting = waiting_for_port(listener)
         if waiting is not None:
-            waiting.addCallback(_listening, endpoint, names)
+            waiting.addCallback(log_listening, endpoint, names)
 
     listener.privilegedStartService = start  # type: ignore[method-assign]
 
 
-def _listening(port: Any, endpoint: str, names: str) -> Any:
+def log_listening(port: Any, endpoint: str, names: str) -> Any:
     address = port.getHost()
     host, number = getattr(address, "host", None), getattr(address, "port", None)
     name = getattr(address, "name", address)

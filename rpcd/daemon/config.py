@@ -58,6 +58,8 @@ class ServiceConfig:
     @ivar require_login: calls need a logged-in connection.
     @ivar require_identity: calls need a client certificate whose identity
         (CN or a SAN) is in this list (empty: no such need).
+    @ivar process_shared: with workers, run it in one process that the
+        workers call (L{rpcd.daemon.owner}); None: as its class says.
     """
 
     name: str
@@ -65,6 +67,7 @@ class ServiceConfig:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     require_login: bool = False
     require_identity: tuple[str, ...] = ()
+    process_shared: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,8 @@ class Config:
     @ivar log_level: the least severe log level written (C{server.log_level}).
     @ivar pythonpath: absolute directories put on C{sys.path} before the
         services' C{module:Class} are imported (C{server.pythonpath}).
+    @ivar workers: processes serving the listeners (C{server.workers};
+        C{auto} is resolved to the cores available); 1 runs no supervisor.
     """
 
     source: str
@@ -165,6 +170,7 @@ class Config:
     log_level: str = "info"
     shutdown_grace: float = 30.0
     pythonpath: tuple[str, ...] = ()
+    workers: int = 1
 
 
 def default_text() -> str:
@@ -229,7 +235,7 @@ def check(data: Mapping[str, Any], source: str, base: str | Path | None = None) 
                             "interceptors"})
     server = reader.table(data, "server")
     reader.known(server, "server", {"listen", "connect", "backlog", "log_level", "shutdown_grace",
-                                    "pythonpath"})
+                                    "pythonpath", "workers"})
     listen = tuple(_listen(reader, item, i) for i, item in
                    enumerate(reader.list(server, "server", "listen", [])))
     connect = tuple(_connect(reader, item, i) for i, item in
@@ -247,6 +253,7 @@ def check(data: Mapping[str, Any], source: str, base: str | Path | None = None) 
         log_level=_log_level(reader, server),
         shutdown_grace=_shutdown_grace(reader, server),
         pythonpath=_pythonpath(reader, server, base),
+        workers=_workers(reader, server),
     )
 
 
@@ -292,6 +299,35 @@ def _shutdown_grace(reader: _Reader, server: Mapping[str, Any]) -> float:
     if not 0 <= grace <= 86400:
         raise reader.fail("server.shutdown_grace", f"must be between 0 and 86400 seconds, got {grace}")
     return float(grace)
+
+
+#: The most worker processes C{server.workers} may ask for.
+MAX_WORKERS = 256
+
+
+def _workers(reader: _Reader, server: Mapping[str, Any]) -> int:
+    """
+    C{server.workers}: a number of processes, or C{"auto"} for the cores
+    this process may run on (L{os.sched_getaffinity}).
+    """
+    value = reader.value(server, "server", "workers", (int, str), 1)
+    if value == "auto":
+        return available_cores()
+    if isinstance(value, str) or not 1 <= value <= MAX_WORKERS:
+        raise reader.fail("server.workers", f"must be a number from 1 to {MAX_WORKERS} "
+                                            f"or \"auto\", got {value!r}")
+    return value
+
+
+def available_cores() -> int:
+    """
+    @return: how many cores this process may run on.
+    """
+    import os
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return max(1, len(affinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 class _Reader:
@@ -521,7 +557,8 @@ def _services(reader: _Reader, table: Mapping[str, Any]) -> tuple[ServiceConfig,
             raise reader.fail(where, "a service name cannot contain '.'")
         if not isinstance(entry, dict):
             raise reader.fail(where, f"must be a table, not {_kind(entry)}")
-        reader.known(entry, where, {"class", "enabled", "options", "require_login", "require_identity"})
+        reader.known(entry, where, {"class", "enabled", "options", "require_login", "require_identity",
+                                    "process_shared"})
         if not reader.value(entry, where, "enabled", bool, True):
             continue
         class_path = reader.value(entry, where, "class", (str, type(None)), None)
@@ -535,6 +572,7 @@ def _services(reader: _Reader, table: Mapping[str, Any]) -> tuple[ServiceConfig,
             options=dict(reader.table(entry, "options") if "options" in entry else {}),
             require_login=reader.value(entry, where, "require_login", bool, False),
             require_identity=tuple(identities),
+            process_shared=reader.value(entry, where, "process_shared", (bool, type(None)), None),
         ))
     return tuple(services)
 

@@ -108,6 +108,9 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    if options.loaded.workers > 1:
+        from rpcd.daemon.workers import make_supervisor
+        return make_supervisor(options, reactor, read_config)
     from rpcd.daemon.build import make_service
     from rpcd.daemon.reload import ReloadService
     try:

@@ -19,8 +19,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from rpcd.core.context import CallContext
 from rpcd.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from rpcd.core.service import exposed
+from rpcd.daemon.owner import process_shared
 
 
+@process_shared  # with workers, one store in the supervisor (rpcd.daemon.owner)
 class KVStoreService:
     """A map of strings, with Watch for the next change."""
 
