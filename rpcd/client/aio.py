@@ -67,6 +67,18 @@ from rpcd.wire.flow import DEFAULT_WINDOW, check_window
 #: How many times a call the server did not run (it was draining) is sent again.
 REDIALS = 3
 
+#: This process's generation: 0 in the process that imported this module,
+#: one more in each child after fork() (cheaper to compare per call than
+#: os.getpid(), a system call).
+_generation = [0]
+
+
+def _forked() -> None:
+    _generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 # Endpoints.
 
@@ -192,6 +204,7 @@ class _Connection(asyncio.Protocol):
         self.endpoint = endpoint
         self.loop = loop
         self.pid = os.getpid()
+        self.generation = _generation[0]
         self.conn = NativeConnection(client_side=True)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -362,8 +375,8 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def usable(self) -> bool:
-        return (self.lost is None and self.going_away is None and self.pid == os.getpid()
-                and not self.loop.is_closed() and _running_loop() is self.loop)
+        return (self.lost is None and self.going_away is None
+                and self.generation == _generation[0] and _running_loop() is self.loop)
 
     def forget(self) -> None:
         """
@@ -519,6 +532,27 @@ class Client:
         if metadata is not None:
             metadata = check_metadata(metadata)
         if timeout is None:
+            connection = self._current
+            if connection is not None and connection.usable():
+                # The common case, inline: a usable connection, no timeout.
+                call_id = next(connection.ids)
+                future = connection.loop.create_future()
+                try:
+                    connection.conn.send_call(call_id, method, args, None, metadata)
+                except Exception as e:
+                    raise RPCError(f"cannot send {method}: {type(e).__name__}: {e}") from e
+                connection.pending[call_id] = future
+                connection.flush_soon()
+                try:
+                    return await future
+                except asyncio.CancelledError:
+                    if connection.pending.pop(call_id, None) is not None and \
+                            connection.lost is None:
+                        connection.conn.send_cancel(call_id)
+                        connection.flush()
+                    raise
+                except NotRun:
+                    pass
             for tries in range(REDIALS + 1):
                 try:
                     return await self._call_once(method, args, None, metadata)
