@@ -12,19 +12,27 @@ and reading resumes.  Calls already running still finish and queue their
 replies; there are at most C{limits.max_calls_per_connection} of them.  A
 reply larger than the cap still goes out, one at a time.
 
+The throttle also takes part in per-turn fairness (L{rpcd.fairness}): with
+a scheduler in C{turns}, L{wait_turn} may queue the connection; it is then
+L{paused} (reading stopped, nothing started) until its turn comes, when
+C{on_drained} runs what it held, as after a drained buffer.
+
 L{calls_ended} serves the half-close: a peer that shuts down its write side
 is answered, then the connection closes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from rpcd.fairness import TurnScheduler
 
 log = Logger()
 
@@ -45,8 +53,12 @@ class ReadThrottle:
     buffer has drained, L{on_drained} (the protocol's) runs them with
     L{run_held}.
 
-    @ivar paused: whether the peer's replies are over the cap now (reading
-        is stopped, and no call may start).
+    @ivar paused: whether the peer's replies are over the cap now, or the
+        connection waits for its turn (reading is stopped, and no call may
+        start).
+    @ivar turns: the daemon's turn scheduler, or None.
+    @ivar finish: the virtual finish time (the scheduler's).
+    @ivar in_queue: whether the connection waits for its turn.
     @ivar pauses: how many times reading was stopped.
     @ivar limit: the cap in bytes (L{UNCAPPED} for none).
     @ivar on_drained: called with no arguments when the buffer has drained,
@@ -74,6 +86,10 @@ class ReadThrottle:
         self.held_error: Any = None
         self._running_held = False
         self._socket = _socket_transport(transport)
+        self._write_full = False
+        self.turns: TurnScheduler | None = None
+        self.finish = 0.0
+        self.in_queue = False
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
         """
@@ -102,7 +118,7 @@ class ReadThrottle:
             return  # called from within the loop below: it goes on
         self._running_held = True
         try:
-            while self.held is not None and not self.paused:
+            while self.held is not None and not self.paused and not self.wait_turn():
                 held, error = self.held, self.held_error
                 self.held = self.held_error = None
                 run(held, error)
@@ -131,17 +147,52 @@ class ReadThrottle:
             return self.limit
         return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
 
+    def wait_turn(self) -> bool:
+        """
+        Ask the turn scheduler whether this connection may start more calls
+        now; if not, it is queued and L{paused} until its turn.
+
+        @return: whether the connection must wait (hold what it read).
+        """
+        turns = self.turns
+        if turns is None or self.in_queue:
+            return self.in_queue
+        if turns.may_run(self):
+            return False
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+        return True
+
+    def turn_granted(self) -> None:
+        """
+        The scheduler's call: this connection's turn has come; start what it
+        held, and read again unless the buffer is over the cap.
+        """
+        if self._write_full:
+            return  # resumeProducing goes on once the peer reads
+        self._resume()
+
     def pauseProducing(self) -> None:
-        if self.paused:
+        if self._write_full:
             return
-        self.paused = True
+        self._write_full = True
         self.pauses += 1
         if self.pauses == 1:
             log.info("{peer} is not reading its replies: no more of its requests are read "
                      "or started until they drain (limits.write_buffer_bytes)", peer=self.peer)
-        self.transport.pauseProducing()
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        if not self._write_full:
+            return
+        self._write_full = False
+        if not self.in_queue:
+            self._resume()
+
+    def _resume(self) -> None:
         if not self.paused:
             return
         self.paused = False
@@ -152,7 +203,7 @@ class ReadThrottle:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.paused = False
+        self.paused = self._write_full = False
         self.on_drained = None
         self.held = self.held_error = None
 

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 
 from rpcd.budget import InputBudget, InputGuard
+from rpcd.fairness import TurnScheduler
 from rpcd.limits import ConnectionCaps, Limits
 from rpcd.session import Session, describe_address
 from rpcd.sniffer import SniffingProtocol
@@ -87,6 +88,8 @@ class RPCServer:
     @ivar limits: the L{Limits}.
     @ivar authenticator: checks logins, or None when there are no users.
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
+    @ivar turns: the L{TurnScheduler} every connection's calls take turns
+        in (L{rpcd.fairness}).
     @ivar input_budget: the L{InputBudget}: bytes held in unfinished messages
         across all connections.
     @ivar metrics: the daemon's L{rpcd.metrics.Metrics}, or None when it
@@ -107,6 +110,7 @@ class RPCServer:
         self.authenticator = authenticator
         self.caps = ConnectionCaps(limits, clock)
         self.input_budget = InputBudget(limits.input_budget_bytes)
+        self.turns = TurnScheduler(clock, limits.turn_slice)
         self._preambles: dict[Protocol, SniffingProtocol] = {}
         self.open_connections: set[SniffingProtocol] = set()
         self.jitter: Callable[[], float] = random.random

@@ -268,6 +268,7 @@ class SniffingProtocol(Protocol):
         else:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
+        throttle.turns = self.server.turns
         if hasattr(inner, "throttle"):
             inner.throttle = throttle
             throttle.on_drained = getattr(inner, "replies_drained", None)

@@ -105,8 +105,10 @@ class JSONServerProtocol(Protocol):
         stream = self.stream
         stream.feed(data)
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or self._waiting):
-            # The stream keeps the values until the peer reads its replies.
+        if throttle is not None and (throttle.paused or self._waiting or throttle.wait_turn()):
+            # The stream keeps the values until the peer reads its replies
+            # (or the connection's turn comes: rpcd.fairness).
+            self._waiting = True
             self._report_input(False)
             return
         completed = self._values_received()
@@ -171,7 +173,7 @@ class JSONServerProtocol(Protocol):
         throttle = self.throttle
         try:
             while self._waiting and self.broken is None and not self._lost and not (
-                    throttle is not None and throttle.paused):
+                    throttle is not None and (throttle.paused or throttle.wait_turn())):
                 self._values_received()
         finally:
             self._draining = False

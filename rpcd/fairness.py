@@ -1,0 +1,187 @@
+"""
+Per-turn fairness: one connection's burst cannot hold the reactor.
+
+Every wire protocol asks L{TurnScheduler.may_run} before it starts the
+calls of a read (and before each further batch of requests it held).  The
+first connection to ask in a reactor iteration opens a I{turn} of
+C{slice_seconds}; within it every connection runs at once.  Once the turn
+has lasted longer than that, a connection that asks is queued instead: it
+stops reading and keeps what it has read (L{rpcd.backpressure.ReadThrottle}
+holds it), and the next reactor iteration (C{callLater(0)}, so after the
+reactor has polled every socket once) grants turns to the queued ones.
+
+Queued connections are served in start-time fair queueing order: each
+connection is charged the time spent between its check and the next one
+(its virtual finish time grows by it), and the connection with the
+smallest virtual start time goes first.  So a connection that sends one
+small call (a health probe) after others have each had a 3 MB reply
+encoded goes ahead of all of them, instead of waiting behind a round of
+them.  A single call is never split: the slice bounds how long the queue
+waits beyond the call running when the slice ends.
+
+With C{slice_seconds} 0 nothing is ever queued.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+class Participant(Protocol):
+    """
+    What the scheduler needs of a connection (L{rpcd.backpressure.ReadThrottle},
+    L{Waiter}).
+
+    @ivar finish: the connection's virtual finish time (the scheduler's).
+    @ivar in_queue: whether it waits for a turn now (the scheduler's).
+    """
+
+    finish: float
+    in_queue: bool
+
+    def turn_granted(self) -> None:
+        """
+        The connection's turn: go on with the work it held (asking
+        L{TurnScheduler.may_run} again before each further piece).
+        """
+
+
+class Waiter:
+    """
+    A participant for a protocol without a read throttle (HTTP): calls a
+    function when its turn comes.
+
+    @ivar finish: the virtual finish time (the scheduler's).
+    @ivar in_queue: whether it waits for a turn now.
+    """
+
+    def __init__(self, granted: Callable[[], None]) -> None:
+        """
+        @param granted: called with no arguments when the turn comes.
+        """
+        self.finish = 0.0
+        self.in_queue = False
+        self._granted: Callable[[], None] | None = granted
+
+    def turn_granted(self) -> None:
+        granted = self._granted
+        if granted is not None:
+            granted()
+
+    def forget(self) -> None:
+        """The connection is gone: a turn granted later does nothing."""
+        self._granted = None
+
+
+class TurnScheduler:
+    """
+    Shares the reactor between connections in turns (see the module).
+
+    @ivar slice_seconds: how long a turn lasts before asking connections
+        are queued (0: never).
+    @ivar turns: how many turns were granted to queued connections.
+    @ivar deferrals: how many times a connection was queued.
+    """
+
+    def __init__(self, clock: IReactorTime, slice_seconds: float = 0.01) -> None:
+        """
+        @param clock: schedules the next turn (C{callLater(0)}) and measures
+            the time work takes (C{seconds()}: the reactor's is wall-clock
+            time, which on the single reactor thread is the time the work
+            held it).
+        @param slice_seconds: the turn's length.
+        """
+        self.clock = clock
+        self.slice_seconds = slice_seconds
+        self.turns = 0
+        self.deferrals = 0
+        self._vtime = 0.0
+        self._seq = 0
+        self._queue: list[tuple[float, int, Participant]] = []
+        self._current: Participant | None = None
+        self._mark = 0.0
+        self._turn_start = 0.0
+        self._next: IDelayedCall | None = None
+
+    def waiting(self) -> int:
+        """@return: how many connections wait for a turn."""
+        return len(self._queue)
+
+    def may_run(self, who: Participant) -> bool:
+        """
+        Ask whether a connection may start more work now.
+
+        @param who: the connection.
+        @return: True to go on; False if it must wait (it is queued, and
+            its C{turn_granted} is called later).
+        """
+        if not self.slice_seconds:
+            return True
+        now = self.clock.seconds()
+        current = self._current
+        if current is not None:
+            current.finish = max(current.finish, self._vtime) + (now - self._mark)
+        self._current = who
+        self._mark = now
+        if who.in_queue:
+            return False
+        if self._next is None:
+            # The first work of this reactor iteration: a new turn.
+            self._turn_start = now
+            self._next = self.clock.callLater(0, self._next_turn)
+            return True
+        if now - self._turn_start < self.slice_seconds:
+            return True
+        self._enqueue(who)
+        return False
+
+    def _enqueue(self, who: Participant) -> None:
+        self.deferrals += 1
+        who.in_queue = True
+        self._seq += 1
+        heapq.heappush(self._queue, (max(self._vtime, who.finish), self._seq, who))
+
+    def _charge(self) -> None:
+        current = self._current
+        if current is not None:
+            current.finish = max(current.finish, self._vtime) + (self.clock.seconds() - self._mark)
+        self._current = None
+
+    def _next_turn(self) -> None:
+        """
+        A new reactor iteration: grant turns to the queued connections, in
+        order, until the slice is used up.
+        """
+        self._next = None
+        self._charge()  # the iteration before ends here
+        queue = self._queue
+        if not queue:
+            return
+        timer = self.clock.seconds
+        self._turn_start = timer()
+        self._next = self.clock.callLater(0, self._next_turn)
+        while queue and timer() - self._turn_start < self.slice_seconds:
+            start, _, who = heapq.heappop(queue)
+            who.in_queue = False
+            self._vtime = max(self._vtime, start)
+            self.turns += 1
+            self._current = who
+            self._mark = timer()
+            who.turn_granted()
+            self._charge()
+
+    def stop(self) -> None:
+        """Forget every waiting connection and the pending turn (server shutdown)."""
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        for _, _, who in self._queue:
+            who.in_queue = False
+        self._queue = []
+        self._current = None
+
+
+__all__ = ["Participant", "TurnScheduler", "Waiter"]
