@@ -13,9 +13,11 @@ replies; there are at most C{limits.max_calls_per_connection} of them.  A
 reply larger than the cap still goes out, one at a time.
 
 The throttle also takes part in per-turn fairness (L{rpcd.fairness}): with
-a scheduler in C{turns}, L{wait_turn} may queue the connection; it is then
-L{paused} (reading stopped, nothing started) until its turn comes, when
-C{on_drained} runs what it held, as after a drained buffer.
+a scheduler in C{turns}, each read goes through L{ReadThrottle.received},
+which may queue the connection; it is then L{paused} (reading stopped,
+nothing parsed or started: the bytes wait in C{unread}) until its turn
+comes, when the bytes go to the wire protocol and C{on_drained} runs what
+it held, as after a drained buffer.
 
 L{calls_ended} serves the half-close: a peer that shuts down its write side
 is answered, then the connection closes.
@@ -59,6 +61,10 @@ class ReadThrottle:
     @ivar turns: the daemon's turn scheduler, or None.
     @ivar finish: the virtual finish time (the scheduler's).
     @ivar in_queue: whether the connection waits for its turn.
+    @ivar deliver: the wire protocol's C{dataReceived}, which
+        L{received} passes reads on to.
+    @ivar unread: reads kept unparsed while the connection waits for its
+        turn, or None.
     @ivar pauses: how many times reading was stopped.
     @ivar limit: the cap in bytes (L{UNCAPPED} for none).
     @ivar on_drained: called with no arguments when the buffer has drained,
@@ -90,6 +96,9 @@ class ReadThrottle:
         self.turns: TurnScheduler | None = None
         self.finish = 0.0
         self.in_queue = False
+        self.deliver: Callable[[bytes], None] | None = None
+        self.unread: list[bytes] | None = None
+        self._read_end: Callable[[], None] | None = None
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
         """
@@ -147,6 +156,38 @@ class ReadThrottle:
             return self.limit
         return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
 
+    def received(self, data: bytes) -> None:
+        """
+        A read: passed on to the wire protocol (L{deliver}), or kept
+        unparsed while the connection waits for its turn (parsing is work
+        too: a read of pipelined gob requests costs milliseconds).
+
+        @param data: the bytes read.
+        """
+        unread = self.unread
+        if unread is not None:
+            unread.append(data)
+            return
+        if self.turns is not None and not self.paused and self.held is None and self.wait_turn():
+            self.unread = [data]
+            return
+        deliver = self.deliver
+        if deliver is not None:
+            deliver(data)
+
+    def end_reading(self, ended: Callable[[], None]) -> None:
+        """
+        The peer shut down its write side: call C{ended} (the wire
+        protocol's C{read_connection_lost}) once the reads kept for its
+        turn have been passed on.
+
+        @param ended: what to call.
+        """
+        if self.unread is None:
+            ended()
+        else:
+            self._read_end = ended
+
     def wait_turn(self) -> bool:
         """
         Ask the turn scheduler whether this connection may start more calls
@@ -196,6 +237,14 @@ class ReadThrottle:
         if not self.paused:
             return
         self.paused = False
+        unread = self.unread
+        if unread is not None:
+            self.unread = None
+            if self.deliver is not None:
+                self.deliver(b"".join(unread))
+            ended, self._read_end = self._read_end, None
+            if ended is not None:
+                ended()
         on_drained = self.on_drained
         if on_drained is not None:
             on_drained()
@@ -204,8 +253,8 @@ class ReadThrottle:
 
     def stopProducing(self) -> None:
         self.paused = self._write_full = False
-        self.on_drained = None
-        self.held = self.held_error = None
+        self.on_drained = self.deliver = self._read_end = None
+        self.held = self.held_error = self.unread = None
 
 
 def _socket_transport(transport: Any) -> Any:

@@ -277,6 +277,13 @@ class SniffingProtocol(Protocol):
             inner.input_guard = self.input_guard
         inner.makeConnection(self.transport)
         self._throttle(throttle)
+        if self.throttle is throttle and getattr(inner, "throttle", None) is throttle:
+            # Reads take turns (rpcd.fairness): they go through the throttle.
+            throttle.deliver = inner.dataReceived
+            if self.dataReceived == self._relay:
+                self._inner_received = throttle.received
+            else:
+                self.dataReceived = throttle.received  # type: ignore[method-assign]
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(inner)
@@ -408,6 +415,8 @@ class SniffingProtocol(Protocol):
         ended = getattr(inner, "read_connection_lost", None) if inner is not None else None
         if ended is None:
             self.transport.loseConnection()
+        elif self.throttle is not None:
+            self.throttle.end_reading(ended)
         else:
             ended()
 

@@ -278,8 +278,7 @@ class GobServerProtocol(Protocol):
         if guard is not None and not guard.update(self.codec.buffered, bool(requests)):
             return
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or throttle.held is not None
-                                     or throttle.wait_turn()):
+        if throttle is not None and (throttle.paused or throttle.held is not None):
             throttle.hold(requests)
             return
         self._requests_received(requests)

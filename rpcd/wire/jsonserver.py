@@ -105,10 +105,8 @@ class JSONServerProtocol(Protocol):
         stream = self.stream
         stream.feed(data)
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or self._waiting or throttle.wait_turn()):
-            # The stream keeps the values until the peer reads its replies
-            # (or the connection's turn comes: rpcd.fairness).
-            self._waiting = True
+        if throttle is not None and (throttle.paused or self._waiting):
+            # The stream keeps the values until the peer reads its replies.
             self._report_input(False)
             return
         completed = self._values_received()

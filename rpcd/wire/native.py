@@ -143,8 +143,7 @@ class NativeServerProtocol(Protocol):
         if guard is not None and not guard.update(self.reader.buffered(), bool(frames)):
             return
         throttle = self.throttle
-        if throttle is not None and (throttle.paused or throttle.held is not None
-                                     or throttle.wait_turn()):
+        if throttle is not None and (throttle.paused or throttle.held is not None):
             throttle.hold(frames, error)
             return
         self._frames_received(frames, error)
