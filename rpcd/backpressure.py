@@ -41,6 +41,10 @@ log = Logger()
 UNCAPPED = 1 << 62
 """What L{ReadThrottle.room} says when there is no cap."""
 
+FAIR_CHUNK = 4096
+"""Bytes of a read passed to the wire protocol per turn while other
+connections wait for theirs (L{ReadThrottle.received})."""
+
 
 @implementer(IPushProducer)
 class ReadThrottle:
@@ -60,6 +64,7 @@ class ReadThrottle:
         start).
     @ivar turns: the daemon's turn scheduler, or None.
     @ivar finish: the virtual finish time (the scheduler's).
+    @ivar last_cost: the seconds its last piece of work took (the scheduler's).
     @ivar in_queue: whether the connection waits for its turn.
     @ivar deliver: the wire protocol's C{dataReceived}, which
         L{received} passes reads on to.
@@ -95,6 +100,7 @@ class ReadThrottle:
         self._write_full = False
         self.turns: TurnScheduler | None = None
         self.finish = 0.0
+        self.last_cost: float | None = None
         self.in_queue = False
         self.deliver: Callable[[bytes], None] | None = None
         self.unread: list[bytes] | None = None
@@ -168,12 +174,50 @@ class ReadThrottle:
         if unread is not None:
             unread.append(data)
             return
-        if self.turns is not None and not self.paused and self.held is None and self.wait_turn():
-            self.unread = [data]
-            return
+        turns = self.turns
+        if turns is not None and not self.paused and self.held is None:
+            if self.wait_turn():
+                self.unread = [data]
+                return
+            if len(data) > FAIR_CHUNK and turns.waiting():
+                self.unread = [data]
+                self._feed()
+                turns.done(self)
+                return
         deliver = self.deliver
         if deliver is not None:
             deliver(data)
+        if turns is not None:
+            turns.done(self)
+
+    def _feed(self) -> None:
+        """
+        Pass the kept reads on, C{FAIR_CHUNK} bytes a turn while other
+        connections wait for theirs, until they are done or the connection
+        must wait (over the cap, or for its next turn).
+        """
+        while self.unread is not None and not self.paused and self.held is None:
+            data = b"".join(self.unread)
+            turns = self.turns
+            if turns is not None and len(data) > FAIR_CHUNK and turns.waiting():
+                self.unread = [data[FAIR_CHUNK:]]
+                data = data[:FAIR_CHUNK]
+            else:
+                self.unread = None
+            if self.deliver is not None:
+                self.deliver(data)
+            if self.unread is not None and not self.paused and self.held is None \
+                    and self.wait_turn():
+                return
+        if self.unread is None:
+            ended, self._read_end = self._read_end, None
+            if ended is not None:
+                ended()
+        elif not self.paused and self.turns is not None:
+            # Requests held after all: a later turn goes on with them.
+            self.turns.requeue(self)
+            self.paused = True
+            self.transport.pauseProducing()
 
     def end_reading(self, ended: Callable[[], None]) -> None:
         """
@@ -237,17 +281,11 @@ class ReadThrottle:
         if not self.paused:
             return
         self.paused = False
-        unread = self.unread
-        if unread is not None:
-            self.unread = None
-            if self.deliver is not None:
-                self.deliver(b"".join(unread))
-            ended, self._read_end = self._read_end, None
-            if ended is not None:
-                ended()
         on_drained = self.on_drained
         if on_drained is not None:
             on_drained()
+        if self.unread is not None:
+            self._feed()
         if not self.paused and not self.reading_ended:
             self.transport.resumeProducing()
 

@@ -9,6 +9,7 @@ reactor.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -20,6 +21,7 @@ from twisted.plugin import getPlugins
 from rpcd.builtin import Health, Introspection
 from rpcd.config import Config, ConfigError, ServiceConfig
 from rpcd.drain import DaemonService
+from rpcd.fairness import TurnScheduler
 from rpcd.health import HealthState
 from rpcd.interfaces import IRPCServiceProvider
 from rpcd.plugins import load_object
@@ -112,6 +114,7 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
         from rpcd.login import Authenticator
         authenticator = Authenticator(config.auth, reactor)
     server = RPCServer(registry, reactor, config.limits, authenticator)
+    server.turns = TurnScheduler(reactor, config.limits.turn_slice, time.thread_time)
     server.http = config.http  # type: ignore[attr-defined]  # read by rpcd.wire.httpserver
     if config.http.metrics:
         from rpcd.metrics import Metrics, MetricsInterceptor

@@ -10,13 +10,15 @@ stops reading and keeps what it has read (L{rpcd.backpressure.ReadThrottle}
 holds it), and the next reactor iteration (C{callLater(0)}, so after the
 reactor has polled every socket once) grants turns to the queued ones.
 
-Queued connections are served in start-time fair queueing order: each
-connection is charged the time spent between its check and the next one
-(its virtual finish time grows by it), and the connection with the
-smallest virtual start time goes first.  So a connection that sends one
-small call (a health probe) after others have each had a 3 MB reply
-encoded goes ahead of all of them, instead of waiting behind a round of
-them.  A single call is never split: the slice bounds how long the queue
+Queued connections are served in weighted fair queueing order: each
+connection is charged the time from its check to the end of its work
+(L{TurnScheduler.done}; its virtual finish time grows by it), and the queued connection whose
+turn would I{end} first in virtual time goes first, its turn's cost
+predicted by its last one (a connection never charged is predicted to use
+a whole slice).  So a connection that sends one small call (a health
+probe) while fifty others wait to have a 3 MB reply encoded goes ahead of
+all of them, instead of waiting behind a round of them; and a connection
+that has had more than its share waits behind those that had less.  A single call is never split: the slice bounds how long the queue
 waits beyond the call running when the slice ends.
 
 With C{slice_seconds} 0 nothing is ever queued.
@@ -36,10 +38,13 @@ class Participant(Protocol):
     L{Waiter}).
 
     @ivar finish: the connection's virtual finish time (the scheduler's).
+    @ivar last_cost: the seconds its last piece of work took, or None
+        (the scheduler's).
     @ivar in_queue: whether it waits for a turn now (the scheduler's).
     """
 
     finish: float
+    last_cost: float | None
     in_queue: bool
 
     def turn_granted(self) -> None:
@@ -63,6 +68,7 @@ class Waiter:
         @param granted: called with no arguments when the turn comes.
         """
         self.finish = 0.0
+        self.last_cost: float | None = None
         self.in_queue = False
         self._granted: Callable[[], None] | None = granted
 
@@ -86,25 +92,34 @@ class TurnScheduler:
     @ivar deferrals: how many times a connection was queued.
     """
 
-    def __init__(self, clock: IReactorTime, slice_seconds: float = 0.01) -> None:
+    def __init__(self, clock: IReactorTime, slice_seconds: float = 0.01,
+                 timer: Callable[[], float] | None = None) -> None:
         """
-        @param clock: schedules the next turn (C{callLater(0)}) and measures
-            the time work takes (C{seconds()}: the reactor's is wall-clock
-            time, which on the single reactor thread is the time the work
-            held it).
+        @param clock: schedules the next turn (C{callLater(0)}).
         @param slice_seconds: the turn's length.
+        @param timer: measures the time work takes; C{clock.seconds} by
+            default (deterministic under a test's C{Clock}).  The daemon
+            gives C{time.thread_time}: the reactor thread's CPU time, which
+            a busy machine does not inflate, so that a cheap call stays
+            cheap in the accounts while other processes hold the CPU.
         """
         self.clock = clock
         self.slice_seconds = slice_seconds
         self.turns = 0
         self.deferrals = 0
+        self._timer = timer
         self._vtime = 0.0
         self._seq = 0
-        self._queue: list[tuple[float, int, Participant]] = []
+        # (predicted virtual finish, order, virtual start, connection)
+        self._queue: list[tuple[float, int, float, Participant]] = []
         self._current: Participant | None = None
         self._mark = 0.0
         self._turn_start = 0.0
         self._next: IDelayedCall | None = None
+
+    def _now(self) -> float:
+        timer = self._timer
+        return timer() if timer is not None else self.clock.seconds()
 
     def waiting(self) -> int:
         """@return: how many connections wait for a turn."""
@@ -120,34 +135,62 @@ class TurnScheduler:
         """
         if not self.slice_seconds:
             return True
-        now = self.clock.seconds()
-        current = self._current
-        if current is not None:
-            current.finish = max(current.finish, self._vtime) + (now - self._mark)
-        self._current = who
-        self._mark = now
+        now = self._now()
+        if self._current is not who:
+            self._current = who
+            self._mark = now
         if who.in_queue:
             return False
         if self._next is None:
             # The first work of this reactor iteration: a new turn.
             self._turn_start = now
             self._next = self.clock.callLater(0, self._next_turn)
-            return True
-        if now - self._turn_start < self.slice_seconds:
-            return True
+        elif now - self._turn_start >= self.slice_seconds:
+            self._enqueue(who)
+            return False
+        # Virtual time is the start of the work being served (its start
+        # tag: the later of virtual time and its last finish).
+        if who.finish > self._vtime:
+            self._vtime = who.finish
+        return True
+
+    def done(self, who: Participant) -> None:
+        """
+        A connection has finished the work it asked to do: charge it the
+        time since it asked.
+
+        @param who: the connection.
+        """
+        if self._current is who:
+            self._charge()
+
+    def requeue(self, who: Participant) -> None:
+        """
+        Queue a connection that has more work but must let others go first.
+
+        @param who: the connection; its C{turn_granted} is called later.
+        """
+        if who.in_queue:
+            return
         self._enqueue(who)
-        return False
+        if self._next is None:
+            self._next = self.clock.callLater(0, self._next_turn)
 
     def _enqueue(self, who: Participant) -> None:
         self.deferrals += 1
         who.in_queue = True
         self._seq += 1
-        heapq.heappush(self._queue, (max(self._vtime, who.finish), self._seq, who))
+        start = max(self._vtime, who.finish)
+        cost = who.last_cost
+        heapq.heappush(self._queue, (start + (self.slice_seconds if cost is None else cost),
+                                     self._seq, start, who))
 
     def _charge(self) -> None:
         current = self._current
         if current is not None:
-            current.finish = max(current.finish, self._vtime) + (self.clock.seconds() - self._mark)
+            cost = self._now() - self._mark
+            current.finish = max(current.finish, self._vtime) + cost
+            current.last_cost = cost
         self._current = None
 
     def _next_turn(self) -> None:
@@ -160,11 +203,11 @@ class TurnScheduler:
         queue = self._queue
         if not queue:
             return
-        timer = self.clock.seconds
+        timer = self._now
         self._turn_start = timer()
         self._next = self.clock.callLater(0, self._next_turn)
         while queue and timer() - self._turn_start < self.slice_seconds:
-            start, _, who = heapq.heappop(queue)
+            _, _, start, who = heapq.heappop(queue)
             who.in_queue = False
             self._vtime = max(self._vtime, start)
             self.turns += 1
@@ -178,7 +221,7 @@ class TurnScheduler:
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None
-        for _, _, who in self._queue:
+        for _, _, _, who in self._queue:
             who.in_queue = False
         self._queue = []
         self._current = None

@@ -288,7 +288,10 @@ class SniffingProtocol(Protocol):
         for d in ready:
             d.callback(inner)
         if buffered and not self._lost:
-            inner.dataReceived(buffered)
+            if throttle.deliver is not None:
+                throttle.received(buffered)
+            else:
+                inner.dataReceived(buffered)
         if self._draining is not None and not self._lost:
             why, self._draining = self._draining, None
             self.drain(why)

@@ -266,6 +266,8 @@ class HTTPServerProtocol(Protocol):
             return self._pump_once()
         finally:
             self._pumping = False
+            if self._turn is not None:
+                self.server.turns.done(self._turn)
 
     def _pump_once(self) -> bool | None:
         parser = self.parser
