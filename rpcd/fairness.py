@@ -148,11 +148,23 @@ class TurnScheduler:
         elif now - self._turn_start >= self.slice_seconds:
             self._enqueue(who)
             return False
-        # Virtual time is the start of the work being served (its start
-        # tag: the later of virtual time and its last finish).
-        if who.finish > self._vtime:
-            self._vtime = who.finish
+        # Virtual time is the start of the work being served.
+        start = self._start(who)
+        if start > self._vtime:
+            self._vtime = start
         return True
+
+    def _start(self, who: Participant) -> float:
+        """
+        @return: the virtual start of a connection's next piece of work:
+            its last finish, but no earlier than virtual time and no more
+            than half a slice after it (what a connection had beyond that
+            is forgotten, so that a light connection's past calls never
+            put it behind fresh heavy ones).
+        """
+        vtime = self._vtime
+        start = min(who.finish, vtime + self.slice_seconds / 2)
+        return vtime if start < vtime else start
 
     def done(self, who: Participant) -> None:
         """
@@ -180,7 +192,7 @@ class TurnScheduler:
         self.deferrals += 1
         who.in_queue = True
         self._seq += 1
-        start = max(self._vtime, who.finish)
+        start = self._start(who)
         cost = who.last_cost
         heapq.heappush(self._queue, (start + (self.slice_seconds if cost is None else cost),
                                      self._seq, start, who))
