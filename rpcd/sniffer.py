@@ -466,8 +466,8 @@ class SniffingProtocol(Protocol):
         if self.input_guard is not None:
             self.input_guard.stop()
         if self.throttle is not None:
-            self.throttle.on_drained = None
-            self.throttle.held = None
+            self.throttle.on_drained = self.throttle.deliver = None
+            self.throttle.held = self.throttle.unread = None
         drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
