@@ -103,7 +103,7 @@ class ReadThrottle:
         self.last_cost: float | None = None
         self.in_queue = False
         self.deliver: Callable[[bytes], None] | None = None
-        self.unread: list[bytes] | None = None
+        self.unread: list[Any] | None = None
         self._read_end: Callable[[], None] | None = None
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
@@ -197,13 +197,18 @@ class ReadThrottle:
         must wait (over the cap, or for its next turn).
         """
         while self.unread is not None and not self.paused and self.held is None:
-            data = b"".join(self.unread)
+            unread = self.unread
+            # The rest of a chunked read is a memoryview: sliced, not copied.
+            data: Any = unread[0] if len(unread) == 1 else b"".join(unread)
             turns = self.turns
             if turns is not None and len(data) > FAIR_CHUNK and turns.waiting():
-                self.unread = [data[FAIR_CHUNK:]]
-                data = data[:FAIR_CHUNK]
+                view = memoryview(data)
+                self.unread = [view[FAIR_CHUNK:]]
+                data = bytes(view[:FAIR_CHUNK])
             else:
                 self.unread = None
+                if type(data) is not bytes:
+                    data = bytes(data)
             if self.deliver is not None:
                 self.deliver(data)
             if self.unread is not None and not self.paused and self.held is None \
