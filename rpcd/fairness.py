@@ -218,7 +218,7 @@ class TurnScheduler:
         timer = self._now
         self._turn_start = timer()
         self._next = self.clock.callLater(0, self._next_turn)
-        while queue and timer() - self._turn_start < self.slice_seconds:
+        while True:  # at least one turn, however short the slice
             _, _, start, who = heapq.heappop(queue)
             who.in_queue = False
             self._vtime = max(self._vtime, start)
@@ -227,6 +227,8 @@ class TurnScheduler:
             self._mark = timer()
             who.turn_granted()
             self._charge()
+            if not queue or timer() - self._turn_start >= self.slice_seconds:
+                break
 
     def stop(self) -> None:
         """Forget every waiting connection and the pending turn (server shutdown)."""

@@ -184,6 +184,21 @@ class SchedulerTests(SynchronousTestCase):
         self.assertEqual(sorted(self.log), sorted(["probe", "heavy", "fresh0", "fresh1", "fresh2"]))
         self.assertEqual(self.log[-1], "heavy")
 
+    def test_tiny_slice_still_grants(self) -> None:
+        """A slice shorter than the timer's step still grants one queued connection per iteration (no livelock)."""
+        class Ticking(_Timer):
+            def __call__(self) -> float:
+                self.now += 0.001
+                return self.now
+        turns = TurnScheduler(self.clock, 0.0001, Ticking())
+        a, b, c = self.participant("a"), self.participant("b"), self.participant("c")
+        turns.may_run(a)
+        self.assertEqual([turns.may_run(b), turns.may_run(c)], [False, False])
+        _iteration(self.clock)
+        self.assertEqual(self.log, ["b"])
+        _iteration(self.clock)
+        self.assertEqual(self.log, ["b", "c"])
+
     def test_zero_slice_never_queues(self) -> None:
         """With a slice of 0 nothing is ever queued and no timer is set."""
         turns = TurnScheduler(self.clock, 0, self.timer)
