@@ -42,8 +42,13 @@ UNCAPPED = 1 << 62
 """What L{ReadThrottle.room} says when there is no cap."""
 
 FAIR_CHUNK = 4096
-"""Bytes of a read passed to the wire protocol per turn while other
-connections wait for theirs (L{ReadThrottle.received})."""
+"""The least bytes of a read passed to the wire protocol at a time while
+other connections wait for their turn (L{ReadThrottle.received}); the
+piece doubles while parsing it stays cheap (bulk bytes of a large frame),
+up to L{FAIR_CHUNK_MAX}."""
+
+FAIR_CHUNK_MAX = 1 << 20
+"""The most bytes passed on at a time while others wait."""
 
 
 @implementer(IPushProducer)
@@ -104,6 +109,7 @@ class ReadThrottle:
         self.in_queue = False
         self.deliver: Callable[[bytes], None] | None = None
         self.unread: list[Any] | None = None
+        self._chunk = FAIR_CHUNK
         self._read_end: Callable[[], None] | None = None
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
@@ -179,7 +185,7 @@ class ReadThrottle:
             if self.wait_turn():
                 self.unread = [data]
                 return
-            if len(data) > FAIR_CHUNK and turns.waiting():
+            if len(data) > self._chunk and turns.waiting():
                 self.unread = [data]
                 self._feed()
                 turns.done(self)
@@ -201,16 +207,27 @@ class ReadThrottle:
             # The rest of a chunked read is a memoryview: sliced, not copied.
             data: Any = unread[0] if len(unread) == 1 else b"".join(unread)
             turns = self.turns
-            if turns is not None and len(data) > FAIR_CHUNK and turns.waiting():
+            chunk = self._chunk
+            started = None
+            if turns is not None and len(data) > chunk and turns.waiting():
                 view = memoryview(data)
-                self.unread = [view[FAIR_CHUNK:]]
-                data = bytes(view[:FAIR_CHUNK])
+                self.unread = [view[chunk:]]
+                data = bytes(view[:chunk])
+                started = turns.now()
             else:
                 self.unread = None
                 if type(data) is not bytes:
                     data = bytes(data)
             if self.deliver is not None:
                 self.deliver(data)
+            if started is not None and turns is not None:
+                # Cheap to parse (bulk bytes of a large frame): bigger pieces;
+                # dear (many small requests): smaller ones.
+                cost = turns.now() - started
+                if cost < turns.slice_seconds / 20:
+                    self._chunk = min(chunk * 2, FAIR_CHUNK_MAX)
+                elif cost > turns.slice_seconds / 4:
+                    self._chunk = max(chunk // 2, FAIR_CHUNK)
             if self.unread is not None and not self.paused and self.held is None \
                     and self.wait_turn():
                 return

@@ -117,7 +117,8 @@ class TurnScheduler:
         self._turn_start = 0.0
         self._next: IDelayedCall | None = None
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """@return: the time on the scheduler's timer."""
         timer = self._timer
         return timer() if timer is not None else self.clock.seconds()
 
@@ -135,7 +136,7 @@ class TurnScheduler:
         """
         if not self.slice_seconds:
             return True
-        now = self._now()
+        now = self.now()
         if self._current is not who:
             self._current = who
             self._mark = now
@@ -200,7 +201,7 @@ class TurnScheduler:
     def _charge(self) -> None:
         current = self._current
         if current is not None:
-            cost = self._now() - self._mark
+            cost = self.now() - self._mark
             current.finish = max(current.finish, self._vtime) + cost
             current.last_cost = cost
         self._current = None
@@ -215,7 +216,7 @@ class TurnScheduler:
         queue = self._queue
         if not queue:
             return
-        timer = self._now
+        timer = self.now
         self._turn_start = timer()
         self._next = self.clock.callLater(0, self._next_turn)
         while True:  # at least one turn, however short the slice
