@@ -142,13 +142,15 @@ class TurnScheduler:
             self._mark = now
         if who.in_queue:
             return False
-        if self._next is None:
-            # The first work of this reactor iteration: a new turn.
-            self._turn_start = now
-            self._next = self.clock.callLater(0, self._next_turn)
-        elif now - self._turn_start >= self.slice_seconds:
-            self._enqueue(who)
-            return False
+        if now - self._turn_start >= self.slice_seconds:
+            if self._next is None:
+                # No turn was used up in this reactor iteration (L{done}
+                # marks one that is): a new turn.  No timer is set on this
+                # path, the one every read of an unloaded daemon takes.
+                self._turn_start = now
+            else:
+                self._enqueue(who)
+                return False
         # Virtual time is the start of the work being served.
         start = self._start(who)
         if start > self._vtime:
@@ -201,9 +203,14 @@ class TurnScheduler:
     def _charge(self) -> None:
         current = self._current
         if current is not None:
-            cost = self.now() - self._mark
+            now = self.now()
+            cost = now - self._mark
             current.finish = max(current.finish, self._vtime) + cost
             current.last_cost = cost
+            if self._next is None and now - self._turn_start >= self.slice_seconds:
+                # This iteration's turn is used up: until the next one
+                # (after the reactor has polled), connections that ask wait.
+                self._next = self.clock.callLater(0, self._next_turn)
         self._current = None
 
     def _next_turn(self) -> None:
@@ -211,8 +218,8 @@ class TurnScheduler:
         A new reactor iteration: grant turns to the queued connections, in
         order, until the slice is used up.
         """
-        self._next = None
         self._charge()  # the iteration before ends here
+        self._next = None
         queue = self._queue
         if not queue:
             return

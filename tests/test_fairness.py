@@ -123,6 +123,16 @@ class SchedulerTests(SynchronousTestCase):
     def participant(self, name: str, cost: float = 0.0) -> _Participant:
         return _Participant(name, self.log, self.timer, cost)
 
+    def test_no_timer_while_unloaded(self) -> None:
+        """Work that stays within the slice sets no timer: an unloaded daemon's reads cost no reactor call."""
+        a = self.participant("a")
+        for _ in range(5):
+            self.assertTrue(self.turns.may_run(a))
+            self.timer.now += 0.001
+            self.turns.done(a)
+            self.timer.now += 1  # the reactor waits for the next read
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_within_slice_runs(self) -> None:
         """Every connection that asks within the turn's slice may run at once."""
         a, b = self.participant("a"), self.participant("b")
@@ -193,6 +203,7 @@ class SchedulerTests(SynchronousTestCase):
         turns = TurnScheduler(self.clock, 0.0001, Ticking())
         a, b, c = self.participant("a"), self.participant("b"), self.participant("c")
         turns.may_run(a)
+        turns.done(a)
         self.assertEqual([turns.may_run(b), turns.may_run(c)], [False, False])
         _iteration(self.clock)
         self.assertEqual(self.log, ["b"])
@@ -213,6 +224,7 @@ class SchedulerTests(SynchronousTestCase):
         a, b = self.participant("a"), self.participant("b")
         self.turns.may_run(a)
         self.timer.now += 0.02
+        self.turns.done(a)
         self.assertFalse(self.turns.may_run(b))
         self.turns.stop()
         self.assertEqual((self.turns.waiting(), self.clock.getDelayedCalls()), (0, []))
