@@ -12,12 +12,12 @@ and reading resumes.  Calls already running still finish and queue their
 replies; there are at most C{limits.max_calls_per_connection} of them.  A
 reply larger than the cap still goes out, one at a time.
 
-The throttle also takes part in per-turn fairness (L{rpcd.fairness}): with
-a scheduler in C{turns}, each read goes through L{ReadThrottle.received},
-which may queue the connection; it is then L{paused} (reading stopped,
-nothing parsed or started: the bytes wait in C{unread}) until its turn
-comes, when the bytes go to the wire protocol and C{on_drained} runs what
-it held, as after a drained buffer.
+The throttle also takes part in per-turn fairness (L{rpcd.fairness.TurnTaking}):
+with a scheduler in C{turns}, each read goes through C{received}, which may
+queue the connection; it is then L{paused} (reading stopped, nothing parsed
+or started: the bytes wait in C{unread}) until its turn comes, when the
+bytes go to the wire protocol and C{on_drained} runs what it held, as after
+a drained buffer.
 
 L{calls_ended} serves the half-close: a peer that shuts down its write side
 is answered, then the connection closes.
@@ -25,7 +25,7 @@ is answered, then the connection closes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -33,26 +33,16 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from rpcd.fairness import TurnScheduler
+from rpcd.fairness import TurnTaking
 
 log = Logger()
 
 UNCAPPED = 1 << 62
 """What L{ReadThrottle.room} says when there is no cap."""
 
-FAIR_CHUNK = 4096
-"""The least bytes of a read passed to the wire protocol at a time while
-other connections wait for their turn (L{ReadThrottle.received}); the
-piece doubles while parsing it stays cheap (bulk bytes of a large frame),
-up to L{FAIR_CHUNK_MAX}."""
-
-FAIR_CHUNK_MAX = 1 << 20
-"""The most bytes passed on at a time while others wait."""
-
 
 @implementer(IPushProducer)
-class ReadThrottle:
+class ReadThrottle(TurnTaking):
     """
     Stops reading a connection's requests while its transport's write buffer
     is over the cap (the transport calls L{pauseProducing}), and reads again
@@ -103,14 +93,7 @@ class ReadThrottle:
         self._running_held = False
         self._socket = _socket_transport(transport)
         self._write_full = False
-        self.turns: TurnScheduler | None = None
-        self.finish = 0.0
-        self.last_cost: float | None = None
-        self.in_queue = False
-        self.deliver: Callable[[bytes], None] | None = None
-        self.unread: list[Any] | None = None
-        self._chunk = FAIR_CHUNK
-        self._read_end: Callable[[], None] | None = None
+        self.init_turns()
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
         """
@@ -167,118 +150,6 @@ class ReadThrottle:
         if sock is None:
             return self.limit
         return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
-
-    def received(self, data: bytes) -> None:
-        """
-        A read: passed on to the wire protocol (L{deliver}), or kept
-        unparsed while the connection waits for its turn (parsing is work
-        too: a read of pipelined gob requests costs milliseconds).
-
-        @param data: the bytes read.
-        """
-        unread = self.unread
-        if unread is not None:
-            unread.append(data)
-            return
-        turns = self.turns
-        if turns is not None and not self.paused and self.held is None:
-            if self.wait_turn():
-                self.unread = [data]
-                return
-            if len(data) > self._chunk and turns.waiting():
-                self.unread = [data]
-                self._feed()
-                turns.done(self)
-                return
-        deliver = self.deliver
-        if deliver is not None:
-            deliver(data)
-        if turns is not None:
-            turns.done(self)
-
-    def _feed(self) -> None:
-        """
-        Pass the kept reads on, C{FAIR_CHUNK} bytes a turn while other
-        connections wait for theirs, until they are done or the connection
-        must wait (over the cap, or for its next turn).
-        """
-        while self.unread is not None and not self.paused and self.held is None:
-            unread = self.unread
-            # The rest of a chunked read is a memoryview: sliced, not copied.
-            data: Any = unread[0] if len(unread) == 1 else b"".join(unread)
-            turns = self.turns
-            chunk = self._chunk
-            started = None
-            if turns is not None and len(data) > chunk and turns.waiting():
-                view = memoryview(data)
-                self.unread = [view[chunk:]]
-                data = bytes(view[:chunk])
-                started = turns.now()
-            else:
-                self.unread = None
-                if type(data) is not bytes:
-                    data = bytes(data)
-            if self.deliver is not None:
-                self.deliver(data)
-            if started is not None and turns is not None:
-                # Cheap to parse (bulk bytes of a large frame): bigger pieces;
-                # dear (many small requests): smaller ones.
-                cost = turns.now() - started
-                if cost < turns.slice_seconds / 20:
-                    self._chunk = min(chunk * 2, FAIR_CHUNK_MAX)
-                elif cost > turns.slice_seconds / 4:
-                    self._chunk = max(chunk // 2, FAIR_CHUNK)
-            if self.unread is not None and not self.paused and self.held is None \
-                    and self.wait_turn():
-                return
-        if self.unread is None:
-            ended, self._read_end = self._read_end, None
-            if ended is not None:
-                ended()
-        elif not self.paused and self.turns is not None:
-            # Requests held after all: a later turn goes on with them.
-            self.turns.requeue(self)
-            self.paused = True
-            self.transport.pauseProducing()
-
-    def end_reading(self, ended: Callable[[], None]) -> None:
-        """
-        The peer shut down its write side: call C{ended} (the wire
-        protocol's C{read_connection_lost}) once the reads kept for its
-        turn have been passed on.
-
-        @param ended: what to call.
-        """
-        if self.unread is None:
-            ended()
-        else:
-            self._read_end = ended
-
-    def wait_turn(self) -> bool:
-        """
-        Ask the turn scheduler whether this connection may start more calls
-        now; if not, it is queued and L{paused} until its turn.
-
-        @return: whether the connection must wait (hold what it read).
-        """
-        turns = self.turns
-        if turns is None or self.in_queue:
-            return self.in_queue
-        if turns.may_run(self):
-            return False
-        if not self.paused:
-            self.paused = True
-            self.transport.pauseProducing()
-        return True
-
-    def turn_granted(self) -> None:
-        """
-        The scheduler's call: this connection's turn has come; start what it
-        held, and read again unless the buffer is over the cap.
-        """
-        if self._write_full:
-            return  # resumeProducing goes on once the peer reads
-        self._resume()
 
     def pauseProducing(self) -> None:
         if self._write_full:

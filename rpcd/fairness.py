@@ -27,9 +27,19 @@ With C{slice_seconds} 0 nothing is ever queued.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+FAIR_CHUNK = 4096
+"""The least bytes of a read passed to the wire protocol at a time while
+other connections wait for their turn (L{TurnTaking.received}); the
+piece doubles while parsing it stays cheap (bulk bytes of a large frame),
+up to L{FAIR_CHUNK_MAX}."""
+
+FAIR_CHUNK_MAX = 1 << 20
+"""The most bytes passed on at a time while others wait."""
 
 
 class Participant(Protocol):
@@ -249,4 +259,162 @@ class TurnScheduler:
         self._current = None
 
 
-__all__ = ["Participant", "TurnScheduler", "Waiter"]
+class TurnTaking:
+    """
+    The turn-taking half of L{rpcd.backpressure.ReadThrottle}: reads go
+    through L{received}, which passes them on to the wire protocol
+    (L{deliver}) or keeps them unparsed while the connection waits for its
+    turn; L{wait_turn} asks the scheduler before held requests start.
+
+    The class using it has C{paused}, C{held}, C{transport} and
+    C{_write_full}, and C{_resume()} (start what was held, then read
+    again).
+
+    @ivar turns: the daemon's turn scheduler, or None.
+    @ivar finish: the virtual finish time (the scheduler's).
+    @ivar last_cost: the seconds its last piece of work took (the scheduler's).
+    @ivar in_queue: whether the connection waits for its turn.
+    @ivar deliver: the wire protocol's C{dataReceived}, which L{received}
+        passes reads on to.
+    @ivar unread: reads kept unparsed while the connection waits for its
+        turn, or None.
+    """
+
+    paused: bool
+    held: list[Any] | None
+    transport: Any
+    _write_full: bool
+
+    def init_turns(self) -> None:
+        """Set up the turn-taking state (from the class's C{__init__})."""
+        self.turns: TurnScheduler | None = None
+        self.finish = 0.0
+        self.last_cost: float | None = None
+        self.in_queue = False
+        self.deliver: Callable[[bytes], None] | None = None
+        self.unread: list[Any] | None = None
+        self._chunk = FAIR_CHUNK
+        self._read_end: Callable[[], None] | None = None
+
+    def _resume(self) -> None:
+        raise NotImplementedError()
+
+    def received(self, data: bytes) -> None:
+        """
+        A read: passed on to the wire protocol (L{deliver}), or kept
+        unparsed while the connection waits for its turn (parsing is work
+        too: a read of pipelined gob requests costs milliseconds).
+
+        @param data: the bytes read.
+        """
+        unread = self.unread
+        if unread is not None:
+            unread.append(data)
+            return
+        turns = self.turns
+        if turns is not None and not self.paused and self.held is None:
+            if self.wait_turn():
+                self.unread = [data]
+                return
+            if len(data) > self._chunk and turns.waiting():
+                self.unread = [data]
+                self._feed()
+                turns.done(self)
+                return
+        deliver = self.deliver
+        if deliver is not None:
+            deliver(data)
+        if turns is not None:
+            turns.done(self)
+
+
+    def _feed(self) -> None:
+        """
+        Pass the kept reads on, a piece at a time while other connections
+        wait for their turns (from C{FAIR_CHUNK} bytes, growing while
+        parsing stays cheap), until they are done or the connection must
+        wait (over the cap, or for its next turn).
+        """
+        while self.unread is not None and not self.paused and self.held is None:
+            unread = self.unread
+            # The rest of a chunked read is a memoryview: sliced, not copied.
+            data: Any = unread[0] if len(unread) == 1 else b"".join(unread)
+            turns = self.turns
+            chunk = self._chunk
+            started = None
+            if turns is not None and len(data) > chunk and turns.waiting():
+                view = memoryview(data)
+                self.unread = [view[chunk:]]
+                data = bytes(view[:chunk])
+                started = turns.now()
+            else:
+                self.unread = None
+                if type(data) is not bytes:
+                    data = bytes(data)
+            if self.deliver is not None:
+                self.deliver(data)
+            if started is not None and turns is not None:
+                # Cheap to parse (bulk bytes of a large frame): bigger pieces;
+                # dear (many small requests): smaller ones.
+                cost = turns.now() - started
+                if cost < turns.slice_seconds / 20:
+                    self._chunk = min(chunk * 2, FAIR_CHUNK_MAX)
+                elif cost > turns.slice_seconds / 4:
+                    self._chunk = max(chunk // 2, FAIR_CHUNK)
+            if self.unread is not None and not self.paused and self.held is None \
+                    and self.wait_turn():
+                return
+        if self.unread is None:
+            ended, self._read_end = self._read_end, None
+            if ended is not None:
+                ended()
+        elif not self.paused and self.turns is not None:
+            # Requests held after all: a later turn goes on with them.
+            self.turns.requeue(self)
+            self.paused = True
+            self.transport.pauseProducing()
+
+
+    def end_reading(self, ended: Callable[[], None]) -> None:
+        """
+        The peer shut down its write side: call C{ended} (the wire
+        protocol's C{read_connection_lost}) once the reads kept for its
+        turn have been passed on.
+
+        @param ended: what to call.
+        """
+        if self.unread is None:
+            ended()
+        else:
+            self._read_end = ended
+
+
+    def wait_turn(self) -> bool:
+        """
+        Ask the turn scheduler whether this connection may start more calls
+        now; if not, it is queued and L{paused} until its turn.
+
+        @return: whether the connection must wait (hold what it read).
+        """
+        turns = self.turns
+        if turns is None or self.in_queue:
+            return self.in_queue
+        if turns.may_run(self):
+            return False
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+        return True
+
+
+    def turn_granted(self) -> None:
+        """
+        The scheduler's call: this connection's turn has come; start what it
+        held, and read again unless the buffer is over the cap.
+        """
+        if self._write_full:
+            return  # resumeProducing goes on once the peer reads
+        self._resume()
+
+
+__all__ = ["FAIR_CHUNK", "FAIR_CHUNK_MAX", "Participant", "TurnScheduler", "TurnTaking", "Waiter"]

@@ -15,8 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.backpressure import FAIR_CHUNK
-from rpcd.fairness import TurnScheduler, Waiter
+from rpcd.fairness import FAIR_CHUNK, TurnScheduler, Waiter
 from rpcd.server import Limits, RPCServer, SniffingProtocol
 from rpcd.service import ServiceRegistry, exposed
 from rpcd.wire.frames import PREFACE, RESULT, FrameReader, encode_frame
