@@ -2,24 +2,28 @@
 Per-turn fairness: one connection's burst cannot hold the reactor.
 
 Every wire protocol asks L{TurnScheduler.may_run} before it starts the
-calls of a read (and before each further batch of requests it held).  The
-first connection to ask in a reactor iteration opens a I{turn} of
-C{slice_seconds}; within it every connection runs at once.  Once the turn
-has lasted longer than that, a connection that asks is queued instead: it
-stops reading and keeps what it has read (L{rpcd.backpressure.ReadThrottle}
-holds it), and the next reactor iteration (C{callLater(0)}, so after the
-reactor has polled every socket once) grants turns to the queued ones.
+calls of a read (and before each further batch of requests it held), and
+says L{TurnScheduler.done} after.  Work runs at once while the current
+I{turn} has lasted less than C{slice_seconds}.  Once work overran the slice
+(noticed by L{TurnScheduler.done}), a connection that asks is queued
+instead, until the next reactor iteration (C{callLater(0)}, so after the
+reactor has polled every socket once): it stops reading and keeps what it
+read unparsed (L{TurnTaking}, the half of
+L{rpcd.backpressure.ReadThrottle} that does this), and the next iteration
+grants turns to the queued ones.  An unloaded daemon sets no timer.
 
 Queued connections are served in weighted fair queueing order: each
-connection is charged the time from its check to the end of its work
-(L{TurnScheduler.done}; its virtual finish time grows by it), and the queued connection whose
-turn would I{end} first in virtual time goes first, its turn's cost
-predicted by its last one (a connection never charged is predicted to use
-a whole slice).  So a connection that sends one small call (a health
-probe) while fifty others wait to have a 3 MB reply encoded goes ahead of
-all of them, instead of waiting behind a round of them; and a connection
-that has had more than its share waits behind those that had less.  A single call is never split: the slice bounds how long the queue
-waits beyond the call running when the slice ends.
+connection is charged the time from its check to the end of its work (its
+virtual finish time grows by it), and the queued connection whose turn
+would I{end} first in virtual time goes first, its turn's cost predicted by
+its last one (a connection never charged is predicted to use a whole
+slice).  So a connection that sends one small call (a health probe) while
+fifty others wait to have a 3 MB reply encoded goes ahead of them, instead
+of waiting behind a round of them; and a connection that has had more than
+its share waits behind those that had less.  A single call is never split:
+the slice bounds how long the queue waits beyond the call running when the
+slice ends.  While others wait, a read is passed on in pieces
+(L{FAIR_CHUNK}), since parsing many pipelined requests is work too.
 
 With C{slice_seconds} 0 nothing is ever queued.
 """
