@@ -9,7 +9,9 @@ log line) over raw sockets on loopback, so that it measures the daemon and
 not rpcd's client.  While it runs, a sampler reads the daemon's VmRSS from
 C{/proc/PID/status} and kills the daemon if it grows past C{--rss-limit-mb}
 (the row then says KILLED), and a probe calls C{Arith.Multiply} on a
-connection of its own every 0.1 s and keeps the worst latency.  Afterwards
+connection of its own every 0.1 s and keeps the worst latency (with the daemon CPU
+seconds spent while that call waited, a figure a busy machine does not
+inflate).  Afterwards
 the daemon's output is scanned for C{Traceback} and C{Unhandled}.
 
     python benchmarks/abuse.py                    # every attack at --scale 0.05 (a few minutes)
@@ -287,14 +289,29 @@ class Sampler(threading.Thread):
                 self.daemon_.process.kill()
 
 
-class Probe(threading.Thread):
-    """Calls Arith.Multiply every 0.1 s on its own connection; keeps the worst latency."""
+def cpu_seconds(pid: int) -> float:
+    """@return: a process's user + system CPU seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, port: int, call_timeout: float = 5.0) -> None:
+
+class Probe(threading.Thread):
+    """
+    Calls Arith.Multiply every 0.1 s on its own connection; keeps the worst
+    latency, and the daemon's CPU seconds during that call (what the probe
+    waited behind, which a busy machine does not inflate).
+    """
+
+    def __init__(self, port: int, call_timeout: float = 5.0, pid: int | None = None) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.call_timeout = call_timeout
+        self.pid = pid
         self.worst = 0.0
+        self.worst_cpu = 0.0
         self.failures = 0
         self.calls = 0
         self.done = threading.Event()
@@ -305,6 +322,7 @@ class Probe(threading.Thread):
         seq = 0
         while not self.done.is_set():
             started = time.monotonic()
+            cpu = cpu_seconds(self.pid) if self.pid is not None else 0.0
             try:
                 if sock is None:
                     sock, reader = native(self.port, self.call_timeout)
@@ -324,7 +342,11 @@ class Probe(threading.Thread):
                 if sock is not None:
                     sock.close()
                 sock = reader = None
-            self.worst = max(self.worst, time.monotonic() - started)
+            took = time.monotonic() - started
+            if took > self.worst:
+                self.worst = took
+                if self.pid is not None:
+                    self.worst_cpu = cpu_seconds(self.pid) - cpu
             self.done.wait(0.1)
         if sock is not None:
             sock.close()
@@ -723,6 +745,7 @@ class Row:
     after: int = 0
     probe: float = 0.0
     probe_failures: int = 0
+    probe_cpu: float = 0.0
     tracebacks: int = 0
     killed: bool = False
     note: str = ""
@@ -748,7 +771,7 @@ def run_one(attack: Attack, args: argparse.Namespace, workdir: Path) -> Row:
         native_call(daemon.port, "Arith.Multiply", {"A": 1, "B": 1})
         row.before = daemon.rss_kib() or 0
         sampler = Sampler(daemon, args.rss_limit_mb * 1024)
-        probe = Probe(daemon.port)
+        probe = Probe(daemon.port, pid=daemon.pid)
         sampler.start()
         probe.start()
         try:
@@ -761,7 +784,7 @@ def run_one(attack: Attack, args: argparse.Namespace, workdir: Path) -> Row:
         sampler.done.set()
         sampler.join()
         row.peak, row.killed = sampler.peak, sampler.killed
-        row.probe, row.probe_failures = probe.worst, probe.failures
+        row.probe, row.probe_failures, row.probe_cpu = probe.worst, probe.failures, probe.worst_cpu
         row.after = daemon.rss_kib() or 0
     finally:
         daemon.stop()
@@ -787,15 +810,16 @@ def mb(kib: int) -> str:
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    header = ("attack", "protocol", "RSS MB before/peak/after", "growth (target)", "probe worst",
-              "tracebacks", "result")
+    header = ("attack", "protocol", "RSS MB before/peak/after", "growth (target)",
+              "probe worst (daemon CPU)", "tracebacks", "result")
     lines = []
     for r in rows:
         growth = (r.peak - r.before) // 1024
         target = (r.budget // MB) + 64
         grow_ok = "ok" if growth <= target and not r.killed else "FAIL"
         probe_ok = "ok" if r.probe <= 1.0 and not r.probe_failures else "FAIL"
-        probe = f"{r.probe:.2f} s {probe_ok}" + (f" ({r.probe_failures} failed)" if r.probe_failures else "")
+        probe = f"{r.probe:.2f} s ({r.probe_cpu:.2f}) {probe_ok}" + (
+            f" ({r.probe_failures} failed)" if r.probe_failures else "")
         rss = f"{mb(r.before)}/{mb(r.peak)}/{'KILLED' if r.killed else mb(r.after)}"
         lines.append((r.attack.name, r.attack.protocol, rss, f"+{growth} (<= {target}) {grow_ok}", probe,
                       f"{r.tracebacks} {'ok' if not r.tracebacks else 'FAIL'}", r.note))
@@ -855,7 +879,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps([
             {"attack": r.attack.name, "protocol": r.attack.protocol, "rss_kib": [r.before, r.peak, r.after],
              "killed": r.killed, "budget_bytes": r.budget, "probe_worst_s": r.probe,
-             "probe_failures": r.probe_failures, "tracebacks": r.tracebacks, "result": r.note}
+             "probe_failures": r.probe_failures, "probe_cpu_seconds": r.probe_cpu, "tracebacks": r.tracebacks, "result": r.note}
             for r in rows], indent=2))
 
 

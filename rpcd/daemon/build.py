@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from typing import Any, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -26,6 +27,7 @@ from rpcd.daemon.drain import DaemonService
 from rpcd.core.health import HealthState
 from rpcd.core.interfaces import IRPCServiceProvider
 from rpcd.daemon.plugins import load_object
+from rpcd.server.fairness import TurnScheduler
 from rpcd.server import RPCServer
 from rpcd.core.service import ServiceRegistry, ServiceSpec, describe_service
 
@@ -143,6 +145,7 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
         from rpcd.daemon.login import Authenticator
         authenticator = Authenticator(config.auth, reactor)
     server = RPCServer(registry, reactor, config.limits, authenticator)
+    server.turns = TurnScheduler(reactor, config.limits.turn_slice, time.thread_time)
     server.http = config.http  # type: ignore[attr-defined]  # read by rpcd.server.httpserver
     if config.http.metrics:
         from rpcd.server.metrics import Metrics, MetricsInterceptor

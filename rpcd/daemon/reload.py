@@ -404,6 +404,7 @@ def set_limits(server: Any, limits: Any) -> None:
     server.limits = limits
     server.caps.limits = limits
     server.input_budget.limit = limits.input_budget_bytes
+    server.turns.slice_seconds = limits.turn_slice
 
 
 def set_auth(server: Any, auth: Any, top: MultiService, reactor: Any) -> None:

@@ -12,6 +12,13 @@ and reading resumes.  Calls already running still finish and queue their
 replies; there are at most C{limits.max_calls_per_connection} of them.  A
 reply larger than the cap still goes out, one at a time.
 
+The throttle also takes part in per-turn fairness (L{rpcd.server.fairness.TurnTaking}):
+with a scheduler in C{turns}, each read goes through C{received}, which may
+queue the connection; it is then L{paused} (reading stopped, nothing parsed
+or started: the bytes wait in C{unread}) until its turn comes, when the
+bytes go to the wire protocol and C{on_drained} runs what it held, as after
+a drained buffer.
+
 L{calls_ended} serves the half-close: a peer that shuts down its write side
 is answered, then the connection closes.
 """
@@ -26,6 +33,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
+from rpcd.server.fairness import TurnTaking
+
 log = Logger()
 
 UNCAPPED = 1 << 62
@@ -33,7 +42,7 @@ UNCAPPED = 1 << 62
 
 
 @implementer(IPushProducer)
-class ReadThrottle:
+class ReadThrottle(TurnTaking):
     """
     Stops reading a connection's requests while its transport's write buffer
     is over the cap (the transport calls L{pauseProducing}), and reads again
@@ -45,8 +54,17 @@ class ReadThrottle:
     buffer has drained, L{on_drained} (the protocol's) runs them with
     L{run_held}.
 
-    @ivar paused: whether the peer's replies are over the cap now (reading
-        is stopped, and no call may start).
+    @ivar paused: whether the peer's replies are over the cap now, or the
+        connection waits for its turn (reading is stopped, and no call may
+        start).
+    @ivar turns: the daemon's turn scheduler, or None.
+    @ivar finish: the virtual finish time (the scheduler's).
+    @ivar last_cost: the seconds its last piece of work took (the scheduler's).
+    @ivar in_queue: whether the connection waits for its turn.
+    @ivar deliver: the wire protocol's C{dataReceived}, which
+        L{received} passes reads on to.
+    @ivar unread: reads kept unparsed while the connection waits for its
+        turn, or None.
     @ivar pauses: how many times reading was stopped.
     @ivar limit: the cap in bytes (L{UNCAPPED} for none).
     @ivar on_drained: called with no arguments when the buffer has drained,
@@ -74,6 +92,8 @@ class ReadThrottle:
         self.held_error: Any = None
         self._running_held = False
         self._socket = _socket_transport(transport)
+        self._write_full = False
+        self.init_turns()
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
         """
@@ -102,7 +122,7 @@ class ReadThrottle:
             return  # called from within the loop below: it goes on
         self._running_held = True
         try:
-            while self.held is not None and not self.paused:
+            while self.held is not None and not self.paused and not self.wait_turn():
                 held, error = self.held, self.held_error
                 self.held = self.held_error = None
                 run(held, error)
@@ -132,29 +152,40 @@ class ReadThrottle:
         return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
 
     def pauseProducing(self) -> None:
-        if self.paused:
+        if self._write_full:
             return
-        self.paused = True
+        self._write_full = True
         self.pauses += 1
         if self.pauses == 1:
             log.info("{peer} is not reading its replies: no more of its requests are read "
                      "or started until they drain (limits.write_buffer_bytes)", peer=self.peer)
-        self.transport.pauseProducing()
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        if not self._write_full:
+            return
+        self._write_full = False
+        if not self.in_queue:
+            self._resume()
+
+    def _resume(self) -> None:
         if not self.paused:
             return
         self.paused = False
         on_drained = self.on_drained
         if on_drained is not None:
             on_drained()
+        if self.unread is not None:
+            self._feed()
         if not self.paused and not self.reading_ended:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.paused = False
-        self.on_drained = None
-        self.held = self.held_error = None
+        self.paused = self._write_full = False
+        self.on_drained = self.deliver = self._read_end = None
+        self.held = self.held_error = self.unread = None
 
 
 def _socket_transport(transport: Any) -> Any:

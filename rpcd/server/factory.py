@@ -29,6 +29,7 @@ from rpcd.core.session import Session, describe_address
 from rpcd.server.protocols import SERVER_PROTOCOLS
 from rpcd.server.sniffer import SniffingProtocol
 from rpcd.tls.tlsinfo import peer_identity
+from rpcd.server.fairness import TurnScheduler
 from rpcd.wire import sniff
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class RPCServer:
     @ivar limits: the L{Limits}.
     @ivar authenticator: checks logins, or None when there are no users.
     @ivar caps: the L{ConnectionCaps}, which count the connections open now.
+    @ivar turns: the L{TurnScheduler} every connection's calls take turns
+        in (L{rpcd.server.fairness}).
     @ivar input_budget: the L{InputBudget}: bytes held in unfinished messages
         across all connections.
     @ivar metrics: the daemon's L{rpcd.server.metrics.Metrics}, or None when it
@@ -67,6 +70,7 @@ class RPCServer:
         self.authenticator = authenticator
         self.caps = ConnectionCaps(limits, clock)
         self.input_budget = InputBudget(limits.input_budget_bytes)
+        self.turns = TurnScheduler(clock, limits.turn_slice)
         self._preambles: dict[Protocol, SniffingProtocol] = {}
         self.open_connections: set[SniffingProtocol] = set()
         self.jitter: Callable[[], float] = random.random

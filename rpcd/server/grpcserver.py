@@ -21,9 +21,15 @@ Memory stays bounded both ways:
 
 Abuse is answered with GOAWAY: more than L{MAX_RESETS} RST_STREAMs from the
 peer within L{RESET_WINDOW} seconds (the HTTP/2 Rapid Reset attack), or
-pings more often than every L{MIN_PING_INTERVAL} seconds with nothing sent
-in between, more than L{MAX_PING_STRIKES} times (C{too_many_pings}), both
-with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
+pings more often than every C{limits.keepalive_min_ping_interval} seconds
+with nothing sent in between, more than C{limits.keepalive_max_ping_strikes}
+times in a row (C{too_many_pings}, grpc-go's enforcement), both with
+ENHANCE_YOUR_CALM.
+
+Keepalive: the sniffer's L{rpcd.keepalive.KeepAlive} sends an HTTP/2 PING
+(L{GrpcServerProtocol.send_ping}) on a connection quiet for
+C{limits.keepalive_interval} while calls run, and closes it when nothing
+(the PING's ACK among any bytes) comes back within C{keepalive_timeout}.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
 (C{min(max_calls_per_connection, 1000)}) are a protocol error (h2's).
 """
 
@@ -79,9 +85,11 @@ MAX_RESETS = 200
 RESET_WINDOW = 10.0
 
 MIN_PING_INTERVAL = 10.0
-"""Seconds between a peer's pings, unless rpcd sent something in between."""
+"""The default seconds between a peer's pings, unless rpcd sent something in
+between (C{limits.keepalive_min_ping_interval} applies)."""
 MAX_PING_STRIKES = 2
-"""Pings allowed too soon before the connection is closed."""
+"""The default pings allowed too soon before the connection is closed
+(C{limits.keepalive_max_ping_strikes} applies)."""
 
 MAX_HEADER_LIST = 16384
 """SETTINGS_MAX_HEADER_LIST_SIZE: the request headers' size, decoded."""
@@ -394,13 +402,33 @@ class GrpcServerProtocol(Protocol):
             self.account(call)
 
     def _ping(self) -> None:
+        limits = self.server.limits
+        min_interval = limits.keepalive_min_ping_interval
+        if not min_interval:
+            return  # no enforcement configured
         now = self.clock.seconds()
         last, self._last_ping = self._last_ping, now
-        if last is not None and now - last < MIN_PING_INTERVAL:
+        if last is not None and now - last < min_interval:
             self._ping_strikes += 1
-            if self._ping_strikes > MAX_PING_STRIKES:
+            if self._ping_strikes > limits.keepalive_max_ping_strikes:
                 self.go_away(ErrorCodes.ENHANCE_YOUR_CALM, b"too_many_pings",
-                             f"pings more often than every {MIN_PING_INTERVAL:g} s")
+                             f"pings more often than every {min_interval:g} s "
+                             f"(limits.keepalive_min_ping_interval)")
+
+    def send_ping(self, opaque: int) -> None:
+        """
+        Send an HTTP/2 PING (L{rpcd.keepalive.KeepAlive}, on a quiet
+        connection); the peer's ACK is a read, which proves it alive.
+
+        @param opaque: the PING's 8 bytes of opaque data, as an integer.
+        """
+        if self._lost or self._aborted:
+            return
+        try:
+            self.conn.ping((opaque & (1 << 64) - 1).to_bytes(8, "big"))
+        except H2ProtocolError:
+            return  # h2 closed the connection already
+        self.flush()
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:

@@ -80,6 +80,7 @@ from rpcd.server.backpressure import ReadThrottle, set_write_cap
 from rpcd.server.httpconfig import HTTPConfig
 from rpcd.core.dispatch import Dispatcher
 from rpcd.errors import ResourceExhausted, RPCError
+from rpcd.server.fairness import Waiter
 from rpcd.core.interceptors import TRACE_HEADERS
 from rpcd.middleware.ratelimit import RETRY_AFTER, retry_after_header
 from rpcd.core.session import Session
@@ -215,9 +216,12 @@ class HTTPServerProtocol(Protocol):
         self._check_hosts = True
         self._host_ok: str | None = None  # the last Host value found allowed
         self._head_timed = True  # the sniffer's deadline runs for the first request
+        self._turn: Waiter | None = None  # its place in the daemon's turns (rpcd.server.fairness)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
+        if getattr(self.server, "turns", None) is not None:
+            self._turn = Waiter(self._turn_came)
         local = self.transport.getHost()
         if isinstance(local, (IPv4Address, IPv6Address)):
             self._local_host = local.host
@@ -268,6 +272,8 @@ class HTTPServerProtocol(Protocol):
             return self._pump_once()
         finally:
             self._pumping = False
+            if self._turn is not None:
+                self.server.turns.done(self._turn)
 
     def _pump_once(self) -> bool | None:
         parser = self.parser
@@ -286,6 +292,9 @@ class HTTPServerProtocol(Protocol):
                     continue
                 if self.write_full or self._answers_waiting() > self.server.limits.write_buffer_bytes:
                     break
+                turn = self._turn
+                if turn is not None and (turn.in_queue or not self.server.turns.may_run(turn)):
+                    break  # _turn_came goes on
                 request = parser.next_request()
                 if request is None:
                     if not self._held or parser.finished:
@@ -327,7 +336,8 @@ class HTTPServerProtocol(Protocol):
         if self._lost or self.tunnel is not None:
             return
         reading = not self.write_full and len(self._queue) < self.config.max_pipelined \
-            and self._answers_waiting() <= self.server.limits.write_buffer_bytes
+            and self._answers_waiting() <= self.server.limits.write_buffer_bytes \
+            and not (self._turn is not None and self._turn.in_queue)
         if reading != self._reading:
             self._reading = reading
             reader = cast(IPushProducer, self.transport)
@@ -335,6 +345,13 @@ class HTTPServerProtocol(Protocol):
                 reader.resumeProducing()
             else:
                 reader.pauseProducing()
+
+    def _turn_came(self) -> None:
+        """
+        This connection's turn to start requests (L{rpcd.server.fairness}).
+        """
+        if self.tunnel is None and not self._lost:
+            self._pump()
 
     def write_blocked(self, full: bool) -> None:
         """
@@ -719,6 +736,7 @@ class HTTPServerProtocol(Protocol):
             cast(IPushProducer, self.transport).resumeProducing()
         limit = self.server.limits.write_buffer_bytes
         throttle = ReadThrottle(self.transport, self.session.peer, limit)
+        throttle.turns = getattr(self.server, "turns", None)
         guard = self.server.input_guard(self._close_abusive)
         self.tunnel = take_over(make, self.server, self.transport, leftover,
                                 throttle=throttle, input_guard=guard)
@@ -761,6 +779,8 @@ class HTTPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        if self._turn is not None:
+            self._turn.forget()
         self._queue.clear()
         self._held.clear()
         logins, self._logins = self._logins, set()

@@ -171,7 +171,7 @@ class JSONServerProtocol(Protocol):
         throttle = self.throttle
         try:
             while self._waiting and self.broken is None and not self._lost and not (
-                    throttle is not None and throttle.paused):
+                    throttle is not None and (throttle.paused or throttle.wait_turn())):
                 self._values_received()
         finally:
             self._draining = False

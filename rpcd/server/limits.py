@@ -56,6 +56,10 @@ class Limits:
         first byte arrived, however slowly the rest comes (0 disables).
     @ivar max_batch_calls: requests in one JSON-RPC 2.0 batch; a longer
         batch is refused as a whole (0: no limit).
+    @ivar turn_slice: seconds of calls the daemon starts for connections
+        in one reactor iteration before it queues the connections that ask
+        to start more, and serves them in later iterations in fair order
+        (0: never; L{rpcd.server.fairness}).
     @ivar keepalive_interval: seconds a native connection may be quiet (no
         bytes read) before the daemon sends it a PING (0 disables;
         L{rpcd.core.keepalive}).
@@ -78,6 +82,7 @@ class Limits:
     input_budget_bytes: int = 256 * 1024 * 1024
     message_timeout: float = 30.0
     max_batch_calls: int = 1000
+    turn_slice: float = 0.01
     keepalive_interval: float = 60.0
     keepalive_timeout: float = 20.0
     keepalive_min_ping_interval: float = 10.0

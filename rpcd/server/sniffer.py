@@ -276,6 +276,7 @@ class SniffingProtocol(Protocol):
         else:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
+        throttle.turns = self.server.turns
         if hasattr(inner, "throttle"):
             inner.throttle = throttle
             throttle.on_drained = getattr(inner, "replies_drained", None)
@@ -284,11 +285,21 @@ class SniffingProtocol(Protocol):
             inner.input_guard = self.input_guard
         inner.makeConnection(self.transport)
         self._throttle(throttle)
+        if self.throttle is throttle and getattr(inner, "throttle", None) is throttle:
+            # Reads take turns (rpcd.server.fairness): they go through the throttle.
+            throttle.deliver = inner.dataReceived
+            if self.dataReceived == self._relay:
+                self._inner_received = throttle.received
+            else:
+                self.dataReceived = throttle.received  # type: ignore[method-assign]
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(inner)
         if buffered and not self._lost:
-            inner.dataReceived(buffered)
+            if throttle.deliver is not None:
+                throttle.received(buffered)
+            else:
+                inner.dataReceived(buffered)
         if self._draining is not None and not self._lost:
             why, self._draining = self._draining, None
             self.drain(why)
@@ -415,6 +426,8 @@ class SniffingProtocol(Protocol):
         ended = getattr(inner, "read_connection_lost", None) if inner is not None else None
         if ended is None:
             self.transport.loseConnection()
+        elif self.throttle is not None:
+            self.throttle.end_reading(ended)
         else:
             ended()
 
@@ -461,8 +474,8 @@ class SniffingProtocol(Protocol):
         if self.input_guard is not None:
             self.input_guard.stop()
         if self.throttle is not None:
-            self.throttle.on_drained = None
-            self.throttle.held = None
+            self.throttle.on_drained = self.throttle.deliver = None
+            self.throttle.held = self.throttle.unread = None
         drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
