@@ -11,13 +11,21 @@ and the worst latency::
 
 Each caller runs C{Sleep.Sleep(0.05)} (a call that is in flight when the
 signal comes) and C{Arith.Multiply} in turn, with no retry policy: only
-rpcd's GOAWAY handling keeps calls from failing.  Daemon logs go under
+rpcd's GOAWAY handling keeps calls from failing.
+
+Beside them, C{--go-callers} Go C{net/rpc} (gob) callers (C{benchmarks/go/gobroll},
+built with C{go} when it is installed) make the same calls over plain gob
+connections, one address after another.  Gob has no GOAWAY: a draining
+daemon answers every call it has read and then closes the connection, so a
+call that fails with C{rpc.ErrShutdown} or EOF was not run, and the Go caller
+redials and sends it again (counted as retried, not failed).  Daemon logs go under
 C{$RPCD_BENCH_WORK} (C{/tmp/rpcd-bench}) C{/rolling/}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -124,6 +132,7 @@ async def run(args: argparse.Namespace) -> None:
             worst = max(worst, time.monotonic() - started)
             i += 1
 
+    go_load = start_go_callers(args.go_callers, [d.port for d in daemons])
     callers = [Deferred.fromCoroutine(caller(n)) for n in range(args.callers)]
     began = time.monotonic()
     await task.deferLater(reactor, args.settle, lambda: None)
@@ -138,6 +147,7 @@ async def run(args: argparse.Namespace) -> None:
     await gatherResults(callers)
     elapsed = time.monotonic() - began
     await balancer.close()
+    go_counts = await deferToThread(stop_go_callers, go_load)
     for d in daemons:
         d.stop()
     print(f"rolling restart: {args.daemons} daemons x {args.rounds} round(s), "
@@ -148,12 +158,51 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  daemon exit codes: {exits}")
     for key, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {count} x {key}")
+    if go_counts is not None:
+        print(f"  Go net/rpc gob callers ({args.go_callers}): {go_counts['ok']} calls ok, "
+              f"{go_counts['failed']} failed, {go_counts['retried']} retried after "
+              f"ErrShutdown/EOF (not run), {go_counts['connections']} connections")
+        for key, count in sorted(go_counts["errors"].items(), key=lambda kv: -kv[1])[:5]:
+            print(f"    {count} x {key[:160]}")
+
+
+def start_go_callers(callers: int, ports: list[int]) -> subprocess.Popen[bytes] | None:
+    """
+    Build and start C{benchmarks/go/gobroll} with C{callers} goroutines.
+
+    @return: the process (it runs until its stdin closes), or None without Go.
+    """
+    if callers <= 0:
+        return None
+    binary = WORK / "bin" / "gobroll"
+    try:
+        subprocess.run(["go", "build", "-o", str(binary), "./gobroll"], check=True,
+                       cwd=ROOT / "benchmarks" / "go",
+                       env=dict(os.environ, GOFLAGS="-buildvcs=false"))
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"  (no Go callers: cannot build benchmarks/go/gobroll: {e})")
+        return None
+    addrs = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return subprocess.Popen([str(binary), "-addrs", addrs, "-callers", str(callers)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def stop_go_callers(process: subprocess.Popen[bytes] | None) -> dict | None:
+    """
+    Close the Go callers' stdin and read their counts.
+    """
+    if process is None:
+        return None
+    out, _ = process.communicate(timeout=120)
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--go-callers", type=int, default=8,
+                        help="Go net/rpc gob callers beside the Python ones (0: none)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds of load between restarts")
