@@ -101,7 +101,8 @@ class ReloadTests(TestCase):
         self.write(_config(["tcp:0:interface=127.0.0.1"], ["Arith"],
                            "[limits]\nidle_timeout = \"soon\""))
         await self.hup(daemon, r"rpcd reload refused, the old config keeps serving: .*limits\.idle_timeout")
-        self.assertIn(str(self.config), daemon.output.splitlines()[-1])
+        refused = [line for line in daemon.output.splitlines() if "rpcd reload refused" in line]
+        self.assertIn(str(self.config), refused[-1])
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 2, "B": 3}), 6)
