@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         reactor.callWhenRunning(lambda: link.client().addErrback(lambda f: None))
     top = make_service(config, reactor, options.service,
                        listen_reactor=passing, wrap_services=wrap)
-    reloader = top.reloader  # type: ignore[attr-defined]
+    reloader = top.reloader
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(jsonFileLogObserver(sys.stdout, recordSeparator=""), [reloader.level])],
         redirectStandardIO=False)
