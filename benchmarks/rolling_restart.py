@@ -13,7 +13,7 @@ Each caller runs C{Sleep.Sleep(0.05)} (a call that is in flight when the
 signal comes) and C{Arith.Multiply} in turn, with no retry policy: only
 rpcd's GOAWAY handling keeps calls from failing.
 
-Beside them, C{--go-callers} Go C{net/rpc} (gob) callers (C{benchmarks/go/gobroll},
+Beside them, C{--go-callers} Go C{net/rpc} (gob) callers (C{tests/go/gobroll},
 built with C{go} when it is installed) make the same calls over plain gob
 connections, one address after another.  Gob has no GOAWAY: a draining
 daemon answers every call it has read and then closes the connection, so a
@@ -176,11 +176,11 @@ def start_go_callers(callers: int, ports: list[int]) -> subprocess.Popen[bytes] 
         return None
     binary = WORK / "bin" / "gobroll"
     try:
-        subprocess.run(["go", "build", "-o", str(binary), "./gobroll"], check=True,
-                       cwd=ROOT / "benchmarks" / "go",
+        subprocess.run(["go", "build", "-o", str(binary), "main.go"], check=True,
+                       cwd=ROOT / "tests" / "go" / "gobroll",
                        env=dict(os.environ, GOFLAGS="-buildvcs=false"))
     except (OSError, subprocess.CalledProcessError) as e:
-        print(f"  (no Go callers: cannot build benchmarks/go/gobroll: {e})")
+        print(f"  (no Go callers: cannot build tests/go/gobroll: {e})")
         return None
     addrs = ",".join(f"127.0.0.1:{port}" for port in ports)
     return subprocess.Popen([str(binary), "-addrs", addrs, "-callers", str(callers)],

@@ -1,4 +1,5 @@
-// gobroll: Go net/rpc (gob) callers for benchmarks/rolling_restart.py.
+// gobroll: Go net/rpc (gob) callers for tests/test_rolling_e2e.py and
+// benchmarks/rolling_restart.py.
 //
 // Each of -callers goroutines holds one connection, to the addresses in
 // turn, and calls Arith.Multiply and Sleep.Sleep alternately until its
@@ -32,7 +33,8 @@ func notRun(err error) bool {
 }
 
 func main() {
-	addrs := flag.String("addrs", "", "comma-separated host:port list")
+	network := flag.String("network", "tcp", "tcp or unix")
+	addrs := flag.String("addrs", "", "comma-separated host:port list (or socket paths)")
 	callers := flag.Int("callers", 8, "goroutines, one connection each")
 	flag.Parse()
 	list := strings.Split(*addrs, ",")
@@ -52,7 +54,7 @@ func main() {
 				for !stop.Load() {
 					addr := list[next%len(list)]
 					next++
-					cl, err := rpc.Dial("tcp", addr)
+					cl, err := rpc.Dial(*network, addr)
 					if err == nil {
 						client = cl
 						atomic.AddInt64(&redials, 1)
@@ -88,6 +90,8 @@ func main() {
 				}
 				if err == nil {
 					atomic.AddInt64(&ok, 1)
+				} else if client == nil && stop.Load() {
+					break // stopping while redialling: not a failure of the call
 				} else {
 					atomic.AddInt64(&failed, 1)
 					mu.Lock()
