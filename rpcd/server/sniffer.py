@@ -28,7 +28,7 @@ endpoint without TLS in plain text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -82,8 +82,8 @@ class SniffingProtocol(Protocol):
     Applies the per-connection limits, reads a connection's first bytes,
     then hands the connection to the protocol they belong to.
 
-    After the hand-over, bytes go straight to that protocol (when an idle
-    timeout is set, through one small method that notes the time).
+    After the hand-over, L{dataReceived} passes bytes on to that protocol
+    (noting the time of each read when an idle timeout or keepalive is set).
 
     @ivar inner: the wire protocol, once chosen.
     @ivar peer: the peer's address text.
@@ -114,6 +114,11 @@ class SniffingProtocol(Protocol):
         self.throttle: ReadThrottle | None = None
         self.input_guard: InputGuard | None = None
         self._read_ended = False
+        # After the hand-over: where bytes go (the wire protocol's
+        # dataReceived, or _ignore once draining), and the clock whose time
+        # each read notes (for the idle timeout and keepalive), if any.
+        self._received: Callable[[bytes], None] | None = None
+        self._read_clock: Callable[[], float] | None = None
         self._buffer = b""
         self._deadline: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
@@ -211,6 +216,16 @@ class SniffingProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        received = self._received
+        if received is not None:  # handed over
+            read_clock = self._read_clock
+            if read_clock is not None:
+                self._last_read = read_clock()
+            received(data)
+            return
+        self._sniff(data)
+
+    def _sniff(self, data: bytes) -> None:
         if self._closing is not None:
             return  # closing already (e.g. TLS data decrypted after the refusal)
         self._buffer += data
@@ -261,10 +276,8 @@ class SniffingProtocol(Protocol):
         ping = getattr(inner, "send_ping", None)
         keepalive = limits.keepalive_interval if ping is not None else 0.0
         if idle or keepalive:
-            self._seconds = self.server.clock.seconds
-            self._last_read = self._seconds()
-            self._inner_received = inner.dataReceived
-            self.dataReceived = self._relay  # type: ignore[method-assign]
+            self._read_clock = self.server.clock.seconds
+            self._last_read = self._read_clock()
             if idle:
                 self._idle = self.server.clock.callLater(idle, self._check_idle)
             if keepalive:
@@ -273,8 +286,7 @@ class SniffingProtocol(Protocol):
                                             lambda: self._last_read, ping, self._close_abusive,
                                             (lambda: self._busy()) if idle else (lambda: True))
                 self._keepalive.start()
-        else:
-            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        self._received = inner.dataReceived
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
         if hasattr(inner, "throttle"):
             inner.throttle = throttle
@@ -325,8 +337,7 @@ class SniffingProtocol(Protocol):
             return gone
         if hasattr(inner, "draining"):
             inner.draining = True  # HTTP: answers say Connection: close
-        self._inner_received = _ignore
-        self.dataReceived = _ignore  # type: ignore[method-assign]
+        self._received = _ignore
         if self.throttle is not None:
             self.throttle.reading_ended = True
         ended()
@@ -376,10 +387,6 @@ class SniffingProtocol(Protocol):
                                            f"the connection outlived limits.max_connection_age "
                                            f"+ max_connection_age_grace ({grace:g} s)")
         self.when_gone().addCallback(lambda _: late.cancel() if late.active() else None)
-
-    def _relay(self, data: bytes) -> None:
-        self._last_read = self._seconds()
-        self._inner_received(data)
 
     def _throttle(self, throttle: ReadThrottle) -> None:
         inner = self.inner
@@ -483,10 +490,3 @@ class SniffingProtocol(Protocol):
         side: Literal["client", "server"] = "client" if self.dialled else "server"
         why = describe_tls_failure(reason, side=side, transport=self.transport)
         log.warn("TLS with {peer} failed: {why}", peer=self.peer, why=why)
-
-    # Producer and TLS callbacks the transport may make on its protocol.
-    def __getattr__(self, name: str) -> Any:
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)
