@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.core.dispatch import Dispatcher, error_fields
 from rpcd.core.twistedcompat import direct_writer
+from rpcd.server.replies import unencodable
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.core.keepalive import PingStrikes, TooManyPings
 from rpcd.wire.connection import (
@@ -274,10 +275,8 @@ class NativeServerProtocol(Protocol):
         self.transport.write(conn.data_to_send())
 
     def _unencodable(self, method: str, call_id: int, error: Exception) -> None:
-        log.error("{method} returned a value msgpack cannot encode: {error}",
-                  method=method, error=error)
-        self.conn.send_error(call_id, Code.INTERNAL,
-                             f"{method}: the result cannot be encoded: {error}")
+        internal = unencodable(method, "msgpack", error)
+        self.conn.send_error(call_id, internal.code, internal.message)
 
     def _control(self, event: Any) -> None:
         """
