@@ -70,13 +70,13 @@ class NativeServerProtocol(Protocol):
         """
         self.server = server
         self.conn = NativeConnection(client_side=False, max_frame=server.limits.max_frame_bytes)
-        self.reader = self.conn  # what rpcd.budget reads: buffered() and clear()
+        self.reader = self.conn  # what rpcd.server.budget reads: buffered() and clear()
         self.dispatcher: Dispatcher | None = None
         self._streams: Any = None
         self._send: Callable[[bytes], None] | None = None  # direct_writer's
         self._closing = False  # reading has ended: no more calls start
         self._read_ended = False
-        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.keepalive)
+        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.core.keepalive)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
