@@ -4,7 +4,7 @@ The client side of rpcd's native protocol.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import INegotiated
 from twisted.logger import Logger
@@ -55,6 +55,8 @@ class NativeClientProtocol(ClientChannel):
         self._in_read = False  # in dataReceived: writes wait for its end
         self.streams: Any = None
         self._closing = False
+        self._read_clock: Callable[[], float] | None = None  # set by start_keepalive
+        self._last_read = 0.0
 
     def connectionMade(self) -> None:
         self.conn.initiate_connection()
@@ -95,6 +97,9 @@ class NativeClientProtocol(ClientChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # after a GOAWAY either way, nothing more is read
+        read_clock = self._read_clock
+        if read_clock is not None:
+            self._last_read = read_clock()  # for the keepalive
         self._heard = True
         self._in_read = True
         try:
@@ -202,14 +207,8 @@ class NativeClientProtocol(ClientChannel):
         @param timeout: seconds to wait for an answer.
         """
         from rpcd.core.keepalive import KeepAlive
-        seconds = self.clock.seconds
-        self._last_read = seconds()
-        received = self.dataReceived
-
-        def relay(data: bytes) -> None:
-            self._last_read = seconds()
-            received(data)
-        self.dataReceived = relay  # type: ignore[method-assign]
+        self._read_clock = self.clock.seconds
+        self._last_read = self._read_clock()
         self._keepalive = KeepAlive(self.clock, interval, timeout, lambda: self._last_read,
                                     self._ping, self._keepalive_expired)
         self._keepalive.start()

@@ -6,7 +6,7 @@ dataclasses.
 
 A stub's methods turn their arguments into plain data with L{encode} and
 the answer into the declared type with L{decode}, which applies rpcd's own
-argument conversion (L{rpcd.convert}): struct fields match
+argument conversion (L{rpcd.core.convert}): struct fields match
 case-insensitively, missing ones take their zero value, bytes may come as
 base64 text.
 """
@@ -26,7 +26,7 @@ class AsyncCaller(Protocol):
     """
     A client whose calls are awaited: L{rpcd.client.Client} (in a coroutine
     run by Twisted, e.g. C{Deferred.fromCoroutine} or C{react}), the
-    balancer of L{rpcd.balancer}, or any object with the same C{call} and
+    balancer of L{rpcd.cluster.balancer}, or any object with the same C{call} and
     C{stream}.
     """
 

@@ -1,7 +1,7 @@
 """
 Type hints to JSON Schema, and a daemon's methods to an OpenRPC document.
 
-The document is what C{rpc.discover} answers (L{rpcd.builtin.Discovery}),
+The document is what C{rpc.discover} answers (L{rpcd.daemon.builtin.Discovery}),
 C{GET /openrpc.json} serves and C{rpcd schema} prints: OpenRPC 1.3.2, each
 method C{Service.Method} with its parameters and result as JSON Schema
 (draft 7), and each dataclass, C{TypedDict} or protobuf message once under
@@ -347,7 +347,7 @@ def openrpc_document(services: Iterable[ServiceSpec], *, title: str = "rpcd",
     The OpenRPC document of some services.
 
     @param services: the services to describe (from
-        L{rpcd.service.ServiceRegistry.services_for}, so that a caller sees
+        L{rpcd.core.service.ServiceRegistry.services_for}, so that a caller sees
         what it may call); the C{rpc} service is left out.
     @param title: C{info.title}.
     @param version: C{info.version}; rpcd's version by default.
@@ -394,7 +394,7 @@ def registry_document(registry: Any, session: Any = None) -> dict[str, Any]:
     """
     The OpenRPC document of a daemon's services, as one caller sees them.
 
-    @param registry: the L{rpcd.service.ServiceRegistry}.
+    @param registry: the L{rpcd.core.service.ServiceRegistry}.
     @param session: the caller's session: only the services it may call are
         described (as C{rpcd list}); None describes every service.
     @return: the document.

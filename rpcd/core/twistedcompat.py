@@ -1,23 +1,139 @@
 """
-Every use of Twisted's private names outside the socket write path, in one
-place, each with a fallback that is correct if Twisted changes (and a canary
-in C{tests/test_twistedcompat.py} that fails loudly when it does).
+Every use of Twisted's private names, in one place, each with a fallback
+that is correct if Twisted changes (and a canary in
+C{tests/test_twistedcompat.py} that fails loudly when it does).
 
-The socket write path (C{dataBuffer}, C{_tempDataLen}, C{writeSomeData},
-C{_isSendBufferFull}) stays beside the code that needs its speed:
-L{rpcd.server.backpressure} checks for each attribute and falls back to
-Twisted's own producer API, and the native protocol's direct write checks
-them too (C{_SOCKET_INTERNALS} there).
+The socket write path of C{twisted.internet.abstract.FileDescriptor}
+(C{dataBuffer}, C{offset}, C{_tempDataBuffer}, C{_tempDataLen},
+C{_isSendBufferFull}, C{writeSomeData}) serves the write buffer cap
+(L{rpcd.server.backpressure}) and the native server's direct send
+(L{direct_writer}); without it the cap falls back to Twisted's own
+threshold and writes go through C{transport.write}.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.tcp import Connection
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.client import HTTPConnectionPool
 
-__all__ = ["QuietHTTPConnectionPool", "raise_synchronously", "waiting_for_port"]
+__all__ = [
+    "QuietHTTPConnectionPool",
+    "SOCKET_WRITE_INTERNALS",
+    "cap_send_buffer",
+    "direct_writer",
+    "drop_unsent",
+    "queued_bytes",
+    "raise_synchronously",
+    "socket_transport",
+    "waiting_for_port",
+]
+
+SOCKET_WRITE_INTERNALS = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen",
+                          "_isSendBufferFull", "writeSomeData")
+"""The private names of Twisted's socket write path rpcd reads or sets."""
+
+
+def socket_transport(transport: Any) -> Any:
+    """
+    @param transport: a protocol's transport (under TLS: the TLS one).
+    @return: the Twisted C{FileDescriptor} under it (under TLS: the socket
+        transport below), when it has every name of
+        L{SOCKET_WRITE_INTERNALS}; None otherwise (test transports, other
+        reactors, a Twisted that renamed them).
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    for name in SOCKET_WRITE_INTERNALS:
+        if not hasattr(transport, name):
+            return None
+    if not callable(transport._isSendBufferFull):
+        return None
+    return transport
+
+
+def queued_bytes(sock: Any) -> int:
+    """
+    @param sock: a transport from L{socket_transport}.
+    @return: the bytes waiting in its write buffer.
+    """
+    return len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+
+
+def cap_send_buffer(sock: Any, limit: int) -> None:
+    """
+    Make a socket transport ask its streaming producer to pause once more
+    than C{limit} bytes wait in its write buffer.
+
+    Twisted pauses at C{bufferSize} bytes (64 KiB), which is also how much
+    each read asks for, so raising C{bufferSize} would make every C{recv}
+    allocate C{limit} bytes; Twisted offers no other knob.  So this
+    replaces C{_isSendBufferFull} on this one transport: the one method
+    rpcd still sets on an instance, here, with its canary.
+
+    @param sock: a transport from L{socket_transport}.
+    @param limit: the cap in bytes.
+    """
+    def is_full() -> bool:
+        return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
+
+    sock._isSendBufferFull = is_full
+
+
+def drop_unsent(sock: Any) -> None:
+    """
+    Free the bytes a lost socket transport never sent (Twisted keeps them
+    until the transport itself is freed).
+
+    @param sock: a transport from L{socket_transport}, no longer connected.
+    """
+    sock.dataBuffer = b""
+    sock.offset = 0
+    sock._tempDataBuffer = []
+    sock._tempDataLen = 0
+
+
+def direct_writer(transport: Any) -> Callable[[bytes], None] | None:
+    """
+    A write for a TCP (or Unix) socket transport that sends at once when
+    nothing is queued.
+
+    C{transport.write} only queues the bytes and asks the reactor to
+    report the socket writable; the send then costs a second reactor
+    iteration and two C{epoll_ctl} calls.  Sending with Twisted's own
+    C{writeSomeData} while nothing is queued keeps the order of everything
+    written; whatever is not sent at once, every write on a closing
+    connection, and writes larger than one send (C{SEND_LIMIT}: most of
+    them would be queued anyway, after a copy) go through
+    C{transport.write}.
+
+    @param transport: a protocol's transport.
+    @return: the write, or None for a transport that is not a Twisted
+        socket C{Connection} with the internals it needs (then use
+        C{transport.write}).
+    """
+    if not isinstance(transport, Connection) or socket_transport(transport) is None:
+        return None
+    sock = transport
+    write = transport.write
+    send_limit = sock.SEND_LIMIT
+
+    def send(data: bytes) -> None:
+        if not sock._tempDataLen and not sock.dataBuffer and sock.connected \
+                and not sock.disconnecting and len(data) <= send_limit:
+            sent = sock.writeSomeData(data)
+            if type(sent) is int:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            # else the connection is lost: transport.write drops the bytes
+            # or queues them for the doWrite that finds out.
+        write(data)
+
+    return send
 
 
 def waiting_for_port(listener: Any) -> Deferred[Any] | None:

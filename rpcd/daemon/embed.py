@@ -10,7 +10,7 @@ for tests.
 The keywords are the config file's keys: C{[server]}'s (C{listen},
 C{connect}, C{backlog}, C{log_level}, C{shutdown_grace}, C{pythonpath}) and
 the tables C{limits}, C{auth}, C{http}, C{discovery} and C{interceptors}.
-They are checked by L{rpcd.config.check}, as the file is, and the daemon
+They are checked by L{rpcd.daemon.config.check}, as the file is, and the daemon
 is built by L{rpcd.daemon.make_service}, as C{twistd rpcd} builds it.
 """
 
@@ -47,7 +47,7 @@ def config_for(listen: Iterable[str] = DEFAULT_LISTEN, **options: Any) -> Config
 
     @param listen: server endpoint strings (C{server.listen}).
     @param options: the other keys (see the module docstring); a table is a
-        dict (C{limits} may also be an L{rpcd.limits.Limits}).
+        dict (C{limits} may also be an L{rpcd.server.limits.Limits}).
     @return: the config, with no C{[services]}.
     @raise ConfigError: a keyword is unknown or a value is wrong; the
         message names C{rpcd.serve()} and the key as the config's would.

@@ -30,10 +30,11 @@ from typing import Any, Callable, cast
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from rpcd.server.fairness import TurnTaking
+from rpcd.core import twistedcompat
+from rpcd.core.twistedcompat import queued_bytes, socket_transport
 
 log = Logger()
 
@@ -91,8 +92,7 @@ class ReadThrottle(TurnTaking):
         self.held: list[Any] | None = None
         self.held_error: Any = None
         self._running_held = False
-        self._socket = _socket_transport(transport)
-        self._write_full = False
+        self._socket = socket_transport(transport)
         self.init_turns()
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
@@ -137,7 +137,7 @@ class ReadThrottle(TurnTaking):
         sock = self._socket
         if sock is None:
             return 0
-        return len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+        return queued_bytes(sock)
 
     def room(self) -> int:
         """
@@ -149,7 +149,7 @@ class ReadThrottle(TurnTaking):
         sock = self._socket
         if sock is None:
             return self.limit
-        return self.limit - (len(sock.dataBuffer) - sock.offset + sock._tempDataLen)
+        return self.limit - queued_bytes(sock)
 
     def pauseProducing(self) -> None:
         if self._write_full:
@@ -188,43 +188,21 @@ class ReadThrottle(TurnTaking):
         self.held = self.held_error = self.unread = None
 
 
-def _socket_transport(transport: Any) -> Any:
-    """
-    @return: the Twisted C{FileDescriptor} under a transport (under TLS: the
-        socket transport below it), or None.
-    """
-    while isinstance(transport, ProtocolWrapper):
-        transport = transport.transport
-    if not callable(getattr(transport, "_isSendBufferFull", None)) or \
-            not hasattr(transport, "dataBuffer") or not hasattr(transport, "_tempDataLen"):
-        return None
-    return transport
-
-
 def set_write_cap(transport: Any, limit: int) -> bool:
     """
     Make a socket transport ask its producer to pause once more than
-    C{limit} bytes wait in its write buffer.
-
-    Twisted pauses at C{bufferSize} bytes (64 KiB), which is also how much
-    each read asks for; raising C{bufferSize} would make every C{recv}
-    allocate C{limit} bytes.  So the check itself is replaced on this one
-    transport (under TLS: the socket transport below it).
+    C{limit} bytes wait in its write buffer (under TLS: the socket
+    transport below it; see L{rpcd.core.twistedcompat.cap_send_buffer}).
 
     @param transport: the protocol's transport.
     @param limit: the cap in bytes.
-    @return: whether the transport is one whose check could be replaced
-        (a Twisted C{FileDescriptor}); other transports keep their own
-        threshold.
+    @return: whether the transport is one whose threshold could be set
+        (a Twisted C{FileDescriptor}); other transports keep their own.
     """
-    sock = _socket_transport(transport)
+    sock = socket_transport(transport)
     if sock is None:
         return False
-
-    def is_full() -> bool:
-        return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
-
-    sock._isSendBufferFull = is_full
+    twistedcompat.cap_send_buffer(sock, limit)
     return True
 
 
@@ -240,13 +218,10 @@ def drop_unsent(transport: Any) -> None:
 
     @param transport: the lost connection's transport.
     """
-    sock = _socket_transport(transport)
+    sock = socket_transport(transport)
     if sock is None or sock.connected:
         return
-    sock.dataBuffer = b""
-    sock.offset = 0
-    sock._tempDataBuffer = []
-    sock._tempDataLen = 0
+    twistedcompat.drop_unsent(sock)
 
 
 def calls_ended(running: dict[Any, Deferred[Any]]) -> Deferred[None]:

@@ -36,6 +36,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rpcd.server.replies import unencodable
 from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.core.dispatch import Dispatcher
 from rpcd.errors import RPCError, code_name
@@ -367,10 +368,7 @@ class GobServerProtocol(Protocol):
                 result = types.adapt(result)
             return self.codec.encode_response(seq, name, None, result, gotype)
         except (GobEncodeError, TypeError, AttributeError, ValueError) as e:
-            log.error("{method} returned a value gob cannot encode: {error}",
-                      method=name, error=e)
-            return self.codec.encode_response(
-                seq, name, f"rpc: {name} returned a value gob cannot encode: {e}")
+            return self.codec.encode_response(seq, name, unencodable(name, "gob", e).message)
 
     def _send_later(self, data: bytes) -> None:
         if self._done:

@@ -25,7 +25,7 @@ the order they came, however long each call takes.
                          (HEAD too), with live figures (L{rpcd.server.statuspage});
                          C{GET /debug/rpc.json} the same as JSON.
     GET /metrics         the daemon's figures in Prometheus' text format,
-                         with C{[http] metrics = true} (L{rpcd.metrics}).
+                         with C{[http] metrics = true} (L{rpcd.server.metrics}).
     GET /openrpc.json    the OpenRPC document of the methods the request
                          may call (L{rpcd.core.schema}), as C{rpc.discover}
                          answers it.

@@ -28,12 +28,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.core.dispatch import Args, error_fields
+from rpcd.server import replies
 from rpcd.core.jsonerrors import SERVER_ERROR, error_object, json_data, rpc_error
-from rpcd.errors import Code, RPCError, ResourceExhausted
+from rpcd.errors import RPCError, ResourceExhausted
 from rpcd.wire.jsonrpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
@@ -50,19 +50,16 @@ from rpcd.wire.jsonrpc import (
 if TYPE_CHECKING:
     from rpcd.core.dispatch import Dispatcher
 
-log = Logger()
-
 def unencodable(method: str, error: Exception) -> RPCError:
     """
-    Log and describe a result JSON cannot carry.
+    Log and describe a result JSON cannot carry
+    (L{rpcd.server.replies.unencodable}).
 
     @param method: the method that returned it.
     @param error: what the encoder raised.
     @return: the INTERNAL error to answer instead.
     """
-    log.error("{method} returned a value JSON cannot encode: {error}", method=method, error=error)
-    return RPCError(f"{method}: the result cannot be encoded as JSON: {error}",
-                    code=Code.INTERNAL)
+    return replies.unencodable(method, "JSON", error)
 
 
 def encode_go_result(request_id: bytes, method: str, result: Any) -> bytes:

@@ -11,17 +11,18 @@ C{limits.write_buffer_bytes}, frames already read are held, not started
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
 from rpcd.core.dispatch import Dispatcher, error_fields
+from rpcd.core.twistedcompat import direct_writer
+from rpcd.server.replies import unencodable
 from rpcd.errors import Code, ProtocolError, RPCError
 from rpcd.core.keepalive import PingStrikes, TooManyPings
 from rpcd.wire.connection import (
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from rpcd.server.factory import RPCServer
 
 log = Logger()
-
-# The tcp.Connection internals _write reads; if a Twisted release renames
-# them, the direct send is simply not used.
-_SOCKET_INTERNALS = ("_tempDataLen", "dataBuffer", "writeSomeData", "connected", "disconnecting")
 
 _STREAM_EVENTS = frozenset({MESSAGE, END, CREDIT, BAD_FRAME})
 
@@ -73,13 +70,13 @@ class NativeServerProtocol(Protocol):
         """
         self.server = server
         self.conn = NativeConnection(client_side=False, max_frame=server.limits.max_frame_bytes)
-        self.reader = self.conn  # what rpcd.budget reads: buffered() and clear()
+        self.reader = self.conn  # what rpcd.server.budget reads: buffered() and clear()
         self.dispatcher: Dispatcher | None = None
         self._streams: Any = None
-        self._socket: Connection | None = None
+        self._send: Callable[[bytes], None] | None = None  # direct_writer's
         self._closing = False  # reading has ended: no more calls start
         self._read_ended = False
-        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.keepalive)
+        self._pings: PingStrikes | None = None  # the peer's PINGs (rpcd.core.keepalive)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -87,9 +84,7 @@ class NativeServerProtocol(Protocol):
                                      self.server.limits.max_calls_per_connection)
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
-        if isinstance(self.transport, Connection) and all(
-                hasattr(self.transport, name) for name in _SOCKET_INTERNALS):
-            self._socket = self.transport
+        self._send = direct_writer(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -234,32 +229,17 @@ class NativeServerProtocol(Protocol):
     def _write(self, data: bytes) -> None:
         """
         Write the replies of one read, sending them at once when the
-        transport is a TCP (or Unix) socket with nothing queued.
-
-        C{transport.write} only queues the bytes and asks the reactor to
-        report the socket writable; the send then costs a second reactor
-        iteration and two C{epoll_ctl} calls, on every read of a pipelined
-        client.  Sending straight from here (with Twisted's own
-        C{writeSomeData}) keeps the order of everything written, since
-        nothing is queued before; whatever is not sent at once, and every
-        write on another transport (TLS, test transports) or on a closing
-        connection, goes through C{transport.write} as before.  So do
-        writes larger than one send (C{SEND_LIMIT}): most of them would be
-        queued anyway, after a copy.
+        transport is a TCP (or Unix) socket with nothing queued
+        (L{rpcd.core.twistedcompat.direct_writer}); on other transports
+        (TLS, test transports), with C{transport.write}.
 
         @param data: the frames.
         """
-        sock = self._socket
-        if sock is not None and not sock._tempDataLen and not sock.dataBuffer \
-                and sock.connected and not sock.disconnecting and len(data) <= sock.SEND_LIMIT:
-            sent = sock.writeSomeData(data)
-            if type(sent) is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            # else the connection is lost: transport.write drops the bytes
-            # or queues them for the doWrite that finds out.
-        self.transport.write(data)
+        send = self._send
+        if send is None:
+            self.transport.write(data)
+        else:
+            send(data)
 
     def _start_stream(self, call_id: int, method: str, value: Any, options: CallOptions) -> None:
         if self._streams is None:
@@ -295,10 +275,8 @@ class NativeServerProtocol(Protocol):
         self.transport.write(conn.data_to_send())
 
     def _unencodable(self, method: str, call_id: int, error: Exception) -> None:
-        log.error("{method} returned a value msgpack cannot encode: {error}",
-                  method=method, error=error)
-        self.conn.send_error(call_id, Code.INTERNAL,
-                             f"{method}: the result cannot be encoded: {error}")
+        internal = unencodable(method, "msgpack", error)
+        self.conn.send_error(call_id, internal.code, internal.message)
 
     def _control(self, event: Any) -> None:
         """

@@ -28,7 +28,8 @@ endpoint without TLS in plain text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from enum import Enum
+from typing import TYPE_CHECKING, Callable, Literal, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -64,6 +65,31 @@ _NOT_TLS_ANSWER = b"rpcd: this endpoint does not speak TLS\r\n"
 
 
 
+class Phase(Enum):
+    """
+    Where a connection is in its life.  L{SniffingProtocol._enter} makes
+    every change, along L{NEXT_PHASES}.
+    """
+
+    HANDSHAKE = "TLS handshake"  # a TLS connection whose handshake is not done
+    SNIFFING = "sniffing"  # its first bytes are read
+    HANDED_OVER = "handed over"  # a wire protocol has it
+    DRAINING = "draining"  # handed over; the wire protocol answers what it read, reads no more
+    CLOSING = "closing"  # rpcd closes it (why: SniffingProtocol.closing_why)
+    LOST = "lost"
+
+
+NEXT_PHASES: dict[Phase, frozenset[Phase]] = {
+    Phase.HANDSHAKE: frozenset({Phase.SNIFFING, Phase.CLOSING, Phase.LOST}),
+    Phase.SNIFFING: frozenset({Phase.HANDED_OVER, Phase.CLOSING, Phase.LOST}),
+    Phase.HANDED_OVER: frozenset({Phase.DRAINING, Phase.CLOSING, Phase.LOST}),
+    Phase.DRAINING: frozenset({Phase.CLOSING, Phase.LOST}),
+    Phase.CLOSING: frozenset({Phase.CLOSING, Phase.LOST}),  # a later reason replaces the first
+    Phase.LOST: frozenset(),
+}
+"""The phases each phase may go to."""
+
+
 def _ignore(data: bytes) -> None:
     """
     Drop bytes read from a draining connection.
@@ -82,9 +108,11 @@ class SniffingProtocol(Protocol):
     Applies the per-connection limits, reads a connection's first bytes,
     then hands the connection to the protocol they belong to.
 
-    After the hand-over, bytes go straight to that protocol (when an idle
-    timeout is set, through one small method that notes the time).
+    After the hand-over, L{dataReceived} passes bytes on to that protocol
+    (noting the time of each read when an idle timeout or keepalive is set).
 
+    @ivar phase: where the connection is in its life (L{Phase}).
+    @ivar closing_why: why rpcd closes it, once L{Phase.CLOSING}.
     @ivar inner: the wire protocol, once chosen.
     @ivar peer: the peer's address text.
     @ivar throttle: the producer that stops reading when the peer does not
@@ -114,6 +142,11 @@ class SniffingProtocol(Protocol):
         self.throttle: ReadThrottle | None = None
         self.input_guard: InputGuard | None = None
         self._read_ended = False
+        # After the hand-over: where bytes go (the wire protocol's
+        # dataReceived, or _ignore once draining), and the clock whose time
+        # each read notes (for the idle timeout and keepalive), if any.
+        self._received: Callable[[bytes], None] | None = None
+        self._read_clock: Callable[[], float] | None = None
         self._buffer = b""
         self._deadline: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
@@ -121,9 +154,8 @@ class SniffingProtocol(Protocol):
         self._busy_at = 0.0  # when the idle check last found calls running
         self._keepalive: KeepAlive | None = None
         self._tls = False
-        self._tls_done = False
-        self._closing: str | None = None
-        self._lost = False
+        self.phase = Phase.SNIFFING
+        self.closing_why: str | None = None
         self._lost_reason: Failure | None = None
         self._ready: list[Deferred[Protocol]] = []
         self._draining: str | None = None
@@ -145,6 +177,16 @@ class SniffingProtocol(Protocol):
             self._ready.append(d)
         return d
 
+    def _enter(self, phase: Phase) -> bool:
+        """
+        Go to another phase, if the phase now may go there (L{NEXT_PHASES}).
+
+        @return: whether the connection is in C{phase} now.
+        """
+        if phase in NEXT_PHASES[self.phase]:
+            self.phase = phase
+        return self.phase is phase
+
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         set_keepalive(self.transport)
@@ -158,7 +200,9 @@ class SniffingProtocol(Protocol):
             age *= 1 - 0.1 * self.server.jitter()
             self._age = self.server.clock.callLater(age, self._aged)
         self._tls = INegotiated.providedBy(self.transport)
-        if not self._tls and len(self.protocols) == 1:
+        if self._tls:
+            self.phase = Phase.HANDSHAKE  # the first phase of a TLS connection
+        elif len(self.protocols) == 1:
             self._hand_over(next(iter(self.protocols)))
 
     def handshakeCompleted(self) -> None:
@@ -166,8 +210,7 @@ class SniffingProtocol(Protocol):
         The TLS handshake is done: a pinned endpoint hands over now, so that
         a protocol that speaks first (native) may do so.
         """
-        self._tls_done = True
-        if self.inner is None and len(self.protocols) == 1 and not self._lost:
+        if self._enter(Phase.SNIFFING) and len(self.protocols) == 1:
             self._hand_over(next(iter(self.protocols)))
 
     def start_deadline(self) -> None:
@@ -176,7 +219,7 @@ class SniffingProtocol(Protocol):
         """
         self.stop_deadline()
         timeout = self.server.limits.handshake_timeout
-        if timeout and not self._lost:
+        if timeout and self.phase is not Phase.LOST:
             self._deadline = self.server.clock.callLater(timeout, self._too_slow)
 
     def stop_deadline(self) -> None:
@@ -189,12 +232,13 @@ class SniffingProtocol(Protocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        if self.dialled and self.inner is None and (not self._tls or self._tls_done):
+        phase = self.phase
+        if self.dialled and phase is Phase.SNIFFING:
             # A reverse connection: the caller speaks first, when it has a
             # call to make; the daemon dialled it and waits.
             return
         timeout = self.server.limits.handshake_timeout
-        if self._tls and not self._tls_done:
+        if phase is Phase.HANDSHAKE:
             what = "the TLS handshake did not finish"
         elif self.inner is None:
             what = "no protocol identified"
@@ -203,7 +247,9 @@ class SniffingProtocol(Protocol):
         self._close(f"{what} within {timeout:g} s (limits.handshake_timeout)", abort=True)
 
     def _close(self, why: str, abort: bool = False) -> None:
-        self._closing = why
+        if not self._enter(Phase.CLOSING):
+            return  # lost already
+        self.closing_why = why
         log.info("closing {peer}: {why}", peer=self.peer, why=why)
         if abort:
             self.transport.abortConnection()
@@ -211,7 +257,19 @@ class SniffingProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing is not None:
+        received = self._received
+        if received is not None:  # handed over
+            read_clock = self._read_clock
+            if read_clock is not None:
+                self._last_read = read_clock()
+            received(data)
+            return
+        self._sniff(data)
+
+    def _sniff(self, data: bytes) -> None:
+        if self.phase is Phase.HANDSHAKE:
+            self._enter(Phase.SNIFFING)  # bytes came through TLS: its handshake is done
+        if self.phase is not Phase.SNIFFING:
             return  # closing already (e.g. TLS data decrypted after the refusal)
         self._buffer += data
         buffered = self._buffer
@@ -251,6 +309,7 @@ class SniffingProtocol(Protocol):
             self._close(f"rpcd could not start its {name} protocol (see the log above)", abort=True)
             return
         self.inner = inner
+        self._enter(Phase.HANDED_OVER)
         if getattr(cls, "has_preamble", False):
             self.server.watch_preamble(inner, self)
         else:
@@ -261,10 +320,8 @@ class SniffingProtocol(Protocol):
         ping = getattr(inner, "send_ping", None)
         keepalive = limits.keepalive_interval if ping is not None else 0.0
         if idle or keepalive:
-            self._seconds = self.server.clock.seconds
-            self._last_read = self._seconds()
-            self._inner_received = inner.dataReceived
-            self.dataReceived = self._relay  # type: ignore[method-assign]
+            self._read_clock = self.server.clock.seconds
+            self._last_read = self._read_clock()
             if idle:
                 self._idle = self.server.clock.callLater(idle, self._check_idle)
             if keepalive:
@@ -273,8 +330,7 @@ class SniffingProtocol(Protocol):
                                             lambda: self._last_read, ping, self._close_abusive,
                                             (lambda: self._busy()) if idle else (lambda: True))
                 self._keepalive.start()
-        else:
-            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        self._received = inner.dataReceived
         throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
         throttle.turns = self.server.turns
         if hasattr(inner, "throttle"):
@@ -288,19 +344,16 @@ class SniffingProtocol(Protocol):
         if self.throttle is throttle and getattr(inner, "throttle", None) is throttle:
             # Reads take turns (rpcd.server.fairness): they go through the throttle.
             throttle.deliver = inner.dataReceived
-            if self.dataReceived == self._relay:
-                self._inner_received = throttle.received
-            else:
-                self.dataReceived = throttle.received  # type: ignore[method-assign]
+            self._received = throttle.received
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(inner)
-        if buffered and not self._lost:
+        if buffered and self.phase is not Phase.LOST:
             if throttle.deliver is not None:
                 throttle.received(buffered)
             else:
                 inner.dataReceived(buffered)
-        if self._draining is not None and not self._lost:
+        if self._draining is not None and self.phase is not Phase.LOST:
             why, self._draining = self._draining, None
             self.drain(why)
 
@@ -316,12 +369,12 @@ class SniffingProtocol(Protocol):
         @return: a Deferred firing with None once the connection is closed.
         """
         gone = self.when_gone()
-        if self._lost or self._draining is not None:
+        if self.phase is Phase.LOST or self._draining is not None:
             return gone
         self._draining = why
         inner = self.inner
         if inner is None:
-            if self._tls and not self._tls_done:
+            if self.phase is Phase.HANDSHAKE:
                 self._draining = why  # handed over (and drained) after the handshake
             else:
                 self._close(why)
@@ -336,8 +389,8 @@ class SniffingProtocol(Protocol):
             return gone
         if hasattr(inner, "draining"):
             inner.draining = True  # HTTP: answers say Connection: close
-        self._inner_received = _ignore
-        self.dataReceived = _ignore  # type: ignore[method-assign]
+        self._enter(Phase.DRAINING)
+        self._received = _ignore
         if self.throttle is not None:
             self.throttle.reading_ended = True
         ended()
@@ -350,7 +403,7 @@ class SniffingProtocol(Protocol):
 
         @param why: the reason, for the errors and the log.
         """
-        if self._lost:
+        if self.phase is Phase.LOST:
             return
         inner = self.inner
         stop = getattr(inner, "stop_now", None)
@@ -361,7 +414,7 @@ class SniffingProtocol(Protocol):
         if dispatcher is not None:
             for d in list(dispatcher.running.values()):
                 d.cancel()
-        if not self._lost:
+        if self.phase is not Phase.LOST:
             self._close(why)
 
     def when_gone(self) -> Deferred[None]:
@@ -369,7 +422,7 @@ class SniffingProtocol(Protocol):
         @return: a Deferred firing with None once the connection is closed.
         """
         d: Deferred[None] = Deferred()
-        if self._lost:
+        if self.phase is Phase.LOST:
             d.callback(None)
         else:
             self._gone.append(d)
@@ -388,14 +441,10 @@ class SniffingProtocol(Protocol):
                                            f"+ max_connection_age_grace ({grace:g} s)")
         self.when_gone().addCallback(lambda _: late.cancel() if late.active() else None)
 
-    def _relay(self, data: bytes) -> None:
-        self._last_read = self._seconds()
-        self._inner_received(data)
-
     def _throttle(self, throttle: ReadThrottle) -> None:
         inner = self.inner
         try:
-            if self._lost:
+            if self.phase is Phase.LOST:
                 raise RuntimeError("lost")
             cast(IConsumer, self.transport).registerProducer(throttle, True)
         except RuntimeError:
@@ -407,7 +456,7 @@ class SniffingProtocol(Protocol):
         set_write_cap(self.transport, self.server.limits.write_buffer_bytes)
 
     def _close_abusive(self, why: str) -> None:
-        if self._closing is None and not self._lost:
+        if self.phase is not Phase.CLOSING and self.phase is not Phase.LOST:
             self._close(why, abort=True)
 
     def readConnectionLost(self) -> None:
@@ -417,7 +466,7 @@ class SniffingProtocol(Protocol):
         (C{read_connection_lost}); before the hand-over, or for a protocol
         that cannot, the connection closes once its queued bytes are sent.
         """
-        if self._read_ended or self._lost:
+        if self._read_ended or self.phase is Phase.LOST:
             return
         self._read_ended = True
         if self.throttle is not None:
@@ -458,7 +507,8 @@ class SniffingProtocol(Protocol):
         self._idle = self.server.clock.callLater(left, self._check_idle)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
+        before = self.phase
+        self._enter(Phase.LOST)
         self._lost_reason = reason
         self.stop_deadline()
         if self._idle is not None and self._idle.active():
@@ -479,8 +529,8 @@ class SniffingProtocol(Protocol):
         drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
-        if self._tls and self._closing is None and (
-                not self._tls_done or _is_tls_error(reason.value)):
+        if self._tls and before is not Phase.CLOSING and (
+                before is Phase.HANDSHAKE or _is_tls_error(reason.value)):
             self._log_tls_failure(reason)
         ready, self._ready = self._ready, []
         for d in ready:
@@ -496,10 +546,3 @@ class SniffingProtocol(Protocol):
         side: Literal["client", "server"] = "client" if self.dialled else "server"
         why = describe_tls_failure(reason, side=side, transport=self.transport)
         log.warn("TLS with {peer} failed: {why}", peer=self.peer, why=why)
-
-    # Producer and TLS callbacks the transport may make on its protocol.
-    def __getattr__(self, name: str) -> Any:
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)

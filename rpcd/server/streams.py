@@ -33,12 +33,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rpcd.server.backpressure import take_over_producer
+from rpcd.server.replies import unencodable
 from rpcd.core.convert import Mismatch
 from rpcd.core.dispatch import error_fields
 from rpcd.errors import Code, InvalidArgument, RPCError
 from rpcd.wire.connection import BAD_FRAME, CREDIT, END, MESSAGE
 from rpcd.wire.fields import CallOptions, frame_name
-from rpcd.wire.frames import ERROR, encode_frame
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, ITransport
@@ -342,10 +342,8 @@ class ServerStream:
         try:
             size = conn.send_result(self.call_id, value)
         except Exception as e:
-            log.error("stream {id} ended with a value msgpack cannot encode: {error}",
-                      id=self.call_id, error=e)
-            size = conn.send_error(self.call_id, Code.INTERNAL,
-                                   f"the result cannot be encoded: {e}")
+            internal = unencodable(f"stream {self.call_id}", "msgpack", e)
+            size = conn.send_error(self.call_id, internal.code, internal.message)
         self.streams.queued(size)
 
     def abort(self, error: RPCError) -> None:
@@ -477,15 +475,4 @@ class StreamMessages:
         if d is not None:
             self._waiting = None
             d.errback(StopAsyncIteration())
-
-
-def error_frame(call_id: Any, code: int, message: str, details: Any = None) -> bytes:
-    """
-    @return: an encoded ERROR frame (without C{details} if they cannot be
-        encoded).
-    """
-    try:
-        return encode_frame([ERROR, call_id, int(code), message, details])
-    except Exception:
-        return encode_frame([ERROR, call_id, int(code), message, None])
 

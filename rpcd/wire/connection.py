@@ -4,7 +4,7 @@ either role (C{docs/protocol.md} is the wire spec).
 
 The model is h2's C{H2Connection}: bytes in, events out; method calls in,
 bytes out.  Nothing here does IO, keeps time or knows about Twisted: the
-Twisted protocols (L{rpcd.wire.native}, L{rpcd.wire.native_client}) and any
+Twisted protocols (L{rpcd.server.native}, L{rpcd.client.native}) and any
 other event loop drive it::
 
     conn = NativeConnection(client_side=True)

@@ -234,7 +234,7 @@ def _guess(v: Any) -> GoType:
         if not v:
             raise GobEncodeError("gob: cannot guess the element type of an empty list "
                                  "(send a non-empty one, or give the Go type with "
-                                 "rpcd.wire.gobclient.typed(value, gotype))")
+                                 "rpcd.client.gobclient.typed(value, gotype))")
         return slice_of(_same(v, "list"))
     if isinstance(v, dict):
         if not v:
