@@ -39,11 +39,15 @@ delay = 0.01
 """
 
 
+_STUBS: dict[tuple[Path, str], ModuleType] = {}
+
+
 def stubs(test: TestCase, proto: Path, messages: ModuleType | Any, module: str) -> ModuleType:
     """
     Generate a C{_pb2_grpc} stub module with grpcio-tools, using message
     classes already loaded (a second copy of the same .proto would clash in
-    protobuf's descriptor pool).
+    protobuf's descriptor pool).  Each is generated once per test process:
+    running grpcio-tools takes seconds on a loaded machine.
 
     @param proto: the .proto file.
     @param messages: the C{_pb2} module (or L{rpcd.protos.load_proto}
@@ -51,6 +55,13 @@ def stubs(test: TestCase, proto: Path, messages: ModuleType | Any, module: str) 
     @param module: the C{_pb2} module name the stubs import.
     @return: the imported stub module.
     """
+    key = (proto, module)
+    if key not in _STUBS:
+        _STUBS[key] = _generate_stubs(test, proto, messages, module)
+    return _STUBS[key]
+
+
+def _generate_stubs(test: TestCase, proto: Path, messages: ModuleType | Any, module: str) -> ModuleType:
     out = Path(temp_dir(test)) / "stubs"
     out.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proto.parent}",
@@ -72,7 +83,7 @@ def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class GrpcioClientTests(TestCase):
     """grpcio's client against rpcd, plaintext."""
 
-    timeout = 60
+    timeout = 180  # a daemon and grpcio calls each test: slow on a loaded machine
 
     async def start(self, listen: str = '"tcp:0:interface=127.0.0.1"') -> grpc.Channel:
         path = Path(temp_dir(self)) / "rpcd.toml"
@@ -122,6 +133,11 @@ class GrpcioClientTests(TestCase):
     async def test_deadline(self) -> None:
         """A grpc-timeout that passes ends the call with DEADLINE_EXCEEDED and cancels the handler."""
         await self.start()
+        # The channel's first call connects (and the daemon loads its gRPC
+        # protocol), which a loaded machine may not finish within the
+        # deadline under test: that call would then never reach the handler.
+        warm = await in_thread(self.probe.Echo, probe_pb2.Req(text="warm"), timeout=30)
+        self.assertEqual(warm.text, "warm")
 
         def call() -> grpc.StatusCode:
             try:
@@ -236,7 +252,7 @@ class GrpcioClientTests(TestCase):
 class GrpcTLSTests(TestCase):
     """grpcio over mutual TLS: the daemon offers ALPN h2."""
 
-    timeout = 60
+    timeout = 180  # a daemon and grpcio calls each test: slow on a loaded machine
 
     async def test_mtls(self) -> None:
         """A grpcio client with a client certificate calls rpcd over mTLS (ALPN h2)."""
@@ -276,7 +292,7 @@ class = "rpcd.examples.interop_grpc:GrpcTestService"
 class InteropTests(TestCase):
     """gRPC's interop test cases, with grpcio's client, against rpcd's TestService."""
 
-    timeout = 60
+    timeout = 180  # a daemon and grpcio calls each test: slow on a loaded machine
 
     async def test_interop_cases(self) -> None:
         """empty_unary, large_unary, client/server streaming, ping_pong, empty_stream, status, unimplemented, timeout."""
