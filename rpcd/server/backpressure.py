@@ -93,6 +93,7 @@ class ReadThrottle(TurnTaking):
         self.held_error: Any = None
         self._running_held = False
         self._socket = socket_transport(transport)
+        self._write_full = False
         self.init_turns()
 
     def hold(self, requests: list[Any], error: Any = None) -> None:
