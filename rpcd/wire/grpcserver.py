@@ -32,8 +32,6 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -45,7 +43,6 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
-from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -57,6 +54,7 @@ from rpcd.backpressure import take_over_producer
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import Code
 from rpcd.protos import GrpcMethod, routes
+from rpcd.wire.h2fast import FastH2Connection
 from rpcd.wire.grpccall import STREAMING_IN, GrpcCall, GrpcMessages
 from rpcd.wire.grpcmsg import (
     ACCEPT_ENCODING,
@@ -171,17 +169,13 @@ class GrpcServerProtocol(Protocol):
         self._lost = False
         self._closing = False  # no new calls: draining, or the peer said GOAWAY
         self._aborted = False  # GOAWAY sent over an error: nothing more is read
-        # h2's per-header validation (RFC 9113 8.2 character, pseudo-header
-        # and connection-header checks) is about a tenth of a unary call's
-        # CPU (benchmarks/micro_grpc.py): rpcd reads only :method, :path,
-        # content-type and grpc-* (checked in _request) and turns the rest
-        # into metadata as bytes, so a malformed header cannot confuse it.
-        # rpcd's own replies are built well-formed (metadata checked by
-        # encode_metadata), so h2 skips checking them too.
-        self.conn = H2Connection(H2Configuration(
-            client_side=False, header_encoding=None,
-            validate_inbound_headers=False, normalize_inbound_headers=False,
-            validate_outbound_headers=False, normalize_outbound_headers=False))
+        # HTTP/2 is rpcd's own fast path (rpcd.wire.h2fast, h2's API and
+        # events without h2's per-event machinery).  Like h2 configured with
+        # validation off, it does not check header names and values: rpcd
+        # reads only :method, :path, content-type and grpc-* (checked in
+        # _request) and turns the rest into metadata as bytes, so a
+        # malformed header cannot confuse it.
+        self.conn = FastH2Connection(self.max_streams, MAX_HEADER_LIST)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -192,11 +186,6 @@ class GrpcServerProtocol(Protocol):
         if add_trigger is not None:  # the reactor: a daemon shutting down says GOAWAY
             self._shutdown_trigger = add_trigger("before", "shutdown", self.shutting_down)
         conn = self.conn
-        conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-            SettingCodes.ENABLE_PUSH: 0,
-        })
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW)
         self.flush()
