@@ -42,6 +42,13 @@ log = Logger()
 COMPRESS_FROM = 1024
 """Reply messages this long or longer are gzipped when the caller used gzip."""
 
+REPLY_HEADERS = [(":status", "200"), ("content-type", "application/grpc"),
+                 ("grpc-accept-encoding", ACCEPT_ENCODING)]
+"""A reply's headers before metadata (never changed in place)."""
+
+OK_STATUS = [("grpc-status", "0")]
+"""The trailers of a call that succeeded (never changed in place)."""
+
 STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
 STREAMING_OUT = (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
 
@@ -227,11 +234,12 @@ class GrpcCall:
 
     def _send_headers(self) -> None:
         self.headers_sent = True
-        headers = [(":status", "200"), ("content-type", "application/grpc"),
-                   ("grpc-accept-encoding", ACCEPT_ENCODING)]
+        headers = REPLY_HEADERS
         if self.compress:
-            headers.append(("grpc-encoding", "gzip"))
-        headers.extend(self._reply_metadata())
+            headers = headers + [("grpc-encoding", "gzip")]
+        metadata = self._reply_metadata()
+        if metadata:
+            headers = headers + metadata
         if self.protocol.on_stream(self.conn.send_headers, self.stream_id, headers):
             self.protocol.sent_something()
         else:
@@ -269,7 +277,7 @@ class GrpcCall:
             if not out and self.trailers is not None:
                 trailers, self.trailers = self.trailers, None
                 conn.send_headers(sid, trailers, end_stream=True)
-                if not self.half_closed:
+                if sid in conn.streams:  # the caller has not ended its side
                     conn.reset_stream(sid, ErrorCodes.NO_ERROR)
                 self.protocol.forget(self)
         except H2ProtocolError:
@@ -337,14 +345,16 @@ class GrpcCall:
             dispatcher = self.protocol.dispatcher
             if dispatcher is not None:
                 dispatcher.cancel(self.stream_id)
-        status = status_headers(code, message, status_details(code, message, details))
+        if code == Code.OK and not message:
+            status = OK_STATUS
+        else:
+            status = status_headers(code, message, status_details(code, message, details))
         if not self.headers_sent:
             self.headers_sent = True
-            headers = [(":status", "200"), ("content-type", "application/grpc"),
-                       ("grpc-accept-encoding", ACCEPT_ENCODING)]
-            self.trailers = headers + self._reply_metadata() + status
+            self.trailers = REPLY_HEADERS + self._reply_metadata() + status
         else:
-            self.trailers = self._reply_metadata() + status
+            metadata = self._reply_metadata()
+            self.trailers = metadata + status if metadata else status
         self.pump()
 
     def _gone(self) -> None:

@@ -30,7 +30,7 @@ with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -56,15 +56,8 @@ from rpcd.errors import Code
 from rpcd.protos import GrpcMethod, routes
 from rpcd.wire.h2fast import FastH2Connection
 from rpcd.wire.grpccall import STREAMING_IN, GrpcCall, GrpcMessages
-from rpcd.wire.grpcmsg import (
-    ACCEPT_ENCODING,
-    ENCODINGS,
-    MessageError,
-    MessageReader,
-    decode_metadata,
-    is_grpc_content_type,
-    parse_timeout,
-)
+from rpcd.wire.grpcmsg import ACCEPT_ENCODING, MessageError, MessageReader
+from rpcd.wire.grpcrequest import RequestCache
 
 if TYPE_CHECKING:
     from rpcd.server import RPCServer
@@ -157,6 +150,7 @@ class GrpcServerProtocol(Protocol):
         self.calls: dict[int, GrpcCall] = {}
         self.dispatcher: GrpcDispatcher | None = None
         self.routes: dict[str, GrpcMethod] = {}
+        self.requests = RequestCache()
         self.gate: WriteGate | None = None
         self.held_bytes = 0
         self.held_budget = 2 * self.max_message
@@ -236,24 +230,16 @@ class GrpcServerProtocol(Protocol):
             self._closing = True
             self._close_when_idle()
 
-    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _request(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         if self._closing:
             self.on_stream(self.conn.reset_stream, stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        fields: dict[bytes, bytes] = {}
-        for key, value in headers:
-            fields.setdefault(key, value)
-        if fields.get(b":method") != b"POST":
-            self._http_error(stream_id, 405, "gRPC calls are POST requests")
+        request = self.requests.read(headers)
+        if request.http_error is not None:
+            self._http_error(stream_id, *request.http_error)
             return
-        content_type = fields.get(b"content-type", b"").decode("latin-1")
-        if not is_grpc_content_type(content_type):
-            self._http_error(stream_id, 415, f"content-type {content_type!r} is not application/grpc")
-            return
-        path = fields.get(b":path", b"").decode("latin-1")
+        path = request.path
         route = self.routes.get(path)
-        encoding = fields.get(b"grpc-encoding", b"identity").decode("latin-1")
-        accepted = fields.get(b"grpc-accept-encoding", b"").decode("latin-1")
         call = GrpcCall(self, stream_id, route, path)
         self.calls[stream_id] = call
         if self.gate is None:
@@ -261,19 +247,17 @@ class GrpcServerProtocol(Protocol):
         if route is None:
             call.finish(Code.UNIMPLEMENTED, self._unknown(path))
             return
-        if encoding not in ENCODINGS:
-            call.finish(Code.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported "
+        if not request.encoding_ok:
+            call.finish(Code.UNIMPLEMENTED, f"grpc-encoding {request.encoding} is not supported "
                         f"(rpcd accepts {ACCEPT_ENCODING})")
             return
-        call.reader = MessageReader(self.max_message, encoding)
-        call.compress = encoding == "gzip" and "gzip" in accepted
-        try:
-            timeout = fields.get(b"grpc-timeout")
-            call.timeout = parse_timeout(timeout.decode("latin-1")) if timeout else None
-            call.metadata = decode_metadata(headers)
-        except ValueError as e:
-            call.finish(Code.INVALID_ARGUMENT, str(e))
+        call.reader = MessageReader(self.max_message, request.encoding)
+        call.compress = request.compress
+        if request.error is not None:
+            call.finish(Code.INVALID_ARGUMENT, request.error)
             return
+        call.timeout = request.timeout
+        call.metadata = dict(request.metadata)
         if route.kind in STREAMING_IN:
             call.inbox = GrpcMessages(call)
             call.start()
