@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000, help="messages per stream")
     parser.add_argument("--anchors", default=DEFAULT_ANCHORS,
                         help="the anchors folder (%(default)s; RPCD_ANCHORS)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also serve with rpcd from another checkout (e.g. an older commit "
+                             "unpacked with git archive): rows 'rpcd base'")
     parser.add_argument("--rpcd-client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
@@ -240,6 +243,11 @@ def main() -> None:
                                           os.environ.get("PYTHONPATH", "")])}
     servers: list[tuple[str, Any]] = [("rpcd", lambda env: start_rpcd(work, env)),
                                       ("grpcio aio", lambda env: start_grpcio(py, env))]
+    if args.baseline:
+        base_path = os.pathsep.join([str(Path(args.baseline).resolve()), str(ROOT / "benchmarks"),
+                                     str(gen), os.environ.get("PYTHONPATH", "")])
+        servers.insert(1, ("rpcd base", lambda env: start_rpcd(work, {**env,
+                                                                      "PYTHONPATH": base_path})))
     rows = []
     for name, start in servers:
         process, port = start(env)
@@ -266,9 +274,15 @@ def main() -> None:
               + (f"  ({errors} errors)" if errors else ""))
     print()
     print(ratios(rows))
+    if args.baseline:
+        print()
+        print(ratios(rows, "rpcd base"))
+        print()
+        print(ratios(rows, "rpcd", "rpcd base"))
 
 
-def ratios(rows: list[tuple[str, str, float, str, float, int]]) -> str:
+def ratios(rows: list[tuple[str, str, float, str, float, int]], mine_name: str = "rpcd",
+           theirs_name: str = "grpcio aio") -> str:
     """
     @return: per client, rpcd's rate and server CPU per call or message as
         multiples of grpcio's in this run (the issue's targets: 5x the
@@ -276,9 +290,9 @@ def ratios(rows: list[tuple[str, str, float, str, float, int]]) -> str:
         messages/s).
     """
     by = {(name, client): (rate, per) for name, client, rate, _, per, _ in rows}
-    lines = [f"{'rpcd / grpcio':33} {'rate':>8} {'server CPU':>11}"]
+    lines = [f"{mine_name + ' / ' + theirs_name:33} {'rate':>8} {'server CPU':>11}"]
     for client in dict.fromkeys(client for _, client, *_ in rows):
-        mine, theirs = by.get(("rpcd", client)), by.get(("grpcio aio", client))
+        mine, theirs = by.get((mine_name, client)), by.get((theirs_name, client))
         if mine and theirs and theirs[0] and theirs[1]:
             lines.append(f"{client:33} {mine[0] / theirs[0]:>7.2f}x {mine[1] / theirs[1]:>10.2f}x")
     return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""
+What a gRPC request's headers say, read once per distinct header block.
+
+L{rpcd.wire.h2fast} hands out the same header tuple for a header block it
+has seen before, and a gRPC client sends the same block for most of its
+calls, so L{RequestCache} keeps what the headers meant (method, content
+type, path, encodings, C{grpc-timeout}, metadata) keyed by the headers
+themselves.  Nothing here depends on anything but the headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rpcd.wire.grpcmsg import (
+    ENCODINGS,
+    decode_metadata,
+    is_grpc_content_type,
+    parse_timeout,
+)
+
+ENTRIES = 256
+"""Header lists remembered per connection (the cache is emptied when full)."""
+
+
+class Request:
+    """
+    A request's headers, read.
+
+    @ivar http_error: C{(status, why)} when it is not a gRPC request
+        (answered with a plain HTTP response), else None.
+    @ivar path: C{:path}.
+    @ivar encoding: C{grpc-encoding} (C{identity} when absent).
+    @ivar encoding_ok: whether rpcd can read that encoding.
+    @ivar compress: whether replies may be gzipped (the caller sends gzip
+        and accepts it).
+    @ivar timeout: C{grpc-timeout} in seconds, or None.
+    @ivar metadata: the caller's metadata; copy it before handing it out.
+    @ivar error: why C{grpc-timeout} or the metadata are malformed, or None.
+    """
+
+    __slots__ = ("http_error", "path", "encoding", "encoding_ok", "compress", "timeout",
+                 "metadata", "error")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        fields: dict[bytes, bytes] = {}
+        for key, value in headers:
+            fields.setdefault(key, value)
+        self.http_error: tuple[int, str] | None = None
+        self.path = fields.get(b":path", b"").decode("latin-1")
+        self.encoding = fields.get(b"grpc-encoding", b"identity").decode("latin-1")
+        self.encoding_ok = self.encoding in ENCODINGS
+        accepted = fields.get(b"grpc-accept-encoding", b"").decode("latin-1")
+        self.compress = self.encoding == "gzip" and "gzip" in accepted
+        self.timeout: float | None = None
+        self.metadata: dict[str, Any] = {}
+        self.error: str | None = None
+        if fields.get(b":method") != b"POST":
+            self.http_error = (405, "gRPC calls are POST requests")
+            return
+        content_type = fields.get(b"content-type", b"").decode("latin-1")
+        if not is_grpc_content_type(content_type):
+            self.http_error = (415, f"content-type {content_type!r} is not application/grpc")
+            return
+        try:
+            timeout = fields.get(b"grpc-timeout")
+            self.timeout = parse_timeout(timeout.decode("latin-1")) if timeout else None
+            self.metadata = decode_metadata(list(headers))
+        except ValueError as e:
+            self.error = str(e)
+
+
+class RequestCache:
+    """
+    L{Request}s by header list, bounded.
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[Sequence[tuple[bytes, bytes]], Request] = {}
+
+    def read(self, headers: Sequence[tuple[bytes, bytes]]) -> Request:
+        """
+        @param headers: a request's headers (a tuple, as L{rpcd.wire.h2fast}
+            gives them; a list is read without being remembered).
+        @return: what they say.
+        """
+        if not isinstance(headers, tuple):
+            return Request(headers)
+        requests = self._requests
+        request = requests.get(headers)
+        if request is None:
+            request = Request(headers)
+            if len(requests) >= ENTRIES:
+                requests.clear()
+            requests[headers] = request
+        return request
