@@ -21,7 +21,15 @@ Clients, each against each server:
     --inflight 64} (64 calls in flight on one channel), and C{--mode
     aiostream} for one stream of C{--count} messages;
   - C{rpcd client x64}: rpcd's own gRPC client (this process, Twisted), 64
-    calls in flight on one connection, and one stream.
+    calls in flight on one connection, and one stream;
+  - C{go grpc x64}: C{benchmarks/go/grpcload} (grpc-go, 64 calls in flight
+    on one connection), when C{go} and Debian's grpc-go sources are there:
+    a client that is not itself the bottleneck, so the servers' own unary
+    rates show.
+
+C{--baseline CHECKOUT} adds a server C{rpcd base}: rpcd from another
+checkout (e.g. C{git archive OLD | tar -x -C DIR}), for before/after
+figures in one run.
 
 For each row: calls/s (messages/s for streams), and the server's CPU (utime +
 stime from /proc/PID/stat, all threads) over the measured window per call or
@@ -127,6 +135,46 @@ def grpcio_client(env: dict[str, str], port: int, pid: int, args: argparse.Names
             "--warmup", str(args.warmup)]
     argv += ["--count", str(args.count)] if mode == "aiostream" else ["--inflight", "64"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=args.dur + args.warmup + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"rate": result["rate"], "count": result["calls"], "server_cpu_s": result["server_cpu_s"],
+            "errors": result["errors"]}
+
+
+GOCODE = Path("/usr/share/gocode")
+
+
+def build_grpcload(work: Path) -> Path | None:
+    """
+    Build C{benchmarks/go/grpcload} in GOPATH mode against Debian's grpc-go
+    (C{golang-google-grpc-dev}).
+
+    @return: the binary, or None (with a note printed) when it cannot be built.
+    """
+    binary = work / "grpcload"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOCODE),
+           "GOCACHE": os.environ.get("GOCACHE", str(Path(tempfile.gettempdir()) / "rpcd-gocache")),
+           "GOFLAGS": ""}
+    try:
+        done = subprocess.run(["go", "build", "-o", str(binary), "./grpcload"],
+                              cwd=str(ROOT / "benchmarks" / "go"), env=env,
+                              capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        print("go grpc x64: skipped (no go on the PATH)")
+        return None
+    if done.returncode != 0:
+        print(f"go grpc x64: skipped (grpcload did not build: needs golang-google-grpc-dev)\n"
+              f"{done.stderr}")
+        return None
+    return binary
+
+
+def go_client(binary: Path, port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [str(binary), "-addr", f"127.0.0.1:{port}", "-inflight", "64",
+            "-dur", f"{args.dur}s", "-warmup", f"{args.warmup}s", "-server-pid", str(pid)]
+    done = subprocess.run(argv, capture_output=True, text=True,
                           timeout=args.dur + args.warmup + 120)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
@@ -241,6 +289,7 @@ def main() -> None:
     env = {**os.environ, "ANCHORS_WORK": str(work), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), str(gen),
                                           os.environ.get("PYTHONPATH", "")])}
+    grpcload = build_grpcload(work)
     servers: list[tuple[str, Any]] = [("rpcd", lambda env: start_rpcd(work, env)),
                                       ("grpcio aio", lambda env: start_grpcio(py, env))]
     if args.baseline:
@@ -252,12 +301,17 @@ def main() -> None:
     for name, start in servers:
         process, port = start(env)
         try:
-            for client, run in (
+            clients: list[tuple[str, Any]] = [
                     ("grpcio aio x64", lambda: grpcio_client(env, port, process.pid, args, "aio")),
                     ("rpcd client x64", lambda: rpcd_client(port, process.pid, args, False)),
                     ("grpcio aio stream", lambda: grpcio_client(env, port, process.pid, args,
                                                                 "aiostream")),
-                    ("rpcd client stream", lambda: rpcd_client(port, process.pid, args, True))):
+                    ("rpcd client stream", lambda: rpcd_client(port, process.pid, args, True))]
+            if grpcload is not None:
+                binary = grpcload
+                clients.insert(2, ("go grpc x64", lambda: go_client(binary, port, process.pid,
+                                                                     args)))
+            for client, run in clients:
                 result = run()
                 unit = "msg" if "stream" in client else "call"
                 per = result["server_cpu_s"] / result["count"] * 1e6 if result["count"] else 0.0

@@ -2,8 +2,8 @@
 gRPC's own layer over HTTP/2, without the HTTP/2 part: length-prefixed
 messages, C{grpc-timeout}, metadata and status headers.
 
-HTTP/2 itself (frames, HPACK, flow control) is the C{h2} library's job, in
-L{rpcd.wire.grpcserver}.  Nothing here does I/O or imports Twisted.
+HTTP/2 itself (frames, HPACK, flow control) is L{rpcd.wire.h2fast}'s job
+on the server and the C{h2} library's in the client.  Nothing here does I/O or imports Twisted.
 
 A message on the wire is::
 
@@ -84,6 +84,12 @@ class MessageReader:
             compressed message that does not decompress (INTERNAL).
         """
         buffer = self._buffer
+        if not buffer and self._need is None and len(data) >= 5:
+            # The common case: one whole uncompressed message in one DATA frame.
+            flag, length = HEADER.unpack_from(data)
+            if not flag and len(data) == 5 + length and length <= self.max_size:
+                yield bytes(data[5:])
+                return
         buffer += data
         while True:
             if self._need is None:

@@ -1,6 +1,7 @@
 """
-The server side of gRPC: HTTP/2 (from C{h2}, sans-IO) on a connection the
-sniffer handed over after the HTTP/2 client preface (or ALPN C{h2} on TLS).
+The server side of gRPC: HTTP/2 (L{rpcd.wire.h2fast}, sans-IO, with C{h2}'s
+API and events) on a connection the sniffer handed over after the HTTP/2
+client preface (or ALPN C{h2} on TLS).
 
 Each HTTP/2 stream is one call, routed by its C{:path}
 (C{/package.Service/Method}, see L{rpcd.protos.routes}) to an rpcd method
@@ -24,7 +25,7 @@ peer within L{RESET_WINDOW} seconds (the HTTP/2 Rapid Reset attack), or
 pings more often than every L{MIN_PING_INTERVAL} seconds with nothing sent
 in between, more than L{MAX_PING_STRIKES} times (C{too_many_pings}), both
 with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
-(C{min(max_calls_per_connection, 1000)}) are a protocol error (h2's).
+(C{min(max_calls_per_connection, 1000)}) are a protocol error (as in h2).
 """
 
 from __future__ import annotations

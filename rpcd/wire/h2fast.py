@@ -100,7 +100,7 @@ class ConnectionError(ProtocolError):
     The peer broke HTTP/2: the connection ends with GOAWAY and L{error_code}.
     """
 
-    def __init__(self, message: str, error_code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
+    def __init__(self, message: str, error_code: ErrorCodes = ErrorCodes.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.error_code = error_code
 
@@ -576,7 +576,10 @@ class FastH2Connection:
             raise FlowControlError(f"{n} bytes do not fit the window or frame size")
         stream.send_window -= n
         self.send_window -= n
-        self._out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, data))
+        out = self._out
+        out.append(FRAME_HEADER.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end_stream else 0,
+                                     stream_id))
+        out.append(data)
         if end_stream:
             self._local_end(stream_id, stream)
 

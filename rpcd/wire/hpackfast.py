@@ -50,7 +50,7 @@ class _WatchedTable(HeaderTable):
         self.changes += 1
         super().add(name, value)
 
-    @property  # type: ignore[override]
+    @property
     def maxsize(self) -> int:
         return self._maxsize
 
