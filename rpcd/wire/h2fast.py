@@ -362,10 +362,10 @@ class FastH2Connection:
             raise ConnectionError(f"bad header block: {e}", ErrorCodes.COMPRESSION_ERROR) from None
         stream = self.streams.get(stream_id)
         if stream is None:
+            if not stream_id & 1:
+                raise ConnectionError(f"HEADERS on stream {stream_id} (even: not a client's)")
             if stream_id <= self.highest_inbound_stream_id:
                 return  # a stream that is closed (and not ours to answer)
-            if not stream_id & 1:
-                raise ConnectionError(f"a client opened stream {stream_id} (even)")
             if len(self.streams) >= self.max_concurrent_streams:
                 raise ConnectionError(f"more than {self.max_concurrent_streams} concurrent "
                                       "streams")
