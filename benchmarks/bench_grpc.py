@@ -25,7 +25,7 @@ Clients, each against each server:
   - C{go grpc x64}: C{benchmarks/go/grpcload} (grpc-go, 64 calls in flight
     on one connection), when C{go} and Debian's grpc-go sources are there:
     a client that is not itself the bottleneck, so the servers' own unary
-    rates show.
+    rates show; and C{go grpc stream}, the same reading one stream.
 
 C{--baseline CHECKOUT} adds a server C{rpcd base}: rpcd from another
 checkout (e.g. C{git archive OLD | tar -x -C DIR}), for before/after
@@ -171,9 +171,12 @@ def build_grpcload(work: Path) -> Path | None:
     return binary
 
 
-def go_client(binary: Path, port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+def go_client(binary: Path, port: int, pid: int, args: argparse.Namespace,
+              stream: bool = False) -> dict[str, Any]:
     argv = [str(binary), "-addr", f"127.0.0.1:{port}", "-inflight", "64",
             "-dur", f"{args.dur}s", "-warmup", f"{args.warmup}s", "-server-pid", str(pid)]
+    if stream:
+        argv += ["-stream", str(args.count)]
     done = subprocess.run(argv, capture_output=True, text=True,
                           timeout=args.dur + args.warmup + 120)
     if done.returncode != 0:
@@ -311,6 +314,8 @@ def main() -> None:
                 binary = grpcload
                 clients.insert(2, ("go grpc x64", lambda: go_client(binary, port, process.pid,
                                                                      args)))
+                clients.append(("go grpc stream", lambda: go_client(binary, port, process.pid,
+                                                                    args, stream=True)))
             for client, run in clients:
                 result = run()
                 unit = "msg" if "stream" in client else "call"

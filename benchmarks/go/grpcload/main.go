@@ -10,7 +10,8 @@
 // are counted over -dur after -warmup, and the server's CPU
 // (utime+stime from /proc/PID/stat) over the same window. The last stdout
 // line is JSON with the anchors' keys (rate, calls, errors, server_cpu_s,
-// client_cpu_s).
+// client_cpu_s). With -stream N it reads one server stream of N messages
+// (anchors.Arith/Stream) instead, and counts messages.
 //
 // Built in GOPATH mode against Debian's grpc-go (see benchmarks/README.md):
 //
@@ -23,6 +24,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -87,6 +89,7 @@ func main() {
 	warmup := flag.Duration("warmup", 500*time.Millisecond, "time before measuring")
 	pid := flag.Int("server-pid", 0, "the server's pid, for its CPU")
 	check := flag.Bool("check", false, "one call: PASS or FAIL")
+	stream := flag.Int("stream", 0, "instead of unary calls: one Stream of this many messages")
 	flag.Parse()
 
 	var clients []*grpc.ClientConn
@@ -116,6 +119,11 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println("PASS")
+		return
+	}
+
+	if *stream > 0 {
+		runStream(clients[0], *stream, *pid)
 		return
 	}
 
@@ -165,6 +173,69 @@ func main() {
 	}
 	if e := lastErr.Load(); e != nil {
 		result["note"] = e
+	}
+	out, _ := json.Marshal(result)
+	fmt.Println(string(out))
+}
+
+// runStream reads one anchors.Arith/Stream of n messages (after a warm-up
+// stream of 10,000, as the anchors' aiostream client does), checking each
+// Reply{result: i}; the server's CPU is counted over the measured stream.
+func runStream(cc *grpc.ClientConn, n int, pid int) {
+	desc := &grpc.StreamDesc{ServerStreams: true}
+	read := func(count int) (int, error) {
+		s, err := cc.NewStream(context.Background(), desc, "/anchors.Arith/Stream")
+		if err != nil {
+			return 0, err
+		}
+		req := varint([]byte{0x08}, uint64(count))
+		if err := s.SendMsg(&req); err != nil {
+			return 0, err
+		}
+		if err := s.CloseSend(); err != nil {
+			return 0, err
+		}
+		got := 0
+		var reply []byte
+		for {
+			if err := s.RecvMsg(&reply); err != nil {
+				if err == io.EOF {
+					return got, nil
+				}
+				return got, err
+			}
+			want := []byte{}
+			if got > 0 {
+				want = varint([]byte{0x08}, uint64(got))
+			}
+			if string(reply) != string(want) {
+				return got, fmt.Errorf("message %d: %x", got, reply)
+			}
+			got++
+		}
+	}
+	if _, err := read(10000); err != nil {
+		fmt.Fprintln(os.Stderr, "warm-up stream:", err)
+		os.Exit(1)
+	}
+	srv0, cli0 := cpuSeconds(pid), cpuSeconds(0)
+	t0 := time.Now()
+	got, err := read(n)
+	secs := time.Since(t0).Seconds()
+	srv1, cli1 := cpuSeconds(pid), cpuSeconds(0)
+	errors := 0
+	result := map[string]interface{}{
+		"case": "go grpc stream", "unit": "msg", "calls": got, "secs": secs,
+		"rate": float64(got) / secs, "client_cpu_s": cli1 - cli0,
+		"client": "grpcload (grpc-go)", "server_cpu_s": nil,
+	}
+	if err != nil || got != n {
+		errors = 1
+		result["note"] = fmt.Sprint(err)
+	}
+	result["errors"] = errors
+	if pid > 0 && srv0 >= 0 {
+		result["server_cpu_s"] = srv1 - srv0
 	}
 	out, _ := json.Marshal(result)
 	fmt.Println(string(out))
