@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.wire import h2fast, hpackfast
+from rpcd.wire import grpcrequest, h2fast, hpackfast
+from rpcd.wire.grpcrequest import RequestCache
 from rpcd.wire.h2fast import (
     CONTINUATION,
     DATA,
@@ -358,6 +359,30 @@ class HpackTests(SynchronousTestCase):
         self.assertIs(decoder.decode(block), first)
         self.assertEqual(decoder.hits, 1)
         self.assertEqual(list(first), REQUEST)
+
+    def test_cache_bounded(self) -> None:
+        """Distinct blocks never make the cache hold more than CACHE_BYTES; a block over CACHE_ENTRY_BYTES is never kept."""
+        decoder = CachedDecoder(65536)
+        for i in range(1000):
+            decoder.decode(encode_block([("x-n", str(i) * 20)]))
+            self.assertLessEqual(decoder._cached_bytes, hpackfast.CACHE_BYTES)
+        self.assertLess(len(decoder._cache), 1000)
+        big = encode_block([("x-big", "v" * hpackfast.CACHE_ENTRY_BYTES)])
+        decoder.decode(big)
+        decoder.decode(big)
+        self.assertEqual(decoder.hits, 0)
+
+    def test_request_cache(self) -> None:
+        """The same request headers are read once; distinct ones never make the cache hold more than its budget."""
+        cache = RequestCache()
+        headers = tuple(REQUEST)
+        first = cache.read(headers)
+        self.assertIs(cache.read(tuple(REQUEST)), first)
+        self.assertEqual((first.path, first.http_error), ("/a.B/C", None))
+        for i in range(1000):
+            cache.read(headers + ((b"x-n", str(i).encode() * 20),))
+            self.assertLessEqual(cache._bytes, grpcrequest.CACHE_BYTES)
+        self.assertIsNot(cache.read(list(REQUEST)), cache.read(list(REQUEST)))  # lists: not kept
 
     def test_insertion_not_cached(self) -> None:
         """A block that inserts into the dynamic table is never cached, and empties the cache."""

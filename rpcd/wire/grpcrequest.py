@@ -5,7 +5,7 @@ L{rpcd.wire.h2fast} hands out the same header tuple for a header block it
 has seen before, and a gRPC client sends the same block for most of its
 calls, so L{RequestCache} keeps what the headers meant (method, content
 type, path, encodings, C{grpc-timeout}, metadata) keyed by the headers
-themselves.  Nothing here depends on anything but the headers.
+themselves, within a byte budget per connection.  Nothing here depends on anything but the headers.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ from rpcd.wire.grpcmsg import (
     parse_timeout,
 )
 
-ENTRIES = 256
-"""Header lists remembered per connection (the cache is emptied when full)."""
+CACHE_BYTES = 65536
+"""What the header lists remembered per connection may hold (names and
+values); the cache is emptied when it would pass this."""
+
+ENTRY_BYTES = 4096
+"""Larger header lists are read each time, never remembered."""
 
 
 class Request:
@@ -40,12 +44,15 @@ class Request:
     """
 
     __slots__ = ("http_error", "path", "encoding", "encoding_ok", "compress", "timeout",
-                 "metadata", "error")
+                 "metadata", "error", "size")
 
     def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
         fields: dict[bytes, bytes] = {}
+        size = 0
         for key, value in headers:
             fields.setdefault(key, value)
+            size += len(key) + len(value)
+        self.size = size
         self.http_error: tuple[int, str] | None = None
         self.path = fields.get(b":path", b"").decode("latin-1")
         self.encoding = fields.get(b"grpc-encoding", b"identity").decode("latin-1")
@@ -77,6 +84,7 @@ class RequestCache:
 
     def __init__(self) -> None:
         self._requests: dict[Sequence[tuple[bytes, bytes]], Request] = {}
+        self._bytes = 0
 
     def read(self, headers: Sequence[tuple[bytes, bytes]]) -> Request:
         """
@@ -90,7 +98,10 @@ class RequestCache:
         request = requests.get(headers)
         if request is None:
             request = Request(headers)
-            if len(requests) >= ENTRIES:
-                requests.clear()
-            requests[headers] = request
+            if request.size <= ENTRY_BYTES:
+                if self._bytes + request.size > CACHE_BYTES:
+                    requests.clear()
+                    self._bytes = 0
+                requests[headers] = request
+                self._bytes += request.size
         return request

@@ -4,7 +4,8 @@ that remembers what header blocks meant, and an encoder that never touches
 the dynamic table, so that what it encoded once stays valid forever.
 
 Decoding is the C{hpack} library's (the one C{h2} uses); what is added is
-a cache keyed by a block's bytes.  A block's meaning depends only on its
+a cache keyed by a block's bytes, within a byte budget per connection
+(L{CACHE_BYTES}).  A block's meaning depends only on its
 bytes and the decoder's dynamic table, so a block that did not change the
 table (no literal with incremental indexing, no table size update) is
 cached, and every change to the table empties the cache.  gRPC clients send
@@ -28,11 +29,18 @@ from hpack.table import HeaderTable
 
 Headers = Sequence[tuple[Any, Any]]
 
-CACHE_ENTRIES = 512
-"""Decoded blocks remembered per connection (the cache is emptied when full)."""
+CACHE_BYTES = 65536
+"""What the decoded blocks remembered per connection may hold (block bytes
+plus decoded names and values); the cache is emptied when it would pass this."""
+
+CACHE_ENTRY_BYTES = 4096
+"""Larger blocks (bytes plus decoded size) are never remembered."""
 
 ENCODED_ENTRIES = 1024
 """Encoded blocks remembered per process (emptied when full)."""
+
+ENCODED_ENTRY_BYTES = 1024
+"""Larger encoded blocks (say, a long C{grpc-message}) are not remembered."""
 
 TABLE_SIZE_ZERO = b"\x20"
 """A dynamic table size update to 0."""
@@ -74,6 +82,7 @@ class CachedDecoder:
         self._table = _WatchedTable()
         self.decoder.header_table = self._table
         self._cache: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+        self._cached_bytes = 0
         self.hits = 0
 
     def decode(self, block: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -97,10 +106,15 @@ class CachedDecoder:
         headers = tuple((bytes(k), bytes(v)) for k, v in self.decoder.decode(block, raw=True))
         if table.changes != before:
             self._cache.clear()  # what indices mean has changed
-        else:
-            if len(self._cache) >= CACHE_ENTRIES:
+            self._cached_bytes = 0
+            return headers
+        size = len(block) + sum(len(k) + len(v) for k, v in headers)
+        if size <= CACHE_ENTRY_BYTES:
+            if self._cached_bytes + size > CACHE_BYTES:
                 self._cache.clear()
+                self._cached_bytes = 0
             self._cache[block] = headers
+            self._cached_bytes += size
         return headers
 
 
@@ -167,7 +181,8 @@ def encode_block(headers: Headers) -> bytes:
         out += encode_integer(len(value), 7, 0x00)
         out += value
     block = bytes(out)
-    if len(_encoded) >= ENCODED_ENTRIES:
-        _encoded.clear()
-    _encoded[key] = block
+    if len(block) <= ENCODED_ENTRY_BYTES:
+        if len(_encoded) >= ENCODED_ENTRIES:
+            _encoded.clear()
+        _encoded[key] = block
     return block
