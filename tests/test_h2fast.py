@@ -43,7 +43,7 @@ from rpcd.wire.h2fast import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    ConnectionError,
+    HTTP2Error,
     FastH2Connection,
     frame,
 )
@@ -81,7 +81,7 @@ def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
 
 
 def _error(test: SynchronousTestCase, conn: FastH2Connection, data: bytes, code: int) -> None:
-    error = test.assertRaises(ConnectionError, conn.receive_data, data)
+    error = test.assertRaises(HTTP2Error, conn.receive_data, data)
     test.assertEqual(error.error_code, code, str(error))
 
 
@@ -476,7 +476,7 @@ def _client_bytes() -> bytes:
 
 
 class FuzzTests(SynchronousTestCase):
-    """Random and mutated input: events or a ConnectionError, nothing else."""
+    """Random and mutated input: events or a HTTP2Error, nothing else."""
 
     @settings(max_examples=300, deadline=None)
     @given(st.one_of(st.binary(max_size=200),
@@ -485,7 +485,7 @@ class FuzzTests(SynchronousTestCase):
                          lambda t: _client_bytes()[:t[0]] + t[1] + _client_bytes()[t[0] + len(t[1]):])),
            st.integers(1, 64))
     def test_mutated(self, data: bytes, step: int) -> None:
-        """Whatever bytes arrive, in whatever pieces, the connection gives events or raises its ConnectionError."""
+        """Whatever bytes arrive, in whatever pieces, the connection gives events or raises its HTTP2Error."""
         conn = FastH2Connection(max_concurrent_streams=4, max_header_list_size=1000)
         conn.initiate_connection()
         try:
@@ -493,7 +493,7 @@ class FuzzTests(SynchronousTestCase):
                 conn.receive_data(data[i:i + step])
                 for sid in list(conn.streams):
                     conn.acknowledge_received_data(1, sid)
-        except ConnectionError:
+        except HTTP2Error:
             pass
         self.assertLessEqual(len(conn._buffer), 9 + h2fast.MAX_FRAME_SIZE + step)
         self.assertLessEqual(len(conn.streams), 4)

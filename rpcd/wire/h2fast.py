@@ -13,7 +13,7 @@ for a server that never pushes and for gRPC's traffic, where C{h2} spends
 a few slices and dictionary lookups, a header block seen before is a cache
 hit (L{rpcd.wire.hpackfast}), and reply header blocks are encoded once.
 
-What it checks (RFC 9113), connection errors raising L{ConnectionError}
+What it checks (RFC 9113), connection errors raising L{HTTP2Error}
 (an C{h2} C{ProtocolError} with the error code):
   - the client preface, then SETTINGS first;
   - every frame's length against SETTINGS_MAX_FRAME_SIZE (16384) before
@@ -95,7 +95,7 @@ HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, \
     SETTINGS_MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = range(1, 7)
 
 
-class ConnectionError(ProtocolError):
+class HTTP2Error(ProtocolError):
     """
     The peer broke HTTP/2: the connection ends with GOAWAY and L{error_code}.
     """
@@ -211,18 +211,18 @@ class FastH2Connection:
         Take bytes from the peer.
 
         @return: the C{h2.events} they make.
-        @raise ConnectionError: a connection error (the caller sends
+        @raise HTTP2Error: a connection error (the caller sends
             GOAWAY with its C{error_code} and closes).
         """
         buffer = self._buffer + data if self._buffer else data
         if self._preface:
             if len(buffer) < len(PREFACE):
                 if not PREFACE.startswith(buffer):
-                    raise ConnectionError("not the HTTP/2 client preface")
+                    raise HTTP2Error("not the HTTP/2 client preface")
                 self._buffer = buffer
                 return []
             if not buffer.startswith(PREFACE):
-                raise ConnectionError("not the HTTP/2 client preface")
+                raise HTTP2Error("not the HTTP/2 client preface")
             buffer = buffer[len(PREFACE):]
             self._preface = False
         events: list[Any] = []
@@ -233,7 +233,7 @@ class FastH2Connection:
             high, low, kind, flags, stream_id = unpack(buffer, pos)
             length = high << 8 | low
             if length > MAX_FRAME_SIZE:
-                raise ConnectionError(f"a frame of {length} bytes (the maximum is "
+                raise HTTP2Error(f"a frame of {length} bytes (the maximum is "
                                       f"{MAX_FRAME_SIZE})", ErrorCodes.FRAME_SIZE_ERROR)
             if end - pos - 9 < length:
                 break
@@ -241,10 +241,10 @@ class FastH2Connection:
             pos += 9 + length
             stream_id &= 0x7FFFFFFF
             if self._block is not None and kind != CONTINUATION:
-                raise ConnectionError("a header block was interrupted by another frame")
+                raise HTTP2Error("a header block was interrupted by another frame")
             if not self._settings_seen:
                 if kind != SETTINGS or flags & ACK:
-                    raise ConnectionError("the connection did not start with SETTINGS")
+                    raise HTTP2Error("the connection did not start with SETTINGS")
                 self._settings_seen = True
             if kind == DATA:
                 self._data(stream_id, flags, payload, events)
@@ -265,7 +265,7 @@ class FastH2Connection:
             elif kind == GOAWAY:
                 self._goaway(stream_id, payload, events)
             elif kind == PUSH_PROMISE:
-                raise ConnectionError("a client sent PUSH_PROMISE")
+                raise HTTP2Error("a client sent PUSH_PROMISE")
             # Unknown frame types are ignored (RFC 9113 4.1).
         self._buffer = buffer[pos:] if pos < end else b""
         return events
@@ -273,21 +273,21 @@ class FastH2Connection:
     def _stream_for(self, stream_id: int, kind: str) -> _Stream | None:
         """
         @return: the open stream, or None for one that is closed.
-        @raise ConnectionError: stream 0, or a stream never opened.
+        @raise HTTP2Error: stream 0, or a stream never opened.
         """
         stream = self.streams.get(stream_id)
         if stream is not None:
             return stream
         if not stream_id:
-            raise ConnectionError(f"{kind} on stream 0")
+            raise HTTP2Error(f"{kind} on stream 0")
         if stream_id > self.highest_inbound_stream_id or not stream_id & 1:
-            raise ConnectionError(f"{kind} on stream {stream_id}, which is idle")
+            raise HTTP2Error(f"{kind} on stream {stream_id}, which is idle")
         return None
 
     def _data(self, stream_id: int, flags: int, payload: bytes, events: list[Any]) -> None:
         flow_length = len(payload)
         if flow_length > self.recv.size:
-            raise ConnectionError(f"DATA of {flow_length} bytes beyond the connection's window "
+            raise HTTP2Error(f"DATA of {flow_length} bytes beyond the connection's window "
                                   f"({self.recv.size})", ErrorCodes.FLOW_CONTROL_ERROR)
         stream = self._stream_for(stream_id, "DATA")
         self.recv.size -= flow_length
@@ -316,19 +316,19 @@ class FastH2Connection:
 
     def _headers(self, stream_id: int, flags: int, payload: bytes, events: list[Any]) -> None:
         if not stream_id:
-            raise ConnectionError("HEADERS on stream 0")
+            raise HTTP2Error("HEADERS on stream 0")
         if flags & PADDED:
             payload = _unpad(payload, "HEADERS")
         if flags & PRIORITY_FLAG:
             if len(payload) < 5:
-                raise ConnectionError("HEADERS too short for its priority fields",
+                raise HTTP2Error("HEADERS too short for its priority fields",
                                       ErrorCodes.FRAME_SIZE_ERROR)
             payload = payload[5:]
         if flags & END_HEADERS:
             self._header_block(stream_id, flags, payload, events)
             return
         if len(payload) > MAX_BLOCK:
-            raise ConnectionError("a header block over the maximum size",
+            raise HTTP2Error("a header block over the maximum size",
                                   ErrorCodes.ENHANCE_YOUR_CALM)
         self._block = bytearray(payload)
         self._block_stream = stream_id
@@ -339,10 +339,10 @@ class FastH2Connection:
                       events: list[Any]) -> None:
         block = self._block
         if block is None or stream_id != self._block_stream:
-            raise ConnectionError("CONTINUATION without a HEADERS before it on its stream")
+            raise HTTP2Error("CONTINUATION without a HEADERS before it on its stream")
         self._block_frames += 1
         if self._block_frames > MAX_CONTINUATIONS or len(block) + len(payload) > MAX_BLOCK:
-            raise ConnectionError("a header block over the maximum size or CONTINUATION count",
+            raise HTTP2Error("a header block over the maximum size or CONTINUATION count",
                                   ErrorCodes.ENHANCE_YOUR_CALM)
         block += payload
         if flags & END_HEADERS:
@@ -356,18 +356,18 @@ class FastH2Connection:
         try:
             headers = self.decoder.decode(block)
         except OversizedHeaderListError as e:
-            raise ConnectionError(f"oversized header list: {e}",
+            raise HTTP2Error(f"oversized header list: {e}",
                                   ErrorCodes.ENHANCE_YOUR_CALM) from None
         except (HPACKError, ValueError, IndexError) as e:
-            raise ConnectionError(f"bad header block: {e}", ErrorCodes.COMPRESSION_ERROR) from None
+            raise HTTP2Error(f"bad header block: {e}", ErrorCodes.COMPRESSION_ERROR) from None
         stream = self.streams.get(stream_id)
         if stream is None:
             if not stream_id & 1:
-                raise ConnectionError(f"HEADERS on stream {stream_id} (even: not a client's)")
+                raise HTTP2Error(f"HEADERS on stream {stream_id} (even: not a client's)")
             if stream_id <= self.highest_inbound_stream_id:
                 return  # a stream that is closed (and not ours to answer)
             if len(self.streams) >= self.max_concurrent_streams:
-                raise ConnectionError(f"more than {self.max_concurrent_streams} concurrent "
+                raise HTTP2Error(f"more than {self.max_concurrent_streams} concurrent "
                                       "streams")
             self.highest_inbound_stream_id = stream_id
             stream = self.streams[stream_id] = _Stream(DEFAULT_WINDOW, self.initial_send_window)
@@ -396,15 +396,15 @@ class FastH2Connection:
 
     def _window_update(self, stream_id: int, payload: bytes, events: list[Any]) -> None:
         if len(payload) != 4:
-            raise ConnectionError("WINDOW_UPDATE not 4 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
+            raise HTTP2Error("WINDOW_UPDATE not 4 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
         (increment,) = struct.unpack(">L", payload)
         increment &= 0x7FFFFFFF
         if not stream_id:
             if not increment:
-                raise ConnectionError("WINDOW_UPDATE of 0 on the connection")
+                raise HTTP2Error("WINDOW_UPDATE of 0 on the connection")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise ConnectionError("the connection's send window passed 2^31-1",
+                raise HTTP2Error("the connection's send window passed 2^31-1",
                                       ErrorCodes.FLOW_CONTROL_ERROR)
         else:
             stream = self._stream_for(stream_id, "WINDOW_UPDATE")
@@ -421,7 +421,7 @@ class FastH2Connection:
 
     def _rst_stream(self, stream_id: int, payload: bytes, events: list[Any]) -> None:
         if len(payload) != 4:
-            raise ConnectionError("RST_STREAM not 4 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
+            raise HTTP2Error("RST_STREAM not 4 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
         if self._stream_for(stream_id, "RST_STREAM") is None:
             return
         del self.streams[stream_id]
@@ -429,36 +429,36 @@ class FastH2Connection:
 
     def _settings(self, stream_id: int, flags: int, payload: bytes, events: list[Any]) -> None:
         if stream_id:
-            raise ConnectionError("SETTINGS on a stream")
+            raise HTTP2Error("SETTINGS on a stream")
         if flags & ACK:
             if payload:
-                raise ConnectionError("SETTINGS ACK with a payload", ErrorCodes.FRAME_SIZE_ERROR)
+                raise HTTP2Error("SETTINGS ACK with a payload", ErrorCodes.FRAME_SIZE_ERROR)
             return
         if len(payload) % 6:
-            raise ConnectionError("SETTINGS not a multiple of 6 bytes",
+            raise HTTP2Error("SETTINGS not a multiple of 6 bytes",
                                   ErrorCodes.FRAME_SIZE_ERROR)
         opened = False
         for i in range(0, len(payload), 6):
             code, value = struct.unpack_from(">HL", payload, i)
             if code == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise ConnectionError("SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1",
+                    raise HTTP2Error("SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1",
                                           ErrorCodes.FLOW_CONTROL_ERROR)
                 delta = value - self.initial_send_window
                 self.initial_send_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
                     if stream.send_window > MAX_WINDOW:
-                        raise ConnectionError("a stream's send window passed 2^31-1",
+                        raise HTTP2Error("a stream's send window passed 2^31-1",
                                               ErrorCodes.FLOW_CONTROL_ERROR)
                 opened = opened or delta > 0
             elif code == SETTINGS_MAX_FRAME_SIZE:
                 if not MAX_FRAME_SIZE <= value <= (1 << 24) - 1:
-                    raise ConnectionError(f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
+                    raise HTTP2Error(f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
                 self.max_outbound_frame_size = value
             elif code == ENABLE_PUSH:
                 if value > 1:
-                    raise ConnectionError(f"SETTINGS_ENABLE_PUSH {value} is not 0 or 1")
+                    raise HTTP2Error(f"SETTINGS_ENABLE_PUSH {value} is not 0 or 1")
             elif code == HEADER_TABLE_SIZE:
                 self._table_update = True  # rpcd's blocks say "size 0" once more
         self._out.append(frame(SETTINGS, ACK, 0))
@@ -467,9 +467,9 @@ class FastH2Connection:
 
     def _ping(self, stream_id: int, flags: int, payload: bytes, events: list[Any]) -> None:
         if len(payload) != 8:
-            raise ConnectionError("PING not 8 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
+            raise HTTP2Error("PING not 8 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
         if stream_id:
-            raise ConnectionError("PING on a stream")
+            raise HTTP2Error("PING on a stream")
         if flags & ACK:
             return
         self._out.append(frame(PING, ACK, 0, payload))
@@ -477,15 +477,15 @@ class FastH2Connection:
 
     def _priority(self, stream_id: int, payload: bytes) -> None:
         if not stream_id:
-            raise ConnectionError("PRIORITY on stream 0")
+            raise HTTP2Error("PRIORITY on stream 0")
         if len(payload) != 5:
-            raise ConnectionError("PRIORITY not 5 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
+            raise HTTP2Error("PRIORITY not 5 bytes long", ErrorCodes.FRAME_SIZE_ERROR)
 
     def _goaway(self, stream_id: int, payload: bytes, events: list[Any]) -> None:
         if stream_id:
-            raise ConnectionError("GOAWAY on a stream")
+            raise HTTP2Error("GOAWAY on a stream")
         if len(payload) < 8:
-            raise ConnectionError("GOAWAY shorter than 8 bytes", ErrorCodes.FRAME_SIZE_ERROR)
+            raise HTTP2Error("GOAWAY shorter than 8 bytes", ErrorCodes.FRAME_SIZE_ERROR)
         last, code = struct.unpack_from(">LL", payload)
         event = ConnectionTerminated()
         event.error_code = code
@@ -628,11 +628,11 @@ class FastH2Connection:
 def _unpad(payload: bytes, kind: str) -> bytes:
     """
     @return: a padded frame's payload without its pad length and padding.
-    @raise ConnectionError: the padding does not fit (PROTOCOL_ERROR).
+    @raise HTTP2Error: the padding does not fit (PROTOCOL_ERROR).
     """
     if not payload:
-        raise ConnectionError(f"padded {kind} without a pad length", ErrorCodes.FRAME_SIZE_ERROR)
+        raise HTTP2Error(f"padded {kind} without a pad length", ErrorCodes.FRAME_SIZE_ERROR)
     pad = payload[0]
     if pad >= len(payload):
-        raise ConnectionError(f"{kind} padding of {pad} bytes in a {len(payload)}-byte frame")
+        raise HTTP2Error(f"{kind} padding of {pad} bytes in a {len(payload)}-byte frame")
     return payload[1:len(payload) - pad]
