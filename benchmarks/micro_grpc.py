@@ -161,7 +161,7 @@ def main() -> None:
         profiler = bench.profiler = cProfile.Profile()
         for _ in range(args.rounds):
             bench.round(args.batch)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
         return
     best = min(sum(bench.round(args.batch) for _ in range(args.rounds))
                for _ in range(args.repeat))

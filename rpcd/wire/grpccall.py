@@ -42,11 +42,13 @@ log = Logger()
 COMPRESS_FROM = 1024
 """Reply messages this long or longer are gzipped when the caller used gzip."""
 
-REPLY_HEADERS = [(":status", "200"), ("content-type", "application/grpc"),
-                 ("grpc-accept-encoding", ACCEPT_ENCODING)]
-"""A reply's headers before metadata (never changed in place)."""
+REPLY_HEADERS: list[tuple[Any, Any]] = [
+    (b":status", b"200"), (b"content-type", b"application/grpc"),
+    (b"grpc-accept-encoding", ACCEPT_ENCODING.encode("ascii"))]
+"""A reply's headers before metadata (never changed in place; bytes, which
+h2 takes as they are)."""
 
-OK_STATUS = [("grpc-status", "0")]
+OK_STATUS: list[tuple[Any, Any]] = [(b"grpc-status", b"0")]
 """The trailers of a call that succeeded (never changed in place)."""
 
 STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
@@ -90,7 +92,7 @@ class GrpcCall:
         self.unacknowledged = 0
         self.held = 0
         self.out = bytearray()
-        self.trailers: list[tuple[str, str]] | None = None
+        self.trailers: list[tuple[Any, Any]] | None = None
         self._waiting: Deferred[None] | None = None
 
     # Requests.
@@ -236,7 +238,7 @@ class GrpcCall:
         self.headers_sent = True
         headers = REPLY_HEADERS
         if self.compress:
-            headers = headers + [("grpc-encoding", "gzip")]
+            headers = headers + [(b"grpc-encoding", b"gzip")]
         metadata = self._reply_metadata()
         if metadata:
             headers = headers + metadata
@@ -277,7 +279,7 @@ class GrpcCall:
             if not out and self.trailers is not None:
                 trailers, self.trailers = self.trailers, None
                 conn.send_headers(sid, trailers, end_stream=True)
-                if sid in conn.streams:  # the caller has not ended its side
+                if not self.half_closed:  # the caller has not ended its side
                     conn.reset_stream(sid, ErrorCodes.NO_ERROR)
                 self.protocol.forget(self)
         except H2ProtocolError:

@@ -1,9 +1,8 @@
 """
 What a gRPC request's headers say, read once per distinct header block.
 
-L{rpcd.wire.h2fast} hands out the same header tuple for a header block it
-has seen before, and a gRPC client sends the same block for most of its
-calls, so L{RequestCache} keeps what the headers meant (method, content
+A gRPC client sends the same header list for most of its calls, so
+L{RequestCache} keeps what the headers meant (method, content
 type, path, encodings, C{grpc-timeout}, metadata) keyed by the headers
 themselves, within a byte budget per connection.  Nothing here depends on anything but the headers.
 """
@@ -88,20 +87,18 @@ class RequestCache:
 
     def read(self, headers: Sequence[tuple[bytes, bytes]]) -> Request:
         """
-        @param headers: a request's headers (a tuple, as L{rpcd.wire.h2fast}
-            gives them; a list is read without being remembered).
+        @param headers: a request's headers, C{(name, value)} pairs of bytes.
         @return: what they say.
         """
-        if not isinstance(headers, tuple):
-            return Request(headers)
+        key = headers if type(headers) is tuple else tuple(headers)
         requests = self._requests
-        request = requests.get(headers)
+        request = requests.get(key)
         if request is None:
-            request = Request(headers)
+            request = Request(key)
             if request.size <= ENTRY_BYTES:
                 if self._bytes + request.size > CACHE_BYTES:
                     requests.clear()
                     self._bytes = 0
-                requests[headers] = request
+                requests[key] = request
                 self._bytes += request.size
         return request

@@ -1,7 +1,7 @@
 """
-The server side of gRPC: HTTP/2 (L{rpcd.wire.h2fast}, sans-IO, with C{h2}'s
-API and events) on a connection the sniffer handed over after the HTTP/2
-client preface (or ALPN C{h2} on TLS).
+The server side of gRPC: HTTP/2 (from C{h2}, sans-IO, its HPACK behind the
+caches of L{rpcd.wire.hpackfast}) on a connection the sniffer handed over
+after the HTTP/2 client preface (or ALPN C{h2} on TLS).
 
 Each HTTP/2 stream is one call, routed by its C{:path}
 (C{/package.Service/Method}, see L{rpcd.protos.routes}) to an rpcd method
@@ -25,7 +25,7 @@ peer within L{RESET_WINDOW} seconds (the HTTP/2 Rapid Reset attack), or
 pings more often than every L{MIN_PING_INTERVAL} seconds with nothing sent
 in between, more than L{MAX_PING_STRIKES} times (C{too_many_pings}), both
 with ENHANCE_YOUR_CALM.  Streams beyond C{SETTINGS_MAX_CONCURRENT_STREAMS}
-(C{min(max_calls_per_connection, 1000)}) are a protocol error (as in h2).
+(C{min(max_calls_per_connection, 1000)}) are a protocol error (h2's).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -44,6 +46,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -55,10 +58,10 @@ from rpcd.backpressure import take_over_producer
 from rpcd.dispatch import Dispatcher
 from rpcd.errors import Code
 from rpcd.protos import GrpcMethod, routes
-from rpcd.wire.h2fast import FastH2Connection
 from rpcd.wire.grpccall import STREAMING_IN, GrpcCall, GrpcMessages
 from rpcd.wire.grpcmsg import ACCEPT_ENCODING, MessageError, MessageReader
 from rpcd.wire.grpcrequest import RequestCache
+from rpcd.wire.hpackfast import install as install_hpack_caches
 
 if TYPE_CHECKING:
     from rpcd.server import RPCServer
@@ -164,13 +167,18 @@ class GrpcServerProtocol(Protocol):
         self._lost = False
         self._closing = False  # no new calls: draining, or the peer said GOAWAY
         self._aborted = False  # GOAWAY sent over an error: nothing more is read
-        # HTTP/2 is rpcd's own fast path (rpcd.wire.h2fast, h2's API and
-        # events without h2's per-event machinery).  Like h2 configured with
-        # validation off, it does not check header names and values: rpcd
-        # reads only :method, :path, content-type and grpc-* (checked in
-        # _request) and turns the rest into metadata as bytes, so a
-        # malformed header cannot confuse it.
-        self.conn = FastH2Connection(self.max_streams, MAX_HEADER_LIST)
+        # h2's per-header validation (RFC 9113 8.2 character, pseudo-header
+        # and connection-header checks) is about a tenth of a unary call's
+        # CPU (benchmarks/micro_grpc.py): rpcd reads only :method, :path,
+        # content-type and grpc-* (checked in _request) and turns the rest
+        # into metadata as bytes, so a malformed header cannot confuse it.
+        # rpcd's own replies are built well-formed (metadata checked by
+        # encode_metadata), so h2 skips checking them too.
+        self.conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None,
+            validate_inbound_headers=False, normalize_inbound_headers=False,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
+        install_hpack_caches(self.conn, MAX_HEADER_LIST)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -181,6 +189,11 @@ class GrpcServerProtocol(Protocol):
         if add_trigger is not None:  # the reactor: a daemon shutting down says GOAWAY
             self._shutdown_trigger = add_trigger("before", "shutdown", self.shutting_down)
         conn = self.conn
+        conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW)
         self.flush()
@@ -210,26 +223,43 @@ class GrpcServerProtocol(Protocol):
         self.flush()
 
     def _event(self, event: Any) -> None:
-        kind = type(event)
-        if kind is DataReceived:
-            self._data(event.stream_id, event.data, event.flow_controlled_length)
-            if event.stream_ended is not None:
-                self._ended(event.stream_id)
-        elif kind is RequestReceived:
-            self._request(event.stream_id, event.headers)
-            if event.stream_ended is not None:
-                self._ended(event.stream_id)
-        elif kind is StreamEnded:
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _on_data(self, event: DataReceived) -> None:
+        ended = event.stream_ended is not None
+        self._data(event.stream_id, event.data, event.flow_controlled_length, ended)
+        if ended:
             self._ended(event.stream_id)
-        elif kind is WindowUpdated:
-            self._window_opened(event.stream_id)
-        elif kind is StreamReset:
-            self._reset(event.stream_id)
-        elif kind is PingReceived:
-            self._ping()
-        elif kind is ConnectionTerminated:
-            self._closing = True
-            self._close_when_idle()
+
+    def _on_request(self, event: RequestReceived) -> None:
+        self._request(event.stream_id, event.headers)
+        if event.stream_ended is not None:
+            self._ended(event.stream_id)
+
+    def _on_ended(self, event: StreamEnded) -> None:
+        self._ended(event.stream_id)
+
+    def _on_window(self, event: WindowUpdated) -> None:
+        self._window_opened(event.stream_id)
+
+    def _on_reset(self, event: StreamReset) -> None:
+        self._reset(event.stream_id)
+
+    def _on_ping(self, event: PingReceived) -> None:
+        self._ping()
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self._closing = True
+        self._close_when_idle()
+
+    _handlers: dict[type, Callable[[GrpcServerProtocol, Any], None]] = {
+        DataReceived: _on_data, RequestReceived: _on_request, StreamEnded: _on_ended,
+        WindowUpdated: _on_window, StreamReset: _on_reset, PingReceived: _on_ping,
+        ConnectionTerminated: _on_terminated,
+    }
+    """What each h2 event calls (others are h2's own business)."""
 
     def _request(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         if self._closing:
@@ -289,8 +319,12 @@ class GrpcServerProtocol(Protocol):
             return False
         return True
 
-    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
+    def _data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None:
         call = self.calls.get(stream_id)
+        if call is not None and ended:
+            # Known before the handler runs, so that a unary reply sent
+            # while this frame is read sends no RST_STREAM after it.
+            call.half_closed = True
         if call is None or call.reader is None or call.done:
             self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
             return
