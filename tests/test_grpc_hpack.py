@@ -2,7 +2,7 @@
 Tests for the gRPC server's HPACK caches (L{rpcd.wire.hpackfast}), the
 request header cache (L{rpcd.wire.grpcrequest}), and the HTTP/2 bounds
 that C{h2} enforces for the server (streams, header lists, CONTINUATION,
-frame sizes).
+frame sizes, checked early by L{rpcd.wire.h2compat}).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated
+from h2.frame_buffer import FrameBuffer
 from hpack import Decoder, Encoder, InvalidTableIndex
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.limits import Limits
-from rpcd.wire import grpcrequest, hpackfast
+from rpcd.wire import grpcrequest, h2compat, hpackfast
 from rpcd.wire.grpcrequest import RequestCache
 from rpcd.wire.grpcserver import MAX_HEADER_LIST, GrpcServerProtocol
 from rpcd.wire.hpackfast import CachedDecoder, CachedEncoder
@@ -241,8 +242,23 @@ class H2BoundsTests(SynchronousTestCase):
         self.assertTrue(pair.transport.disconnecting)
 
     def test_frame_too_large(self) -> None:
-        """A frame longer than SETTINGS_MAX_FRAME_SIZE ends the connection with FRAME_SIZE_ERROR."""
+        """A frame longer than SETTINGS_MAX_FRAME_SIZE ends the connection with FRAME_SIZE_ERROR before its payload is read."""
         pair = H2Pair()
+        pair.transport.clear()
+        frame = DataFrame(1, data=b"x" * 20000).serialize()
+        self.assertEqual(_goaway(pair, frame[:100]).error_code, ErrorCodes.FRAME_SIZE_ERROR)
+
+    def test_frame_check_canary(self) -> None:
+        """h2's frame buffer still keeps the next frame at the start of its bytes, so the early length check is in place."""
+        self.assertTrue(h2compat.works())
+        pair = H2Pair()
+        self.assertIsInstance(pair.protocol.conn.incoming_buffer, h2compat.EarlyFrameBuffer)
+
+    def test_frame_check_fallback(self) -> None:
+        """When the canary fails, h2's own buffer stays and still refuses an overlong frame once it is whole."""
+        self.patch(h2compat, "_WORKS", False)
+        pair = H2Pair()
+        self.assertIs(type(pair.protocol.conn.incoming_buffer), FrameBuffer)
         pair.transport.clear()
         frame = DataFrame(1, data=b"x" * 20000).serialize()
         self.assertEqual(_goaway(pair, frame).error_code, ErrorCodes.FRAME_SIZE_ERROR)

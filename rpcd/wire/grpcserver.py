@@ -61,6 +61,7 @@ from rpcd.protos import GrpcMethod, routes
 from rpcd.wire.grpccall import STREAMING_IN, GrpcCall, GrpcMessages
 from rpcd.wire.grpcmsg import ACCEPT_ENCODING, MessageError, MessageReader
 from rpcd.wire.grpcrequest import RequestCache
+from rpcd.wire.h2compat import install as install_early_frame_check
 from rpcd.wire.hpackfast import install as install_hpack_caches
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class GrpcServerProtocol(Protocol):
             validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False))
         install_hpack_caches(self.conn, MAX_HEADER_LIST)
+        install_early_frame_check(self.conn)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
