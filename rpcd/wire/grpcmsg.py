@@ -2,9 +2,8 @@
 gRPC's own layer over HTTP/2, without the HTTP/2 part: length-prefixed
 messages, C{grpc-timeout}, metadata and status headers.
 
-HTTP/2 itself (frames, HPACK, flow control) is L{rpcd.wire.h2fast}'s job
-on the server and the C{h2} library's in the client.  Nothing here does I/O
-or imports Twisted.
+HTTP/2 itself (frames, HPACK, flow control) is the C{h2} library's job, in
+L{rpcd.wire.grpcserver}.  Nothing here does I/O or imports Twisted.
 
 A message on the wire is::
 
