@@ -51,6 +51,10 @@ h2 takes as they are)."""
 OK_STATUS: list[tuple[Any, Any]] = [(b"grpc-status", b"0")]
 """The trailers of a call that succeeded (never changed in place)."""
 
+COALESCE = 16384
+"""Reply bytes a streaming handler's messages may gather before they go to
+h2 (one DATA frame, the default SETTINGS_MAX_FRAME_SIZE)."""
+
 STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
 STREAMING_OUT = (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
 
@@ -173,8 +177,18 @@ class GrpcCall:
             produced = await produced
         if hasattr(produced, "__anext__"):
             try:
-                async for item in produced:
-                    if self.send(item):
+                while True:
+                    # Messages the handler yields without waiting are sent
+                    # to h2 together (one DATA frame per COALESCE bytes),
+                    # and whatever is queued goes out before it waits.
+                    d = Deferred.fromCoroutine(_next(produced))
+                    if not d.called and self.out and not self.done:
+                        self.pump()
+                    try:
+                        item = await d
+                    except StopAsyncIteration:
+                        break
+                    if self.send(item, flush=False):
                         await self._writable()
             finally:
                 aclose = getattr(produced, "aclose", None)
@@ -209,7 +223,7 @@ class GrpcCall:
                                f"not a {output.DESCRIPTOR.full_name}")
         return item.SerializeToString()
 
-    def send(self, item: Any, last: bool = False) -> bool:
+    def send(self, item: Any, last: bool = False, flush: bool = True) -> bool:
         """
         Send one reply message.
 
@@ -218,6 +232,9 @@ class GrpcCall:
         @param last: the call's only (or last) message: it is queued for the
             L{finish} that follows, so headers, message and trailers go to
             h2 in one L{pump}.
+        @param flush: whether to hand it to h2 now; if not, and the caller's
+            window and the transport would take it, it waits (up to
+            L{COALESCE} bytes) for the next message or the next L{pump}.
         @return: whether to wait for L{_writable} before the next one.
         @raise Internal: the item is not such a message.
         """
@@ -231,6 +248,13 @@ class GrpcCall:
         self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
         if last:
             return False
+        if not flush and len(self.out) < COALESCE and not self.protocol.paused:
+            try:
+                room = self.conn.local_flow_control_window(self.stream_id)
+            except H2ProtocolError:
+                room = -1  # the stream closed under us: pump() finds out
+            if room >= len(self.out):
+                return False  # the caller's window and the transport take it all
         self.pump()
         return bool(self.out) or self.protocol.paused
 
@@ -391,6 +415,14 @@ class GrpcCall:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.callback(None)
+
+
+async def _next(produced: Any) -> Any:
+    """
+    @return: the async iterator's next item (raises C{StopAsyncIteration}
+        at its end).
+    """
+    return await produced.__anext__()
 
 
 def status_details(code: int, message: str, details: Any) -> bytes | None:
