@@ -13,6 +13,7 @@ runs); the client reads the replies outside the timer::
 
     python benchmarks/micro_grpc.py                # 64 calls per read, us/call
     python benchmarks/micro_grpc.py --profile      # cProfile of the server's side
+    SORT=cumulative TOP=60 python benchmarks/micro_grpc.py --profile
 
 The socket benchmark beside grpcio's server is C{benchmarks/bench_grpc.py}.
 """
