@@ -21,7 +21,15 @@ Clients, each against each server:
     --inflight 64} (64 calls in flight on one channel), and C{--mode
     aiostream} for one stream of C{--count} messages;
   - C{rpcd client x64}: rpcd's own gRPC client (this process, Twisted), 64
-    calls in flight on one connection, and one stream.
+    calls in flight on one connection, and one stream;
+  - C{go grpc x64}: C{benchmarks/go/grpcload} (grpc-go, 64 calls in flight
+    on one connection), when C{go} and Debian's grpc-go sources are there:
+    a client that is not itself the bottleneck, so the servers' own unary
+    rates show; and C{go grpc stream}, the same reading one stream.
+
+C{--baseline CHECKOUT} adds a server C{rpcd base}: rpcd from another
+checkout (e.g. C{git archive OLD | tar -x -C DIR}), for before/after
+figures in one run.
 
 For each row: calls/s (messages/s for streams), and the server's CPU (utime +
 stime from /proc/PID/stat, all threads) over the measured window per call or
@@ -135,6 +143,49 @@ def grpcio_client(env: dict[str, str], port: int, pid: int, args: argparse.Names
             "errors": result["errors"]}
 
 
+GOCODE = Path("/usr/share/gocode")
+
+
+def build_grpcload(work: Path) -> Path | None:
+    """
+    Build C{benchmarks/go/grpcload} in GOPATH mode against Debian's grpc-go
+    (C{golang-google-grpc-dev}).
+
+    @return: the binary, or None (with a note printed) when it cannot be built.
+    """
+    binary = work / "grpcload"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOCODE),
+           "GOCACHE": os.environ.get("GOCACHE", str(Path(tempfile.gettempdir()) / "rpcd-gocache")),
+           "GOFLAGS": ""}
+    try:
+        done = subprocess.run(["go", "build", "-o", str(binary), "./grpcload"],
+                              cwd=str(ROOT / "benchmarks" / "go"), env=env,
+                              capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        print("go grpc x64: skipped (no go on the PATH)")
+        return None
+    if done.returncode != 0:
+        print(f"go grpc x64: skipped (grpcload did not build: needs golang-google-grpc-dev)\n"
+              f"{done.stderr}")
+        return None
+    return binary
+
+
+def go_client(binary: Path, port: int, pid: int, args: argparse.Namespace,
+              stream: bool = False) -> dict[str, Any]:
+    argv = [str(binary), "-addr", f"127.0.0.1:{port}", "-inflight", "64",
+            "-dur", f"{args.dur}s", "-warmup", f"{args.warmup}s", "-server-pid", str(pid)]
+    if stream:
+        argv += ["-stream", str(args.count)]
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          timeout=args.dur + args.warmup + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"rate": result["rate"], "count": result["calls"], "server_cpu_s": result["server_cpu_s"],
+            "errors": result["errors"]}
+
+
 def rpcd_client(port: int, pid: int, args: argparse.Namespace, stream: bool) -> dict[str, Any]:
     """
     Run rpcd's gRPC client in a child process (a reactor per run).
@@ -223,6 +274,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000, help="messages per stream")
     parser.add_argument("--anchors", default=DEFAULT_ANCHORS,
                         help="the anchors folder (%(default)s; RPCD_ANCHORS)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also serve with rpcd from another checkout (e.g. an older commit "
+                             "unpacked with git archive): rows 'rpcd base'")
     parser.add_argument("--rpcd-client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
@@ -238,18 +292,31 @@ def main() -> None:
     env = {**os.environ, "ANCHORS_WORK": str(work), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), str(gen),
                                           os.environ.get("PYTHONPATH", "")])}
+    grpcload = build_grpcload(work)
     servers: list[tuple[str, Any]] = [("rpcd", lambda env: start_rpcd(work, env)),
                                       ("grpcio aio", lambda env: start_grpcio(py, env))]
+    if args.baseline:
+        base_path = os.pathsep.join([str(Path(args.baseline).resolve()), str(ROOT / "benchmarks"),
+                                     str(gen), os.environ.get("PYTHONPATH", "")])
+        servers.insert(1, ("rpcd base", lambda env: start_rpcd(work, {**env,
+                                                                      "PYTHONPATH": base_path})))
     rows = []
     for name, start in servers:
         process, port = start(env)
         try:
-            for client, run in (
+            clients: list[tuple[str, Any]] = [
                     ("grpcio aio x64", lambda: grpcio_client(env, port, process.pid, args, "aio")),
                     ("rpcd client x64", lambda: rpcd_client(port, process.pid, args, False)),
                     ("grpcio aio stream", lambda: grpcio_client(env, port, process.pid, args,
                                                                 "aiostream")),
-                    ("rpcd client stream", lambda: rpcd_client(port, process.pid, args, True))):
+                    ("rpcd client stream", lambda: rpcd_client(port, process.pid, args, True))]
+            if grpcload is not None:
+                binary = grpcload
+                clients.insert(2, ("go grpc x64", lambda: go_client(binary, port, process.pid,
+                                                                     args)))
+                clients.append(("go grpc stream", lambda: go_client(binary, port, process.pid,
+                                                                    args, stream=True)))
+            for client, run in clients:
                 result = run()
                 unit = "msg" if "stream" in client else "call"
                 per = result["server_cpu_s"] / result["count"] * 1e6 if result["count"] else 0.0
@@ -266,9 +333,15 @@ def main() -> None:
               + (f"  ({errors} errors)" if errors else ""))
     print()
     print(ratios(rows))
+    if args.baseline:
+        print()
+        print(ratios(rows, "rpcd base"))
+        print()
+        print(ratios(rows, "rpcd", "rpcd base"))
 
 
-def ratios(rows: list[tuple[str, str, float, str, float, int]]) -> str:
+def ratios(rows: list[tuple[str, str, float, str, float, int]], mine_name: str = "rpcd",
+           theirs_name: str = "grpcio aio") -> str:
     """
     @return: per client, rpcd's rate and server CPU per call or message as
         multiples of grpcio's in this run (the issue's targets: 5x the
@@ -276,9 +349,9 @@ def ratios(rows: list[tuple[str, str, float, str, float, int]]) -> str:
         messages/s).
     """
     by = {(name, client): (rate, per) for name, client, rate, _, per, _ in rows}
-    lines = [f"{'rpcd / grpcio':33} {'rate':>8} {'server CPU':>11}"]
+    lines = [f"{mine_name + ' / ' + theirs_name:33} {'rate':>8} {'server CPU':>11}"]
     for client in dict.fromkeys(client for _, client, *_ in rows):
-        mine, theirs = by.get(("rpcd", client)), by.get(("grpcio aio", client))
+        mine, theirs = by.get((mine_name, client)), by.get((theirs_name, client))
         if mine and theirs and theirs[0] and theirs[1]:
             lines.append(f"{client:33} {mine[0] / theirs[0]:>7.2f}x {mine[1] / theirs[1]:>10.2f}x")
     return "\n".join(lines)

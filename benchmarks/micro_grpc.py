@@ -13,6 +13,7 @@ runs); the client reads the replies outside the timer::
 
     python benchmarks/micro_grpc.py                # 64 calls per read, us/call
     python benchmarks/micro_grpc.py --profile      # cProfile of the server's side
+    SORT=cumulative TOP=60 python benchmarks/micro_grpc.py --profile
 
 The socket benchmark beside grpcio's server is C{benchmarks/bench_grpc.py}.
 """
@@ -37,11 +38,11 @@ from h2.connection import H2Connection  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from rpcd.limits import Limits  # noqa: E402
+from rpcd.server.limits import Limits  # noqa: E402
 from rpcd.server import RPCServer  # noqa: E402
-from rpcd.service import ServiceRegistry  # noqa: E402
+from rpcd.core.service import ServiceRegistry  # noqa: E402
 from rpcd.wire.grpcmsg import encode_message  # noqa: E402
-from rpcd.wire.grpcserver import GrpcServerProtocol  # noqa: E402
+from rpcd.server.grpcserver import GrpcServerProtocol  # noqa: E402
 
 
 def arith_pb2() -> types.ModuleType:
@@ -161,7 +162,7 @@ def main() -> None:
         profiler = bench.profiler = cProfile.Profile()
         for _ in range(args.rounds):
             bench.round(args.batch)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
         return
     best = min(sum(bench.round(args.batch) for _ in range(args.rounds))
                for _ in range(args.repeat))

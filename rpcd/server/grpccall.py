@@ -42,6 +42,19 @@ log = Logger()
 COMPRESS_FROM = 1024
 """Reply messages this long or longer are gzipped when the caller used gzip."""
 
+REPLY_HEADERS: list[tuple[Any, Any]] = [
+    (b":status", b"200"), (b"content-type", b"application/grpc"),
+    (b"grpc-accept-encoding", ACCEPT_ENCODING.encode("ascii"))]
+"""A reply's headers before metadata (never changed in place; bytes, which
+h2 takes as they are)."""
+
+OK_STATUS: list[tuple[Any, Any]] = [(b"grpc-status", b"0")]
+"""The trailers of a call that succeeded (never changed in place)."""
+
+COALESCE = 16384
+"""Reply bytes a streaming handler's messages may gather before they go to
+h2 (one DATA frame, the default SETTINGS_MAX_FRAME_SIZE)."""
+
 STREAMING_IN = (Kind.CLIENT_STREAM, Kind.BIDI_STREAM)
 STREAMING_OUT = (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
 
@@ -83,7 +96,7 @@ class GrpcCall:
         self.unacknowledged = 0
         self.held = 0
         self.out = bytearray()
-        self.trailers: list[tuple[str, str]] | None = None
+        self.trailers: list[tuple[Any, Any]] | None = None
         self._waiting: Deferred[None] | None = None
 
     # Requests.
@@ -164,8 +177,18 @@ class GrpcCall:
             produced = await produced
         if hasattr(produced, "__anext__"):
             try:
-                async for item in produced:
-                    if self.send(item):
+                while True:
+                    # Messages the handler yields without waiting are sent
+                    # to h2 together (one DATA frame per COALESCE bytes),
+                    # and whatever is queued goes out before it waits.
+                    d = Deferred.fromCoroutine(_next(produced))
+                    if not d.called and self.out and not self.done:
+                        self.pump()
+                    try:
+                        item = await d
+                    except StopAsyncIteration:
+                        break
+                    if self.send(item, flush=False):
                         await self._writable()
             finally:
                 aclose = getattr(produced, "aclose", None)
@@ -200,7 +223,7 @@ class GrpcCall:
                                f"not a {output.DESCRIPTOR.full_name}")
         return item.SerializeToString()
 
-    def send(self, item: Any, last: bool = False) -> bool:
+    def send(self, item: Any, last: bool = False, flush: bool = True) -> bool:
         """
         Send one reply message.
 
@@ -209,6 +232,9 @@ class GrpcCall:
         @param last: the call's only (or last) message: it is queued for the
             L{finish} that follows, so headers, message and trailers go to
             h2 in one L{pump}.
+        @param flush: whether to hand it to h2 now; if not, and the caller's
+            window and the transport would take it, it waits (up to
+            L{COALESCE} bytes) for the next message or the next L{pump}.
         @return: whether to wait for L{_writable} before the next one.
         @raise Internal: the item is not such a message.
         """
@@ -222,16 +248,24 @@ class GrpcCall:
         self.out += encode_message(payload, self.compress and len(payload) >= COMPRESS_FROM)
         if last:
             return False
+        if not flush and len(self.out) < COALESCE and not self.protocol.paused:
+            try:
+                room = self.conn.local_flow_control_window(self.stream_id)
+            except H2ProtocolError:
+                room = -1  # the stream closed under us: pump() finds out
+            if room >= len(self.out):
+                return False  # the caller's window and the transport take it all
         self.pump()
         return bool(self.out) or self.protocol.paused
 
     def _send_headers(self) -> None:
         self.headers_sent = True
-        headers = [(":status", "200"), ("content-type", "application/grpc"),
-                   ("grpc-accept-encoding", ACCEPT_ENCODING)]
+        headers = REPLY_HEADERS
         if self.compress:
-            headers.append(("grpc-encoding", "gzip"))
-        headers.extend(self._reply_metadata())
+            headers = headers + [(b"grpc-encoding", b"gzip")]
+        metadata = self._reply_metadata()
+        if metadata:
+            headers = headers + metadata
         if self.protocol.on_stream(self.conn.send_headers, self.stream_id, headers):
             self.protocol.sent_something()
         else:
@@ -269,7 +303,7 @@ class GrpcCall:
             if not out and self.trailers is not None:
                 trailers, self.trailers = self.trailers, None
                 conn.send_headers(sid, trailers, end_stream=True)
-                if not self.half_closed:
+                if not self.half_closed:  # the caller has not ended its side
                     conn.reset_stream(sid, ErrorCodes.NO_ERROR)
                 self.protocol.forget(self)
         except H2ProtocolError:
@@ -337,14 +371,16 @@ class GrpcCall:
             dispatcher = self.protocol.dispatcher
             if dispatcher is not None:
                 dispatcher.cancel(self.stream_id)
-        status = status_headers(code, message, status_details(code, message, details))
+        if code == Code.OK and not message:
+            status = OK_STATUS
+        else:
+            status = status_headers(code, message, status_details(code, message, details))
         if not self.headers_sent:
             self.headers_sent = True
-            headers = [(":status", "200"), ("content-type", "application/grpc"),
-                       ("grpc-accept-encoding", ACCEPT_ENCODING)]
-            self.trailers = headers + self._reply_metadata() + status
+            self.trailers = REPLY_HEADERS + self._reply_metadata() + status
         else:
-            self.trailers = self._reply_metadata() + status
+            metadata = self._reply_metadata()
+            self.trailers = metadata + status if metadata else status
         self.pump()
 
     def _gone(self) -> None:
@@ -379,6 +415,14 @@ class GrpcCall:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.callback(None)
+
+
+async def _next(produced: Any) -> Any:
+    """
+    @return: the async iterator's next item (raises C{StopAsyncIteration}
+        at its end).
+    """
+    return await produced.__anext__()
 
 
 def status_details(code: int, message: str, details: Any) -> bytes | None:

@@ -1,6 +1,7 @@
 """
-The server side of gRPC: HTTP/2 (from C{h2}, sans-IO) on a connection the
-sniffer handed over after the HTTP/2 client preface (or ALPN C{h2} on TLS).
+The server side of gRPC: HTTP/2 (from C{h2}, sans-IO, its HPACK behind the
+caches of L{rpcd.wire.hpackfast}) on a connection the sniffer handed over
+after the HTTP/2 client preface (or ALPN C{h2} on TLS).
 
 Each HTTP/2 stream is one call, routed by its C{:path}
 (C{/package.Service/Method}, see L{rpcd.core.protos.routes}) to an rpcd method
@@ -36,7 +37,7 @@ C{limits.keepalive_interval} while calls run, and closes it when nothing
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -64,15 +65,10 @@ from rpcd.core.dispatch import Dispatcher
 from rpcd.errors import Code
 from rpcd.core.protos import GrpcMethod, routes
 from rpcd.server.grpccall import STREAMING_IN, GrpcCall, GrpcMessages
-from rpcd.wire.grpcmsg import (
-    ACCEPT_ENCODING,
-    ENCODINGS,
-    MessageError,
-    MessageReader,
-    decode_metadata,
-    is_grpc_content_type,
-    parse_timeout,
-)
+from rpcd.wire.grpcmsg import ACCEPT_ENCODING, MessageError, MessageReader
+from rpcd.wire.grpcrequest import RequestCache
+from rpcd.wire.h2compat import install as install_early_frame_check
+from rpcd.wire.hpackfast import install as install_hpack_caches
 
 if TYPE_CHECKING:
     from rpcd.server.factory import RPCServer
@@ -167,6 +163,7 @@ class GrpcServerProtocol(Protocol):
         self.calls: dict[int, GrpcCall] = {}
         self.dispatcher: GrpcDispatcher | None = None
         self.routes: dict[str, GrpcMethod] = {}
+        self.requests = RequestCache()
         self.gate: WriteGate | None = None
         self.held_bytes = 0
         self.held_budget = 2 * self.max_message
@@ -190,6 +187,8 @@ class GrpcServerProtocol(Protocol):
             client_side=False, header_encoding=None,
             validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False))
+        install_hpack_caches(self.conn, MAX_HEADER_LIST)
+        install_early_frame_check(self.conn)
 
     def connectionMade(self) -> None:
         self.session = self.server.new_session(self.transport, self.protocol_name)
@@ -234,45 +233,54 @@ class GrpcServerProtocol(Protocol):
         self.flush()
 
     def _event(self, event: Any) -> None:
-        kind = type(event)
-        if kind is DataReceived:
-            self._data(event.stream_id, event.data, event.flow_controlled_length)
-            if event.stream_ended is not None:
-                self._ended(event.stream_id)
-        elif kind is RequestReceived:
-            self._request(event.stream_id, event.headers)
-            if event.stream_ended is not None:
-                self._ended(event.stream_id)
-        elif kind is StreamEnded:
-            self._ended(event.stream_id)
-        elif kind is WindowUpdated:
-            self._window_opened(event.stream_id)
-        elif kind is StreamReset:
-            self._reset(event.stream_id)
-        elif kind is PingReceived:
-            self._ping()
-        elif kind is ConnectionTerminated:
-            self._closing = True
-            self._close_when_idle()
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
-    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _on_data(self, event: DataReceived) -> None:
+        ended = event.stream_ended is not None
+        self._data(event.stream_id, event.data, event.flow_controlled_length, ended)
+        if ended:
+            self._ended(event.stream_id)
+
+    def _on_request(self, event: RequestReceived) -> None:
+        self._request(event.stream_id, event.headers)
+        if event.stream_ended is not None:
+            self._ended(event.stream_id)
+
+    def _on_ended(self, event: StreamEnded) -> None:
+        self._ended(event.stream_id)
+
+    def _on_window(self, event: WindowUpdated) -> None:
+        self._window_opened(event.stream_id)
+
+    def _on_reset(self, event: StreamReset) -> None:
+        self._reset(event.stream_id)
+
+    def _on_ping(self, event: PingReceived) -> None:
+        self._ping()
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self._closing = True
+        self._close_when_idle()
+
+    _handlers: dict[type, Callable[[GrpcServerProtocol, Any], None]] = {
+        DataReceived: _on_data, RequestReceived: _on_request, StreamEnded: _on_ended,
+        WindowUpdated: _on_window, StreamReset: _on_reset, PingReceived: _on_ping,
+        ConnectionTerminated: _on_terminated,
+    }
+    """What each h2 event calls (others are h2's own business)."""
+
+    def _request(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         if self._closing:
             self.on_stream(self.conn.reset_stream, stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        fields: dict[bytes, bytes] = {}
-        for key, value in headers:
-            fields.setdefault(key, value)
-        if fields.get(b":method") != b"POST":
-            self._http_error(stream_id, 405, "gRPC calls are POST requests")
+        request = self.requests.read(headers)
+        if request.http_error is not None:
+            self._http_error(stream_id, *request.http_error)
             return
-        content_type = fields.get(b"content-type", b"").decode("latin-1")
-        if not is_grpc_content_type(content_type):
-            self._http_error(stream_id, 415, f"content-type {content_type!r} is not application/grpc")
-            return
-        path = fields.get(b":path", b"").decode("latin-1")
+        path = request.path
         route = self.routes.get(path)
-        encoding = fields.get(b"grpc-encoding", b"identity").decode("latin-1")
-        accepted = fields.get(b"grpc-accept-encoding", b"").decode("latin-1")
         call = GrpcCall(self, stream_id, route, path)
         self.calls[stream_id] = call
         if self.gate is None:
@@ -280,19 +288,17 @@ class GrpcServerProtocol(Protocol):
         if route is None:
             call.finish(Code.UNIMPLEMENTED, self._unknown(path))
             return
-        if encoding not in ENCODINGS:
-            call.finish(Code.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported "
+        if not request.encoding_ok:
+            call.finish(Code.UNIMPLEMENTED, f"grpc-encoding {request.encoding} is not supported "
                         f"(rpcd accepts {ACCEPT_ENCODING})")
             return
-        call.reader = MessageReader(self.max_message, encoding)
-        call.compress = encoding == "gzip" and "gzip" in accepted
-        try:
-            timeout = fields.get(b"grpc-timeout")
-            call.timeout = parse_timeout(timeout.decode("latin-1")) if timeout else None
-            call.metadata = decode_metadata(headers)
-        except ValueError as e:
-            call.finish(Code.INVALID_ARGUMENT, str(e))
+        call.reader = MessageReader(self.max_message, request.encoding)
+        call.compress = request.compress
+        if request.error is not None:
+            call.finish(Code.INVALID_ARGUMENT, request.error)
             return
+        call.timeout = request.timeout
+        call.metadata = dict(request.metadata)
         if route.kind in STREAMING_IN:
             call.inbox = GrpcMessages(call)
             call.start()
@@ -323,8 +329,12 @@ class GrpcServerProtocol(Protocol):
             return False
         return True
 
-    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
+    def _data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None:
         call = self.calls.get(stream_id)
+        if call is not None and ended:
+            # Known before the handler runs, so that a unary reply sent
+            # while this frame is read sends no RST_STREAM after it.
+            call.half_closed = True
         if call is None or call.reader is None or call.done:
             self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
             return

@@ -84,6 +84,12 @@ class MessageReader:
             compressed message that does not decompress (INTERNAL).
         """
         buffer = self._buffer
+        if not buffer and self._need is None and len(data) >= 5:
+            # The common case: one whole uncompressed message in one DATA frame.
+            flag, length = HEADER.unpack_from(data)
+            if not flag and len(data) == 5 + length and length <= self.max_size:
+                yield bytes(data[5:])
+                return
         buffer += data
         while True:
             if self._need is None:
