@@ -11,7 +11,7 @@ replies with L{ClientChannel.resolve} and L{ClientChannel.reject}.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, ITCPTransport
@@ -116,12 +116,8 @@ class ClientChannel(Protocol):
             return _failed(NotRun(f"{self.peer_name} is going away ({self.going_away}); "
                                   f"{method} was not sent"))
         call_id = next(self._ids)
-
-        def cancel(d: Deferred) -> None:
-            if self.pending.pop(call_id, None) is not None:
-                self.send_cancel(call_id)
-
-        d: Deferred[Any] = Deferred(cancel)
+        d = _PendingCall(self._cancel_call)
+        d.call_id = call_id
         self.pending[call_id] = d
         try:
             self.send_call(call_id, method, value, timeout, metadata)
@@ -134,6 +130,12 @@ class ClientChannel(Protocol):
             timer = self.clock.callLater(timeout, self._expire, call_id, method, timeout)
             d.addBoth(_cancel_timer, timer)
         return d
+
+    def _cancel_call(self, d: Deferred[Any]) -> None:
+        # The caller cancelled: tell the server, if the call is still pending.
+        call_id = cast(_PendingCall, d).call_id
+        if self.pending.pop(call_id, None) is not None:
+            self.send_cancel(call_id)
 
     def _expire(self, call_id: int, method: str, timeout: float) -> None:
         d = self.pending.pop(call_id, None)
@@ -243,6 +245,16 @@ class ClientChannel(Protocol):
             from rpcd.tls.tlsinfo import describe_tls_failure
             return describe_tls_failure(reason, side="client", transport=self.transport)
         return reason.getErrorMessage()
+
+
+class _PendingCall(Deferred[Any]):
+    """
+    A call's Deferred, which knows its id: its canceller is one bound
+    method of the channel, not a closure made per call.
+    """
+
+    __slots__ = ("call_id",)
+    call_id: int
 
 
 def _failed(error: Exception) -> Deferred[Any]:
