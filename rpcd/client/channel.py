@@ -116,7 +116,7 @@ class ClientChannel(Protocol):
             return _failed(NotRun(f"{self.peer_name} is going away ({self.going_away}); "
                                   f"{method} was not sent"))
         call_id = next(self._ids)
-        d = _PendingCall(self._cancel_call)
+        d = PendingCall(self._cancel_call)
         d.call_id = call_id
         self.pending[call_id] = d
         try:
@@ -133,7 +133,7 @@ class ClientChannel(Protocol):
 
     def _cancel_call(self, d: Deferred[Any]) -> None:
         # The caller cancelled: tell the server, if the call is still pending.
-        call_id = cast(_PendingCall, d).call_id
+        call_id = cast(PendingCall, d).call_id
         if self.pending.pop(call_id, None) is not None:
             self.send_cancel(call_id)
 
@@ -247,7 +247,7 @@ class ClientChannel(Protocol):
         return reason.getErrorMessage()
 
 
-class _PendingCall(Deferred[Any]):
+class PendingCall(Deferred[Any]):
     """
     A call's Deferred, which knows its id: its canceller is one bound
     method of the channel, not a closure made per call.
@@ -287,4 +287,4 @@ def when_fired(d: Deferred[Any]) -> Deferred[None]:
     return out
 
 
-__all__ = ["ClientChannel", "when_fired"]
+__all__ = ["ClientChannel", "PendingCall", "when_fired"]
