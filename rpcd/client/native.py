@@ -81,6 +81,7 @@ class NativeClientProtocol(ClientChannel):
             return super().call(method, value)  # it names the error
         d = PendingCall(self._cancel_call)
         d.call_id = call_id
+        d.request = (method, value, None, None)
         self.pending[call_id] = d
         if not self._in_read:
             self.transport.write(conn.data_to_send())
