@@ -131,6 +131,11 @@ def cases() -> list[Case]:
              [sys.executable, os.path.join(HERE, "py_native_client.py"), "--aio", "--port",
               "{port}", "--inflight", "64", "--dur", "{dur}", "--warmup", "{warmup}", "--n",
               "{n}", "--server-pid", "{pid}", "--case", "{case}"]),
+        *(Case(f"rpcd <- py rpcd.client.BlockingClient {threads} thread{'s' * (threads > 1)}",
+               [sys.executable, os.path.join(HERE, "py_native_client.py"), "--blocking",
+                "--threads", str(threads), "--port", "{port}", "--dur", "{dur}", "--warmup",
+                "{warmup}", "--n", "{n}", "--server-pid", "{pid}", "--case", "{case}"])
+          for threads in (1, 8)),
     ]
 
 

@@ -1,6 +1,7 @@
 """
 A load client built on rpcd's own client library (L{rpcd.client.connect} on
-Twisted, or with C{--aio} L{rpcd.client.aio.connect} in C{asyncio.run}):
+Twisted, with C{--aio} L{rpcd.client.aio.connect} in C{asyncio.run}, or
+with C{--blocking} L{rpcd.client.BlockingClient} from C{--threads} threads):
 C{--inflight} coroutines share one connection and call C{Arith.Multiply}
 over and over, checking every answer.
 
@@ -170,6 +171,74 @@ async def run_aio(args: argparse.Namespace) -> dict[str, Any]:
                 client="rpcd.client.aio (python)")
 
 
+def run_blocking(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The same load from L{rpcd.client.BlockingClient}: C{--threads} caller
+    threads share one client, each making sequential blocking calls.
+    """
+    import threading
+
+    from rpcd.client import BlockingClient
+    client = BlockingClient(f"tcp:{args.host}:{args.port}")
+    state = {"measuring": False, "stopping": False, "started": 0, "errors": 0}
+    lats: list[int] = []
+    perf = time.perf_counter_ns
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        i = 0
+        while not state["stopping"]:
+            measured = state["measuring"]
+            if measured:
+                with lock:
+                    state["started"] += 1
+                    if state["started"] > args.n:
+                        state["stopping"] = True
+                        return
+            a = (seed + i) % 1000
+            i += 1
+            t0 = perf()
+            try:
+                result = client.call("Arith.Multiply", {"A": a, "B": 7})
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    state["errors"] += 1
+                print(f"call error: {e!r}", file=sys.stderr)
+                if state["errors"] > 100:
+                    state["stopping"] = True
+                continue
+            if result != a * 7:
+                with lock:
+                    state["errors"] += 1
+            elif measured:
+                lats.append(perf() - t0)
+
+    threads = [threading.Thread(target=worker, args=(k * 17,)) for k in range(args.threads)]
+    for t in threads:
+        t.start()
+    time.sleep(args.warmup)
+    srv0 = cpu_seconds(args.server_pid) if args.server_pid else None
+    cli0 = self_cpu()
+    t0 = time.perf_counter()
+    state["measuring"] = True
+    time.sleep(args.dur)
+    state["stopping"] = True
+    secs = time.perf_counter() - t0
+    srv1 = cpu_seconds(args.server_pid) if args.server_pid else None
+    cli1 = self_cpu()
+    for t in threads:
+        t.join()
+    client.close()
+    lats.sort()
+    return dict(case=args.case or f"rpcd native py blocking {args.threads} threads",
+                unit="calls", calls=len(lats), secs=secs, rate=len(lats) / secs,
+                p50_us=percentile(lats, 0.50), p99_us=percentile(lats, 0.99),
+                errors=state["errors"],
+                server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
+                client_cpu_s=cli1 - cli0, conns=1, inflight=args.threads, procs=1,
+                client="rpcd.client.BlockingClient (python)")
+
+
 def report(result: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
     p50, p99 = result["p50_us"] or -1, result["p99_us"] or -1
@@ -191,7 +260,13 @@ def main() -> int:
     p.add_argument("--server-pid", type=int, default=0)
     p.add_argument("--case", default="")
     p.add_argument("--aio", action="store_true", help="the asyncio client, not Twisted's")
+    p.add_argument("--blocking", action="store_true",
+                   help="BlockingClient from --threads caller threads, not Twisted's")
+    p.add_argument("--threads", type=int, default=1, help="caller threads for --blocking")
     args = p.parse_args()
+    if args.blocking:
+        report(run_blocking(args))
+        return 0
     if args.aio:
         import asyncio
         report(asyncio.run(run_aio(args)))

@@ -209,9 +209,13 @@ class CommandTests(TestCase):
             "        c.KVStoreService.Get('x')\n"
             "    except NotFound as e:\n"
             "        print('error', e.code, e.message)\n"
+            "    try:\n"
+            "        c.call(5)\n"
+            "    except TypeError:\n"
+            "        print('TypeError')\n"
         )
         code, out, err = await run(self, [sys.executable, "-c", script])
-        self.assertEqual((code, out), (0, "56\n{'Num': 3, 'Ans': 9}\nerror 5 not found\n"), err)
+        self.assertEqual((code, out), (0, "56\n{'Num': 3, 'Ans': 9}\nerror 5 not found\nTypeError\n"), err)
 
 
 class StartupTests(TestCase):

@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -216,6 +216,38 @@ class ClientGoawayTests(SynchronousTestCase):
         new.flush()
         self.assertEqual(self.successResultOf(retried), 2)
         self.assertNoResult(kept)
+
+    def test_cancel_a_call_sent_again_cancels_it_on_the_new_connection(self) -> None:
+        """Cancelling a call that was sent again after a GOAWAY cancels it on the new connection."""
+        clock = Clock()
+        old_waiter, new_waiter = Waiter(), Waiter()
+        old = MemoryConnection([old_waiter], clock=clock)
+        new = MemoryConnection([new_waiter], clock=clock)
+        client = old.client
+        client.redial = lambda: succeed(new.channel)
+        retried = client.call("Waiter.Wait", 1)
+        old.channel.dataReceived(encode_frame([GOAWAY, 0, 0, "draining"]))
+        new.flush()
+        self.assertEqual(len(new_waiter.waiting), 1)
+        retried.cancel()
+        new.flush()
+        self.failureResultOf(retried, CancelledError)
+        self.assertEqual(new_waiter.cancelled, 1)
+        self.assertEqual(new.channel.pending, {})
+
+    def test_call_not_run_again_and_again_fails(self) -> None:
+        """A call no server runs is sent again three times, then fails with NotRun."""
+        clock = Clock()
+        conns = [MemoryConnection([Waiter()], clock=clock) for _ in range(5)]
+        client = conns[0].client
+        dialled = iter(conns[1:])
+        client.redial = lambda: succeed(next(dialled).channel)
+        d = client.call("Waiter.Wait", 1, timeout=60)
+        for conn in conns[:4]:
+            conn.channel.dataReceived(encode_frame([GOAWAY, 0, 0, "draining"]))
+        failure = self.failureResultOf(d, NotRun)
+        self.assertIn("went away before running call", failure.value.message)
+        self.assertIs(client.channel, conns[3].channel)
 
     def test_failed_redial_says_why(self) -> None:
         """When the new connection cannot be made, the call fails with UNAVAILABLE naming both reasons."""

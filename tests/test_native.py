@@ -18,6 +18,7 @@ from rpcd.errors import (
     Code,
     ConnectionLost,
     DeadlineExceeded,
+    EncodeError,
     InvalidArgument,
     NotFound,
     ProtocolError,
@@ -232,6 +233,26 @@ class ClientServerTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d1, Unimplemented).value.message,
                          "rpc: can't find method Arith.Nope")
         self.failureResultOf(d2, InvalidArgument)
+
+    def test_unencodable_argument_fails_at_once(self) -> None:
+        """An argument msgpack cannot encode fails the call at once with EncodeError; the next call still works."""
+        d = self.conn.client.call("Arith.Multiply", {"A": object()})
+        self.assertIn("the native codec cannot encode its argument",
+                      self.failureResultOf(d, EncodeError).value.message)
+        self.assertEqual(self.conn.client.channel.pending, {})
+        d = self.conn.client.call("Arith.Multiply", {"A": 7, "B": 8})
+        self.conn.flush()
+        self.assertEqual(self.successResultOf(d), 56)
+
+    def test_cancel_without_timeout_cancels_on_server(self) -> None:
+        """Cancelling a call made without a timeout cancels it on the server and fails it with CancelledError."""
+        d = self.conn.client.call("Waiter.Wait", 1)
+        self.conn.flush()
+        d.cancel()
+        self.conn.flush()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.waiter.cancelled, 1)
+        self.assertEqual(self.conn.client.channel.pending, {})
 
     def test_timeout_cancels_on_server(self) -> None:
         """A client timeout fails the call clearly and cancels it on the server."""

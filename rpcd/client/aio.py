@@ -408,10 +408,11 @@ _INHERITED: list[asyncio.BaseTransport] = []
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    return _get_running_loop()
+
+
+# The running loop or None, without raising (C in CPython).
+_get_running_loop = asyncio._get_running_loop
 
 
 # The client.
@@ -533,8 +534,12 @@ class Client:
             metadata = check_metadata(metadata)
         if timeout is None:
             connection = self._current
-            if connection is not None and connection.usable():
-                # The common case, inline: a usable connection, no timeout.
+            # The common case, inline: a usable connection (usable(), its
+            # checks inline), no timeout.
+            if (connection is not None and connection.lost is None
+                    and connection.going_away is None
+                    and connection.generation == _generation[0]
+                    and _get_running_loop() is connection.loop):
                 call_id = next(connection.ids)
                 future = connection.loop.create_future()
                 try:

@@ -11,7 +11,7 @@ replies with L{ClientChannel.resolve} and L{ClientChannel.reject}.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, ITCPTransport
@@ -36,6 +36,10 @@ class ClientChannel(Protocol):
         the calls it will answer are still pending, new calls fail with
         L{NotRun} (L{rpcd.client.Client} sends them on a new connection).
     @ivar on_goaway: called with the channel when a graceful GOAWAY arrives.
+    @ivar resend: when set (by a L{rpcd.client.Client} that redials), called
+        with each pending call a graceful GOAWAY says was not run, and its
+        L{NotRun} error, instead of failing it: the caller sends it again
+        elsewhere and settles it (see L{PendingCall.request}).
     """
 
     transport: ITCPTransport
@@ -58,6 +62,7 @@ class ClientChannel(Protocol):
         self.lost_reason: Failure | None = None
         self.going_away: str | None = None
         self.on_goaway: list[Callable[[ClientChannel], None]] = []
+        self.resend: Callable[[PendingCall, NotRun], None] | None = None
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
@@ -116,12 +121,10 @@ class ClientChannel(Protocol):
             return _failed(NotRun(f"{self.peer_name} is going away ({self.going_away}); "
                                   f"{method} was not sent"))
         call_id = next(self._ids)
-
-        def cancel(d: Deferred) -> None:
-            if self.pending.pop(call_id, None) is not None:
-                self.send_cancel(call_id)
-
-        d: Deferred[Any] = Deferred(cancel)
+        d = PendingCall(self._cancel_call)
+        d.call_id = call_id
+        d.request = (method, value, metadata,
+                     None if timeout is None else self.clock.seconds() + timeout)
         self.pending[call_id] = d
         try:
             self.send_call(call_id, method, value, timeout, metadata)
@@ -134,6 +137,12 @@ class ClientChannel(Protocol):
             timer = self.clock.callLater(timeout, self._expire, call_id, method, timeout)
             d.addBoth(_cancel_timer, timer)
         return d
+
+    def _cancel_call(self, d: Deferred[Any]) -> None:
+        # The caller cancelled: tell the server, if the call is still pending.
+        call_id = cast(PendingCall, d).call_id
+        if self.pending.pop(call_id, None) is not None:
+            self.send_cancel(call_id)
 
     def _expire(self, call_id: int, method: str, timeout: float) -> None:
         d = self.pending.pop(call_id, None)
@@ -189,10 +198,15 @@ class ClientChannel(Protocol):
         """
         first = self.going_away is None
         self.going_away = message
+        resend = self.resend
         for call_id in [k for k in self.pending if k > last_id]:
             d = self.pending.pop(call_id)
-            d.errback(NotRun(f"{self.peer_name} went away before running call {call_id} "
-                             f"({message})"))
+            error = NotRun(f"{self.peer_name} went away before running call {call_id} "
+                           f"({message})")
+            if resend is not None and isinstance(d, PendingCall):
+                resend(d, error)
+            else:
+                d.errback(error)
         if first:
             for listener in list(self.on_goaway):
                 listener(self)
@@ -245,6 +259,53 @@ class ClientChannel(Protocol):
         return reason.getErrorMessage()
 
 
+class PendingCall(Deferred[Any]):
+    """
+    A call's Deferred, which knows its id and request: its canceller is one
+    bound method of the channel, not a closure made per call, and a call
+    the server did not run can be sent again without a callback added to
+    every call in case it happens (L{ClientChannel.resend}).
+
+    @ivar call_id: the call's id on its channel.
+    @ivar request: C{(method, value, metadata, deadline)}, the deadline in
+        the channel clock's seconds or None.
+    @ivar tries: sends left after this one (set on a call sent again).
+    @ivar moved_to: once sent again, the new call's Deferred: this one
+        fires with its result, and cancelling this one cancels it.
+    """
+
+    __slots__ = ("call_id", "request", "tries", "moved_to")
+    call_id: int
+    request: tuple[str, Any, dict[str, Any] | None, float | None]
+    tries: int
+    moved_to: Deferred[Any]
+
+    def cancel(self) -> None:
+        moved = getattr(self, "moved_to", None)
+        if moved is not None and not self.called:
+            moved.cancel()  # settles this one (see move_to)
+            if self.called:
+                return
+        super().cancel()
+
+    def move_to(self, other: Deferred[Any]) -> None:
+        """
+        Fire with C{other}'s result, and cancel C{other} when cancelled.
+
+        @param other: the Deferred of the call sent again.
+        """
+        self.moved_to = other
+        other.addBoth(_settle, self)
+
+
+def _settle(result: Any, d: Deferred[Any]) -> None:
+    if not d.called:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+
 def _failed(error: Exception) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(error)
@@ -275,4 +336,4 @@ def when_fired(d: Deferred[Any]) -> Deferred[None]:
     return out
 
 
-__all__ = ["ClientChannel", "when_fired"]
+__all__ = ["ClientChannel", "PendingCall", "when_fired"]

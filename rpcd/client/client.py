@@ -19,6 +19,7 @@ background thread::
 from __future__ import annotations
 
 import threading
+from _thread import allocate_lock as _allocate_lock
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -32,7 +33,7 @@ from rpcd.core.context import current_deadline, shorten
 from rpcd.core.interfaces import ICaller
 from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
-from rpcd.client.channel import ClientChannel, when_fired
+from rpcd.client.channel import ClientChannel, PendingCall, when_fired
 from rpcd.wire.fields import check_timeout
 
 if TYPE_CHECKING:
@@ -284,7 +285,7 @@ class Client(ServiceAttributes):
         self.interceptors = tuple(interceptors)
         self.codec = codec
         self.peer = peer
-        self.redial: Callable[[], Deferred[ClientChannel]] | None = None
+        self._redial: Callable[[], Deferred[ClientChannel]] | None = None
         self._dialling: list[Deferred[ClientChannel]] | None = None
 
     def call(self, method: str, args: Any = None, *, timeout: float | None = None,
@@ -316,7 +317,26 @@ class Client(ServiceAttributes):
             from rpcd.core.interceptors import client_call
             return client_call(self.interceptors, self.channel.clock, self.codec, self.peer,
                                method, args, timeout, metadata, self._send)
-        return self._send(method, args, timeout, metadata)
+        # The common case inline (what _send does, one frame fewer): no
+        # interceptor, a connection not going away.  A call its server does
+        # not run is sent again by _resend, which the channel calls.
+        channel = self.channel
+        if channel.going_away is None or self._redial is None:
+            return channel.call(method, args, timeout, metadata)
+        return self._call(method, args, timeout, metadata, _REDIALS)
+
+    @property
+    def redial(self) -> Callable[[], Deferred[ClientChannel]] | None:
+        """
+        How to dial the endpoint again (None: calls the server did not run
+        fail with L{NotRun}).
+        """
+        return self._redial
+
+    @redial.setter
+    def redial(self, redial: Callable[[], Deferred[ClientChannel]] | None) -> None:
+        self._redial = redial
+        self.channel.resend = None if redial is None else self._resend
 
     def _send(self, method: str, args: Any, timeout: float | None,
               metadata: dict[str, Any] | None) -> Deferred[Any]:
@@ -324,7 +344,7 @@ class Client(ServiceAttributes):
         Send a call on the current connection (through L{_call} when the
         client redials a server that goes away).
         """
-        if self.redial is None:
+        if self._redial is None or self.channel.going_away is None:
             return self.channel.call(method, args, timeout, metadata)
         return self._call(method, args, timeout, metadata, _REDIALS)
 
@@ -339,20 +359,28 @@ class Client(ServiceAttributes):
         if channel.going_away is not None:
             return self._new_channel().addCallback(
                 lambda _: self._call(method, args, timeout, metadata, tries))
-        deadline = None if timeout is None else channel.clock.seconds() + timeout
         d = channel.call(method, args, timeout, metadata)
-        if tries <= 0:
-            return d
+        if isinstance(d, PendingCall):
+            d.tries = tries  # what _resend may use if this one is not run either
+        return d
 
-        def not_run(failure: Failure) -> Any:
-            failure.trap(NotRun)
-            left = None
-            if deadline is not None:
-                left = deadline - channel.clock.seconds()
-                if left <= 0:
-                    return failure
-            return self._call(method, args, left, metadata, tries - 1)
-        return d.addErrback(not_run)
+    def _resend(self, d: PendingCall, error: NotRun) -> None:
+        """
+        The channel's server went away without running call C{d}: send it
+        again on a new connection with what is left of its timeout (up to
+        L{_REDIALS} times), or fail it with C{error}.
+        """
+        method, args, metadata, deadline = d.request
+        tries = getattr(d, "tries", _REDIALS)
+        left = None
+        if deadline is not None:
+            left = deadline - self.channel.clock.seconds()
+            if left <= 0:
+                tries = 0
+        if tries <= 0 or self._redial is None:
+            d.errback(error)
+            return
+        d.move_to(self._call(method, args, left, metadata, tries - 1))
 
     def _new_channel(self) -> Deferred[ClientChannel]:
         """
@@ -368,7 +396,7 @@ class Client(ServiceAttributes):
             return d
         waiting = self._dialling = [d]
         old = self.channel
-        assert self.redial is not None
+        assert self._redial is not None
         why = old.going_away
 
         def done(result: Any) -> None:
@@ -378,13 +406,14 @@ class Client(ServiceAttributes):
                                              f"reconnecting failed: {result.getErrorMessage()}"))
             else:
                 self.channel = result
+                result.resend = self._resend if self._redial is not None else None
                 log.info("reconnected to {peer} ({why})", peer=result.peer_name, why=why)
             for w in waiting:
                 if isinstance(result, Failure):
                     w.errback(result)
                 else:
                     w.callback(result)
-        self.redial().addBoth(done)
+        self._redial().addBoth(done)
         return d
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
@@ -538,8 +567,30 @@ class BlockingClient(ServiceAttributes):
         @raise rpcd.errors.RPCError: the remote error, timeout or lost
             connection.
         """
-        return self._blocking(self._reactor, self._client.call, method, args,
-                              timeout=timeout, metadata=metadata)
+        # blockingCallFromThread's work, lighter: no Queue (a lock is the
+        # latch), no maybeDeferred, a Failure only for an error.
+        latch = _allocate_lock()
+        latch.acquire()
+        box: list[Any] = []
+
+        def done(result: Any) -> None:
+            box.append(result)
+            latch.release()
+
+        def start() -> None:
+            try:
+                d = self._client.call(method, args, timeout=timeout, metadata=metadata)
+            except BaseException:
+                done(Failure())
+            else:
+                d.addBoth(done)
+
+        self._reactor.callFromThread(start)
+        latch.acquire()
+        result = box[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
 
     def close(self) -> None:
         """

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated
 from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from rpcd.errors import Code, Internal, Unavailable, error_from_wire
-from rpcd.client.channel import ClientChannel
+from rpcd.client.channel import ClientChannel, PendingCall
 from rpcd.wire.connection import (
     BAD_FRAME,
     CONNECTION_ERROR,
@@ -62,6 +63,29 @@ class NativeClientProtocol(ClientChannel):
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
         super().connectionMade()
+
+    def call(self, method: str, value: Any = None, timeout: float | None = None,
+             metadata: dict[str, Any] | None = None) -> Deferred[Any]:
+        """
+        L{ClientChannel.call}, with its common case (a method name, no
+        timeout, no metadata, a connection in use) inline down to the frame.
+        """
+        if (timeout is not None or metadata is not None or type(method) is not str
+                or self.lost_reason is not None or self.going_away is not None):
+            return super().call(method, value, timeout, metadata)
+        call_id = next(self._ids)
+        conn = self.conn
+        try:
+            conn.send_call(call_id, method, value)
+        except Exception:
+            return super().call(method, value)  # it names the error
+        d = PendingCall(self._cancel_call)
+        d.call_id = call_id
+        d.request = (method, value, None, None)
+        self.pending[call_id] = d
+        if not self._in_read:
+            self.transport.write(conn.data_to_send())
+        return d
 
     def send_call(self, call_id: int, method: str, value: Any, timeout: float | None,
                   metadata: dict[str, Any] | None) -> None:

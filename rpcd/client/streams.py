@@ -327,7 +327,7 @@ class ClientStream(StreamEnd):
             return succeed(value)
         if self._ended:
             return fail(self._error or StopAsyncIteration())
-        d: Deferred[Any] = Deferred(lambda d: self.cancel())
+        d: Deferred[Any] = Deferred(self._cancel_next)  # a bound method, no lambda per message
         self._waiting = d
         return d
 
@@ -479,6 +479,10 @@ class ClientStream(StreamEnd):
         """
         if not self._done.called:
             self._done.cancel()
+
+    def _cancel_next(self, d: Deferred[Any]) -> None:
+        # The caller cancelled its wait for the next message: cancel the stream.
+        self.cancel()
 
     def _cancelled(self, d: Deferred[Any]) -> None:
         if self._channel.pending.pop(self.call_id, None) is not None:
