@@ -37,6 +37,7 @@ import ssl
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Sequence
 
+from rpcd.client.client import ServiceAttributes
 from rpcd.errors import (
     Code,
     ConnectionLost,
@@ -437,7 +438,7 @@ async def connect(endpoint: str, *, default_timeout: float | None = None,
     return client
 
 
-class Client:
+class Client(ServiceAttributes):
     """
     Calls and streams over one connection, many in flight at once.
 
@@ -643,37 +644,6 @@ class Client:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def __getattr__(self, service: str) -> ServiceProxy:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)
-
-
-class ServiceProxy:
-    """
-    C{client.Service}: its attributes are the service's methods as
-    coroutine functions.
-    """
-
-    def __init__(self, call: Callable[..., Any], service: str) -> None:
-        self._call = call
-        self._service = service
-
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        name = f"{self._service}.{method}"
-        call = self._call
-
-        def remote(*args: Any, **kwargs: Any) -> Any:
-            if args and kwargs:
-                raise TypeError(f"{name}: pass one argument value or keyword arguments, not both")
-            value = kwargs if kwargs else (list(args) if len(args) > 1 else
-                                           (args[0] if args else None))
-            return call(name, value)
-        remote.__name__ = method
-        remote.__qualname__ = name
-        return remote
 
 
 class Stream:
@@ -865,7 +835,7 @@ async def connect_balanced(endpoints: Sequence[str], *, default_timeout: float |
     return balanced
 
 
-class BalancedClient:
+class BalancedClient(ServiceAttributes):
     """
     Round robin over several L{Client}s.  A call that fails with
     L{rpcd.errors.Unavailable} (the server is down, or did not run it) is
@@ -935,11 +905,6 @@ class BalancedClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def __getattr__(self, service: str) -> ServiceProxy:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        return ServiceProxy(self.call, service)
 
 
-__all__ = ["connect", "connect_balanced", "Client", "BalancedClient", "Stream", "Endpoint",
-           "ServiceProxy"]
+__all__ = ["connect", "connect_balanced", "Client", "BalancedClient", "Stream", "Endpoint"]
