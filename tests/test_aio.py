@@ -20,6 +20,7 @@ from rpcd.errors import (
     Cancelled,
     ConnectionLost,
     DeadlineExceeded,
+    EncodeError,
     NotFound,
     Unavailable,
 )
@@ -187,6 +188,19 @@ class CallTests(SynchronousTestCase):
             with self.assertRaises(TypeError):
                 await client.call(7)  # type: ignore[arg-type]
             self.assertEqual(client.endpoint.servers, [])  # type: ignore[attr-defined]
+        asyncio.run(main())
+
+    def test_unencodable(self) -> None:
+        """An argument msgpack cannot encode raises a local EncodeError; nothing is sent."""
+        async def main() -> None:
+            client = fake_client()
+            await client.connection()
+            with self.assertRaises(EncodeError) as caught:
+                await client.call("A.B", object())
+            self.assertIn("cannot encode its argument", str(caught.exception))
+            self.assertTrue(caught.exception.local)
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            self.assertEqual(server.calls(), [])
         asyncio.run(main())
 
     def test_connection_lost(self) -> None:

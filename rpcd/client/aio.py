@@ -42,6 +42,7 @@ from rpcd.errors import (
     Code,
     ConnectionLost,
     DeadlineExceeded,
+    EncodeError,
     Internal,
     NotRun,
     RPCError,
@@ -546,7 +547,8 @@ class Client(ServiceAttributes):
                 try:
                     connection.conn.send_call(call_id, method, args, None, metadata)
                 except Exception as e:
-                    raise RPCError(f"cannot send {method}: {type(e).__name__}: {e}") from e
+                    raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
+                                      f"argument: {type(e).__name__}: {e}") from e
                 connection.pending[call_id] = future
                 connection.flush_soon()
                 try:
@@ -593,7 +595,8 @@ class Client(ServiceAttributes):
         try:
             connection.conn.send_call(call_id, method, args, timeout, metadata)
         except Exception as e:
-            raise RPCError(f"cannot send {method}: {type(e).__name__}: {e}") from e
+            raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
+                                      f"argument: {type(e).__name__}: {e}") from e
         connection.pending[call_id] = future
         connection.flush_soon()
         try:
