@@ -413,7 +413,7 @@ def _compile(hint: Any) -> Converter:
         key, item = (args if args else (Any, Any))
         return _dict_of(argument_converter(key), argument_converter(item), _hint_name(hint))
     if is_protobuf_message(hint):
-        from rpcd.core.protos import message_converter
+        from rpcd.core.protomessages import message_converter
         return message_converter(hint)
     if typing.is_typeddict(hint):
         return _typed_dict(hint)
@@ -504,7 +504,7 @@ def to_wire(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]
     if is_protobuf_message(kind):
-        from rpcd.core.protos import message_to_dict
+        from rpcd.core.protomessages import message_to_dict
         return message_to_dict(value)
     return value
 

@@ -43,11 +43,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from rpcd.errors import InvalidArgument
+from rpcd.core.protomessages import message_converter, message_to_dict
 from rpcd.core.service import Kind, describe_service
 
 if TYPE_CHECKING:
@@ -334,44 +334,6 @@ def grpc_services(registry: ServiceRegistry) -> list[ServiceDescriptor]:
         if descriptor is not None:
             found[descriptor.full_name] = descriptor
     return [found[n] for n in sorted(found)]
-
-
-def message_converter(cls: type[Message]) -> Callable[[Any], Any]:
-    """
-    The argument converter of a message-typed hint: a message of that class
-    passes unchanged, a mapping is read with protobuf's JSON mapping, bytes
-    are parsed as the binary form.
-
-    @param cls: the message class.
-    @return: the converter; a value that does not fit raises
-        L{InvalidArgument} naming the message type and what was wrong.
-    """
-    full_name = cls.DESCRIPTOR.full_name
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            try:
-                return json_format.ParseDict(value, cls())
-            except json_format.ParseError as e:
-                raise InvalidArgument(f"not a {full_name}: {e}") from None
-        if isinstance(value, (bytes, bytearray)):
-            try:
-                return cls.FromString(bytes(value))
-            except DecodeError as e:
-                raise InvalidArgument(f"not a serialized {full_name}: {e}") from None
-        raise InvalidArgument(f"expected a {full_name} (a JSON object), got {type(value).__name__}")
-    return convert
-
-
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """
-    A message as plain data, in protobuf's JSON mapping (field names in
-    lowerCamelCase, 64-bit integers as strings, bytes as base64), for rpcd's
-    native protocol and JSON.
-    """
-    return json_format.MessageToDict(message)
 
 
 def message_to_plain(message: Message) -> dict[str, Any]:

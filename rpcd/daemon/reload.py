@@ -44,6 +44,7 @@ from twisted.python.logfile import BaseLogFile
 
 from rpcd.core.twistedcompat import waiting_for_port
 from rpcd.daemon.config import Config, ConfigError, ConnectConfig, ListenConfig
+from rpcd.daemon.registry import build_registry, resolve_services, with_backlog
 
 log = Logger()
 
@@ -205,7 +206,6 @@ class Reloader:
         @raise ConfigError: a service, endpoint or certificate is wrong; the
             message names the file and the key.
         """
-        from rpcd.daemon.build import build_registry, resolve_services, with_backlog
         changes = diff(self.config, new)
         wanted = {c.key.partition(".")[2] for c in changes
                   if c.kind == "service" and c.action != "removed"}
