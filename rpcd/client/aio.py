@@ -596,7 +596,7 @@ class Client(ServiceAttributes):
             connection.conn.send_call(call_id, method, args, timeout, metadata)
         except Exception as e:
             raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
-                                      f"argument: {type(e).__name__}: {e}") from e
+                              f"argument: {type(e).__name__}: {e}") from e
         connection.pending[call_id] = future
         connection.flush_soon()
         try:
