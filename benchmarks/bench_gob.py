@@ -7,7 +7,7 @@ The load client is the anchors' C{rpcload} (Go's standard C{net/rpc} client
 only: C{rpc.Dial}, C{rpc.DialHTTP}, C{jsonrpc.Dial}) calling
 C{Arith.Multiply{A, B}}; the reference server is the anchors' C{rpcserver}
 (Go's C{net/rpc}).  Both are built from the anchors' Go sources (found at
-C{../shared/anchors} beside the repository clone, else C{/work/shared/anchors};
+C{../shared/anchors} beside the repository clone;
 that folder is only read).  Each case starts a fresh server process, runs
 C{rpcload -server-pid PID} (the server's CPU over the measured window, from
 C{/proc/PID/stat}), and stops the server::
@@ -59,12 +59,11 @@ SHAPES = [(1, 64), (8, 16)]
 
 def anchors_dir() -> str:
     """
-    @return: the anchors folder: C{$RPCD_ANCHORS}, C{../shared/anchors} beside
-        the clone (CI), or C{/work/shared/anchors}.
+    @return: the anchors folder: C{$RPCD_ANCHORS}, or C{../shared/anchors}
+        beside the clone.
     """
     for path in (os.environ.get("RPCD_ANCHORS"),
-                 os.path.join(os.path.dirname(REPO), "shared", "anchors"),
-                 "/work/shared/anchors"):
+                 os.path.join(os.path.dirname(REPO), "shared", "anchors")):
         if path and os.path.isdir(os.path.join(path, "go", "cmd", "rpcload")):
             return path
     sys.exit("cannot find the anchors' Go sources (set RPCD_ANCHORS=DIR)")

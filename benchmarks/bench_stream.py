@@ -13,7 +13,7 @@ messages, the measured window runs to the end of the stream; the server's
 CPU (utime + stime from /proc/PID/stat, all threads) over that window
 divided by the messages in it is the "server CPU us/msg".
 
-gRPC: C{/work/shared/anchors/run_all.sh --only stream} (its sync and aio
+gRPC: C{../shared/anchors/run_all.sh --only stream} (or C{$RPCD_ANCHORS}) (its sync and aio
 servers, a Python client, 100,000 messages), read from its results.json.
 """
 
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 ROOT = Path(__file__).resolve().parent.parent
-ANCHORS = Path("/work/shared/anchors")
+ANCHORS = Path(os.environ.get("RPCD_ANCHORS")
+               or Path(__file__).resolve().parents[2] / "shared" / "anchors")
 ANCHORS_WORK = Path(os.environ.get("ANCHORS_WORK", "/tmp/rpcd-anchors"))
 TICKS = os.sysconf("SC_CLK_TCK")
 
