@@ -133,7 +133,10 @@ class WorkersTests(TestCase):
                 self.assertIsInstance(result.value, RPCError)
             else:
                 self.assertEqual((ok, result), (True, "key"))
-        await daemon.wait_for_log(rf"\[worker {index}\] rpcd ready", after=mark, timeout=60)
+        # The supervisor's own line, logged once it hands the new worker
+        # connections (the worker's relayed "ready" line may come first).
+        await daemon.wait_for_log(rf"rpcd worker {index} \(pid \d+\) is serving", after=mark,
+                                  timeout=60)
         fresh = await self.clients(f"tcp:127.0.0.1:{daemon.port}", 2)
         new_pids = set(await self.pids(fresh))
         self.assertEqual(len(new_pids), 2)

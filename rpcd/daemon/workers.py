@@ -226,6 +226,9 @@ class WorkerSupervisor(Service):
             return
         self.serving.add(index)
         self.on_ready(index)
+        # Logged once the worker gets connections (on_ready), not before.
+        log.info("rpcd worker {index} (pid {pid}) is serving", index=index,
+                 pid=self.pids.get(index))
         if index not in self.ready:
             self.ready.add(index)
             if len(self.ready) == self.count and not self.stopping:
