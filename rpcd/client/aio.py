@@ -378,7 +378,33 @@ class _Connection(asyncio.Protocol):
 
     def usable(self) -> bool:
         return (self.lost is None and self.going_away is None
-                and self.generation == _generation[0] and _running_loop() is self.loop)
+                and self.generation == _generation[0] and _get_running_loop() is self.loop)
+
+    def start_call(self, method: str, args: Any, timeout: float | None,
+                   metadata: dict[str, Any] | None) -> tuple[int, asyncio.Future[Any]]:
+        """
+        Send a call (in the write of this turn of the loop).
+
+        @return: its id and the future of its result.
+        @raise EncodeError: msgpack cannot encode the argument; nothing is sent.
+        """
+        call_id = next(self.ids)
+        try:
+            self.conn.send_call(call_id, method, args, timeout, metadata)
+        except Exception as e:
+            raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
+                              f"argument: {type(e).__name__}: {e}") from e
+        future = self.pending[call_id] = self.loop.create_future()
+        self.flush_soon()
+        return call_id, future
+
+    def cancel(self, call_id: int) -> None:
+        """
+        The caller gave up on call C{call_id}: tell the server.
+        """
+        if self.pending.pop(call_id, None) is not None and self.lost is None:
+            self.conn.send_cancel(call_id)
+            self.flush()
 
     def forget(self) -> None:
         """
@@ -407,10 +433,6 @@ class _Connection(asyncio.Protocol):
 
 #: Transports inherited through fork() whose socket this process closed.
 _INHERITED: list[asyncio.BaseTransport] = []
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    return _get_running_loop()
 
 
 # The running loop or None, without raising (C in CPython).
@@ -536,28 +558,14 @@ class Client(ServiceAttributes):
             metadata = check_metadata(metadata)
         if timeout is None:
             connection = self._current
-            # The common case, inline: a usable connection (usable(), its
-            # checks inline), no timeout.
-            if (connection is not None and connection.lost is None
-                    and connection.going_away is None
-                    and connection.generation == _generation[0]
-                    and _get_running_loop() is connection.loop):
-                call_id = next(connection.ids)
-                future = connection.loop.create_future()
-                try:
-                    connection.conn.send_call(call_id, method, args, None, metadata)
-                except Exception as e:
-                    raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
-                                      f"argument: {type(e).__name__}: {e}") from e
-                connection.pending[call_id] = future
-                connection.flush_soon()
+            if connection is not None and connection.usable():
+                # The common case without a second coroutine: a usable
+                # connection, no timeout.
+                call_id, future = connection.start_call(method, args, None, metadata)
                 try:
                     return await future
                 except asyncio.CancelledError:
-                    if connection.pending.pop(call_id, None) is not None and \
-                            connection.lost is None:
-                        connection.conn.send_cancel(call_id)
-                        connection.flush()
+                    connection.cancel(call_id)
                     raise
                 except NotRun:
                     pass
@@ -590,21 +598,11 @@ class Client(ServiceAttributes):
         connection = self._current
         if connection is None or not connection.usable():
             connection = await self.connection()
-        call_id = next(connection.ids)
-        future = connection.loop.create_future()
-        try:
-            connection.conn.send_call(call_id, method, args, timeout, metadata)
-        except Exception as e:
-            raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
-                              f"argument: {type(e).__name__}: {e}") from e
-        connection.pending[call_id] = future
-        connection.flush_soon()
+        call_id, future = connection.start_call(method, args, timeout, metadata)
         try:
             return await future
         except asyncio.CancelledError:
-            if connection.pending.pop(call_id, None) is not None and connection.lost is None:
-                connection.conn.send_cancel(call_id)
-                connection.flush()
+            connection.cancel(call_id)
             raise
 
     def stream(self, method: str, args: Any = None, *, timeout: float | None = None,
