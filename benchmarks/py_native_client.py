@@ -57,38 +57,46 @@ def percentile(sorted_ns: list[int], p: float) -> float | None:
     return sorted_ns[i] / 1e3
 
 
+async def caller(client: Any, seed: int, state: dict[str, Any], lats: list[int],
+                 args: argparse.Namespace) -> None:
+    """
+    One of C{--inflight} callers, for either client: call until told to stop,
+    counting errors and the latencies of the measured window in C{lats}.
+    """
+    perf = time.perf_counter_ns
+    i = 0
+    while not state["stopping"]:
+        measured = state["measuring"]
+        if measured:
+            state["started"] += 1
+            if state["started"] > args.n:
+                state["stopping"] = True
+                return
+        a = (seed + i) % 1000
+        i += 1
+        t0 = perf()
+        try:
+            result = await client.call("Arith.Multiply", {"A": a, "B": 7})
+        except Exception as e:  # noqa: BLE001
+            state["errors"] += 1
+            print(f"call error: {e!r}", file=sys.stderr)
+            if state["errors"] > 100:
+                state["stopping"] = True
+            continue
+        if result != a * 7:
+            state["errors"] += 1
+        elif measured:
+            lats.append(perf() - t0)
+
+
 async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     client = await connect(f"tcp:{args.host}:{args.port}", reactor=reactor)
     state = {"measuring": False, "stopping": False, "started": 0, "errors": 0}
     lats: list[int] = []
-    perf = time.perf_counter_ns
 
-    async def worker(seed: int) -> None:
-        i = 0
-        while not state["stopping"]:
-            measured = state["measuring"]
-            if measured:
-                state["started"] += 1
-                if state["started"] > args.n:
-                    state["stopping"] = True
-                    return
-            a = (seed + i) % 1000
-            i += 1
-            t0 = perf()
-            try:
-                result = await client.call("Arith.Multiply", {"A": a, "B": 7})
-            except Exception as e:  # noqa: BLE001
-                state["errors"] += 1
-                print(f"call error: {e!r}", file=sys.stderr)
-                if state["errors"] > 100:
-                    state["stopping"] = True
-                continue
-            if result != a * 7:
-                state["errors"] += 1
-            elif measured:
-                lats.append(perf() - t0)
 
-    workers = [defer.Deferred.fromCoroutine(worker(k * 17)) for k in range(args.inflight)]
+    workers = [defer.Deferred.fromCoroutine(caller(client, k * 17, state, lats, args))
+               for k in range(args.inflight)]
     await task.deferLater(reactor, args.warmup, lambda: None)
     srv0 = cpu_seconds(args.server_pid) if args.server_pid else None
     cli0 = self_cpu()
@@ -121,34 +129,10 @@ async def run_aio(args: argparse.Namespace) -> dict[str, Any]:
     client = await aio.connect(f"tcp:{args.host}:{args.port}")
     state = {"measuring": False, "stopping": False, "started": 0, "errors": 0}
     lats: list[int] = []
-    perf = time.perf_counter_ns
 
-    async def worker(seed: int) -> None:
-        i = 0
-        while not state["stopping"]:
-            measured = state["measuring"]
-            if measured:
-                state["started"] += 1
-                if state["started"] > args.n:
-                    state["stopping"] = True
-                    return
-            a = (seed + i) % 1000
-            i += 1
-            t0 = perf()
-            try:
-                result = await client.call("Arith.Multiply", {"A": a, "B": 7})
-            except Exception as e:  # noqa: BLE001
-                state["errors"] += 1
-                print(f"call error: {e!r}", file=sys.stderr)
-                if state["errors"] > 100:
-                    state["stopping"] = True
-                continue
-            if result != a * 7:
-                state["errors"] += 1
-            elif measured:
-                lats.append(perf() - t0)
 
-    workers = [asyncio.ensure_future(worker(k * 17)) for k in range(args.inflight)]
+    workers = [asyncio.ensure_future(caller(client, k * 17, state, lats, args))
+               for k in range(args.inflight)]
     await asyncio.sleep(args.warmup)
     srv0 = cpu_seconds(args.server_pid) if args.server_pid else None
     cli0 = self_cpu()
