@@ -150,7 +150,11 @@ def forward(package: str) -> Callable[[str], Any]:
     target = BECAME_PACKAGE[package]
 
     def __getattr__(name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("__") or _is_submodule(package, name):
+            # A submodule's name is the import system's to load: C{from
+            # rpcd.daemon import auth} asks for it here first, and must not
+            # import the old module's whole content (for rpcd.daemon, the
+            # server) on the way.
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         try:
             return getattr(importlib.import_module(target), name)
@@ -158,3 +162,14 @@ def forward(package: str) -> Callable[[str], Any]:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
 
     return __getattr__
+
+
+def _is_submodule(package: str, name: str) -> bool:
+    """
+    @param package: a package's name (imported).
+    @param name: an attribute looked up on it.
+    @return: whether the package has a submodule of that name.
+    """
+    path = getattr(sys.modules.get(package), "__path__", None)
+    return path is not None and importlib.machinery.PathFinder.find_spec(
+        f"{package}.{name}", path) is not None

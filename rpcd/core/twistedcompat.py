@@ -13,12 +13,14 @@ threshold and writes go through C{transport.write}.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.web.client import HTTPConnectionPool
+
+if TYPE_CHECKING:
+    from twisted.web.client import HTTPConnectionPool
 
 __all__ = [
     "QuietHTTPConnectionPool",
@@ -166,6 +168,7 @@ def raise_synchronously(listener: Any) -> None:
 
 
 def _quiet_pool() -> type[HTTPConnectionPool]:
+    from twisted.web.client import HTTPConnectionPool
     try:
         from twisted.web.client import _HTTP11ClientFactory
     except ImportError:
@@ -187,7 +190,18 @@ def _quiet_pool() -> type[HTTPConnectionPool]:
     return QuietPool
 
 
-QuietHTTPConnectionPool: type[HTTPConnectionPool] = _quiet_pool()
-"""An C{HTTPConnectionPool} whose connections do not log their start and stop
-(its private C{_factory}, a subclass of C{_HTTP11ClientFactory}); the plain
-pool where Twisted has neither."""
+if TYPE_CHECKING:
+    QuietHTTPConnectionPool: type[HTTPConnectionPool]
+    """An C{HTTPConnectionPool} whose connections do not log their start and
+    stop (its private C{_factory}, a subclass of C{_HTTP11ClientFactory}); the
+    plain pool where Twisted has neither."""
+
+
+def __getattr__(name: str) -> Any:
+    # QuietHTTPConnectionPool is built on first use: twisted.web.client (and
+    # with it twisted.web.http and h2) is not imported by every daemon and
+    # command that loads this module, only by what makes HTTP requests.
+    if name == "QuietHTTPConnectionPool":
+        pool = globals()[name] = _quiet_pool()
+        return pool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -114,7 +114,10 @@ def makeService(options: Options) -> IService:
     from rpcd.daemon.build import make_service
     from rpcd.daemon.reload import ReloadService
     try:
-        top = make_service(options.loaded, reactor, options["service"])
+        # The services postOptions resolved (the plugin scan and the
+        # classes' description are not done twice).
+        top = make_service(options.loaded, reactor, options["service"],
+                           objects=options.services)
     except ConfigError as e:
         config_exit(e)
     reloader = top.reloader  # type: ignore[attr-defined]
