@@ -22,7 +22,7 @@ from rpcd.daemon.drain import DaemonService
 from rpcd.core.health import HealthState
 from rpcd.server.fairness import TurnScheduler
 from rpcd.server import RPCServer
-from rpcd.core.service import ServiceRegistry
+from rpcd.core.service import ServiceRegistry, ServiceSpec
 from rpcd.daemon.registry import (  # noqa: F401 (re-exported: this module's names of old)
     build_registry,
     make_importable,
@@ -61,7 +61,8 @@ def make_server(config: Config, registry: ServiceRegistry, reactor: Any) -> RPCS
 
 
 def make_service(config: Config, reactor: Any, only: Iterable[str] = (),
-                 objects: list[tuple[object, ServiceConfig]] | None = None, *,
+                 objects: list[tuple[ServiceSpec, ServiceConfig]]
+                 | list[tuple[object, ServiceConfig]] | None = None, *,
                  listen_reactor: Any = None, wrap_services: Any = None) -> DaemonService:
     """
     Everything a daemon runs: the login hashing pool (when there are users),
