@@ -35,6 +35,7 @@ from rpcd.cli.common import (
     parse_argument,
     seconds,
 )
+from rpcd.core.quickexit import freeze_at_exit
 
 _describe = describe_error  # the old name
 
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     @param argv: the arguments (C{sys.argv[1:]} by default).
     """
+    freeze_at_exit()
     sys.exit(run(argv))
 
 

@@ -108,6 +108,8 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    from rpcd.core.quickexit import freeze_at_exit
+    freeze_at_exit()
     if options.loaded.workers > 1:
         from rpcd.daemon.workers import make_supervisor
         return make_supervisor(options, reactor, read_config)
