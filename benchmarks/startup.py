@@ -2,16 +2,19 @@
 What a process the test suite starts costs before it does any work: CPU
 seconds (user + system) and wall seconds from exec until the daemon logs
 C{rpcd listening on}, for C{twistd -n rpcd} with the embedded default
-config and with a minimal one, and for whole C{rpcd call} / C{rpcd list}
-runs against it; beside the floor of a bare C{import twisted.internet.reactor}.
-Median of C{--runs} runs, the kinds alternating so a load change on a shared
-machine touches them all alike::
+config and with a minimal one (and over the daemon's whole life, with the
+wall time from SIGTERM to its exit), and for whole C{rpcd call} /
+C{rpcd list} runs against it; beside the floor of a bare
+C{import twisted.internet.reactor}.  Median and minimum of C{--runs} runs, the
+kinds alternating so a load change on a shared machine touches them all
+alike (on a loaded machine the minimum is the steadier figure)::
 
     python benchmarks/startup.py [--runs 7] [--checkout DIR]...
 
 C{--checkout} measures that checkout's C{rpcd} (its directory is put first
 on C{PYTHONPATH}, as C{tests/daemon.py} does; this one by default); given
-twice, the two trees take turns in each round, so they compare in one run.  Where C{PYTHONDONTWRITEBYTECODE} is set the bytecode goes to a cache
+twice, the two trees take turns in each round, so they compare in one run.
+Where C{PYTHONDONTWRITEBYTECODE} is set the bytecode goes to a cache
 directory (as in the tests), so the figures are of warm starts.
 """
 
@@ -91,16 +94,22 @@ def start_daemon(args: list[str], env: dict[str, str], cwd: str) -> tuple[subpro
             return process, int(found.group(2)), proc_cpu(process.pid), wall
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> tuple[float, float]:
     """
-    Stop a daemon: SIGTERM, then SIGKILL if it lingers.
+    Stop a daemon with SIGTERM (it drains and exits).
+
+    @return: its CPU seconds over its whole life and the wall seconds from
+        the signal to its exit.
     """
+    began = time.perf_counter()
     process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    assert process.stdout is not None
+    while os.read(process.stdout.fileno(), 65536):
+        pass
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    return usage.ru_utime + usage.ru_stime, time.perf_counter() - began
 
 
 def run_command(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
@@ -141,10 +150,12 @@ def one_round(checkout: Path, cwd: str, record: Callable[[str, float, float], No
         cpu, wall = run_command(rpcd + ["list", endpoint], env, cwd)
         record("rpcd list", cpu, wall)
     finally:
-        stop(daemon)
+        cpu, wall = stop(daemon)
+    record("daemon, default config: whole life; exit", cpu, wall)
     daemon, port, cpu, wall = start_daemon(["--config", str(Path(cwd, "minimal.toml"))], env, cwd)
-    stop(daemon)
     record("daemon, minimal config", cpu, wall)
+    cpu, wall = stop(daemon)
+    record("daemon, minimal config: whole life; exit", cpu, wall)
 
 
 def main() -> None:
@@ -165,11 +176,12 @@ def main() -> None:
             one_round(checkout, cwd, record)
 
     for checkout, kinds in results.items():
-        print(f"{checkout}: median of {options.runs} runs (CPU s = user + system)")
+        print(f"{checkout}: {options.runs} runs, median (min); CPU = user + system seconds")
         for name, samples in kinds.items():
-            cpu = statistics.median(s[0] for s in samples)
-            wall = statistics.median(s[1] for s in samples)
-            print(f"  {name:42s} CPU {cpu:6.3f} s   wall {wall:6.3f} s")
+            cpus = [s[0] for s in samples]
+            walls = [s[1] for s in samples]
+            print(f"  {name:42s} CPU {statistics.median(cpus):6.3f} ({min(cpus):5.3f})"
+                  f"   wall {statistics.median(walls):6.3f} ({min(walls):5.3f})")
 
 
 if __name__ == "__main__":
