@@ -65,6 +65,8 @@ class _Output(ProcessProtocol):
     errReceived = outReceived
 
     def _check(self) -> None:
+        if not self.waiters:
+            return  # (a chatty daemon's output is not decoded again for nobody)
         text = self.output.decode("utf-8", "replace")
         for waiter in list(self.waiters):
             match, d = waiter
