@@ -17,6 +17,7 @@ New code imports the new paths; the linter's contracts only see those.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -164,6 +165,7 @@ def forward(package: str) -> Callable[[str], Any]:
     return __getattr__
 
 
+@functools.lru_cache(maxsize=None)
 def _is_submodule(package: str, name: str) -> bool:
     """
     @param package: a package's name (imported).
