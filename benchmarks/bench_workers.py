@@ -32,8 +32,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_native import (  # noqa: E402
-    REPO, WORK, add_run_options, build_go, derive, fmt, free_port, go_client, median_row, start_daemon,
-    stop, wait_port,
+    REPO, WORK, add_run_options, build_go, derive, fmt, free_port, go_client, median_row, pin_prefix,
+    start_daemon, stop, wait_port,
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,20 +51,64 @@ def tree_pids(pid: int) -> list[int]:
         return [pid]
 
 
-def tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int) -> dict[int, float]:
     """
     @param pid: the supervisor (or the single daemon).
-    @return: CPU seconds (user + system) used by it and its children now.
+    @return: CPU seconds (user + system) used by it and by each of its
+        children (the workers) now, by pid.
     """
-    total = 0.0
+    used = {}
     for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
+        used[p] = (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+def connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
+    """
+    @param port: the server's TCP port.
+    @param pids: the processes to look in.
+    @return: how many established connections to C{port} each holds (the
+        sockets of C{/proc/net/tcp} found among its descriptors).
+    """
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+                inodes.add(fields[9])
+    counts = {}
+    for p in pids:
+        n = 0
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    n += 1
+        except OSError:
+            pass
+        counts[p] = n
+    return counts
+
+
+def spread_workers(pid: int) -> None:
+    """
+    Pin each worker to a CPU of its own (the Nth child to CPU N modulo
+    the CPUs this process may use); the supervisor is left alone.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, child in enumerate(tree_pids(pid)[1:]):
+        try:
+            os.sched_setaffinity(child, {cpus[i % len(cpus)]})
+        except OSError:
+            pass
 
 
 def config_for(workers: str, logdir: str) -> str:
@@ -106,15 +150,21 @@ def run_case(workers: str, args: argparse.Namespace, logdir: str) -> dict[str, A
                 return dict(case=name, error="rpcd did not start (see its log)")
             if workers != "1" and not wait_ready(log_path, proc):
                 return dict(case=name, error="the workers did not get ready (see the log)")
-            argv = [a.format(port=port, addr=f"127.0.0.1:{port}", pid=proc.pid, dur=args.dur,
-                             warmup=args.warmup, n=args.n, case=name)
-                    for a in go_client(args.conns, args.inflight)]
-            samples: list[float] = []
+            if args.spread:
+                spread_workers(proc.pid)
+            argv = pin_prefix(args.pin, "client") + [
+                a.format(port=port, addr=f"127.0.0.1:{port}", pid=proc.pid, dur=args.dur,
+                         warmup=args.warmup, n=args.n, case=name)
+                for a in go_client(args.conns, args.inflight)]
+            samples: list[dict[int, float]] = []
+            spread: dict[int, int] = {}
 
             def sample() -> None:
                 time.sleep(args.warmup)
                 samples.append(tree_cpu(proc.pid))
-                time.sleep(args.dur)
+                time.sleep(args.dur / 2)
+                spread.update(connections_by_pid(port, tree_pids(proc.pid)))
+                time.sleep(args.dur / 2)
                 samples.append(tree_cpu(proc.pid))
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -126,10 +176,28 @@ def run_case(workers: str, args: argparse.Namespace, logdir: str) -> dict[str, A
                 return dict(case=name, error=f"client exit {cp.returncode}: {cp.stderr[-300:]}")
             res = json.loads(lines[-1])
             res["case"] = name
-            res["server_cpu_s"] = samples[1] - samples[0]  # the whole tree, not just the supervisor
+            before, after = samples
+            used = {p: after[p] - before.get(p, 0.0) for p in after}
+            res["server_cpu_s"] = sum(used.values())  # the whole tree, not just the supervisor
+            if workers != "1":
+                res["supervisor_cpu_s"] = used.pop(proc.pid, 0.0)
+                res["workers_cpu_s"] = [used[p] for p in sorted(used)]
+                res["workers_conns"] = [spread.get(p, 0) for p in sorted(used)]
             return derive(res)
         finally:
             stop(proc)
+
+
+def machine_ceiling(row: dict[str, Any], cores: int) -> float | None:
+    """
+    @return: the calls/s this machine's cores allow at the row's CPU per
+        call (server and load client together: they share the cores), or
+        None when a figure is missing.
+    """
+    srv, cli = row.get("srv_us_per_call"), row.get("cli_us_per_call")
+    if not srv or cli is None:
+        return None
+    return cores / ((srv + cli) * 1e-6)
 
 
 def main() -> int:
@@ -138,6 +206,8 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--inflight", type=int, default=16)
     p.add_argument("--workers", default="1,2,auto", help="comma-separated server.workers values")
+    p.add_argument("--spread", action="store_true",
+                   help="pin worker N to CPU N (the supervisor and the client unpinned)")
     args = p.parse_args()
     build_go()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -153,18 +223,37 @@ def main() -> int:
             print(f"  {r['case']}: " + (r.get("error") or f"{r['rate']:,.0f}/s"), flush=True)
         rows.append(median_row(runs))
     load_after = os.getloadavg()
-    base = rows[0].get("rate") if rows and "error" not in rows[0] else None
-    lines = [f"# {stamp} cores {len(os.sched_getaffinity(0))}, load average {load_before[0]:.1f} "
-             f"before / {load_after[0]:.1f} after; dur {args.dur}s repeat {args.repeat}",
-             "", "| case | calls/s | vs 1 worker | server CPU µs/call (all processes) | server cores |",
-             "|---|---|---|---|---|"]
+    cores = len(os.sched_getaffinity(0))
+    base = rows[0] if rows and "error" not in rows[0] else None
+    lines = [f"# {stamp} cores {cores}, load average {load_before[0]:.1f} before / "
+             f"{load_after[0]:.1f} after; dur {args.dur}s repeat {args.repeat} pin {args.pin}"
+             f"{' spread' if args.spread else ''}", "",
+             "| case | calls/s | vs 1 worker | ceiling | of ceiling | server CPU µs/call "
+             "(all processes) | client CPU µs/call | server cores | per worker: conns, cores "
+             "| supervisor cores |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | error: {r['error']} | | | |")
+            lines.append(f"| {r['case']} | error: {r['error']} | | | | | | | | |")
             continue
-        ratio = f"{r['rate'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['case']} | {r['rate']:,.0f} | {ratio} | {fmt(r.get('srv_us_per_call'), 1)} | "
-                     f"{fmt(r.get('srv_cores'), 2)} |")
+        ratio = f"{r['rate'] / base['rate']:.2f}x" if base else "-"
+        ceiling = machine_ceiling(r, cores)
+        secs = r.get("secs") or 0
+        per_worker = ", ".join(f"{n} {cpu / secs:.2f}" for n, cpu in
+                               zip(r.get("workers_conns", []), r.get("workers_cpu_s", []))) if secs else ""
+        supervisor = r.get("supervisor_cpu_s")
+        lines.append(f"| {r['case']} | {r['rate']:,.0f} | {ratio} | {fmt(ceiling)} | "
+                     f"{fmt(r['rate'] / ceiling * 100 if ceiling else None)}% | "
+                     f"{fmt(r.get('srv_us_per_call'), 1)} | {fmt(r.get('cli_us_per_call'), 1)} | "
+                     f"{fmt(r.get('srv_cores'), 2)} | {per_worker or '-'} | "
+                     f"{fmt(supervisor / secs if supervisor is not None and secs else None, 3)} |")
+    ceiling = machine_ceiling(base, cores) if base else None
+    if base and ceiling:
+        lines += ["", f"ceiling: {cores} cores / (server + client CPU per call) of the same row.  "
+                  f"At one worker's ({fmt(base.get('srv_us_per_call'), 1)} + "
+                  f"{fmt(base.get('cli_us_per_call'), 1)} µs), this machine serves at most "
+                  f"{ceiling:,.0f} calls/s = {ceiling / base['rate']:.2f}x one worker's rate, "
+                  f"whatever the number of workers (the load client shares the cores)."]
     text = "\n".join(lines)
     print("\n" + text)
     with open(os.path.join(outdir, "table.txt"), "w") as f:
