@@ -583,16 +583,16 @@ class Client(ServiceAttributes):
             connection = self._current
             # The common case without a second coroutine: a usable
             # connection, no timeout.
-            started = None if connection is None else connection.start_call(
-                method, args, None, metadata)
-            if started is not None:
-                try:
-                    return await started[1]
-                except asyncio.CancelledError:
-                    connection.cancel(started[0])  # type: ignore[union-attr]
-                    raise
-                except NotRun:
-                    pass
+            if connection is not None:
+                started = connection.start_call(method, args, None, metadata)
+                if started is not None:
+                    try:
+                        return await started[1]
+                    except asyncio.CancelledError:
+                        connection.cancel(started[0])
+                        raise
+                    except NotRun:
+                        pass
             for tries in range(REDIALS + 1):
                 try:
                     return await self._call_once(method, args, None, metadata)
@@ -622,7 +622,7 @@ class Client(ServiceAttributes):
         connection = self._current
         started = None if connection is None else connection.start_call(
             method, args, timeout, metadata)
-        if started is None:
+        if connection is None or started is None:
             connection = await self.connection()
             started = connection.start_call(method, args, timeout, metadata)
             assert started is not None  # usable: nothing ran since connection() checked
