@@ -34,6 +34,16 @@ from rpcd.wire.connection import CALL, NativeConnection  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
 
 
+async def caller(client: Any, state: dict[str, int], calls: int) -> None:
+    """
+    One of the callers, for either client: call until C{calls} are made in all.
+    """
+    while state["n"] < calls:
+        state["n"] += 1
+        if await client.call("Arith.Multiply", {"A": 3, "B": 7}) != 21:
+            raise AssertionError("wrong answer")
+
+
 def measure(calls: int, inflight: int, redial: bool) -> float:
     """
     @return: client+fake-server CPU seconds per call, for one round.
@@ -51,14 +61,8 @@ def measure(calls: int, inflight: int, redial: bool) -> float:
         client.redial = lambda: succeed(channel)
     state = {"n": 0}
 
-    async def worker() -> None:
-        while state["n"] < calls:
-            state["n"] += 1
-            if await client.call("Arith.Multiply", {"A": 3, "B": 7}) != 21:
-                raise AssertionError("wrong answer")
-
     t0 = time.process_time()
-    workers = [Deferred.fromCoroutine(worker()) for _ in range(inflight)]
+    workers = [Deferred.fromCoroutine(caller(client, state, calls)) for _ in range(inflight)]
     while channel.pending:
         data = transport.value()
         transport.clear()
@@ -112,14 +116,8 @@ async def measure_aio(calls: int, inflight: int) -> float:
     client._current = connection
     state = {"n": 0}
 
-    async def worker() -> None:
-        while state["n"] < calls:
-            state["n"] += 1
-            if await client.call("Arith.Multiply", {"A": 3, "B": 7}) != 21:
-                raise AssertionError("wrong answer")
-
     t0 = time.process_time()
-    await asyncio.gather(*[worker() for _ in range(inflight)])
+    await asyncio.gather(*[caller(client, state, calls) for _ in range(inflight)])
     return (time.process_time() - t0) / calls
 
 
