@@ -136,6 +136,40 @@ class CallTests(SynchronousTestCase):
             return await task
         self.assertEqual(asyncio.run(main()), {"A": 2, "B": 3})
 
+    def test_next_calls_one_write(self) -> None:
+        """The calls of callers woken by one read go out in one write as soon as those callers ran."""
+        async def main() -> None:
+            client = fake_client()
+            await client.connection()
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            writes: list[bytes] = []
+            write = server.transport.write
+
+            def counted(data: Any) -> None:
+                writes.append(bytes(data))
+                write(data)
+            server.transport.write = counted
+
+            async def twice(n: int) -> Any:
+                await client.call("Arith.Multiply", {"A": n, "B": 1})
+                return await client.call("Arith.Multiply", {"A": n, "B": 2})
+            tasks = [asyncio.ensure_future(twice(n)) for n in range(3)]
+            await turn()
+            self.assertEqual(len(writes), 1)  # the three first calls
+            for call in server.calls():
+                server.conn.send_result(call[1], call[3]["A"] * call[3]["B"])
+            server.reply()
+            # The callers run next, then the write: before this task's next turn.
+            await asyncio.sleep(0)
+            self.assertEqual(len(writes), 2)
+            self.assertEqual([c[3] for c in server.calls()[3:]],
+                             [{"A": n, "B": 2} for n in range(3)])
+            for call in server.calls()[3:]:
+                server.conn.send_result(call[1], call[3]["A"] * call[3]["B"])
+            server.reply()
+            self.assertEqual(await asyncio.gather(*tasks), [0, 2, 4])
+        asyncio.run(main())
+
     def test_error(self) -> None:
         """An ERROR frame raises the RPCError subclass of its code, with its message."""
         async def main() -> None:

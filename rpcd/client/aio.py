@@ -31,6 +31,7 @@ call's timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import ssl
@@ -218,6 +219,7 @@ class _Connection(asyncio.Protocol):
         self.heard = False
         self._writable: asyncio.Future[None] | None = None
         self._flush_due = False
+        self._new_future = _future_factory(loop)
 
     # asyncio.Protocol
 
@@ -230,6 +232,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.heard = True
         pending = self.pending
+        waiting = len(pending)
         for event in self.conn.receive_data(data):
             if len(event) == 3 and event[0] == RESULT:
                 future = pending.pop(event[1], None)
@@ -243,7 +246,12 @@ class _Connection(asyncio.Protocol):
                 continue
             if self._event(event):
                 return
-        self.flush()
+        self.flush()  # a PONG, a CANCEL
+        if len(pending) < waiting and not self._flush_due:
+            # The callers woken now run next, before this: the calls they
+            # make then go out in one write, in the same turn of the loop.
+            self._flush_due = True
+            self.loop.call_soon(self._flush_turn)
 
     def _event(self, event: Any) -> bool:
         """
@@ -341,17 +349,14 @@ class _Connection(asyncio.Protocol):
 
     # Calls.
 
-    def flush_soon(self) -> None:
-        """
-        Write what is queued once the tasks ready now have run: the calls
-        they make in the same turn of the loop go out in one write.
-        """
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self.flush)
+    def _flush_turn(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def flush(self) -> None:
-        self._flush_due = False
+        """
+        Write what is queued now.
+        """
         data = self.conn.data_to_send()
         if data and self.transport is not None and self.lost is None:
             self.transport.write(data)
@@ -381,21 +386,29 @@ class _Connection(asyncio.Protocol):
                 and self.generation == _generation[0] and _get_running_loop() is self.loop)
 
     def start_call(self, method: str, args: Any, timeout: float | None,
-                   metadata: dict[str, Any] | None) -> tuple[int, asyncio.Future[Any]]:
+                   metadata: dict[str, Any] | None) -> tuple[int, asyncio.Future[Any]] | None:
         """
-        Send a call (in the write of this turn of the loop).
+        Send a call if this connection is L{usable} (in the write of this
+        turn of the loop: the calls the tasks ready now make go out together).
 
-        @return: its id and the future of its result.
+        @return: its id and the future of its result; None when the
+            connection is not usable (nothing is sent).
         @raise EncodeError: msgpack cannot encode the argument; nothing is sent.
         """
+        # usable(), inline: this is once per call.
+        if (self.lost is not None or self.going_away is not None
+                or self.generation != _generation[0] or _get_running_loop() is not self.loop):
+            return None
         call_id = next(self.ids)
         try:
             self.conn.send_call(call_id, method, args, timeout, metadata)
         except Exception as e:
             raise EncodeError(f"cannot send {method}: the native codec cannot encode its "
                               f"argument: {type(e).__name__}: {e}") from e
-        future = self.pending[call_id] = self.loop.create_future()
-        self.flush_soon()
+        future = self.pending[call_id] = self._new_future()
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_turn)
         return call_id, future
 
     def cancel(self, call_id: int) -> None:
@@ -437,6 +450,16 @@ _INHERITED: list[asyncio.BaseTransport] = []
 
 # The running loop or None, without raising (C in CPython).
 _get_running_loop = asyncio._get_running_loop
+
+
+def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """
+    @return: C{loop.create_future}, or for asyncio's own loops the same
+        without its Python frame (once per call).
+    """
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future
 
 
 # The client.
@@ -558,17 +581,18 @@ class Client(ServiceAttributes):
             metadata = check_metadata(metadata)
         if timeout is None:
             connection = self._current
-            if connection is not None and connection.usable():
-                # The common case without a second coroutine: a usable
-                # connection, no timeout.
-                call_id, future = connection.start_call(method, args, None, metadata)
-                try:
-                    return await future
-                except asyncio.CancelledError:
-                    connection.cancel(call_id)
-                    raise
-                except NotRun:
-                    pass
+            # The common case without a second coroutine: a usable
+            # connection, no timeout.
+            if connection is not None:
+                started = connection.start_call(method, args, None, metadata)
+                if started is not None:
+                    try:
+                        return await started[1]
+                    except asyncio.CancelledError:
+                        connection.cancel(started[0])
+                        raise
+                    except NotRun:
+                        pass
             for tries in range(REDIALS + 1):
                 try:
                     return await self._call_once(method, args, None, metadata)
@@ -596,9 +620,13 @@ class Client(ServiceAttributes):
     async def _call_once(self, method: str, args: Any, timeout: float | None,
                          metadata: dict[str, Any] | None) -> Any:
         connection = self._current
-        if connection is None or not connection.usable():
+        started = None if connection is None else connection.start_call(
+            method, args, timeout, metadata)
+        if connection is None or started is None:
             connection = await self.connection()
-        call_id, future = connection.start_call(method, args, timeout, metadata)
+            started = connection.start_call(method, args, timeout, metadata)
+            assert started is not None  # usable: nothing ran since connection() checked
+        call_id, future = started
         try:
             return await future
         except asyncio.CancelledError:
