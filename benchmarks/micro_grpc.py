@@ -28,7 +28,8 @@ dispatch or flow-control bookkeeping: the best any C{h2}-based server can
 do.  C{h2 floor} uses h2's own HPACK coders, C{h2 floor + caches} the same
 with rpcd's HPACK caches (L{rpcd.wire.hpackfast}) plugged in, as rpcd's
 server does.  It prints the median over C{--repeat} of each server's us per
-call, and rpcd's overhead above each floor.
+call, and rpcd's overhead above each floor (medians of the runs' differences
+and ratios).
 
 The socket benchmark beside grpcio's server is C{benchmarks/bench_grpc.py}.
 """
@@ -291,9 +292,15 @@ def floor(args: argparse.Namespace) -> None:
     for name, runs in results.items():
         print(f"  {name:<20} {median[name]:7.1f}   runs: "
               + " ".join(f"{r:.1f}" for r in runs))
+    # Each run's servers saw the same moments of a shared machine: the
+    # median of per-run differences and ratios is steadier than either
+    # server's own median.
     for name in list(results)[1:]:
-        print(f"  rpcd above {name:<20} {median['rpcd'] - median[name]:+7.1f} us "
-              f"({median['rpcd'] / median[name]:.2f}x)")
+        pairs = list(zip(results["rpcd"], results[name]))
+        above = statistics.median(r - f for r, f in pairs)
+        ratio = statistics.median(r / f for r, f in pairs)
+        print(f"  rpcd above {name:<20} {above:+7.1f} us ({ratio:.2f}x)   (medians of per-run "
+              "differences and ratios)")
 
 
 def main() -> None:
