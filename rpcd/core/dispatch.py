@@ -176,13 +176,24 @@ class Dispatcher:
         if method is None:
             raise self.session.registry.unknown(name)
         spec = method.spec
-        plain = result_passthrough(spec.result_hint, spec.convert_result)
+        plain = self._passthrough(method)
         self._plain[name] = plain
         self._methods[name] = method
         if spec.kind is Kind.UNARY and method.guard is None and spec.context_param is None \
                 and not self._interceptors:
             self.simple_calls[name] = self._simple_call(name, method, plain)
         return method
+
+    def _passthrough(self, method: BoundMethod) -> frozenset[type]:
+        """
+        The types of a method's result that L{_convert} would return
+        unchanged, so that a call may skip it (and the awaitable checks).
+
+        @param method: a method being looked up.
+        @return: see L{result_passthrough}.
+        """
+        spec = method.spec
+        return result_passthrough(spec.result_hint, spec.convert_result)
 
     def _simple_call(self, name: str, method: BoundMethod,
                      plain: frozenset[type]) -> Callable[[Any, Any, float | None], Any]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable
 
 from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import DecodeError, Message
 from h2.errors import ErrorCodes
+from h2.exceptions import FlowControlError
 from h2.exceptions import ProtocolError as H2ProtocolError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -51,6 +53,9 @@ h2 takes as they are)."""
 OK_STATUS: list[tuple[Any, Any]] = [(b"grpc-status", b"0")]
 """The trailers of a call that succeeded (never changed in place)."""
 
+MIN_FRAME_SIZE = 16384
+"""The smallest SETTINGS_MAX_FRAME_SIZE a peer may set (RFC 9113 6.5.2)."""
+
 COALESCE = 16384
 """Reply bytes a streaming handler's messages may gather before they go to
 h2 (one DATA frame, the default SETTINGS_MAX_FRAME_SIZE)."""
@@ -74,6 +79,24 @@ class GrpcCall:
     @ivar done: the trailers are queued (or the stream was reset).
     """
 
+    # What a new call starts with (set on the instance once it changes;
+    # class attributes make a unary call's creation cheaper).
+    reader: MessageReader | None = None
+    inbox: GrpcMessages | None = None
+    request: Message | None = None
+    timeout: float | None = None
+    metadata: Mapping[str, Any] = MappingProxyType({})
+    compress = False
+    context: CallContext | None = None
+    started = False
+    half_closed = False
+    headers_sent = False
+    done = False
+    unacknowledged = 0
+    held = 0
+    trailers: list[tuple[Any, Any]] | None = None
+    _waiting: Deferred[None] | None = None
+
     def __init__(self, protocol: GrpcServerProtocol, stream_id: int,
                  route: GrpcMethod | None, path: str) -> None:
         self.protocol = protocol
@@ -81,23 +104,8 @@ class GrpcCall:
         self.stream_id = stream_id
         self.route = route
         self.path = path
-        self.reader: MessageReader | None = None
-        self.inbox: GrpcMessages | None = None
-        self.request: Message | None = None
-        self.timeout: float | None = None
         self.received_at = protocol.clock.seconds()
-        self.metadata: dict[str, Any] = {}
-        self.compress = False
-        self.context: CallContext | None = None
-        self.started = False
-        self.half_closed = False
-        self.headers_sent = False
-        self.done = False
-        self.unacknowledged = 0
-        self.held = 0
         self.out = bytearray()
-        self.trailers: list[tuple[Any, Any]] | None = None
-        self._waiting: Deferred[None] | None = None
 
     # Requests.
 
@@ -141,9 +149,26 @@ class GrpcCall:
                             "the request message arrived")
                 return
         self.started = True
+        fast = self.protocol.unary_calls.get(route.name) if self.inbox is None else None
+        if fast is not None:
+            # The dispatcher's hot path: a plain result comes back as it is,
+            # with no Deferred on the way.
+            call, plain = fast
+            request = self.request
+            try:
+                result = call(message_to_plain(request) if plain else request, self.stream_id,
+                              timeout)
+            except RPCError as e:
+                self.finish(e.code, e.message, e.details)
+                return
+            if type(result) is not route.output and isinstance(result, Deferred):
+                result.addCallbacks(self._ended, self._failed)
+            else:
+                self._ended(result)
+            return
         try:
             d = dispatcher.open_stream(route.name, self.stream_id, self._run,
-                                       timeout=timeout, metadata=self.metadata)
+                                       timeout=timeout, metadata=dict(self.metadata))
         except RPCError as e:
             self.finish(e.code, e.message, e.details)
             return
@@ -157,6 +182,13 @@ class GrpcCall:
             raise Internal(f"{route.name} is {method.spec.kind.value} in rpcd but "
                            f"{route.kind.value} in the proto")
         plain = wants_plain(method)
+        if route.kind is Kind.UNARY and self.inbox is None:
+            # Later calls of a unary method the dispatcher calls straight
+            # (no context, guard or interceptors) skip open_stream.
+            dispatcher = self.protocol.dispatcher
+            simple = None if dispatcher is None else dispatcher.simple_calls.get(route.name)
+            if simple is not None:
+                self.protocol.unary_calls[route.name] = (simple, plain)
         if self.inbox is not None:
             if plain:
                 self.inbox.convert = message_to_plain
@@ -266,10 +298,12 @@ class GrpcCall:
         metadata = self._reply_metadata()
         if metadata:
             headers = headers + metadata
-        if self.protocol.on_stream(self.conn.send_headers, self.stream_id, headers):
-            self.protocol.sent_something()
+        try:
+            self.conn.send_headers(self.stream_id, headers)
+        except H2ProtocolError:
+            self._gone()  # the stream closed under us
         else:
-            self._gone()
+            self.protocol.sent_something()
 
     def _reply_metadata(self) -> list[tuple[str, str]]:
         context = self.context
@@ -293,6 +327,14 @@ class GrpcCall:
         out = self.out
         sid = self.stream_id
         try:
+            if out and len(out) <= MIN_FRAME_SIZE:
+                # One frame (the common unary reply): h2 refuses it whole,
+                # sending nothing, when the window is smaller.
+                try:
+                    conn.send_data(sid, bytes(out))
+                    out.clear()
+                except FlowControlError:
+                    pass
             while out:
                 room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size,
                            len(out))

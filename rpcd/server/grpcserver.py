@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from google.protobuf.message import Message
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -141,6 +142,14 @@ class GrpcDispatcher(Dispatcher):
     def _convert(self, name: str, method: BoundMethod, result: Any) -> Any:
         return result
 
+    def _passthrough(self, method: BoundMethod) -> frozenset[type]:
+        # A method declared to return its output message returns it as it is.
+        hint = method.spec.result_hint
+        plain = super()._passthrough(method)
+        if isinstance(hint, type) and issubclass(hint, Message):
+            plain = plain | {hint}
+        return plain
+
 
 class GrpcServerProtocol(Protocol):
     """
@@ -148,6 +157,9 @@ class GrpcServerProtocol(Protocol):
 
     @ivar calls: HTTP/2 stream id to L{GrpcCall}, for calls not yet ended.
     @ivar dispatcher: runs the calls.
+    @ivar unary_calls: C{Service.Method} to the dispatcher's hot-path call
+        (see L{Dispatcher.simple_calls}) and whether the method takes plain
+        data, for unary methods called once on this connection.
     """
 
     transport: ITCPTransport
@@ -163,6 +175,7 @@ class GrpcServerProtocol(Protocol):
         self.calls: dict[int, GrpcCall] = {}
         self.dispatcher: GrpcDispatcher | None = None
         self.routes: dict[str, GrpcMethod] = {}
+        self.unary_calls: dict[str, tuple[Callable[[Any, Any, float | None], Any], bool]] = {}
         self.requests = RequestCache()
         self.gate: WriteGate | None = None
         self.held_bytes = 0
@@ -224,18 +237,16 @@ class GrpcServerProtocol(Protocol):
                 self.go_away(getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR) or
                              ErrorCodes.PROTOCOL_ERROR)
                 return
+            handlers = self._handlers
             for event in events:
                 if self._aborted:
                     break
-                self._event(event)
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(self, event)
         finally:
             self._in_read = False
         self.flush()
-
-    def _event(self, event: Any) -> None:
-        handler = self._handlers.get(type(event))
-        if handler is not None:
-            handler(self, event)
 
     def _on_data(self, event: DataReceived) -> None:
         ended = event.stream_ended is not None
@@ -298,7 +309,7 @@ class GrpcServerProtocol(Protocol):
             call.finish(Code.INVALID_ARGUMENT, request.error)
             return
         call.timeout = request.timeout
-        call.metadata = dict(request.metadata)
+        call.metadata = request.metadata  # the cache's: copied if handed out
         if route.kind in STREAMING_IN:
             call.inbox = GrpcMessages(call)
             call.start()
@@ -339,15 +350,22 @@ class GrpcServerProtocol(Protocol):
             self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
             return
         try:
-            for payload in call.reader.feed(data):
+            payload = call.reader.whole(data)
+            if payload is not None:
                 call.message_received(payload, len(payload))
-                if call.done:
-                    break
+            else:
+                for payload in call.reader.feed(data):
+                    call.message_received(payload, len(payload))
+                    if call.done:
+                        break
         except MessageError as e:
             call.finish(e.code, str(e))
         self.account(call)
         if call.done or self._may_acknowledge(call):
-            self.on_stream(self.conn.acknowledge_received_data, flow_length, stream_id)
+            try:
+                self.conn.acknowledge_received_data(flow_length, stream_id)
+            except H2ProtocolError:
+                pass  # the stream closed under us
         else:
             call.unacknowledged += flow_length
             self._withheld[stream_id] = call

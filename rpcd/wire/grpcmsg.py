@@ -83,13 +83,11 @@ class MessageReader:
             (RESOURCE_EXHAUSTED), compressed without an encoding, or a
             compressed message that does not decompress (INTERNAL).
         """
+        whole = self.whole(data)
+        if whole is not None:
+            yield whole
+            return
         buffer = self._buffer
-        if not buffer and self._need is None and len(data) >= 5:
-            # The common case: one whole uncompressed message in one DATA frame.
-            flag, length = HEADER.unpack_from(data)
-            if not flag and len(data) == 5 + length and length <= self.max_size:
-                yield bytes(data[5:])
-                return
         buffer += data
         while True:
             if self._need is None:
@@ -113,6 +111,22 @@ class MessageReader:
             if self._compressed:
                 payload = self._decompress(payload)
             yield payload
+
+    def whole(self, data: bytes) -> bytes | None:
+        """
+        The common case of L{feed} without a generator: one whole
+        uncompressed message in one DATA frame, nothing held before it.
+
+        @param data: the next DATA frame's payload.
+        @return: the message, or None when C{data} is anything else (then
+            give it to L{feed}).
+        """
+        if self._buffer or self._need is not None or len(data) < 5:
+            return None
+        flag, length = HEADER.unpack_from(data)
+        if flag or len(data) != 5 + length or length > self.max_size:
+            return None
+        return bytes(data[5:])
 
     @property
     def pending(self) -> int:
