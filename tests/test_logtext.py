@@ -13,10 +13,21 @@ from twisted.logger import (
     jsonFileLogObserver,
     textFileLogObserver,
 )
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.daemon.logtext import ClassicText, faster_text_logs
+from rpcd.daemon.logtext import ClassicText, TurnFlushedObserver, faster_text_logs
+
+
+class CountingFile(io.StringIO):
+    """A text file that counts its flushes."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
 
 
 def _events() -> list[dict[str, Any]]:
@@ -90,3 +101,58 @@ class ClassicTextTests(SynchronousTestCase):
         self.assertEqual(faster_text_logs(publisher), 0)
         publisher(dict(log_format="x"))
         self.assertEqual(len(events), 1)
+
+
+class TurnFlushedObserverTests(SynchronousTestCase):
+    """
+    L{TurnFlushedObserver}: one flush per reactor iteration, none lost.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        self.out = CountingFile()
+        self.observer = TurnFlushedObserver(self.out, ClassicText(), self.reactor)
+
+    def test_one_flush_per_iteration(self) -> None:
+        """Lines logged in one reactor iteration are flushed once, at the next."""
+        for n in range(3):
+            self.observer(dict(log_format="line {n}", n=n, log_time=1.0))
+        self.assertEqual(self.out.flushes, 0)
+        self.reactor.advance(0)
+        self.assertEqual(self.out.flushes, 1)
+        self.assertEqual(self.out.getvalue().count("line"), 3)
+        self.observer(dict(log_format="again", log_time=1.0))
+        self.reactor.advance(0)
+        self.assertEqual(self.out.flushes, 2)
+
+    def test_flushed_at_once_when_not_running(self) -> None:
+        """Without a running reactor each line is flushed as it is written."""
+        self.reactor.running = False
+        self.observer(dict(log_format="stopped", log_time=1.0))
+        self.assertEqual(self.out.flushes, 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_flushed_after_shutdown(self) -> None:
+        """The reactor's shutdown flushes what the last iteration wrote."""
+        self.observer(dict(log_format="last words", log_time=1.0))
+        for when, event, f, args, kwargs in [("after", "shutdown", *t)
+                                             for t in self.reactor.triggers["after"]["shutdown"]]:
+            f(*args, **kwargs)
+        self.assertEqual(self.out.flushes, 1)
+
+    def test_binary_file(self) -> None:
+        """A binary file gets the lines as UTF-8."""
+        out = io.BytesIO()
+        observer = TurnFlushedObserver(out, ClassicText(), self.reactor)
+        observer(dict(log_format="caf\u00e9", log_time=1.0))
+        self.assertIn("caf\u00e9".encode("utf-8"), out.getvalue())
+
+    def test_installed_with_reactor(self) -> None:
+        """With a reactor, faster_text_logs puts turn-flushed observers in place."""
+        publisher = LogPublisher(textFileLogObserver(self.out))
+        faster_text_logs(publisher, self.reactor)
+        publisher(dict(log_format="hello", log_time=1.0))
+        self.assertEqual(self.out.flushes, 0)
+        self.reactor.advance(0)
+        self.assertIn("hello\n", self.out.getvalue())

@@ -16,12 +16,14 @@ observers.
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import Any, Callable
 
 from twisted.logger import FileLogObserver, FilteringLogObserver, formatTime, globalLogPublisher
 from twisted.logger import formatEventAsClassicLogText, timeFormatRFC3339
+from twisted.python.compat import ioType
 
-__all__ = ["ClassicText", "faster_text_logs"]
+__all__ = ["ClassicText", "TurnFlushedObserver", "faster_text_logs"]
 
 _TEXT_FORMATTER = "textFileLogObserver.<locals>.formatEvent"
 """The C{__qualname__} of the formatter C{textFileLogObserver} builds."""
@@ -83,7 +85,56 @@ class ClassicText:
         return line.replace("\n", "\n\t") + "\n"
 
 
-def _faster(observer: Any) -> Any:
+class TurnFlushedObserver(FileLogObserver):
+    """
+    A C{FileLogObserver} that flushes its file once per reactor iteration
+    instead of after every line: the first line written in an iteration
+    asks the reactor for a flush at its next one (C{callLater(0)}).  Lines
+    written outside the reactor thread, or while the reactor is not
+    running, are flushed at once; and the file is flushed after the
+    reactor shuts down, so no line is lost when the daemon stops.
+
+    Make it in the reactor's thread.
+    """
+
+    def __init__(self, out: Any, format_event: Callable[[Any], str | None], reactor: Any) -> None:
+        """
+        @param out: the file (text or binary, as C{FileLogObserver} takes).
+        @param format_event: makes an event's text, or None for no line.
+        @param reactor: schedules the flushes.
+        """
+        super().__init__(out, format_event)
+        self.out = out
+        self._format = format_event
+        self._binary = ioType(out) is not str
+        self._reactor = reactor
+        self._pending = False
+        self._thread = get_ident()  # the reactor's
+        reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+
+    def __call__(self, event: Any) -> None:
+        text = self._format(event)
+        if not text:
+            return
+        out = self.out
+        out.write(text.encode("utf-8") if self._binary else text)
+        if self._pending:
+            return
+        if getattr(self._reactor, "running", False) and get_ident() == self._thread:
+            self._pending = True
+            self._reactor.callLater(0, self.flush)
+        else:
+            out.flush()
+
+    def flush(self) -> None:
+        """
+        Flush the file now.
+        """
+        self._pending = False
+        self.out.flush()
+
+
+def _faster(observer: Any, reactor: Any) -> Any:
     """
     @return: a faster observer writing what C{observer} writes, or
         C{observer} itself when it is not a C{textFileLogObserver}.
@@ -105,17 +156,21 @@ def _faster(observer: Any) -> Any:
     out = getattr(observer, "_outFile", None)
     if out is None:
         return observer
-    return FileLogObserver(out, ClassicText(time_format))
+    if reactor is None:
+        return FileLogObserver(out, ClassicText(time_format))
+    return TurnFlushedObserver(out, ClassicText(time_format), reactor)
 
 
-def faster_text_logs(publisher: Any = globalLogPublisher) -> int:
+def faster_text_logs(publisher: Any = globalLogPublisher, reactor: Any = None) -> int:
     """
-    Put a L{ClassicText} observer in place of each of a publisher's
+    Put a L{ClassicText} observer (flushed once per reactor iteration) in place of each of a publisher's
     C{textFileLogObserver}s (twistd's C{--logfile} or stdout), writing the
     same lines to the same file.  Observers of other kinds (JSON, a
     C{--logger} of the user's) are left as they are.
 
     @param publisher: the publisher (twistd's global one).
+    @param reactor: flushes the files once per iteration
+        (L{TurnFlushedObserver}); None to flush each line.
     @return: how many observers were replaced.
     """
     observers = getattr(publisher, "_observers", None)
@@ -123,7 +178,7 @@ def faster_text_logs(publisher: Any = globalLogPublisher) -> int:
         return 0
     replaced = 0
     for index, observer in enumerate(list(observers)):
-        faster = _faster(observer)
+        faster = _faster(observer, reactor)
         if faster is not observer:
             observers[index] = faster
             replaced += 1

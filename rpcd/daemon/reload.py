@@ -500,7 +500,8 @@ class ReloadService(Service):
 
     def startService(self) -> None:
         super().startService()
-        faster_text_logs()  # twistd's text lines, made faster (before the filters wrap them)
+        # twistd's text lines made faster, before the level filters wrap them.
+        faster_text_logs(reactor=self.reactor)
         filter_levels(self.reloader.level)
 
     def stopService(self) -> Any:
