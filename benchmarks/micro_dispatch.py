@@ -18,6 +18,15 @@ to framing, dispatch or conversion shows up in seconds::
     python benchmarks/micro_dispatch.py --interceptor access_log  # a built-in (or module:factory)
     python benchmarks/micro_dispatch.py --observed       # nothing, a noop interceptor, [http] metrics
     python benchmarks/micro_dispatch.py --config c.toml  # the server of a config (its interceptors)
+    python benchmarks/micro_dispatch.py --socket         # the daemon's whole connection stack
+
+With C{--socket} the frames go the way a daemon's reads do: a client socket
+on loopback TCP sends each batch, and the server side's Twisted transport
+reads it (C{doRead}: C{recv}, the sniffer, the read throttle and turn
+scheduler, the input guard, the native protocol, the direct C{send} of the
+replies), then the client reads the replies back.  The reactor is a
+L{MemoryReactorClock} that is never run, so the figure is the per-call CPU
+of everything but C{epoll}, the client's C{send} and C{recv} included.
 
 The socket benchmark (with the real daemon and the anchors beside it) is
 C{benchmarks/bench_native.py}.
@@ -30,6 +39,7 @@ import cProfile
 import dataclasses
 import os
 import pstats
+import socket
 import struct
 import sys
 import time
@@ -39,10 +49,14 @@ import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from twisted.internet import tcp  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd import config as config_module  # noqa: E402
+from rpcd.core.twistedcompat import queued_bytes  # noqa: E402
 from rpcd.daemon import build_registry, make_server, resolve_services  # noqa: E402
 from rpcd.interceptors import load, load_all  # noqa: E402
 from rpcd.wire.frames import PREFACE  # noqa: E402
@@ -93,10 +107,89 @@ def connect(interceptors: list[str] = [], path: str | None = None,
     return protocol, transport
 
 
-def check(protocol: NativeServerProtocol, transport: StringTransport, data: bytes, batch: int) -> None:
+class BenchReactor(MemoryReactorClock):
+    """
+    A memory reactor that notes when a call is due at once, so that the
+    benchmark runs the reactor's timers only when a real reactor's next
+    iteration would have some to run.
+    """
+
+    due = False
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        if delay <= 0:
+            self.due = True
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class SocketFeed:
+    """
+    The daemon's connection stack for one accepted loopback TCP connection,
+    driven by hand: C{dataReceived(data)} sends C{data} from the client
+    socket, lets the server transport read it (C{doRead}) and reads back
+    every reply; C{value()} and C{clear()} give them, as a
+    L{StringTransport}'s would.
+    """
+
+    def __init__(self, interceptors: list[str] = [], path: str | None = None,
+                 metrics: bool = False) -> None:
+        loaded = config_module.load(path)
+        if metrics:
+            loaded = dataclasses.replace(loaded, http=dataclasses.replace(loaded.http, metrics=True))
+        registry = build_registry(resolve_services(loaded))
+        self.reactor = reactor = BenchReactor()
+        registry.interceptors = load_all(loaded.interceptors, reactor) + tuple(
+            Noop() if name == "noop" else load(name, clock=reactor) for name in interceptors)
+        server = make_server(loaded, registry, reactor)
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            self.client = socket.create_connection(listener.getsockname())
+            accepted, addr = listener.accept()
+        accepted.setblocking(False)
+        for sock in (self.client, accepted):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        protocol = server.factory().buildProtocol(IPv4Address("TCP", *addr))
+        self.transport = tcp.Server(accepted, protocol, addr, None, 1, reactor)  # type: ignore[arg-type]
+        protocol.makeConnection(self.transport)
+        self.expect = len(PREFACE)  # the bytes of replies each read brings
+        self._replies: list[bytes] = []
+        self.dataReceived(PREFACE)
+        self.clear()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.sendall(data)
+        transport = self.transport
+        transport.doRead()
+        reactor = self.reactor
+        if reactor.due:  # the next reactor iteration's timers (turns)
+            reactor.due = False
+            reactor.advance(0)
+        if queued_bytes(transport):  # written with transport.write: the reactor would send it
+            transport.doWrite()
+        got = 0
+        recv = self.client.recv
+        while got < self.expect:
+            chunk = recv(1 << 20)
+            if not chunk:
+                sys.exit("the server closed the connection")
+            got += len(chunk)
+            self._replies.append(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self._replies)
+
+    def clear(self) -> None:
+        self._replies = []
+
+
+def check(protocol: Any, transport: Any, data: bytes, batch: int) -> int:
     """
     Feed one batch and check every reply, so the benchmark measures a
     working path.
+
+    @return: the bytes of the replies.
     """
     protocol.dataReceived(data)
     out = transport.value()
@@ -112,6 +205,7 @@ def check(protocol: NativeServerProtocol, transport: StringTransport, data: byte
     want = [[1, i, (i % 1000) * 7] for i in range(1, batch + 1)]
     if replies != want:
         sys.exit(f"wrong replies: {replies[:3]}... (want {want[:3]}...)")
+    return len(out)
 
 
 def measure(protocol: NativeServerProtocol, transport: StringTransport, data: bytes,
@@ -183,7 +277,7 @@ def breakdown(protocol: NativeServerProtocol, transport: StringTransport, data: 
 
     from rpcd.examples.arith import Args
     from rpcd.wire.frames import FrameReader, pack_length
-    from rpcd.wire.native import _packb
+    packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
     dispatcher = protocol.dispatcher
     method = dispatcher._methods.get("Arith.Multiply") or dispatcher._lookup("Arith.Multiply")
@@ -193,7 +287,7 @@ def breakdown(protocol: NativeServerProtocol, transport: StringTransport, data: 
     reader = FrameReader()
     split = reader.split
     env = dict(method=method, convert=convert, value=value, args=args, Args=Args, split=split,
-               data=data, packb=_packb, pack_length=pack_length, dispatcher=dispatcher,
+               data=data, packb=packb, pack_length=pack_length, dispatcher=dispatcher,
                one=frames(1), feed=protocol.dataReceived,
                clear=transport.clear, function=method.function, unpackb=msgpack.unpackb,
                body=frames(1)[4:], batch=batch)
@@ -238,22 +332,33 @@ def main() -> int:
     p.add_argument("--interceptor", action="append", default=[],
                    help="run calls through this interceptor (a built-in's name, "
                         "module:factory, or noop); repeat for a chain")
+    p.add_argument("--socket", action="store_true",
+                   help="through the daemon's whole connection stack on loopback TCP")
     args = p.parse_args()
-
-    protocol, transport = connect(args.interceptor, args.config)
     data = frames(args.batch, args.method)
-    check(protocol, transport, data, args.batch)
+
+    def build(interceptors: list[str], metrics: bool = False) -> tuple[Any, Any]:
+        if not args.socket:
+            pair: tuple[Any, Any] = connect(interceptors, args.config, metrics)
+            check(*pair, data, args.batch)
+            return pair
+        feed = SocketFeed(interceptors, args.config, metrics)
+        feed.expect = check(feed, feed, data, args.batch)
+        return feed, feed
+
+    protocol, transport = build(args.interceptor)
     if args.observed:
         rows = [("nothing configured", protocol, transport),
-                ("a noop interceptor", *connect([*args.interceptor, "noop"], args.config)),
-                ("[http] metrics", *connect(args.interceptor, args.config, metrics=True))]
-        for _, proto, trans in rows[1:]:
-            check(proto, trans, data, args.batch)
+                ("a noop interceptor", *build([*args.interceptor, "noop"])),
+                ("[http] metrics", *build(args.interceptor, metrics=True)),
+                ("[http] metrics + access_log", *build([*args.interceptor, "access_log"],
+                                                       metrics=True))]
         best = [float("inf")] * len(rows)
         for _ in range(args.rounds):  # alternate, so all see the same noise
             for i, (_, proto, trans) in enumerate(rows):
                 best[i] = min(best[i], measure(proto, trans, data, args.batch, args.calls, 1))
-        print(f"native dataReceived, {args.batch} frames per read, us/call:")
+        print(f"native {'socket' if args.socket else 'dataReceived'}, {args.batch} frames "
+              "per read, us/call:")
         for (label, _, _), us in zip(rows, best):
             print(f"  {us:6.2f}  {label} (+{us - best[0]:.2f})")
         return 0
@@ -262,7 +367,7 @@ def main() -> int:
         prof.enable()
         measure(protocol, transport, data, args.batch, args.calls, 1)
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("TOP", 15)))
         return 0
     if args.breakdown:
         for label, piece in breakdown(protocol, transport, data, args.batch, args.calls, args.rounds):
@@ -270,7 +375,8 @@ def main() -> int:
         return 0
     us = measure(protocol, transport, data, args.batch, args.calls, args.rounds)
     chain = f" (interceptors: {', '.join(args.interceptor)})" if args.interceptor else ""
-    print(f"native dataReceived, {args.batch} frames per read: {us:.2f} us/call{chain}")
+    print(f"native {'socket' if args.socket else 'dataReceived'}, {args.batch} frames per read: "
+          f"{us:.2f} us/call{chain}")
     if args.floor:
         bare = floor(data, args.batch, args.calls, args.rounds)
         print(f"bare msgpack loop (unpack, call, pack, join):  {bare:.2f} us/call "
