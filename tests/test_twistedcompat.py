@@ -6,6 +6,7 @@ changes one, so the fallback is noticed and the code revisited.
 
 from __future__ import annotations
 
+import io
 import socket
 from types import SimpleNamespace
 
@@ -18,20 +19,32 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
 from rpcd.core.twistedcompat import (
+    NOT_TEXT,
     SOCKET_WRITE_INTERNALS,
     QuietHTTPConnectionPool,
     cap_send_buffer,
     direct_writer,
     drop_unsent,
+    filtered_observer,
+    log_observers,
+    observer_file,
     queued_bytes,
     raise_synchronously,
     socket_transport,
+    text_log_time_format,
     waiting_for_port,
 )
 
@@ -179,3 +192,39 @@ class SocketWriteCanaryTests(SynchronousTestCase):
         self.assertIsNone(direct_writer(_descriptor()))  # not a socket Connection
         renamed = SimpleNamespace(**{name: len for name in SOCKET_WRITE_INTERNALS if name != "offset"})
         self.assertIsNone(socket_transport(renamed))  # as if Twisted renamed offset
+
+
+class LogInternalsCanaryTests(SynchronousTestCase):
+    """
+    Twisted's logging still keeps the private names twistd's log handling
+    in rpcd reads (the level filter, log reopening, the faster text log).
+    """
+
+    def test_log_observers(self) -> None:
+        """A LogPublisher's observers are the list log_observers returns, changed in place."""
+        first, second = [].append, [].append
+        publisher = LogPublisher(first)
+        observers = log_observers(publisher)
+        self.assertEqual(observers, [first], "twisted.logger.LogPublisher changed: rpcd's level "
+                         "filter, log reopening and faster text log are skipped")
+        assert observers is not None
+        observers[0] = second
+        publisher({"log_format": "x"})
+        self.assertIn(second, publisher._observers)
+
+    def test_observer_file(self) -> None:
+        """observer_file finds the file of a FileLogObserver, also under a FilteringLogObserver."""
+        out = io.StringIO()
+        observer = textFileLogObserver(out)
+        self.assertIs(observer_file(observer), out, "twisted.logger.FileLogObserver changed: "
+                      "rpcd's log reopening and faster text log are skipped")
+        wrapped = FilteringLogObserver(observer, [LogLevelFilterPredicate()])
+        self.assertIs(filtered_observer(wrapped), observer)
+        self.assertIsNone(observer_file(print))
+
+    def test_text_log_time_format(self) -> None:
+        """The time format of textFileLogObserver is read from its formatter; other observers are NOT_TEXT."""
+        self.assertEqual(text_log_time_format(textFileLogObserver(io.StringIO(), timeFormat="%H")), "%H",
+                         "twisted.logger.textFileLogObserver changed: rpcd's faster text log is skipped")
+        self.assertIsNone(text_log_time_format(textFileLogObserver(io.StringIO(), timeFormat=None)))
+        self.assertIs(text_log_time_format(jsonFileLogObserver(io.StringIO())), NOT_TEXT)

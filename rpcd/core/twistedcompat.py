@@ -9,6 +9,13 @@ C{_isSendBufferFull}, C{writeSomeData}) serves the write buffer cap
 (L{rpcd.server.backpressure}) and the native server's direct send
 (L{direct_writer}); without it the cap falls back to Twisted's own
 threshold and writes go through C{transport.write}.
+
+The log publisher's observer list (C{LogPublisher._observers}), the file a
+C{FileLogObserver} writes (C{_outFile}), the observer a
+C{FilteringLogObserver} wraps (C{_observer}) and the time format held in
+the closure of C{textFileLogObserver}'s formatter serve twistd's log
+handling (L{rpcd.daemon.reload}, L{rpcd.daemon.logtext}); without them the
+level filter, log reopening and the faster text log are skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.tcp import Connection
+from twisted.logger import FileLogObserver, FilteringLogObserver, timeFormatRFC3339
 from twisted.protocols.policies import ProtocolWrapper
 
 if TYPE_CHECKING:
@@ -26,6 +34,10 @@ __all__ = [
     "QuietHTTPConnectionPool",
     "SOCKET_WRITE_INTERNALS",
     "cap_send_buffer",
+    "filtered_observer",
+    "log_observers",
+    "observer_file",
+    "text_log_time_format",
     "direct_writer",
     "drop_unsent",
     "queued_bytes",
@@ -195,6 +207,66 @@ if TYPE_CHECKING:
     """An C{HTTPConnectionPool} whose connections do not log their start and
     stop (its private C{_factory}, a subclass of C{_HTTP11ClientFactory}); the
     plain pool where Twisted has neither."""
+
+
+TEXT_FORMATTER = "textFileLogObserver.<locals>.formatEvent"
+"""The C{__qualname__} of the formatter C{textFileLogObserver} builds."""
+
+NOT_TEXT = object()
+"""What L{text_log_time_format} returns for an observer it cannot read."""
+
+
+def log_observers(publisher: Any) -> list[Any] | None:
+    """
+    @return: a C{LogPublisher}'s own list of observers (its private
+        C{_observers}), to be changed in place; None where it has none.
+    """
+    observers = getattr(publisher, "_observers", None)
+    return observers if isinstance(observers, list) else None
+
+
+def filtered_observer(observer: Any) -> Any:
+    """
+    @return: the observer under any C{FilteringLogObserver}s (their private
+        C{_observer}); the filter itself where that name is gone.
+    """
+    while isinstance(observer, FilteringLogObserver):
+        inner = getattr(observer, "_observer", None)
+        if inner is None:
+            return observer
+        observer = inner
+    return observer
+
+
+def observer_file(observer: Any) -> Any | None:
+    """
+    @return: the file a C{FileLogObserver} writes (its private
+        C{_outFile}), or None.
+    """
+    if not isinstance(observer, FileLogObserver):
+        return None
+    return getattr(observer, "_outFile", None)
+
+
+def text_log_time_format(observer: Any) -> Any:
+    """
+    @return: the time format (a C{strftime} string, or None for C{"-"}) of
+        an observer made by C{textFileLogObserver}, read from its
+        formatter's closure; L{NOT_TEXT} for any other observer.
+    """
+    if not isinstance(observer, FileLogObserver):
+        return NOT_TEXT
+    formatter = getattr(observer, "formatEvent", None)
+    if getattr(formatter, "__qualname__", None) != TEXT_FORMATTER:
+        return NOT_TEXT
+    code = getattr(formatter, "__code__", None)
+    cells = getattr(formatter, "__closure__", None) or ()
+    names = code.co_freevars if code is not None else ()
+    values = dict(zip(names, (cell.cell_contents for cell in cells)))
+    time_format = values.get("timeFormat", timeFormatRFC3339)
+    if time_format is not None and not isinstance(time_format, str):
+        return NOT_TEXT
+    return time_format
 
 
 def __getattr__(name: str) -> Any:

@@ -23,10 +23,9 @@ from twisted.logger import FileLogObserver, FilteringLogObserver, formatTime, gl
 from twisted.logger import formatEventAsClassicLogText, timeFormatRFC3339
 from twisted.python.compat import ioType
 
-__all__ = ["ClassicText", "TurnFlushedObserver", "faster_text_logs"]
+from rpcd.core.twistedcompat import NOT_TEXT, log_observers, observer_file, text_log_time_format
 
-_TEXT_FORMATTER = "textFileLogObserver.<locals>.formatEvent"
-"""The C{__qualname__} of the formatter C{textFileLogObserver} builds."""
+__all__ = ["ClassicText", "TurnFlushedObserver", "faster_text_logs"]
 
 
 class ClassicText:
@@ -141,19 +140,10 @@ def _faster(observer: Any, reactor: Any) -> Any:
     """
     if isinstance(observer, FilteringLogObserver):
         return observer  # already wrapped by someone: left alone
-    if not isinstance(observer, FileLogObserver):
+    time_format = text_log_time_format(observer)
+    if time_format is NOT_TEXT:
         return observer
-    formatter: Callable[..., Any] | None = getattr(observer, "formatEvent", None)
-    if getattr(formatter, "__qualname__", None) != _TEXT_FORMATTER:
-        return observer
-    code = getattr(formatter, "__code__", None)
-    cells = getattr(formatter, "__closure__", None) or ()
-    names = code.co_freevars if code is not None else ()
-    values = dict(zip(names, (cell.cell_contents for cell in cells)))
-    time_format = values.get("timeFormat", timeFormatRFC3339)
-    if time_format is not None and not isinstance(time_format, str):
-        return observer
-    out = getattr(observer, "_outFile", None)
+    out = observer_file(observer)
     if out is None:
         return observer
     if reactor is None:
@@ -173,7 +163,7 @@ def faster_text_logs(publisher: Any = globalLogPublisher, reactor: Any = None) -
         (L{TurnFlushedObserver}); None to flush each line.
     @return: how many observers were replaced.
     """
-    observers = getattr(publisher, "_observers", None)
+    observers = log_observers(publisher)
     if observers is None:
         return 0
     replaced = 0

@@ -33,7 +33,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -42,7 +41,7 @@ from twisted.logger import (
 )
 from twisted.python.logfile import BaseLogFile
 
-from rpcd.core.twistedcompat import waiting_for_port
+from rpcd.core.twistedcompat import filtered_observer, log_observers, observer_file, waiting_for_port
 from rpcd.daemon.logtext import faster_text_logs
 from rpcd.daemon.config import Config, ConfigError, ConnectConfig, ListenConfig
 from rpcd.daemon.registry import build_registry, resolve_services, with_backlog
@@ -450,10 +449,8 @@ def reopen_log_files(publisher: Any = globalLogPublisher) -> int:
     @return: how many files were reopened.
     """
     reopened = 0
-    for observer in list(getattr(publisher, "_observers", [])):
-        while isinstance(observer, FilteringLogObserver):
-            observer = observer._observer
-        out = getattr(observer, "_outFile", None) if isinstance(observer, FileLogObserver) else None
+    for observer in list(log_observers(publisher) or ()):
+        out = observer_file(filtered_observer(observer))
         if isinstance(out, BaseLogFile):
             out.reopen()
             reopened += 1
@@ -469,7 +466,7 @@ def filter_levels(predicate: LogLevelFilterPredicate, publisher: Any = globalLog
     @param predicate: the filter; changing its level takes effect at once.
     @param publisher: the publisher (twistd's global one).
     """
-    observers = getattr(publisher, "_observers", None)
+    observers = log_observers(publisher)
     if observers is None:
         return
     for index, observer in enumerate(list(observers)):
