@@ -29,11 +29,18 @@ def config(test: TestCase, text: str, services: str = _SERVICES) -> str:
     @return: the path of a config file with C{text}, the demo user and
         C{services}.
     """
+    path = Path(temp_dir(test)) / "rpcd.toml"
+    path.write_text(config_text(text, services))
+    return str(path)
+
+
+def config_text(text: str, services: str = _SERVICES) -> str:
+    """
+    @return: what L{config} writes (for L{shared_config}).
+    """
     from rpcd.config import default_text
     user = next(line for line in default_text().splitlines() if line.startswith("user = "))
-    path = Path(temp_dir(test)) / "rpcd.toml"
-    path.write_text(f"[server]\nlisten = []\n[auth.users]\n{user}\n{text}\n{services}")
-    return str(path)
+    return f"[server]\nlisten = []\n[auth.users]\n{user}\n{text}\n{services}"
 
 
 async def curl(test: TestCase, *args: str) -> str:
