@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from rpcd.client import connect
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.daemon import Daemon, rpcd_command, run, shared_config, temp_dir
 from tests.tools import require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -92,7 +92,7 @@ class SessionTests(TestCase):
 
     async def test_login_per_request(self) -> None:
         """A login on a kept-alive connection does not carry over to the next request."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         url = f"http://127.0.0.1:{daemon.port}/rpc"
         out = await curl(self, "--write-out", "\n%{num_connects}\n",
                          *post(rpc("HelloService.Login", "user:password")), url, "--next",
@@ -103,7 +103,7 @@ class SessionTests(TestCase):
 
     async def test_basic_auth(self) -> None:
         """curl -u logs its own request in (HelloService.Hello answers); a wrong password gets 401."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         url = f"http://127.0.0.1:{daemon.port}/rpc"
         hello = await curl(self, "-u", "user:password", *post(rpc("HelloService.Hello", "x")), url)
         self.assertRegex(json.loads(hello)["result"], r"^hello:x, from127\.0\.0\.1:\d+$")
@@ -119,7 +119,7 @@ class DebugPageTests(TestCase):
 
     async def test_filtered(self) -> None:
         """A service requiring a login is on neither the page nor `rpcd list` until logged in."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         page = await curl(self, f"http://127.0.0.1:{daemon.port}/debug/rpc")
         self.assertIn("Service Arith", page)
         self.assertNotIn("KVStoreService", page)
@@ -192,7 +192,7 @@ class PipelineTests(TestCase):
 
     async def test_half_close(self) -> None:
         """Requests sent before a FIN are answered, then the daemon closes."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
 
         def exchange() -> bytes:
             body = json.dumps(rpc("Arith.Multiply", {"A": 6, "B": 7})).encode()
