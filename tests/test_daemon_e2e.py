@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, NotFound, Unauthenticated, Unavailable, Unimplemented
 from rpcd.config import DEFAULT_BACKLOG
+from tests.cli import rpcd
 from tests.daemon import Daemon, rpcd_command, run, temp_dir, twistd_command
 from tests.tools import require_tool
 
@@ -190,10 +191,10 @@ class CommandTests(TestCase):
 
     async def test_usage_errors(self) -> None:
         """Bad JSON and an unreachable endpoint exit 2 with a message."""
-        code, _, err = await run(self, rpcd_command("call", "tcp:127.0.0.1:1", "A.B", "{bad"))
+        code, _, err = await rpcd(self, "call", "tcp:127.0.0.1:1", "A.B", "{bad")
         self.assertEqual(code, 2)
         self.assertIn("not valid JSON", err)
-        code, _, err = await run(self, rpcd_command("call", "tcp:127.0.0.1:1", "A.B", "1"))
+        code, _, err = await rpcd(self, "call", "tcp:127.0.0.1:1", "A.B", "1")
         self.assertEqual(code, 2)
         self.assertIn("cannot connect to tcp:127.0.0.1:1", err)
 

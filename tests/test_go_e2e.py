@@ -38,7 +38,8 @@ from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, RPCError, Unimplemented
 from rpcd.server import SERVER_PROTOCOLS
 from tests.cache import cached_build, tool_stamp
-from tests.daemon import ROOT, Daemon, _Output, environment, rpcd_command, run, shared_config, temp_dir
+from tests.cli import rpcd
+from tests.daemon import ROOT, Daemon, _Output, environment, run, shared_config
 from tests.test_gobrpc import C2S
 from tests.tools import require_tool
 
@@ -353,11 +354,11 @@ class GoServerTests(TestCase):
         """rpcd call --codec gob / gob-http calls the Go server; a Go error exits 1 with its text."""
         ports = await self.go_server()
         for codec, address in (("gob", ports["gob"]), ("gob-http", ports["http"])):
-            code, out, err = await run(self, rpcd_command(
-                "call", "--codec", codec, f"tcp:{address}", "Arith.Multiply", '{"A": 7, "B": 8}'))
+            code, out, err = await rpcd(self,
+                "call", "--codec", codec, f"tcp:{address}", "Arith.Multiply", '{"A": 7, "B": 8}')
             self.assertEqual((code, out.strip()), (0, "56"), err)
-            code, out, err = await run(self, rpcd_command(
-                "call", "--codec", codec, f"tcp:{address}", "Arith.Divide", '{"A": 7, "B": 0}'))
+            code, out, err = await rpcd(self,
+                "call", "--codec", codec, f"tcp:{address}", "Arith.Divide", '{"A": 7, "B": 0}')
             self.assertEqual(code, 1, out + err)
             self.assertIn("divide by zero", err)
 

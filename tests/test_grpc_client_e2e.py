@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from rpcd import certs
 from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, Code, ConnectionLost, DeadlineExceeded, NotFound, RPCError
+from tests.cli import rpcd
 from tests.daemon import ROOT, _Output, rpcd_command, run, temp_dir
 from tests.gogrpc import start_listening
 from tests.test_tls_e2e import _escape
@@ -212,24 +213,24 @@ class GRPCIOServerTests(TestCase):
         self.assertEqual(code, 0, err)
         reply = json.loads(out)
         self.assertEqual((reply["text"], reply["payload"]), ("cli", "eHg="))
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Unary",
-            '{"failCode": 5, "text": "x"}'))
+            '{"failCode": 5, "text": "x"}')
         self.assertEqual((code, err.strip()), (1, "rpcd: Echo.Unary failed: NOT_FOUND: failed: x"))
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "stream", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Count",
-            '{"count": 3, "text": "s"}'))
+            '{"count": 3, "text": "s"}')
         self.assertEqual((code, out.splitlines()), (0, ['{"text": "s"}', '{"text": "s", "index": 1}',
                                                         '{"text": "s", "index": 2}']), err)
-        code, out, err = await run(self, rpcd_command(
-            "stream", "--codec", "grpc", "--proto", ECHO_PROTO, "--stdin", endpoint, "Echo.Collect"),
+        code, out, err = await rpcd(self,
+            "stream", "--codec", "grpc", "--proto", ECHO_PROTO, "--stdin", endpoint, "Echo.Collect",
             stdin=b'{"text": "a"}\n{"text": "b"}\n')
         self.assertEqual((code, out.splitlines()), (0, ['{"text": "a,b", "index": 2}']), err)
-        code, out, err = await run(self, rpcd_command("call", "--codec", "grpc", endpoint, "Echo.Unary"))
+        code, out, err = await rpcd(self, "call", "--codec", "grpc", endpoint, "Echo.Unary")
         self.assertEqual((code, err.strip()),
                          (2, "rpcd: --codec grpc needs the server's .proto file: --proto FILE"))
-        code, out, err = await run(self, rpcd_command("list", "--codec", "grpc", "--proto", ECHO_PROTO,
-                                                      endpoint))
+        code, out, err = await rpcd(self, "list", "--codec", "grpc", "--proto", ECHO_PROTO,
+                                    endpoint)
         self.assertEqual(code, 0, err)
         self.assertIn("rpcdtest.Echo.Chat(rpcdtest.EchoRequest) -> rpcdtest.EchoReply  bidirectional",
                       out.splitlines())

@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from rpcd.client import connect
-from tests.daemon import Daemon, rpcd_command, run, shared_config, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, run, shared_config, temp_dir
 from tests.tools import require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -123,7 +124,7 @@ class DebugPageTests(TestCase):
         page = await curl(self, f"http://127.0.0.1:{daemon.port}/debug/rpc")
         self.assertIn("Service Arith", page)
         self.assertNotIn("KVStoreService", page)
-        code, out, err = await run(self, rpcd_command("list", f"tcp:127.0.0.1:{daemon.port}"))
+        code, out, err = await rpcd(self, "list", f"tcp:127.0.0.1:{daemon.port}")
         self.assertEqual(code, 0, err)
         self.assertIn("Arith.Multiply", out)
         self.assertNotIn("KVStoreService", out)

@@ -28,7 +28,8 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import Code, RPCError
 from tests.cache import cached_build, tool_stamp
-from tests.daemon import Daemon, environment, rpcd_command, run
+from tests.cli import rpcd
+from tests.daemon import Daemon, environment, run
 from tests.tools import require_tool
 
 HERE = Path(__file__).resolve().parent
@@ -322,11 +323,11 @@ class GoTests(TestCase):
     async def test_rpcd_command_calls_go_server(self) -> None:
         """rpcd call --codec jsonrpc prints a Go server's result, and exits 1 with its error."""
         address = await self.go_server()
-        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
-                                                      "ServiceA.Add", '{"X": 20, "Y": 22}'))
+        code, out, err = await rpcd(self, "call", "--codec", "jsonrpc", f"tcp:{address}",
+                                    "ServiceA.Add", '{"X": 20, "Y": 22}')
         self.assertEqual((code, out.strip()), (0, "42"), err)
-        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
-                                                      "ServiceA.Fail", '{"X": 5}'))
+        code, out, err = await rpcd(self, "call", "--codec", "jsonrpc", f"tcp:{address}",
+                                    "ServiceA.Fail", '{"X": 5}')
         self.assertEqual(code, 1)
         self.assertIn("no luck: 5", err)
 

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
 from tests.cache import cache_dir
+from tests.cli import rpcd
 from tests.daemon import ROOT, Daemon, rpcd_command, run, shared_config, temp_dir
 from tests.openrpc_meta import problems
 from tests.test_http_e2e import config_text, curl, post, rpc
@@ -133,7 +134,7 @@ class SchemaE2ETests(TestCase):
         return await Daemon.shared(self, "--config", shared_config(config_text("", SERVICES)), *LOOPBACK)
 
     async def rpcd(self, *args: str, cwd: str | None = None) -> str:
-        code, out, err = await run(self, rpcd_command(*args), cwd=cwd)
+        code, out, err = await rpcd(self, *args, cwd=cwd)
         self.assertEqual(code, 0, err)
         return out
 

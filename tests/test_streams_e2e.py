@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.certs import create_dev_pki
 from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, DeadlineExceeded, RPCError, Unimplemented
+from tests.cli import rpcd
 from tests.daemon import Daemon, rpcd_command, run, socket_path, temp_dir
 
 SERVICES = ("--service", "TestService", "--service", "KVStoreService")
@@ -250,19 +251,19 @@ class CommandTests(TestCase):
                          [{"payload": {"body": "AA=="}}, {"payload": {"body": "AAA="}}])
 
         lines = b'{"payload": {"body": "abc"}}\n\n{"payload": {"body": "de"}}\n'
-        code, out, err = await run(self, rpcd_command(
-            "stream", endpoint, "TestService.StreamingInputCall", "--stdin"), stdin=lines)
+        code, out, err = await rpcd(self,
+            "stream", endpoint, "TestService.StreamingInputCall", "--stdin", stdin=lines)
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(json.loads(out), {"aggregated_payload_size": 5})
 
-        code, out, err = await run(self, rpcd_command(
-            "stream", endpoint, "TestService.FullDuplexCall", "--stdin"),
+        code, out, err = await rpcd(self,
+            "stream", endpoint, "TestService.FullDuplexCall", "--stdin",
             stdin=b'{"response_parameters": [{"size": 1}]}\n'
                   b'{"response_status": {"code": 5, "message": "no such thing"}}\n')
         self.assertEqual(code, 1)
         self.assertEqual(out.splitlines(), ['{"payload": {"body": "AA=="}}'])
         self.assertIn("NOT_FOUND: no such thing", err)
 
-        code, out, err = await run(self, rpcd_command("stream", endpoint, "Nope.Nothing"))
+        code, out, err = await rpcd(self, "stream", endpoint, "Nope.Nothing")
         self.assertEqual(code, 1)
         self.assertIn("UNIMPLEMENTED", err)
