@@ -10,7 +10,6 @@ the awaited classes called from Twisted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,12 +19,11 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
-from tests.cache import cache_dir
 from tests.cli import rpcd
 from tests.daemon import ROOT, Daemon, rpcd_command, run, shared_config, temp_dir
 from tests.openrpc_meta import problems
 from tests.test_http_e2e import config_text, curl, post, rpc
-from tests.test_stubs import load
+from tests.test_stubs import load, stubs_mypy_cache
 from tests.tools import missing, require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -112,17 +110,6 @@ func main() {
 """
 
 
-def _stubs_mypy_cache() -> Path:
-    """
-    @return: mypy's incremental cache for the stub checks of this checkout,
-        kept across runs (L{tests.cache}; mypy checks cached data against
-        the sources, so the errors are those of a cold run): rpcd's own
-        modules, which the stub imports, are not analysed again each run.
-    """
-    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
-    return cache_dir("mypy-stubs", checkout)
-
-
 def _names(document: dict[str, Any]) -> list[str]:
     return [m["name"] for m in document["methods"]]
 
@@ -203,7 +190,7 @@ class SchemaE2ETests(TestCase):
         (directory / "program.py").write_text(PROGRAM)
         (directory / "wrong.py").write_text(WRONG_PROGRAM)
         check = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-                "--config-file", "", "--cache-dir", str(_stubs_mypy_cache())]
+                "--config-file", "", "--cache-dir", str(stubs_mypy_cache())]
         env = {"MYPYPATH": str(ROOT)}
         code, out, err = await run(self, [*check, "rpcd_api.py", "program.py"], env=env,
                                    cwd=str(directory))
