@@ -146,12 +146,11 @@ class _SharedProcess:
     its output read by a thread and handed to the reactor thread.
     """
 
-    def __init__(self, args: tuple[str, ...], output: _Output) -> None:
+    def __init__(self, argv: list[str], output: _Output, env: dict[str, str] | None = None) -> None:
         self.directory = tempfile.mkdtemp(prefix="rpcd-shared-")
         self.popen = subprocess.Popen(
-            [sys.executable, *_daemon_argv(args)[1:]], executable=sys.executable,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=self.directory, env=environment(), preexec_fn=_die_with_parent)
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=self.directory, env={**environment(), **(env or {})}, preexec_fn=_die_with_parent)
         self.pid = self.popen.pid
         self.output = output
         threading.Thread(target=self._read, name=f"rpcd shared daemon {self.pid}",
@@ -194,8 +193,36 @@ def _die_with_parent() -> None:
 
 def _start_shared(cls: type[Daemon], args: tuple[str, ...]) -> Daemon:
     output = _Output()
-    process = _SharedProcess(args, output)
+    process = _SharedProcess(_daemon_argv(args), output)
     return cls(process, output)
+
+
+# Other shared programs (see shared_program), by argv and environment.
+_SHARED_PROGRAMS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]],
+                       tuple[_SharedProcess, _Output]] = {}
+
+
+def shared_program(test: TestCase, argv: list[str],
+                   env: dict[str, str] | None = None) -> tuple[_SharedProcess, _Output, int]:
+    """
+    A program (a server the tests call) shared, as L{Daemon.shared}, by the
+    tests of this process that run the same C{argv}: started on the first
+    request, in its own new directory, killed when the process exits.
+
+    @param test: the test (its waits on the output end with it).
+    @param argv: the program and its arguments.
+    @param env: extra environment variables.
+    @return: the process (C{pid}), its output so far and to come, and the
+        output's length now (the test's mark: read from there on).
+    """
+    key = (tuple(argv), tuple(sorted((env or {}).items())))
+    shared = _SHARED_PROGRAMS.get(key)
+    if shared is None or not shared[1].running:
+        output = _Output()
+        shared = (_SharedProcess(argv, output, env), output)
+        _SHARED_PROGRAMS[key] = shared
+    test.addCleanup(shared[1].forget_waiters)
+    return shared[0], shared[1], len(shared[1].output)
 
 
 @atexit.register
@@ -203,6 +230,9 @@ def _stop_shared() -> None:
     for daemon in _SHARED.values():
         daemon.process.kill()
     _SHARED.clear()
+    for process, _ in _SHARED_PROGRAMS.values():
+        process.kill()
+    _SHARED_PROGRAMS.clear()
 
 
 def shared_config(text: str) -> str:

@@ -21,7 +21,7 @@ from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, Code, ConnectionLost, DeadlineExceeded, NotFound, RPCError
 from tests.cli import rpcd
 from tests.daemon import ROOT, _Output, rpcd_command, run, temp_dir
-from tests.gogrpc import start_listening
+from tests.gogrpc import shared_listening, start_listening
 from tests.test_tls_e2e import _escape
 
 ECHO_PROTO = str(ROOT / "tests" / "protos" / "echo.proto")
@@ -36,8 +36,17 @@ class GRPCIOServerTests(TestCase):
     async def server(self, *args: str) -> tuple[int, _Output]:
         return await start_listening(self, [sys.executable, SERVER, *args])
 
+    async def shared_server(self, *args: str) -> tuple[int, _Output, int]:
+        """
+        The grpcio server, shared by the tests that only call it
+        (L{tests.gogrpc.shared_listening}).
+
+        @return: its port, its output, and the test's mark in the output.
+        """
+        return await shared_listening(self, [sys.executable, SERVER, *args])
+
     async def client(self, *args: str) -> Client:
-        port, _ = await self.server(*args)
+        port, _, _ = await self.shared_server(*args)
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         return client
@@ -73,25 +82,25 @@ class GRPCIOServerTests(TestCase):
 
     async def test_deadline(self) -> None:
         """A call past its timeout fails DEADLINE_EXCEEDED and the server sees it cancelled."""
-        port, output = await self.server()
+        port, output, mark = await self.shared_server()
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         with self.assertRaises(DeadlineExceeded):
             await client.call("Echo.Unary", {"text": "slow", "sleep": 30}, timeout=0.5)
-        await output.wait_for(lambda text: "cancelled slow" in text or None,
+        await output.wait_for(lambda text: "cancelled slow" in text[mark:] or None,
                               "the server's cancellation", 30)
         self.assertEqual((await client.Echo.Unary(text="next"))["text"], "next")
 
     async def test_cancel(self) -> None:
         """Cancelling a call's Deferred resets its stream: the server sees the cancellation."""
-        port, output = await self.server()
+        port, output, mark = await self.shared_server()
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         d = client.call("Echo.Unary", {"text": "dropped", "sleep": 30})
         reactor.callLater(0.2, d.cancel)
         with self.assertRaises(Exception):
             await d
-        await output.wait_for(lambda text: "cancelled dropped" in text or None,
+        await output.wait_for(lambda text: "cancelled dropped" in text[mark:] or None,
                               "the server's cancellation", 30)
 
     async def test_trailing_metadata(self) -> None:
@@ -205,7 +214,7 @@ class GRPCIOServerTests(TestCase):
 
     async def test_rpcd_command(self) -> None:
         """rpcd call and rpcd stream --codec grpc print protobuf JSON; a failed call exits 1 with its code."""
-        port, _ = await self.server()
+        port, _, _ = await self.shared_server()
         endpoint = f"tcp:127.0.0.1:{port}"
         code, out, err = await run(self, rpcd_command(
             "call", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Unary",
