@@ -135,8 +135,9 @@ def _daemon_argv(args: tuple[str, ...], nofile: int | None = None) -> list[str]:
     return argv
 
 
-# Shared daemons of this process, by (arguments, listeners).
-_SHARED: dict[tuple[tuple[str, ...], int], Daemon] = {}
+# Shared daemons of this process, by (arguments, listeners): each with the
+# Deferred of its start (firing once it listens).
+_SHARED: dict[tuple[tuple[str, ...], int], tuple[Daemon, Deferred[list[Failure] | None]]] = {}
 
 
 class _SharedProcess:
@@ -227,7 +228,7 @@ def shared_program(test: TestCase, argv: list[str],
 
 @atexit.register
 def _stop_shared() -> None:
-    for daemon in _SHARED.values():
+    for daemon, _ in _SHARED.values():
         daemon.process.kill()
     _SHARED.clear()
     for process, _ in _SHARED_PROGRAMS.values():
@@ -362,16 +363,23 @@ class Daemon:
         @return: the running daemon; L{stop} refuses.
         """
         key = (args, listeners)
-        daemon = _SHARED.get(key)
-        if daemon is None or not daemon.running:
+        entry = _SHARED.get(key)
+        if entry is None or not entry[0].running:
             daemon = _start_shared(cls, args)
-            _SHARED[key] = daemon
-            try:
-                await daemon._listening(listeners, timeout)
-            except BaseException:
+            # Fires with None once it listens, or with [the failure]: never
+            # fails itself, as several tests may wait on it.
+            started: Deferred[list[Failure] | None] = Deferred.fromCoroutine(
+                daemon._listening(listeners, timeout)).addCallbacks(lambda _: None, lambda f: [f])
+            entry = _SHARED[key] = (daemon, started)
+        daemon, started = entry
+        outcome: Deferred[list[Failure] | None] = Deferred()
+        started.addCallback(lambda result: (outcome.callback(result), result)[1])
+        failed = await outcome
+        if failed is not None:
+            if _SHARED.get(key) is entry:
                 del _SHARED[key]
                 daemon.process.kill()
-                raise
+            failed[0].raiseException()
         test.addCleanup(daemon.output_protocol.forget_waiters)
         return daemon
 
