@@ -13,16 +13,29 @@ lingers) in the test's cleanup.
     daemon = await Daemon.start(self, "--config", path, listeners=2, nofile=64)
     await daemon.wait_for_log(r"closing .*: idle", after=mark, timeout=10)
     daemon.pid, daemon.ports, daemon.addresses, daemon.rss_kib(), daemon.open_fds()
+
+Tests that only call a daemon share one (each daemon costs about a second of
+CPU to start): C{Daemon.shared(self, ...)} starts it on the first request for
+these arguments and reuses it until the test process exits; such a test must
+leave it as it found it, and reads the log from its own mark.
+
+    daemon = await Daemon.shared(self, "--config", shared_config(TOML))
+    mark = len(daemon.output)
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import hashlib
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,6 +112,13 @@ class _Output(ProcessProtocol):
     def text(self) -> str:
         return self.output.decode("utf-8", "replace")
 
+    def forget_waiters(self) -> None:
+        """
+        Drop every wait still pending (a shared daemon outlives the test
+        that waited).
+        """
+        self.waiters = []
+
     def processEnded(self, reason: Failure) -> None:
         self.running = False
         value = reason.value
@@ -108,6 +128,135 @@ class _Output(ProcessProtocol):
                                      f"output:\n{self.text}"))
         self.waiters = []
         self.ended.callback(self.exit_code)
+
+
+def _daemon_argv(args: tuple[str, ...], nofile: int | None = None) -> list[str]:
+    argv = twistd_command("-n", "--pidfile=", "rpcd", *args)
+    if nofile is not None:
+        argv[1:3] = ["-c", _LIMITED_TWISTD, str(nofile)]
+    return argv
+
+
+# Shared daemons of this process, by (arguments, listeners): each with the
+# Deferred of its start (firing once it listens).
+_SHARED: dict[tuple[tuple[str, ...], int], tuple[Daemon, Deferred[list[Failure] | None]]] = {}
+
+
+class _SharedProcess:
+    """
+    A shared daemon's process: started with L{subprocess.Popen}, not the
+    reactor (trial removes the reactor's processes after each test class),
+    its output read by a thread and handed to the reactor thread.
+    """
+
+    def __init__(self, argv: list[str], output: _Output, env: dict[str, str] | None = None) -> None:
+        self.directory = tempfile.mkdtemp(prefix="rpcd-shared-")
+        self.popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=self.directory, env={**environment(), **(env or {})}, preexec_fn=_die_with_parent)
+        self.pid = self.popen.pid
+        self.output = output
+        threading.Thread(target=self._read, name=f"rpcd shared daemon {self.pid}",
+                         daemon=True).start()
+
+    def _read(self) -> None:
+        stream = self.popen.stdout
+        assert stream is not None
+        while chunk := stream.read1(65536):
+            reactor.callFromThread(self.output.outReceived, chunk)
+        code = self.popen.wait()
+        reason = Failure(ProcessDone(0) if code == 0 else
+                         ProcessTerminated(signal=-code) if code < 0 else ProcessTerminated(code))
+        reactor.callFromThread(self.output.processEnded, reason)
+
+    def signalProcess(self, signal_number: int) -> None:
+        self.popen.send_signal(signal_number)
+
+    def kill(self) -> None:
+        """
+        Stop the daemon (SIGTERM, then SIGKILL after 5 s) and remove its
+        directory.
+        """
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the kernel sends it SIGKILL when the
+    # test process dies, however it dies (an interrupted or killed run).
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _start_shared(cls: type[Daemon], args: tuple[str, ...]) -> Daemon:
+    output = _Output()
+    process = _SharedProcess(_daemon_argv(args), output)
+    return cls(process, output)
+
+
+# Other shared programs (see shared_program), by argv and environment.
+_SHARED_PROGRAMS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]],
+                       tuple[_SharedProcess, _Output]] = {}
+
+
+def shared_program(test: TestCase, argv: list[str],
+                   env: dict[str, str] | None = None) -> tuple[_SharedProcess, _Output, int]:
+    """
+    A program (a server the tests call) shared, as L{Daemon.shared}, by the
+    tests of this process that run the same C{argv}: started on the first
+    request, in its own new directory, killed when the process exits.
+
+    @param test: the test (its waits on the output end with it).
+    @param argv: the program and its arguments.
+    @param env: extra environment variables.
+    @return: the process (C{pid}), its output so far and to come, and the
+        output's length now (the test's mark: read from there on).
+    """
+    key = (tuple(argv), tuple(sorted((env or {}).items())))
+    shared = _SHARED_PROGRAMS.get(key)
+    if shared is None or not shared[1].running:
+        output = _Output()
+        shared = (_SharedProcess(argv, output, env), output)
+        _SHARED_PROGRAMS[key] = shared
+    test.addCleanup(shared[1].forget_waiters)
+    return shared[0], shared[1], len(shared[1].output)
+
+
+@atexit.register
+def _stop_shared() -> None:
+    for daemon, _ in _SHARED.values():
+        daemon.process.kill()
+    _SHARED.clear()
+    for process, _ in _SHARED_PROGRAMS.values():
+        process.kill()
+    _SHARED_PROGRAMS.clear()
+
+
+def shared_config(text: str) -> str:
+    """
+    Write a config file for L{Daemon.shared}, named by its content, so
+    that tests writing the same config share one daemon.
+
+    @param text: the TOML.
+    @return: the file's absolute path (in a directory removed at exit).
+    """
+    global _CONFIGS
+    if _CONFIGS is None:
+        _CONFIGS = tempfile.mkdtemp(prefix="rpcd-shared-configs-")
+        atexit.register(shutil.rmtree, _CONFIGS, ignore_errors=True)
+    path = Path(_CONFIGS, hashlib.sha256(text.encode()).hexdigest()[:16] + ".toml")
+    if not path.exists():
+        path.write_text(text)
+    return str(path)
+
+
+_CONFIGS: str | None = None
 
 
 def environment() -> dict[str, str]:
@@ -182,22 +331,67 @@ class Daemon:
         @return: the running daemon.
         """
         output = _Output()
-        argv = twistd_command("-n", "--pidfile=", "rpcd", *args)
-        if nofile is not None:
-            argv[1:3] = ["-c", _LIMITED_TWISTD, str(nofile)]
+        argv = _daemon_argv(args, nofile)
         full_env = environment()
         full_env.update(env or {})
         process = reactor.spawnProcess(output, sys.executable, argv, env=full_env,
                                        path=cwd or temp_dir(test))
         daemon = cls(process, output)
         test.addCleanup(daemon.stop)
+        await daemon._listening(listeners, timeout)
+        return daemon
+
+    @classmethod
+    async def shared(cls, test: TestCase, *args: str, listeners: int = 1,
+                     timeout: float = 30.0) -> Daemon:
+        """
+        A daemon started with these arguments, shared by every test (of
+        this test process) that asks for the same arguments: started on
+        the first request, stopped when the process exits.
+
+        For tests that only call it and read its log (from a mark they
+        take: C{mark = len(daemon.output)}): they must leave it as they
+        found it (no stop, no reload, no state another test reads), and
+        pass alone and in any order.  It runs outside the reactor (a
+        thread reads its output), so trial's check for a clean reactor
+        between tests holds; it is killed if this process dies.
+
+        @param test: the test (its waits on the log end with it).
+        @param args: arguments after C{twistd -n --pidfile= rpcd}; write
+            config files with L{shared_config}, so that equal configs are
+            equal arguments.
+        @param listeners: how many "listening" log lines to wait for.
+        @param timeout: seconds to wait for them.
+        @return: the running daemon; L{stop} refuses.
+        """
+        key = (args, listeners)
+        entry = _SHARED.get(key)
+        if entry is None or not entry[0].running:
+            daemon = _start_shared(cls, args)
+            # Fires with None once it listens, or with [the failure]: never
+            # fails itself, as several tests may wait on it.
+            started: Deferred[list[Failure] | None] = Deferred.fromCoroutine(
+                daemon._listening(listeners, timeout)).addCallbacks(lambda _: None, lambda f: [f])
+            entry = _SHARED[key] = (daemon, started)
+        daemon, started = entry
+        outcome: Deferred[list[Failure] | None] = Deferred()
+        started.addCallback(lambda result: (outcome.callback(result), result)[1])
+        failed = await outcome
+        if failed is not None:
+            if _SHARED.get(key) is entry:
+                del _SHARED[key]
+                daemon.process.kill()
+            failed[0].raiseException()
+        test.addCleanup(daemon.output_protocol.forget_waiters)
+        return daemon
+
+    async def _listening(self, listeners: int, timeout: float) -> None:
         for n in range(listeners):
-            found = await output.wait_for(
+            found = await self.output_protocol.wait_for(
                 lambda text, n=n: (lambda ms: ms[n] if len(ms) > n else None)(LISTENING.findall(text)),
                 "the daemon listened", timeout)
-            daemon.addresses.append(f"{found[0]}:{found[1]}" if found[1] else found[0])
-            daemon.ports.append(int(found[1]) if found[1] else None)
-        return daemon
+            self.addresses.append(f"{found[0]}:{found[1]}" if found[1] else found[0])
+            self.ports.append(int(found[1]) if found[1] else None)
 
     def wait_for_log(self, pattern: str, *, after: int = 0,
                      timeout: float | None = None) -> Deferred[re.Match[str]]:
@@ -238,6 +432,9 @@ class Daemon:
         @param drain_wait: seconds before the second SIGTERM.
         @return: its exit code (None if it was killed by a signal).
         """
+        if isinstance(self.process, _SharedProcess):
+            raise AssertionError("a shared daemon is stopped only when the test process exits; "
+                                 "use Daemon.start for a daemon the test stops")
         ended = self.output_protocol.ended
         if self.output_protocol.running:
             mark = len(self.output)

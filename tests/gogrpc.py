@@ -33,7 +33,7 @@ from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from tests.cache import cached_build, tool_stamp
-from tests.daemon import ROOT, _Output, environment, run
+from tests.daemon import ROOT, _Output, environment, run, shared_program
 from tests.tools import require_directory, require_tool
 
 GO_SOURCES = ROOT / "tests" / "go"
@@ -262,3 +262,17 @@ async def start_listening(test: TestCase, argv: list[str], cwd: str | None = Non
     found = await output.wait_for(re.compile(r"listening on [\d.]+:(\d+)").search,
                                   f"{argv[0]}'s port", 60)
     return int(found.group(1)), output
+
+
+async def shared_listening(test: TestCase, argv: list[str]) -> tuple[int, _Output, int]:
+    """
+    L{start_listening}, but the server is shared by the tests of this
+    process that start the same C{argv} (L{tests.daemon.shared_program}).
+
+    @return: the port it listens on, its output, and the test's mark in
+        that output.
+    """
+    _, output, mark = shared_program(test, argv)
+    found = await output.wait_for(re.compile(r"listening on [\d.]+:(\d+)").search,
+                                  f"{argv[0]}'s port", 60)
+    return int(found.group(1)), output, mark

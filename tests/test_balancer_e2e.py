@@ -19,7 +19,8 @@ from rpcd.balancer import Balancer, connect_balanced
 from rpcd.client import connect
 from rpcd.errors import Unavailable
 from rpcd.retry import RetryPolicy
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, temp_dir
 
 # A generous probe timeout: a loaded machine must not fail a health check.
 HEALTH = HealthCheck(interval=0.2, timeout=10.0)
@@ -173,11 +174,11 @@ class BalancerE2ETests(TestCase):
         port = free_port()
         await start_daemon(self, "a", port)
         endpoint = f"tcp:127.0.0.1:{port}"
-        code, out, err = await run(self, rpcd_command("call", endpoint, "Who.Flaky"))
+        code, out, err = await rpcd(self, "call", endpoint, "Who.Flaky")
         self.assertEqual((code, out), (1, ""))
         self.assertIn("UNAVAILABLE: a is flaky (call 1)", err)
-        code, out, err = await run(self, rpcd_command("call", "--retries", "2", endpoint, "Who.Flaky"))
+        code, out, err = await rpcd(self, "call", "--retries", "2", endpoint, "Who.Flaky")
         self.assertEqual((code, out.strip()), (0, '"a"'), err)
-        code, out, err = await run(self, rpcd_command("call", "--retries", "1", endpoint, "Who.Flaky"))
+        code, out, err = await rpcd(self, "call", "--retries", "1", endpoint, "Who.Flaky")
         self.assertEqual(code, 1)
         self.assertIn("UNAVAILABLE: a is flaky (call 5)", err)

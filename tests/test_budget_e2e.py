@@ -156,7 +156,7 @@ class HalfCloseTests(TestCase):
 
     async def test_raw_sockets(self) -> None:
         """Native, gob and Go jsonrpc requests followed by a FIN are all answered before the daemon closes."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         native = await deferToThread(_half_close, daemon.port, PREFACE + b"".join(
             encode_frame([0, i, "Arith.Multiply", {"A": i, "B": 7}]) for i in range(1, 4)))
         frames, error = FrameReader().split(native[len(PREFACE):])
@@ -174,6 +174,6 @@ class HalfCloseTests(TestCase):
     async def test_go_close_write(self) -> None:
         """Go's stock gob and jsonrpc clients that CloseWrite after their call get the reply."""
         program = await go_program(self, "halfclose")
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         code, out, err = await run(self, [program, f"127.0.0.1:{daemon.port}"])
         self.assertEqual((code, out), (0, "gob 42\njsonrpc 42\n"), err)

@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, NotFound, Unauthenticated, Unavailable, Unimplemented
 from rpcd.config import DEFAULT_BACKLOG
+from tests.cli import rpcd
 from tests.daemon import Daemon, rpcd_command, run, temp_dir, twistd_command
 from tests.tools import require_tool
 
@@ -32,7 +33,7 @@ class DaemonTests(TestCase):
 
     async def test_seed_services_with_client_library(self) -> None:
         """The client library calls every seed service on the real daemon."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         self.assertEqual(await client.Arith.Multiply(A=7, B=8), 56)
@@ -51,7 +52,7 @@ class DaemonTests(TestCase):
 
     async def test_wrong_password_and_login_per_connection(self) -> None:
         """A wrong password fails; a login does not carry over to a new connection."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         one = await connect(f"tcp:127.0.0.1:{daemon.port}")
         two = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(one.close)
@@ -66,7 +67,7 @@ class DaemonTests(TestCase):
 
     async def test_watch_beside_set_and_many_in_flight(self) -> None:
         """Many Watches and hundreds of calls share one connection; Set wakes the Watches."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         watches = [client.KVStoreService.Watch(30) for _ in range(20)]
@@ -96,7 +97,8 @@ class DaemonTests(TestCase):
 
     async def test_garbage_closes_only_that_connection(self) -> None:
         """Malformed and oversized frames close that connection with a logged reason; others are served."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        mark = len(daemon.output)
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         for garbage in (b"\x00RPCD\x01\x00\x00" + struct.pack(">I", 64 * 1024 * 1024),
@@ -107,10 +109,10 @@ class DaemonTests(TestCase):
                 while chunk := raw.recv(65536):
                     received += chunk
             self.assertIn(b"protocol error", received)
-        await daemon.wait_for_log(r"over the 4194304-byte limit")
-        await daemon.wait_for_log(r"not valid msgpack")
+        await daemon.wait_for_log(r"over the 4194304-byte limit", after=mark)
+        await daemon.wait_for_log(r"not valid msgpack", after=mark)
         self.assertEqual(await client.Arith.Multiply(A=6, B=7), 42)
-        self.assertNotIn("Traceback", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
 
 
 def _flood(port: int, count: int) -> list[object]:
@@ -158,11 +160,12 @@ class BacklogTests(TestCase):
 
     async def test_connect_flood_all_served(self) -> None:
         """500 connections opened at once are all accepted and each call on them answered."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        mark = len(daemon.output)
         results = await deferToThread(_flood, daemon.port, 500)
         self.assertEqual(results, [2 * i for i in range(500)])
-        self.assertNotIn("Traceback", daemon.output)
-        self.assertNotIn("refusing connection", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
+        self.assertNotIn("refusing connection", daemon.output[mark:])
 
 
 class CommandTests(TestCase):
@@ -172,7 +175,7 @@ class CommandTests(TestCase):
 
     async def test_call_list_and_errors(self) -> None:
         """rpcd call prints JSON and exits 0; remote errors exit 1; rpcd list shows signatures."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         endpoint = f"tcp:127.0.0.1:{daemon.port}"
         code, out, err = await run(self, rpcd_command("call", endpoint, "Arith.Multiply", '{"A": 7, "B": 8}'))
         self.assertEqual((code, out, err), (0, "56\n", ""))
@@ -188,16 +191,16 @@ class CommandTests(TestCase):
 
     async def test_usage_errors(self) -> None:
         """Bad JSON and an unreachable endpoint exit 2 with a message."""
-        code, _, err = await run(self, rpcd_command("call", "tcp:127.0.0.1:1", "A.B", "{bad"))
+        code, _, err = await rpcd(self, "call", "tcp:127.0.0.1:1", "A.B", "{bad")
         self.assertEqual(code, 2)
         self.assertIn("not valid JSON", err)
-        code, _, err = await run(self, rpcd_command("call", "tcp:127.0.0.1:1", "A.B", "1"))
+        code, _, err = await rpcd(self, "call", "tcp:127.0.0.1:1", "A.B", "1")
         self.assertEqual(code, 2)
         self.assertIn("cannot connect to tcp:127.0.0.1:1", err)
 
     async def test_blocking_client(self) -> None:
         """The blocking wrapper calls from a script with no reactor of its own."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         script = (
             "import sys\n"
             "from rpcd.client import BlockingClient\n"

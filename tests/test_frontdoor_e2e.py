@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 from rpcd.daemon import embed
 from rpcd.client import connect
 from rpcd.examples.arith import Arith
+from tests.cli import rpcd
 from tests.daemon import (
     LISTENING,
     Daemon,
@@ -113,7 +114,7 @@ async def rpcd_ok(test: TestCase, *args: str) -> str:
 
     @return: its standard output.
     """
-    code, out, err = await run(test, rpcd_command(*args))
+    code, out, err = await rpcd(test, *args)
     test.assertEqual((code, err), (0, ""), out)
     return out
 
@@ -161,8 +162,8 @@ class ServeScriptTests(TestCase):
     async def test_local_encoding_error(self) -> None:
         """rpcd call --codec gob with an empty list fails locally, saying so, exit 2."""
         script = await self.start_script()
-        code, out, err = await run(self, rpcd_command(
-            "call", "--codec", "gob", f"tcp:127.0.0.1:{script.port}", "Ticks.Triple", "[]"))
+        code, out, err = await rpcd(self,
+            "call", "--codec", "gob", f"tcp:127.0.0.1:{script.port}", "Ticks.Triple", "[]")
         self.assertEqual((code, out), (2, ""))
         self.assertIn("the gob codec cannot encode its argument", err)
         self.assertIn("nothing was sent", err)

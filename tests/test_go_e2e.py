@@ -38,7 +38,8 @@ from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, RPCError, Unimplemented
 from rpcd.server import SERVER_PROTOCOLS
 from tests.cache import cached_build, tool_stamp
-from tests.daemon import ROOT, Daemon, _Output, environment, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import ROOT, Daemon, _Output, environment, run, shared_config
 from tests.test_gobrpc import C2S
 from tests.tools import require_tool
 
@@ -115,15 +116,13 @@ def require_protocol(name: str, why: str) -> None:
         raise SkipTest(f"rpcd serves no {name!r} protocol yet (SERVER_PROTOCOLS): needed {why}")
 
 
-def echo_config(test: TestCase) -> str:
+def echo_config() -> str:
     """
-    @return: the path of a config: the shipped default plus the test-only
-        C{Echo} service (L{tests.echoservice}).
+    @return: the path of a config for L{Daemon.shared}: the shipped default
+        plus the test-only C{Echo} service (L{tests.echoservice}).
     """
-    path = Path(temp_dir(test)) / "rpcd.toml"
     default = (ROOT / "rpcd" / "default.toml").read_text()
-    path.write_text(default + '\n[services.Echo]\nclass = "tests.echoservice:Echo"\n')
-    return str(path)
+    return shared_config(default + '\n[services.Echo]\nclass = "tests.echoservice:Echo"\n')
 
 
 async def run_go(test: TestCase, name: str, *args: str,
@@ -149,7 +148,7 @@ class SeedProgramTests(TestCase):
 
     async def daemon(self) -> Daemon:
         require_tool("go", "to build the seed programs")
-        return await Daemon.start(self, *LOOPBACK)
+        return await Daemon.shared(self, *LOOPBACK)
 
     async def seed(self, name: str) -> tuple[int | None, str, str]:
         """Start the daemon, then run a seed program built for its port."""
@@ -224,10 +223,11 @@ class GoClientTests(TestCase):
 
     async def gobcalls(self, *args: str) -> list[str]:
         require_tool("go", "to build tests/go/gobcalls")
-        daemon = await Daemon.start(self, "--config", echo_config(self), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", echo_config(), *LOOPBACK)
+        mark = len(daemon.output)
         code, out, err = await run_go(self, "gobcalls", "-addr", f"127.0.0.1:{daemon.port}", *args)
         self.assertEqual(code, 0, out + err)
-        self.assertNotIn("Traceback", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
         return lines(out)
 
     BASIC = [
@@ -354,17 +354,17 @@ class GoServerTests(TestCase):
         """rpcd call --codec gob / gob-http calls the Go server; a Go error exits 1 with its text."""
         ports = await self.go_server()
         for codec, address in (("gob", ports["gob"]), ("gob-http", ports["http"])):
-            code, out, err = await run(self, rpcd_command(
-                "call", "--codec", codec, f"tcp:{address}", "Arith.Multiply", '{"A": 7, "B": 8}'))
+            code, out, err = await rpcd(self,
+                "call", "--codec", codec, f"tcp:{address}", "Arith.Multiply", '{"A": 7, "B": 8}')
             self.assertEqual((code, out.strip()), (0, "56"), err)
-            code, out, err = await run(self, rpcd_command(
-                "call", "--codec", codec, f"tcp:{address}", "Arith.Divide", '{"A": 7, "B": 0}'))
+            code, out, err = await rpcd(self,
+                "call", "--codec", codec, f"tcp:{address}", "Arith.Divide", '{"A": 7, "B": 0}')
             self.assertEqual(code, 1, out + err)
             self.assertIn("divide by zero", err)
 
     async def test_client_library_against_rpcd(self) -> None:
         """connect(codec="gob") also calls rpcd itself (dicts become structs for hinted methods)."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         client = await connect(f"tcp:127.0.0.1:{daemon.port}", codec="gob")
         self.addCleanup(client.close)
         self.assertEqual(await client.Arith.Multiply(A=7, B=8), 56)

@@ -19,8 +19,9 @@ from twisted.trial.unittest import TestCase
 from rpcd import certs
 from rpcd.client import Client, connect
 from rpcd.errors import Cancelled, Code, ConnectionLost, DeadlineExceeded, NotFound, RPCError
+from tests.cli import rpcd
 from tests.daemon import ROOT, _Output, rpcd_command, run, temp_dir
-from tests.gogrpc import start_listening
+from tests.gogrpc import shared_listening, start_listening
 from tests.test_tls_e2e import _escape
 
 ECHO_PROTO = str(ROOT / "tests" / "protos" / "echo.proto")
@@ -35,8 +36,17 @@ class GRPCIOServerTests(TestCase):
     async def server(self, *args: str) -> tuple[int, _Output]:
         return await start_listening(self, [sys.executable, SERVER, *args])
 
+    async def shared_server(self, *args: str) -> tuple[int, _Output, int]:
+        """
+        The grpcio server, shared by the tests that only call it
+        (L{tests.gogrpc.shared_listening}).
+
+        @return: its port, its output, and the test's mark in the output.
+        """
+        return await shared_listening(self, [sys.executable, SERVER, *args])
+
     async def client(self, *args: str) -> Client:
-        port, _ = await self.server(*args)
+        port, _, _ = await self.shared_server(*args)
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         return client
@@ -72,25 +82,25 @@ class GRPCIOServerTests(TestCase):
 
     async def test_deadline(self) -> None:
         """A call past its timeout fails DEADLINE_EXCEEDED and the server sees it cancelled."""
-        port, output = await self.server()
+        port, output, mark = await self.shared_server()
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         with self.assertRaises(DeadlineExceeded):
             await client.call("Echo.Unary", {"text": "slow", "sleep": 30}, timeout=0.5)
-        await output.wait_for(lambda text: "cancelled slow" in text or None,
+        await output.wait_for(lambda text: "cancelled slow" in text[mark:] or None,
                               "the server's cancellation", 30)
         self.assertEqual((await client.Echo.Unary(text="next"))["text"], "next")
 
     async def test_cancel(self) -> None:
         """Cancelling a call's Deferred resets its stream: the server sees the cancellation."""
-        port, output = await self.server()
+        port, output, mark = await self.shared_server()
         client = await connect(f"tcp:127.0.0.1:{port}", codec="grpc", proto=ECHO_PROTO)
         self.addCleanup(client.close)
         d = client.call("Echo.Unary", {"text": "dropped", "sleep": 30})
         reactor.callLater(0.2, d.cancel)
         with self.assertRaises(Exception):
             await d
-        await output.wait_for(lambda text: "cancelled dropped" in text or None,
+        await output.wait_for(lambda text: "cancelled dropped" in text[mark:] or None,
                               "the server's cancellation", 30)
 
     async def test_trailing_metadata(self) -> None:
@@ -204,7 +214,7 @@ class GRPCIOServerTests(TestCase):
 
     async def test_rpcd_command(self) -> None:
         """rpcd call and rpcd stream --codec grpc print protobuf JSON; a failed call exits 1 with its code."""
-        port, _ = await self.server()
+        port, _, _ = await self.shared_server()
         endpoint = f"tcp:127.0.0.1:{port}"
         code, out, err = await run(self, rpcd_command(
             "call", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Unary",
@@ -212,24 +222,24 @@ class GRPCIOServerTests(TestCase):
         self.assertEqual(code, 0, err)
         reply = json.loads(out)
         self.assertEqual((reply["text"], reply["payload"]), ("cli", "eHg="))
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Unary",
-            '{"failCode": 5, "text": "x"}'))
+            '{"failCode": 5, "text": "x"}')
         self.assertEqual((code, err.strip()), (1, "rpcd: Echo.Unary failed: NOT_FOUND: failed: x"))
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "stream", "--codec", "grpc", "--proto", ECHO_PROTO, endpoint, "Echo.Count",
-            '{"count": 3, "text": "s"}'))
+            '{"count": 3, "text": "s"}')
         self.assertEqual((code, out.splitlines()), (0, ['{"text": "s"}', '{"text": "s", "index": 1}',
                                                         '{"text": "s", "index": 2}']), err)
-        code, out, err = await run(self, rpcd_command(
-            "stream", "--codec", "grpc", "--proto", ECHO_PROTO, "--stdin", endpoint, "Echo.Collect"),
+        code, out, err = await rpcd(self,
+            "stream", "--codec", "grpc", "--proto", ECHO_PROTO, "--stdin", endpoint, "Echo.Collect",
             stdin=b'{"text": "a"}\n{"text": "b"}\n')
         self.assertEqual((code, out.splitlines()), (0, ['{"text": "a,b", "index": 2}']), err)
-        code, out, err = await run(self, rpcd_command("call", "--codec", "grpc", endpoint, "Echo.Unary"))
+        code, out, err = await rpcd(self, "call", "--codec", "grpc", endpoint, "Echo.Unary")
         self.assertEqual((code, err.strip()),
                          (2, "rpcd: --codec grpc needs the server's .proto file: --proto FILE"))
-        code, out, err = await run(self, rpcd_command("list", "--codec", "grpc", "--proto", ECHO_PROTO,
-                                                      endpoint))
+        code, out, err = await rpcd(self, "list", "--codec", "grpc", "--proto", ECHO_PROTO,
+                                    endpoint)
         self.assertEqual(code, 0, err)
         self.assertIn("rpcdtest.Echo.Chat(rpcdtest.EchoRequest) -> rpcdtest.EchoReply  bidirectional",
                       out.splitlines())

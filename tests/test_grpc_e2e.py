@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from rpcd import certs
 from rpcd.examples.protos import hello_world_pb2
 from rpcd.pb import health_pb2, reflection_v1alpha_pb2
-from tests.daemon import ROOT, Daemon, temp_dir
+from tests.daemon import ROOT, Daemon, shared_config, temp_dir
 from tests.grpcservices import pb as probe_pb2
 
 CONFIG = """
@@ -83,12 +83,11 @@ def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class GrpcioClientTests(TestCase):
     """grpcio's client against rpcd, plaintext."""
 
-    timeout = 180  # a daemon and grpcio calls each test: slow on a loaded machine
+    timeout = 180  # grpcio calls: slow on a loaded machine
 
     async def start(self, listen: str = '"tcp:0:interface=127.0.0.1"') -> grpc.Channel:
-        path = Path(temp_dir(self)) / "rpcd.toml"
-        path.write_text(CONFIG.format(listen=listen))
-        self.daemon = await Daemon.start(self, "--config", str(path))
+        self.daemon = await Daemon.shared(self, "--config", shared_config(CONFIG.format(listen=listen)))
+        self.mark = len(self.daemon.output)
         channel = grpc.insecure_channel(f"127.0.0.1:{self.daemon.port}")
         self.addCleanup(channel.close)
         self.probe = stubs(self, ROOT / "tests" / "grpc_probe.proto", probe_pb2,
@@ -114,7 +113,8 @@ class GrpcioClientTests(TestCase):
         chat = await in_thread(lambda: [r.greeting for r in hello.SayHelloChat(iter(
             [request(greeting=f"SayHelloChat Hello Server {i}") for i in range(3)]), timeout=30)])
         self.assertEqual(chat, [f"SayHelloChat Server Say Hello {n}" for n in (1, 2, 3)])
-        await self.daemon.wait_for_log(r"SayMoreHello Client Say: SayMoreHello Hello Server 2")
+        await self.daemon.wait_for_log(r"SayMoreHello Client Say: SayMoreHello Hello Server 2",
+                                       after=self.mark)
 
     async def test_streams(self) -> None:
         """Server-, client- and bidirectional streams carry many messages."""
@@ -146,15 +146,15 @@ class GrpcioClientTests(TestCase):
                 return e.code()
             raise AssertionError("Wait returned")
         self.assertEqual(await in_thread(call), grpc.StatusCode.DEADLINE_EXCEEDED)
-        await self.daemon.wait_for_log(r"Probe.Wait saw its cancellation \(deadline\)")
+        await self.daemon.wait_for_log(r"Probe.Wait saw its cancellation \(deadline\)", after=self.mark)
 
     async def test_cancel(self) -> None:
         """Cancelling a call on the client cancels the handler on the server."""
         await self.start()
         future = self.probe.Wait.future(probe_pb2.Req(text="cancel me"), timeout=30)
-        await self.daemon.wait_for_log(r"Probe.Wait waiting \(cancel me\)")
+        await self.daemon.wait_for_log(r"Probe.Wait waiting \(cancel me\)", after=self.mark)
         self.assertTrue(future.cancel())
-        await self.daemon.wait_for_log(r"Probe.Wait saw its cancellation \(cancel me\)")
+        await self.daemon.wait_for_log(r"Probe.Wait saw its cancellation \(cancel me\)", after=self.mark)
 
     async def test_metadata_and_details(self) -> None:
         """Metadata goes both ways (-bin included); an error carries its code, message and details."""

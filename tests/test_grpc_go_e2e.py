@@ -20,7 +20,8 @@ from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
 from rpcd.errors import ConnectionLost
-from tests.daemon import Daemon, _Output, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, _Output, run, temp_dir
 from tests.gogrpc import SEED_003, Seed003Certs, grpc_go_program, start_go_server
 from tests.test_tls_e2e import _escape
 
@@ -174,16 +175,16 @@ class RPCDClientTests(TestCase):
         pki, port, _ = await self.seed_server()
         endpoint = seed_endpoint(pki, port)
         grpc = ("--codec", "grpc", "--proto", str(SEED_003.path))
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", *grpc, endpoint, "HelloWorldService.SayHelloWorld",
-            '{"greeting": "Hello Server 1 !!", "infos": {"hello": "world"}}'))
+            '{"greeting": "Hello Server 1 !!", "infos": {"hello": "world"}}')
         self.assertEqual((code, out), (0, '{"reply": "Hello World !!"}\n'), err)
-        code, out, err = await run(self, rpcd_command(
-            "stream", *grpc, endpoint, "HelloWorldService.ListHello", '{"greeting": "cli"}'))
+        code, out, err = await rpcd(self,
+            "stream", *grpc, endpoint, "HelloWorldService.ListHello", '{"greeting": "cli"}')
         self.assertEqual((code, out.splitlines()),
                          (0, [f'{{"reply": "ListHello Reply cli {i}"}}' for i in (1, 2, 3)]), err)
-        code, out, err = await run(self, rpcd_command(
-            "stream", *grpc, "--stdin", endpoint, "HelloWorldService.SayMoreHello"),
+        code, out, err = await rpcd(self,
+            "stream", *grpc, "--stdin", endpoint, "HelloWorldService.SayMoreHello",
             stdin=b'{"greeting": "a"}\n{"greeting": "b"}\n')
         self.assertEqual((code, out), (0, '{"reply": "SayMoreHello Recv Muti Greeting"}\n'), err)
 
@@ -199,15 +200,15 @@ class RPCDClientTests(TestCase):
     async def test_unknown_authority_and_name_mismatch(self) -> None:
         """rpcd's client refuses a server certificate from an unknown CA, or for another name, saying so."""
         pki, port, _ = await self.seed_server(cert="wrong")
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", "--codec", "grpc", "--proto", str(SEED_003.path), seed_endpoint(pki, port),
-            "HelloWorldService.SayHelloWorld", "{}"))
+            "HelloWorldService.SayHelloWorld", "{}")
         self.assertEqual(code, 2, out + err)
         self.assertIn("the server's certificate is not valid for 'server.razeen.me', the name you "
                       "connected to; it is for: wrong.example", err)
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", "--codec", "grpc", "--proto", str(SEED_003.path),
-            seed_endpoint(pki, port, roots="foreign-ca.pem"), "HelloWorldService.SayHelloWorld", "{}"))
+            seed_endpoint(pki, port, roots="foreign-ca.pem"), "HelloWorldService.SayHelloWorld", "{}")
         self.assertEqual(code, 2, out + err)
         self.assertIn("the server's certificate is not signed by a CA you trust", err)
 

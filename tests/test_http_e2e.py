@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from rpcd import certs
 from rpcd.client import connect
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, run, shared_config, temp_dir
 from tests.tools import require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -29,11 +30,18 @@ def config(test: TestCase, text: str, services: str = _SERVICES) -> str:
     @return: the path of a config file with C{text}, the demo user and
         C{services}.
     """
+    path = Path(temp_dir(test)) / "rpcd.toml"
+    path.write_text(config_text(text, services))
+    return str(path)
+
+
+def config_text(text: str, services: str = _SERVICES) -> str:
+    """
+    @return: what L{config} writes (for L{shared_config}).
+    """
     from rpcd.config import default_text
     user = next(line for line in default_text().splitlines() if line.startswith("user = "))
-    path = Path(temp_dir(test)) / "rpcd.toml"
-    path.write_text(f"[server]\nlisten = []\n[auth.users]\n{user}\n{text}\n{services}")
-    return str(path)
+    return f"[server]\nlisten = []\n[auth.users]\n{user}\n{text}\n{services}"
 
 
 async def curl(test: TestCase, *args: str) -> str:
@@ -85,7 +93,7 @@ class SessionTests(TestCase):
 
     async def test_login_per_request(self) -> None:
         """A login on a kept-alive connection does not carry over to the next request."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         url = f"http://127.0.0.1:{daemon.port}/rpc"
         out = await curl(self, "--write-out", "\n%{num_connects}\n",
                          *post(rpc("HelloService.Login", "user:password")), url, "--next",
@@ -96,7 +104,7 @@ class SessionTests(TestCase):
 
     async def test_basic_auth(self) -> None:
         """curl -u logs its own request in (HelloService.Hello answers); a wrong password gets 401."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         url = f"http://127.0.0.1:{daemon.port}/rpc"
         hello = await curl(self, "-u", "user:password", *post(rpc("HelloService.Hello", "x")), url)
         self.assertRegex(json.loads(hello)["result"], r"^hello:x, from127\.0\.0\.1:\d+$")
@@ -112,11 +120,11 @@ class DebugPageTests(TestCase):
 
     async def test_filtered(self) -> None:
         """A service requiring a login is on neither the page nor `rpcd list` until logged in."""
-        daemon = await Daemon.start(self, "--config", config(self, ""), *LOOPBACK)
+        daemon = await Daemon.shared(self, "--config", shared_config(config_text("")), *LOOPBACK)
         page = await curl(self, f"http://127.0.0.1:{daemon.port}/debug/rpc")
         self.assertIn("Service Arith", page)
         self.assertNotIn("KVStoreService", page)
-        code, out, err = await run(self, rpcd_command("list", f"tcp:127.0.0.1:{daemon.port}"))
+        code, out, err = await rpcd(self, "list", f"tcp:127.0.0.1:{daemon.port}")
         self.assertEqual(code, 0, err)
         self.assertIn("Arith.Multiply", out)
         self.assertNotIn("KVStoreService", out)
@@ -185,7 +193,7 @@ class PipelineTests(TestCase):
 
     async def test_half_close(self) -> None:
         """Requests sent before a FIN are answered, then the daemon closes."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
 
         def exchange() -> bytes:
             body = json.dumps(rpc("Arith.Multiply", {"A": 6, "B": 7})).encode()

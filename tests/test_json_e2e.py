@@ -28,7 +28,8 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import Code, RPCError
 from tests.cache import cached_build, tool_stamp
-from tests.daemon import Daemon, environment, rpcd_command, run
+from tests.cli import rpcd
+from tests.daemon import Daemon, environment, run
 from tests.tools import require_tool
 
 HERE = Path(__file__).resolve().parent
@@ -170,7 +171,8 @@ class ChunkedHTTPTests(TestCase):
     async def test_curl_chunked(self) -> None:
         """curl sends a 200 KB call chunked after 100 Continue; the daemon decodes all of it."""
         tool = require_tool("curl", "to send a chunked JSON-RPC 2.0 request")
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        mark = len(daemon.output)
         url = f"http://127.0.0.1:{daemon.port}/rpc"
         value = "chunked " * 25000
         call = json.dumps({"jsonrpc": "2.0", "method": "KVStoreService.Set",
@@ -188,15 +190,16 @@ class ChunkedHTTPTests(TestCase):
         stored = json.loads(await curl(self, *post_args(
             url, '{"jsonrpc":"2.0","method":"KVStoreService.Get","params":["big"],"id":2}')))
         self.assertEqual(stored["result"], value)
-        self.assertNotIn("Traceback", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
 
     async def test_raw_socket_chunked(self) -> None:
         """A hand-written chunked request in several writes, then a pipelined one, are both answered."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        mark = len(daemon.output)
         first, second = await deferToThread(_raw_chunked_calls, daemon.port)
         self.assertEqual(first, (200, {"jsonrpc": "2.0", "result": 42, "id": 1}))
         self.assertEqual(second, (200, {"jsonrpc": "2.0", "result": {"Num": 12, "Ans": 144}, "id": 2}))
-        self.assertNotIn("Traceback", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
 
 
 # A chunked JSON-RPC call, head and body, as the writes that send it.
@@ -264,11 +267,12 @@ class SeedClientTests(TestCase):
 
     async def test_seed_002_python_client(self) -> None:
         """The seed's raw socket client prints Go's answer, decoded by Python."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        mark = len(daemon.output)
         code, out, err = await run(self, [sys.executable, "-c", _REDIRECTED_SEED, "9000",
                                           str(daemon.port), str(SEED_CLIENT)])
         self.assertEqual((code, out), (0, "{'id': 0, 'result': 60, 'error': None}\n"), err)
-        self.assertNotIn("Traceback", daemon.output)
+        self.assertNotIn("Traceback", daemon.output[mark:])
 
 
 class GoTests(TestCase):
@@ -279,7 +283,7 @@ class GoTests(TestCase):
     async def test_go_jsonrpc_dial(self) -> None:
         """jsonrpc.Dial: sync, async, 100 concurrent calls, a nil reply, unknown methods, then more."""
         client = await build_go(self, GO_CLIENT)
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         code, out, err = await run(self, [client, f"127.0.0.1:{daemon.port}"])
         self.assertEqual(code, 0, err)
         self.assertEqual(out.splitlines(), [
@@ -319,11 +323,11 @@ class GoTests(TestCase):
     async def test_rpcd_command_calls_go_server(self) -> None:
         """rpcd call --codec jsonrpc prints a Go server's result, and exits 1 with its error."""
         address = await self.go_server()
-        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
-                                                      "ServiceA.Add", '{"X": 20, "Y": 22}'))
+        code, out, err = await rpcd(self, "call", "--codec", "jsonrpc", f"tcp:{address}",
+                                    "ServiceA.Add", '{"X": 20, "Y": 22}')
         self.assertEqual((code, out.strip()), (0, "42"), err)
-        code, out, err = await run(self, rpcd_command("call", "--codec", "jsonrpc", f"tcp:{address}",
-                                                      "ServiceA.Fail", '{"X": 5}'))
+        code, out, err = await rpcd(self, "call", "--codec", "jsonrpc", f"tcp:{address}",
+                                    "ServiceA.Fail", '{"X": 5}')
         self.assertEqual(code, 1)
         self.assertIn("no luck: 5", err)
 
@@ -335,7 +339,7 @@ class OnePortTests(TestCase):
 
     async def test_all_protocols_on_one_port(self) -> None:
         """Native, jsonrpc, jsonrpc2, gob-http, curl and the seed's raw JSON share one port."""
-        daemon = await Daemon.start(self, *LOOPBACK)
+        daemon = await Daemon.shared(self, *LOOPBACK)
         endpoint = f"tcp:127.0.0.1:{daemon.port}"
         clients = {}
         for codec in ("native", "jsonrpc", "jsonrpc2", "gob-http"):

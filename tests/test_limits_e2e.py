@@ -26,7 +26,8 @@ from twisted.trial.unittest import TestCase
 from rpcd.client import connect
 from rpcd.errors import ResourceExhausted
 from rpcd.wire.frames import PREFACE, encode_frame
-from tests.daemon import Daemon, rpcd_command, run, socket_path, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, socket_path, temp_dir
 from tests.test_tls_e2e import PKI
 
 
@@ -308,6 +309,6 @@ class UnixSocketTests(TestCase):
         client = await connect(f"unix:{path}")
         self.addCleanup(client.close)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 7, "B": 8}), 56)
-        code, out, err = await run(self, rpcd_command("call", f"unix:{path}", "Arith.Multiply",
-                                                      '{"A": 3, "B": 4}'))
+        code, out, err = await rpcd(self, "call", f"unix:{path}", "Arith.Multiply",
+                                    '{"A": 3, "B": 4}')
         self.assertEqual((code, out.strip()), (0, "12"), err)

@@ -19,7 +19,8 @@ from twisted.trial.unittest import TestCase
 
 from rpcd.limits import Limits
 from rpcd.reverse import accept
-from tests.daemon import Daemon, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import Daemon, temp_dir
 from tests.test_tls_e2e import PKI, _escape
 
 
@@ -193,17 +194,17 @@ class ReverseTests(TestCase):
     async def test_rpcd_call_accept(self) -> None:
         """rpcd call --accept waits for the daemon to dial in and calls over that connection."""
         port = _free_port()
-        calling = Deferred.fromCoroutine(run(self, rpcd_command(
+        calling = Deferred.fromCoroutine(rpcd(self,
             "call", "--accept", f"tcp:{port}:interface=127.0.0.1", *("Arith.Multiply", '{"A": 6, "B": 7}'),
-            "--timeout", "30")))
+            "--timeout", "30"))
         await self.daemon(f"tcp:127.0.0.1:{port}")
         code, out, err = await calling
         self.assertEqual((code, out.strip()), (0, "42"), err)
 
     async def test_rpcd_call_accept_timeout(self) -> None:
         """rpcd call --accept with nobody dialling in gives up after --timeout, saying so."""
-        code, out, err = await run(self, rpcd_command(
+        code, out, err = await rpcd(self,
             "call", "--accept", f"tcp:{_free_port()}:interface=127.0.0.1", "Arith.Multiply", "{}",
-            "--timeout", "1"))
+            "--timeout", "1")
         self.assertEqual(code, 2)
         self.assertIn("no daemon dialled in within 1 s", err)

@@ -19,10 +19,11 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from rpcd.client import connect
-from tests.daemon import ROOT, Daemon, rpcd_command, run, temp_dir
+from tests.cli import rpcd
+from tests.daemon import ROOT, Daemon, rpcd_command, run, shared_config, temp_dir
 from tests.openrpc_meta import problems
-from tests.test_http_e2e import config, curl, post, rpc
-from tests.test_stubs import load
+from tests.test_http_e2e import config_text, curl, post, rpc
+from tests.test_stubs import load, stubs_mypy_cache
 from tests.tools import missing, require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -117,10 +118,10 @@ class SchemaE2ETests(TestCase):
     """The document from the real daemon, through each entry point."""
 
     async def start(self) -> Daemon:
-        return await Daemon.start(self, "--config", config(self, "", SERVICES), *LOOPBACK)
+        return await Daemon.shared(self, "--config", shared_config(config_text("", SERVICES)), *LOOPBACK)
 
     async def rpcd(self, *args: str, cwd: str | None = None) -> str:
-        code, out, err = await run(self, rpcd_command(*args), cwd=cwd)
+        code, out, err = await rpcd(self, *args, cwd=cwd)
         self.assertEqual(code, 0, err)
         return out
 
@@ -189,7 +190,7 @@ class SchemaE2ETests(TestCase):
         (directory / "program.py").write_text(PROGRAM)
         (directory / "wrong.py").write_text(WRONG_PROGRAM)
         check = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-                "--config-file", "", "--cache-dir", str(directory / ".mypy_cache")]
+                "--config-file", "", "--cache-dir", str(stubs_mypy_cache())]
         env = {"MYPYPATH": str(ROOT)}
         code, out, err = await run(self, [*check, "rpcd_api.py", "program.py"], env=env,
                                    cwd=str(directory))

@@ -6,6 +6,7 @@ declarations (L{rpcd.core.gostructs}).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 import types
@@ -20,6 +21,7 @@ from rpcd.core.gostructs import go_name, go_source, go_type
 from rpcd.core.schema import openrpc_document
 from rpcd.service import describe_service
 from rpcd.cli.stubs import identifier, python_module
+from tests.cache import cache_dir
 from tests.test_schema import Blob, Shapes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,8 +206,8 @@ class StubModuleTests(SynchronousTestCase):
             "from shapes_api import BlockingServices\n\n"
             "def use(client: BlockingClient) -> str:\n"
             "    return BlockingServices(client).Shapes.Move(1)\n")
-        flags = ["--strict", "--follow-imports=silent", "--no-incremental",
-                 "--cache-dir", str(directory / ".mypy_cache"), "--config-file", ""]
+        flags = ["--strict", "--follow-imports=silent",
+                 "--cache-dir", str(stubs_mypy_cache()), "--config-file", ""]
         import os
         old = os.environ.get("MYPYPATH")
         os.environ["MYPYPATH"] = str(ROOT)
@@ -342,3 +344,16 @@ class DocumentOptionTests(SynchronousTestCase):
         path.write_text("{nope")
         status, text = self.rpcd("schema", "--document", str(path))
         self.assertEqual((status, "is not JSON" in text), (2, True), text)
+
+
+def stubs_mypy_cache() -> Path:
+    """
+    @return: mypy's incremental cache for the checks of generated stubs in
+        this checkout, kept across runs (L{tests.cache}), as test_typing's:
+        mypy checks cached data against the sources, so the errors are a cold
+        run's, but rpcd's own modules, which a stub imports, are not analysed
+        again for each check.  mypy replaces cache files atomically, so
+        trial's C{-j} workers may share it.
+    """
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
+    return cache_dir("mypy-stubs", checkout)

@@ -18,6 +18,7 @@ from rpcd import certs
 from rpcd.client import connect
 from rpcd.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from tests.cache import cached_build, tool_stamp
+from tests.cli import rpcd
 from tests.daemon import Daemon, rpcd_command, run, temp_dir
 from tests.tools import require_tool
 
@@ -129,13 +130,13 @@ class FailureMatrixTests(TestCase):
         ]
         for name, endpoint, client_words, server_words in cases:
             mark = len(daemon.output)
-            code, out, err = await run(self, rpcd_command("call", endpoint, *MULTIPLY, "--timeout", "60"))
+            code, out, err = await rpcd(self, "call", endpoint, *MULTIPLY, "--timeout", "60")
             self.assertNotEqual(code, 0, f"{name}: {out}")
             self.assertIn(client_words, err, f"{name}: {err}")
             self.assertNotIn("Traceback", err, name)
             await daemon.wait_for_log(f"closing .*{_re(server_words)}|TLS with .* failed: .*{_re(server_words)}",
                                       after=mark)
-        code, out, err = await run(self, rpcd_command("call", pki.client(tls), *MULTIPLY))
+        code, out, err = await rpcd(self, "call", pki.client(tls), *MULTIPLY)
         self.assertEqual((code, out.strip()), (0, "56"), err)
         code, out, err = await run(self, rpcd_command("call", pki.client(mtls, identity="alice"), *MULTIPLY))
         self.assertEqual((code, out.strip()), (0, "56"), err)
@@ -243,7 +244,7 @@ class CommandsTests(TestCase):
     async def test_certs_command(self) -> None:
         """The files rpcd certs writes serve mutual TLS; the daemon sees the client's CN as its identity."""
         directory = Path(temp_dir(self)) / "pki"
-        code, out, err = await run(self, rpcd_command("certs", str(directory), "--client", "carol"))
+        code, out, err = await rpcd(self, "certs", str(directory), "--client", "carol")
         self.assertEqual(code, 0, err)
         for name in ("ca.pem", "ca.key", "server.pem", "server.key", "carol.pem", "carol.key"):
             self.assertTrue((directory / name).exists(), name)
@@ -259,19 +260,19 @@ class CommandsTests(TestCase):
         shutil.copy(directory / "ca.pem", roots / "ca.pem")
         endpoint = (f"tls:host=localhost:port={daemon.port}:trustRoots={_escape(str(roots))}"
                     f":certificate={d}/carol.pem:privateKey={d}/carol.key")
-        code, out, err = await run(self, rpcd_command("call", endpoint, *MULTIPLY))
+        code, out, err = await rpcd(self, "call", endpoint, *MULTIPLY)
         self.assertEqual((code, out.strip()), (0, "56"), err)
 
     async def test_hash_password_command(self) -> None:
         """rpcd hash-password prints a salted scrypt hash: two runs differ, and an empty password is refused."""
-        one = await run(self, rpcd_command("hash-password", "--stdin"), stdin=b"pw\n")
-        two = await run(self, rpcd_command("hash-password", "--stdin"), stdin=b"pw\n")
+        one = await rpcd(self, "hash-password", "--stdin", stdin=b"pw\n")
+        two = await rpcd(self, "hash-password", "--stdin", stdin=b"pw\n")
         self.assertEqual((one[0], two[0]), (0, 0))
         self.assertTrue(one[1].startswith("scrypt$n="), one[1])
         self.assertNotEqual(one[1], two[1])
         from rpcd.auth import verify_password
         self.assertTrue(verify_password(one[1].strip(), "pw"))
-        empty = await run(self, rpcd_command("hash-password", "--stdin"), stdin=b"\n")
+        empty = await rpcd(self, "hash-password", "--stdin", stdin=b"\n")
         self.assertEqual(empty[0], 1)
         self.assertIn("empty", empty[2])
 
