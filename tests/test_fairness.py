@@ -96,10 +96,12 @@ def _iteration(clock: Clock) -> None:
 
 
 class _Participant:
-    def __init__(self, name: str, log: list[str], timer: _Timer, cost: float = 0.0) -> None:
+    def __init__(self, name: str, log: list[str], timer: _Timer, cost: float = 0.0,
+                 backlog: int = FAIR_CHUNK) -> None:
         self.finish = 0.0
         self.last_cost: float | None = None
         self.in_queue = False
+        self.backlog = backlog  # a whole slice predicted for a first turn unless the test says
         self.name = name
         self.log = log
         self.timer = timer
@@ -119,8 +121,8 @@ class SchedulerTests(SynchronousTestCase):
         self.turns = TurnScheduler(self.clock, 0.01, self.timer)
         self.log: list[str] = []
 
-    def participant(self, name: str, cost: float = 0.0) -> _Participant:
-        return _Participant(name, self.log, self.timer, cost)
+    def participant(self, name: str, cost: float = 0.0, backlog: int = FAIR_CHUNK) -> _Participant:
+        return _Participant(name, self.log, self.timer, cost, backlog)
 
     def test_no_timer_while_unloaded(self) -> None:
         """Work that stays within the slice sets no timer: an unloaded daemon's reads cost no reactor call."""
@@ -302,12 +304,20 @@ class NativeTurnTests(SynchronousTestCase):
         data = PREFACE + _calls("Heavy", "b", range(1, 1001))
         self.assertGreater(len(data), 3 * FAIR_CHUNK)
         big.dataReceived(data)
+        next_call = 3
         for _ in range(1000):
             if not self.clock.getDelayedCalls():
                 break
+            if not waiting.throttle.in_queue and next_call < 10:
+                # Someone else keeps waiting while the big read's first pieces are parsed.
+                waiting.dataReceived(_calls("Heavy", "w", range(next_call, next_call + 1)))
+                next_call += 1
             _iteration(self.clock)
         self.assertEqual(_results(big_t.value()), list(range(1, 1001)))
         self.assertGreater(self.server.turns.turns, 3)
+        # The others' calls ran between the big read's pieces, not after them.
+        last_b = len(self.work.log) - 1 - self.work.log[::-1].index("b")
+        self.assertIn("w", self.work.log[self.work.log.index("b"):last_b])
 
     def test_half_close_while_waiting(self) -> None:
         """A peer that shuts down its write side while its read waits for a turn is answered, then the connection closes."""
