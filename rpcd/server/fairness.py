@@ -459,4 +459,5 @@ class TurnTaking:
         self._resume()
 
 
-__all__ = ["FAIR_CHUNK", "FAIR_CHUNK_MAX", "NEW_MAX_SLICES", "NEW_MIN_SLICES", "Participant", "TurnScheduler", "TurnTaking", "Waiter"]
+__all__ = ["FAIR_CHUNK", "FAIR_CHUNK_MAX", "NEW_MAX_SLICES", "NEW_MIN_SLICES", "Participant",
+           "TurnScheduler", "TurnTaking", "Waiter"]

@@ -118,7 +118,7 @@ def _text(value: str) -> bytes:
         raw = value.encode("ascii")
         if not any(c in raw for c in _ESCAPED):
             return b"".join((b'"', raw, b'"'))
-    return _escape(value).encode("ascii")  # type: ignore[no-any-return]
+    return _escape(value).encode("ascii")
 
 
 def _encode(value: object) -> bytes:
