@@ -8,11 +8,11 @@ Each attack of issue 8's table runs against a fresh daemon (C{twistd -n
 log line) over raw sockets on loopback, so that it measures the daemon and
 not rpcd's client.  While it runs, a sampler reads the daemon's VmRSS from
 C{/proc/PID/status} and kills the daemon if it grows past C{--rss-limit-mb}
-(the row then says KILLED), and a probe calls C{Arith.Multiply} on a
-connection of its own every 0.1 s and keeps the worst latency (with the daemon CPU
-seconds spent while that call waited, a figure a busy machine does not
-inflate).  Afterwards
-the daemon's output is scanned for C{Traceback} and C{Unhandled}.
+(the row then says KILLED), and a probe (a process of its own) calls
+C{Arith.Multiply} on a connection of its own every 0.1 s and keeps the
+worst latency (with the daemon CPU seconds spent while that call waited, a
+figure a busy machine does not inflate).  Afterwards the daemon's output is
+scanned for C{Traceback} and C{Unhandled}.
 
     python benchmarks/abuse.py                    # every attack at --scale 0.05 (a few minutes)
     python benchmarks/abuse.py --scale 0.2        # bigger (the unfixed daemon may hit the RSS cap)
@@ -298,23 +298,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Probe(threading.Thread):
+class Probe:
     """
-    Calls Arith.Multiply every 0.1 s on its own connection; keeps the worst
+    Calls Arith.Multiply every 0.1 s on its own connection, in a process of
+    its own (a thread would share the GIL with the attack's sending loop,
+    and on a busy machine wait for it, not for the daemon); keeps the worst
     latency, and the daemon's CPU seconds during that call (what the probe
     waited behind, which a busy machine does not inflate).
     """
 
     def __init__(self, port: int, call_timeout: float = 5.0, pid: int | None = None) -> None:
-        super().__init__(daemon=True)
+        import multiprocessing
+        context = multiprocessing.get_context("fork")
         self.port = port
         self.call_timeout = call_timeout
         self.pid = pid
-        self.worst = 0.0
-        self.worst_cpu = 0.0
-        self.failures = 0
-        self.calls = 0
-        self.done = threading.Event()
+        self._worst = context.Value("d", 0.0)
+        self._worst_cpu = context.Value("d", 0.0)
+        self._failures = context.Value("i", 0)
+        self._calls = context.Value("i", 0)
+        self.done = context.Event()
+        self._process = context.Process(target=self.run, daemon=True)
+
+    worst = property(lambda self: self._worst.value)
+    worst_cpu = property(lambda self: self._worst_cpu.value)
+    failures = property(lambda self: self._failures.value)
+    calls = property(lambda self: self._calls.value)
+
+    def start(self) -> None:
+        self._process.start()
+
+    def join(self) -> None:
+        self._process.join()
 
     def run(self) -> None:
         sock: socket.socket | None = None
@@ -336,17 +351,17 @@ class Probe(threading.Thread):
                         raise ConnectionError("closed")
                     if reply[0] == RESULT and reply[1] == seq:
                         break
-                self.calls += 1
+                self._calls.value += 1
             except (OSError, TimeoutError, ConnectionError):
-                self.failures += 1
+                self._failures.value += 1
                 if sock is not None:
                     sock.close()
                 sock = reader = None
             took = time.monotonic() - started
-            if took > self.worst:
-                self.worst = took
+            if took > self._worst.value:
+                self._worst.value = took
                 if self.pid is not None:
-                    self.worst_cpu = cpu_seconds(self.pid) - cpu
+                    self._worst_cpu.value = cpu_seconds(self.pid) - cpu
             self.done.wait(0.1)
         if sock is not None:
             sock.close()

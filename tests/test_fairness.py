@@ -8,6 +8,7 @@ order.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -15,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcd.server.fairness import FAIR_CHUNK, TurnScheduler, Waiter
+from rpcd.server.fairness import FAIR_CHUNK, NEW_MAX_SLICES, NEW_MIN_SLICES, TurnScheduler, Waiter
 from rpcd.server import Limits, RPCServer, SniffingProtocol
 from rpcd.core.service import ServiceRegistry, exposed
 from rpcd.wire.frames import PREFACE, RESULT, FrameReader, encode_frame
@@ -96,10 +97,12 @@ def _iteration(clock: Clock) -> None:
 
 
 class _Participant:
-    def __init__(self, name: str, log: list[str], timer: _Timer, cost: float = 0.0) -> None:
+    def __init__(self, name: str, log: list[str], timer: _Timer, cost: float = 0.0,
+                 backlog: int = FAIR_CHUNK) -> None:
         self.finish = 0.0
         self.last_cost: float | None = None
         self.in_queue = False
+        self.backlog = backlog  # a whole slice predicted for a first turn unless the test says
         self.name = name
         self.log = log
         self.timer = timer
@@ -119,8 +122,8 @@ class SchedulerTests(SynchronousTestCase):
         self.turns = TurnScheduler(self.clock, 0.01, self.timer)
         self.log: list[str] = []
 
-    def participant(self, name: str, cost: float = 0.0) -> _Participant:
-        return _Participant(name, self.log, self.timer, cost)
+    def participant(self, name: str, cost: float = 0.0, backlog: int = FAIR_CHUNK) -> _Participant:
+        return _Participant(name, self.log, self.timer, cost, backlog)
 
     def test_no_timer_while_unloaded(self) -> None:
         """Work that stays within the slice sets no timer: an unloaded daemon's reads cost no reactor call."""
@@ -192,6 +195,26 @@ class SchedulerTests(SynchronousTestCase):
             _iteration(self.clock)
         self.assertEqual(sorted(self.log), sorted(["probe", "heavy", "fresh0", "fresh1", "fresh2"]))
         self.assertEqual(self.log[-1], "heavy")
+
+    def test_first_turn_predicted_by_backlog(self) -> None:
+        """A connection never charged with one small request waiting is granted before never-charged ones with a pipeline waiting that asked earlier."""
+        opener = self.participant("opener")
+        self.turns.may_run(opener)
+        self.timer.now += 0.02
+        self.turns.done(opener)
+        flood = [self.participant(f"flood{i}", cost=0.02, backlog=65536) for i in range(5)]
+        for p in flood:
+            self.assertFalse(self.turns.may_run(p))
+        probe = self.participant("probe", backlog=40)
+        self.assertFalse(self.turns.may_run(probe))
+        _iteration(self.clock)
+        self.assertEqual(self.log, ["probe", "flood0"])
+
+    def test_predict_first_bounds(self) -> None:
+        """A first turn is predicted at a slice per FAIR_CHUNK bytes waiting, from NEW_MIN_SLICES to NEW_MAX_SLICES slices."""
+        predict = self.turns.predict_first
+        self.assertEqual([predict(0), predict(FAIR_CHUNK), predict(2 * FAIR_CHUNK), predict(1 << 30)],
+                         [0.01 * NEW_MIN_SLICES, 0.01, 0.02, 0.01 * NEW_MAX_SLICES])
 
     def test_tiny_slice_still_grants(self) -> None:
         """A slice shorter than the timer's step still grants one queued connection per iteration (no livelock)."""
@@ -302,12 +325,20 @@ class NativeTurnTests(SynchronousTestCase):
         data = PREFACE + _calls("Heavy", "b", range(1, 1001))
         self.assertGreater(len(data), 3 * FAIR_CHUNK)
         big.dataReceived(data)
+        next_call = 3
         for _ in range(1000):
             if not self.clock.getDelayedCalls():
                 break
+            if not waiting.throttle.in_queue and next_call < 10:
+                # Someone else keeps waiting while the big read's first pieces are parsed.
+                waiting.dataReceived(_calls("Heavy", "w", range(next_call, next_call + 1)))
+                next_call += 1
             _iteration(self.clock)
         self.assertEqual(_results(big_t.value()), list(range(1, 1001)))
         self.assertGreater(self.server.turns.turns, 3)
+        # The others' calls ran between the big read's pieces, not after them.
+        last_b = len(self.work.log) - 1 - self.work.log[::-1].index("b")
+        self.assertIn("w", self.work.log[self.work.log.index("b"):last_b])
 
     def test_half_close_while_waiting(self) -> None:
         """A peer that shuts down its write side while its read waits for a turn is answered, then the connection closes."""
@@ -379,3 +410,50 @@ class HTTPTurnTests(SynchronousTestCase):
         self.assertLess(answers.index(b'"id": 1') if b'"id": 1' in answers else answers.index(b'"id":1'),
                         answers.index(b'"id": 3') if b'"id": 3' in answers else answers.index(b'"id":3'))
         self.assertEqual(work.log, ["h", "h", "w", "w", "w"])
+
+
+def _http_requests(method: str, who: str, ids: range) -> bytes:
+    """Pipelined JSON-RPC 2.0 POSTs, one per id."""
+    out = []
+    for i in ids:
+        body = b'{"jsonrpc":"2.0","id":%d,"method":"Work.%s","params":["%s"]}' % (
+            i, method.encode(), who.encode())
+        out.append(b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return b"".join(out)
+
+
+class HTTPFloodTurnTests(SynchronousTestCase):
+    """New HTTP connections that pipeline heavy calls do a bounded piece a turn, and a probe on another connection goes ahead of them."""
+
+    def setUp(self) -> None:
+        self.server, self.work, self.clock = _setup()
+        opener, _ = _connect(self.server, 1)
+        opener.dataReceived(PREFACE + _calls("Heavy", "x", range(1, 2)))  # uses up the slice
+        self.floods = [_connect(self.server, 10 + i) for i in range(10)]
+        for protocol, _ in self.floods:
+            protocol.dataReceived(_http_requests("Heavy", "h", range(1, 21)))
+
+    def test_probe_before_flood(self) -> None:
+        """A probe's call that comes after ten flooding connections is answered in the next iteration, before a round of theirs."""
+        probe, probe_t = _connect(self.server, 2)
+        probe.dataReceived(PREFACE + _calls("Light", "p", range(1, 2)))
+        self.assertEqual(self.work.log, ["x"])
+        _iteration(self.clock)
+        self.assertEqual(_results(probe_t.value()), [1])
+        self.assertLessEqual(self.work.log.count("h"), 1)
+
+    def test_one_heavy_call_a_turn(self) -> None:
+        """Each iteration runs one heavy call of the flood (the slice is shorter than one), and every flood connection is answered in order in the end."""
+        ran = []
+        for _ in range(400):
+            if not self.clock.getDelayedCalls():
+                break
+            before = self.work.log.count("h")
+            _iteration(self.clock)
+            ran.append(self.work.log.count("h") - before)
+        self.assertEqual((max(ran), sum(ran)), (1, 200))
+        for _, transport in self.floods:
+            answers = transport.value()
+            self.assertEqual(answers.count(b"HTTP/1.1 200"), 20)
+            self.assertEqual([int(i) for i in re.findall(rb'"id":(\d+)', answers)], list(range(1, 21)))

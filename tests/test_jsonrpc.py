@@ -728,3 +728,17 @@ class JSONRPC2ClientTests(SynchronousTestCase):
             error = self.assertRaises(JSONRPCProtocolError, parse_responses, value)
             self.assertIn(reason, str(error), value)
         self.assertRaises(JSONRPCProtocolError, parse_response_value, [])
+
+
+class LongTextTests(SynchronousTestCase):
+    """Long strings are encoded as the standard escaper encodes them, whether they take the plain path or not."""
+
+    def test_same_as_escaper(self) -> None:
+        """Long ASCII text with nothing to escape, and with each kind of character that needs escaping (quote, backslash, control, DEL, non-ASCII), encodes as json.dumps does."""
+        plain = "abc XYZ 019 ~!@#$%^&*()_+-=[]{}|;:',.<>/?`" * 200
+        for text in [plain, plain + '"', "\\" + plain, plain + "\n", plain + "\x00", plain + "\x7f",
+                     plain + "\u00e9", plain + "\U0001f600", "x" * 4095 + '"']:
+            self.assertEqual(encode_result(1, text),
+                             b'{"jsonrpc":"2.0","result":%s,"id":1}' % json.dumps(text).encode())
+            self.assertEqual(encode_go_response(b"7", text),
+                             b'{"id":7,"result":%s,"error":null}\n' % json.dumps(text).encode())

@@ -62,6 +62,8 @@ class ReadThrottle(TurnTaking):
     @ivar finish: the virtual finish time (the scheduler's).
     @ivar last_cost: the seconds its last piece of work took (the scheduler's).
     @ivar in_queue: whether the connection waits for its turn.
+    @ivar backlog: the bytes read when it last asked for a turn (what
+        predicts its first one).
     @ivar deliver: the wire protocol's C{dataReceived}, which
         L{received} passes reads on to.
     @ivar unread: reads kept unparsed while the connection waits for its

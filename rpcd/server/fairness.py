@@ -16,11 +16,15 @@ Queued connections are served in weighted fair queueing order: each
 connection is charged the time from its check to the end of its work (its
 virtual finish time grows by it), and the queued connection whose turn
 would I{end} first in virtual time goes first, its turn's cost predicted by
-its last one (a connection never charged is predicted to use a whole
-slice).  So a connection that sends one small call (a health probe) while
-fifty others wait to have a 3 MB reply encoded goes ahead of them, instead
-of waiting behind a round of them; and a connection that has had more than
-its share waits behind those that had less.  A single call is never split:
+its last one.  A connection never charged is predicted by the requests it
+has waiting (its C{backlog}): a slice for each L{FAIR_CHUNK} bytes of them,
+from L{NEW_MIN_SLICES} to L{NEW_MAX_SLICES} slices.  So a connection that
+sends one small call (a health probe) while fifty others wait to have a
+3 MB reply encoded goes ahead of them, instead of waiting behind a round of
+them, even when they all connected at once (a flood's new connections,
+each with a pipeline of requests waiting, are predicted heavy before their
+first turn has shown it); and a connection that has had more than its
+share waits behind those that had less.  A single call is never split:
 the slice bounds how long the queue waits beyond the call running when the
 slice ends.  While others wait, a read is passed on in pieces
 (L{FAIR_CHUNK}), since parsing many pipelined requests is work too.
@@ -45,6 +49,15 @@ up to L{FAIR_CHUNK_MAX}."""
 FAIR_CHUNK_MAX = 1 << 20
 """The most bytes passed on at a time while others wait."""
 
+NEW_MIN_SLICES = 1 / 16
+"""The least turn predicted for a connection never charged (one small
+request waiting), in slices."""
+
+NEW_MAX_SLICES = 4.0
+"""The longest turn predicted for a connection never charged (a pipeline
+of requests waiting), in slices: a turn can last a whole call past the
+slice, and one call can encode a reply of megabytes."""
+
 
 class Participant(Protocol):
     """
@@ -55,11 +68,15 @@ class Participant(Protocol):
     @ivar last_cost: the seconds its last piece of work took, or None
         (the scheduler's).
     @ivar in_queue: whether it waits for a turn now (the scheduler's).
+    @ivar backlog: the bytes of requests it has waiting (read, not yet
+        served), as it last said before asking for a turn: what predicts
+        its first turn (the connection's).
     """
 
     finish: float
     last_cost: float | None
     in_queue: bool
+    backlog: int
 
     def turn_granted(self) -> None:
         """
@@ -75,6 +92,8 @@ class Waiter:
 
     @ivar finish: the virtual finish time (the scheduler's).
     @ivar in_queue: whether it waits for a turn now.
+    @ivar backlog: the bytes of requests waiting (the protocol sets it
+        before it asks for a turn).
     """
 
     def __init__(self, granted: Callable[[], None]) -> None:
@@ -84,6 +103,7 @@ class Waiter:
         self.finish = 0.0
         self.last_cost: float | None = None
         self.in_queue = False
+        self.backlog = 0
         self._granted: Callable[[], None] | None = granted
 
     def turn_granted(self) -> None:
@@ -211,8 +231,21 @@ class TurnScheduler:
         self._seq += 1
         start = self._start(who)
         cost = who.last_cost
-        heapq.heappush(self._queue, (start + (self.slice_seconds if cost is None else cost),
-                                     self._seq, start, who))
+        if cost is None:
+            cost = self.predict_first(who.backlog)
+        heapq.heappush(self._queue, (start + cost, self._seq, start, who))
+
+    def predict_first(self, backlog: int) -> float:
+        """
+        Predict the first turn of a connection never charged.
+
+        @param backlog: the bytes of requests it has waiting.
+        @return: the seconds its turn is predicted to take: a slice for each
+            L{FAIR_CHUNK} bytes, from L{NEW_MIN_SLICES} to L{NEW_MAX_SLICES}
+            slices.
+        """
+        slices = min(max(backlog / FAIR_CHUNK, NEW_MIN_SLICES), NEW_MAX_SLICES)
+        return self.slice_seconds * slices
 
     def _charge(self) -> None:
         current = self._current
@@ -278,6 +311,8 @@ class TurnTaking:
     @ivar finish: the virtual finish time (the scheduler's).
     @ivar last_cost: the seconds its last piece of work took (the scheduler's).
     @ivar in_queue: whether the connection waits for its turn.
+    @ivar backlog: the bytes of the read (or of the reads kept) when it
+        last asked for a turn (the scheduler predicts a first turn by it).
     @ivar deliver: the wire protocol's C{dataReceived}, which L{received}
         passes reads on to.
     @ivar unread: reads kept unparsed while the connection waits for its
@@ -295,6 +330,7 @@ class TurnTaking:
         self.finish = 0.0
         self.last_cost: float | None = None
         self.in_queue = False
+        self.backlog = 0
         self.deliver: Callable[[bytes], None] | None = None
         self.unread: list[Any] | None = None
         self._chunk = FAIR_CHUNK
@@ -317,6 +353,7 @@ class TurnTaking:
             return
         turns = self.turns
         if turns is not None and not self.paused and self.held is None:
+            self.backlog = len(data)
             if self.wait_turn():
                 self.unread = [data]
                 return
@@ -365,9 +402,10 @@ class TurnTaking:
                     self._chunk = min(chunk * 2, FAIR_CHUNK_MAX)
                 elif cost > turns.slice_seconds / 4:
                     self._chunk = max(chunk // 2, FAIR_CHUNK)
-            if self.unread is not None and not self.paused and self.held is None \
-                    and self.wait_turn():
-                return
+            if self.unread is not None and not self.paused and self.held is None:
+                self.backlog = sum(len(piece) for piece in self.unread)
+                if self.wait_turn():
+                    return
         if self.unread is None:
             ended, self._read_end = self._read_end, None
             if ended is not None:
@@ -421,4 +459,5 @@ class TurnTaking:
         self._resume()
 
 
-__all__ = ["FAIR_CHUNK", "FAIR_CHUNK_MAX", "Participant", "TurnScheduler", "TurnTaking", "Waiter"]
+__all__ = ["FAIR_CHUNK", "FAIR_CHUNK_MAX", "NEW_MAX_SLICES", "NEW_MIN_SLICES", "Participant",
+           "TurnScheduler", "TurnTaking", "Waiter"]

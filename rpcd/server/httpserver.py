@@ -293,8 +293,12 @@ class HTTPServerProtocol(Protocol):
                 if self.write_full or self._answers_waiting() > self.server.limits.write_buffer_bytes:
                     break
                 turn = self._turn
-                if turn is not None and (turn.in_queue or not self.server.turns.may_run(turn)):
-                    break  # _turn_came goes on
+                if turn is not None:
+                    if turn.in_queue:
+                        break  # _turn_came goes on
+                    turn.backlog = len(self._held)
+                    if not self.server.turns.may_run(turn):
+                        break
                 request = parser.next_request()
                 if request is None:
                     if not self._held or parser.finished:

@@ -93,6 +93,34 @@ except (AttributeError, TypeError):  # pragma: no cover (no C accelerator)
     _iterencode = None
 
 
+_PLAIN_TEXT_MIN = 4096
+"""Strings at least this long are checked for the plain case first (see
+L{_text})."""
+
+_ESCAPED = (*(bytes((c,)) for c in range(0x20)), b'"', b"\\", b"\x7f")
+"""The ASCII bytes the escaper does not copy as they are (it writes DEL as
+C{\\u007f} too)."""
+
+
+def _text(value: str) -> bytes:
+    """
+    A JSON string, ASCII.
+
+    A long ASCII string with nothing to escape (a base64 blob, a large
+    text value) is copied, not escaped character by character: a few
+    C{memchr} passes instead of the escaper's loop, a third of the time
+    for megabytes, which the reactor spends in one go.
+
+    @param value: the text.
+    @return: its JSON encoding.
+    """
+    if len(value) >= _PLAIN_TEXT_MIN and value.isascii():
+        raw = value.encode("ascii")
+        if not any(c in raw for c in _ESCAPED):
+            return b"".join((b'"', raw, b'"'))
+    return _escape(value).encode("ascii")
+
+
 def _encode(value: object) -> bytes:
     """
     Compact, ASCII JSON.
@@ -105,7 +133,7 @@ def _encode(value: object) -> bytes:
     if kind is int:
         return int.__repr__(value).encode("ascii")
     if kind is str:
-        return _escape(value).encode("ascii")  # type: ignore[arg-type]
+        return _text(value)  # type: ignore[arg-type]
     if value is None:
         return b"null"
     if _iterencode is None:  # pragma: no cover
@@ -353,7 +381,7 @@ def encode_go_response(
     if error is not None:
         return b'{"id":' + id + b',"result":null,"error":' + _encode(error) + b"}\n"
     body = b"{}" if result is None else _encode(result)
-    return b'{"id":' + id + b',"result":' + body + b',"error":null}\n'
+    return b"".join((b'{"id":', id, b',"result":', body, b',"error":null}\n'))
 
 
 def encode_go_request(seq: int, method: str, param: object) -> bytes:
@@ -625,7 +653,7 @@ def encode_result(id: Id, result: object) -> bytes:
         L{INTERNAL_ERROR} instead).
     @raise ValueError: C{result} holds a NaN or infinite float.
     """
-    return b'{"jsonrpc":"2.0","result":' + _encode(result) + b',"id":' + _encode(id) + b"}"
+    return b"".join((b'{"jsonrpc":"2.0","result":', _encode(result), b',"id":', _encode(id), b"}"))
 
 
 def encode_error(id: Id, error: JSONRPCError) -> bytes:
