@@ -57,6 +57,7 @@ class Args(enum.Enum):
 _NOT_AWAITABLE = frozenset({int, str, float, bool, bytes, type(None), list, dict, tuple})
 _VALUE = Args.VALUE
 _UNARY = Kind.UNARY
+_NONE_CANCELLED: frozenset[Any] = frozenset()
 
 
 class Dispatcher:
@@ -83,7 +84,9 @@ class Dispatcher:
         self.clock = clock
         self.max_running = max_running
         self.running: dict[Any, Deferred] = {}
-        self._cancelled: set[Any] = set()
+        # Calls whose deadline expired: the shared empty frozenset until the
+        # first expiry (an idle connection holds no set of its own).
+        self._cancelled: set[Any] | frozenset[Any] = _NONE_CANCELLED
         self._counts = session.registry.call_counts
         self._methods: dict[str, BoundMethod] = {}
         self._plain: dict[str, frozenset[type]] = {}
@@ -420,8 +423,10 @@ class Dispatcher:
                 timer.cancel()
             # Forgotten however the handler ends: one that swallows its
             # cancellation must not leave its mark behind.
-            expired = ("deadline", key) in self._cancelled
-            self._cancelled.discard(("deadline", key))
+            cancelled = self._cancelled
+            expired = ("deadline", key) in cancelled
+            if expired:
+                cancelled.discard(("deadline", key))  # type: ignore[union-attr]
             if isinstance(outcome, Failure):
                 return self._failed(name, expired, timeout, outcome)
             return self._convert(name, method, outcome)
@@ -430,7 +435,9 @@ class Dispatcher:
         return d
 
     def _expire(self, key: Any, d: Deferred) -> None:
-        self._cancelled.add(("deadline", key))
+        if self._cancelled is _NONE_CANCELLED:
+            self._cancelled = set()
+        self._cancelled.add(("deadline", key))  # type: ignore[union-attr]
         d.cancel()
 
     def _failed(self, name: str, expired: bool, timeout: float | None, failure: Failure) -> None:
