@@ -506,3 +506,29 @@ class ThrottleTests(SynchronousTestCase):
         throttle.reading_ended = True
         throttle.resumeProducing()
         self.assertEqual(transport.producerState, "paused")
+
+
+class HeldReadTests(SynchronousTestCase):
+    """
+    The bytes an unfinished native frame holds are sized to what the reads
+    brought, not to the reads' buffers.
+    """
+
+    def test_small_reads_copied(self) -> None:
+        """A read shorter than a socket buffer is kept as a copy of its own size; a full one as it came; the frame decodes whole."""
+        reader = FrameReader(max_frame=1 << 20)
+        payload = b"x" * 200_000
+        body = b"\x92\x01\xc6" + len(payload).to_bytes(4, "big") + payload
+        stream = pack_length(len(body)) + body
+        small, large, rest = stream[:1000], stream[1000:1000 + 64 * 1024], stream[1000 + 64 * 1024:]
+        self.assertEqual(reader.split(small), ([], None))
+        self.assertEqual(reader.split(large), ([], None))
+        held = reader._chunks
+        self.assertIsNot(held[0], small)
+        self.assertEqual(held[0], small)
+        self.assertIs(held[1], large)
+        self.assertEqual(reader.buffered(), len(small) + len(large))
+        frames, error = reader.split(rest)
+        self.assertIsNone(error)
+        self.assertEqual(frames, [[1, payload]])
+        self.assertEqual(reader.buffered(), 0)

@@ -29,6 +29,25 @@ DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 
 _COPY_BELOW = 4096
 
+_KEEP_WHOLE_ABOVE = 60 * 1024
+"""Bytes kept for an unfinished frame are copied to an object of their own
+size unless the read that brought them was about this large: a socket read
+allocates its whole buffer (64 KiB in Twisted) and shrinks it in place, and
+the freed tail cannot hold the next read's buffer, so a peer that keeps many
+frames unfinished would otherwise cost up to 64 KiB of memory per read
+however few bytes each read brought (about 1.4x what the input budget
+counts, measured with 150 connections each trickling a 4 MiB frame)."""
+
+
+def _own(data: bytes) -> bytes:
+    """
+    @return: C{data}, or a copy of it the size of its bytes (see
+        L{_KEEP_WHOLE_ABOVE}).
+    """
+    if len(data) >= _KEEP_WHOLE_ABOVE:
+        return data
+    return bytes(memoryview(data))
+
 _length = struct.Struct(">I")
 pack_length = _length.pack
 unpack_length = _length.unpack_from
@@ -142,7 +161,7 @@ class FrameReader:
         if chunks:
             held = self._held + len(data)
             if held < self._need:
-                chunks.append(data)
+                chunks.append(_own(data))
                 self._held = held
                 return [], None
             chunks.append(data)
@@ -189,7 +208,7 @@ class FrameReader:
             append(body)
         view.release()
         if offset < end_of_data and error is None:
-            rest = buf[offset:]
+            rest = buf[offset:] if offset else _own(buf)
             self._chunks = [rest]
             self._held = len(rest)
             self._need = need
