@@ -110,6 +110,8 @@ def makeService(options: Options) -> IService:
 
     from rpcd.core.quickexit import freeze_at_exit
     freeze_at_exit()
+    from rpcd.core.mallocopts import pin_mmap_threshold
+    pin_mmap_threshold()
     if options.loaded.workers > 1:
         from rpcd.daemon.workers import make_supervisor
         return make_supervisor(options, reactor, read_config)

@@ -244,12 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor as global_reactor
     from twisted.internet.stdio import StandardIO
 
+    from rpcd.core.mallocopts import pin_mmap_threshold
     from rpcd.core.quickexit import freeze_at_exit
     from rpcd.daemon import make_service
     from rpcd.daemon.reload import ReloadService
     from rpcd.daemon.tap import second_signal_stops
 
     freeze_at_exit()
+    pin_mmap_threshold()
     reactor: Any = global_reactor
     options = parse_args(sys.argv[1:] if argv is None else argv)
 
