@@ -200,12 +200,8 @@ class ClientGoawayTests(SynchronousTestCase):
 
     def test_client_retries_call_above_last_id(self) -> None:
         """A call the server did not read before its GOAWAY is sent again on the new connection."""
-        clock = Clock()
-        old_waiter, new_waiter = Waiter(), Waiter()
-        old = MemoryConnection([old_waiter], clock=clock)
-        new = MemoryConnection([new_waiter], clock=clock)
+        old_waiter, new_waiter, old, new = _redialling()
         client = old.client
-        client.redial = lambda: succeed(new.channel)
         kept = client.call("Waiter.Wait", 1)
         old.flush()
         retried = client.call("Waiter.Wait", 2)  # written, not yet read by the server
@@ -219,12 +215,8 @@ class ClientGoawayTests(SynchronousTestCase):
 
     def test_cancel_a_call_sent_again_cancels_it_on_the_new_connection(self) -> None:
         """Cancelling a call that was sent again after a GOAWAY cancels it on the new connection."""
-        clock = Clock()
-        old_waiter, new_waiter = Waiter(), Waiter()
-        old = MemoryConnection([old_waiter], clock=clock)
-        new = MemoryConnection([new_waiter], clock=clock)
+        old_waiter, new_waiter, old, new = _redialling()
         client = old.client
-        client.redial = lambda: succeed(new.channel)
         retried = client.call("Waiter.Wait", 1)
         old.channel.dataReceived(encode_frame([GOAWAY, 0, 0, "draining"]))
         new.flush()
@@ -256,6 +248,19 @@ class ClientGoawayTests(SynchronousTestCase):
         conn.channel.dataReceived(encode_frame([GOAWAY, 0, 0, "draining"]))
         failure = self.failureResultOf(conn.client.call("Waiter.Wait", 1), Unavailable)
         self.assertIn("went away (draining) and reconnecting failed", failure.value.message)
+
+
+def _redialling() -> tuple[Waiter, Waiter, MemoryConnection, MemoryConnection]:
+    """
+    @return: two waiters and two connections on one clock, the old one's
+        client redialling to the new one.
+    """
+    clock = Clock()
+    old_waiter, new_waiter = Waiter(), Waiter()
+    old = MemoryConnection([old_waiter], clock=clock)
+    new = MemoryConnection([new_waiter], clock=clock)
+    old.client.redial = lambda: succeed(new.channel)
+    return old_waiter, new_waiter, old, new
 
 
 def _failed(error: Exception) -> Deferred:

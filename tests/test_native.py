@@ -264,15 +264,6 @@ class ClientServerTests(SynchronousTestCase):
         self.assertIn("Waiter.Wait did not answer within 1 s", f.value.message)
         self.assertEqual(self.waiter.cancelled, 1)
 
-    def test_cancel_deferred(self) -> None:
-        """Cancelling the caller's Deferred cancels the call on the server."""
-        d = self.conn.client.call("Waiter.Wait", 1)
-        self.conn.flush()
-        d.cancel()
-        self.conn.flush()
-        self.failureResultOf(d, CancelledError)
-        self.assertEqual(self.waiter.cancelled, 1)
-
     def test_connection_lost_fails_all(self) -> None:
         """A lost connection fails every pending call at once with ConnectionLost."""
         calls = [self.conn.client.Waiter.Wait(i) for i in range(5)]
