@@ -12,6 +12,7 @@ import sys
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from rpcd.core.mallocopts import pin_mmap_threshold
+from tests.daemon import ROOT, environment
 
 
 def _glibc() -> bool:
@@ -47,7 +48,7 @@ class PinTests(SynchronousTestCase):
         freed = {}
         for mode in ("pin", "default"):
             done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                  timeout=120)
+                                  cwd=str(ROOT), env=environment(), timeout=120)
             self.assertEqual(done.returncode, 0, done.stderr)
             freed[mode] = int(done.stdout.strip())
         self.assertGreater(freed["pin"], 48 << 20, freed)
