@@ -561,7 +561,13 @@ class _SupervisorSignals(Service):
         reopen_log_files()
         self.supervisor.reload(self.read, self.config)
 
-    def stopService(self) -> Any:
+    def stopping(self) -> None:
+        """
+        The daemon has begun to stop (the workers drain): from now on a
+        second SIGTERM or SIGINT is sent on to the workers, and the exit is
+        a clean one.  Called before the workers are waited for, as the
+        second signal is for when they take too long.
+        """
         if getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None  # a drain is a clean stop
 
@@ -569,7 +575,6 @@ class _SupervisorSignals(Service):
             self.reactor.callFromThread(self.supervisor.signal_all, signal.SIGTERM)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, again)
-        return super().stopService()
 
 
 class _Owner(Service):
@@ -641,16 +646,20 @@ class _SupervisorTop(MultiService):
     drain first, then the children stop.
     """
 
-    def __init__(self, supervisor: WorkerSupervisor, listeners: SharedListeners) -> None:
+    def __init__(self, supervisor: WorkerSupervisor, listeners: SharedListeners,
+                 signals: _SupervisorSignals) -> None:
         super().__init__()
         self.supervisor = supervisor
         self.listeners = listeners
+        self.signals = signals
+        signals.setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
         self.supervisor.startService()
 
     def stopService(self) -> Deferred[Any]:
+        self.signals.stopping()
         log.info("draining: stopped listening on {n} endpoint(s)", n=len(self.listeners.ports))
         self.listeners.stopService()
         d = self.supervisor.stopService()
@@ -709,13 +718,12 @@ def make_supervisor(options: Any, reactor: Any,
             channel.close()
 
     supervisor = WorkerSupervisor(config.workers, spawn, reactor, on_ready=ready, on_gone=gone)
-    top = _SupervisorTop(supervisor, listeners)
     def read() -> Config:
         from rpcd.daemon import resolve_services
         new = read_config(options)
         resolve_services(new, options["service"])  # an unknown service is refused here, once
         return new
-    _SupervisorSignals(supervisor, read, config, reactor).setServiceParent(top)
+    top = _SupervisorTop(supervisor, listeners, _SupervisorSignals(supervisor, read, config, reactor))
     if owner is not None:
         owner.setServiceParent(top)
     listeners.setServiceParent(top)
