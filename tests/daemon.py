@@ -14,8 +14,13 @@ lingers) in the test's cleanup.
     await daemon.wait_for_log(r"closing .*: idle", after=mark, timeout=10)
     daemon.pid, daemon.ports, daemon.addresses, daemon.rss_kib(), daemon.open_fds()
 
-Tests that only call a daemon share one (each daemon costs about a second of
-CPU to start): C{Daemon.shared(self, ...)} starts it on the first request for
+Daemons are forked from a server that has imported their modules
+(L{tests.forking}), the same C{twistd} entry point in a process of its own at
+a tenth of an interpreter start's cost; C{fork=False} (or
+C{RPCD_TESTS_EXEC=1} for the whole run) starts a new interpreter instead.
+
+Tests that only call a daemon share one (even forked, a daemon costs CPU to
+start and stop): C{Daemon.shared(self, ...)} starts it on the first request for
 these arguments and reuses it until the test process exits; such a test must
 leave it as it found it, and reads the log from its own mark.
 
@@ -26,7 +31,6 @@ leave it as it found it, and reads the log from its own mark.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import hashlib
 import os
 import re
@@ -46,9 +50,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.cache import cache_dir
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.forking import ROOT as ROOT, environment as environment
+from tests.forking import die_with_parent, exit_reason, fork_daemon, fork_twistd, read_line, server_path
 LISTENING = re.compile(r"rpcd listening on (\S+?)(?::(\d+))? \(")
 
 # Runs twistd with RLIMIT_NOFILE lowered to argv[1] (for fd-exhaustion tests).
@@ -153,7 +156,7 @@ class _SharedProcess:
         self.directory = tempfile.mkdtemp(prefix="rpcd-shared-")
         self.popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=self.directory, env={**environment(), **(env or {})}, preexec_fn=_die_with_parent)
+            cwd=self.directory, env={**environment(), **(env or {})}, preexec_fn=die_with_parent)
         self.pid = self.popen.pid
         self.output = output
         threading.Thread(target=self._read, name=f"rpcd shared daemon {self.pid}",
@@ -187,16 +190,58 @@ class _SharedProcess:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: the kernel sends it SIGKILL when the
-    # test process dies, however it dies (an interrupted or killed run).
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+class _SharedForkedDaemon:
+    """
+    A shared daemon forked by the fork server (L{tests.forking}), read by a
+    thread as L{_SharedProcess} is: its output, then its exit status.
+    """
+
+    def __init__(self, argv: list[str], output: _Output) -> None:
+        self.directory = tempfile.mkdtemp(prefix="rpcd-shared-")
+        self.output = output
+        self.exited = threading.Event()
+        self.pid, self._out, self._status = fork_twistd(
+            _SHARED_FORK_PATH[0], argv, environment(), self.directory)
+        threading.Thread(target=self._read, name=f"rpcd shared daemon {self.pid}",
+                         daemon=True).start()
+
+    def _read(self) -> None:
+        with open(self._out, "rb", buffering=0) as stream:
+            while chunk := stream.read(65536):
+                reactor.callFromThread(self.output.outReceived, chunk)
+        with self._status:
+            reason = exit_reason(read_line(self._status))
+        self.exited.set()
+        reactor.callFromThread(self.output.processEnded, reason)
+
+    def signalProcess(self, signal_number: int) -> None:
+        if not self.exited.is_set():
+            os.kill(self.pid, signal_number)  # (shared daemons are signalled only here)
+
+    def kill(self) -> None:
+        """
+        Stop the daemon (SIGTERM, then SIGKILL after 5 s) and remove its
+        directory.
+        """
+        if not self.exited.is_set():
+            self.signalProcess(signal.SIGTERM)
+            if not self.exited.wait(5):
+                self.signalProcess(signal.SIGKILL)
+                self.exited.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# The fork server's socket, for the shared daemons (set before they start).
+_SHARED_FORK_PATH: list[str] = []
 
 
 def _start_shared(cls: type[Daemon], args: tuple[str, ...]) -> Daemon:
     output = _Output()
-    process = _SharedProcess(_daemon_argv(args), output)
+    process: _SharedProcess | _SharedForkedDaemon
+    if _SHARED_FORK_PATH:
+        process = _SharedForkedDaemon(["-n", "--pidfile=", "rpcd", *args], output)
+    else:
+        process = _SharedProcess(_daemon_argv(args), output)
     return cls(process, output)
 
 
@@ -259,22 +304,12 @@ def shared_config(text: str) -> str:
 _CONFIGS: str | None = None
 
 
-def environment() -> dict[str, str]:
+def _forking() -> bool:
     """
-    @return: the environment for subprocesses: this one, with the checkout on
-        C{PYTHONPATH} so they import the code under test (and bytecode
-        written to L{tests.cache} where C{PYTHONDONTWRITEBYTECODE} forbids
-        writing it beside the sources).
+    @return: whether daemons are forked from the fork server (not asked
+        otherwise with C{RPCD_TESTS_EXEC=1}).
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    if env.pop("PYTHONDONTWRITEBYTECODE", None):
-        # The checkout stays free of __pycache__ as asked, yet the hundreds of
-        # daemons and commands the tests start do not each compile rpcd again:
-        # their bytecode goes to the tests' cache, outside the checkout.
-        env.setdefault("PYTHONPYCACHEPREFIX", str(cache_dir("pycache")))
-    return env
+    return os.environ.get("RPCD_TESTS_EXEC") != "1"
 
 
 class Daemon:
@@ -317,25 +352,38 @@ class Daemon:
     @classmethod
     async def start(cls, test: TestCase, *args: str, listeners: int = 1,
                     env: dict[str, str] | None = None, cwd: str | None = None,
-                    nofile: int | None = None, timeout: float = 30.0) -> Daemon:
+                    nofile: int | None = None, timeout: float = 30.0,
+                    fork: bool = True) -> Daemon:
         """
         Start the daemon and wait until every endpoint listens.
 
+        It is forked from the tests' fork server (L{tests.forking}: the same
+        C{twistd} entry point and arguments in a process of its own, without
+        an interpreter start and a second of imports), unless C{fork} is
+        false or C{RPCD_TESTS_EXEC=1} is set: then it is a new interpreter,
+        as from a shell.
+
         @param test: the test; the daemon is stopped in its cleanup.
         @param args: arguments after C{twistd -n --pidfile= rpcd}.
-        @param listeners: how many "listening" log lines to wait for.
+        @param listeners: how many "listening" log lines to wait for (0: none;
+            the daemon is returned as soon as it is started).
         @param env: extra environment variables.
         @param cwd: the working directory.
         @param nofile: lower the daemon's RLIMIT_NOFILE (open files) to this.
         @param timeout: seconds to wait for the "listening" lines.
+        @param fork: fork it (the default) rather than start an interpreter.
         @return: the running daemon.
         """
         output = _Output()
-        argv = _daemon_argv(args, nofile)
         full_env = environment()
         full_env.update(env or {})
-        process = reactor.spawnProcess(output, sys.executable, argv, env=full_env,
-                                       path=cwd or temp_dir(test))
+        process: Any
+        if fork and _forking():
+            process = await fork_daemon(output, ["-n", "--pidfile=", "rpcd", *args], full_env,
+                                        cwd or temp_dir(test), nofile)
+        else:
+            process = reactor.spawnProcess(output, sys.executable, _daemon_argv(args, nofile),
+                                           env=full_env, path=cwd or temp_dir(test))
         daemon = cls(process, output)
         test.addCleanup(daemon.stop)
         await daemon._listening(listeners, timeout)
@@ -366,6 +414,10 @@ class Daemon:
         """
         key = (args, listeners)
         entry = _SHARED.get(key)
+        if entry is None or not entry[0].running:
+            if _forking() and not _SHARED_FORK_PATH:
+                _SHARED_FORK_PATH.append(await server_path())
+            entry = _SHARED.get(key)
         if entry is None or not entry[0].running:
             daemon = _start_shared(cls, args)
             # Fires with None once it listens, or with [the failure]: never
@@ -432,7 +484,7 @@ class Daemon:
         @param drain_wait: seconds before the second SIGTERM.
         @return: its exit code (None if it was killed by a signal).
         """
-        if isinstance(self.process, _SharedProcess):
+        if isinstance(self.process, (_SharedProcess, _SharedForkedDaemon)):
             raise AssertionError("a shared daemon is stopped only when the test process exits; "
                                  "use Daemon.start for a daemon the test stops")
         ended = self.output_protocol.ended
