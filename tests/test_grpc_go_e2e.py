@@ -219,8 +219,8 @@ class SeedClientAgainstRPCDTests(TestCase):
     """
     Seed 003's Go client, unchanged, against C{twistd rpcd} over mutual TLS.
 
-    The daemon serves the embedded default's C{HelloWorldService}
-    (L{rpcd.examples.helloworld}); its answers are checked against
+    The daemon serves C{HelloWorldService} (L{rpcd.examples.helloworld},
+    with 10 ms pauses in its streams); its answers are checked against
     L{SEED_CLIENT_OUTPUT}, the seed's Go server's
     (C{tests/go/seeds/003_server}).
     """
