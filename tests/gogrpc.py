@@ -222,7 +222,8 @@ class Seed003Certs:
             "root.pem": f"{server_ca}.pem"})
 
 
-async def start_go_server(test: TestCase, binary: str, cwd: str) -> tuple[int, _Output]:
+async def start_go_server(test: TestCase, binary: str, cwd: str,
+                          pause: str = "10ms") -> tuple[int, _Output]:
     """
     Start a Go gRPC server that logs C{listening on HOST:PORT} (seed 003's
     server, with the line marked "Added"), stopped in the test's cleanup.
@@ -233,9 +234,12 @@ async def start_go_server(test: TestCase, binary: str, cwd: str) -> tuple[int, _
     @param test: the test.
     @param binary: the server's executable.
     @param cwd: its working directory (where its C{certs/} are).
+    @param pause: the seed server's pauses between stream messages (its
+        C{SEED003_PAUSE}, a Go duration; the seed's own is C{1s}).
     @return: the port it listens on, and its output.
     """
-    return await start_listening(test, [binary], cwd, {"GRPC_GO_LOG_SEVERITY_LEVEL": "warning"})
+    return await start_listening(test, [binary], cwd, {"GRPC_GO_LOG_SEVERITY_LEVEL": "warning",
+                                                       "SEED003_PAUSE": pause})
 
 
 async def start_listening(test: TestCase, argv: list[str], cwd: str | None = None,

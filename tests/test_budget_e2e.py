@@ -98,16 +98,16 @@ class SlowMessageTests(TestCase):
 
     async def trickle(self, data: bytes) -> None:
         daemon = await Daemon.start(self, "--config", config(
-            self, "message_timeout = 1.0\nhandshake_timeout = 30.0"), *LOOPBACK)
+            self, "message_timeout = 0.3\nhandshake_timeout = 30.0"), *LOOPBACK)
         peer = await raw(daemon.port)
         mark = len(daemon.output)
         chunks = iter(data[i:i + 1] for i in range(len(data) - 1))  # never the last byte
         loop = LoopingCall(lambda: peer.transport.write(next(chunks, b"")))
         loop.clock = reactor
-        loop.start(0.1)
+        loop.start(0.03)  # about ten bytes within the timeout, and never all of them
         try:
             await daemon.wait_for_log(r"closing 127\.0\.0\.1:\d+: a message was not complete "
-                                      r"within 1 s of its first byte .*limits\.message_timeout",
+                                      r"within 0\.3 s of its first byte .*limits\.message_timeout",
                                       after=mark, timeout=30)
             await bounded(peer.closed, 10)
         finally:

@@ -12,8 +12,10 @@ import socket
 import tempfile
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.test.proto_helpers import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.drain import DaemonService
@@ -439,3 +441,59 @@ class NotifyTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
 
+
+
+class _Recorder(Protocol):
+    """A TLS client's application protocol: keeps what it reads and its loss."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+
+
+class TLSDrainTests(SynchronousTestCase):
+    """Drain over TLS (a real OpenSSL session through iosim)."""
+
+    def test_idle_tls_connection_closes_at_once(self) -> None:
+        """An idle TLS connection is closed when it drains, though its read throttle is a registered producer (Twisted's TLS waits for producers to unregister before it closes)."""
+        from OpenSSL.crypto import PKey, X509
+        from twisted.internet.protocol import ClientFactory
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+        from twisted.test.iosim import FakeTransport, connect
+
+        from rpcd import certs
+        ca = certs.create_ca()
+        issued = certs.issue_server_certificate(ca)
+        options = CertificateOptions(privateKey=PKey.from_cryptography_key(issued.private_key),
+                                     certificate=X509.from_cryptography(issued.certificate))
+        clock = Clock()
+        server, slow = _server(clock)
+        server_factory = TLSMemoryBIOFactory(options, False, server.factory())
+        client_factory = TLSMemoryBIOFactory(CertificateOptions(), True,
+                                             ClientFactory.forProtocol(_Recorder))
+        # Unbuffered TLS transports: the buffering ones flush on the global reactor.
+        server_factory.protocol = client_factory.protocol = TLSMemoryBIOProtocol
+        server_tls = server_factory.buildProtocol(None)
+        client_tls = client_factory.buildProtocol(None)
+        pump = connect(server_tls, FakeTransport(server_tls, isServer=True),
+                       client_tls, FakeTransport(client_tls, isServer=False))
+        client_tls.write(PREFACE + frame(0, 5, "Slow.Wait", 1))
+        pump.flush()
+        slow.waiting[0].callback(10)
+        pump.flush()
+        [sniffer] = server.open_connections
+        self.assertIsNotNone(sniffer.throttle)
+        recorder = client_tls.wrappedProtocol
+        recorder.received = b""
+        gone = sniffer.drain("bye")
+        pump.flush()
+        self.assertEqual(list(FrameReader().feed(recorder.received)), [[GOAWAY, 0, Code.OK, "bye"]])
+        self.assertTrue(recorder.lost)
+        self.successResultOf(gone)

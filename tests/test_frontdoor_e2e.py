@@ -158,6 +158,9 @@ class ServeScriptTests(TestCase):
         stream.transport.signalProcess("INT")
         self.assertEqual(await stream.ended, 130)
         self.assertEqual((stream.out, stream.err), (b"7\n", b""))
+        # Follow never ends, and the daemon keeps answering a connection its
+        # peer half-closed: a drain would wait for it.
+        await script.stop(at_once=True)
 
     async def test_local_encoding_error(self) -> None:
         """rpcd call --codec gob with an empty list fails locally, saying so, exit 2."""

@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rpcd.errors import DeadlineExceeded, RPCError, Unavailable, Unimplemented
 from rpcd.examples.kvstore import KVStoreService
 from rpcd.server import Limits, RPCServer
+from rpcd.core.service import ServiceSpec, describe_service
 from rpcd.service import ServiceRegistry, exposed
 from rpcd.testing import MemoryConnection
 from rpcd.wire import gob
@@ -310,8 +311,15 @@ class ServerProtocolTests(SynchronousTestCase):
 class HostileServerInputTests(SynchronousTestCase):
     """Random and mutated bytes never raise out of L{GobServerProtocol}."""
 
+    # The services' descriptions (reading their methods' hints), made once:
+    # each example's registry builds new instances from them.
+    specs: list[ServiceSpec] = []
+
     def feed(self, chunks: list[bytes]) -> ServerHarness:
-        harness = ServerHarness(Arith(), KVStoreService())
+        if not self.specs:
+            self.specs.extend(describe_service(cls, per_connection=False)
+                              for cls in (Arith, KVStoreService))
+        harness = ServerHarness(*self.specs)
         with capturedLogs():
             for chunk in chunks:
                 harness.protocol.dataReceived(chunk)

@@ -136,15 +136,17 @@ class RPCDClientTests(TestCase):
 
     timeout = 180
 
-    async def seed_server(self, **layout: str) -> tuple[Seed003Certs, int, _Output]:
+    async def seed_server(self, pause: str = "10ms", **layout: str) -> tuple[Seed003Certs, int, _Output]:
         pki = Seed003Certs(Path(temp_dir(self)))
         server = await grpc_go_program(self, "seeds/003_server", SEED_003)
-        port, output = await start_go_server(self, server, pki.server_dir(**layout))
+        port, output = await start_go_server(self, server, pki.server_dir(**layout), pause)
         return pki, port, output
 
     async def test_four_calls(self) -> None:
         """The library makes the seed client's calls and gets the seed server's answers."""
-        pki, port, output = await self.seed_server()
+        # The server logs the chat's greetings only while its handler runs
+        # (three pauses): 300 ms ones leave the greetings time to arrive.
+        pki, port, output = await self.seed_server(pause="300ms")
         client = await connect(seed_endpoint(pki, port), codec="grpc", proto=str(SEED_003.path))
         self.addCleanup(client.close)
         self.assertEqual(await client.HelloWorldService.SayHelloWorld(
@@ -217,8 +219,8 @@ class SeedClientAgainstRPCDTests(TestCase):
     """
     Seed 003's Go client, unchanged, against C{twistd rpcd} over mutual TLS.
 
-    The daemon serves the embedded default's C{HelloWorldService}
-    (L{rpcd.examples.helloworld}); its answers are checked against
+    The daemon serves C{HelloWorldService} (L{rpcd.examples.helloworld},
+    with 10 ms pauses in its streams); its answers are checked against
     L{SEED_CLIENT_OUTPUT}, the seed's Go server's
     (C{tests/go/seeds/003_server}).
     """
@@ -233,7 +235,12 @@ class SeedClientAgainstRPCDTests(TestCase):
         listen = (f"mtls:0:interface=127.0.0.1:certKey={_escape(str(pki.path('server.pem')))}"
                   f":privateKey={_escape(str(pki.path('server.key')))}"
                   f":caCerts={_escape(str(pki.path('ca.pem')))}")
-        daemon = await Daemon.start(self, "--listen", listen, "--service", "HelloWorldService")
+        config = Path(temp_dir(self)) / "rpcd.toml"
+        # The service's pauses between stream messages: 10 ms, not the seed's second.
+        config.write_text('[services.HelloWorldService]\n'
+                          'class = "rpcd.examples.helloworld:HelloWorldService"\n'
+                          '[services.HelloWorldService.options]\ndelay = 0.01\n')
+        daemon = await Daemon.start(self, "--config", str(config), "--listen", listen)
         client = await grpc_go_program(self, "seeds/003_client", SEED_003)
         code, out, err = await run(self, [client, f"localhost:{daemon.port}"], cwd=pki.client_dir())
         lines = log_lines(out + err)

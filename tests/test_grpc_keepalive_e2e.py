@@ -76,7 +76,9 @@ class GrpcKeepaliveTests(TestCase):
         probe = stubs(self, ROOT / "tests" / "grpc_probe.proto", probe_pb2,
                       "grpc_probe_pb2").ProbeStub(channel)
         try:
-            await in_thread(probe.Wait, probe_pb2.Req(text="quiet"), timeout=4)
+            # Six keepalive intervals; unanswered PINGs would close the
+            # connection (UNAVAILABLE) at 1.5 s, half the deadline.
+            await in_thread(probe.Wait, probe_pb2.Req(text="quiet"), timeout=3)
         except grpc.RpcError as e:
             self.assertEqual(e.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         else:

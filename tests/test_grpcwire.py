@@ -33,6 +33,7 @@ from rpcd.examples.protos import hello_world_pb2 as hello
 from rpcd.grpcstd import STANDARD
 from rpcd.limits import Limits
 from rpcd.server import RPCServer
+from rpcd.core.service import ServiceSpec, describe_service
 from rpcd.service import ServiceRegistry
 from rpcd.wire import grpcserver
 from rpcd.wire.grpcmsg import MessageReader, encode_message
@@ -81,6 +82,20 @@ def _text(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in headers}
 
 
+_DESCRIBED: dict[type, ServiceSpec] = {}
+
+
+def _described(cls: type) -> ServiceSpec:
+    """
+    A service class's description, made once (reading its methods' hints
+    is most of what building an L{H2Pair} costs, and the fuzz test builds
+    one per example); the registry builds a new instance from it.
+    """
+    if cls not in _DESCRIBED:
+        _DESCRIBED[cls] = describe_service(cls, per_connection=False)
+    return _DESCRIBED[cls]
+
+
 class H2Pair:
     """
     A GrpcServerProtocol on a StringTransport and an h2 client connection
@@ -92,9 +107,9 @@ class H2Pair:
         registry = ServiceRegistry()
         self.probe = Probe()
         registry.add(self.probe)
-        registry.add(HelloWorldService(delay=1.0, clock=self.clock))
+        registry.add(_described(HelloWorldService), {"delay": 1.0, "clock": self.clock})
         for cls in STANDARD:
-            registry.add(cls(registry))
+            registry.add(_described(cls), {"registry": registry})
         self.server = RPCServer(registry, self.clock, limits)
         self.protocol = GrpcServerProtocol(self.server)
         self.transport = StringTransport()

@@ -188,8 +188,11 @@ class PipelineTests(TestCase):
         self.assertLess(sent, 200_000, "the daemon read every request")
         self.assertLess(grown, 16 * 1024, f"RSS grew {grown} KiB")
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
-        self.addCleanup(client.close)
         self.assertEqual(await client.call("Arith.Multiply", {"A": 2, "B": 5}), 10)
+        await client.close()
+        # The pipelined connection still holds its hour-long Watch (the daemon
+        # stopped reading before the FIN): a drain would wait for it.
+        self.assertEqual(await daemon.stop(at_once=True), 0)
 
     async def test_half_close(self) -> None:
         """Requests sent before a FIN are answered, then the daemon closes."""

@@ -423,11 +423,12 @@ def hostile_inputs(count: int, seed: int = 20261123) -> list[bytes]:
     return out
 
 
-def _flood(port: int, inputs: list[bytes], batch: int = 30, wait: float = 1.0) -> int:
+def _flood(port: int, inputs: list[bytes], batch: int = 300, wait: float = 1.0) -> int:
     """
     Send each input on its own connection, in batches of connections open
     at once; read what comes back until the server closes or C{wait}
-    seconds pass, then close.
+    seconds pass, then close.  (Inputs that stop mid-message keep their
+    connection open for the whole C{wait}: every batch costs that long.)
 
     @return: how many connections the server closed itself.
     """

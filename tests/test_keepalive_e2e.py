@@ -35,6 +35,13 @@ keepalive_max_ping_strikes = 2
 [services.KVStoreService]
 """
 
+# For the tests of peers that never answer: a quarter of a second each, and
+# an idle timeout shorter than keepalive's half second (it must not be what
+# closes a connection whose call is running).
+FAST = (CONFIG.replace("idle_timeout = 1\n", "idle_timeout = 0.25\n")
+        .replace("keepalive_interval = 1\n", "keepalive_interval = 0.25\n")
+        .replace("keepalive_timeout = 1\n", "keepalive_timeout = 0.25\n"))
+
 
 class _Raw(Protocol):
     """A native peer written by hand: sends what it is told, reads frames until GOAWAY."""
@@ -63,9 +70,9 @@ class KeepAliveTests(TestCase):
 
     timeout = 60
 
-    async def start(self) -> Daemon:
+    async def start(self, config: str = CONFIG) -> Daemon:
         path = Path(temp_dir(self)) / "rpcd.toml"
-        path.write_text(CONFIG, "utf-8")
+        path.write_text(config, "utf-8")
         return await Daemon.start(self, "--config", str(path))
 
     async def raw(self, daemon: Daemon) -> _Raw:
@@ -76,11 +83,11 @@ class KeepAliveTests(TestCase):
 
     async def test_vanished_peer(self) -> None:
         """A peer in a Watch long poll that stops reading is closed by keepalive, not by the idle timeout."""
-        daemon = await self.start()
+        daemon = await self.start(FAST)
         peer = await self.raw(daemon)
         peer.transport.write(PREFACE + encode_frame([0, 1, "KVStoreService.Watch", 30]))
         peer.transport.pauseProducing()  # reads nothing more, answers no PING
-        await daemon.wait_for_log(r"closing .*no answer to a PING within 1 s", timeout=30)
+        await daemon.wait_for_log(r"closing .*no answer to a PING within 0.25 s", timeout=30)
         self.assertNotIn("limits.idle_timeout", daemon.output)
         peer.transport.resumeProducing()
         await peer.lost
@@ -136,13 +143,13 @@ class ReverseKeepAliveTests(TestCase):
             return d
         first = next_connection()
         path = Path(temp_dir(self)) / "rpcd.toml"
-        path.write_text(CONFIG.replace('listen = ["tcp:0:interface=127.0.0.1"]',
+        path.write_text(FAST.replace('listen = ["tcp:0:interface=127.0.0.1"]',
                                        f'listen = []\nconnect = ["tcp:127.0.0.1:{port.getHost().port}"]'),
                         "utf-8")
         daemon = await Daemon.start(self, "--config", str(path), listeners=0)
         silent = await first
         self.addCleanup(lambda: [p.transport.abortConnection() for p in factory.connected])  # type: ignore[attr-defined]
         second = next_connection()
-        await daemon.wait_for_log(r"no answer to a PING within 1 s", timeout=30)
+        await daemon.wait_for_log(r"no answer to a PING within 0.25 s", timeout=30)
         again = await second
         self.assertIsNot(again, silent)

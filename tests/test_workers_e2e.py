@@ -171,6 +171,13 @@ class WorkersTests(TestCase):
             if len(received) == 2:
                 break
         story.append(received)
+        # WatchPrefix never ends by itself: cancelled here, its connection
+        # closes at once and the daemon's stop need not wait for it.
+        prefix.cancel()
+        try:
+            await prefix.result()
+        except RPCError as e:
+            story.append(type(e).__name__)
         return story
 
     async def test_kvstore_one_worker(self) -> None:
@@ -222,4 +229,4 @@ class WorkersTests(TestCase):
         self.assertEqual([(await c.Cal.Square(4))["Ans"] for c in clients], [16] * 4)
 
 
-EXPECTED_STORY = [("missing", "not found"), None, "k", "v1", [["k", "v1"], ["k2", "v2"]]]
+EXPECTED_STORY = [("missing", "not found"), None, "k", "v1", [["k", "v1"], ["k2", "v2"]], "Cancelled"]

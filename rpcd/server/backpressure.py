@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -248,6 +248,21 @@ def calls_ended(running: dict[Any, Deferred[Any]]) -> Deferred[None]:
     gathered: Deferred[Any] = DeferredList(waiting)
     gathered.addBoth(lambda _: done.callback(None))
     return done
+
+
+def lose_connection(transport: Any) -> None:
+    """
+    Close a connection once its queued bytes are sent, unregistering the
+    producer on a TLS transport first (the read throttle): Twisted's TLS
+    transport begins its close only once no producer is registered, so an
+    idle TLS connection told to close would stay open until its peer
+    closed it (a drain would wait for C{shutdown_grace}).
+
+    @param transport: the connection's transport (socket or TLS).
+    """
+    if INegotiated.providedBy(transport):
+        cast(IConsumer, transport).unregisterProducer()
+    transport.loseConnection()
 
 
 def take_over_producer(transport: Any, producer: IPushProducer) -> Any:

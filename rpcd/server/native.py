@@ -19,7 +19,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended
+from rpcd.server.backpressure import UNCAPPED, ReadThrottle, calls_ended, lose_connection
 from rpcd.core.dispatch import Dispatcher, error_fields
 from rpcd.core.twistedcompat import direct_writer
 from rpcd.server.replies import unencodable
@@ -140,7 +140,7 @@ class NativeServerProtocol(Protocol):
     def _close_now(self, _: object = None) -> None:
         if self._streams is not None:
             self._streams.flush()
-        self.transport.loseConnection()
+        lose_connection(self.transport)
 
     def _frames_received(self, frames: list[Any], _unused: object = None) -> None:
         """
@@ -298,7 +298,7 @@ class NativeServerProtocol(Protocol):
             self._pings.ping()  # TooManyPings: a GOAWAY
             self.conn.send_pong(event[1])
         elif kind == GOAWAY:
-            self.transport.loseConnection()
+            lose_connection(self.transport)
         elif kind in _STREAM_EVENTS:
             if self._streams is not None:
                 self._streams.event_received(event)
@@ -353,7 +353,7 @@ class NativeServerProtocol(Protocol):
         out = conn.data_to_send()
         if out:
             self.transport.write(out)
-        self.transport.loseConnection()
+        lose_connection(self.transport)
         if dispatcher is not None:
             for d in list(dispatcher.running.values()):
                 d.cancel()
@@ -366,7 +366,7 @@ class NativeServerProtocol(Protocol):
         conn = self.conn
         conn.close(int(code), message)
         self.transport.write(conn.data_to_send())
-        self.transport.loseConnection()
+        lose_connection(self.transport)
 
     def _protocol_error(self, error: ProtocolError) -> None:
         if isinstance(error, TooManyPings):

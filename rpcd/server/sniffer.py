@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rpcd.server.backpressure import ReadThrottle, drop_unsent, set_write_cap
+from rpcd.server.backpressure import ReadThrottle, drop_unsent, lose_connection, set_write_cap
 from rpcd.server.budget import InputGuard
 from rpcd.core.session import describe_address
 from rpcd.server import protocols
@@ -254,7 +254,7 @@ class SniffingProtocol(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
-            self.transport.loseConnection()
+            lose_connection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         received = self._received
@@ -474,7 +474,7 @@ class SniffingProtocol(Protocol):
         inner = self.inner
         ended = getattr(inner, "read_connection_lost", None) if inner is not None else None
         if ended is None:
-            self.transport.loseConnection()
+            lose_connection(self.transport)
         elif self.throttle is not None:
             self.throttle.end_reading(ended)
         else:

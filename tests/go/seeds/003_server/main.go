@@ -8,7 +8,8 @@
 // its SayHelloWorld method (the seed's earlier article has them; this one
 // does not show them), both marked "Added".
 // Changed: the listening address (the seed's ":8080"): 127.0.0.1, port from
-// the OS, printed for the test to read.
+// the OS, printed for the test to read; the streams' one-second pauses are
+// SEED003_PAUSE (a Go duration) when it is set, so that tests need not wait.
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"io/ioutil"
 	"log"
 	"net"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -35,6 +37,16 @@ func (s *SayHelloServer) SayHelloWorld(ctx context.Context, in *pb.HelloWorldReq
 	log.Printf("Client Greeting:%s", in.Greeting)
 	log.Printf("Client Info:%v", in.Infos)
 	return &pb.HelloWorldResponse{Reply: "Hello World !!"}, nil
+}
+
+// Added: the streams' pause (the seed's 1 * time.Second), SEED003_PAUSE if set.
+var pause = 1 * time.Second
+
+// Added: reads SEED003_PAUSE.
+func init() {
+	if p, err := time.ParseDuration(os.Getenv("SEED003_PAUSE")); err == nil {
+		pause = p
+	}
 }
 
 func main() {
@@ -75,11 +87,11 @@ func (s *SayHelloServer) ListHello(in *pb.HelloWorldRequest, stream pb.HelloWorl
     log.Printf("Client Say: %v", in.Greeting)
     // 返回多条数据
     stream.Send(&pb.HelloWorldResponse{Reply: "ListHello Reply " + in.Greeting + " 1"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     stream.Send(&pb.HelloWorldResponse{Reply: "ListHello Reply " + in.Greeting + " 2"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     stream.Send(&pb.HelloWorldResponse{Reply: "ListHello Reply " + in.Greeting + " 3"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     return nil
 }
 // 客户端流式 RPC, 客户端流式请求,服务器可返回一次
@@ -115,10 +127,10 @@ func (s *SayHelloServer) SayHelloChat(stream pb.HelloWorldService_SayHelloChatSe
     }()
     // 向客户端写入多条数据
     stream.Send(&pb.HelloWorldRequest{Greeting: "SayHelloChat Server Say Hello 1"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     stream.Send(&pb.HelloWorldRequest{Greeting: "SayHelloChat Server Say Hello 2"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     stream.Send(&pb.HelloWorldRequest{Greeting: "SayHelloChat Server Say Hello 3"})
-    time.Sleep(1 * time.Second)
+    time.Sleep(pause) // Changed: 1 * time.Second.
     return nil
 }
