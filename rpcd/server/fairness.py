@@ -319,6 +319,9 @@ class TurnTaking:
         turn, or None.
     """
 
+    __slots__ = ("turns", "finish", "last_cost", "in_queue", "backlog", "deliver", "unread",
+                 "_chunk", "_read_end")
+
     paused: bool
     held: list[Any] | None
     transport: Any
