@@ -107,13 +107,16 @@ def _cap_check(limit: int) -> Callable[[Any], bool]:
     @param limit: the cap in bytes.
     @return: C{is_full(sock)}, the same function for the same limit.
     """
-    check = _CAP_CHECKS.get(limit)
-    if check is None:
-        def check(sock: Any) -> bool:
-            return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
-        if len(_CAP_CHECKS) < 64:  # a few limits in a process's life (reloads)
-            _CAP_CHECKS[limit] = check
-    return check
+    known = _CAP_CHECKS.get(limit)
+    if known is not None:
+        return known
+
+    def is_full(sock: Any) -> bool:
+        return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
+
+    if len(_CAP_CHECKS) < 64:  # a few limits in a process's life (reloads)
+        _CAP_CHECKS[limit] = is_full
+    return is_full
 
 
 def drop_unsent(sock: Any) -> None:
@@ -166,9 +169,9 @@ def _direct_send(send_limit: int) -> Callable[[Any, bytes], None]:
     @return: C{send(sock, data)} for L{direct_writer}, the same function
         for the same limit.
     """
-    send = _DIRECT_SENDS.get(send_limit)
-    if send is not None:
-        return send
+    known = _DIRECT_SENDS.get(send_limit)
+    if known is not None:
+        return known
 
     def send(sock: Any, data: bytes) -> None:
         if not sock._tempDataLen and not sock.dataBuffer and sock.connected \

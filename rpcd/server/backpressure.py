@@ -79,8 +79,9 @@ class ReadThrottle(TurnTaking):
     @ivar held_error: what broke the stream after them, or None.
     """
 
-    __slots__ = ("transport", "peer", "paused", "pauses", "limit", "on_drained", "reading_ended",
-                 "held", "held_error", "_running_held", "_socket", "_write_full")
+    # (transport, paused, held and _write_full: TurnTaking's slots.)
+    __slots__ = ("peer", "pauses", "limit", "on_drained", "reading_ended", "held_error",
+                 "_running_held", "_socket")
 
     def __init__(self, transport: Any, peer: str | None = None, limit: int = UNCAPPED) -> None:
         """

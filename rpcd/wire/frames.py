@@ -164,10 +164,10 @@ class FrameReader:
         if chunks:
             held = self._held + len(data)
             if held < self._need:
-                chunks.append(_own(data))  # type: ignore[union-attr]  # a list when not empty
+                chunks.append(_own(data))
                 self._held = held
                 return [], None
-            chunks.append(data)  # type: ignore[union-attr]
+            chunks.append(data)
             buf = b"".join(chunks)
             self._chunks = ()
             self._held = 0
