@@ -539,11 +539,14 @@ class NativeConnection:
             return 0
         data = _packb([RESULT, call_id, value])
         size = len(data)
+        # (Loaded, then called: calling a slot's callable straight off self
+        # takes CPython 3.11's slow method lookup.)
+        append = self._append
         if size < 256:
-            self._append(_PREFIXES[size] + data)
+            append(_PREFIXES[size] + data)
         else:
-            self._append(_length(size))  # not joined: a large body is copied once
-            self._append(data)
+            append(_length(size))  # not joined: a large body is copied once
+            append(data)
         if self._streams:
             self._streams.pop(call_id, None)
         return size
@@ -612,7 +615,8 @@ class NativeConnection:
             # The client's hot path: _queue inline.
             data = _packb([CALL, call_id, method, value])
             size = len(data)
-            self._append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
+            append = self._append  # (see send_result)
+            append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
             return
         options: dict[str, Any] = {}
         if timeout is not None:
