@@ -49,7 +49,7 @@ from rpcd.server.budget import InputGuard
 from rpcd.core.session import describe_address
 from rpcd.server import protocols
 from rpcd.wire import sniff
-from rpcd.core.keepalive import KeepAlive
+from rpcd.core.keepalive import KeepAlive, always
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
@@ -376,8 +376,8 @@ class SniffingProtocol(Protocol):
             if keepalive:
                 assert ping is not None
                 self._keepalive = KeepAlive(self.server.clock, keepalive, limits.keepalive_timeout,
-                                            lambda: self._last_read, ping, self._close_abusive,
-                                            (lambda: self._busy()) if idle else (lambda: True))
+                                            self._last_read_at, ping, self._close_abusive,
+                                            self._busy if idle else always)
                 self._keepalive.start()
         self._received = inner.dataReceived
         throttle = ReadThrottle(self.transport, None, self.server.limits.write_buffer_bytes)
@@ -537,6 +537,12 @@ class SniffingProtocol(Protocol):
         """
         rpcd never shuts down only its write side: nothing to do.
         """
+
+    def _last_read_at(self) -> float:
+        """
+        @return: the clock time of the last read (for the keepalive).
+        """
+        return self._last_read
 
     def _busy(self) -> bool:
         inner = self.inner
