@@ -401,10 +401,10 @@ class SlowMessageTests(SynchronousTestCase):
         native.dataReceived(PREFACE + pack_length(900) + b"\x00" * 600)
         gob, _ = _connect(server, StringTransport())
         gob.dataReceived(GobClientCodec().encode_request(1, "Arith.Multiply", "x" * 500)[:300])
-        self.assertEqual((native.inner.reader.buffered(), gob.inner.codec.buffered > 0), (604, True))
+        self.assertEqual((native.inner.conn.buffered(), gob.inner.codec.buffered > 0), (604, True))
         native.connectionLost(Exception("gone"))
         gob.connectionLost(Exception("gone"))
-        self.assertEqual((native.inner.reader.buffered(), gob.inner.codec.buffered), (0, 0))
+        self.assertEqual((native.inner.conn.buffered(), gob.inner.codec.buffered), (0, 0))
         self.assertEqual(server.input_budget.held, 0)
 
     def test_budget_native(self) -> None:

@@ -185,6 +185,20 @@ class SocketWriteCanaryTests(SynchronousTestCase):
         self.assertEqual(queued_bytes(connection), 11)
         self.assertRaises(BlockingIOError, theirs.recv, 100)
 
+    def test_shared_functions(self) -> None:
+        """direct_writer and cap_send_buffer bind one shared function to each transport (no closure per connection)."""
+        (one, _), (two, _) = _connection(self), _connection(self)
+        send_one, send_two = direct_writer(one), direct_writer(two)
+        assert send_one is not None and send_two is not None
+        self.assertIs(getattr(send_one, "__func__"), getattr(send_two, "__func__"))
+        self.assertIs(getattr(send_one, "__self__"), one)
+        fd_one, fd_two = _descriptor(), _descriptor()
+        cap_send_buffer(fd_one, 100)
+        cap_send_buffer(fd_two, 100)
+        self.assertIs(getattr(fd_one._isSendBufferFull, "__func__"),
+                      getattr(fd_two._isSendBufferFull, "__func__"))
+        self.assertIs(getattr(fd_two._isSendBufferFull, "__self__"), fd_two)
+
     def test_fallbacks(self) -> None:
         """Transports without the internals get None: the cap is not set and writes use transport.write."""
         self.assertIsNone(socket_transport(StringTransport()))

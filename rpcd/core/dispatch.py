@@ -58,6 +58,11 @@ _NOT_AWAITABLE = frozenset({int, str, float, bool, bytes, type(None), list, dict
 _VALUE = Args.VALUE
 _UNARY = Kind.UNARY
 _NONE_CANCELLED: frozenset[Any] = frozenset()
+# What a dispatcher's method tables are until its first lookup: shared by
+# every dispatcher, never written (L{Dispatcher._lookup} replaces them).
+_NO_METHODS: dict[str, Any] = {}
+_NO_PLAIN: dict[str, frozenset[type]] = {}
+_NO_SIMPLE_CALLS: dict[str, Callable[[Any, Any, float | None], Any]] = {}
 
 
 class Dispatcher:
@@ -70,8 +75,13 @@ class Dispatcher:
     @ivar simple_calls: C{Service.Method} to C{call(value, key, timeout)},
         for the methods on the hot path (unary, no access guard, no context
         parameter) once called on this connection: the same as L{call}
-        with that name and one value, minus a lookup.
+        with that name and one value, minus a lookup.  Read it, never
+        write it: until the first lookup it is a table every dispatcher
+        shares.
     """
+
+    __slots__ = ("session", "clock", "max_running", "running", "_cancelled", "_counts",
+                 "_methods", "_plain", "simple_calls", "_interceptors")
 
     def __init__(self, session: Session, clock: IReactorTime, max_running: int = 1000) -> None:
         """
@@ -88,9 +98,12 @@ class Dispatcher:
         # first expiry (an idle connection holds no set of its own).
         self._cancelled: set[Any] | frozenset[Any] = _NONE_CANCELLED
         self._counts = session.registry.call_counts
-        self._methods: dict[str, BoundMethod] = {}
-        self._plain: dict[str, frozenset[type]] = {}
-        self.simple_calls: dict[str, Callable[[Any, Any, float | None], Any]] = {}
+        # The methods looked up, their plain result types, and the hot path
+        # of each simple one: the shared empty tables until the first lookup
+        # (an idle connection holds none of its own).
+        self._methods: dict[str, BoundMethod] = _NO_METHODS
+        self._plain: dict[str, frozenset[type]] = _NO_PLAIN
+        self.simple_calls: dict[str, Callable[[Any, Any, float | None], Any]] = _NO_SIMPLE_CALLS
         # With interceptors, every call goes through rpcd.core.interceptors'
         # chain (and simple_calls stays empty).
         self._interceptors: tuple[Any, ...] = tuple(getattr(session.registry, "interceptors", ()))
@@ -180,10 +193,15 @@ class Dispatcher:
             raise self.session.registry.unknown(name)
         spec = method.spec
         plain = self._passthrough(method)
+        if self._methods is _NO_METHODS:
+            self._methods = {}
+            self._plain = {}
         self._plain[name] = plain
         self._methods[name] = method
         if spec.kind is Kind.UNARY and method.guard is None and spec.context_param is None \
                 and not self._interceptors:
+            if self.simple_calls is _NO_SIMPLE_CALLS:
+                self.simple_calls = {}
             self.simple_calls[name] = self._simple_call(name, method, plain)
         return method
 

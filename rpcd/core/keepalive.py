@@ -24,7 +24,6 @@ connection kind; it takes hours by default and needs no peer cooperation.
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING, Callable
 
 from rpcd.errors import ProtocolError
@@ -32,7 +31,14 @@ from rpcd.errors import ProtocolError
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["KeepAlive", "PingStrikes", "TooManyPings"]
+__all__ = ["KeepAlive", "PingStrikes", "TooManyPings", "always"]
+
+
+def always() -> bool:
+    """
+    @return: True (a L{KeepAlive} whose connection always needs PINGs when quiet).
+    """
+    return True
 
 
 class KeepAlive:
@@ -42,10 +48,13 @@ class KeepAlive:
     @ivar pings_sent: PINGs sent since the start.
     """
 
+    __slots__ = ("clock", "interval", "timeout", "last_read", "ping", "expired", "needed",
+                 "pings_sent", "_ping_at", "_timer")
+
     def __init__(self, clock: IReactorTime, interval: float, timeout: float,
                  last_read: Callable[[], float], ping: Callable[[int], None],
                  expired: Callable[[str], None],
-                 needed: Callable[[], bool] = lambda: True) -> None:
+                 needed: Callable[[], bool] = always) -> None:
         """
         @param clock: the reactor's clock.
         @param interval: seconds of quiet before a PING (C{keepalive_interval}).
@@ -69,7 +78,6 @@ class KeepAlive:
         self.pings_sent = 0
         self._ping_at: float | None = None
         self._timer: IDelayedCall | None = None
-        self._opaque = itertools.count(1)
 
     def start(self) -> None:
         """
@@ -106,7 +114,7 @@ class KeepAlive:
         elif quiet >= self.interval:
             self._ping_at = now
             self.pings_sent += 1
-            self.ping(next(self._opaque))
+            self.ping(self.pings_sent)  # the opaque value: 1, 2, ...
             self._timer = self.clock.callLater(self.timeout if self.timeout > 0 else self.interval,
                                                self._check)
         else:

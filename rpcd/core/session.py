@@ -32,8 +32,12 @@ class Session:
     @ivar protocol: the wire protocol name (C{native}, C{gob}, C{jsonrpc}, ...).
     @ivar tls_identity: the peer's verified certificate identity, or None.
     @ivar user: the logged-in user, or None.
-    @ivar data: free space for services to keep per-connection state.
+    @ivar data: free space for services to keep per-connection state
+        (made on first use).
     """
+
+    __slots__ = ("registry", "peer", "peer_host", "protocol", "tls_identity", "user",
+                 "closed", "_data", "_authenticator", "_bound", "_on_close", "_login_running")
 
     def __init__(self, registry: ServiceRegistry, peer: str, peer_host: str,
                  authenticator: Any = None, tls_identity: Any = None,
@@ -53,12 +57,23 @@ class Session:
         self.protocol = protocol
         self.tls_identity = tls_identity
         self.user: str | None = None
-        self.data: dict[str, Any] = {}
+        # Made on first use: most connections never need them.
+        self._data: dict[str, Any] | None = None
         self._authenticator = authenticator
         self._bound: dict[str, BoundMethod] | None = None
-        self._on_close: list[Callable[[], None]] = []
+        self._on_close: list[Callable[[], None]] | None = None
         self._login_running = False
         self.closed = False
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """
+        Free space for services to keep per-connection state.
+        """
+        data = self._data
+        if data is None:
+            data = self._data = {}
+        return data
 
     def lookup(self, name: str) -> BoundMethod | None:
         """
@@ -125,6 +140,8 @@ class Session:
         """
         if self.closed:
             callback()
+        elif self._on_close is None:
+            self._on_close = [callback]
         else:
             self._on_close.append(callback)
 
@@ -136,8 +153,8 @@ class Session:
             return
         self.closed = True
         self.user = None
-        callbacks, self._on_close = self._on_close, []
-        for callback in callbacks:
+        callbacks, self._on_close = self._on_close, None
+        for callback in callbacks or ():
             try:
                 callback()
             except Exception:

@@ -20,6 +20,7 @@ level filter, log reopening and the faster text log are skipped.
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -88,13 +89,34 @@ def cap_send_buffer(sock: Any, limit: int) -> None:
     replaces C{_isSendBufferFull} on this one transport: the one method
     rpcd still sets on an instance, here, with its canary.
 
+    The check is one function per distinct C{limit}, shared by every
+    connection, bound to the transport (a bound method: 64 bytes per
+    connection, where a closure over it cost 288).
+
     @param sock: a transport from L{socket_transport}.
     @param limit: the cap in bytes.
     """
-    def is_full() -> bool:
+    sock._isSendBufferFull = MethodType(_cap_check(limit), sock)
+
+
+_CAP_CHECKS: dict[int, Callable[[Any], bool]] = {}
+
+
+def _cap_check(limit: int) -> Callable[[Any], bool]:
+    """
+    @param limit: the cap in bytes.
+    @return: C{is_full(sock)}, the same function for the same limit.
+    """
+    known = _CAP_CHECKS.get(limit)
+    if known is not None:
+        return known
+
+    def is_full(sock: Any) -> bool:
         return (len(sock.dataBuffer) - sock.offset + sock._tempDataLen) > limit
 
-    sock._isSendBufferFull = is_full
+    if len(_CAP_CHECKS) < 64:  # a few limits in a process's life (reloads)
+        _CAP_CHECKS[limit] = is_full
+    return is_full
 
 
 def drop_unsent(sock: Any) -> None:
@@ -124,6 +146,10 @@ def direct_writer(transport: Any) -> Callable[[bytes], None] | None:
     them would be queued anyway, after a copy) go through
     C{transport.write}.
 
+    The write is a function shared by every connection (one per distinct
+    C{SEND_LIMIT}) bound to the transport: 64 bytes per connection, where
+    a closure over it cost 400.
+
     @param transport: a protocol's transport.
     @return: the write, or None for a transport that is not a Twisted
         socket C{Connection} with the internals it needs (then use
@@ -131,11 +157,23 @@ def direct_writer(transport: Any) -> Callable[[bytes], None] | None:
     """
     if not isinstance(transport, Connection) or socket_transport(transport) is None:
         return None
-    sock = transport
-    write = transport.write
-    send_limit = sock.SEND_LIMIT
+    return MethodType(_direct_send(transport.SEND_LIMIT), transport)
 
-    def send(data: bytes) -> None:
+
+_DIRECT_SENDS: dict[int, Callable[[Any, bytes], None]] = {}
+
+
+def _direct_send(send_limit: int) -> Callable[[Any, bytes], None]:
+    """
+    @param send_limit: the transport's C{SEND_LIMIT}.
+    @return: C{send(sock, data)} for L{direct_writer}, the same function
+        for the same limit.
+    """
+    known = _DIRECT_SENDS.get(send_limit)
+    if known is not None:
+        return known
+
+    def send(sock: Any, data: bytes) -> None:
         if not sock._tempDataLen and not sock.dataBuffer and sock.connected \
                 and not sock.disconnecting and len(data) <= send_limit:
             sent = sock.writeSomeData(data)
@@ -145,8 +183,10 @@ def direct_writer(transport: Any) -> Callable[[bytes], None] | None:
                 data = data[sent:]
             # else the connection is lost: transport.write drops the bytes
             # or queues them for the doWrite that finds out.
-        write(data)
+        sock.write(data)
 
+    if len(_DIRECT_SENDS) < 64:
+        _DIRECT_SENDS[send_limit] = send
     return send
 
 

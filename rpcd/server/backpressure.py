@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rpcd.core.session import describe_address
 from rpcd.server.fairness import TurnTaking
 from rpcd.core import twistedcompat
 from rpcd.core.twistedcompat import queued_bytes, socket_transport
@@ -78,10 +79,15 @@ class ReadThrottle(TurnTaking):
     @ivar held_error: what broke the stream after them, or None.
     """
 
-    def __init__(self, transport: Any, peer: str, limit: int = UNCAPPED) -> None:
+    # (transport, paused, held and _write_full: TurnTaking's slots.)
+    __slots__ = ("peer", "pauses", "limit", "on_drained", "reading_ended", "held_error",
+                 "_running_held", "_socket")
+
+    def __init__(self, transport: Any, peer: str | None = None, limit: int = UNCAPPED) -> None:
         """
         @param transport: the connection's transport.
-        @param peer: the peer's address text, for the log.
+        @param peer: the peer's address text, for the log; None to describe
+            the transport's peer when the log needs it.
         @param limit: the cap in bytes.
         """
         self.transport = transport
@@ -160,8 +166,11 @@ class ReadThrottle(TurnTaking):
         self._write_full = True
         self.pauses += 1
         if self.pauses == 1:
+            peer = self.peer
+            if peer is None:
+                peer = describe_address(self.transport.getPeer())[0]
             log.info("{peer} is not reading its replies: no more of its requests are read "
-                     "or started until they drain (limits.write_buffer_bytes)", peer=self.peer)
+                     "or started until they drain (limits.write_buffer_bytes)", peer=peer)
         if not self.paused:
             self.paused = True
             self.transport.pauseProducing()

@@ -17,7 +17,7 @@ limits keep that bounded whatever peers do:
 A wire protocol reports after each read through its connection's
 L{InputGuard}::
 
-    if not self.input_guard.update(self.reader.buffered(), completed=bool(frames)):
+    if not self.input_guard.update(self.conn.buffered(), completed=bool(frames)):
         return  # the connection is being closed
 
 (C{RPCServer.input_guard} makes one; the sniffer hands one to each wire
@@ -80,6 +80,8 @@ class InputGuard:
 
     @ivar held: bytes this connection holds in an unfinished message.
     """
+
+    __slots__ = ("budget", "clock", "timeout", "close", "held", "_since", "_timer", "_stopped")
 
     def __init__(self, budget: InputBudget, clock: IReactorTime, timeout: float,
                  close: Callable[[str], None]) -> None:

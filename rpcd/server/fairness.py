@@ -319,6 +319,11 @@ class TurnTaking:
         turn, or None.
     """
 
+    # paused, held, transport and _write_full are the using class's, set
+    # by its __init__.
+    __slots__ = ("turns", "finish", "last_cost", "in_queue", "backlog", "deliver", "unread",
+                 "_chunk", "_read_end", "paused", "held", "transport", "_write_full")
+
     paused: bool
     held: list[Any] | None
     transport: Any

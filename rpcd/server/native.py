@@ -70,7 +70,6 @@ class NativeServerProtocol(Protocol):
         """
         self.server = server
         self.conn = NativeConnection(client_side=False, max_frame=server.limits.max_frame_bytes)
-        self.reader = self.conn  # what rpcd.server.budget reads: buffered() and clear()
         self.dispatcher: Dispatcher | None = None
         self._streams: Any = None
         self._send: Callable[[bytes], None] | None = None  # direct_writer's

@@ -49,7 +49,7 @@ from rpcd.server.budget import InputGuard
 from rpcd.core.session import describe_address
 from rpcd.server import protocols
 from rpcd.wire import sniff
-from rpcd.core.keepalive import KeepAlive
+from rpcd.core.keepalive import KeepAlive, always
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
@@ -102,6 +102,37 @@ def _is_tls_error(error: BaseException | None) -> bool:
     return isinstance(error, (Error, VerificationError))
 
 
+class _Rare:
+    """
+    A connection's state for what most connections never do (close on
+    rpcd's initiative, drain, half-close, age out, have someone wait for
+    them), made the first time one of them happens: an idle connection
+    holds none of it.
+
+    @ivar closing_why: why rpcd closes it, once L{Phase.CLOSING}.
+    @ivar lost_reason: why it was lost, once L{Phase.LOST}.
+    @ivar ready: Deferreds waiting for the hand-over (L{SniffingProtocol.when_ready}).
+    @ivar gone: Deferreds waiting for the end (L{SniffingProtocol.when_gone}).
+    @ivar draining: the reason of a drain asked before the hand-over, or None.
+    @ivar age: the C{max_connection_age} timer, or None.
+    @ivar busy_at: when the idle check last found calls running.
+    @ivar read_ended: the peer shut down its write side.
+    """
+
+    __slots__ = ("closing_why", "lost_reason", "ready", "gone", "draining", "age", "busy_at",
+                 "read_ended")
+
+    def __init__(self) -> None:
+        self.closing_why: str | None = None
+        self.lost_reason: Failure | None = None
+        self.ready: list[Deferred[Protocol]] = []
+        self.gone: list[Deferred[None]] = []
+        self.draining: str | None = None
+        self.age: IDelayedCall | None = None
+        self.busy_at = 0.0
+        self.read_ended = False
+
+
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
 class SniffingProtocol(Protocol):
     """
@@ -112,9 +143,7 @@ class SniffingProtocol(Protocol):
     (noting the time of each read when an idle timeout or keepalive is set).
 
     @ivar phase: where the connection is in its life (L{Phase}).
-    @ivar closing_why: why rpcd closes it, once L{Phase.CLOSING}.
     @ivar inner: the wire protocol, once chosen.
-    @ivar peer: the peer's address text.
     @ivar throttle: the producer that stops reading when the peer does not
         read its replies, or None if the wire protocol registered its own.
     @ivar input_guard: the guard of the wire protocol's unfinished messages
@@ -133,34 +162,55 @@ class SniffingProtocol(Protocol):
         @param dialled: the daemon made this connection (see
             L{RPCServer.factory}).
         """
+        # Every connection lives as long as this object: it holds only what
+        # an idle connection needs (each attribute costs every connection
+        # 8 bytes), the rest in _rare, made on first need.
         self.server = server
         self.protocols = protocols
         self.host = host
         self.dialled = dialled
         self.inner: Protocol | None = None
-        self.peer = "?"
         self.throttle: ReadThrottle | None = None
         self.input_guard: InputGuard | None = None
-        self._read_ended = False
+        self.phase = Phase.SNIFFING
         # After the hand-over: where bytes go (the wire protocol's
         # dataReceived, or _ignore once draining), and the clock whose time
         # each read notes (for the idle timeout and keepalive), if any.
         self._received: Callable[[bytes], None] | None = None
         self._read_clock: Callable[[], float] | None = None
+        self._last_read = 0.0
         self._buffer = b""
         self._deadline: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
-        self._last_read = 0.0
-        self._busy_at = 0.0  # when the idle check last found calls running
         self._keepalive: KeepAlive | None = None
-        self._tls = False
-        self.phase = Phase.SNIFFING
-        self.closing_why: str | None = None
-        self._lost_reason: Failure | None = None
-        self._ready: list[Deferred[Protocol]] = []
-        self._draining: str | None = None
-        self._age: IDelayedCall | None = None
-        self._gone: list[Deferred[None]] = []
+        self._rare: _Rare | None = None
+
+    @property
+    def peer(self) -> str:
+        """
+        The peer's address text (for the log; described when asked).
+        """
+        transport = self.transport
+        if transport is None:
+            return "?"
+        return describe_address(transport.getPeer())[0]
+
+    @property
+    def closing_why(self) -> str | None:
+        """
+        Why rpcd closes the connection, once L{Phase.CLOSING}.
+        """
+        rare = self._rare
+        return None if rare is None else rare.closing_why
+
+    def _more(self) -> _Rare:
+        """
+        @return: the connection's rarer state, made now if need be.
+        """
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
 
     def when_ready(self) -> Deferred[Protocol]:
         """
@@ -169,12 +219,13 @@ class SniffingProtocol(Protocol):
             the reason the connection was lost first.
         """
         d: Deferred[Protocol] = Deferred()
+        rare = self._more()
         if self.inner is not None:
             d.callback(self.inner)
-        elif self._lost_reason is not None:
-            d.errback(self._lost_reason)
+        elif rare.lost_reason is not None:
+            d.errback(rare.lost_reason)
         else:
-            self._ready.append(d)
+            rare.ready.append(d)
         return d
 
     def _enter(self, phase: Phase) -> bool:
@@ -190,7 +241,6 @@ class SniffingProtocol(Protocol):
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         set_keepalive(self.transport)
-        self.peer = describe_address(self.transport.getPeer())[0]
         self.server.caps.opened(self.host)
         self.server.open_connections.add(self)
         self.start_deadline()
@@ -198,9 +248,8 @@ class SniffingProtocol(Protocol):
         if age and not self.dialled:
             # Up to 10% less, so that connections made together go apart.
             age *= 1 - 0.1 * self.server.jitter()
-            self._age = self.server.clock.callLater(age, self._aged)
-        self._tls = INegotiated.providedBy(self.transport)
-        if self._tls:
+            self._more().age = self.server.clock.callLater(age, self._aged)
+        if INegotiated.providedBy(self.transport):
             self.phase = Phase.HANDSHAKE  # the first phase of a TLS connection
         elif len(self.protocols) == 1:
             self._hand_over(next(iter(self.protocols)))
@@ -249,7 +298,7 @@ class SniffingProtocol(Protocol):
     def _close(self, why: str, abort: bool = False) -> None:
         if not self._enter(Phase.CLOSING):
             return  # lost already
-        self.closing_why = why
+        self._more().closing_why = why
         log.info("closing {peer}: {why}", peer=self.peer, why=why)
         if abort:
             self.transport.abortConnection()
@@ -327,11 +376,11 @@ class SniffingProtocol(Protocol):
             if keepalive:
                 assert ping is not None
                 self._keepalive = KeepAlive(self.server.clock, keepalive, limits.keepalive_timeout,
-                                            lambda: self._last_read, ping, self._close_abusive,
-                                            (lambda: self._busy()) if idle else (lambda: True))
+                                            self._last_read_at, ping, self._close_abusive,
+                                            self._busy if idle else always)
                 self._keepalive.start()
         self._received = inner.dataReceived
-        throttle = ReadThrottle(self.transport, self.peer, self.server.limits.write_buffer_bytes)
+        throttle = ReadThrottle(self.transport, None, self.server.limits.write_buffer_bytes)
         throttle.turns = self.server.turns
         if hasattr(inner, "throttle"):
             inner.throttle = throttle
@@ -345,16 +394,18 @@ class SniffingProtocol(Protocol):
             # Reads take turns (rpcd.server.fairness): they go through the throttle.
             throttle.deliver = inner.dataReceived
             self._received = throttle.received
-        ready, self._ready = self._ready, []
-        for d in ready:
-            d.callback(inner)
+        rare = self._rare
+        if rare is not None and rare.ready:
+            ready, rare.ready = rare.ready, []
+            for d in ready:
+                d.callback(inner)
         if buffered and self.phase is not Phase.LOST:
             if throttle.deliver is not None:
                 throttle.received(buffered)
             else:
                 inner.dataReceived(buffered)
-        if self._draining is not None and self.phase is not Phase.LOST:
-            why, self._draining = self._draining, None
+        if rare is not None and rare.draining is not None and self.phase is not Phase.LOST:
+            why, rare.draining = rare.draining, None
             self.drain(why)
 
     def drain(self, why: str) -> Deferred[None]:
@@ -369,13 +420,14 @@ class SniffingProtocol(Protocol):
         @return: a Deferred firing with None once the connection is closed.
         """
         gone = self.when_gone()
-        if self.phase is Phase.LOST or self._draining is not None:
+        rare = self._more()
+        if self.phase is Phase.LOST or rare.draining is not None:
             return gone
-        self._draining = why
+        rare.draining = why
         inner = self.inner
         if inner is None:
             if self.phase is Phase.HANDSHAKE:
-                self._draining = why  # handed over (and drained) after the handshake
+                rare.draining = why  # handed over (and drained) after the handshake
             else:
                 self._close(why)
             return gone
@@ -425,11 +477,11 @@ class SniffingProtocol(Protocol):
         if self.phase is Phase.LOST:
             d.callback(None)
         else:
-            self._gone.append(d)
+            self._more().gone.append(d)
         return d
 
     def _aged(self) -> None:
-        self._age = None
+        self._more().age = None
         limits = self.server.limits
         why = (f"the connection is {limits.max_connection_age:g} s old "
                "(limits.max_connection_age): reconnect")
@@ -466,9 +518,10 @@ class SniffingProtocol(Protocol):
         (C{read_connection_lost}); before the hand-over, or for a protocol
         that cannot, the connection closes once its queued bytes are sent.
         """
-        if self._read_ended or self.phase is Phase.LOST:
+        rare = self._more()
+        if rare.read_ended or self.phase is Phase.LOST:
             return
-        self._read_ended = True
+        rare.read_ended = True
         if self.throttle is not None:
             self.throttle.reading_ended = True
         inner = self.inner
@@ -485,6 +538,12 @@ class SniffingProtocol(Protocol):
         rpcd never shuts down only its write side: nothing to do.
         """
 
+    def _last_read_at(self) -> float:
+        """
+        @return: the clock time of the last read (for the keepalive).
+        """
+        return self._last_read
+
     def _busy(self) -> bool:
         inner = self.inner
         busy = getattr(inner, "busy", None)
@@ -497,9 +556,12 @@ class SniffingProtocol(Protocol):
         self._idle = None
         timeout = self.server.limits.idle_timeout
         now = self.server.clock.seconds()
+        busy_at = 0.0
         if self._busy():
-            self._busy_at = now
-        left = max(self._last_read, self._busy_at) + timeout - now
+            busy_at = self._more().busy_at = now
+        elif self._rare is not None:
+            busy_at = self._rare.busy_at
+        left = max(self._last_read, busy_at) + timeout - now
         if left <= 0:
             stuck = self.throttle is not None and self.throttle.paused
             self._close(f"idle for {timeout:g} s (limits.idle_timeout)", abort=stuck)
@@ -509,16 +571,17 @@ class SniffingProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         before = self.phase
         self._enter(Phase.LOST)
-        self._lost_reason = reason
+        rare = self._more()
+        rare.lost_reason = reason
         self.stop_deadline()
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
         if self._keepalive is not None:
             self._keepalive.stop()
-        if self._age is not None and self._age.active():
-            self._age.cancel()
-        self._age = None
+        if rare.age is not None and rare.age.active():
+            rare.age.cancel()
+        rare.age = None
         self.server.caps.closed(self.host)
         self.server.open_connections.discard(self)
         if self.input_guard is not None:
@@ -529,15 +592,15 @@ class SniffingProtocol(Protocol):
         drop_unsent(self.transport)
         if self.inner is not None:
             self.server.forget_preamble(self.inner)
-        if self._tls and before is not Phase.CLOSING and (
+        if before is not Phase.CLOSING and INegotiated.providedBy(self.transport) and (
                 before is Phase.HANDSHAKE or _is_tls_error(reason.value)):
             self._log_tls_failure(reason)
-        ready, self._ready = self._ready, []
+        ready, rare.ready = rare.ready, []
         for d in ready:
             d.errback(reason)
         if self.inner is not None:
             self.inner.connectionLost(reason)
-        gone, self._gone = self._gone, []
+        gone, rare.gone = rare.gone, []
         for g in gone:
             g.callback(None)
 

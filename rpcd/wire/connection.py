@@ -136,6 +136,11 @@ class NoCredit(ValueError):
     """A MESSAGE was sent on a stream the peer has granted no credit for."""
 
 
+_NO_STREAMS: dict[int, StreamCredit] = {}
+"""A connection's streams until it opens one: shared by every connection,
+never written (an idle connection holds no table of its own)."""
+
+
 class NativeConnection:
     """
     The native protocol's state for one connection, either role.
@@ -145,6 +150,9 @@ class NativeConnection:
         nothing more is sent or read.
     @ivar drain_last: the C{last_id} of the graceful GOAWAY sent, or None.
     """
+
+    __slots__ = ("client_side", "closed", "drain_last", "_reader", "_preface", "_reading", "_out",
+                 "_append", "_streams", "_peer")
 
     def __init__(self, client_side: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         """
@@ -159,7 +167,7 @@ class NativeConnection:
         self._reading = True
         self._out: list[bytes] = []  # emptied, never replaced: _append stays bound to it
         self._append = self._out.append
-        self._streams: dict[int, StreamCredit] = {}
+        self._streams: dict[int, StreamCredit] = _NO_STREAMS  # a dict of its own once written
         self._peer = "server" if client_side else "client"
 
     # Receiving.
@@ -288,6 +296,8 @@ class NativeConnection:
             return
         if options.stream:
             window = DEFAULT_WINDOW if options.window is None else options.window
+            if streams is _NO_STREAMS:
+                streams = self._streams = {}
             streams[call_id] = StreamCredit(window, None)
         events.append([CALL, call_id, method, frame[3], options])
 
@@ -510,7 +520,8 @@ class NativeConnection:
         self._reading = False
         self._reader.clear()
         self._out.clear()
-        self._streams.clear()
+        if self._streams:
+            self._streams.clear()
 
     # Sending, server role.
 
@@ -528,11 +539,14 @@ class NativeConnection:
             return 0
         data = _packb([RESULT, call_id, value])
         size = len(data)
+        # (Loaded, then called: calling a slot's callable straight off self
+        # takes CPython 3.11's slow method lookup.)
+        append = self._append
         if size < 256:
-            self._append(_PREFIXES[size] + data)
+            append(_PREFIXES[size] + data)
         else:
-            self._append(_length(size))  # not joined: a large body is copied once
-            self._append(data)
+            append(_length(size))  # not joined: a large body is copied once
+            append(data)
         if self._streams:
             self._streams.pop(call_id, None)
         return size
@@ -601,7 +615,8 @@ class NativeConnection:
             # The client's hot path: _queue inline.
             data = _packb([CALL, call_id, method, value])
             size = len(data)
-            self._append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
+            append = self._append  # (see send_result)
+            append(_PREFIXES[size] + data if size < 256 else _length(size) + data)
             return
         options: dict[str, Any] = {}
         if timeout is not None:
@@ -627,6 +642,8 @@ class NativeConnection:
         if metadata:
             options["metadata"] = metadata
         self._queue([CALL, call_id, method, value, options])
+        if self._streams is _NO_STREAMS:
+            self._streams = {}
         self._streams[call_id] = StreamCredit(0, ReceiveWindow(window, window))
 
     def send_cancel(self, call_id: int) -> None:

@@ -118,15 +118,18 @@ class FrameReader:
     complete (a large frame costs one copy, not one per read).
     """
 
+    __slots__ = ("max_frame", "_chunks", "_held", "_need")
+
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         """
         @param max_frame: the largest frame body accepted, in bytes.
         """
         self.max_frame = max_frame
-        # The unfinished frame's bytes, their total, and how many bytes it
-        # needs in all before it can be split (its length prefix, or the
-        # whole frame once the prefix is known).
-        self._chunks: list[bytes] = []
+        # The unfinished frame's bytes (the shared empty tuple when there is
+        # none: an idle connection holds no list), their total, and how
+        # many bytes it needs in all before it can be split (its length
+        # prefix, or the whole frame once the prefix is known).
+        self._chunks: list[bytes] | tuple[()] = ()
         self._held = 0
         self._need = 0
 
@@ -166,7 +169,7 @@ class FrameReader:
                 return [], None
             chunks.append(data)
             buf = b"".join(chunks)
-            self._chunks = []
+            self._chunks = ()
             self._held = 0
         else:
             buf = data
@@ -225,7 +228,7 @@ class FrameReader:
         Drop the bytes held for an incomplete frame (the connection is
         gone: free them now, not when its objects are collected).
         """
-        self._chunks = []
+        self._chunks = ()
         self._held = self._need = 0
 
 
