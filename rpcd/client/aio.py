@@ -36,6 +36,7 @@ import itertools
 import os
 import ssl
 import threading
+from asyncio import InvalidStateError
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -77,8 +78,15 @@ REDIALS = 3
 _generation = [0]
 
 
+#: Stands for this process and generation in L{_Connection.token}: a new
+#: object in each child after fork().
+_token = object()
+
+
 def _forked() -> None:
+    global _token
     _generation[0] += 1
+    _token = object()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -218,6 +226,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.loop = loop
         self.pid = os.getpid()
         self.generation = _generation[0]
+        # _token while the connection is usable but for its loop (neither
+        # lost nor going away, in the process that made it), else None:
+        # one test per call for the three.
+        self.token: object | None = _token
         self.conn = NativeConnection(client_side=True)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -270,9 +282,11 @@ class _Connection(asyncio.BufferedProtocol):
             for _, call_id, value in events if plain == len(events) else events[:plain]:
                 future = pop(call_id, None)
                 if future is not None:
-                    if not future.done():
+                    try:
                         future.set_result(value)
-                        resolved = True
+                    except InvalidStateError:
+                        pass  # cancelled: the task will send a CANCEL
+                    resolved = True
                 else:
                     self._result(call_id, value)
         if plain < len(events):
@@ -363,6 +377,7 @@ class _Connection(asyncio.BufferedProtocol):
         (the client sends them again elsewhere); no new call is sent here.
         """
         self.going_away = message
+        self.token = None
         for call_id in [k for k in self.pending if k > last_id]:
             self._fail(call_id, NotRun(f"{self.endpoint.text} went away before running call "
                                        f"{call_id} ({message})"))
@@ -417,6 +432,7 @@ class _Connection(asyncio.BufferedProtocol):
         """
         if self.lost is None:
             self.lost = lost or str(error)
+        self.token = None
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialler reports it
@@ -492,6 +508,7 @@ class _Connection(asyncio.BufferedProtocol):
         there; one of a closed loop is closed when it is collected.
         """
         self.lost = self.lost or "left behind"
+        self.token = None
         transport = self.transport
         if transport is None:
             return
@@ -644,9 +661,7 @@ class Client(ServiceAttributes):
             # connection (start_call's test and work), no timeout, no
             # metadata.  Anything else goes the general way.
             connection = self._current
-            if (connection is not None and connection.lost is None
-                    and connection.going_away is None
-                    and connection.generation == _generation[0]
+            if (connection is not None and connection.token is _token
                     and (connection.base_loop._thread_id == _get_ident()
                          if connection.base_loop is not None
                          else _get_running_loop() is connection.loop)):
