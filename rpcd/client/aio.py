@@ -418,6 +418,15 @@ class _Connection(asyncio.BufferedProtocol):
         self._flush_due = False
         self.flush()
 
+    def flush_soon(self) -> None:
+        """
+        Write what is queued at the end of this turn of the loop, with what
+        else is queued by then.
+        """
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_turn)
+
     def flush(self) -> None:
         """
         Write what is queued now.
@@ -867,7 +876,9 @@ class Stream:
         return self
 
     async def __anext__(self) -> Any:
-        connection = await self._open()
+        connection = self._connection
+        if connection is None:
+            connection = await self._open()
         while not self._messages:
             if self._outcome is not None:
                 if self._outcome[1] is not None:
@@ -880,36 +891,40 @@ class Stream:
                 self.cancel()
                 raise
         value = self._messages.popleft()
-        if self._outcome is None:
-            connection.conn.message_consumed(self._call_id)
-            connection.flush()
+        if self._outcome is None and connection.conn.message_consumed(self._call_id):
+            connection.flush_soon()  # the credit, with whatever else this turn sends
         return value
 
     async def send(self, value: Any) -> None:
         """
         Send one message, waiting for the server's credit (and for the
-        socket to take it).
+        socket to take it).  The messages sent in one turn of the loop go
+        out in one write.
 
         @raise rpcd.errors.RPCError: the stream ended or failed first.
         """
-        connection = await self._open()
+        connection = self._connection
+        if connection is None:
+            connection = await self._open()
+        conn = connection.conn
         while True:
             if self._outcome is not None:
                 error = self._outcome[1]
                 raise error if error is not None else RPCError(
                     f"{self.method}: the stream has ended; nothing more can be sent")
-            if connection.conn.credit(self._call_id) > 0:
+            if conn.credit(self._call_id) > 0:
                 break
             self._credit = connection.loop.create_future()
             await self._credit
         try:
-            connection.conn.send_message(self._call_id, value)
+            conn.send_message(self._call_id, value)
         except NoCredit:  # pragma: no cover - checked just above
             raise
         except Exception as e:
             raise RPCError(f"cannot send on {self.method}: {type(e).__name__}: {e}") from e
-        connection.flush()
-        await connection.writable()
+        connection.flush_soon()
+        if connection._writable is not None:
+            await connection.writable()
 
     async def close_send(self) -> None:
         """
