@@ -22,9 +22,19 @@ from rpcd.errors import (
     DeadlineExceeded,
     EncodeError,
     NotFound,
+    RPCError,
     Unavailable,
 )
-from rpcd.wire.connection import CALL, CANCEL, CREDIT, END, MESSAGE, PONG, NativeConnection
+from rpcd.wire.connection import (
+    CALL,
+    CANCEL,
+    CREDIT,
+    END,
+    MESSAGE,
+    PONG,
+    RESULT,
+    NativeConnection,
+)
 from tests.daemon import Daemon, run, temp_dir
 
 
@@ -122,6 +132,37 @@ class CallTests(SynchronousTestCase):
             server.reply()
             return await task
         self.assertEqual(asyncio.run(main()), 56)
+
+    def test_result_with_more_fields(self) -> None:
+        """A RESULT carrying fields after its value (a later version's) answers the call."""
+        async def main() -> Any:
+            client = fake_client()
+            task = asyncio.ensure_future(client.call("Arith.Multiply", {"A": 7, "B": 8}))
+            await turn()
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            [call] = server.calls()
+            server.conn._queue([RESULT, call[1], 56, "a later field"])
+            server.reply()
+            return await asyncio.wait_for(task, 5)
+        self.assertEqual(asyncio.run(main()), 56)
+
+    def test_results_around_an_error(self) -> None:
+        """In one read, results before and after an ERROR each answer their own call."""
+        async def main() -> list[Any]:
+            client = fake_client()
+            tasks = [asyncio.ensure_future(client.call("A.B", n)) for n in range(3)]
+            await turn()
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            ids = [call[1] for call in server.calls()]
+            server.conn.send_result(ids[0], "zero")
+            server.conn.send_error(ids[1], 5, "no such thing")
+            server.conn.send_result(ids[2], "two")
+            server.reply()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        zero, error, two = asyncio.run(main())
+        self.assertEqual((zero, two), ("zero", "two"))
+        self.assertIsInstance(error, RPCError)
+        self.assertIn("no such thing", str(error))
 
     def test_proxy(self) -> None:
         """client.Service.Method(**kwargs) calls Service.Method with a struct argument."""
@@ -316,6 +357,22 @@ class CallTests(SynchronousTestCase):
         asyncio.run(main())
         self.assertEqual(len(endpoint.servers), 2)
 
+    def test_calls_on_a_new_loop(self) -> None:
+        """Calls from a second asyncio.run() go on a new connection made on that loop."""
+        endpoint = FakeEndpoint()
+        client = fake_client(endpoint)
+
+        async def main() -> Any:
+            task = asyncio.ensure_future(client.call("A.B", 1))
+            await turn()
+            server = endpoint.servers[-1]
+            [call] = server.calls()
+            server.conn.send_result(call[1], len(endpoint.servers))
+            server.reply()
+            return await task
+        self.assertEqual(asyncio.run(main()), 1)
+        self.assertEqual(asyncio.run(main()), 2)
+
     def test_connect_fails(self) -> None:
         """A server that cannot be reached raises Unavailable naming the endpoint and why."""
         async def main() -> None:
@@ -380,6 +437,30 @@ class StreamTests(SynchronousTestCase):
             await stream.close_send()
             self.assertEqual([tuple(e)[:3] if e[0] == MESSAGE else tuple(e)
                               for e in server.events], [(MESSAGE, call_id, 2), (END, call_id)])
+        asyncio.run(main())
+
+    def test_sends_of_one_turn_in_one_write(self) -> None:
+        """The messages sent in one turn of the loop reach the socket in one write."""
+        async def main() -> None:
+            client = fake_client()
+            stream = client.stream("Sum.Add")
+            opening = asyncio.ensure_future(stream._open())
+            await turn()
+            await opening
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            call_id = server.calls()[0][1]
+            server.conn.grant_window(call_id, 8)
+            server.reply()
+            writes: list[bytes] = []
+            transport = server.transport
+            write = transport.write
+            transport.write = lambda data: (writes.append(data), write(data))  # type: ignore
+            for n in range(5):
+                await stream.send(n)
+            self.assertEqual(writes, [])
+            await turn()
+            self.assertEqual(len(writes), 1)
+            self.assertEqual([e[2] for e in server.events if e[0] == MESSAGE], [0, 1, 2, 3, 4])
         asyncio.run(main())
 
     def test_cancel(self) -> None:
