@@ -44,3 +44,40 @@ class CallerTests(SynchronousTestCase):
         conn = MemoryConnection([Arith()])
         self.assertIsInstance(conn.client.Arith, ServiceProxy)
         self.assertRaises(AttributeError, getattr, conn.client, "_private")
+
+
+class _FakeSocketTransport:
+    """What BlockingClient._write_now reads of a socket transport."""
+
+    def __init__(self, held: int, disconnecting: bool = False) -> None:
+        self._tempDataLen = held
+        self.disconnecting = disconnecting
+        self.writes = 0
+
+    def doWrite(self) -> None:
+        self.writes += 1
+
+
+class BlockingWriteTests(SynchronousTestCase):
+    """BlockingClient writes its threads' calls in the reactor turn that made them."""
+
+    def blocking(self, transport: object) -> BlockingClient:
+        client = BlockingClient.__new__(BlockingClient)
+        client._client = type("C", (), {"channel": type("Ch", (), {"transport": transport})})()
+        client._write_due = True
+        return client
+
+    def test_writes_what_is_held(self) -> None:
+        """A socket transport holding bytes is written at once, and the next turn may write again."""
+        transport = _FakeSocketTransport(held=40)
+        client = self.blocking(transport)
+        client._write_now()
+        self.assertEqual((transport.writes, client._write_due), (1, False))
+
+    def test_leaves_idle_and_closing_transports(self) -> None:
+        """Nothing held, a closing transport or one without doWrite (TLS): no write."""
+        for transport in (_FakeSocketTransport(held=0),
+                          _FakeSocketTransport(held=40, disconnecting=True), object()):
+            client = self.blocking(transport)
+            client._write_now()
+            self.assertEqual(getattr(transport, "writes", 0), 0)
