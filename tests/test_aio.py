@@ -36,6 +36,7 @@ from rpcd.wire.connection import (
     NativeConnection,
 )
 from tests.daemon import Daemon, run, temp_dir
+from tests.tools import missing
 
 
 class FakeTransport(asyncio.Transport):
@@ -583,15 +584,19 @@ SCRIPT = textwrap.dedent("""
             out.append("deadline")
         return out
 
+    run = asyncio.run
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+        run = uvloop.run
     client = aio.Client(sys.argv[1])
-    print(asyncio.run(session(client)), flush=True)
-    print(asyncio.run(session(client)), flush=True)   # a second event loop
+    print(run(session(client)), flush=True)
+    print(run(session(client)), flush=True)   # a second event loop
     pid = os.fork()
     if pid == 0:
-        print(asyncio.run(session(client)), flush=True)   # the child of a fork
+        print(run(session(client)), flush=True)   # the child of a fork
         os._exit(0)
     os.waitpid(pid, 0)
-    print(asyncio.run(session(client)), flush=True)   # the parent, after the child
+    print(run(session(client)), flush=True)   # the parent, after the child
 """)
 
 EXPECTED = "[56, 42, [3, 5], 6, 'unimplemented', 'deadline']"
@@ -600,10 +605,10 @@ EXPECTED = "[56, 42, [3, 5], 6, 'unimplemented', 'deadline']"
 class EndToEndTests(TestCase):
     """The asyncio client from a plain asyncio script against the real daemon."""
 
-    async def run_script(self, endpoint: str) -> None:
+    async def run_script(self, endpoint: str, *options: str) -> None:
         script = Path(temp_dir(self)) / "aio_script.py"
         script.write_text(SCRIPT)
-        code, out, err = await run(self, [sys.executable, str(script), endpoint])
+        code, out, err = await run(self, [sys.executable, str(script), endpoint, *options])
         self.assertEqual((code, err), (0, ""), out)
         self.assertEqual(out.splitlines(), [EXPECTED] * 4)
 
@@ -613,6 +618,17 @@ class EndToEndTests(TestCase):
                                     "TestService", "--service", "KVStoreService",
                                     "--service", "Arith")
         await self.run_script(f"tcp:127.0.0.1:{daemon.port}")
+
+    async def test_uvloop(self) -> None:
+        """The same on uvloop's event loop, whose transports are not asyncio.Transports."""
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            missing("uvloop is not installed (pip install uvloop)")
+        daemon = await Daemon.start(self, "--listen", "tcp:0:interface=127.0.0.1", "--service",
+                                    "TestService", "--service", "KVStoreService",
+                                    "--service", "Arith")
+        await self.run_script(f"tcp:127.0.0.1:{daemon.port}", "uvloop")
 
     async def test_tls(self) -> None:
         """The same over TLS, the server's certificate checked against the test CA."""

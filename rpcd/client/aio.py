@@ -38,7 +38,7 @@ import ssl
 import threading
 from asyncio import InvalidStateError
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence, cast
 
 from rpcd.client.client import ServiceAttributes
 from rpcd.errors import (
@@ -264,8 +264,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.data_received(view[:nbytes].tobytes())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
         self.conn.initiate_connection()
         transport.write(self.conn.data_to_send())
 
