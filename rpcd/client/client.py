@@ -547,7 +547,6 @@ class BlockingClient(ServiceAttributes):
         """
         from twisted.internet.threads import blockingCallFromThread
         self._blocking = blockingCallFromThread
-        self._write_due = False
         self._reactor = _ReactorThread.ensure()
         reactor = self._reactor
         # mypy infers no result type from blockingCallFromThread's parameter
@@ -585,11 +584,6 @@ class BlockingClient(ServiceAttributes):
                 done(Failure())
             else:
                 d.addBoth(done)
-                if not self._write_due:
-                    # After every call the other threads queued for this
-                    # turn: they go out together.
-                    self._write_due = True
-                    self._reactor.callLater(0, self._write_now)
 
         self._reactor.callFromThread(start)
         latch.acquire()
@@ -597,21 +591,6 @@ class BlockingClient(ServiceAttributes):
         if isinstance(result, Failure):
             result.raiseException()
         return result
-
-    def _write_now(self) -> None:
-        """
-        Send what the socket transport holds now, not on the reactor's next
-        turn: the calls of the blocked threads would otherwise wait a whole
-        turn of the reactor thread (a poll and its Python) before the
-        reactor writes them.  Transports that are not sockets (TLS) keep
-        their own pace.
-        """
-        self._write_due = False
-        transport = self._client.channel.transport
-        if getattr(transport, "_tempDataLen", 0) and not getattr(transport, "disconnecting", True):
-            do_write = getattr(transport, "doWrite", None)
-            if do_write is not None:
-                do_write()
 
     def close(self) -> None:
         """
