@@ -267,7 +267,7 @@ class _Connection(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = cast(asyncio.Transport, transport)
         self.conn.initiate_connection()
-        transport.write(self.conn.data_to_send())
+        self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
