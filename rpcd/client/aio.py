@@ -892,7 +892,7 @@ class Stream:
                 raise
         value = self._messages.popleft()
         if self._outcome is None and connection.conn.message_consumed(self._call_id):
-            connection.flush_soon()  # the credit, with whatever else this turn sends
+            connection.flush()  # the credit, at once (once per half window)
         return value
 
     async def send(self, value: Any) -> None:
