@@ -10,6 +10,7 @@ socket benchmarks are not.  The fake server's own cost (decoding the calls,
 encoding the results) is measured apart and printed beside it::
 
     python benchmarks/micro_client.py [--calls 40000] [--repeat 5] [--no-redial] [--aio]
+    python benchmarks/micro_client.py --aio --load-loop   # + the socket benchmark's bookkeeping
 """
 
 from __future__ import annotations
@@ -42,6 +43,36 @@ async def caller(client: Any, state: dict[str, int], calls: int) -> None:
         state["n"] += 1
         if await client.call("Arith.Multiply", {"A": 3, "B": 7}) != 21:
             raise AssertionError("wrong answer")
+
+
+async def load_caller(client: Any, state: dict[str, int], calls: int) -> None:
+    """
+    The same calls with the bookkeeping of C{py_native_client.py}'s callers
+    around each (its flags and counters, an argument that varies, a
+    latency taken and kept): with C{--load-loop}, the difference to
+    L{caller} is what the socket benchmark's load loop adds to the client's
+    CPU per call, over the library's own.
+    """
+    flags = {"measuring": True, "stopping": False, "started": 0, "errors": 0}
+    lats: list[int] = []
+    perf = time.perf_counter_ns
+    i = 0
+    while state["n"] < calls and not flags["stopping"]:
+        state["n"] += 1
+        measured = flags["measuring"]
+        if measured:
+            flags["started"] += 1
+            if flags["started"] > 10_000_000:
+                flags["stopping"] = True
+                return
+        a = (17 + i) % 1000  # the load's varying argument (the fake server answers 21)
+        i += 1
+        t0 = perf()
+        result = await client.call("Arith.Multiply", {"A": 3, "B": 7 + a - a})
+        if result != 21:
+            flags["errors"] += 1
+        elif measured:
+            lats.append(perf() - t0)
 
 
 def measure(calls: int, inflight: int, redial: bool) -> float:
@@ -103,7 +134,7 @@ class _AnsweringTransport(asyncio.Transport):
         pass
 
 
-async def measure_aio(calls: int, inflight: int) -> float:
+async def measure_aio(calls: int, inflight: int, loop_of: Any = None) -> float:
     """
     @return: the asyncio client's CPU seconds per call (fake server included),
         for one round.
@@ -117,7 +148,7 @@ async def measure_aio(calls: int, inflight: int) -> float:
     state = {"n": 0}
 
     t0 = time.process_time()
-    await asyncio.gather(*[caller(client, state, calls) for _ in range(inflight)])
+    await asyncio.gather(*[(loop_of or caller)(client, state, calls) for _ in range(inflight)])
     return (time.process_time() - t0) / calls
 
 
@@ -147,10 +178,14 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--no-redial", action="store_true", help="a Client without redial")
     p.add_argument("--aio", action="store_true", help="the asyncio client (rpcd.client.aio)")
+    p.add_argument("--load-loop", action="store_true",
+                   help="with --aio: each caller also does py_native_client.py's bookkeeping")
     args = p.parse_args()
     if args.aio:
-        name = f"rpcd.client.aio x{args.inflight}"
-        best = min(asyncio.run(measure_aio(args.calls, args.inflight)) for _ in range(args.repeat))
+        name = f"rpcd.client.aio x{args.inflight}" + (" (load loop)" if args.load_loop else "")
+        loop_of = load_caller if args.load_loop else None
+        best = min(asyncio.run(measure_aio(args.calls, args.inflight, loop_of))
+                   for _ in range(args.repeat))
     else:
         name = f"rpcd.client x{args.inflight}{'' if args.no_redial else ' (redial)'}"
         best = min(measure(args.calls, args.inflight, not args.no_redial)

@@ -152,7 +152,7 @@ async def run_aio(args: argparse.Namespace) -> dict[str, Any]:
                 errors=state["errors"],
                 server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
                 client_cpu_s=cli1 - cli0, conns=1, inflight=args.inflight, procs=1,
-                client="rpcd.client.aio (python)")
+                client="rpcd.client.aio (python)" + (" on uvloop" if args.uvloop else ""))
 
 
 def run_blocking(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,13 +247,19 @@ def main() -> int:
     p.add_argument("--blocking", action="store_true",
                    help="BlockingClient from --threads caller threads, not Twisted's")
     p.add_argument("--threads", type=int, default=1, help="caller threads for --blocking")
+    p.add_argument("--uvloop", action="store_true",
+                   help="with --aio: on uvloop's event loop, not asyncio's own")
     args = p.parse_args()
     if args.blocking:
         report(run_blocking(args))
         return 0
     if args.aio:
         import asyncio
-        report(asyncio.run(run_aio(args)))
+        if args.uvloop:
+            import uvloop  # an optional dependency: pip install uvloop
+            report(uvloop.run(run_aio(args)))
+        else:
+            report(asyncio.run(run_aio(args)))
         return 0
 
     async def go(reactor: Any) -> None:

@@ -22,10 +22,21 @@ from rpcd.errors import (
     DeadlineExceeded,
     EncodeError,
     NotFound,
+    RPCError,
     Unavailable,
 )
-from rpcd.wire.connection import CALL, CANCEL, CREDIT, END, MESSAGE, PONG, NativeConnection
+from rpcd.wire.connection import (
+    CALL,
+    CANCEL,
+    CREDIT,
+    END,
+    MESSAGE,
+    PONG,
+    RESULT,
+    NativeConnection,
+)
 from tests.daemon import Daemon, run, temp_dir
+from tests.tools import missing
 
 
 class FakeTransport(asyncio.Transport):
@@ -122,6 +133,37 @@ class CallTests(SynchronousTestCase):
             server.reply()
             return await task
         self.assertEqual(asyncio.run(main()), 56)
+
+    def test_result_with_more_fields(self) -> None:
+        """A RESULT carrying fields after its value (a later version's) answers the call."""
+        async def main() -> Any:
+            client = fake_client()
+            task = asyncio.ensure_future(client.call("Arith.Multiply", {"A": 7, "B": 8}))
+            await turn()
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            [call] = server.calls()
+            server.conn._queue([RESULT, call[1], 56, "a later field"])
+            server.reply()
+            return await asyncio.wait_for(task, 5)
+        self.assertEqual(asyncio.run(main()), 56)
+
+    def test_results_around_an_error(self) -> None:
+        """In one read, results before and after an ERROR each answer their own call."""
+        async def main() -> list[Any]:
+            client = fake_client()
+            tasks = [asyncio.ensure_future(client.call("A.B", n)) for n in range(3)]
+            await turn()
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            ids = [call[1] for call in server.calls()]
+            server.conn.send_result(ids[0], "zero")
+            server.conn.send_error(ids[1], 5, "no such thing")
+            server.conn.send_result(ids[2], "two")
+            server.reply()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        zero, error, two = asyncio.run(main())
+        self.assertEqual((zero, two), ("zero", "two"))
+        self.assertIsInstance(error, RPCError)
+        self.assertIn("no such thing", str(error))
 
     def test_proxy(self) -> None:
         """client.Service.Method(**kwargs) calls Service.Method with a struct argument."""
@@ -316,6 +358,22 @@ class CallTests(SynchronousTestCase):
         asyncio.run(main())
         self.assertEqual(len(endpoint.servers), 2)
 
+    def test_calls_on_a_new_loop(self) -> None:
+        """Calls from a second asyncio.run() go on a new connection made on that loop."""
+        endpoint = FakeEndpoint()
+        client = fake_client(endpoint)
+
+        async def main() -> Any:
+            task = asyncio.ensure_future(client.call("A.B", 1))
+            await turn()
+            server = endpoint.servers[-1]
+            [call] = server.calls()
+            server.conn.send_result(call[1], len(endpoint.servers))
+            server.reply()
+            return await task
+        self.assertEqual(asyncio.run(main()), 1)
+        self.assertEqual(asyncio.run(main()), 2)
+
     def test_connect_fails(self) -> None:
         """A server that cannot be reached raises Unavailable naming the endpoint and why."""
         async def main() -> None:
@@ -379,6 +437,30 @@ class StreamTests(SynchronousTestCase):
             await stream.close_send()
             self.assertEqual([tuple(e)[:3] if e[0] == MESSAGE else tuple(e)
                               for e in server.events], [(MESSAGE, call_id, 2), (END, call_id)])
+        asyncio.run(main())
+
+    def test_sends_of_one_turn_in_one_write(self) -> None:
+        """The messages sent in one turn of the loop reach the socket in one write."""
+        async def main() -> None:
+            client = fake_client()
+            stream = client.stream("Sum.Add")
+            opening = asyncio.ensure_future(stream._open())
+            await turn()
+            await opening
+            server = client.endpoint.servers[0]  # type: ignore[attr-defined]
+            call_id = server.calls()[0][1]
+            server.conn.grant_window(call_id, 8)
+            server.reply()
+            writes: list[bytes] = []
+            transport = server.transport
+            write = transport.write
+            transport.write = lambda data: (writes.append(data), write(data))  # type: ignore
+            for n in range(5):
+                await stream.send(n)
+            self.assertEqual(writes, [])
+            await turn()
+            self.assertEqual(len(writes), 1)
+            self.assertEqual([e[2] for e in server.events if e[0] == MESSAGE], [0, 1, 2, 3, 4])
         asyncio.run(main())
 
     def test_cancel(self) -> None:
@@ -501,15 +583,19 @@ SCRIPT = textwrap.dedent("""
             out.append("deadline")
         return out
 
+    run = asyncio.run
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+        run = uvloop.run
     client = aio.Client(sys.argv[1])
-    print(asyncio.run(session(client)), flush=True)
-    print(asyncio.run(session(client)), flush=True)   # a second event loop
+    print(run(session(client)), flush=True)
+    print(run(session(client)), flush=True)   # a second event loop
     pid = os.fork()
     if pid == 0:
-        print(asyncio.run(session(client)), flush=True)   # the child of a fork
+        print(run(session(client)), flush=True)   # the child of a fork
         os._exit(0)
     os.waitpid(pid, 0)
-    print(asyncio.run(session(client)), flush=True)   # the parent, after the child
+    print(run(session(client)), flush=True)   # the parent, after the child
 """)
 
 EXPECTED = "[56, 42, [3, 5], 6, 'unimplemented', 'deadline']"
@@ -518,10 +604,10 @@ EXPECTED = "[56, 42, [3, 5], 6, 'unimplemented', 'deadline']"
 class EndToEndTests(TestCase):
     """The asyncio client from a plain asyncio script against the real daemon."""
 
-    async def run_script(self, endpoint: str) -> None:
+    async def run_script(self, endpoint: str, *options: str) -> None:
         script = Path(temp_dir(self)) / "aio_script.py"
         script.write_text(SCRIPT)
-        code, out, err = await run(self, [sys.executable, str(script), endpoint])
+        code, out, err = await run(self, [sys.executable, str(script), endpoint, *options])
         self.assertEqual((code, err), (0, ""), out)
         self.assertEqual(out.splitlines(), [EXPECTED] * 4)
 
@@ -531,6 +617,17 @@ class EndToEndTests(TestCase):
                                     "TestService", "--service", "KVStoreService",
                                     "--service", "Arith")
         await self.run_script(f"tcp:127.0.0.1:{daemon.port}")
+
+    async def test_uvloop(self) -> None:
+        """The same on uvloop's event loop, whose transports are not asyncio.Transports."""
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            missing("uvloop is not installed (pip install uvloop)")
+        daemon = await Daemon.start(self, "--listen", "tcp:0:interface=127.0.0.1", "--service",
+                                    "TestService", "--service", "KVStoreService",
+                                    "--service", "Arith")
+        await self.run_script(f"tcp:127.0.0.1:{daemon.port}", "uvloop")
 
     async def test_tls(self) -> None:
         """The same over TLS, the server's certificate checked against the test CA."""

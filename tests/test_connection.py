@@ -82,6 +82,30 @@ class PairTests(SynchronousTestCase):
         self.assertEqual(exchange(server, client),
                          [[RESULT, 1, 56], [ERROR, 2, 5, "not found", None]])
 
+    def test_plain_events_counted(self) -> None:
+        """plain counts the leading unary RESULTs (client) or option-less CALLs (server) only."""
+        client, server = pair()
+        client.send_call(1, "A.B", 1)
+        client.send_call(2, "A.B", 2)
+        client.send_call(3, "A.B", 3, timeout=1.0)
+        client.send_call(4, "A.B", 4)
+        exchange(client, server)
+        self.assertEqual(server.plain, 2)
+        server.send_result(1, "one")
+        server.send_result(2, "two")
+        server.send_error(3, 5, "no")
+        server.send_result(4, "four")
+        events = exchange(server, client)
+        self.assertEqual((client.plain, events[0], events[1]),
+                         (2, [RESULT, 1, "one"], [RESULT, 2, "two"]))
+        client.open_stream(5, "S.T", None)
+        server.receive_data(client.data_to_send())
+        server.send_result(5, "stream over")
+        client.receive_data(server.data_to_send())
+        self.assertEqual(client.plain, 0)  # a stream's RESULT is not plain
+        self.assertEqual(client.receive_data(b""), [])
+        self.assertEqual(client.plain, 0)
+
     def test_worked_example_bytes(self) -> None:
         """The server's RESULT is the docs' worked example, byte for byte."""
         _, server = pair()

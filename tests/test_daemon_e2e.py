@@ -216,9 +216,19 @@ class CommandTests(TestCase):
             "        c.call(5)\n"
             "    except TypeError:\n"
             "        print('TypeError')\n"
+            "    import threading\n"
+            "    answers = []\n"
+            "    def work(k):\n"
+            "        for i in range(20):\n"
+            "            answers.append(c.Arith.Multiply(A=k, B=i) == k * i)\n"
+            "    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]\n"
+            "    for t in threads: t.start()\n"
+            "    for t in threads: t.join()\n"
+            "    print(len(answers), all(answers))\n"
         )
         code, out, err = await run(self, [sys.executable, "-c", script])
-        self.assertEqual((code, out), (0, "56\n{'Num': 3, 'Ans': 9}\nerror 5 not found\nTypeError\n"), err)
+        self.assertEqual((code, out), (0, "56\n{'Num': 3, 'Ans': 9}\nerror 5 not found\nTypeError\n"
+                                          "160 True\n"), err)
 
 
 class StartupTests(TestCase):

@@ -273,6 +273,20 @@ class FlowControlTests(StreamTestCase):
         self.assertEqual(self.successResultOf(d), list(range(2, 100)))
         self.assertEqual((probe.yielded, probe.closed), (100, 1))
 
+    def test_iteration_wakes_once_per_read(self) -> None:
+        """A waiting iteration resumes after the read, with that read's other messages queued."""
+        conn = self.connect()
+        stream = conn.client.stream("TestService.StreamingOutputCall", {
+            "response_parameters": [{"size": 1}, {"size": 2}, {"size": 3}]})
+        seen: list[Any] = []
+
+        def first(message: Any) -> None:
+            following = stream.__anext__()
+            seen.append((len(message["payload"]["body"]), following.called))
+        stream.__anext__().addCallback(first)
+        conn.flush()
+        self.assertEqual(seen, [(1, True)])
+
     def test_send_waits_for_credit(self) -> None:
         """A client's send beyond the server's grant waits until the handler takes messages."""
         probe = Probe()

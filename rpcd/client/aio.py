@@ -35,8 +35,10 @@ import functools
 import itertools
 import os
 import ssl
+import threading
+from asyncio import InvalidStateError
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence, cast
 
 from rpcd.client.client import ServiceAttributes
 from rpcd.errors import (
@@ -76,8 +78,15 @@ REDIALS = 3
 _generation = [0]
 
 
+#: Stands for this process and generation in L{_Connection.token}: a new
+#: object in each child after fork().
+_token = object()
+
+
 def _forked() -> None:
+    global _token
     _generation[0] += 1
+    _token = object()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -156,7 +165,7 @@ class Endpoint:
             raise ValueError(f"{description!r}: unknown option(s) {', '.join(sorted(options))}")
 
     async def open(self, loop: asyncio.AbstractEventLoop,
-                   factory: Callable[[], asyncio.Protocol]) -> Any:
+                   factory: Callable[[], asyncio.BaseProtocol]) -> Any:
         """
         @return: the connected C{(transport, protocol)}.
         """
@@ -197,10 +206,19 @@ def _tls_context(description: str, options: dict[str, str]) -> ssl.SSLContext:
 
 # One connection.
 
-class _Connection(asyncio.Protocol):
+#: Bytes a socket read may bring at most (asyncio's own limit).
+READ_SIZE = 256 * 1024
+
+
+class _Connection(asyncio.BufferedProtocol):
     """
     One socket to a server: asyncio's transport around a client-side
     L{NativeConnection}.  Calls are futures in C{pending}, keyed by id.
+
+    It reads into a buffer of its own (a buffered protocol): asyncio's
+    plain protocol reads into a new 256 KiB object each time, which glibc
+    maps, shrinks and unmaps again for every read (three system calls and
+    a page fault per read, more than the read itself costs).
     """
 
     def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
@@ -208,6 +226,10 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.pid = os.getpid()
         self.generation = _generation[0]
+        # _token while the connection is usable but for its loop (neither
+        # lost nor going away, in the process that made it), else None:
+        # one test per call for the three.
+        self.token: object | None = _token
         self.conn = NativeConnection(client_side=True)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -220,38 +242,80 @@ class _Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._flush_due = False
         self._new_future = _future_factory(loop)
+        self._read_view: memoryview | None = None
+        # The loop whose _thread_id says whether it runs in this thread
+        # (see on_loop), when it is one of asyncio's own that keeps it.
+        self.base_loop: Any = None
+        if isinstance(loop, asyncio.BaseEventLoop) and getattr(
+                loop, "_thread_id", None) == _get_ident() and _get_running_loop() is loop:
+            self.base_loop = loop
 
-    # asyncio.Protocol
+    # asyncio.BufferedProtocol
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._read_view
+        if view is None:
+            view = self._read_view = memoryview(bytearray(READ_SIZE))
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._read_view
+        assert view is not None
+        self.data_received(view[:nbytes].tobytes())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
         self.conn.initiate_connection()
-        transport.write(self.conn.data_to_send())
+        self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
-        pending = self.pending
-        waiting = len(pending)
-        for event in self.conn.receive_data(data):
-            if len(event) == 3 and event[0] == RESULT:
-                future = pending.pop(event[1], None)
+        conn = self.conn
+        events = conn.receive_data(data)
+        plain = conn.plain
+        resolved = False
+        if plain:
+            # Unary RESULTs, their kind, length and id checked by the
+            # connection: no look at each.
+            pop = self.pending.pop
+            for _, call_id, value in events if plain == len(events) else events[:plain]:
+                future = pop(call_id, None)
                 if future is not None:
-                    if not future.done():
-                        future.set_result(event[2])
-                    continue
-                stream = self.streams.pop(event[1], None)
-                if stream is not None:
-                    stream._finished(event[2], None)
-                continue
-            if self._event(event):
-                return
+                    try:
+                        future.set_result(value)
+                    except InvalidStateError:
+                        pass  # cancelled: the task will send a CANCEL
+                    resolved = True
+                else:
+                    self._result(call_id, value)
+        if plain < len(events):
+            for event in events[plain:] if plain else events:
+                if event[0] == RESULT:
+                    future = self.pending.pop(event[1], None)
+                    if future is not None:
+                        if not future.done():
+                            future.set_result(event[2])
+                            resolved = True
+                    else:
+                        self._result(event[1], event[2])
+                elif self._event(event):
+                    return
         self.flush()  # a PONG, a CANCEL
-        if len(pending) < waiting and not self._flush_due:
+        if resolved and not self._flush_due:
             # The callers woken now run next, before this: the calls they
             # make then go out in one write, in the same turn of the loop.
             self._flush_due = True
             self.loop.call_soon(self._flush_turn)
+
+    def _result(self, call_id: int, value: Any) -> None:
+        """
+        A RESULT for no pending unary call: a stream's end, or a call
+        given up on.
+        """
+        stream = self.streams.pop(call_id, None)
+        if stream is not None:
+            stream._finished(value, None)
 
     def _event(self, event: Any) -> bool:
         """
@@ -313,6 +377,7 @@ class _Connection(asyncio.Protocol):
         (the client sends them again elsewhere); no new call is sent here.
         """
         self.going_away = message
+        self.token = None
         for call_id in [k for k in self.pending if k > last_id]:
             self._fail(call_id, NotRun(f"{self.endpoint.text} went away before running call "
                                        f"{call_id} ({message})"))
@@ -353,6 +418,15 @@ class _Connection(asyncio.Protocol):
         self._flush_due = False
         self.flush()
 
+    def flush_soon(self) -> None:
+        """
+        Write what is queued at the end of this turn of the loop, with what
+        else is queued by then.
+        """
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_turn)
+
     def flush(self) -> None:
         """
         Write what is queued now.
@@ -367,6 +441,7 @@ class _Connection(asyncio.Protocol):
         """
         if self.lost is None:
             self.lost = lost or str(error)
+        self.token = None
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialler reports it
@@ -383,7 +458,20 @@ class _Connection(asyncio.Protocol):
 
     def usable(self) -> bool:
         return (self.lost is None and self.going_away is None
-                and self.generation == _generation[0] and _get_running_loop() is self.loop)
+                and self.generation == _generation[0] and self.on_loop())
+
+    def on_loop(self) -> bool:
+        """
+        @return: whether this connection's loop is the one running (in this
+            thread).  For asyncio's own loops, without the system call
+            (getpid) that C{asyncio.get_running_loop} makes: the loop
+            running in this thread is the one whose C{_thread_id} is this
+            thread's.
+        """
+        base = self.base_loop
+        if base is not None:
+            return bool(base._thread_id == _get_ident())
+        return _get_running_loop() is self.loop
 
     def start_call(self, method: str, args: Any, timeout: float | None,
                    metadata: dict[str, Any] | None) -> tuple[int, asyncio.Future[Any]] | None:
@@ -397,7 +485,7 @@ class _Connection(asyncio.Protocol):
         """
         # usable(), inline: this is once per call.
         if (self.lost is not None or self.going_away is not None
-                or self.generation != _generation[0] or _get_running_loop() is not self.loop):
+                or self.generation != _generation[0] or not self.on_loop()):
             return None
         call_id = next(self.ids)
         try:
@@ -429,6 +517,7 @@ class _Connection(asyncio.Protocol):
         there; one of a closed loop is closed when it is collected.
         """
         self.lost = self.lost or "left behind"
+        self.token = None
         transport = self.transport
         if transport is None:
             return
@@ -450,6 +539,7 @@ _INHERITED: list[asyncio.BaseTransport] = []
 
 # The running loop or None, without raising (C in CPython).
 _get_running_loop = asyncio._get_running_loop
+_get_ident = threading.get_ident
 
 
 def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
@@ -574,25 +664,46 @@ class Client(ServiceAttributes):
             (nothing is sent).
         @raise ValueError: a timeout or metadata out of range (nothing is sent).
         """
+        if (timeout is None and metadata is None and self.default_timeout is None
+                and type(method) is str):
+            # The common case inline, in this one coroutine: a usable
+            # connection (start_call's test and work), no timeout, no
+            # metadata.  Anything else goes the general way.
+            connection = self._current
+            if (connection is not None and connection.token is _token
+                    and (connection.base_loop._thread_id == _get_ident()
+                         if connection.base_loop is not None
+                         else _get_running_loop() is connection.loop)):
+                call_id = next(connection.ids)
+                try:
+                    connection.conn.send_call(call_id, method, args)
+                except Exception as e:
+                    raise EncodeError(f"cannot send {method}: the native codec cannot encode "
+                                      f"its argument: {type(e).__name__}: {e}") from e
+                future = connection.pending[call_id] = connection._new_future()
+                if not connection._flush_due:
+                    connection._flush_due = True
+                    connection.loop.call_soon(connection._flush_turn)
+                try:
+                    return await future
+                except asyncio.CancelledError:
+                    connection.cancel(call_id)
+                    raise
+                except NotRun:
+                    pass  # sent again below, on a new connection
+        return await self._call(method, args, timeout, metadata)
+
+    async def _call(self, method: str, args: Any, timeout: float | None,
+                    metadata: dict[str, Any] | None) -> Any:
+        """
+        L{call}, the general way: arguments checked, a timeout, redials.
+        """
         if type(method) is not str:
             check_method(method)
         timeout = self.default_timeout if timeout is None else check_timeout(timeout)
         if metadata is not None:
             metadata = check_metadata(metadata)
         if timeout is None:
-            connection = self._current
-            # The common case without a second coroutine: a usable
-            # connection, no timeout.
-            if connection is not None:
-                started = connection.start_call(method, args, None, metadata)
-                if started is not None:
-                    try:
-                        return await started[1]
-                    except asyncio.CancelledError:
-                        connection.cancel(started[0])
-                        raise
-                    except NotRun:
-                        pass
             for tries in range(REDIALS + 1):
                 try:
                     return await self._call_once(method, args, None, metadata)
@@ -765,7 +876,9 @@ class Stream:
         return self
 
     async def __anext__(self) -> Any:
-        connection = await self._open()
+        connection = self._connection
+        if connection is None:
+            connection = await self._open()
         while not self._messages:
             if self._outcome is not None:
                 if self._outcome[1] is not None:
@@ -778,36 +891,40 @@ class Stream:
                 self.cancel()
                 raise
         value = self._messages.popleft()
-        if self._outcome is None:
-            connection.conn.message_consumed(self._call_id)
-            connection.flush()
+        if self._outcome is None and connection.conn.message_consumed(self._call_id):
+            connection.flush()  # the credit, at once (once per half window)
         return value
 
     async def send(self, value: Any) -> None:
         """
         Send one message, waiting for the server's credit (and for the
-        socket to take it).
+        socket to take it).  The messages sent in one turn of the loop go
+        out in one write.
 
         @raise rpcd.errors.RPCError: the stream ended or failed first.
         """
-        connection = await self._open()
+        connection = self._connection
+        if connection is None:
+            connection = await self._open()
+        conn = connection.conn
         while True:
             if self._outcome is not None:
                 error = self._outcome[1]
                 raise error if error is not None else RPCError(
                     f"{self.method}: the stream has ended; nothing more can be sent")
-            if connection.conn.credit(self._call_id) > 0:
+            if conn.credit(self._call_id) > 0:
                 break
             self._credit = connection.loop.create_future()
             await self._credit
         try:
-            connection.conn.send_message(self._call_id, value)
+            conn.send_message(self._call_id, value)
         except NoCredit:  # pragma: no cover - checked just above
             raise
         except Exception as e:
             raise RPCError(f"cannot send on {self.method}: {type(e).__name__}: {e}") from e
-        connection.flush()
-        await connection.writable()
+        connection.flush_soon()
+        if connection._writable is not None:
+            await connection.writable()
 
     async def close_send(self) -> None:
         """

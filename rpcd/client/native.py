@@ -53,7 +53,7 @@ class NativeClientProtocol(ClientChannel):
         self.conn = NativeConnection(client_side=True, max_frame=max_frame)
         self.reader = self.conn  # buffered() and clear(), as the server's
         self._heard = False  # any byte from the server yet
-        self._in_read = False  # in dataReceived: writes wait for its end
+        self.in_read = False  # in dataReceived: writes (and stream wakes) wait for its end
         self.streams: Any = None
         self._closing = False
         self._read_clock: Callable[[], float] | None = None  # set by start_keepalive
@@ -83,7 +83,7 @@ class NativeClientProtocol(ClientChannel):
         d.call_id = call_id
         d.request = (method, value, None, None)
         self.pending[call_id] = d
-        if not self._in_read:
+        if not self.in_read:
             self.transport.write(conn.data_to_send())
         return d
 
@@ -91,7 +91,7 @@ class NativeClientProtocol(ClientChannel):
                   metadata: dict[str, Any] | None) -> None:
         conn = self.conn
         conn.send_call(call_id, method, value, timeout, metadata)  # checked by ClientChannel.call
-        if not self._in_read:
+        if not self.in_read:
             self.transport.write(conn.data_to_send())
         # else the calls made by the callbacks of one read (a caller that
         # calls again as each answer comes) go out in one write at its end.
@@ -125,11 +125,14 @@ class NativeClientProtocol(ClientChannel):
         if read_clock is not None:
             self._last_read = read_clock()  # for the keepalive
         self._heard = True
-        self._in_read = True
+        self.in_read = True
         try:
             self._events_received(self.conn.receive_data(data))
         finally:
-            self._in_read = False
+            self.in_read = False
+        streams = self.streams
+        if streams is not None and streams.waking:
+            streams.wake()  # iterations waiting for the messages of this read
         self.flush()  # new calls, PONGs, credit
 
     def _events_received(self, events: list[Any]) -> None:

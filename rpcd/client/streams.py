@@ -92,6 +92,7 @@ class ClientStreams:
         self.channel = channel
         self.streams: dict[int, ClientStream] = {}
         self.paused = False
+        self.waking: list[ClientStream] = []
         self._registered = False
 
     def open(self, method: str, value: Any, *, timeout: float | None,
@@ -151,6 +152,21 @@ class ClientStreams:
             stream._drain_sends()
         elif kind == BAD_FRAME:
             stream._abort(f"{frame_name(event[2])} {event[3]}")
+
+    def wake(self) -> None:
+        """
+        The read is over: give each stream's waiting iteration the first
+        of the messages the read brought (it takes the others from the
+        queue, without waiting: one wake per read, not per message).
+        """
+        waking, self.waking = self.waking, []
+        for stream in waking:
+            d = stream._waiting
+            if d is not None and not d.called and stream._queue:
+                stream._waiting = None
+                value = stream._queue.popleft()
+                stream._consumed()
+                d.callback(value)
 
     def forget(self, stream: ClientStream) -> None:
         """
@@ -338,6 +354,13 @@ class ClientStream(StreamEnd):
             return
         d = self._waiting
         if d is not None:
+            if self._channel.in_read:
+                # More of this read may be messages of this stream: the
+                # iteration resumes once, after the read (ClientStreams.wake).
+                if not self._queue:
+                    self._streams.waking.append(self)
+                self._queue.append(value)
+                return
             self._waiting = None
             self._consumed()
             d.callback(value)

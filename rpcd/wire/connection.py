@@ -149,6 +149,11 @@ class NativeConnection:
     @ivar closed: whether a fatal GOAWAY was sent (or L{close} called):
         nothing more is sent or read.
     @ivar drain_last: the C{last_id} of the graceful GOAWAY sent, or None.
+    @ivar plain: how many of the events the last L{receive_data} returned,
+        from the first, are plain frames: on a client a unary RESULT
+        C{[RESULT, id, value]} (exactly three fields, no stream open under
+        its id), on a server a CALL without options; the caller may unpack
+        them without looking at their kind or length.
     """
 
     __slots__ = ("client_side", "closed", "drain_last", "_reader", "_preface", "_reading", "_out",
@@ -162,6 +167,7 @@ class NativeConnection:
         self.client_side = client_side
         self.closed = False
         self.drain_last: int | None = None
+        self.plain = 0
         self._reader = FrameReader(max_frame)
         self._preface: bytes | None = b""  # the peer's preface so far; None once read
         self._reading = True
@@ -181,6 +187,7 @@ class NativeConnection:
             docstring), in order; a C{CONNECTION_ERROR} event, if any, is
             last.  Empty after a fatal GOAWAY either way.
         """
+        self.plain = 0
         if not self._reading:
             return []
         if self._preface is not None:
@@ -206,6 +213,7 @@ class NativeConnection:
             if not data:
                 return events
             events.extend(self.receive_data(data))
+            self.plain = 0
             return events
         frames, error = self._reader.split(data)
         streams = self._streams
@@ -233,6 +241,7 @@ class NativeConnection:
                         good += 1
                         continue
                 break
+        self.plain = good
         if good == len(frames) and error is None:
             return frames
         events = frames[:good]
