@@ -157,7 +157,7 @@ class NativeConnection:
     """
 
     __slots__ = ("client_side", "closed", "drain_last", "_reader", "_preface", "_reading", "_out",
-                 "_append", "_streams", "_peer")
+                 "_append", "_streams", "_peer", "plain")
 
     def __init__(self, client_side: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         """
