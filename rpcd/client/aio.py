@@ -457,8 +457,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.close()
 
     def usable(self) -> bool:
-        return (self.lost is None and self.going_away is None
-                and self.generation == _generation[0] and self.on_loop())
+        return self.token is _token and self.on_loop()
 
     def on_loop(self) -> bool:
         """
@@ -484,8 +483,9 @@ class _Connection(asyncio.BufferedProtocol):
         @raise EncodeError: msgpack cannot encode the argument; nothing is sent.
         """
         # usable(), inline: this is once per call.
-        if (self.lost is not None or self.going_away is not None
-                or self.generation != _generation[0] or not self.on_loop()):
+        if self.token is not _token or not (
+                self.base_loop._thread_id == _get_ident() if self.base_loop is not None
+                else _get_running_loop() is self.loop):
             return None
         call_id = next(self.ids)
         try:
@@ -666,24 +666,13 @@ class Client(ServiceAttributes):
         """
         if (timeout is None and metadata is None and self.default_timeout is None
                 and type(method) is str):
-            # The common case inline, in this one coroutine: a usable
-            # connection (start_call's test and work), no timeout, no
-            # metadata.  Anything else goes the general way.
+            # The common case in this one coroutine: a usable connection,
+            # no timeout, no metadata.  Anything else goes the general way.
             connection = self._current
-            if (connection is not None and connection.token is _token
-                    and (connection.base_loop._thread_id == _get_ident()
-                         if connection.base_loop is not None
-                         else _get_running_loop() is connection.loop)):
-                call_id = next(connection.ids)
-                try:
-                    connection.conn.send_call(call_id, method, args)
-                except Exception as e:
-                    raise EncodeError(f"cannot send {method}: the native codec cannot encode "
-                                      f"its argument: {type(e).__name__}: {e}") from e
-                future = connection.pending[call_id] = connection._new_future()
-                if not connection._flush_due:
-                    connection._flush_due = True
-                    connection.loop.call_soon(connection._flush_turn)
+            started = None if connection is None else connection.start_call(method, args, None, None)
+            if started is not None:
+                assert connection is not None
+                call_id, future = started
                 try:
                     return await future
                 except asyncio.CancelledError:
