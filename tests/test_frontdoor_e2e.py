@@ -90,14 +90,17 @@ class _Lines(_Split):
             self.first_line.callback(self.out.decode().splitlines()[0])
 
 
-def spawn(test: TestCase, argv: list[str], cwd: str | None = None) -> _Lines:
+def spawn(test: TestCase, argv: list[str], cwd: str | None = None,
+          env: dict[str, str] | None = None) -> _Lines:
     """
     Start a program; it is killed in the test's cleanup if still running.
+
+    @param env: extra environment variables.
 
     @return: its protocol (C{out}, C{err}, C{first_line}, C{ended}).
     """
     protocol = _Lines()
-    process = reactor.spawnProcess(protocol, argv[0], argv, env=environment(),
+    process = reactor.spawnProcess(protocol, argv[0], argv, env={**environment(), **(env or {})},
                                    path=cwd or temp_dir(test))
 
     async def kill() -> None:
@@ -270,9 +273,9 @@ class ReverseGoCallerTests(TestCase):
 
     async def test_seed_001_reverse_caller(self) -> None:
         """The daemon dials the Go caller, tells gob from its first bytes, and answers its Hello."""
-        from tests.test_go_e2e import go_program
-        binary = await go_program(self, "seeds/001_reverse_caller", seed_port=0)
-        caller = spawn(self, [binary])
+        from tests.test_go_e2e import go_program, seed_environment
+        binary = await go_program(self, "seeds/001_reverse_caller")
+        caller = spawn(self, [binary], env=seed_environment(0))
         line = await caller.first_line
         port = int(re.search(r":(\d+)$", line).group(1))
         config = Path(temp_dir(self)) / "rpcd.toml"

@@ -3,9 +3,10 @@ End-to-end tests with real Go: stock Go programs call the real daemon as a
 Go net/rpc server, and rpcd's client calls a real Go net/rpc server.
 
   - The seed documents' client programs, unchanged but for their port
-    (C{tests/go/seeds}): each is built with C{-ldflags "-X main.seedPort=N"}
-    for the port the OS gave the daemon, so no test needs the seeds' fixed
-    ports (1234, 9000, 8080) free.
+    (C{tests/go/seeds}): each is built once with a second file that sets its
+    C{seedPort} from C{RPCD_SEED_PORT} (L{SEED_PORT_GO}), and run with the
+    port the OS gave the daemon, so no test needs the seeds' fixed ports
+    (1234, 9000, 8080) free.
   - rpcd's own Go programs (C{tests/go/gobcalls}): sync and async calls, 200
     calls in flight, unknown names, Watch beside Set, login per connection,
     rich types echoed by C{tests.echoservice}.
@@ -13,8 +14,8 @@ Go net/rpc server, and rpcd's client calls a real Go net/rpc server.
     library (codecs C{gob} and C{gob-http}) and by C{rpcd call --codec gob}.
   - Hostile gob bytes on raw sockets.
 
-Every Go program is built from source with C{go build} into a temporary
-directory once per test run (stdlib only: nothing is downloaded).
+Every Go program is built from source with C{go build} once, and kept in
+L{tests.cache} by its sources' hash (stdlib only: nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from tests.tools import require_tool
 GO_SOURCES = ROOT / "tests" / "go"
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 
-_build_dir: str | None = None
 _built: dict[str, str] = {}
 
 
@@ -65,44 +65,68 @@ def go_environment() -> dict[str, str]:
     }
 
 
-async def go_program(test: TestCase, name: str, seed_port: int | None = None) -> str:
+SEED_PORT_GO = """\
+package main
+
+import "os"
+
+// Written by the tests beside the seed's main.go, which stays as it is: the
+// port the program dials is RPCD_SEED_PORT when set, so one build serves
+// every port the OS gives a daemon.
+func init() {
+	if port := os.Getenv("RPCD_SEED_PORT"); port != "" {
+		seedPort = port
+	}
+}
+"""
+"""A second file of a seed program's package (the seeds keep their port in
+the variable C{seedPort}; their C{main.go} uses it only once C{main} runs,
+after every C{init})."""
+
+
+def seed_environment(port: int) -> dict[str, str]:
     """
-    Build C{tests/go/NAME/main.go}: once for all runs (L{tests.cache}), or,
-    for a seed built for a port, once per run and port.
+    @param port: the port a seed program dials (or listens on: 0 for one the
+        OS picks).
+    @return: the environment variable L{SEED_PORT_GO} reads.
+    """
+    return {"RPCD_SEED_PORT": str(port)}
+
+
+async def go_program(test: TestCase, name: str) -> str:
+    """
+    Build C{tests/go/NAME/main.go} once for all runs (L{tests.cache}); a seed
+    program (C{seeds/...}) with L{SEED_PORT_GO} beside it, run with
+    L{seed_environment}.
 
     @param test: the calling test (skipped when Go is missing).
     @param name: the program's directory under C{tests/go}.
-    @param seed_port: for a seed program, the port it dials (its variable
-        C{seedPort}), instead of the seed's own.
     @return: the executable's path.
     """
     go = require_tool("go", "to build the Go programs that talk to rpcd")
-    key = name if seed_port is None else f"{name}@{seed_port}"
-    if key in _built:
-        return _built[key]
-    global _build_dir
-    if _build_dir is None:
-        _build_dir = tempfile.mkdtemp(prefix="rpcd-go-e2e-")
-        import atexit
-        atexit.register(shutil.rmtree, _build_dir, True)
+    if name in _built:
+        return _built[name]
     source = GO_SOURCES / name
-    flags = [] if seed_port is None else ["-ldflags", f"-X main.seedPort={seed_port}"]
+    seed = name.startswith("seeds/")
 
     async def build(binary: str) -> None:
-        code, out, err = await run(test, [go, "build", *flags, "-o", binary, "main.go"],
-                                   env=go_environment(), cwd=str(source))
+        files = ["main.go"]
+        directory = str(source)
+        if seed:
+            directory = tempfile.mkdtemp(prefix="rpcd-seed-")
+            test.addCleanup(shutil.rmtree, directory, True)
+            shutil.copy(source / "main.go", directory)
+            Path(directory, "seedport.go").write_text(SEED_PORT_GO)
+            files.append("seedport.go")
+        code, out, err = await run(test, [go, "build", "-o", binary, *files],
+                                   env=go_environment(), cwd=directory)
         if code != 0:
             test.fail(f"go build in {source} failed (exit {code}):\n{out}{err}")
 
-    if seed_port is None:
-        # Kept across runs and trial -j workers, named by the sources' hash.
-        binary = await cached_build(name, [source, tool_stamp(go), go_environment()["GOFLAGS"]], build)
-    else:
-        # The port differs every run: built for this run only.
-        binary = os.path.join(_build_dir, key.replace("/", "_").replace("@", "_"))
-        await build(binary)
-    _built[key] = binary
-    return binary
+    # Kept across runs and trial -j workers, named by the sources' hash.
+    inputs = [source, tool_stamp(go), go_environment()["GOFLAGS"], SEED_PORT_GO if seed else None]
+    _built[name] = await cached_build(name, inputs, build)
+    return _built[name]
 
 
 def require_protocol(name: str, why: str) -> None:
@@ -130,11 +154,12 @@ async def run_go(test: TestCase, name: str, *args: str,
     """
     Build and run a Go program to completion.
 
-    @param seed_port: see L{go_program}.
+    @param seed_port: for a seed program, the port it dials.
     @return: C{(exit code, stdout, stderr)}.
     """
-    binary = await go_program(test, name, seed_port)
-    return await run(test, [binary, *args])
+    binary = await go_program(test, name)
+    return await run(test, [binary, *args],
+                     env=None if seed_port is None else seed_environment(seed_port))
 
 
 def lines(text: str) -> list[str]:
@@ -172,12 +197,12 @@ class SeedProgramTests(TestCase):
     async def test_001_watch_beside_set(self) -> None:
         """Seed 001's Watch in a goroutine beside Set on one client prints the changed key."""
         daemon = await self.daemon()
-        binary = await go_program(self, "seeds/001_kvstore_client", daemon.port)
+        binary = await go_program(self, "seeds/001_kvstore_client")
         client = await connect(f"tcp:127.0.0.1:{daemon.port}")
         self.addCleanup(client.close)
         # The seed races its own Set against its Watch goroutine: the Set may
         # arrive first.  So abc also changes while the program waits.
-        running = Deferred.fromCoroutine(run(self, [binary]))
+        running = Deferred.fromCoroutine(run(self, [binary], env=seed_environment(daemon.port)))
         n = 0
         while not running.called:
             n += 1

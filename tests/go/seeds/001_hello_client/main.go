@@ -24,7 +24,8 @@ fmt.Println(args, reply)
 }
 
 // Changed from the seed: the port, 1234, is this variable, so that the tests can
-// build the program for a port the OS picked (go build -ldflags "-X main.seedPort=N").
+// run the program with a port the OS picked (set at start from RPCD_SEED_PORT by
+// the file tests/test_go_e2e.py builds beside this one, SEED_PORT_GO).
 var seedPort = "1234"
 
 // Added.

@@ -15,7 +15,8 @@ import (
 )
 
 // Changed from the seed: the port, 1234, is this variable, so that the tests can
-// listen on a port the OS picks (go build -ldflags "-X main.seedPort=0").
+// listen on a port the OS picks (RPCD_SEED_PORT=0, read by the file
+// tests/test_go_e2e.py builds beside this one, SEED_PORT_GO).
 var seedPort = "1234"
 
 func main() {

@@ -20,7 +20,8 @@ type Args struct {
 }
 
 // Changed from the seed: the port, 9000, is this variable, so that the tests can
-// build the program for a port the OS picked (go build -ldflags "-X main.seedPort=N").
+// run the program with a port the OS picked (set at start from RPCD_SEED_PORT by
+// the file tests/test_go_e2e.py builds beside this one, SEED_PORT_GO).
 var seedPort = "9000"
 
 func main() {
