@@ -70,6 +70,12 @@ class Limits:
         from a peer that are not a strike (0: no check).
     @ivar keepalive_max_ping_strikes: strikes in a row allowed before the
         peer gets a GOAWAY (RESOURCE_EXHAUSTED, "too many pings").
+    @ivar half_close_check_interval: once a peer has ended its requests
+        (a FIN) with calls still running, seconds between checks that it
+        has not closed its socket altogether: if it has, the connection
+        closes and its calls (a long poll) are cancelled at once rather than
+        when they end (TCP keepalive probes as often, whole seconds; 0
+        disables; L{rpcd.server.goneprobe}).
     """
 
     max_frame_bytes: int = 4 * 1024 * 1024
@@ -87,6 +93,7 @@ class Limits:
     keepalive_timeout: float = 20.0
     keepalive_min_ping_interval: float = 10.0
     keepalive_max_ping_strikes: int = 2
+    half_close_check_interval: float = 1.0
     max_connection_age: float = 0.0
     max_connection_age_grace: float = 30.0
 

@@ -50,6 +50,7 @@ from rpcd.core.session import describe_address
 from rpcd.server import protocols
 from rpcd.wire import sniff
 from rpcd.core.keepalive import KeepAlive, always
+from rpcd.server.goneprobe import GonePeerProbe, handle_of
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
@@ -117,10 +118,12 @@ class _Rare:
     @ivar age: the C{max_connection_age} timer, or None.
     @ivar busy_at: when the idle check last found calls running.
     @ivar read_ended: the peer shut down its write side.
+    @ivar probe: once reading has ended, what notices the peer closing its
+        socket (L{GonePeerProbe}), or None.
     """
 
     __slots__ = ("closing_why", "lost_reason", "ready", "gone", "draining", "age", "busy_at",
-                 "read_ended")
+                 "read_ended", "probe")
 
     def __init__(self) -> None:
         self.closing_why: str | None = None
@@ -131,6 +134,7 @@ class _Rare:
         self.age: IDelayedCall | None = None
         self.busy_at = 0.0
         self.read_ended = False
+        self.probe: GonePeerProbe | None = None
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
@@ -532,6 +536,25 @@ class SniffingProtocol(Protocol):
             self.throttle.end_reading(ended)
         else:
             ended()
+        self._probe_gone_peer(rare)
+
+    def _probe_gone_peer(self, rare: _Rare) -> None:
+        """
+        While the calls read before the half-close run, notice the peer
+        closing its socket (L{rpcd.server.goneprobe}) and close the
+        connection then, which cancels them.
+        """
+        interval = self.server.limits.half_close_check_interval
+        if not interval or self.phase is Phase.CLOSING or self.phase is Phase.LOST:
+            return
+        sock = handle_of(self.transport)
+        if sock is None:
+            return
+        ping = getattr(self.inner, "send_ping", None)
+        rare.probe = GonePeerProbe(self.server.clock, sock, interval,
+                                   lambda why: self._close(why, abort=True),
+                                   None if ping is None else lambda: ping(0))
+        rare.probe.start()
 
     def writeConnectionLost(self) -> None:
         """
@@ -582,6 +605,9 @@ class SniffingProtocol(Protocol):
         if rare.age is not None and rare.age.active():
             rare.age.cancel()
         rare.age = None
+        if rare.probe is not None:
+            rare.probe.stop()
+            rare.probe = None
         self.server.caps.closed(self.host)
         self.server.open_connections.discard(self)
         if self.input_guard is not None:
