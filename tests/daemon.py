@@ -51,7 +51,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.forking import ROOT as ROOT, environment as environment
-from tests.forking import die_with_parent, exit_reason, fork_daemon, fork_twistd, read_line, server_path
+from tests.forking import (
+    die_with_parent,
+    exit_reason,
+    fork_daemon,
+    fork_twistd,
+    fork_twistd_process,
+    read_line,
+    server_path,
+)
 LISTENING = re.compile(r"rpcd listening on (\S+?)(?::(\d+))? \(")
 
 # Runs twistd with RLIMIT_NOFILE lowered to argv[1] (for fd-exhaustion tests).
@@ -555,6 +563,21 @@ async def run(test: TestCase, argv: list[str], *, stdin: bytes = b"",
     reactor.spawnProcess(protocol, argv[0], argv, env=full_env, path=cwd or temp_dir(test))
     protocol.transport.write(stdin)
     protocol.transport.closeStdin()
+    code = await protocol.ended
+    return code, protocol.out.decode("utf-8", "replace"), protocol.err.decode("utf-8", "replace")
+
+
+async def run_twistd(test: TestCase, *args: str) -> tuple[int | None, str, str]:
+    """
+    Run C{twistd ARGS...} to completion, forked from the tests' fork server
+    as L{Daemon.start} does (a new interpreter with C{RPCD_TESTS_EXEC=1}).
+
+    @return: C{(exit code, stdout, stderr)}.
+    """
+    if not _forking():
+        return await run(test, twistd_command(*args))
+    protocol = _Split()
+    await fork_twistd_process(protocol, list(args), environment(), temp_dir(test))
     code = await protocol.ended
     return code, protocol.out.decode("utf-8", "replace"), protocol.err.decode("utf-8", "replace")
 

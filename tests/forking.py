@@ -103,20 +103,20 @@ def _stop() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def send_request(path: str, request: dict[str, object], fd: int | None = None) -> socket.socket:
+def send_request(path: str, request: dict[str, object], fds: list[int] = []) -> socket.socket:
     """
     Send one request to the fork server.
 
     @param path: its socket (L{server_path}).
     @param request: the request (see L{tests.forkserver}).
-    @param fd: a file descriptor to pass along, if any.
+    @param fds: file descriptors to pass along.
     @return: the connection, its write side shut down, for the replies.
     """
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
         data = json.dumps(request).encode()
-        sent = socket.send_fds(conn, [data], [fd] if fd is not None else [])
+        sent = socket.send_fds(conn, [data], fds)
         conn.sendall(data[sent:])
         conn.shutdown(socket.SHUT_WR)
     except BaseException:
@@ -168,21 +168,38 @@ def fork_twistd(path: str, argv: list[str], env: dict[str, str], cwd: str,
     @return: its pid, the read end of its output (standard output and error;
         blocking), and the connection that will carry its exit status.
     """
-    read, write = os.pipe()
+    pid, (output,), conn = fork_twistd_outputs(path, argv, env, cwd, nofile, apart=False)
+    return pid, output, conn
+
+
+def fork_twistd_outputs(path: str, argv: list[str], env: dict[str, str], cwd: str,
+                        nofile: int | None = None,
+                        apart: bool = True) -> tuple[int, list[int], socket.socket]:
+    """
+    L{fork_twistd}, with standard error on a pipe of its own if C{apart}.
+
+    @return: its pid, the read ends of its output pipes (standard output's,
+        then standard error's if apart; blocking), and the connection that
+        will carry its exit status.
+    """
+    pipes = [os.pipe() for _ in range(2 if apart else 1)]
     try:
         conn = send_request(path, {"kind": "twistd", "argv": argv, "env": env, "cwd": cwd,
-                                   "nofile": nofile}, write)
+                                   "nofile": nofile}, [write for _, write in pipes])
     except BaseException:
-        os.close(read)
+        for read, _ in pipes:
+            os.close(read)
         raise
     finally:
-        os.close(write)
+        for _, write in pipes:
+            os.close(write)
     pid = read_line(conn)
     if not pid:
-        os.close(read)
+        for read, _ in pipes:
+            os.close(read)
         conn.close()
         raise AssertionError("the tests' fork server did not fork the daemon")
-    return int(pid), read, conn
+    return int(pid), [read for read, _ in pipes], conn
 
 
 @implementer(IReadDescriptor)
@@ -229,14 +246,22 @@ class ForkedProcess:
     @ivar pid: its process id.
     """
 
-    def __init__(self, protocol: Any, pid: int, output: int, status: socket.socket) -> None:
+    def __init__(self, protocol: Any, pid: int, output: int, status: socket.socket,
+                 errors: int | None = None) -> None:
+        """
+        @param output: its standard output's pipe (and standard error's,
+            unless C{errors} is given).
+        @param errors: its standard error's pipe, read into C{errReceived}.
+        """
         self.protocol = protocol
         self.pid = pid
         self._status = b""
         self._exited = False
-        self._open = 2
+        self._open = 2 if errors is None else 3
         self._conn = status
         reactor.addReader(_Reader(output, protocol.outReceived, self._part_ended))
+        if errors is not None:
+            reactor.addReader(_Reader(errors, protocol.errReceived, self._part_ended))
         reactor.addReader(_Reader(os.dup(status.fileno()), self._status_received, self._exit))
 
     def _status_received(self, data: bytes) -> None:
@@ -278,3 +303,15 @@ async def fork_daemon(protocol: Any, argv: list[str], env: dict[str, str], cwd: 
     path = await server_path()
     pid, output, status = fork_twistd(path, argv, env, cwd, nofile)
     return ForkedProcess(protocol, pid, output, status)
+
+
+async def fork_twistd_process(protocol: Any, argv: list[str], env: dict[str, str],
+                              cwd: str) -> ForkedProcess:
+    """
+    Fork twistd with its standard output and error apart, read in the
+    reactor (C{outReceived}, C{errReceived}, C{processEnded}), as
+    C{reactor.spawnProcess} of C{twistd ARGV...} would.
+    """
+    path = await server_path()
+    pid, (output, errors), status = fork_twistd_outputs(path, argv, env, cwd)
+    return ForkedProcess(protocol, pid, output, status, errors)

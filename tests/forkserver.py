@@ -15,10 +15,11 @@ most one file descriptor passed along with its first bytes (C{SCM_RIGHTS}):
     its pid, runs C{rpcd.cli.main()} exactly as C{python -c "from rpcd.cli
     import main; main()" ARGS...} would, and sends its exit status;
   - C{{"kind": "twistd", "argv", "env", "cwd", "nofile"}} with the write end
-    of a pipe: the child runs twistd as C{python -c "from twisted.scripts.twistd
-    import run; run()" ARGS...} would (same C{sys.argv}, C{sys.path},
-    environment, working directory, a fresh reactor), its standard output
-    and error on the pipe and no other file descriptor open, with
+    of a pipe (or two: standard output's, then standard error's): the child
+    runs twistd as C{python -c "from twisted.scripts.twistd import run; run()"
+    ARGS...} would (same C{sys.argv}, C{sys.path}, environment, working
+    directory, a fresh reactor), its standard output and error on the
+    pipe(s) and no other file descriptor open, with
     RLIMIT_NOFILE lowered to C{nofile} if given.  The server sends the
     child's pid, then, once it has exited, its status: the exit code, or
     minus the signal that killed it.
@@ -69,7 +70,7 @@ def _die_with_parent() -> None:
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
-    data, fds, _, _ = socket.recv_fds(conn, 65536, 1)
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
     while chunk := conn.recv(65536):
         data += chunk
     request: dict[str, object] = json.loads(data)
@@ -142,15 +143,17 @@ def _fresh_path(env: dict[str, str]) -> list[str]:
     return ["", *theirs, *rest]
 
 
-def _twistd(request: dict[str, object], output: int) -> None:
+def _twistd(request: dict[str, object], outputs: list[int]) -> None:
     """
     Become the daemon: runs in the forked child and ends by exiting as the
     daemon's process would (it never returns to the server's loop).
+
+    @param outputs: standard output's pipe, and standard error's if apart.
     """
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.dup2(output, 1)
-    os.dup2(output, 2)
+    os.dup2(outputs[0], 1)
+    os.dup2(outputs[-1], 2)
     _close_inherited()
     nofile = request.get("nofile")
     if isinstance(nofile, int):
@@ -221,7 +224,7 @@ def main(path: str) -> None:
             _die_with_parent()
             if request.get("kind") == "twistd":
                 conn.close()
-                _twistd(request, fds[0])
+                _twistd(request, fds)
             else:
                 _command(conn, request)
         for fd in fds:

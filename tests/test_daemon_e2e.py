@@ -19,7 +19,7 @@ from rpcd.client import connect
 from rpcd.errors import DeadlineExceeded, NotFound, Unauthenticated, Unavailable, Unimplemented
 from rpcd.config import DEFAULT_BACKLOG
 from tests.cli import rpcd
-from tests.daemon import Daemon, rpcd_command, run, temp_dir, twistd_command
+from tests.daemon import Daemon, rpcd_command, run, run_twistd, temp_dir
 from tests.tools import require_tool
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
@@ -241,7 +241,7 @@ class StartupTests(TestCase):
         directory = temp_dir(self)
         bad = Path(directory) / "bad.toml"
         bad.write_text("[limits]\nmax_frame = 5\n")
-        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--config", str(bad)))
+        code, out, err = await run_twistd(self, "-n", "--pidfile=", "rpcd", "--config", str(bad))
         self.assertNotEqual(code, 0)
         self.assertIn(f"{bad}: [limits] unknown key 'max_frame'", out + err)
 
@@ -252,7 +252,7 @@ class StartupTests(TestCase):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--listen", endpoint))
+        code, out, err = await run_twistd(self, "-n", "--pidfile=", "rpcd", "--listen", endpoint)
         self.assertEqual(code, 1)
         self.assertIn(f"rpcd cannot listen on {endpoint!r}: [Errno 98] Address already in use", out)
         self.assertNotIn("Traceback", out + err)
@@ -260,7 +260,7 @@ class StartupTests(TestCase):
     async def test_unix_path_too_long_stops_startup(self) -> None:
         """A Unix socket path past the OS's limit is reported as such, not as a traceback."""
         path = Path(temp_dir(self)) / ("s" * 120)
-        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--listen", f"unix:{path}"))
+        code, out, err = await run_twistd(self, "-n", "--pidfile=", "rpcd", "--listen", f"unix:{path}")
         self.assertEqual(code, 1)
         self.assertIn(f"rpcd cannot listen on 'unix:{path}': AF_UNIX path too long", out)
         self.assertNotIn("Traceback", out + err)

@@ -10,7 +10,6 @@ served to seed 001's Go caller.
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -29,9 +28,8 @@ from tests.daemon import (
     _Split,
     environment,
     rpcd_command,
-    run,
+    run_twistd,
     temp_dir,
-    twistd_command,
 )
 
 SCRIPT = '''
@@ -239,7 +237,7 @@ class ConfigErrorTests(TestCase):
     async def twistd_fails(self, toml: str) -> str:
         path = Path(temp_dir(self)) / "bad.toml"
         path.write_text(toml)
-        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--config", str(path)))
+        code, out, err = await run_twistd(self, "-n", "--pidfile=", "rpcd", "--config", str(path))
         self.assertEqual((code, out), (2, ""), err)
         self.assertEqual(err.count("\n"), 1, err)
         self.assertTrue(err.startswith(f"rpcd: {path}: "), err)
@@ -261,7 +259,7 @@ class ConfigErrorTests(TestCase):
 
     async def test_bad_listen_option(self) -> None:
         """A malformed --listen is one line naming the option, exit 2."""
-        code, out, err = await run(self, twistd_command("-n", "--pidfile=", "rpcd", "--listen", "nope"))
+        code, out, err = await run_twistd(self, "-n", "--pidfile=", "rpcd", "--listen", "nope")
         self.assertEqual((code, out, err.count("\n")), (2, "", 1), err)
         self.assertIn("rpcd: --listen", err)
 
