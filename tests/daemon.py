@@ -567,6 +567,21 @@ async def run(test: TestCase, argv: list[str], *, stdin: bytes = b"",
     return code, protocol.out.decode("utf-8", "replace"), protocol.err.decode("utf-8", "replace")
 
 
+async def spawn_twistd(protocol: ProcessProtocol, args: list[str], cwd: str) -> Any:
+    """
+    Start C{twistd ARGS...}, forked from the tests' fork server as
+    L{Daemon.start} does (a new interpreter with C{RPCD_TESTS_EXEC=1}).
+
+    @param protocol: gets its output and its end, as from
+        C{reactor.spawnProcess}.
+    @return: its process (C{pid}, C{signalProcess}).
+    """
+    if not _forking():
+        return reactor.spawnProcess(protocol, sys.executable, twistd_command(*args),
+                                    env=environment(), path=cwd)
+    return await fork_twistd_process(protocol, args, environment(), cwd)
+
+
 async def run_twistd(test: TestCase, *args: str) -> tuple[int | None, str, str]:
     """
     Run C{twistd ARGS...} to completion, forked from the tests' fork server

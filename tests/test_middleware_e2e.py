@@ -9,7 +9,6 @@ and two daemons with a deadline that shrinks on the way.
 from __future__ import annotations
 
 import json
-import sys
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from twisted.web.http_headers import Headers
 from rpcd.client import connect
 from rpcd.errors import Code, RPCError
 from rpcd.tracing import Tracing
-from tests.daemon import Daemon, _Output, environment, temp_dir, twistd_command
+from tests.daemon import Daemon, _Output, spawn_twistd, temp_dir
 
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 
@@ -86,10 +85,8 @@ class AccessLogE2ETests(TestCase):
         """With --logger=rpcd.accesslog.json_observer the daemon logs JSON lines with the access fields."""
         path = write_config(self, '[[interceptors]]\nuse = "access_log"\n[services.Arith]\n')
         output = _Output()
-        argv = twistd_command("-n", "--pidfile=", "--logger=rpcd.accesslog.json_observer",
-                              "rpcd", "--config", path, *LOOPBACK)
-        process = reactor.spawnProcess(output, sys.executable, argv, env=environment(),
-                                       path=temp_dir(self))
+        process = await spawn_twistd(output, ["-n", "--pidfile=", "--logger=rpcd.accesslog.json_observer",
+                                              "rpcd", "--config", path, *LOOPBACK], temp_dir(self))
 
         def stop() -> Deferred[Any]:
             if output.running:

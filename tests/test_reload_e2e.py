@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from rpcd import certs
 from rpcd.client import connect
 from rpcd.errors import Unimplemented
-from tests.daemon import LISTENING, Daemon, _Output, environment, socket_path, temp_dir, twistd_command
+from tests.daemon import LISTENING, Daemon, _Output, environment, socket_path, spawn_twistd, temp_dir
 from tests.tools import require_tool
 
 
@@ -145,10 +144,9 @@ class LogFileTests(TestCase):
             return tail_output.ended
         self.addCleanup(stop_tail)
         output = _Output()
-        argv = twistd_command("-n", "--pidfile=", f"--logfile={logfile}", "rpcd",
-                              "--listen", "tcp:0:interface=127.0.0.1", "--service", "Arith")
-        process = reactor.spawnProcess(output, sys.executable, argv, env=environment(),
-                                       path=str(directory))
+        process = await spawn_twistd(output, ["-n", "--pidfile=", f"--logfile={logfile}", "rpcd",
+                                              "--listen", "tcp:0:interface=127.0.0.1", "--service", "Arith"],
+                                     str(directory))
         daemon = Daemon(process, output)
         self.addCleanup(daemon.stop)
         await tail_output.wait_for(lambda text: LISTENING.search(text), "the daemon listened", 30)
