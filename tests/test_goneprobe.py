@@ -238,6 +238,21 @@ class SnifferTests(SynchronousTestCase):
         protocol.connectionLost(Exception("closed"))
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_nothing_running(self) -> None:
+        """A FIN with nothing running closes the connection at once: nothing is probed or poked."""
+        clock = Clock()
+        server = RPCServer(ServiceRegistry(), clock, Limits(idle_timeout=0, handshake_timeout=0,
+                                                            keepalive_interval=0))
+        ours, theirs = _pair(self)
+        transport = _SocketTransport(ours)
+        protocol = server.factory().buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(PREFACE)
+        transport.clear()
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((clock.getDelayedCalls(), transport.value()), ([], b""))
+
     def test_switched_off(self) -> None:
         """With half_close_check_interval = 0 nothing checks the peer."""
         _, transport, _, clock, theirs = self.start(half_close_check_interval=0)

@@ -545,15 +545,21 @@ class SniffingProtocol(Protocol):
         connection then, which cancels them.
         """
         interval = self.server.limits.half_close_check_interval
-        if not interval or self.phase is Phase.CLOSING or self.phase is Phase.LOST:
-            return
-        sock = handle_of(self.transport)
+        transport = self.transport
+        if (not interval or self.phase is Phase.CLOSING or self.phase is Phase.LOST
+                or getattr(transport, "disconnecting", False)):
+            return  # nothing was running: closing already
+        sock = handle_of(transport)
         if sock is None:
             return
         ping = getattr(self.inner, "send_ping", None)
+
+        def poke() -> None:
+            if ping is not None and not getattr(transport, "disconnecting", False):
+                ping(0)
         rare.probe = GonePeerProbe(self.server.clock, sock, interval,
                                    lambda why: self._close(why, abort=True),
-                                   None if ping is None else lambda: ping(0))
+                                   None if ping is None else poke)
         rare.probe.start()
 
     def writeConnectionLost(self) -> None:
