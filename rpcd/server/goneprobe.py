@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from rpcd.wire.sockopts import set_keepalive_timing
+
 #: Unanswered keepalive probes before the kernel ends the connection.
 PROBES = 5
 
@@ -88,14 +90,7 @@ def probe_often(sock: socket.socket, interval: float) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError:
         return
-    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", seconds),
-                        ("TCP_KEEPCNT", PROBES)):
-        option = getattr(socket, name, None)
-        if option is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-            except OSError:
-                pass
+    set_keepalive_timing(sock, seconds, seconds, PROBES)
 
 
 class GonePeerProbe:

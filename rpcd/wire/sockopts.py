@@ -55,9 +55,21 @@ def set_keepalive(transport: Any) -> None:
     sock = handle() if handle is not None else None
     if sock is None or not hasattr(sock, "setsockopt"):
         return
+    set_keepalive_timing(sock, KEEPALIVE_IDLE, KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES)
+
+
+def set_keepalive_timing(sock: Any, idle: int, interval: int, probes: int) -> None:
+    """
+    Set when a TCP socket's keepalive probes go (the options a platform
+    lacks, or refuses, are skipped).
+
+    @param sock: a TCP socket with keepalive on.
+    @param idle: quiet seconds before the first probe.
+    @param interval: seconds between probes.
+    @param probes: unanswered probes before the connection is dropped.
+    """
     import socket
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_PROBE_INTERVAL),
-                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", probes)):
         option = getattr(socket, name, None)
         if option is not None:
             try:
