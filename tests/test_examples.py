@@ -123,7 +123,8 @@ class KVStoreTests(SynchronousTestCase):
     def test_watch_beside_set(self) -> None:
         """Many Watches wait on one connection; a Set that changes a value wakes them all."""
         watches = [self.call("KVStoreService.Watch", 30) for _ in range(10)]
-        self.assertEqual(len(self.watch_timers()), 10)
+        self.assertEqual(len(self.watch_timers()), 1)  # one timer for all their timeouts
+        self.assertEqual(len(self.store.watch_timeouts[self.conn.clock]), 10)
         for w in watches:
             self.assertNoResult(w)
         self.assertEqual(len(self.store.watchers), 10)
@@ -131,11 +132,12 @@ class KVStoreTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(w) for w in watches], ["abc"] * 10)
         self.assertEqual(self.store.watchers, {})
         self.assertEqual(self.watch_timers(), [])
+        self.assertEqual(len(self.store.watch_timeouts[self.conn.clock]), 0)
 
     def watch_timers(self) -> list:
-        """The Watch timeouts still scheduled."""
+        """The timers of Watch timeouts still scheduled."""
         return [c for c in self.conn.clock.getDelayedCalls()
-                if c.func.__qualname__.startswith("KVStoreService.Watch")]
+                if c.func.__qualname__ == "Timeouts._fire"]
 
     def test_unchanged_value_does_not_wake(self) -> None:
         """Setting a key to the value it has wakes nobody, as in the seed."""

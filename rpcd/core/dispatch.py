@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from sys import intern as _intern
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -426,30 +427,16 @@ class Dispatcher:
 
     def _track(self, name: str, method: BoundMethod, d: Deferred, key: Any,
                timeout: float | None) -> Deferred:
-        running = self.running
         if key is None:
             key = object()
-        running[key] = d
+        self.running[key] = d
         timer: IDelayedCall | None = None
         if timeout is not None:
             timer = self.clock.callLater(timeout, self._expire, key, d)
-
-        def finished(outcome: Any) -> Any:
-            if running.get(key) is d:
-                del running[key]
-            if timer is not None and timer.active():
-                timer.cancel()
-            # Forgotten however the handler ends: one that swallows its
-            # cancellation must not leave its mark behind.
-            cancelled = self._cancelled
-            expired = ("deadline", key) in cancelled
-            if expired:
-                cancelled.discard(("deadline", key))  # type: ignore[union-attr]
-            if isinstance(outcome, Failure):
-                return self._failed(name, expired, timeout, outcome)
-            return self._convert(name, method, outcome)
-
-        d.addBoth(finished)
+        # The name as the registry spells it, not the copy decoded from this
+        # call's frame: a long-poll call holds it while it waits.
+        tracked = _Tracked(self, _intern(name), method, key, d, timer, timeout)
+        d.addCallbacks(tracked, tracked)
         return d
 
     def _expire(self, key: Any, d: Deferred) -> None:
@@ -494,6 +481,47 @@ class Dispatcher:
         for d in list(self.running.values()):
             d.cancel()
         self.session.close()
+
+
+class _Tracked:
+    """
+    What a tracked call's Deferred runs when the handler ends (as callback
+    and errback): forget the call, stop its deadline and give its outcome
+    as L{Dispatcher.call} would.  A slotted object rather than a closure:
+    a pending long-poll holds one, and this is a third of a closure's bytes
+    (with its cells).
+    """
+
+    __slots__ = ("dispatcher", "name", "method", "key", "d", "timer", "timeout")
+
+    def __init__(self, dispatcher: Dispatcher, name: str, method: BoundMethod, key: Any,
+                 d: Deferred, timer: IDelayedCall | None, timeout: float | None) -> None:
+        self.dispatcher = dispatcher
+        self.name = name
+        self.method = method
+        self.key = key
+        self.d = d
+        self.timer = timer
+        self.timeout = timeout
+
+    def __call__(self, outcome: Any) -> Any:
+        dispatcher = self.dispatcher
+        key = self.key
+        running = dispatcher.running
+        if running.get(key) is self.d:
+            del running[key]
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        # Forgotten however the handler ends: one that swallows its
+        # cancellation must not leave its mark behind.
+        cancelled = dispatcher._cancelled
+        expired = ("deadline", key) in cancelled
+        if expired:
+            cancelled.discard(("deadline", key))  # type: ignore[union-attr]
+        if isinstance(outcome, Failure):
+            return dispatcher._failed(self.name, expired, self.timeout, outcome)
+        return dispatcher._convert(self.name, self.method, outcome)
 
 
 def error_fields(error: BaseException) -> tuple[int, str, Any]:
