@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from itertools import count
+from math import nextafter
 from typing import TYPE_CHECKING, Any, Callable, Collection, Hashable
 
 if TYPE_CHECKING:
@@ -107,16 +108,27 @@ class Timeouts:
             timer.cancel()
 
     def _schedule(self, deadline: float) -> None:
-        """Set the timer for C{deadline} (the heap's earliest)."""
+        """
+        Set the timer for C{deadline} (the heap's earliest).  Its time is
+        C{now + (deadline - now)}, which float rounding may put a hair after
+        the deadline: the delay is then shortened by as much, so that a
+        clock that reaches the deadline fires it (L{_fire} takes the
+        deadline as due).
+        """
         self._cancel_timer()
         self._due = deadline
-        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
+        now = self.clock.seconds()
+        delay = deadline - now
+        if delay <= 0:
+            delay = 0.0
+        elif now + delay > deadline:
+            delay = nextafter(delay, 0.0)
+        self._timer = self.clock.callLater(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        # Due: what the timer was set for too (the clock's float arithmetic
-        # may put now a hair before it), so a clock advanced exactly to a
-        # deadline expires it, as a timer of its own would.
+        # The deadline the timer was set for is due, though the clock may
+        # read a hair before it (see _schedule).
         now = max(self.clock.seconds(), self._due)
         heap = self._heap
         live = self.live
