@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -49,6 +50,22 @@ three closures, a callback and a reactor timer of its own, and the
 dispatcher tracked it with a closure."""
 
 
+def connect(factory: Any, i: int) -> tuple[Any, StringTransport]:
+    """
+    @param factory: a server's factory.
+    @param i: the connection's number (its peer port is 10,000 + i).
+    @return: a native connection past the preface, and its transport
+        (cleared).
+    """
+    address = IPv4Address("TCP", "127.0.0.1", 10_000 + i)
+    protocol = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(PREFACE)
+    transport.clear()
+    return protocol, transport
+
+
 def measure(count: int = 1000, timers: bool = False) -> tuple[float, int]:
     """
     Open C{count} idle native connections on StringTransports and count what
@@ -63,21 +80,12 @@ def measure(count: int = 1000, timers: bool = False) -> tuple[float, int]:
                        Limits(max_connections=100_000, max_connections_per_peer=100_000, **off))
     factory = server.factory()
 
-    def connect(i: int) -> tuple[object, StringTransport]:
-        address = IPv4Address("TCP", "127.0.0.1", 10_000 + i)
-        protocol = factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        protocol.dataReceived(PREFACE)
-        transport.clear()
-        return protocol, transport
-
-    warm = [connect(i) for i in range(20)]  # caches and first-use tables
+    warm = [connect(factory, i) for i in range(20)]  # caches and first-use tables
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        held = [connect(i) for i in range(count)]
+        held = [connect(factory, i) for i in range(count)]
         gc.collect()
         per_connection = (tracemalloc.get_traced_memory()[0] - before) / count
     finally:
@@ -102,15 +110,6 @@ def measure_watches(connections: int = 20, per_connection: int = 500) -> tuple[f
     server = RPCServer(registry, clock, Limits(idle_timeout=0, keepalive_interval=0))
     factory = server.factory()
 
-    def connect(i: int) -> tuple[object, StringTransport]:
-        address = IPv4Address("TCP", "127.0.0.1", 10_000 + i)
-        protocol = factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        protocol.dataReceived(PREFACE)
-        transport.clear()
-        return protocol, transport
-
     def watches(first: int, count: int) -> bytes:
         frames = []
         for call_id in range(first, first + count):
@@ -118,9 +117,9 @@ def measure_watches(connections: int = 20, per_connection: int = 500) -> tuple[f
             frames.append(struct.pack(">I", len(body)) + body)
         return b"".join(frames)
 
-    opened = [connect(i) for i in range(connections)]
+    opened = [connect(factory, i) for i in range(connections)]
     for protocol, _ in opened:  # caches, first-use tables, the store's timer
-        protocol.dataReceived(watches(1, 5))  # type: ignore[attr-defined]
+        protocol.dataReceived(watches(1, 5))
         clock.advance(0)
     reads = [watches(first, 50) for first in range(100, 100 + per_connection, 50)]
     gc.collect()
@@ -129,7 +128,7 @@ def measure_watches(connections: int = 20, per_connection: int = 500) -> tuple[f
         before = tracemalloc.get_traced_memory()[0]
         for protocol, _ in opened:
             for data in reads:
-                protocol.dataReceived(data)  # type: ignore[attr-defined]
+                protocol.dataReceived(data)
                 clock.advance(0)  # the read's turn (rpcd.server.fairness)
         del data
         gc.collect()
