@@ -6,12 +6,13 @@ called with the client library, the C{rpcd} command and the blocking client.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
 from pathlib import Path
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -78,6 +79,26 @@ class DaemonTests(TestCase):
         self.assertEqual(await client.KVStoreService.Get("abc"), "abc-value")
         with self.assertRaises(NotFound):
             await client.KVStoreService.Get("zzz")
+
+    async def test_watch_timeout_cancel_and_set_from_another_connection(self) -> None:
+        """On the real daemon, a short Watch times out and a cancelled one ends while a long one beside them waits for a Set on another connection."""
+        daemon = await Daemon.shared(self, *LOOPBACK)
+        one = await connect(f"tcp:127.0.0.1:{daemon.port}")
+        two = await connect(f"tcp:127.0.0.1:{daemon.port}")
+        self.addCleanup(one.close)
+        self.addCleanup(two.close)
+        waiting = one.KVStoreService.Watch(600)
+        cancelled = one.KVStoreService.Watch(600)
+        short = one.KVStoreService.Watch(1)
+        cancelled.cancel()
+        with self.assertRaises(CancelledError):
+            await cancelled
+        with self.assertRaises(DeadlineExceeded) as cm:
+            await short
+        self.assertEqual(cm.exception.message, "timeout")  # the store's own, not a deadline's
+        self.assertFalse(waiting.called)
+        await two.KVStoreService.Set(["watch-e2e", os.urandom(8).hex()])
+        self.assertEqual(await waiting, "watch-e2e")
 
     async def test_timeout_and_lost_connection(self) -> None:
         """A client timeout fails clearly; stopping the daemon (twice: no grace) fails pending calls."""

@@ -5,6 +5,7 @@ Tests for the seed documents' services, as their Go programs use them.
 from __future__ import annotations
 
 from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcd.errors import Code, ConnectionLost, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
@@ -123,7 +124,8 @@ class KVStoreTests(SynchronousTestCase):
     def test_watch_beside_set(self) -> None:
         """Many Watches wait on one connection; a Set that changes a value wakes them all."""
         watches = [self.call("KVStoreService.Watch", 30) for _ in range(10)]
-        self.assertEqual(len(self.watch_timers()), 10)
+        self.assertEqual(len(self.watch_timers()), 1)  # one timer for all their timeouts
+        self.assertEqual(len(self.store.watch_timeouts[self.conn.clock]), 10)
         for w in watches:
             self.assertNoResult(w)
         self.assertEqual(len(self.store.watchers), 10)
@@ -131,11 +133,12 @@ class KVStoreTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(w) for w in watches], ["abc"] * 10)
         self.assertEqual(self.store.watchers, {})
         self.assertEqual(self.watch_timers(), [])
+        self.assertEqual(len(self.store.watch_timeouts[self.conn.clock]), 0)
 
-    def watch_timers(self) -> list:
-        """The Watch timeouts still scheduled."""
-        return [c for c in self.conn.clock.getDelayedCalls()
-                if c.func.__qualname__.startswith("KVStoreService.Watch")]
+    def watch_timers(self, clock: Clock | None = None) -> list:
+        """The timers of Watch timeouts still scheduled (on the connection's clock by default)."""
+        return [c for c in (clock or self.conn.clock).getDelayedCalls()
+                if c.func.__qualname__ == "Timeouts._fire"]
 
     def test_unchanged_value_does_not_wake(self) -> None:
         """Setting a key to the value it has wakes nobody, as in the seed."""
@@ -157,11 +160,75 @@ class KVStoreTests(SynchronousTestCase):
         """A dropped connection removes its watchers and their timers."""
         watches = [self.call("KVStoreService.Watch", 30) for _ in range(2)]
         self.assertEqual(len(self.store.watchers), 2)
+        self.assertEqual(len(self.watch_timers()), 1)
         self.conn.disconnect()
         for w in watches:
             self.failureResultOf(w, ConnectionLost)
         self.assertEqual(self.store.watchers, {})
         self.assertEqual(self.watch_timers(), [])
+        self.assertEqual(len(self.store.watch_timeouts[self.conn.clock]), 0)
+
+    def test_watch_cancelled_by_caller(self) -> None:
+        """A Watch its caller cancels is removed at the server; the one beside it still waits and is woken."""
+        cancelled, kept = (self.call("KVStoreService.Watch", 30) for _ in range(2))
+        self.assertEqual(len(self.store.watchers), 2)
+        cancelled.cancel()
+        self.conn.flush()
+        self.failureResultOf(cancelled)
+        self.assertEqual(len(self.store.watchers), 1)
+        self.successResultOf(self.call("KVStoreService.Set", ["k", "v"]))
+        self.assertEqual(self.successResultOf(kept), "k")
+        self.assertEqual((self.store.watchers, len(self.store.watch_timeouts[self.conn.clock])), ({}, 0))
+        self.assertEqual(self.watch_timers(), [])
+
+    def test_watch_timeouts_each_at_its_own(self) -> None:
+        """Watches with different timeouts on one timer each fail at their own, not before."""
+        five, two = self.call("KVStoreService.Watch", 5), self.call("KVStoreService.Watch", 2)
+        self.conn.clock.advance(1.5)
+        self.conn.flush()
+        self.assertNoResult(two)
+        self.conn.clock.advance(0.5)
+        self.conn.flush()
+        self.assertEqual(self.failureResultOf(two, DeadlineExceeded).value.message, "timeout")
+        self.assertNoResult(five)
+        self.assertEqual(len(self.store.watchers), 1)
+        self.conn.clock.advance(3)
+        self.conn.flush()
+        self.failureResultOf(five, DeadlineExceeded)
+        self.assertEqual((self.store.watchers, self.watch_timers()), ({}, []))
+
+    def test_set_on_another_connection_wakes(self) -> None:
+        """A Set on one connection wakes the Watches of others, whatever their clocks."""
+        other_clock = MemoryConnection([self.store])  # a server on a reactor of its own
+        same_clock = MemoryConnection([self.store], clock=self.conn.clock)
+        watches = [self.call("KVStoreService.Watch", 30)]
+        for conn in (other_clock, same_clock):
+            watches.append(conn.client.call("KVStoreService.Watch", 30))
+            conn.flush()
+        self.assertEqual(len(self.store.watchers), 3)
+        self.assertEqual(len(self.store.watch_timeouts), 2)
+        self.successResultOf(self.call("KVStoreService.Set", ["x", "1"]))
+        other_clock.flush()
+        same_clock.flush()
+        self.assertEqual([self.successResultOf(w) for w in watches], ["x"] * 3)
+        self.assertEqual([len(t) for t in self.store.watch_timeouts.values()], [0, 0])
+        self.assertEqual(self.watch_timers(other_clock.clock) + self.watch_timers(), [])
+
+    def test_watch_churn_leaves_nothing(self) -> None:
+        """Thousands of Watches cancelled one after another keep the timeouts within twice the waiting ones, and leave nothing."""
+        waiting = self.call("KVStoreService.Watch", 60)
+        timeouts = self.store.watch_timeouts[self.conn.clock]
+        for _ in range(2000):
+            watch = self.call("KVStoreService.Watch", 60)
+            watch.cancel()
+            self.conn.flush()
+            self.failureResultOf(watch)
+            self.assertLessEqual(len(timeouts), 2 * len(self.store.watchers) + 64 + 1)
+        self.assertEqual(len(self.store.watchers), 1)
+        self.conn.clock.advance(60)
+        self.conn.flush()
+        self.failureResultOf(waiting, DeadlineExceeded)
+        self.assertEqual((self.store.watchers, len(timeouts), self.watch_timers()), ({}, 0, []))
 
     def test_watch_bounds(self) -> None:
         """A negative or huge timeout is refused."""

@@ -144,6 +144,11 @@ class OwnerLink:
         @return: a Deferred firing with the result or failing with the
             owner's error; cancelling it cancels the call at the owner.
         """
+        client = self._client
+        if client is not None:
+            # Connected (the common case): the client's own Deferred, with
+            # nothing around it (a pending long-poll holds no more).
+            return client.call(method, value)
         call: Deferred[Any] | None = None
 
         def cancel(_: Deferred[Any]) -> None:

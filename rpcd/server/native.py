@@ -201,8 +201,10 @@ class NativeServerProtocol(Protocol):
                 # A plain result cannot be a Deferred; the type test is much
                 # cheaper than isinstance (Deferred is an abc).
                 if type(result) not in _PLAIN_RESULTS and isinstance(result, Deferred):
-                    result.addCallbacks(self._reply_later, self._fail_later,
-                                        callbackArgs=(call_id,), errbackArgs=(call_id,))
+                    # Functions and one tuple of arguments, not two bound
+                    # methods and two tuples: a pending long-poll holds them.
+                    later = (self, call_id)
+                    result.addCallbacks(_reply_later, _fail_later, callbackArgs=later, errbackArgs=later)
                     continue
                 try:
                     queued += send_result(call_id, result)
@@ -252,26 +254,6 @@ class NativeServerProtocol(Protocol):
         Whether a GOAWAY was sent: it is the last frame the peer gets.
         """
         return self.conn.closed
-
-    def _reply_later(self, result: Any, call_id: int) -> None:
-        conn = self.conn
-        if conn.closed:
-            return
-        try:
-            conn.send_result(call_id, result)
-        except Exception as e:
-            self._unencodable("call", call_id, e)
-        self.transport.write(conn.data_to_send())
-
-    def _fail_later(self, failure: Failure, call_id: int) -> None:
-        conn = self.conn
-        if conn.closed:
-            return
-        error = failure.value
-        assert error is not None  # a Failure always holds its exception
-        code, message, details = error_fields(error)
-        conn.send_error(call_id, code, message, details)
-        self.transport.write(conn.data_to_send())
 
     def _unencodable(self, method: str, call_id: int, error: Exception) -> None:
         internal = unencodable(method, "msgpack", error)
@@ -391,3 +373,33 @@ class NativeServerProtocol(Protocol):
         if self._streams is not None:
             self._streams.connection_lost()
 
+
+
+def _reply_later(result: Any, protocol: NativeServerProtocol, call_id: int) -> None:
+    """
+    A call's Deferred fired: send its RESULT (callback of the Deferred a
+    handler returned).
+    """
+    conn = protocol.conn
+    if conn.closed:
+        return
+    try:
+        conn.send_result(call_id, result)
+    except Exception as e:
+        protocol._unencodable("call", call_id, e)
+    protocol.transport.write(conn.data_to_send())
+
+
+def _fail_later(failure: Failure, protocol: NativeServerProtocol, call_id: int) -> None:
+    """
+    A call's Deferred failed: send its ERROR (errback of the Deferred a
+    handler returned).
+    """
+    conn = protocol.conn
+    if conn.closed:
+        return
+    error = failure.value
+    assert error is not None  # a Failure always holds its exception
+    code, message, details = error_fields(error)
+    conn.send_error(call_id, code, message, details)
+    protocol.transport.write(conn.data_to_send())
