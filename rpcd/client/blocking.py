@@ -303,10 +303,13 @@ class Connection:
     One socket to a server, shared by any number of threads, around a
     client-side L{NativeConnection}.
 
-    Two locks: C{lock} guards the state (the connection, the pending calls,
-    who reads), C{write_lock} the socket's write side.  A writer takes
-    C{write_lock}, then C{lock} just to take the queued bytes; nobody takes
-    C{write_lock} while holding C{lock}.
+    One lock, C{lock}, guards the state: the connection, the pending calls,
+    who reads (C{reading}) and who writes (C{writing}).  Frames are queued
+    in the connection under it; the thread that finds nobody writing takes
+    what is queued, writes it outside the lock, and goes on writing what
+    others queued meanwhile until nothing is left: the frames go out in
+    the order they were queued, and the calls of several threads share a
+    write when they come together.
 
     @ivar peer_name: how errors name the server.
     @ivar going_away: once the server sent a graceful GOAWAY, its message.
@@ -328,8 +331,8 @@ class Connection:
         self.pending: dict[int, _Waiter] = {}
         self.ids = itertools.count(1)
         self.lock = allocate_lock()
-        self.write_lock = allocate_lock()
         self.reading = False
+        self.writing = False
         self.ready = False
         self.heard = False
         self.going_away: str | None = None
@@ -376,7 +379,12 @@ class Connection:
                 raise EncodeError(f"cannot send {method}: the native codec cannot encode "
                                   f"its argument: {type(e).__name__}: {e}") from e
             self.pending[call_id] = waiter
-        self.flush()
+            if self.writing:
+                data = b""  # the thread writing now writes it too
+            else:
+                data = self.conn.data_to_send()
+                self.writing = True
+        self._write(data)
         if not self._wait(waiter, call_id, deadline):
             self.flush()  # the CANCEL
             assert timeout is not None
@@ -437,27 +445,45 @@ class Connection:
                 other.latch.release()
                 return
         self.reading = False
-        if self.lost is not None or (self.retired and not self.pending):
-            self._close_socket()
+        if self.retired and not self.pending and self.lost is None:
+            self._lose(CLOSED_CLEANLY)
+        self._close_if_lost()
 
     # Writing.
 
     def flush(self) -> None:
         """
-        Write what the connection has queued (calls, CANCELs, PONGs), in
-        order, blocking until the socket takes it.
+        Write what the connection has queued (calls, CANCELs, PONGs), unless
+        another thread is writing (it writes this too).
         """
-        with self.write_lock:
+        with self.lock:
+            if self.writing or self.lost is not None:
+                return
+            data = self.conn.data_to_send()
+            if not data:
+                return
+            self.writing = True
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        As the writer (C{writing} set by this thread): send C{data}, then
+        what was queued meanwhile, until nothing is left.
+        """
+        while True:
+            if data:
+                self._send_all(data)
             with self.lock:
-                data = self.conn.data_to_send()
-                if not data or self.lost is not None:
+                data = self.conn.data_to_send() if self.lost is None else b""
+                if not data:
+                    self.writing = False
+                    self._close_if_lost()
                     return
-            self._send_all(data)
 
     def _send_all(self, data: bytes) -> None:
         """
-        Send every byte (under C{write_lock}); a socket error loses the
-        connection.
+        Send every byte, blocking until the socket takes them; a socket
+        error loses the connection.
         """
         sock = self.sock
         try:
@@ -516,7 +542,13 @@ class Connection:
                 return False
             self.heard = True
             self._events(self.conn.receive_data(self._view[:n].tobytes()))
-        self.flush()
+            if self.writing or self.lost is not None:
+                return False
+            data = self.conn.data_to_send()  # PONGs, a GOAWAY
+            if not data:
+                return False
+            self.writing = True
+        self._write(data)
         return False
 
     def _read_idle(self) -> None:
@@ -555,7 +587,6 @@ class Connection:
         """
         while not self.ready:
             if self.lost is not None:
-                self._close_socket()
                 raise ConnectionLost(f"connection to {self.peer_name} closed during the "
                                      f"handshake: {self._describe(self.lost)}")
             if self._read(deadline):
@@ -655,13 +686,11 @@ class Connection:
         """
         Send a last frame (a GOAWAY) if the socket takes it now.
         """
-        if data and self.write_lock.acquire(False):
+        if data and not self.writing:
             try:
                 self.sock.send(data)
             except OSError:
                 pass
-            finally:
-                self.write_lock.release()
 
     def _fail_all(self, error: BaseException) -> None:
         for call_id in list(self.pending):
@@ -683,11 +712,16 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        if not self.reading:
-            self._close_socket()
+        self._close_if_lost()
 
-    def _close_socket(self) -> None:
-        if not self._socket_closed:
+    def _close_if_lost(self) -> None:
+        """
+        Close the socket of a lost connection once no thread reads or
+        writes it (closing it under a thread in a system call could close
+        another file that takes its number).  Under C{lock}.
+        """
+        if self.lost is not None and not self._socket_closed and not self.reading and (
+                not self.writing):
             self._socket_closed = True
             self.sock.close()
 
