@@ -535,6 +535,21 @@ class DirectClientTests(SynchronousTestCase):
 LOOPBACK = ("--listen", "tcp:0:interface=127.0.0.1")
 
 
+class _Counting(dict):  # type: ignore[type-arg]
+    """
+    A connection's table of pending calls that reports each call added
+    (its CALL is queued then, in the order of the ids).
+    """
+
+    def __init__(self, added: Callable[[], Any]) -> None:
+        super().__init__()
+        self.added = added
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.added()
+
+
 def lost_errors(endpoint: str, daemon: Daemon, threads: int) -> list[str]:
     """
     C{threads} threads wait in C{KVStoreService.Watch} on one client; the
@@ -543,20 +558,16 @@ def lost_errors(endpoint: str, daemon: Daemon, threads: int) -> list[str]:
     @return: what each thread raised (type and message).
     """
     with BlockingClient(endpoint) as client:
-        sent = threading.Semaphore(0)
         direct = client._direct
+        sent = threading.Semaphore(0)
+        # Each call's CALL is queued (or written) as it is added there.
         if direct is not None:
-            connection = direct.connection
-            flush = connection.flush
-
-            def flushed() -> None:
-                flush()
-                sent.release()
-            connection.flush = flushed  # type: ignore[method-assign]
+            direct.connection.pending = _Counting(sent.release)
+        else:
+            client._client.channel.pending = _Counting(sent.release)
         outcomes = [Outcome(client.call, "KVStoreService.Watch", 30) for _ in range(threads)]
-        if direct is not None:
-            for _ in range(threads):
-                sent.acquire(timeout=HANG)
+        for _ in range(threads):
+            sent.acquire(timeout=HANG)
         # This call's CALL follows theirs on the wire: once answered, the
         # daemon runs every Watch.
         assert client.call("Arith.Multiply", {"A": 2, "B": 2}) == 4

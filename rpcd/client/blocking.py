@@ -379,12 +379,12 @@ class Connection:
                 raise EncodeError(f"cannot send {method}: the native codec cannot encode "
                                   f"its argument: {type(e).__name__}: {e}") from e
             self.pending[call_id] = waiter
-            if self.writing:
-                data = b""  # the thread writing now writes it too
-            else:
+            data = b""
+            if not self.writing:  # else the thread writing now writes it too
                 data = self.conn.data_to_send()
                 self.writing = True
-        self._write(data)
+        if data:
+            self._write(data)
         if not self._wait(waiter, call_id, deadline):
             self.flush()  # the CANCEL
             assert timeout is not None
@@ -471,8 +471,7 @@ class Connection:
         what was queued meanwhile, until nothing is left.
         """
         while True:
-            if data:
-                self._send_all(data)
+            self._send_all(data)
             with self.lock:
                 data = self.conn.data_to_send() if self.lost is None else b""
                 if not data:
