@@ -233,6 +233,29 @@ class ConnectionTests(SynchronousTestCase):
                                      "Arith.Multiply")
         self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
 
+    def test_interrupted(self) -> None:
+        """A call interrupted while it reads (Ctrl-C) is given up with a CANCEL, and the next call reads again."""
+
+        class Interrupting:
+            def __init__(self, poller: Any) -> None:
+                self.poller = poller
+                self.interrupts = 1
+
+            def poll(self, *args: Any) -> Any:
+                if args != (0,) and self.interrupts:
+                    self.interrupts -= 1
+                    raise KeyboardInterrupt()
+                return self.poller.poll(*args)
+        self.connection._readable = Interrupting(self.connection._readable)  # type: ignore[assignment]
+        self.assertRaises(KeyboardInterrupt, self.call("KV.Watch", 30).result)
+        self.assertEqual((self.connection.pending, self.connection.reading), ({}, False))
+        outcome = self.call("Arith.Multiply", 1)
+        call, cancel, second = self.peer.read(3)
+        self.assertEqual((call[1], cancel, second[1]), (1, [CANCEL, 1], 2))
+        self.peer.conn.send_result(2, 1)
+        self.peer.flush()
+        self.assertEqual(outcome.result(), 1)
+
     def test_close_mid_call(self) -> None:
         """close() fails the calls in flight with ConnectionLost and closes the socket."""
         outcomes = [self.call("KV.Watch", 30) for _ in range(2)]

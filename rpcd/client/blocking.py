@@ -418,20 +418,31 @@ class Connection:
                     else:
                         left = deadline - _monotonic()
                         timed_out = not (left > 0 and waiter.latch.acquire(True, left))
-                finally:
+                except BaseException:
+                    # Interrupted (KeyboardInterrupt in the main thread):
+                    # give the call up, and the lead to another thread.
                     lock.acquire()
+                    self._give_up(waiter, call_id)
+                    raise
+                lock.acquire()
                 if timed_out and not waiter.done:
-                    self.pending.pop(call_id, None)
-                    if self.lost is None:
-                        self.conn.send_cancel(call_id)
-                    if waiter.lead:
-                        self._pass_lead(waiter)
+                    self._give_up(waiter, call_id)
                     return False
             if waiter.lead:
                 self._pass_lead(waiter)
             return True
         finally:
             lock.release()
+
+    def _give_up(self, waiter: _Waiter, call_id: int) -> None:
+        """
+        The thread of call C{call_id} stops waiting: forget the call, queue
+        its CANCEL, and pass the lead on if it had it.  Under C{lock}.
+        """
+        if self.pending.pop(call_id, None) is not None and self.lost is None:
+            self.conn.send_cancel(call_id)
+        if waiter.lead:
+            self._pass_lead(waiter)
 
     def _pass_lead(self, waiter: _Waiter) -> None:
         """
@@ -470,14 +481,22 @@ class Connection:
         As the writer (C{writing} set by this thread): send C{data}, then
         what was queued meanwhile, until nothing is left.
         """
-        while True:
-            self._send_all(data)
+        try:
+            while True:
+                self._send_all(data)
+                with self.lock:
+                    data = self.conn.data_to_send() if self.lost is None else b""
+                    if not data:
+                        self.writing = False
+                        self._close_if_lost()
+                        return
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread), maybe in
+            # the middle of a frame: the connection cannot go on.
             with self.lock:
-                data = self.conn.data_to_send() if self.lost is None else b""
-                if not data:
-                    self.writing = False
-                    self._close_if_lost()
-                    return
+                self.writing = False
+                self._lose(LOST_NON_CLEANLY)
+            raise
 
     def _send_all(self, data: bytes) -> None:
         """
