@@ -382,7 +382,7 @@ class Connection:
             data = b""
             if not self.writing:  # else the thread writing now writes it too
                 data = self.conn.data_to_send()
-                self.writing = True
+                self.writing = bool(data)
         if data:
             self._write(data)
         if not self._wait(waiter, call_id, deadline):
@@ -824,6 +824,7 @@ class DirectClient:
             metadata = check_metadata(metadata)
         connection = self.connection
         tries = REDIALS
+        redialled = False
         while True:
             if (connection.going_away is not None or connection.dropped_idle) and not self._closed:
                 connection = self._redial(connection)
@@ -834,6 +835,12 @@ class DirectClient:
                 if self._closed:
                     raise
                 continue  # it went away since: on a new connection
+            except ConnectionLost:
+                # Found dropped as the call was about to go: not sent, so
+                # on a new connection (once).
+                if not connection.dropped_idle or self._closed or redialled:
+                    raise
+                redialled = True
             except NotRun:
                 left = None if deadline is None else deadline - _monotonic()
                 if tries <= 0 or (left is not None and left <= 0) or self._closed:
