@@ -279,7 +279,8 @@ class NotSent(NotRun):
 
 class _Waiter:
     """
-    One call's thread: its latch (held until the reply or the lead is
+    One call's thread: its latch (made when the thread waits for another
+    to read; held until the reply or the lead is
     handed to it), and the outcome.
 
     @ivar woken: whether the latch was released (at most once).
@@ -289,8 +290,7 @@ class _Waiter:
     __slots__ = ("latch", "done", "value", "error", "woken", "lead")
 
     def __init__(self) -> None:
-        self.latch = allocate_lock()
-        self.latch.acquire()
+        self.latch: Any = None
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -406,8 +406,12 @@ class Connection:
         lock.acquire()
         try:
             while not waiter.done:
-                if not waiter.lead and not self.reading and self.lost is None:
-                    self.reading = waiter.lead = True
+                if not waiter.lead:
+                    if not self.reading and self.lost is None:
+                        self.reading = waiter.lead = True
+                    elif waiter.latch is None:
+                        waiter.latch = allocate_lock()
+                        waiter.latch.acquire()
                 lock.release()
                 try:
                     if waiter.lead:
@@ -453,7 +457,8 @@ class Connection:
         for other in self.pending.values():
             if not other.woken:
                 other.lead = other.woken = True
-                other.latch.release()
+                if other.latch is not None:
+                    other.latch.release()
                 return
         self.reading = False
         if self.retired and not self.pending and self.lost is None:
@@ -630,7 +635,8 @@ class Connection:
                     waiter.done = True
                     if not waiter.woken and not waiter.lead:
                         waiter.woken = True
-                        waiter.latch.release()
+                        if waiter.latch is not None:
+                            waiter.latch.release()
                 continue
             if self._event(event):
                 return
@@ -642,7 +648,8 @@ class Connection:
             waiter.done = True
             if not waiter.woken and not waiter.lead:
                 waiter.woken = True
-                waiter.latch.release()
+                if waiter.latch is not None:
+                    waiter.latch.release()
 
     def _event(self, event: Any) -> bool:
         """
@@ -660,7 +667,8 @@ class Connection:
                 waiter.done = True
                 if not waiter.woken and not waiter.lead:
                     waiter.woken = True
-                    waiter.latch.release()
+                    if waiter.latch is not None:
+                        waiter.latch.release()
         elif kind == ERROR:
             _, call_id, code, message, details = event
             if call_id in self.pending:
