@@ -721,6 +721,56 @@ class EndToEndTests(TestCase):
         self.assertEqual(before[0].split(": ")[0], errors[0].split(": ")[0])
         self.assertEqual(before[0].split(" lost ")[1], errors[0].split(" lost ")[1])
 
+    async def drained(self, endpoint: str, daemon: Daemon) -> tuple[str, list[str]]:
+        """
+        Two threads wait in C{KVStoreService.Watch}; the daemon drains (a
+        GOAWAY, and it stops listening); a new call is made, then the daemon
+        stops at once.
+
+        @return: what the new call raised, and what each waiting thread raised.
+        """
+        client = await deferToThread(BlockingClient, endpoint)
+        sent = threading.Semaphore(0)
+        if client._direct is not None:
+            client._direct.connection.pending = _Counting(sent.release)
+        else:
+            client._client.channel.pending = _Counting(sent.release)
+        outcomes = [Outcome(client.call, "KVStoreService.Watch", 30) for _ in range(2)]
+        for _ in range(2):
+            await deferToThread(sent.acquire, timeout=HANG)
+        mark = len(daemon.output)
+        daemon.process.signalProcess(signal.SIGTERM)
+        await daemon.wait_for_log(r"connection\(s\) told to go away", after=mark, timeout=HANG)
+
+        def call() -> str:
+            try:
+                return repr(client.call("Arith.Multiply", {"A": 2, "B": 2}))
+            except Unavailable as e:
+                return f"{type(e).__name__}: {e}"
+        after = await deferToThread(call)
+        await daemon.stop(drain_wait=0)
+        waiting = []
+        for outcome in outcomes:
+            try:
+                waiting.append(repr(await deferToThread(outcome.result)))
+            except Unavailable as e:
+                waiting.append(type(e).__name__)
+        await deferToThread(client.close)
+        return after.replace(str(daemon.port), "PORT"), waiting
+
+    async def test_drained_mid_call(self) -> None:
+        """A daemon that drains: a new call finds it gone as on the reactor's path, and the calls it ran fail when it stops."""
+        daemon = await Daemon.start(self, *LOOPBACK)
+        direct = await self.drained(f"tcp:127.0.0.1:{daemon.port}", daemon)
+        daemon = await Daemon.start(self, *LOOPBACK)
+        reactor = await self.drained(f"tcp:127.0.0.1:{daemon.port}:bindAddress=127.0.0.1", daemon)
+        self.assertTrue(direct[0].startswith("Unavailable: 127.0.0.1:PORT went away ("), direct)
+        self.assertIn(") and reconnecting failed: Connection was refused", direct[0])
+        self.assertEqual(direct[0], reactor[0])
+        self.assertEqual(len(direct[1]), 2)
+        self.assertTrue(all(e in ("Unavailable", "ConnectionLost") for e in direct[1] + reactor[1]),
+                        (direct, reactor))
+
     async def test_tls(self) -> None:
         """A tls: endpoint still works, over the reactor's thread."""
         pki = Path(temp_dir(self)) / "pki"
