@@ -549,6 +549,42 @@ class DirectClientTests(SynchronousTestCase):
         self.assertEqual(str(error), "connection to 127.0.0.1:%d is closed; cannot call "
                                      "Arith.Multiply" % self.server.port)
 
+    def test_fork(self) -> None:
+        """A child process after fork() dials a connection of its own and leaves the parent's untouched."""
+        made = self.client()
+        first = self.server.accept()
+        client = made.result()
+        self.addCleanup(client.close)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: nothing of trial's, and out with os._exit
+            code = 1
+            try:
+                answer = client.call("Arith.Multiply", {"A": 6, "B": 7})
+                client.close()
+                os.write(write_end, repr(answer).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.addCleanup(os.close, read_end)
+        try:
+            second = self.server.accept()
+            [event] = second.calls(1)
+            self.assertEqual(event[1:4], [1, "Arith.Multiply", {"A": 6, "B": 7}])
+            second.conn.send_result(event[1], 42)
+            second.flush()
+            self.assertEqual(os.read(read_end, 100), b"42")
+        finally:
+            _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        outcome = Outcome(client.call, "Arith.Multiply", {"A": 1, "B": 2})
+        [event] = first.calls(1)  # the child sent nothing here, and did not close it
+        self.assertEqual(event[1:4], [1, "Arith.Multiply", {"A": 1, "B": 2}])
+        first.conn.send_result(event[1], 2)
+        first.flush()
+        self.assertEqual(outcome.result(), 2)
+
     def test_redial_fails(self) -> None:
         """When the new connection cannot be made, the call fails with Unavailable saying why."""
         made = self.client()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import select
 import socket
 import threading
@@ -82,6 +83,17 @@ LOST_NON_CLEANLY = str(twisted_error.ConnectionLost())
 _monotonic = time.monotonic
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLOUT = select.POLLOUT | select.POLLHUP | select.POLLERR
+
+#: This process's generation: one more in each child after fork() (cheaper
+#: to compare per call than os.getpid(), a system call).
+_generation = [0]
+
+
+def _forked() -> None:
+    _generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 # Endpoints.
@@ -339,6 +351,7 @@ class Connection:
         self.lost: str | None = None
         self.dropped_idle = False
         self.retired = False
+        self.generation = _generation[0]
         self._socket_closed = False
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
@@ -760,6 +773,20 @@ class Connection:
         with self.lock:
             self._lose(CLOSED_CLEANLY)
 
+    def forget(self) -> None:
+        """
+        Leave a connection made by the parent process, in a child after
+        C{fork()}: close this process's copy of the socket only, sending
+        nothing and taking no lock (a thread of the parent may have held
+        one), so that the parent's calls go on undisturbed.
+        """
+        if not self._socket_closed:
+            self._socket_closed = True
+            try:
+                os.close(self.sock.detach())
+            except OSError:
+                pass
+
     def retire(self) -> None:
         """
         A new connection replaces this one (the server went away): close it
@@ -831,6 +858,8 @@ class DirectClient:
         if metadata is not None:
             metadata = check_metadata(metadata)
         connection = self.connection
+        if connection.generation != _generation[0]:
+            connection = self._after_fork()
         tries = REDIALS
         redialled = False
         while True:
@@ -855,6 +884,22 @@ class DirectClient:
                     raise
                 tries -= 1
                 timeout = left
+
+    def _after_fork(self) -> Connection:
+        """
+        In a child after C{fork()}: leave the parent's connection to the
+        parent (its socket and ids are the parent's) and dial one of our own.
+
+        @raise Exception: the connection error (see L{dial}).
+        """
+        self._dial_lock = threading.Lock()  # the parent's may have been held
+        old = self.connection
+        if old.generation != _generation[0]:
+            old.forget()
+            if self._closed:
+                raise ConnectionLost(f"connection to {old.peer_name} is closed")
+            self.connection = dial(self.address, self.connect_timeout)
+        return self.connection
 
     def _redial(self, old: Connection) -> Connection:
         """
@@ -882,7 +927,11 @@ class DirectClient:
         Close the connection; calls in flight fail with L{ConnectionLost}.
         """
         self._closed = True
-        self.connection.close()
+        connection = self.connection
+        if connection.generation != _generation[0]:
+            connection.forget()  # the parent's: its to close
+        else:
+            connection.close()
 
 
 __all__ = ["Address", "Connection", "DirectClient", "dial", "direct_address", "open_socket",
