@@ -21,6 +21,9 @@ keepalive PING goes unanswered while the client is idle (only with the
 server's C{idle_timeout} at 0: by default it pings only while calls run)
 drops the connection; the next call then dials again instead of failing.
 
+A child process after C{fork()} leaves the parent's connection alone (it
+closes only its own copy of the socket) and dials one of its own.
+
 Errors are those of the Twisted client (L{rpcd.client.channel}): the same
 classes and messages for a timeout, a lost connection, a remote error, a
 fatal GOAWAY or a broken protocol, and the connection errors of Twisted's
