@@ -316,6 +316,26 @@ class ConnectionTests(SynchronousTestCase):
         self.peer.flush()
         self.assertEqual(first.result(), "done")
 
+    def test_send_fails_after_goaway(self) -> None:
+        """A send the gone server refuses leaves the end to the reading, which finds its GOAWAY first: the call was not run."""
+        self.peer.conn.drain(0, "bye")
+        self.peer.flush()
+        self.peer.sock.close()
+        # As when the GOAWAY comes just after the call's look at the socket:
+        self.connection._read_idle = lambda: None  # type: ignore[method-assign]
+        error = self.assertRaises(NotRun, self.call("Arith.Multiply", 1).result)
+        self.assertEqual(str(error), "the server went away before running call 1 (bye)")
+        self.assertTrue(self.connection.write_failed)
+
+    def test_gone_after_goaway(self) -> None:
+        """A connection that went away gracefully and then closed refuses calls as going away (sent on a new one), not as lost."""
+        self.peer.conn.drain(0, "bye")
+        self.peer.flush()
+        self.peer.sock.close()
+        self.assertRaises(NotSent, self.call("Arith.Multiply", 1).result)
+        self.assertEqual(self.connection.going_away, "bye")
+        self.assertIsNotNone(self.connection.lost)
+
     def test_fatal_goaway(self) -> None:
         """A fatal GOAWAY fails every call with Unavailable naming its message, and closes."""
         outcomes = [self.call("KV.Watch", 30) for _ in range(2)]

@@ -354,6 +354,7 @@ class Connection:
         self.lost: str | None = None
         self.dropped_idle = False
         self.retired = False
+        self.write_failed = False
         self.generation = _generation[0]
         self._socket_closed = False
         self._buffer = bytearray(READ_SIZE)
@@ -382,12 +383,14 @@ class Connection:
         with self.lock:
             if not self.reading and self.lost is None:
                 self._read_idle()
+            # Going away first: the client sends it on a new connection,
+            # even when this one is gone already.
+            if self.going_away is not None:
+                raise NotSent(f"{self.peer_name} is going away ({self.going_away}); "
+                              f"{method} was not sent")
             if self.lost is not None:
                 raise ConnectionLost(f"connection to {self.peer_name} is closed; "
                                      f"cannot call {method}")
-            if self.going_away is not None:
-                raise NotSent(f"{self.peer_name} is going away ({self.going_away}); "
-                             f"{method} was not sent")
             call_id = next(self.ids)
             try:
                 self.conn.send_call(call_id, method, args, timeout, metadata)
@@ -506,7 +509,9 @@ class Connection:
             while True:
                 self._send_all(data)
                 with self.lock:
-                    data = self.conn.data_to_send() if self.lost is None else b""
+                    data = self.conn.data_to_send()
+                    if self.lost is not None or self.write_failed:
+                        data = b""
                     if not data:
                         self.writing = False
                         self._close_if_lost()
@@ -521,9 +526,11 @@ class Connection:
 
     def _send_all(self, data: bytes) -> None:
         """
-        Send every byte, blocking until the socket takes them; a socket
-        error loses the connection.
+        Send every byte, blocking until the socket takes them (nothing
+        once a send failed: the connection is ending).
         """
+        if self.write_failed:
+            return
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -532,8 +539,7 @@ class Connection:
         except BlockingIOError:
             sent = 0
         except OSError:
-            with self.lock:
-                self._lose(LOST_NON_CLEANLY)
+            self._send_failed()
             return
         view = memoryview(data)
         while sent < len(data):
@@ -543,9 +549,24 @@ class Connection:
             except BlockingIOError:
                 continue
             except OSError:
-                with self.lock:
-                    self._lose(LOST_NON_CLEANLY)
+                self._send_failed()
                 return
+
+    def _send_failed(self) -> None:
+        """
+        The socket refused our bytes (the server is gone, or going): write
+        nothing more, and leave the end to the reading, which first reads
+        what the server sent before it went (a GOAWAY saying which calls
+        it did not run, replies), as the reactor would have read it.  The
+        write side is shut so that a server still there ends the
+        connection too.
+        """
+        with self.lock:
+            self.write_failed = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     # Reading.
 
@@ -873,7 +894,8 @@ class DirectClient:
                 return connection.call(method, args, timeout, metadata, deadline)
             except NotSent:
                 if self._closed:
-                    raise
+                    raise ConnectionLost(f"connection to {connection.peer_name} is closed; "
+                                         f"cannot call {method}") from None
                 continue  # it went away since: on a new connection
             except ConnectionLost:
                 # Found dropped as the call was about to go: not sent, so
