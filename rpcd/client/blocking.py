@@ -884,7 +884,7 @@ class DirectClient:
         connection = self.connection
         if connection.generation != _generation[0]:
             connection = self._after_fork()
-        tries = REDIALS
+        tries = moves = REDIALS
         redialled = False
         while True:
             if (connection.going_away is not None or connection.dropped_idle) and not self._closed:
@@ -896,6 +896,9 @@ class DirectClient:
                 if self._closed:
                     raise ConnectionLost(f"connection to {connection.peer_name} is closed; "
                                          f"cannot call {method}") from None
+                moves -= 1
+                if moves < 0:
+                    raise  # a server that goes away as each new connection comes
                 continue  # it went away since: on a new connection
             except ConnectionLost:
                 # Found dropped as the call was about to go: not sent, so
