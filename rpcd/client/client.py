@@ -9,8 +9,9 @@ With a reactor running::
     product = await client.Arith.Multiply(A=7, B=8)      # the same call
     await client.close()
 
-In a script or REPL without a reactor, L{BlockingClient} runs one in a
-background thread::
+In a script or REPL without a reactor, L{BlockingClient} blocks (doing its
+own socket IO for the native codec over tcp: and unix:, else running the
+reactor in a background thread)::
 
     with BlockingClient("tcp:127.0.0.1:1234") as client:
         print(client.Arith.Multiply(A=7, B=8))
@@ -33,6 +34,7 @@ from rpcd.core.context import current_deadline, shorten
 from rpcd.core.interfaces import ICaller
 from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
+from rpcd.client.blocking import DirectClient, direct_address
 from rpcd.client.channel import ClientChannel, PendingCall, when_fired
 from rpcd.wire.fields import check_timeout
 
@@ -529,11 +531,16 @@ class _ReactorThread:
 
 class BlockingClient(ServiceAttributes):
     """
-    A client for code that runs no reactor (scripts, REPLs): every call
-    blocks until it has an answer.
+    A client for code that runs no reactor (scripts, REPLs, threads): every
+    call blocks until it has an answer.
 
-    The global reactor runs in a background daemon thread, started on first
-    use.  Use it as a context manager, or call L{close}.
+    For the native codec over C{tcp:} and C{unix:} endpoints, each call does
+    its own socket IO in the calling thread (L{rpcd.client.blocking}): no
+    reactor, no second thread; threads sharing one client share its
+    connection, many calls in flight.  Other codecs and endpoints (C{tls:},
+    gob, JSON-RPC, gRPC) run the global reactor in a background daemon
+    thread, started on first use.  Use it as a context manager, or call
+    L{close}.
     """
 
     def __init__(self, endpoint: str, *, codec: str = "native",
@@ -545,6 +552,11 @@ class BlockingClient(ServiceAttributes):
         @param timeout: the default timeout per call, in seconds.
         @raise Exception: the connection error, raised from the constructor.
         """
+        self._direct: DirectClient | None = None
+        address = direct_address(endpoint) if codec == "native" and proto is None else None
+        if address is not None:
+            self._direct = DirectClient(address, check_timeout(timeout, "default_timeout"))
+            return
         from twisted.internet.threads import blockingCallFromThread
         self._blocking = blockingCallFromThread
         self._reactor = _ReactorThread.ensure()
@@ -567,6 +579,9 @@ class BlockingClient(ServiceAttributes):
         @raise rpcd.errors.RPCError: the remote error, timeout or lost
             connection.
         """
+        direct = self._direct
+        if direct is not None:
+            return direct.call(method, args, timeout, metadata)
         # blockingCallFromThread's work, lighter: no Queue (a lock is the
         # latch), no maybeDeferred, a Failure only for an error.
         latch = _allocate_lock()
@@ -594,8 +609,12 @@ class BlockingClient(ServiceAttributes):
 
     def close(self) -> None:
         """
-        Close the connection.
+        Close the connection; calls in flight fail with
+        L{rpcd.errors.ConnectionLost}.
         """
+        if self._direct is not None:
+            self._direct.close()
+            return
         # As in __init__: mypy cannot solve R for a function returning Deferred[None].
         self._blocking(self._reactor, self._client.close)  # type: ignore[arg-type]
 
