@@ -242,6 +242,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._writable: asyncio.Future[None] | None = None
         self._flush_due = False
         self._new_future = _future_factory(loop)
+        # Whether a result may wake its task at once (see _wake): the
+        # futures are asyncio's own (C) ones, whose callbacks it can read.
+        self.wake_direct = type(self._new_future()) is _Future
         self._read_view: memoryview | None = None
         # The loop whose _thread_id says whether it runs in this thread
         # (see on_loop), when it is one of asyncio's own that keeps it.
@@ -274,39 +277,107 @@ class _Connection(asyncio.BufferedProtocol):
         conn = self.conn
         events = conn.receive_data(data)
         plain = conn.plain
-        resolved = False
-        if plain:
-            # Unary RESULTs, their kind, length and id checked by the
-            # connection: no look at each.
-            pop = self.pending.pop
-            for _, call_id, value in events if plain == len(events) else events[:plain]:
-                future = pop(call_id, None)
-                if future is not None:
+        # The task a result wakes runs now, in this read (see _wake), unless
+        # this read runs inside a task (a task's step cannot start inside
+        # another's) or on a loop whose futures are not asyncio's own.
+        direct = self.wake_direct and _current_task(self.loop) is None
+        due = self._flush_due
+        # The calls the tasks woken make go out in one write, at the end.
+        self._flush_due = True
+        scheduled = False
+        interrupt: BaseException | None = None
+        try:
+            if plain:
+                # Unary RESULTs, their kind, length and id checked by the
+                # connection: no look at each.
+                for _, call_id, value in events if plain == len(events) else events[:plain]:
+                    # self.pending each time: a task woken may have closed
+                    # the connection (a new, empty table).
+                    future = self.pending.pop(call_id, None)
+                    if future is None:
+                        self._result(call_id, value)
+                        continue
+                    # _wake, inline (once per call).
+                    callbacks = future._callbacks if direct else None
+                    if callbacks is not None and len(callbacks) == 1:
+                        callback, context = callbacks[0]
+                        if type(getattr(callback, "__self__", None)) is _Task:
+                            future.remove_done_callback(callback)
+                            future.set_result(value)
+                            try:
+                                context.run(callback, future)
+                            except (SystemExit, KeyboardInterrupt) as e:
+                                interrupt, direct = e, False  # the rest scheduled, then raised
+                            except BaseException as e:
+                                self._wake_failed(callback, future, e)
+                            continue
                     try:
                         future.set_result(value)
+                        scheduled = True
                     except InvalidStateError:
                         pass  # cancelled: the task will send a CANCEL
-                    resolved = True
-                else:
-                    self._result(call_id, value)
-        if plain < len(events):
-            for event in events[plain:] if plain else events:
-                if event[0] == RESULT:
-                    future = self.pending.pop(event[1], None)
-                    if future is not None:
-                        if not future.done():
-                            future.set_result(event[2])
-                            resolved = True
-                    else:
-                        self._result(event[1], event[2])
-                elif self._event(event):
-                    return
-        self.flush()  # a PONG, a CANCEL
-        if resolved and not self._flush_due:
-            # The callers woken now run next, before this: the calls they
+            if plain < len(events):
+                for event in events[plain:] if plain else events:
+                    if event[0] == RESULT:
+                        future = self.pending.pop(event[1], None)
+                        if future is None:
+                            self._result(event[1], event[2])
+                        elif not future.done():
+                            if direct:
+                                try:
+                                    self._wake(future, event[2])
+                                except (SystemExit, KeyboardInterrupt) as e:
+                                    interrupt, direct = e, False
+                            else:
+                                future.set_result(event[2])
+                                scheduled = True
+                    elif self._event(event):
+                        return
+        finally:
+            self._flush_due = due
+            if interrupt is not None:
+                raise interrupt
+        self.flush()  # the calls of the tasks woken, a PONG, a CANCEL
+        if scheduled and not self._flush_due:
+            # The callers scheduled run next, before this: the calls they
             # make then go out in one write, in the same turn of the loop.
             self._flush_due = True
             self.loop.call_soon(self._flush_turn)
+
+    def _wake(self, future: asyncio.Future[Any], value: Any) -> None:
+        """
+        Set a pending future's result and, when its one callback is the
+        wakeup of the asyncio task awaiting it, run that at once, in the
+        task's context (the task steps in, as from the loop: inside it
+        C{asyncio.current_task()} is that task), instead of through
+        C{call_soon}: no C{Handle} and no turn of the loop per call.  Other
+        callbacks are scheduled as C{set_result} schedules them.  Only from
+        a callback of the loop, outside any task.
+
+        An error the wakeup raises is the loop's to report (as asyncio
+        reports its callbacks'); C{SystemExit} and C{KeyboardInterrupt}
+        propagate, after the future's result is set.
+        """
+        callbacks = future._callbacks
+        if callbacks is not None and len(callbacks) == 1:
+            callback, context = callbacks[0]
+            if type(getattr(callback, "__self__", None)) is _Task:
+                future.remove_done_callback(callback)
+                future.set_result(value)
+                try:
+                    context.run(callback, future)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as e:
+                    self._wake_failed(callback, future, e)
+                return
+        future.set_result(value)
+
+    def _wake_failed(self, callback: Any, future: asyncio.Future[Any],
+                     error: BaseException) -> None:
+        self.loop.call_exception_handler({
+            "message": f"Exception in callback {callback!r}", "exception": error,
+            "future": future})
 
     def _result(self, call_id: int, value: Any) -> None:
         """
@@ -540,6 +611,9 @@ _INHERITED: list[asyncio.BaseTransport] = []
 # The running loop or None, without raising (C in CPython).
 _get_running_loop = asyncio._get_running_loop
 _get_ident = threading.get_ident
+_current_task = asyncio.current_task
+_Task = asyncio.Task
+_Future = asyncio.Future
 
 
 def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
