@@ -289,33 +289,47 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             if plain:
                 # Unary RESULTs, their kind, length and id checked by the
-                # connection: no look at each.
-                for _, call_id, value in events if plain == len(events) else events[:plain]:
-                    # self.pending each time: a task woken may have closed
-                    # the connection (a new, empty table).
-                    future = self.pending.pop(call_id, None)
-                    if future is None:
-                        self._result(call_id, value)
-                        continue
-                    # _wake, inline (once per call).
-                    callbacks = future._callbacks if direct else None
-                    if callbacks is not None and len(callbacks) == 1:
-                        callback, context = callbacks[0]
-                        if type(getattr(callback, "__self__", None)) is _Task:
-                            future.remove_done_callback(callback)
-                            future.set_result(value)
-                            try:
-                                context.run(callback, future)
-                            except (SystemExit, KeyboardInterrupt) as e:
-                                interrupt, direct = e, False  # the rest scheduled, then raised
-                            except BaseException as e:
-                                self._wake_failed(callback, future, e)
+                # connection: no look at each.  (pending is never replaced:
+                # a task woken may close the connection, which empties it.)
+                pop = self.pending.pop
+                results = events if plain == len(events) else events[:plain]
+                if direct:
+                    for _, call_id, value in results:
+                        future = pop(call_id, None)
+                        if future is None:
+                            self._result(call_id, value)
                             continue
-                    try:
-                        future.set_result(value)
-                        scheduled = True
-                    except InvalidStateError:
-                        pass  # cancelled: the task will send a CANCEL
+                        # _wake, inline (once per call).
+                        callbacks = future._callbacks
+                        if callbacks is not None and len(callbacks) == 1:
+                            callback, context = callbacks[0]
+                            if type(getattr(callback, "__self__", None)) is _Task:
+                                future.remove_done_callback(callback)
+                                future.set_result(value)
+                                try:
+                                    context.run(callback, future)
+                                except (SystemExit, KeyboardInterrupt) as e:
+                                    interrupt, direct = e, False  # raised at the end
+                                    break
+                                except BaseException as e:
+                                    self._wake_failed(callback, future, e)
+                                continue
+                        try:
+                            future.set_result(value)
+                            scheduled = True
+                        except InvalidStateError:
+                            pass  # cancelled: the task will send a CANCEL
+                if not direct:  # (or the rest of them, after an interrupt)
+                    for _, call_id, value in results:
+                        future = pop(call_id, None)
+                        if future is not None:
+                            try:
+                                future.set_result(value)
+                                scheduled = True
+                            except InvalidStateError:
+                                pass  # cancelled: the task will send a CANCEL
+                        else:
+                            self._result(call_id, value)
             if plain < len(events):
                 for event in events[plain:] if plain else events:
                     if event[0] == RESULT:
@@ -516,8 +530,9 @@ class _Connection(asyncio.BufferedProtocol):
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialler reports it
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
+        pending = list(self.pending.values())
+        self.pending.clear()  # the same table: a read that is waking tasks holds it
+        for future in pending:
             if not future.done():
                 future.set_exception(error)
         streams, self.streams = self.streams, {}
