@@ -757,11 +757,22 @@ class Client(ServiceAttributes):
                 and type(method) is str):
             # The common case in this one coroutine: a usable connection,
             # no timeout, no metadata.  Anything else goes the general way.
+            # start_call, inline (once per call).
             connection = self._current
-            started = None if connection is None else connection.start_call(method, args, None, None)
-            if started is not None:
-                assert connection is not None
-                call_id, future = started
+            if connection is not None and connection.token is _token and (
+                    connection.base_loop._thread_id == _get_ident()
+                    if connection.base_loop is not None
+                    else _get_running_loop() is connection.loop):
+                call_id = next(connection.ids)
+                try:
+                    connection.conn.send_call(call_id, method, args)
+                except Exception as e:
+                    raise EncodeError(f"cannot send {method}: the native codec cannot encode "
+                                      f"its argument: {type(e).__name__}: {e}") from e
+                future = connection.pending[call_id] = connection._new_future()
+                if not connection._flush_due:
+                    connection._flush_due = True
+                    connection.loop.call_soon(connection._flush_turn)
                 try:
                     return await future
                 except asyncio.CancelledError:
