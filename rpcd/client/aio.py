@@ -19,6 +19,13 @@ the Twisted client (L{rpcd.wire.connection.NativeConnection}): every frame
 rule, stream credit included, is that module's; this one does the IO on
 asyncio's transports, the timers on the loop, and the futures.
 
+A unary result read from the socket wakes the task awaiting it at once, in
+that read: the future's one callback, the task's wakeup, is taken off and
+run in the task's context (the task steps in as it does from the loop), not
+scheduled with C{call_soon}; the calls the woken tasks make go out in the
+read's one write.  Anything else (an error, a lost connection, a read that
+arrives inside a task) completes the futures the usual way.
+
 A client is not tied to the loop or the process it was made in: used from
 another event loop (a second C{asyncio.run()}) or in a child process after
 C{fork()}, it leaves the old connection alone (in a child, it closes only its
