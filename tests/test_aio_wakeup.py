@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rpcd.client import aio
 from rpcd.errors import ConnectionLost
-from rpcd.wire.connection import CANCEL
+from rpcd.wire.connection import CANCEL, RESULT
 from tests.daemon import Daemon, run, temp_dir
 from tests.test_aio import FakeServer, fake_client, turn
 
@@ -93,6 +93,23 @@ class DirectWakeupTests(SynchronousTestCase):
             return log
         self.assertEqual(asyncio.run(main()), [("woken", 0, 0), ("woken", 1, 10),
                                                ("woken", 2, 20), "read returned"])
+
+    def test_result_with_more_fields(self) -> None:
+        """A RESULT that is not plain (a later version's extra field) also runs its task in the read."""
+        async def main() -> list[Any]:
+            client, server, _ = await connected()
+            log: list[Any] = []
+
+            async def caller() -> None:
+                log.append(await client.call("A.B", 1))
+            task = asyncio.ensure_future(caller())
+            await turn()
+            [call] = server.calls()
+            server.conn._queue([RESULT, call[1], 56, "a later field"])
+            await read_from_loop(server, lambda: log.append("read returned"))
+            await task
+            return log
+        self.assertEqual(asyncio.run(main()), [56, "read returned"])
 
     def test_current_task(self) -> None:
         """Inside the step a result runs, asyncio.current_task() is the awaiting task; after it, none."""

@@ -346,7 +346,7 @@ class _Connection(asyncio.BufferedProtocol):
                         elif not future.done():
                             if direct:
                                 try:
-                                    self._wake(future, event[2])
+                                    scheduled = not self._wake(future, event[2]) or scheduled
                                 except (SystemExit, KeyboardInterrupt) as e:
                                     interrupt, direct = e, False
                             else:
@@ -365,7 +365,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._flush_due = True
             self.loop.call_soon(self._flush_turn)
 
-    def _wake(self, future: asyncio.Future[Any], value: Any) -> None:
+    def _wake(self, future: asyncio.Future[Any], value: Any) -> bool:
         """
         Set a pending future's result and, when its one callback is the
         wakeup of the asyncio task awaiting it, run that at once, in the
@@ -378,6 +378,8 @@ class _Connection(asyncio.BufferedProtocol):
         An error the wakeup raises is the loop's to report (as asyncio
         reports its callbacks'); C{SystemExit} and C{KeyboardInterrupt}
         propagate, after the future's result is set.
+
+        @return: whether the wakeup ran (else it is scheduled).
         """
         callbacks = future._callbacks
         if callbacks is not None and len(callbacks) == 1:
@@ -391,8 +393,9 @@ class _Connection(asyncio.BufferedProtocol):
                     raise
                 except BaseException as e:
                     self._wake_failed(callback, future, e)
-                return
+                return True
         future.set_result(value)
+        return False
 
     def _wake_failed(self, callback: Any, future: asyncio.Future[Any],
                      error: BaseException) -> None:
