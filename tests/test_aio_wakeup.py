@@ -24,6 +24,7 @@ from rpcd.errors import ConnectionLost
 from rpcd.wire.connection import CANCEL, RESULT
 from tests.daemon import Daemon, run, temp_dir
 from tests.test_aio import FakeServer, fake_client, turn
+from tests.tools import missing
 
 _var: contextvars.ContextVar[Any] = contextvars.ContextVar("_var", default="unset")
 
@@ -351,12 +352,19 @@ SCRIPT = textwrap.dedent("""
 
     var = contextvars.ContextVar("var")
 
+    def in_the_read():
+        frame = sys._getframe()
+        while frame is not None and frame.f_code.co_name != "data_received":
+            frame = frame.f_back
+        return frame is not None
+
     async def caller(client, k, bad):
         me = asyncio.current_task()
         for i in range(50):
             var.set((k, i))
             value = await client.call("Arith.Multiply", {"A": k, "B": i})
-            if value != k * i or asyncio.current_task() is not me or var.get() != (k, i):
+            if (value != k * i or asyncio.current_task() is not me or var.get() != (k, i)
+                    or not in_the_read()):
                 bad.append((k, i, value))
 
     async def main():
@@ -384,20 +392,35 @@ SCRIPT = textwrap.dedent("""
         lost = sum(isinstance(o, ConnectionLost) for o in outcomes[1:])
         return [len(bad), watch.cancelled(), after, outcomes[0], lost, len(errors)]
 
-    print(asyncio.run(main()), flush=True)
+    run = asyncio.run
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+        run = uvloop.run
+    print(run(main()), flush=True)
 """)
 
 
 class EndToEndTests(TestCase):
     """Direct wakeups against the real daemon over loopback."""
 
-    async def test_many_tasks(self) -> None:
-        """64 tasks each see their own result, task and context; cancel and close keep working."""
+    async def run_script(self, *options: str) -> None:
         daemon = await Daemon.start(self, "--listen", "tcp:0:interface=127.0.0.1", "--service",
                                     "KVStoreService", "--service", "Arith")
         script = Path(temp_dir(self)) / "aio_wakeup.py"
         script.write_text(SCRIPT)
         code, out, err = await run(self, [sys.executable, str(script),
-                                          f"tcp:127.0.0.1:{daemon.port}"])
+                                          f"tcp:127.0.0.1:{daemon.port}", *options])
         self.assertEqual((code, err), (0, ""), out)
         self.assertEqual(out.strip(), "[0, True, 42, 6, 3, 0]")
+
+    async def test_many_tasks(self) -> None:
+        """64 tasks, each resumed in the read, see their own result, task and context; cancel and close work."""
+        await self.run_script()
+
+    async def test_many_tasks_uvloop(self) -> None:
+        """The same on uvloop's event loop, whose futures are asyncio's too."""
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            missing("uvloop is not installed (pip install uvloop)")
+        await self.run_script("uvloop")
