@@ -214,6 +214,37 @@ class DirectWakeupTests(SynchronousTestCase):
             self.assertEqual(errors, [])
         asyncio.run(main())
 
+    def test_context_entered(self) -> None:
+        """A read that runs in the awaiting task's own context wakes it through the loop instead."""
+        async def main() -> list[Any]:
+            client, server, errors = await connected()
+            loop = asyncio.get_running_loop()
+            log: list[Any] = []
+            context = contextvars.copy_context()
+
+            async def caller() -> None:
+                log.append(await client.call("A.B", 1))
+            task = loop.create_task(caller(), context=context)
+            await turn()
+            answer(server)
+            ran = loop.create_future()
+
+            def read() -> None:
+                server.reply()
+                log.append("read returned")
+                ran.set_result(None)
+            loop.call_soon(context.run, read)
+            await ran
+            await turn()
+            self.assertEqual(errors, [])
+            return log
+        # Not asyncio.run: a task left waiting would hang its shutdown.
+        loop = asyncio.new_event_loop()
+        try:
+            self.assertEqual(loop.run_until_complete(main()), ["read returned", 10])
+        finally:
+            loop.close()
+
     def test_task_interrupted(self) -> None:
         """A woken task raising KeyboardInterrupt ends the read with it, after the rest are answered."""
         async def main() -> None:

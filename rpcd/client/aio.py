@@ -319,7 +319,7 @@ class _Connection(asyncio.BufferedProtocol):
                                     interrupt, direct = e, False  # raised at the end
                                     break
                                 except BaseException as e:
-                                    self._wake_failed(callback, future, e)
+                                    self._wake_failed(callback, context, future, e)
                                 continue
                         try:
                             future.set_result(value)
@@ -392,13 +392,22 @@ class _Connection(asyncio.BufferedProtocol):
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as e:
-                    self._wake_failed(callback, future, e)
+                    self._wake_failed(callback, context, future, e)
                 return True
         future.set_result(value)
         return False
 
-    def _wake_failed(self, callback: Any, future: asyncio.Future[Any],
+    def _wake_failed(self, callback: Any, context: Any, future: asyncio.Future[Any],
                      error: BaseException) -> None:
+        """
+        A task's wakeup, run at once, raised C{error}.  If the task did not
+        step (its context was entered already, or another task was running:
+        it still waits on C{future}), the wakeup is scheduled as
+        C{set_result} would have; else the error is the loop's to report.
+        """
+        if callback.__self__._fut_waiter is future:
+            self.loop.call_soon(callback, future, context=context)
+            return
         self.loop.call_exception_handler({
             "message": f"Exception in callback {callback!r}", "exception": error,
             "future": future})
