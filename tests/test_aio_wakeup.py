@@ -224,7 +224,7 @@ class DirectWakeupTests(SynchronousTestCase):
 
             async def caller() -> None:
                 log.append(await client.call("A.B", 1))
-            task = loop.create_task(caller(), context=context)
+            loop.create_task(caller(), context=context)
             await turn()
             answer(server)
             ran = loop.create_future()

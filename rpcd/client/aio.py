@@ -318,7 +318,7 @@ class _Connection(asyncio.BufferedProtocol):
                                 except (SystemExit, KeyboardInterrupt) as e:
                                     interrupt, direct = e, False  # raised at the end
                                     break
-                                except BaseException as e:
+                                except BaseException as e:  # noqa: BLE001 (reported)
                                     self._wake_failed(callback, context, future, e)
                                 continue
                         try:
@@ -391,7 +391,7 @@ class _Connection(asyncio.BufferedProtocol):
                     context.run(callback, future)
                 except (SystemExit, KeyboardInterrupt):
                     raise
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 (reported)
                     self._wake_failed(callback, context, future, e)
                 return True
         future.set_result(value)
