@@ -19,6 +19,13 @@ the Twisted client (L{rpcd.wire.connection.NativeConnection}): every frame
 rule, stream credit included, is that module's; this one does the IO on
 asyncio's transports, the timers on the loop, and the futures.
 
+A unary result read from the socket wakes the task awaiting it at once, in
+that read: the future's one callback, the task's wakeup, is taken off and
+run in the task's context (the task steps in as it does from the loop), not
+scheduled with C{call_soon}; the calls the woken tasks make go out in the
+read's one write.  Anything else (an error, a lost connection, a read that
+arrives inside a task) completes the futures the usual way.
+
 A client is not tied to the loop or the process it was made in: used from
 another event loop (a second C{asyncio.run()}) or in a child process after
 C{fork()}, it leaves the old connection alone (in a child, it closes only its
@@ -242,6 +249,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._writable: asyncio.Future[None] | None = None
         self._flush_due = False
         self._new_future = _future_factory(loop)
+        # Whether a result may wake its task at once (see _wake): the
+        # futures are asyncio's own (C) ones, whose callbacks it can read.
+        self.wake_direct = type(self._new_future()) is _Future
         self._read_view: memoryview | None = None
         # The loop whose _thread_id says whether it runs in this thread
         # (see on_loop), when it is one of asyncio's own that keeps it.
@@ -274,39 +284,133 @@ class _Connection(asyncio.BufferedProtocol):
         conn = self.conn
         events = conn.receive_data(data)
         plain = conn.plain
-        resolved = False
-        if plain:
-            # Unary RESULTs, their kind, length and id checked by the
-            # connection: no look at each.
-            pop = self.pending.pop
-            for _, call_id, value in events if plain == len(events) else events[:plain]:
-                future = pop(call_id, None)
-                if future is not None:
-                    try:
-                        future.set_result(value)
-                    except InvalidStateError:
-                        pass  # cancelled: the task will send a CANCEL
-                    resolved = True
-                else:
-                    self._result(call_id, value)
-        if plain < len(events):
-            for event in events[plain:] if plain else events:
-                if event[0] == RESULT:
-                    future = self.pending.pop(event[1], None)
-                    if future is not None:
-                        if not future.done():
-                            future.set_result(event[2])
-                            resolved = True
-                    else:
-                        self._result(event[1], event[2])
-                elif self._event(event):
-                    return
-        self.flush()  # a PONG, a CANCEL
-        if resolved and not self._flush_due:
-            # The callers woken now run next, before this: the calls they
+        # The task a result wakes runs now, in this read (see _wake), unless
+        # this read runs inside a task (a task's step cannot start inside
+        # another's) or on a loop whose futures are not asyncio's own.
+        direct = self.wake_direct and _current_task(self.loop) is None
+        due = self._flush_due
+        # The calls the tasks woken make go out in one write, at the end.
+        self._flush_due = True
+        scheduled = False
+        interrupt: BaseException | None = None
+        try:
+            if plain:
+                # Unary RESULTs, their kind, length and id checked by the
+                # connection: no look at each.  (pending is never replaced:
+                # a task woken may close the connection, which empties it.)
+                pop = self.pending.pop
+                results = events if plain == len(events) else events[:plain]
+                if direct:
+                    for _, call_id, value in results:
+                        future = pop(call_id, None)
+                        if future is None:
+                            self._result(call_id, value)
+                            continue
+                        # _wake, inline (once per call).
+                        callbacks = future._callbacks
+                        if callbacks is not None and len(callbacks) == 1:
+                            callback, context = callbacks[0]
+                            if type(getattr(callback, "__self__", None)) is _Task:
+                                future.remove_done_callback(callback)
+                                future.set_result(value)
+                                try:
+                                    context.run(callback, future)
+                                except (SystemExit, KeyboardInterrupt) as e:
+                                    interrupt, direct = e, False  # raised at the end
+                                    break
+                                except BaseException as e:  # noqa: BLE001 (reported)
+                                    self._wake_failed(callback, context, future, e)
+                                continue
+                        try:
+                            future.set_result(value)
+                            scheduled = True
+                        except InvalidStateError:
+                            pass  # cancelled: the task will send a CANCEL
+                if not direct:  # (or the rest of them, after an interrupt)
+                    for _, call_id, value in results:
+                        future = pop(call_id, None)
+                        if future is not None:
+                            try:
+                                future.set_result(value)
+                                scheduled = True
+                            except InvalidStateError:
+                                pass  # cancelled: the task will send a CANCEL
+                        else:
+                            self._result(call_id, value)
+            if plain < len(events):
+                for event in events[plain:] if plain else events:
+                    if event[0] == RESULT:
+                        future = self.pending.pop(event[1], None)
+                        if future is None:
+                            self._result(event[1], event[2])
+                        elif not future.done():
+                            if direct:
+                                try:
+                                    scheduled = not self._wake(future, event[2]) or scheduled
+                                except (SystemExit, KeyboardInterrupt) as e:
+                                    interrupt, direct = e, False
+                            else:
+                                future.set_result(event[2])
+                                scheduled = True
+                    elif self._event(event):
+                        return
+        finally:
+            self._flush_due = due
+            if interrupt is not None:
+                raise interrupt
+        self.flush()  # the calls of the tasks woken, a PONG, a CANCEL
+        if scheduled and not self._flush_due:
+            # The callers scheduled run next, before this: the calls they
             # make then go out in one write, in the same turn of the loop.
             self._flush_due = True
             self.loop.call_soon(self._flush_turn)
+
+    def _wake(self, future: asyncio.Future[Any], value: Any) -> bool:
+        """
+        Set a pending future's result and, when its one callback is the
+        wakeup of the asyncio task awaiting it, run that at once, in the
+        task's context (the task steps in, as from the loop: inside it
+        C{asyncio.current_task()} is that task), instead of through
+        C{call_soon}: no C{Handle} and no turn of the loop per call.  Other
+        callbacks are scheduled as C{set_result} schedules them.  Only from
+        a callback of the loop, outside any task.
+
+        An error the wakeup raises is the loop's to report (as asyncio
+        reports its callbacks'); C{SystemExit} and C{KeyboardInterrupt}
+        propagate, after the future's result is set.
+
+        @return: whether the wakeup ran (else it is scheduled).
+        """
+        callbacks = future._callbacks
+        if callbacks is not None and len(callbacks) == 1:
+            callback, context = callbacks[0]
+            if type(getattr(callback, "__self__", None)) is _Task:
+                future.remove_done_callback(callback)
+                future.set_result(value)
+                try:
+                    context.run(callback, future)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as e:  # noqa: BLE001 (reported)
+                    self._wake_failed(callback, context, future, e)
+                return True
+        future.set_result(value)
+        return False
+
+    def _wake_failed(self, callback: Any, context: Any, future: asyncio.Future[Any],
+                     error: BaseException) -> None:
+        """
+        A task's wakeup, run at once, raised C{error}.  If the task did not
+        step (its context was entered already, or another task was running:
+        it still waits on C{future}), the wakeup is scheduled as
+        C{set_result} would have; else the error is the loop's to report.
+        """
+        if callback.__self__._fut_waiter is future:
+            self.loop.call_soon(callback, future, context=context)
+            return
+        self.loop.call_exception_handler({
+            "message": f"Exception in callback {callback!r}", "exception": error,
+            "future": future})
 
     def _result(self, call_id: int, value: Any) -> None:
         """
@@ -445,8 +549,9 @@ class _Connection(asyncio.BufferedProtocol):
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialler reports it
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
+        pending = list(self.pending.values())
+        self.pending.clear()  # the same table: a read that is waking tasks holds it
+        for future in pending:
             if not future.done():
                 future.set_exception(error)
         streams, self.streams = self.streams, {}
@@ -540,6 +645,9 @@ _INHERITED: list[asyncio.BaseTransport] = []
 # The running loop or None, without raising (C in CPython).
 _get_running_loop = asyncio._get_running_loop
 _get_ident = threading.get_ident
+_current_task = asyncio.current_task
+_Task = asyncio.Task
+_Future = asyncio.Future
 
 
 def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
@@ -668,11 +776,22 @@ class Client(ServiceAttributes):
                 and type(method) is str):
             # The common case in this one coroutine: a usable connection,
             # no timeout, no metadata.  Anything else goes the general way.
+            # start_call, inline (once per call).
             connection = self._current
-            started = None if connection is None else connection.start_call(method, args, None, None)
-            if started is not None:
-                assert connection is not None
-                call_id, future = started
+            if connection is not None and connection.token is _token and (
+                    connection.base_loop._thread_id == _get_ident()
+                    if connection.base_loop is not None
+                    else _get_running_loop() is connection.loop):
+                call_id = next(connection.ids)
+                try:
+                    connection.conn.send_call(call_id, method, args)
+                except Exception as e:
+                    raise EncodeError(f"cannot send {method}: the native codec cannot encode "
+                                      f"its argument: {type(e).__name__}: {e}") from e
+                future = connection.pending[call_id] = connection._new_future()
+                if not connection._flush_due:
+                    connection._flush_due = True
+                    connection.loop.call_soon(connection._flush_turn)
                 try:
                     return await future
                 except asyncio.CancelledError:
