@@ -21,12 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rpcd.certs import create_dev_pki
 from rpcd.client import BlockingClient
-from rpcd.client.blocking import (
-    Connection,
-    DirectClient,
-    NotSent,
-    direct_address,
-)
+from rpcd.client.blocking import Connection, DirectClient, NotSent
+from rpcd.client.plainsocket import direct_address
 from rpcd.errors import (
     ConnectionLost,
     DeadlineExceeded,

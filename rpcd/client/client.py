@@ -34,7 +34,8 @@ from rpcd.core.context import current_deadline, shorten
 from rpcd.core.interfaces import ICaller
 from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
-from rpcd.client.blocking import DirectClient, direct_address
+from rpcd.client.blocking import DirectClient
+from rpcd.client.plainsocket import direct_address
 from rpcd.client.channel import ClientChannel, PendingCall, when_fired
 from rpcd.wire.fields import check_timeout
 
