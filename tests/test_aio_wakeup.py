@@ -431,6 +431,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+class CanaryTests(SynchronousTestCase):
+    """The private names of asyncio the direct wakeup reads are there."""
+
+    def test_private_names(self) -> None:
+        """This Python's Future has _callbacks and its Task _fut_waiter (else every result would wake through the loop)."""
+        self.assertTrue(aio._CAN_WAKE)
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        future = loop.create_future()
+        future.add_done_callback(print)
+        self.assertEqual([callback for callback, _ in future._callbacks], [print])
+
+
 class EndToEndTests(TestCase):
     """Direct wakeups against the real daemon over loopback."""
 

@@ -250,8 +250,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._flush_due = False
         self._new_future = _future_factory(loop)
         # Whether a result may wake its task at once (see _wake): the
-        # futures are asyncio's own (C) ones, whose callbacks it can read.
-        self.wake_direct = type(self._new_future()) is _Future
+        # futures are asyncio's own (C) ones, whose callbacks it can read
+        # (a Python without those private names wakes through the loop).
+        self.wake_direct = _CAN_WAKE and type(self._new_future()) is _Future
         self._read_view: memoryview | None = None
         # The loop whose _thread_id says whether it runs in this thread
         # (see on_loop), when it is one of asyncio's own that keeps it.
@@ -646,6 +647,12 @@ _INHERITED: list[asyncio.BaseTransport] = []
 _get_running_loop = asyncio._get_running_loop
 _get_ident = threading.get_ident
 _current_task = asyncio.current_task
+
+#: Whether asyncio's futures and tasks have the private names the direct
+#: wakeup reads (C{Future._callbacks}, C{Task._fut_waiter}): they have
+#: since Python 3.7; checked once here rather than trusted per read.
+_CAN_WAKE = all(hasattr(cls, name) for cls, name in (
+    (asyncio.Future, "_callbacks"), (asyncio.Task, "_fut_waiter")))
 _Task = asyncio.Task
 _Future = asyncio.Future
 
