@@ -42,7 +42,7 @@ from rpcd.wire.connection import (
     RESULT,
     NativeConnection,
 )
-from tests.daemon import Daemon, temp_dir
+from tests.daemon import Daemon, socket_path, temp_dir
 
 #: Seconds a test waits for a thread or a socket before it fails (a guard
 #: against a hang, never a synchronisation).
@@ -725,7 +725,7 @@ class EndToEndTests(TestCase):
 
     async def test_unix(self) -> None:
         """A unix: endpoint is dialled directly too."""
-        path = str(Path(temp_dir(self)) / "rpcd.sock")
+        path = socket_path(self)
         await Daemon.start(self, "--listen", f"unix:{path}")
 
         def work() -> tuple[bool, Any]:
