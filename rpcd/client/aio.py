@@ -48,6 +48,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Callable, Sequence, cast
 
 from rpcd.client.client import ServiceAttributes
+from rpcd.client.plainsocket import split_endpoint
 from rpcd.errors import (
     Code,
     ConnectionLost,
@@ -101,23 +102,6 @@ os.register_at_fork(after_in_child=_forked)
 
 # Endpoints.
 
-def _split(description: str) -> list[str]:
-    """
-    Split a Twisted-style endpoint string on its unescaped colons.
-    """
-    parts, current, chars = [], [], iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current.append(next(chars, ""))
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
 class Endpoint:
     """
     Where to connect, read from a client endpoint string of the same syntax
@@ -138,7 +122,7 @@ class Endpoint:
             raise ValueError(f"an endpoint is a string like 'tcp:127.0.0.1:1234', "
                              f"got {description!r}")
         self.text = description
-        kind, *parts = _split(description)
+        kind, *parts = split_endpoint(description)
         positional = [p for p in parts if "=" not in p]
         options = dict(p.split("=", 1) for p in parts if "=" in p)
         self.kind = kind

@@ -125,6 +125,17 @@ class _Waiter:
         self.woken = False
         self.lead = False
 
+    def finish(self) -> None:
+        """
+        The call has its outcome: wake its thread, unless it is reading (it
+        sees the outcome itself) or was woken already.
+        """
+        self.done = True
+        if not self.woken and not self.lead:
+            self.woken = True
+            if self.latch is not None:
+                self.latch.release()
+
 
 class Connection:
     """
@@ -482,11 +493,7 @@ class Connection:
                 waiter = pending.pop(event[1], None)
                 if waiter is not None:
                     waiter.value = event[2]
-                    waiter.done = True
-                    if not waiter.woken and not waiter.lead:
-                        waiter.woken = True
-                        if waiter.latch is not None:
-                            waiter.latch.release()
+                    waiter.finish()
                 continue
             if self._event(event):
                 return
@@ -495,11 +502,7 @@ class Connection:
         waiter = self.pending.pop(call_id, None)
         if waiter is not None:
             waiter.error = error
-            waiter.done = True
-            if not waiter.woken and not waiter.lead:
-                waiter.woken = True
-                if waiter.latch is not None:
-                    waiter.latch.release()
+            waiter.finish()
 
     def _event(self, event: Any) -> bool:
         """
@@ -514,11 +517,7 @@ class Connection:
             if waiter is not None:
                 self.pending.pop(event[1])
                 waiter.value = event[2]
-                waiter.done = True
-                if not waiter.woken and not waiter.lead:
-                    waiter.woken = True
-                    if waiter.latch is not None:
-                        waiter.latch.release()
+                waiter.finish()
         elif kind == ERROR:
             _, call_id, code, message, details = event
             if call_id in self.pending:
