@@ -676,6 +676,45 @@ def half_close(kind: str) -> Callable[[Daemon, argparse.Namespace], str]:
     return attack
 
 
+def open_fds(pid: int) -> int:
+    """@return: how many file descriptors the process has open."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def watch_and_leave(daemon: Daemon, args: argparse.Namespace) -> str:
+    """
+    Callers that start a long poll and close their socket (a plain close, a
+    FIN, as a program that exits): the daemon must not hold their
+    connections and Watch calls until the 10-minute polls end.
+    """
+    count = max(100, round(2000 * args.scale))
+    before = open_fds(daemon.pid)
+    socks = connections(daemon.port, count)
+    for s in socks:
+        s.sendall(PREFACE + frame([CALL, 1, "KVStoreService.Watch", 600]))
+    deadline = time.monotonic() + 30
+    while open_fds(daemon.pid) < before + count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = open_fds(daemon.pid) - before
+    for s in socks:  # read what the daemon sent (its preface): a close then is a FIN, not a reset
+        s.settimeout(10)
+        received = b""
+        while len(received) < len(PREFACE):
+            received += s.recv(len(PREFACE) - len(received)) or b"?" * len(PREFACE)
+    started = time.monotonic()
+    for s in socks:
+        s.close()
+    while open_fds(daemon.pid) > before + 2 and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    left = open_fds(daemon.pid) - before
+    took = time.monotonic() - started
+    return (f"{count} conns x Watch(600), then close: {held} held, {max(left, 0)} left "
+            f"{took:.1f} s after the close" + ("" if left <= 2 else " (NOT released)"))
+
+
 def http_exchange(port: int, request: bytes) -> tuple[int, bytes]:
     sock = socket.create_connection((HOST, port), timeout=10)
     try:
@@ -747,6 +786,7 @@ ATTACKS = [
     Attack("half-close", "native", half_close("native")),
     Attack("half-close", "gob", half_close("gob")),
     Attack("half-close", "jsonrpc", half_close("json")),
+    Attack("Watch, then close", "native", watch_and_leave),
     Attack("Host: evil.example, /debug/rpc", "http", host_checks),
     Attack("ALPN over TLS", "https", alpn, tls=True),
 ]
