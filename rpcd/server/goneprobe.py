@@ -37,7 +37,8 @@ from rpcd.wire.sockopts import set_keepalive_timing
 #: Unanswered keepalive probes before the kernel ends the connection.
 PROBES = 5
 
-_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+_HAS_POLL = hasattr(select, "poll")  # not on Windows: nothing is noticed there
+_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL if _HAS_POLL else 0
 
 
 def handle_of(transport: Any) -> socket.socket | None:
@@ -62,8 +63,11 @@ def hung_up(sock: socket.socket) -> bool:
     """
     @param sock: a connected stream socket.
     @return: whether the kernel says its peer is gone (reset, timed out, or
-        closed a Unix socket), without reading or writing anything.
+        closed a Unix socket), without reading or writing anything (always
+        False where there is no C{poll}).
     """
+    if not _HAS_POLL:
+        return False
     try:
         fileno = sock.fileno()
     except OSError:
