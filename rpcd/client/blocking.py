@@ -84,8 +84,11 @@ CLOSED_CLEANLY = str(twisted_error.ConnectionDone())
 LOST_NON_CLEANLY = str(twisted_error.ConnectionLost())
 
 _monotonic = time.monotonic
-_POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
-_POLLOUT = select.POLLOUT | select.POLLHUP | select.POLLERR
+#: Whether this platform has C{poll()}, which the direct path waits with
+#: (not Windows: L{rpcd.client.BlockingClient} keeps the reactor's path there).
+AVAILABLE = hasattr(select, "poll")
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR if AVAILABLE else 0
+_POLLOUT = select.POLLOUT | select.POLLHUP | select.POLLERR if AVAILABLE else 0
 
 #: This process's generation: one more in each child after fork() (cheaper
 #: to compare per call than os.getpid(), a system call).
@@ -774,4 +777,4 @@ class DirectClient:
             connection.close()
 
 
-__all__ = ["Connection", "DirectClient", "dial", "REDIALS"]
+__all__ = ["AVAILABLE", "Connection", "DirectClient", "dial", "REDIALS"]

@@ -34,6 +34,7 @@ from rpcd.core.context import current_deadline, shorten
 from rpcd.core.interfaces import ICaller
 from rpcd.core.loader import load_object
 from rpcd.errors import NotRun, Unavailable
+from rpcd.client.blocking import AVAILABLE as DIRECT_AVAILABLE
 from rpcd.client.blocking import DirectClient
 from rpcd.client.plainsocket import direct_address
 from rpcd.client.channel import ClientChannel, PendingCall, when_fired
@@ -554,7 +555,8 @@ class BlockingClient(ServiceAttributes):
         @raise Exception: the connection error, raised from the constructor.
         """
         self._direct: DirectClient | None = None
-        address = direct_address(endpoint) if codec == "native" and proto is None else None
+        address = (direct_address(endpoint)
+                   if codec == "native" and proto is None and DIRECT_AVAILABLE else None)
         if address is not None:
             self._direct = DirectClient(address, check_timeout(timeout, "default_timeout"))
             return
