@@ -195,6 +195,22 @@ class DirectWakeupTests(SynchronousTestCase):
             return log
         self.assertEqual(asyncio.run(main()), ["read returned", 10])
 
+    def test_debug_loop_scheduled(self) -> None:
+        """On a loop in debug mode the woken tasks run as callbacks of their own, after the read (so a slow one is named in asyncio's warning)."""
+        async def main() -> list[Any]:
+            client, server, _ = await connected()
+            log: list[Any] = []
+
+            async def caller() -> None:
+                log.append(await client.call("A.B", 1))
+            task = asyncio.ensure_future(caller())
+            await turn()
+            answer(server)
+            await read_from_loop(server, lambda: log.append("read returned"))
+            await task
+            return log
+        self.assertEqual(asyncio.run(main(), debug=True), ["read returned", 10])
+
     def test_task_raises(self) -> None:
         """A woken task that raises fails alone: the read goes on to the next result."""
         async def main() -> None:

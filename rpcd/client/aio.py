@@ -24,7 +24,8 @@ that read: the future's one callback, the task's wakeup, is taken off and
 run in the task's context (the task steps in as it does from the loop), not
 scheduled with C{call_soon}; the calls the woken tasks make go out in the
 read's one write.  Anything else (an error, a lost connection, a read that
-arrives inside a task) completes the futures the usual way.
+arrives inside a task, any read on a loop in debug mode) completes the
+futures the usual way.
 
 A client is not tied to the loop or the process it was made in: used from
 another event loop (a second C{asyncio.run()}) or in a child process after
@@ -271,8 +272,11 @@ class _Connection(asyncio.BufferedProtocol):
         plain = conn.plain
         # The task a result wakes runs now, in this read (see _wake), unless
         # this read runs inside a task (a task's step cannot start inside
-        # another's) or on a loop whose futures are not asyncio's own.
-        direct = self.wake_direct and _current_task(self.loop) is None
+        # another's), on a loop whose futures are not asyncio's own, or on
+        # a loop in debug mode (whose slow-callback warnings name the task
+        # that was slow only when its step is a callback of its own).
+        direct = (self.wake_direct and _current_task(self.loop) is None
+                  and not self.loop.get_debug())
         due = self._flush_due
         # The calls the tasks woken make go out in one write, at the end.
         self._flush_due = True
