@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rpcd.client import aio
 from rpcd.errors import ConnectionLost
-from rpcd.wire.connection import CANCEL, RESULT
+from rpcd.wire.connection import CALL, CANCEL, RESULT, NativeConnection
 from tests.daemon import Daemon, run, temp_dir
 from tests.test_aio import FakeServer, fake_client, turn
 from tests.tools import missing
@@ -390,6 +390,61 @@ class DirectWakeupTests(SynchronousTestCase):
             await read_from_loop(server)
             self.assertEqual(errors, [])
         asyncio.run(main())
+
+
+class _Answering(asyncio.Protocol):
+    """A native server that answers every call with its argument times ten."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.conn = NativeConnection(client_side=False)
+        self.conn.initiate_connection()
+        transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if event[0] == CALL:
+                self.conn.send_result(event[1], event[3] * 10)
+        self.transport.write(self.conn.data_to_send())
+
+
+class UvloopInterruptTests(SynchronousTestCase):
+    """On uvloop, a woken task's SystemExit leaves the loop as it would from a callback of its own."""
+
+    def test_system_exit(self) -> None:
+        """A task woken in a read on uvloop that raises SystemExit stops the loop with it, with no fatal transport error reported and the connection left open."""
+        try:
+            import uvloop
+        except ImportError:
+            missing("uvloop is not installed (pip install uvloop)")
+        loop = uvloop.new_event_loop()
+        self.addCleanup(loop.close)
+        errors: list[Any] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        held: list[Any] = []
+
+        async def main() -> None:
+            server = await loop.create_server(_Answering, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            client = await aio.connect(f"tcp:127.0.0.1:{port}")
+            held.extend([server, client])
+
+            async def exits() -> None:
+                await client.call("A.B", 1)
+                raise SystemExit(3)
+            await asyncio.ensure_future(exits())
+
+        with self.assertRaises(SystemExit):
+            loop.run_until_complete(main())
+        server, client = held
+        connection = client._current
+        assert connection is not None
+        self.assertEqual((errors, connection.lost), ([], None))
+        # The connection still works once the loop runs again.
+        self.assertEqual(loop.run_until_complete(client.call("A.B", 4)), 40)
+        loop.run_until_complete(client.close())
+        server.close()
+        loop.run_until_complete(server.wait_closed())
 
 
 SCRIPT = textwrap.dedent("""

@@ -346,7 +346,11 @@ class _Connection(asyncio.BufferedProtocol):
         finally:
             self._flush_due = due
             if interrupt is not None:
-                raise interrupt
+                if isinstance(self.loop, asyncio.BaseEventLoop):
+                    raise interrupt  # asyncio's transports pass it on to the loop
+                # Others (uvloop) take an error out of a read as the
+                # connection's end: the loop raises it, from a callback.
+                self.loop.call_soon(_raise, interrupt)
         self.flush()  # the calls of the tasks woken, a PONG, a CANCEL
         if scheduled and not self._flush_due:
             # The callers scheduled run next, before this: the calls they
@@ -643,6 +647,14 @@ _CAN_WAKE = all(hasattr(cls, name) for cls, name in (
     (asyncio.Future, "_callbacks"), (asyncio.Task, "_fut_waiter")))
 _Task = asyncio.Task
 _Future = asyncio.Future
+
+
+def _raise(error: BaseException) -> None:
+    """
+    Raise C{error} (a woken task's C{SystemExit} or C{KeyboardInterrupt})
+    from a callback of the loop, which passes it on.
+    """
+    raise error
 
 
 def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
