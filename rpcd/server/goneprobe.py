@@ -11,17 +11,20 @@ the dead peer failed, up to a keepalive interval later.
 Only bytes sent tell them apart: a closed peer's host answers data with a
 reset, a half-closed peer reads it.  Once reading has ended with calls
 running, L{GonePeerProbe} pokes the peer every C{interval} seconds with
-something its protocol lets it ignore (a native or gRPC PING: a
-half-closed peer cannot answer it, and nothing waits for the answer), and
+something its protocol lets it ignore (a native PING: a half-closed
+peer cannot answer it, and nothing waits for the answer), and
 polls the socket as often for what the kernel learnt: a hang-up or an
 error means the peer is gone.  A Unix socket needs no poke: it hangs up as
 soon as its peer closes.
 
-Go's gob and jsonrpc have no such message.  For them the kernel sends TCP
-keepalive probes as often instead; a closed peer's host acknowledges those
-as long as it keeps the closed socket's state (Linux: C{tcp_fin_timeout},
-60 s) and resets after, and no answer at all ends the connection after
-L{PROBES} probes (a host that vanished).
+Go's gob and jsonrpc, and HTTP, have no such message.  For them the kernel
+sends TCP keepalive probes as often instead; a closed peer's host
+acknowledges those as long as it keeps the closed socket's state (Linux:
+C{tcp_fin_timeout}, 60 s) and resets after, and no answer at all ends the
+connection after L{PROBES} probes (a host that vanished).
+
+gRPC and TLS connections take no half-close (they end at the peer's FIN),
+so nothing is probed there.
 """
 
 from __future__ import annotations

@@ -74,8 +74,9 @@ class Limits:
         (a FIN) with calls still running, seconds between checks that it
         has not closed its socket altogether: if it has, the connection
         closes and its calls (a long poll) are cancelled at once rather than
-        when they end (TCP keepalive probes as often, whole seconds; 0
-        disables; L{rpcd.server.goneprobe}).
+        when they end (a native connection is sent a PING as often, the
+        others get TCP keepalive probes, whole seconds; 0 disables;
+        L{rpcd.server.goneprobe}).
     """
 
     max_frame_bytes: int = 4 * 1024 * 1024
