@@ -197,14 +197,15 @@ class _SocketTransport(StringTransport):
 class SnifferTests(SynchronousTestCase):
     """The sniffer probes a half-closed connection with calls running."""
 
-    def start(self, **limits: Any) -> tuple[Any, _SocketTransport, _Waits, Clock, socket.socket]:
+    def start(self, family: int = socket.AF_UNIX,
+              **limits: Any) -> tuple[Any, _SocketTransport, _Waits, Clock, socket.socket]:
         service = _Waits()
         registry = ServiceRegistry()
         registry.add(service, name="W")
         clock = Clock()
-        server = RPCServer(registry, clock, Limits(idle_timeout=0, handshake_timeout=0,
-                                                   keepalive_interval=0, **limits))
-        ours, theirs = _pair(self)
+        server = RPCServer(registry, clock, Limits(**{"idle_timeout": 0, "handshake_timeout": 0,
+                                                      "keepalive_interval": 0, **limits}))
+        ours, theirs = _pair(self, family)
         transport = _SocketTransport(ours)
         protocol = server.factory().buildProtocol(transport.getPeer())
         protocol.makeConnection(transport)
@@ -235,6 +236,21 @@ class SnifferTests(SynchronousTestCase):
         self.assertIn(encode_frame([1, 1, None]), transport.value())
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.aborted)
+        protocol.connectionLost(Exception("closed"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_half_closed_peer_outlives_keepalive(self) -> None:
+        """A live half-closed peer, which cannot answer the keepalive's PING, keeps its call past keepalive_interval + keepalive_timeout; a host that vanished is left to the kernel after as long."""
+        protocol, transport, service, clock, theirs = self.start(
+            socket.AF_INET, keepalive_interval=60, keepalive_timeout=20)
+        theirs.shutdown(socket.SHUT_WR)
+        clock.pump([1.0] * 200)
+        self.assertEqual((transport.disconnecting, service.cancelled), (False, 0))
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is not None:
+            self.assertEqual(transport.sock.getsockopt(socket.IPPROTO_TCP, option), 80_000)
+        service.waiting[0].callback(None)
+        self.assertIn(encode_frame([1, 1, None]), transport.value())
         protocol.connectionLost(Exception("closed"))
         self.assertEqual(clock.getDelayedCalls(), [])
 

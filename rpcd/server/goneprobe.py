@@ -100,6 +100,23 @@ def probe_often(sock: socket.socket, interval: float) -> None:
     set_keepalive_timing(sock, seconds, seconds, PROBES)
 
 
+def give_up_after(sock: socket.socket, seconds: float) -> None:
+    """
+    Ask the kernel to end the connection once bytes sent have gone
+    unacknowledged for C{seconds} (C{TCP_USER_TIMEOUT}, where the platform
+    has it): a host that vanished answers the probe's PINGs with nothing.
+
+    @param sock: a connected socket; anything but TCP is left alone.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1000, round(seconds * 1000)))
+    except OSError:
+        pass
+
+
 class GonePeerProbe:
     """
     Check every C{interval} seconds whether a half-closed connection's peer

@@ -50,7 +50,7 @@ from rpcd.core.session import describe_address
 from rpcd.server import protocols
 from rpcd.wire import sniff
 from rpcd.core.keepalive import KeepAlive, always
-from rpcd.server.goneprobe import GonePeerProbe, handle_of
+from rpcd.server.goneprobe import GonePeerProbe, give_up_after, handle_of
 from rpcd.wire.sockopts import set_keepalive, set_no_delay
 
 if TYPE_CHECKING:
@@ -561,6 +561,15 @@ class SniffingProtocol(Protocol):
                                    lambda why: self._close(why, abort=True),
                                    None if ping is None else poke)
         rare.probe.start()
+        keepalive = self._keepalive
+        if keepalive is not None and ping is not None:
+            # A half-closed peer cannot answer the keepalive's PING, which
+            # would end a live one's calls: the probe watches the peer now,
+            # and the kernel ends the connection of a host that vanished
+            # (its PINGs unacknowledged) after as long as the keepalive would.
+            keepalive.stop()
+            self._keepalive = None
+            give_up_after(sock, keepalive.interval + keepalive.timeout)
 
     def writeConnectionLost(self) -> None:
         """
