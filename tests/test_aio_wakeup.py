@@ -355,6 +355,49 @@ class DirectWakeupTests(SynchronousTestCase):
             self.assertEqual(errors, [])
         asyncio.run(main())
 
+    def test_read_reentered_by_close(self) -> None:
+        """A woken task closing a transport that hands over what it still holds at once (asyncio's TLS transport does) gets that read after the one it is in: a stream's messages keep their order."""
+        async def main() -> list[Any]:
+            client, server, errors = await connected()
+            assert server.transport is not None
+            transport = server.transport
+            held: list[bytes] = []
+            close = transport.close
+
+            def close_reading() -> None:  # as asyncio's TLS transport: a last read, then close
+                while held:
+                    transport.protocol.data_received(held.pop(0))
+                close()
+            transport.close = close_reading  # type: ignore[method-assign]
+            stream = client.stream("Counter.Count", 10)
+            got: list[Any] = []
+
+            async def consume() -> None:
+                async for message in stream:
+                    got.append(message)
+            consumer = asyncio.ensure_future(consume())
+            await turn()
+
+            async def closer() -> None:
+                await client.call("A.B", 1)
+                await client.close()
+            task = asyncio.ensure_future(closer())
+            await turn()
+            stream_id, call_id = (call[1] for call in server.calls())
+            server.conn.send_result(call_id, 10)
+            server.conn.send_message(stream_id, "a")
+            first = server.conn.data_to_send()
+            server.conn.send_message(stream_id, "b")
+            held.append(server.conn.data_to_send())
+            loop = asyncio.get_running_loop()
+            loop.call_soon(transport.protocol.data_received, first)
+            await task
+            with self.assertRaises(ConnectionLost):
+                await consumer
+            self.assertEqual(errors, [])
+            return got
+        self.assertEqual(asyncio.run(main()), ["a", "b"])
+
     def test_futures_helpers(self) -> None:
         """wait_for, shield, wait, gather and timeout() around calls answered in a read."""
         async def main() -> list[Any]:

@@ -233,6 +233,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.heard = False
         self._writable: asyncio.Future[None] | None = None
         self._flush_due = False
+        # Whether data_received is running (a woken task may re-enter it).
+        self._in_read = False
         self._new_future = _future_factory(loop)
         # Whether a result may wake its task at once (see _wake): the
         # futures are asyncio's own (C) ones, whose callbacks it can read
@@ -266,6 +268,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
+        if self._in_read:
+            # A task this read woke closed the transport, and asyncio's TLS
+            # transport read what it still held: after this read, in order.
+            self.loop.call_soon(self.data_received, data)
+            return
         self.heard = True
         conn = self.conn
         events = conn.receive_data(data)
@@ -282,6 +289,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._flush_due = True
         scheduled = False
         interrupt: BaseException | None = None
+        self._in_read = True
         try:
             if plain:
                 # Unary RESULTs, their kind, length and id checked by the
@@ -345,6 +353,7 @@ class _Connection(asyncio.BufferedProtocol):
                         return
         finally:
             self._flush_due = due
+            self._in_read = False
             if interrupt is not None:
                 if isinstance(self.loop, asyncio.BaseEventLoop):
                     raise interrupt  # asyncio's transports pass it on to the loop
