@@ -263,6 +263,39 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.peer.sock.recv(10), b"")
         self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
 
+    def test_writer_reads_a_late_reply(self) -> None:
+        """A thread blocked writing a large call reads meanwhile, so a large late reply that nobody waits for cannot deadlock both ends."""
+        self.assertRaises(DeadlineExceeded, self.call("Big.Slow", None, timeout=0.01).result)
+        [slow] = self.peer.calls(1)
+        big = "x" * (2 * 1024 * 1024)  # more than both sockets' buffers hold
+        outcome = self.call("Big.Echo", big)
+        # The server writes a reply as large before it reads on (its write
+        # buffer over the cap): it ends only if the client reads it.
+        self.peer.conn.send_result(slow[1], big)
+        self.peer.flush()
+        [cancel, event] = self.peer.read(2)
+        self.assertEqual((cancel, event[2], len(event[3])), ([CANCEL, slow[1]], "Big.Echo", len(big)))
+        self.peer.conn.send_result(event[1], len(event[3]))
+        self.peer.flush()
+        self.assertEqual(outcome.result(), len(big))
+
+    def test_leader_reads_while_writing(self) -> None:
+        """A thread handed the lead while it writes a large call reads while the socket takes no more."""
+        first = self.call("KV.Watch", 30)
+        [event] = self.peer.calls(1)
+        big = "x" * (2 * 1024 * 1024)
+        writer = self.call("Big.Echo", big)
+        self.peer.conn.send_result(event[1], "k")
+        self.peer.flush()
+        self.assertEqual(first.result(), "k")  # the lead is now the writer's
+        self.peer.conn.send_result(99, big)  # a large frame for no call: read and dropped
+        self.peer.flush()
+        [call] = self.peer.calls(1)
+        self.assertEqual(len(call[3]), len(big))
+        self.peer.conn.send_result(call[1], "echoed")
+        self.peer.flush()
+        self.assertEqual(writer.result(), "echoed")
+
     def test_ping_answered_during_a_call(self) -> None:
         """A PING that comes while a call waits is answered at once."""
         outcome = self.call("KV.Watch", 30)

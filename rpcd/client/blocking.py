@@ -190,6 +190,8 @@ class Connection:
         self._readable.register(sock, _POLLIN)
         self._writable = select.poll()
         self._writable.register(sock, _POLLOUT)
+        self._either = select.poll()
+        self._either.register(sock, _POLLIN | _POLLOUT)
 
     # The caller's side.
 
@@ -230,7 +232,7 @@ class Connection:
                 data = self.conn.data_to_send()
                 self.writing = bool(data)
         if data:
-            self._write(data)
+            self._write(data, waiter)
         if not self._wait(waiter, call_id, deadline):
             self.flush()  # the CANCEL
             assert timeout is not None
@@ -261,7 +263,7 @@ class Connection:
                 lock.release()
                 try:
                     if waiter.lead:
-                        timed_out = self._read(deadline)
+                        timed_out = self._read(deadline, waiter)
                     elif deadline is None:
                         waiter.latch.acquire()
                         timed_out = False
@@ -300,6 +302,13 @@ class Connection:
         its reply, or stop reading (closing a lost socket).  Under C{lock}.
         """
         waiter.lead = False
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """
+        Nobody reads now: hand the reading to a thread still waiting for
+        its reply, or stop reading (closing a lost socket).  Under C{lock}.
+        """
         for other in self.pending.values():
             if not other.woken:
                 other.lead = other.woken = True
@@ -327,14 +336,17 @@ class Connection:
             self.writing = True
         self._write(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, waiter: _Waiter | None = None) -> None:
         """
         As the writer (C{writing} set by this thread): send C{data}, then
         what was queued meanwhile, until nothing is left.
+
+        @param waiter: the writing thread's call, if it has one in flight
+            (it may be handed the lead while it writes).
         """
         try:
             while True:
-                self._send_all(data)
+                self._send_all(data, waiter)
                 with self.lock:
                     data = self.conn.data_to_send()
                     if self.lost is not None or self.write_failed:
@@ -351,10 +363,12 @@ class Connection:
                 self._lose(LOST_NON_CLEANLY)
             raise
 
-    def _send_all(self, data: bytes) -> None:
+    def _send_all(self, data: bytes, waiter: _Waiter | None) -> None:
         """
         Send every byte, blocking until the socket takes them (nothing
-        once a send failed: the connection is ending).
+        once a send failed: the connection is ending).  While the socket
+        takes no more, the writer reads if nobody else does (see
+        L{_wait_writable}).
         """
         if self.write_failed:
             return
@@ -371,13 +385,51 @@ class Connection:
         view = memoryview(data)
         while sent < len(data):
             try:
-                self._writable.poll()
+                self._wait_writable(waiter)
                 sent += sock.send(view[sent:])
             except BlockingIOError:
                 continue
             except OSError:
                 self._send_failed()
                 return
+
+    def _wait_writable(self, waiter: _Waiter | None) -> None:
+        """
+        Wait until the socket may take more, reading meanwhile when this
+        thread leads or nobody reads: a server whose write buffer is full
+        stops reading until its replies are read, so a writer that only
+        waited while no thread reads (it holds the lead, or the calls in
+        flight are all its own) would wait for ever.
+        """
+        with self.lock:
+            may_read = self.lost is None and (
+                not self.reading or (waiter is not None and waiter.lead))
+        if not may_read:
+            self._writable.poll()
+            return
+        for _, events in self._either.poll():
+            if events & _POLLIN:
+                self._read_while_writing(waiter)
+
+    def _read_while_writing(self, waiter: _Waiter | None) -> None:
+        """
+        As the writer: one read, if this thread leads or nobody reads (it
+        reads then, and hands the reading on after).
+        """
+        with self.lock:
+            if self.lost is not None:
+                return
+            borrowed = False
+            if waiter is None or not waiter.lead:
+                if self.reading:
+                    return  # another thread reads
+                self.reading = borrowed = True
+        try:
+            self._receive()
+        finally:
+            if borrowed:
+                with self.lock:
+                    self._hand_on()
 
     def _send_failed(self) -> None:
         """
@@ -397,11 +449,12 @@ class Connection:
 
     # Reading.
 
-    def _read(self, deadline: float | None) -> bool:
+    def _read(self, deadline: float | None, waiter: _Waiter | None = None) -> bool:
         """
         The leader's wait: one read from the socket (or none by the
         deadline), its events handled.  Called without C{lock}.
 
+        @param waiter: the leader's call (None during the handshake).
         @return: whether the deadline passed first.
         """
         if deadline is None:
@@ -413,30 +466,41 @@ class Connection:
             ready = self._readable.poll(math.ceil(left * 1000))
             if not ready:
                 return _monotonic() >= deadline
+        data = self._receive()
+        if data:
+            self._write(data, waiter)
+        return False
+
+    def _receive(self) -> bytes:
+        """
+        As the reader: one read from the socket, its events handled.
+        Called without C{lock}.
+
+        @return: what to write now (PONGs, a GOAWAY), C{writing} then set
+            for this thread; nothing when another thread writes.
+        """
         try:
             n = self.sock.recv_into(self._buffer)
         except BlockingIOError:
-            return False
+            return b""
         except OSError:
             with self.lock:
                 self._lose(LOST_NON_CLEANLY)
-            return False
+            return b""
         with self.lock:
             if self.lost is not None:
-                return False
+                return b""
             if n == 0:
                 self._lose(CLOSED_CLEANLY)
-                return False
+                return b""
             self.heard = True
             self._events(self.conn.receive_data(self._view[:n].tobytes()))
             if self.writing or self.lost is not None:
-                return False
+                return b""
             data = self.conn.data_to_send()  # PONGs, a GOAWAY
-            if not data:
-                return False
-            self.writing = True
-        self._write(data)
-        return False
+            if data:
+                self.writing = True
+            return data
 
     def _read_idle(self) -> None:
         """
