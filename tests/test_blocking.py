@@ -280,11 +280,13 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(outcome.result(), len(big))
 
     def test_leader_reads_while_writing(self) -> None:
-        """A thread handed the lead while it writes a large call reads while the socket takes no more."""
+        """A thread handed the lead while it is blocked writing a large call reads while the socket takes no more."""
         first = self.call("KV.Watch", 30)
         [event] = self.peer.calls(1)
         big = "x" * (2 * 1024 * 1024)
         writer = self.call("Big.Echo", big)
+        # Some of its bytes: the writer's call is in flight, and it writes.
+        self.peer.events.extend(self.peer.conn.receive_data(self.peer.sock.recv(65536)))
         self.peer.conn.send_result(event[1], "k")
         self.peer.flush()
         self.assertEqual(first.result(), "k")  # the lead is now the writer's

@@ -79,6 +79,10 @@ REDIALS = 3
 #: Bytes one read may bring at most (one buffer per connection, reused).
 READ_SIZE = 64 * 1024
 
+#: Milliseconds a writer blocked while another thread reads waits before
+#: it looks again whether it should read (the reader may have left).
+_RECHECK_MS = 20
+
 #: What a lost connection's calls are told, in Twisted's words.
 CLOSED_CLEANLY = str(twisted_error.ConnectionDone())
 LOST_NON_CLEANLY = str(twisted_error.ConnectionLost())
@@ -395,8 +399,8 @@ class Connection:
 
     def _wait_writable(self, waiter: _Waiter | None) -> None:
         """
-        Wait until the socket may take more, reading meanwhile when this
-        thread leads or nobody reads: a server whose write buffer is full
+        Wait until the socket may take more (or a while), reading meanwhile
+        when this thread leads or nobody reads: a server whose write buffer is full
         stops reading until its replies are read, so a writer that only
         waited while no thread reads (it holds the lead, or the calls in
         flight are all its own) would wait for ever.
@@ -405,7 +409,9 @@ class Connection:
             may_read = self.lost is None and (
                 not self.reading or (waiter is not None and waiter.lead))
         if not may_read:
-            self._writable.poll()
+            # Not for long: the reader may leave, the lead then handed to
+            # this thread or to nobody, with no way to wake this poll.
+            self._writable.poll(_RECHECK_MS)
             return
         for _, events in self._either.poll():
             if events & _POLLIN:
