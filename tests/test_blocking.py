@@ -571,6 +571,25 @@ class DirectClientTests(SynchronousTestCase):
         second.flush()
         self.assertEqual(outcome.result(), 1)
 
+    def test_closed_while_redialling(self) -> None:
+        """close() while a call dials a new connection (the server went away) closes that one too, and the call is not sent."""
+        made = self.client()
+        first = self.server.accept()
+        client = made.result()
+        first.conn.drain(0, "restarting")
+        first.flush()
+        outcome = Outcome(client.call, "Arith.Multiply", 1)
+        sock, _ = self.server.listener.accept()  # the new dial, waiting for our preface
+        second = Peer(sock)
+        self.server.peers.append(second)
+        client.close()
+        second.flush()
+        self.assertRaises(ConnectionLost, outcome.result)
+        received = b""
+        while data := second.sock.recv(65536):
+            received += data
+        self.assertEqual([e[0] for e in second.conn.receive_data(received)], [PREFACE_RECEIVED])
+
     def test_redial_after_idle_drop(self) -> None:
         """A connection the server dropped while idle after a PING nobody answered is dialled again, and the call goes there."""
         made = self.client()

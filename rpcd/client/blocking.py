@@ -831,7 +831,10 @@ class DirectClient:
                 raise Unavailable(f"{old.peer_name} went away ({why}) and reconnecting "
                                   f"failed: {e}") from e
             self.connection = new
-            log.info("reconnected to {peer} ({why})", peer=new.peer_name, why=why)
+            if self._closed:  # close() came during the dial: it may have closed the old one only
+                new.close()
+            else:
+                log.info("reconnected to {peer} ({why})", peer=new.peer_name, why=why)
         old.retire()
         return new
 
