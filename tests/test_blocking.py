@@ -298,6 +298,35 @@ class ConnectionTests(SynchronousTestCase):
         self.peer.flush()
         self.assertEqual(writer.result(), "echoed")
 
+    def test_interrupted_leading_writer(self) -> None:
+        """A thread interrupted while it writes and holds the lead leaves nobody reading, and the lost connection's socket is closed."""
+
+        connection = self.connection
+
+        class Interrupting:
+            """Ctrl-C once the writer is the only call left, and leads."""
+
+            def __init__(self, poller: Any) -> None:
+                self.poller = poller
+
+            def poll(self, *args: Any) -> Any:
+                waiters = list(connection.pending.values())
+                if len(waiters) == 1 and waiters[0].lead:
+                    raise KeyboardInterrupt()
+                return self.poller.poll(*args)
+        connection._either = Interrupting(connection._either)  # type: ignore[assignment]
+        first = self.call("KV.Watch", 30)
+        [event] = self.peer.calls(1)
+        writer = self.call("Big.Echo", "x" * (2 * 1024 * 1024))
+        self.peer.events.extend(self.peer.conn.receive_data(self.peer.sock.recv(65536)))
+        self.peer.conn.send_result(event[1], "k")
+        self.peer.flush()
+        self.assertEqual(first.result(), "k")  # the lead is now the writer's
+        self.assertRaises(KeyboardInterrupt, writer.result)
+        self.assertEqual((self.connection.pending, self.connection.reading,
+                          self.connection.writing), ({}, False, False))
+        self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
+
     def test_ping_answered_during_a_call(self) -> None:
         """A PING that comes while a call waits is answered at once."""
         outcome = self.call("KV.Watch", 30)

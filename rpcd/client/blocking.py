@@ -236,7 +236,14 @@ class Connection:
                 data = self.conn.data_to_send()
                 self.writing = bool(data)
         if data:
-            self._write(data, waiter)
+            try:
+                self._write(data, waiter)
+            except BaseException:
+                # Interrupted (the connection is lost): the lead may have
+                # been handed to this call meanwhile; leave it.
+                with self.lock:
+                    self._give_up(waiter, call_id)
+                raise
         if not self._wait(waiter, call_id, deadline):
             self.flush()  # the CANCEL
             assert timeout is not None
