@@ -12,7 +12,10 @@ flight: one of them at a time, the I{leader}, reads the socket and hands
 every reply to the thread waiting for it (a lock it waits on, released);
 when the leader's own reply comes, it hands the reading to another thread
 still waiting, or stops reading when none is.  No reply waits for a thread
-that is not reading (leader/follower).
+that is not reading (leader/follower).  A thread blocked writing (the socket
+takes no more) reads meanwhile when it leads or nobody else reads: a server
+stops reading a connection whose replies are not read (its write buffer
+cap), and both ends would wait for ever.
 
 While no call is in flight nobody reads: what the server sent meanwhile (a
 PING, a GOAWAY, the end of the connection) is read by the next call before
