@@ -263,6 +263,26 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.peer.sock.recv(10), b"")
         self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
 
+    def lead(self) -> Outcome:
+        """
+        @return: a call (C{KV.Watch}, its CALL read by the peer) whose
+            thread has written it and now reads as the leader: a call made
+            after it is written by its own thread.
+        """
+        leading = threading.Event()
+        readable = self.connection._readable
+
+        class Signalling:
+            def poll(self, *args: Any) -> Any:
+                if args != (0,):  # not a look while idle
+                    leading.set()
+                return readable.poll(*args)
+        self.connection._readable = Signalling()  # type: ignore[assignment]
+        outcome = self.call("KV.Watch", 30)
+        self.assertTrue(leading.wait(HANG))
+        self.connection._readable = readable
+        return outcome
+
     def test_writer_reads_a_late_reply(self) -> None:
         """A thread blocked writing a large call reads meanwhile, so a large late reply that nobody waits for cannot deadlock both ends."""
         self.assertRaises(DeadlineExceeded, self.call("Big.Slow", None, timeout=0.01).result)
@@ -281,7 +301,7 @@ class ConnectionTests(SynchronousTestCase):
 
     def test_leader_reads_while_writing(self) -> None:
         """A thread handed the lead while it is blocked writing a large call reads while the socket takes no more."""
-        first = self.call("KV.Watch", 30)
+        first = self.lead()
         [event] = self.peer.calls(1)
         big = "x" * (2 * 1024 * 1024)
         writer = self.call("Big.Echo", big)
@@ -315,7 +335,7 @@ class ConnectionTests(SynchronousTestCase):
                     raise KeyboardInterrupt()
                 return self.poller.poll(*args)
         connection._either = Interrupting(connection._either)  # type: ignore[assignment]
-        first = self.call("KV.Watch", 30)
+        first = self.lead()
         [event] = self.peer.calls(1)
         writer = self.call("Big.Echo", "x" * (2 * 1024 * 1024))
         self.peer.events.extend(self.peer.conn.receive_data(self.peer.sock.recv(65536)))
