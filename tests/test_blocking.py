@@ -263,6 +263,90 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.peer.sock.recv(10), b"")
         self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
 
+    def lead(self) -> Outcome:
+        """
+        @return: a call (C{KV.Watch}, its CALL read by the peer) whose
+            thread has written it and now reads as the leader: a call made
+            after it is written by its own thread.
+        """
+        leading = threading.Event()
+        readable = self.connection._readable
+
+        class Signalling:
+            def poll(self, *args: Any) -> Any:
+                if args != (0,):  # not a look while idle
+                    leading.set()
+                return readable.poll(*args)
+        self.connection._readable = Signalling()  # type: ignore[assignment]
+        outcome = self.call("KV.Watch", 30)
+        self.assertTrue(leading.wait(HANG))
+        self.connection._readable = readable
+        return outcome
+
+    def test_writer_reads_a_late_reply(self) -> None:
+        """A thread blocked writing a large call reads meanwhile, so a large late reply that nobody waits for cannot deadlock both ends."""
+        self.assertRaises(DeadlineExceeded, self.call("Big.Slow", None, timeout=0.01).result)
+        [slow] = self.peer.calls(1)
+        big = "x" * (2 * 1024 * 1024)  # more than both sockets' buffers hold
+        outcome = self.call("Big.Echo", big)
+        # The server writes a reply as large before it reads on (its write
+        # buffer over the cap): it ends only if the client reads it.
+        self.peer.conn.send_result(slow[1], big)
+        self.peer.flush()
+        [cancel, event] = self.peer.read(2)
+        self.assertEqual((cancel, event[2], len(event[3])), ([CANCEL, slow[1]], "Big.Echo", len(big)))
+        self.peer.conn.send_result(event[1], len(event[3]))
+        self.peer.flush()
+        self.assertEqual(outcome.result(), len(big))
+
+    def test_leader_reads_while_writing(self) -> None:
+        """A thread handed the lead while it is blocked writing a large call reads while the socket takes no more."""
+        first = self.lead()
+        [event] = self.peer.calls(1)
+        big = "x" * (2 * 1024 * 1024)
+        writer = self.call("Big.Echo", big)
+        # Some of its bytes: the writer's call is in flight, and it writes.
+        self.peer.events.extend(self.peer.conn.receive_data(self.peer.sock.recv(65536)))
+        self.peer.conn.send_result(event[1], "k")
+        self.peer.flush()
+        self.assertEqual(first.result(), "k")  # the lead is now the writer's
+        self.peer.conn.send_result(99, big)  # a large frame for no call: read and dropped
+        self.peer.flush()
+        [call] = self.peer.calls(1)
+        self.assertEqual(len(call[3]), len(big))
+        self.peer.conn.send_result(call[1], "echoed")
+        self.peer.flush()
+        self.assertEqual(writer.result(), "echoed")
+
+    def test_interrupted_leading_writer(self) -> None:
+        """A thread interrupted while it writes and holds the lead leaves nobody reading, and the lost connection's socket is closed."""
+
+        connection = self.connection
+
+        class Interrupting:
+            """Ctrl-C once the writer is the only call left, and leads."""
+
+            def __init__(self, poller: Any) -> None:
+                self.poller = poller
+
+            def poll(self, *args: Any) -> Any:
+                waiters = list(connection.pending.values())
+                if len(waiters) == 1 and waiters[0].lead:
+                    raise KeyboardInterrupt()
+                return self.poller.poll(*args)
+        connection._either = Interrupting(connection._either)  # type: ignore[assignment]
+        first = self.lead()
+        [event] = self.peer.calls(1)
+        writer = self.call("Big.Echo", "x" * (2 * 1024 * 1024))
+        self.peer.events.extend(self.peer.conn.receive_data(self.peer.sock.recv(65536)))
+        self.peer.conn.send_result(event[1], "k")
+        self.peer.flush()
+        self.assertEqual(first.result(), "k")  # the lead is now the writer's
+        self.assertRaises(KeyboardInterrupt, writer.result)
+        self.assertEqual((self.connection.pending, self.connection.reading,
+                          self.connection.writing), ({}, False, False))
+        self.assertTrue(self.connection.sock._closed)  # type: ignore[attr-defined]
+
     def test_ping_answered_during_a_call(self) -> None:
         """A PING that comes while a call waits is answered at once."""
         outcome = self.call("KV.Watch", 30)
@@ -535,6 +619,25 @@ class DirectClientTests(SynchronousTestCase):
         second.conn.send_result(event[1], 1)
         second.flush()
         self.assertEqual(outcome.result(), 1)
+
+    def test_closed_while_redialling(self) -> None:
+        """close() while a call dials a new connection (the server went away) closes that one too, and the call is not sent."""
+        made = self.client()
+        first = self.server.accept()
+        client = made.result()
+        first.conn.drain(0, "restarting")
+        first.flush()
+        outcome = Outcome(client.call, "Arith.Multiply", 1)
+        sock, _ = self.server.listener.accept()  # the new dial, waiting for our preface
+        second = Peer(sock)
+        self.server.peers.append(second)
+        client.close()
+        second.flush()
+        self.assertRaises(ConnectionLost, outcome.result)
+        received = b""
+        while data := second.sock.recv(65536):
+            received += data
+        self.assertEqual([e[0] for e in second.conn.receive_data(received)], [PREFACE_RECEIVED])
 
     def test_redial_after_idle_drop(self) -> None:
         """A connection the server dropped while idle after a PING nobody answered is dialled again, and the call goes there."""

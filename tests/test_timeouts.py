@@ -134,3 +134,19 @@ class TimeoutsTests(SynchronousTestCase):
         self.assertEqual(len(self.expired), 1)
         self.clock.advance(0.1)
         self.assertEqual(self.expired, [("a", 1.0), ("b", 6.0)])
+
+    def test_failing_expiry(self) -> None:
+        """An expiry callback that raises is logged, and the other items still expire, at the same deadline and later ones."""
+        def expire(item: str) -> None:
+            self.expire(item)
+            if item == "bad":
+                raise ZeroDivisionError("the owner's bug")
+        self.timeouts = Timeouts(self.clock, self.live, expire)
+        self.add(1, "bad")
+        self.add(1, "same deadline")
+        self.add(3, "later")
+        self.clock.advance(1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.expired, [("bad", 1.0), ("same deadline", 1.0)])
+        self.clock.advance(2)
+        self.assertEqual(self.expired, [("bad", 1.0), ("same deadline", 1.0), ("later", 3.0)])

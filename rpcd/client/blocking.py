@@ -12,7 +12,10 @@ flight: one of them at a time, the I{leader}, reads the socket and hands
 every reply to the thread waiting for it (a lock it waits on, released);
 when the leader's own reply comes, it hands the reading to another thread
 still waiting, or stops reading when none is.  No reply waits for a thread
-that is not reading (leader/follower).
+that is not reading (leader/follower).  A thread blocked writing (the socket
+takes no more) reads meanwhile when it leads or nobody else reads: a server
+stops reading a connection whose replies are not read (its write buffer
+cap), and both ends would wait for ever.
 
 While no call is in flight nobody reads: what the server sent meanwhile (a
 PING, a GOAWAY, the end of the connection) is read by the next call before
@@ -78,6 +81,10 @@ REDIALS = 3
 
 #: Bytes one read may bring at most (one buffer per connection, reused).
 READ_SIZE = 64 * 1024
+
+#: Milliseconds a writer blocked while another thread reads waits before
+#: it looks again whether it should read (the reader may have left).
+_RECHECK_MS = 20
 
 #: What a lost connection's calls are told, in Twisted's words.
 CLOSED_CLEANLY = str(twisted_error.ConnectionDone())
@@ -190,6 +197,8 @@ class Connection:
         self._readable.register(sock, _POLLIN)
         self._writable = select.poll()
         self._writable.register(sock, _POLLOUT)
+        self._either = select.poll()
+        self._either.register(sock, _POLLIN | _POLLOUT)
 
     # The caller's side.
 
@@ -230,7 +239,14 @@ class Connection:
                 data = self.conn.data_to_send()
                 self.writing = bool(data)
         if data:
-            self._write(data)
+            try:
+                self._write(data, waiter)
+            except BaseException:
+                # Interrupted (the connection is lost): the lead may have
+                # been handed to this call meanwhile; leave it.
+                with self.lock:
+                    self._give_up(waiter, call_id)
+                raise
         if not self._wait(waiter, call_id, deadline):
             self.flush()  # the CANCEL
             assert timeout is not None
@@ -261,7 +277,7 @@ class Connection:
                 lock.release()
                 try:
                     if waiter.lead:
-                        timed_out = self._read(deadline)
+                        timed_out = self._read(deadline, waiter)
                     elif deadline is None:
                         waiter.latch.acquire()
                         timed_out = False
@@ -300,6 +316,13 @@ class Connection:
         its reply, or stop reading (closing a lost socket).  Under C{lock}.
         """
         waiter.lead = False
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """
+        Nobody reads now: hand the reading to a thread still waiting for
+        its reply, or stop reading (closing a lost socket).  Under C{lock}.
+        """
         for other in self.pending.values():
             if not other.woken:
                 other.lead = other.woken = True
@@ -327,14 +350,17 @@ class Connection:
             self.writing = True
         self._write(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, waiter: _Waiter | None = None) -> None:
         """
         As the writer (C{writing} set by this thread): send C{data}, then
         what was queued meanwhile, until nothing is left.
+
+        @param waiter: the writing thread's call, if it has one in flight
+            (it may be handed the lead while it writes).
         """
         try:
             while True:
-                self._send_all(data)
+                self._send_all(data, waiter)
                 with self.lock:
                     data = self.conn.data_to_send()
                     if self.lost is not None or self.write_failed:
@@ -351,10 +377,12 @@ class Connection:
                 self._lose(LOST_NON_CLEANLY)
             raise
 
-    def _send_all(self, data: bytes) -> None:
+    def _send_all(self, data: bytes, waiter: _Waiter | None) -> None:
         """
         Send every byte, blocking until the socket takes them (nothing
-        once a send failed: the connection is ending).
+        once a send failed: the connection is ending).  While the socket
+        takes no more, the writer reads if nobody else does (see
+        L{_wait_writable}).
         """
         if self.write_failed:
             return
@@ -371,13 +399,53 @@ class Connection:
         view = memoryview(data)
         while sent < len(data):
             try:
-                self._writable.poll()
+                self._wait_writable(waiter)
                 sent += sock.send(view[sent:])
             except BlockingIOError:
                 continue
             except OSError:
                 self._send_failed()
                 return
+
+    def _wait_writable(self, waiter: _Waiter | None) -> None:
+        """
+        Wait until the socket may take more (or a while), reading meanwhile
+        when this thread leads or nobody reads: a server whose write buffer is full
+        stops reading until its replies are read, so a writer that only
+        waited while no thread reads (it holds the lead, or the calls in
+        flight are all its own) would wait for ever.
+        """
+        with self.lock:
+            may_read = self.lost is None and (
+                not self.reading or (waiter is not None and waiter.lead))
+        if not may_read:
+            # Not for long: the reader may leave, the lead then handed to
+            # this thread or to nobody, with no way to wake this poll.
+            self._writable.poll(_RECHECK_MS)
+            return
+        for _, events in self._either.poll():
+            if events & _POLLIN:
+                self._read_while_writing(waiter)
+
+    def _read_while_writing(self, waiter: _Waiter | None) -> None:
+        """
+        As the writer: one read, if this thread leads or nobody reads (it
+        reads then, and hands the reading on after).
+        """
+        with self.lock:
+            if self.lost is not None:
+                return
+            borrowed = False
+            if waiter is None or not waiter.lead:
+                if self.reading:
+                    return  # another thread reads
+                self.reading = borrowed = True
+        try:
+            self._receive()
+        finally:
+            if borrowed:
+                with self.lock:
+                    self._hand_on()
 
     def _send_failed(self) -> None:
         """
@@ -397,11 +465,12 @@ class Connection:
 
     # Reading.
 
-    def _read(self, deadline: float | None) -> bool:
+    def _read(self, deadline: float | None, waiter: _Waiter | None = None) -> bool:
         """
         The leader's wait: one read from the socket (or none by the
         deadline), its events handled.  Called without C{lock}.
 
+        @param waiter: the leader's call (None during the handshake).
         @return: whether the deadline passed first.
         """
         if deadline is None:
@@ -413,30 +482,41 @@ class Connection:
             ready = self._readable.poll(math.ceil(left * 1000))
             if not ready:
                 return _monotonic() >= deadline
+        data = self._receive()
+        if data:
+            self._write(data, waiter)
+        return False
+
+    def _receive(self) -> bytes:
+        """
+        As the reader: one read from the socket, its events handled.
+        Called without C{lock}.
+
+        @return: what to write now (PONGs, a GOAWAY), C{writing} then set
+            for this thread; nothing when another thread writes.
+        """
         try:
             n = self.sock.recv_into(self._buffer)
         except BlockingIOError:
-            return False
+            return b""
         except OSError:
             with self.lock:
                 self._lose(LOST_NON_CLEANLY)
-            return False
+            return b""
         with self.lock:
             if self.lost is not None:
-                return False
+                return b""
             if n == 0:
                 self._lose(CLOSED_CLEANLY)
-                return False
+                return b""
             self.heard = True
             self._events(self.conn.receive_data(self._view[:n].tobytes()))
             if self.writing or self.lost is not None:
-                return False
+                return b""
             data = self.conn.data_to_send()  # PONGs, a GOAWAY
-            if not data:
-                return False
-            self.writing = True
-        self._write(data)
-        return False
+            if data:
+                self.writing = True
+            return data
 
     def _read_idle(self) -> None:
         """
@@ -761,7 +841,10 @@ class DirectClient:
                 raise Unavailable(f"{old.peer_name} went away ({why}) and reconnecting "
                                   f"failed: {e}") from e
             self.connection = new
-            log.info("reconnected to {peer} ({why})", peer=new.peer_name, why=why)
+            if self._closed:  # close() came during the dial: it may have closed the old one only
+                new.close()
+            else:
+                log.info("reconnected to {peer} ({why})", peer=new.peer_name, why=why)
         old.retire()
         return new
 

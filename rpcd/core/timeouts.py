@@ -23,8 +23,12 @@ from itertools import count
 from math import nextafter
 from typing import TYPE_CHECKING, Any, Callable, Collection, Hashable
 
+from twisted.logger import Logger
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+log = Logger()
 
 _SLACK = 64
 """Stale entries the heap may hold beyond the live ones before a rebuild."""
@@ -48,7 +52,8 @@ class Timeouts:
             is read (C{in}, C{len}), never written.
         @param expired: called with each live item whose deadline has
             come, in deadline order (first added first, for equal
-            deadlines); it should remove the item from C{live}.
+            deadlines); it should remove the item from C{live}.  What it
+            raises is logged; the other items still expire.
         """
         self.clock = clock
         self.live = live
@@ -136,7 +141,11 @@ class Timeouts:
         while heap and heap[0][0] <= now:
             item = heapq.heappop(heap)[2]
             if item in live:
-                expired(item)
+                try:
+                    expired(item)
+                except Exception:
+                    # The owner's bug: the other items still expire.
+                    log.failure("expiring {item!r} failed", item=item)
         if heap:
             if live:
                 self._schedule(heap[0][0])
