@@ -553,13 +553,13 @@ class SniffingProtocol(Protocol):
         if sock is None:
             return
         ping = getattr(self.inner, "send_ping", None)
-
-        def poke() -> None:
-            if ping is not None and not getattr(transport, "disconnecting", False):
-                ping(0)
+        poke = None
+        if ping is not None:
+            def poke() -> None:
+                if not getattr(transport, "disconnecting", False):
+                    ping(0)
         rare.probe = GonePeerProbe(self.server.clock, sock, interval,
-                                   lambda why: self._close(why, abort=True),
-                                   None if ping is None else poke)
+                                   lambda why: self._close(why, abort=True), poke)
         rare.probe.start()
         keepalive = self._keepalive
         if keepalive is not None and ping is not None:
