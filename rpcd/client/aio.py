@@ -296,7 +296,7 @@ class _Connection(asyncio.BufferedProtocol):
                 # connection: no look at each.  (pending is never replaced:
                 # a task woken may close the connection, which empties it.)
                 pop = self.pending.pop
-                results = events if plain == len(events) else events[:plain]
+                results = iter(events if plain == len(events) else events[:plain])
                 if direct:
                     for _, call_id, value in results:
                         future = pop(call_id, None)
@@ -323,7 +323,7 @@ class _Connection(asyncio.BufferedProtocol):
                             scheduled = True
                         except InvalidStateError:
                             pass  # cancelled: the task will send a CANCEL
-                if not direct:  # (or the rest of them, after an interrupt)
+                if not direct:  # (or those after an interrupt: the same iterator)
                     for _, call_id, value in results:
                         future = pop(call_id, None)
                         if future is not None:
