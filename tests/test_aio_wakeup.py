@@ -519,7 +519,8 @@ SCRIPT = textwrap.dedent("""
         bad = []
         await asyncio.gather(*(caller(client, k, bad) for k in range(64)))
         watch = asyncio.ensure_future(client.call("KVStoreService.Watch", 30))
-        await asyncio.sleep(0.05)
+        for _ in range(2):  # the task sends its call, the turn's write goes out
+            await asyncio.sleep(0)
         watch.cancel()
         try:
             await watch
